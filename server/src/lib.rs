@@ -1,1 +1,42 @@
-//! placeholder
+//! `chatd`: a thread-per-core chat server.
+//!
+//! It speaks the chat/1 protocol (`spec/`) and stores every message in an
+//! embedded LSM store before acknowledging it. It is a library so that tests
+//! and tools can run a server in-process; the `chatd` binary is a thin
+//! wrapper that reads the configuration and calls [`ServerHandle::start`].
+//!
+//! Architecture (see the README and `../shared/DESIGN.md`):
+//!
+//! - [`shard`]: one thread per core with a current-thread runtime, its own
+//!   SO_REUSEPORT listener and its own sessions; [`mesh`]: bounded rings
+//!   between shards.
+//! - [`owner`]: every conversation is owned by one shard whose
+//!   [`sequencer`] alone assigns its seqs.
+//! - [`storage`]: fjall keyspaces and the group-committing writer thread;
+//!   [`catalog`] and [`accounts`] are the store-backed request handlers.
+//! - [`connection`], [`session_table`], [`session_state`]: a client's
+//!   socket, its bounded outbound queue and its protocol state.
+//!
+//! It is not a cluster: one process serves everyone.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod accounts;
+pub mod catalog;
+pub mod config;
+pub mod connection;
+pub mod context;
+pub mod idgen;
+pub mod mesh;
+pub mod owner;
+pub mod records;
+pub mod reply;
+pub mod sequencer;
+pub mod server;
+pub mod session_state;
+pub mod session_table;
+pub mod shard;
+pub mod storage;
+
+pub use config::{Config, Durability};
+pub use server::{ServerHandle, StartError};

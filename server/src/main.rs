@@ -1,1 +1,92 @@
-fn main() {}
+//! The `chatd` binary: reads configuration from a file, the environment and
+//! flags (flags win), starts the server and shuts it down gracefully on
+//! SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use chatd::{Config, Durability, ServerHandle};
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Thread-per-core chat server. With no arguments it listens on
+/// 127.0.0.1:7400 and stores data in ./chatd-data.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file; keys are the field names of the README's
+    /// configuration table.
+    #[arg(long, env = "CHATD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Plain TCP listen address.
+    #[arg(long, env = "CHATD_TCP_LISTEN")]
+    tcp_listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "CHATD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Shard threads (0 = one per core).
+    #[arg(long, env = "CHATD_SHARDS")]
+    shards: Option<usize>,
+    /// `sync` (fsync before ack) or `buffered` (survives a process crash only).
+    #[arg(long, env = "CHATD_DURABILITY", value_parser = parse_durability)]
+    durability: Option<Durability>,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "sync" => Ok(Durability::Sync),
+        "buffered" => Ok(Durability::Buffered),
+        other => Err(format!("unknown durability {other:?}; use sync or buffered")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHATD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<Config>(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = args.tcp_listen {
+        config.tcp_listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.shards {
+        config.shards = v;
+    }
+    if let Some(v) = args.durability {
+        config.durability = v;
+    }
+
+    let server = ServerHandle::start(config).context("starting chatd")?;
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("signal runtime")?;
+    signals.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    tracing::info!("shutting down");
+    server.shutdown();
+    Ok(())
+}

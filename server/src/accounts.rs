@@ -1,0 +1,209 @@
+//! Registration, login, session tokens and profiles.
+//!
+//! Every function here blocks (argon2 takes milliseconds by design, the
+//! store may touch the disk): callers run them on the blocking pool.
+//! Passwords are hashed with argon2id; session tokens are 256 random bits
+//! handed to the client once and stored only as their SHA-256.
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use chat_protocol::{ErrorCode, pb};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::context::{Context, now_ms};
+use crate::records::{TokenRecord, UserRecord};
+use crate::reply::Refusal;
+use crate::storage::writer::Batch;
+use crate::storage::{Ks, keys};
+
+/// Usernames: 3 to 32 of `a-z 0-9 _ . -` (`spec/messages.md`, "Register").
+pub fn valid_username(name: &str) -> bool {
+    (3..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn hasher(ctx: &Context) -> Result<Argon2<'static>, Refusal> {
+    let params = Params::new(
+        ctx.config.argon2_memory_kib,
+        ctx.config.argon2_iterations,
+        1,
+        None,
+    )
+    .map_err(|e| Refusal::new(ErrorCode::Internal, format!("argon2 parameters: {e}")))?;
+    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+}
+
+fn invalid(message: &str) -> Refusal {
+    Refusal::new(ErrorCode::InvalidArgument, message)
+}
+
+/// Hash under which a token is stored.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Creates a token for `user`, adding its record to `batch`.
+fn issue_token(ctx: &Context, user: u64, device_id: &str, batch: &mut Batch) -> (String, u64) {
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let expires_at_ms = now_ms() + ctx.config.token_ttl_secs * 1000;
+    let record = TokenRecord {
+        user_id: user,
+        expires_at_ms,
+        device_id: device_id.to_owned(),
+    };
+    let hash = token_hash(&token);
+    batch.put(Ks::Tokens, hash.to_vec(), record.encode_to_vec());
+    let mut index = keys::id(user).to_vec();
+    index.extend_from_slice(&hash);
+    batch.put(Ks::UserTokens, index, Vec::new());
+    (token, expires_at_ms)
+}
+
+fn device_id(device: Option<&pb::DeviceInfo>) -> &str {
+    device.map_or("", |d| d.device_id.as_str())
+}
+
+/// Registers a user and logs it in.
+pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal> {
+    if !valid_username(&req.username) {
+        return Err(invalid("username must be 3-32 characters of a-z 0-9 _ . -"));
+    }
+    if !(8..=256).contains(&req.password.len()) {
+        return Err(invalid("password must be 8-256 bytes"));
+    }
+    if req.display_name.chars().count() > 64 {
+        return Err(invalid("display name longer than 64 characters"));
+    }
+    let password_hash = hasher(ctx)?
+        .hash_password(req.password.as_bytes())
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("hashing: {e}")))?
+        .to_string();
+    let display_name = if req.display_name.is_empty() {
+        req.username.clone()
+    } else {
+        req.display_name.clone()
+    };
+    let record = UserRecord {
+        username: req.username.clone(),
+        display_name,
+        password_hash,
+        created_at_ms: now_ms(),
+        hide_last_seen: false,
+    };
+    // Check-then-write of the unique name under the catalog lock.
+    let _guard = ctx.catalog.lock();
+    if ctx.store.user_id_by_name(&req.username)?.is_some() {
+        return Err(Refusal::new(ErrorCode::UsernameTaken, "username taken"));
+    }
+    let user = ctx.next_user_id();
+    let mut batch = Batch::new();
+    batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
+    batch.put(Ks::Usernames, req.username.as_bytes().to_vec(), keys::id(user).to_vec());
+    let (token, expires) = issue_token(ctx, user, device_id(req.device.as_ref()), &mut batch);
+    ctx.writer.write_blocking(batch)?;
+    Ok(pb::AuthOk {
+        user_id: user,
+        session_token: token,
+        token_expires_at_ms: expires,
+        profile: Some(record.profile(user)),
+    })
+}
+
+/// Checks a password and issues a token.
+pub fn login(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
+    let refused = || Refusal::new(ErrorCode::InvalidCredentials, "wrong username or password");
+    let found = match ctx.store.user_id_by_name(&req.username)? {
+        Some(id) => ctx.store.user(id)?.map(|r| (id, r)),
+        None => None,
+    };
+    let Some((user, record)) = found else {
+        // Spend the same time as a real check so that timing does not tell
+        // which usernames exist.
+        let _ = hasher(ctx)?.hash_password(req.password.as_bytes());
+        return Err(refused());
+    };
+    let parsed = PasswordHash::new(&record.password_hash)
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("stored hash: {e}")))?;
+    if Argon2::default()
+        .verify_password(req.password.as_bytes(), &parsed)
+        .is_err()
+    {
+        return Err(refused());
+    }
+    let mut batch = Batch::new();
+    let (token, expires) = issue_token(ctx, user, device_id(req.device.as_ref()), &mut batch);
+    ctx.writer.write_blocking(batch)?;
+    Ok(pb::AuthOk {
+        user_id: user,
+        session_token: token,
+        token_expires_at_ms: expires,
+        profile: Some(record.profile(user)),
+    })
+}
+
+/// Validates a token for Resume.
+pub fn resume(ctx: &Context, token: &str) -> Result<pb::AuthOk, Refusal> {
+    let refused = || Refusal::new(ErrorCode::TokenInvalid, "unknown, expired or revoked token");
+    let record = ctx.store.token(&token_hash(token))?.ok_or_else(refused)?;
+    if record.expires_at_ms <= now_ms() {
+        return Err(refused());
+    }
+    let user = ctx.store.user(record.user_id)?.ok_or_else(refused)?;
+    Ok(pb::AuthOk {
+        user_id: record.user_id,
+        session_token: token.to_owned(),
+        token_expires_at_ms: record.expires_at_ms,
+        profile: Some(user.profile(record.user_id)),
+    })
+}
+
+/// Revokes the session's token, or every token of the user.
+pub fn logout(ctx: &Context, user: u64, token: Option<&str>, all: bool) -> Result<(), Refusal> {
+    let mut batch = Batch::new();
+    let hashes = if all {
+        ctx.store.tokens_of(user)?
+    } else {
+        token.map(|t| token_hash(t).to_vec()).into_iter().collect()
+    };
+    for hash in hashes {
+        let mut index = keys::id(user).to_vec();
+        index.extend_from_slice(&hash);
+        batch.delete(Ks::UserTokens, index);
+        batch.delete(Ks::Tokens, hash);
+    }
+    if !batch.is_empty() {
+        ctx.writer.write_blocking(batch)?;
+    }
+    Ok(())
+}
+
+/// A user's public profile, by id or username.
+pub fn profile(ctx: &Context, req: &pb::GetProfile) -> Result<pb::Profile, Refusal> {
+    let id = if req.user_id != 0 {
+        Some(req.user_id)
+    } else {
+        ctx.store.user_id_by_name(&req.username)?
+    };
+    let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
+    let id = id.ok_or_else(not_found)?;
+    let record = ctx.store.user(id)?.ok_or_else(not_found)?;
+    Ok(record.profile(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_lowercase_and_bounded() {
+        assert!(valid_username("alice_01.x-y"));
+        assert!(!valid_username("Al"));
+        assert!(!valid_username("Alice"));
+        assert!(!valid_username("al ice"));
+        assert!(!valid_username(&"a".repeat(33)));
+    }
+}

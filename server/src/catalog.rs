@@ -1,0 +1,289 @@
+//! Conversation creation and the read side: history, sync, the conversation
+//! list. Reads come from the store, which holds exactly what has been
+//! acknowledged; the owner shard's in-memory state is never consulted, so
+//! these run on any shard's blocking pool.
+//!
+//! Every function here blocks; callers use the blocking pool.
+
+use std::collections::{HashMap, HashSet};
+
+use chat_protocol::pb::{self, ConversationKind, Role};
+use chat_protocol::ErrorCode;
+use prost::Message;
+
+use crate::context::{Context, now_ms};
+use crate::records::{ConversationRecord, MemberRecord, UserConversationRecord};
+use crate::reply::Refusal;
+use crate::storage::writer::Batch;
+use crate::storage::{Ks, keys};
+
+/// Default and largest history page (`spec/README.md`, "Limits").
+pub const HISTORY_PAGE_DEFAULT: u32 = 50;
+/// See [`HISTORY_PAGE_DEFAULT`].
+pub const HISTORY_PAGE_MAX: u32 = 200;
+/// Default and largest number of messages per conversation in a sync reply.
+pub const SYNC_PER_CONVERSATION_DEFAULT: u32 = 100;
+/// See [`SYNC_PER_CONVERSATION_DEFAULT`].
+pub const SYNC_PER_CONVERSATION_MAX: u32 = 1000;
+/// Default and largest conversation list page.
+pub const LIST_DEFAULT: u32 = 50;
+/// See [`LIST_DEFAULT`].
+pub const LIST_MAX: u32 = 500;
+/// Longest title, in characters.
+pub const TITLE_MAX_CHARS: usize = 128;
+
+fn clamp(requested: u32, default: u32, max: u32) -> usize {
+    (if requested == 0 { default } else { requested.min(max) }) as usize
+}
+
+/// Refuses a user who is not a member, telling apart a conversation that
+/// does not exist.
+pub fn require_member(ctx: &Context, user: u64, conversation: u64) -> Result<UserConversationRecord, Refusal> {
+    if let Some(m) = ctx.store.membership(user, conversation)? {
+        return Ok(m);
+    }
+    if ctx.store.conversation(conversation)?.is_some() {
+        Err(Refusal::new(ErrorCode::NotAMember, "not a member of this conversation"))
+    } else {
+        Err(Refusal::new(ErrorCode::NotFound, "no such conversation"))
+    }
+}
+
+/// The client-facing view of a conversation.
+pub fn view(
+    id: u64,
+    record: &ConversationRecord,
+    members: &[(u64, i32)],
+    last_seq: u64,
+    me: u64,
+) -> pb::Conversation {
+    let is_channel = record.kind == ConversationKind::Channel as i32;
+    pb::Conversation {
+        conversation_id: id,
+        kind: record.kind,
+        title: record.title.clone(),
+        created_at_ms: record.created_at_ms,
+        created_by: record.created_by,
+        last_seq,
+        my_role: members
+            .iter()
+            .find(|(u, _)| *u == me)
+            .map_or(Role::Unspecified as i32, |(_, r)| *r),
+        member_count: members.len() as u32,
+        members: if is_channel {
+            Vec::new()
+        } else {
+            members
+                .iter()
+                .map(|&(user_id, role)| pb::Member { user_id, role })
+                .collect()
+        },
+    }
+}
+
+/// Creates a direct chat, group or channel (`spec/messages.md`,
+/// "CreateConversation"). A direct chat that already exists is returned
+/// instead of created again.
+pub fn create(ctx: &Context, me: u64, req: &pb::CreateConversation) -> Result<pb::Conversation, Refusal> {
+    let kind = ConversationKind::try_from(req.kind)
+        .map_err(|_| Refusal::new(ErrorCode::InvalidArgument, "unknown conversation kind"))?;
+    if req.title.chars().count() > TITLE_MAX_CHARS {
+        return Err(Refusal::new(ErrorCode::InvalidArgument, "title too long"));
+    }
+    let mut others: Vec<u64> = Vec::new();
+    let mut seen = HashSet::new();
+    for &u in &req.member_ids {
+        if u != me && seen.insert(u) {
+            others.push(u);
+        }
+    }
+    match kind {
+        ConversationKind::Direct if others.len() != 1 || req.member_ids.len() != 1 => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "a direct conversation has exactly one other user",
+            ));
+        }
+        ConversationKind::Group if others.len() + 1 > ctx.config.max_group_members => {
+            return Err(Refusal::new(ErrorCode::MemberLimit, "too many members"));
+        }
+        ConversationKind::Channel if !others.is_empty() => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "channel subscribers join with SubscribeChannel",
+            ));
+        }
+        ConversationKind::Unspecified => {
+            return Err(Refusal::new(ErrorCode::InvalidArgument, "conversation kind required"));
+        }
+        _ => {}
+    }
+    for &u in &others {
+        if ctx.store.user(u)?.is_none() {
+            return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
+        }
+    }
+    let record = ConversationRecord {
+        kind: kind as i32,
+        title: if kind == ConversationKind::Direct { String::new() } else { req.title.clone() },
+        created_at_ms: now_ms(),
+        created_by: me,
+    };
+    let (my_role, other_role) = match kind {
+        ConversationKind::Direct => (Role::Member, Role::Member),
+        _ => (Role::Owner, Role::Member),
+    };
+    let mut members = vec![(me, my_role as i32)];
+    members.extend(others.iter().map(|&u| (u, other_role as i32)));
+
+    // Direct chats are unique per pair: check and create under the lock.
+    let _guard = (kind == ConversationKind::Direct).then(|| ctx.catalog.lock());
+    if kind == ConversationKind::Direct {
+        if let Some(&other) = others.first() {
+            if let Some(existing) = ctx.store.direct(me, other)? {
+                return get(ctx, me, existing);
+            }
+        }
+    }
+    let id = ctx.next_conversation_id();
+    let mut batch = Batch::new();
+    batch.put(Ks::Conversations, keys::id(id).to_vec(), record.encode_to_vec());
+    for &(user, role) in &members {
+        let m = MemberRecord { role, joined_seq: 0 };
+        batch.put(Ks::Members, keys::pair(id, user).to_vec(), m.encode_to_vec());
+        let uc = UserConversationRecord::default();
+        batch.put(Ks::UserConversations, keys::pair(user, id).to_vec(), uc.encode_to_vec());
+    }
+    if let (ConversationKind::Direct, Some(&other)) = (kind, others.first()) {
+        batch.put(Ks::Direct, keys::direct(me, other).to_vec(), keys::id(id).to_vec());
+    }
+    ctx.writer.write_blocking(batch)?;
+    Ok(view(id, &record, &members, 0, me))
+}
+
+/// A conversation as stored, for a member.
+pub fn get(ctx: &Context, me: u64, conversation: u64) -> Result<pb::Conversation, Refusal> {
+    require_member(ctx, me, conversation)?;
+    let record = ctx
+        .store
+        .conversation(conversation)?
+        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such conversation"))?;
+    let members: Vec<(u64, i32)> = ctx
+        .store
+        .members(conversation)?
+        .into_iter()
+        .map(|(u, m)| (u, m.role))
+        .collect();
+    let last_seq = ctx.store.last_seq(conversation)?;
+    Ok(view(conversation, &record, &members, last_seq, me))
+}
+
+/// A page of history (`spec/messages.md`, "GetHistory").
+pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::MessagePage, Refusal> {
+    if req.before_seq != 0 && req.after_seq != 0 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "give before_seq or after_seq, not both",
+        ));
+    }
+    require_member(ctx, me, req.conversation_id)?;
+    let limit = clamp(req.limit, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX);
+    let mut messages = if req.after_seq != 0 {
+        ctx.store.messages_after(req.conversation_id, req.after_seq, limit + 1)?
+    } else {
+        ctx.store.messages_before(req.conversation_id, req.before_seq, limit + 1)?
+    };
+    let has_more = messages.len() > limit;
+    messages.truncate(limit);
+    Ok(pb::MessagePage {
+        conversation_id: req.conversation_id,
+        messages,
+        has_more,
+        last_seq: ctx.store.last_seq(req.conversation_id)?,
+    })
+}
+
+/// What the client missed (`spec/messages.md`, "Sync").
+pub fn sync(ctx: &Context, me: u64, cursors: &[pb::Cursor], limit: u32) -> Result<pb::SyncResult, Refusal> {
+    let limit = clamp(limit, SYNC_PER_CONVERSATION_DEFAULT, SYNC_PER_CONVERSATION_MAX);
+    let mut given: HashMap<u64, u64> = HashMap::with_capacity(cursors.len());
+    for c in cursors {
+        let e = given.entry(c.conversation_id).or_insert(0);
+        *e = (*e).max(c.seq);
+    }
+    let mut result = pb::SyncResult::default();
+    for (conversation, _) in ctx.store.user_conversations(me)? {
+        let cursor = given.remove(&conversation).unwrap_or(0);
+        let last_seq = ctx.store.last_seq(conversation)?;
+        if last_seq <= cursor {
+            continue;
+        }
+        let mut messages = ctx.store.messages_after(conversation, cursor, limit + 1)?;
+        let truncated = messages.len() > limit;
+        messages.truncate(limit);
+        result.gaps.push(pb::Gap {
+            conversation_id: conversation,
+            from_seq: cursor + 1,
+            to_seq: last_seq,
+            messages,
+            truncated,
+        });
+    }
+    // Cursors left over name conversations the user is no longer in.
+    let mut removed: Vec<u64> = given.into_keys().collect();
+    removed.sort_unstable();
+    result.removed_conversation_ids = removed;
+    Ok(result)
+}
+
+/// The user's conversations, most recently active first, with unread counts
+/// (`spec/messages.md`, "ListConversations").
+pub fn list(ctx: &Context, me: u64, req: &pb::ListConversations) -> Result<pb::ConversationList, Refusal> {
+    let limit = clamp(req.limit, LIST_DEFAULT, LIST_MAX);
+    let mut all = Vec::new();
+    for (conversation, cursors) in ctx.store.user_conversations(me)? {
+        let Some(record) = ctx.store.conversation(conversation)? else {
+            continue;
+        };
+        let last_message = ctx.store.last_message(conversation)?;
+        let last_seq = last_message.as_ref().map_or(0, |m| m.seq);
+        let last_activity_ms = last_message
+            .as_ref()
+            .map_or(record.created_at_ms, |m| m.sent_at_ms);
+        if req.before_activity_ms != 0 && last_activity_ms >= req.before_activity_ms {
+            continue;
+        }
+        let my_role = ctx
+            .store
+            .member(conversation, me)?
+            .map_or(Role::Unspecified as i32, |m| m.role);
+        all.push(pb::ConversationSummary {
+            conversation_id: conversation,
+            kind: record.kind,
+            title: record.title,
+            last_seq,
+            last_activity_ms,
+            last_message,
+            read_seq: cursors.read_seq,
+            delivered_seq: cursors.delivered_seq,
+            unread_count: last_seq.saturating_sub(cursors.read_seq),
+            my_role,
+        });
+    }
+    all.sort_by(|a, b| {
+        b.last_activity_ms
+            .cmp(&a.last_activity_ms)
+            .then(b.conversation_id.cmp(&a.conversation_id))
+    });
+    let more = all.len() > limit;
+    all.truncate(limit);
+    let next_before_activity_ms = if more {
+        all.last().map_or(0, |c| c.last_activity_ms)
+    } else {
+        0
+    };
+    Ok(pb::ConversationList {
+        conversations: all,
+        next_before_activity_ms,
+    })
+}

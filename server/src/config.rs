@@ -1,0 +1,126 @@
+//! Server settings. Only `main.rs` reads files, environment and flags; the
+//! library takes a finished [`Config`]. Every field documents its meaning,
+//! default and unit.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How hard the server works to make an acknowledged message survive a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every batch is written and `fdatasync`ed before any message in it is
+    /// acknowledged. Survives process crashes and power loss. The default.
+    #[default]
+    Sync,
+    /// Batches are written to the journal (the OS page cache) before the
+    /// ack, without fsync. Survives a process crash, not a power loss.
+    Buffered,
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Plain TCP listener. Default `127.0.0.1:7400`; port 0 picks a free port.
+    pub tcp_listen: SocketAddr,
+    /// Directory for the store (`data_dir/store`). Default `./chatd-data`.
+    pub data_dir: PathBuf,
+    /// Shard threads. Default 0, meaning one per available core.
+    pub shards: usize,
+    /// Durability mode, see [`Durability`]. Default `sync`.
+    pub durability: Durability,
+    /// Largest frame body accepted, in bytes. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest message (text + ciphertext + media reference), in bytes.
+    /// Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// Largest group, in members. Default 500.
+    pub max_group_members: usize,
+    /// Frames queued towards one session before it is disconnected as a slow
+    /// consumer. Default 1024. At most `max_frame_bytes` each, typically a
+    /// few hundred bytes.
+    pub session_queue_frames: usize,
+    /// Requests of one connection being processed at once; further frames
+    /// are not read from its socket until one completes. Default 256.
+    pub session_inflight_requests: usize,
+    /// Messages held per shard-to-shard ring. Default 8192.
+    pub mesh_ring_capacity: usize,
+    /// Write requests queued towards the storage writer. Default 16384.
+    pub storage_queue: usize,
+    /// Most recent messages kept in memory per active conversation, serving
+    /// live fan-out, short syncs and first history pages. Default 256.
+    pub recent_messages: usize,
+    /// Heartbeat interval announced to clients, in milliseconds; sessions
+    /// silent for 3 intervals are closed. Default 15,000.
+    pub heartbeat_interval_ms: u32,
+    /// Time a new connection has to complete Hello, in milliseconds.
+    /// Default 10,000.
+    pub handshake_timeout_ms: u64,
+    /// Lifetime of a session token, in seconds. Default 30 days.
+    pub token_ttl_secs: u64,
+    /// Wait for in-flight writes and queued frames at shutdown, in
+    /// milliseconds, before closing anyway. Default 5,000.
+    pub shutdown_grace_ms: u64,
+    /// argon2 memory cost in KiB (default 19,456: OWASP's minimum for
+    /// argon2id) and iterations (default 2). Tests lower them.
+    pub argon2_memory_kib: u32,
+    /// See `argon2_memory_kib`.
+    pub argon2_iterations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tcp_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            data_dir: PathBuf::from("chatd-data"),
+            shards: 0,
+            durability: Durability::Sync,
+            max_frame_bytes: chat_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_message_bytes: 64 * 1024,
+            max_group_members: 500,
+            session_queue_frames: 1024,
+            session_inflight_requests: 256,
+            mesh_ring_capacity: 8192,
+            storage_queue: 16_384,
+            recent_messages: 256,
+            heartbeat_interval_ms: 15_000,
+            handshake_timeout_ms: 10_000,
+            token_ttl_secs: 30 * 24 * 3600,
+            shutdown_grace_ms: 5_000,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+impl Config {
+    /// Number of shards to run: `shards`, or the available cores if 0.
+    pub fn nr_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Sessions silent this long are closed.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.heartbeat_interval_ms) * 3)
+    }
+
+    /// Settings for tests: cheap password hashing, a given data directory,
+    /// a free port.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            tcp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            shards: 2,
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            ..Self::default()
+        }
+    }
+}

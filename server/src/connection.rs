@@ -1,0 +1,385 @@
+//! One client connection: the only place where a socket meets the session.
+//!
+//! A reader task decodes frames and carries them out in order; a writer task
+//! drains the session's bounded queue into the socket, coalescing queued
+//! frames into one write. Requests that need the store or another shard are
+//! handed off without blocking the reader, up to
+//! `session_inflight_requests` at once; past that the reader stops reading,
+//! and TCP flow control pushes back on the client.
+
+use std::cell::RefCell;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
+use chat_protocol::{ErrorCode, FrameDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::context::Context;
+use crate::owner::{OwnerOp, OwnerRequest};
+use crate::reply::{self, Handled, Refusal};
+use crate::session_state::{SessionState, Verdict};
+use crate::session_table::{Close, CloseSignal, SessionHandle};
+use crate::shard::{Origin, Shard};
+use crate::{accounts, catalog};
+
+/// Bytes requested from the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Frames coalesced into one socket write at most this large.
+const WRITE_COALESCE: usize = 64 * 1024;
+
+/// Runs a blocking closure on the runtime's blocking pool.
+async fn blocking<T: Send + 'static>(
+    ctx: &Arc<Context>,
+    f: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || f(&ctx))
+        .await
+        .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, format!("handler failed: {e}"))))
+}
+
+struct Conn {
+    shard: Rc<Shard>,
+    id: u64,
+    handle: Rc<SessionHandle>,
+    state: RefCell<SessionState>,
+    /// The token this session authenticated with, for Logout.
+    token: RefCell<Option<String>>,
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let config = &shard.ctx.config;
+    let (tx, rx) = mpsc::channel(config.session_queue_frames.max(1));
+    let (id, handle) = shard
+        .sessions
+        .borrow_mut()
+        .insert(tx, config.session_inflight_requests.max(1));
+    let (rd, wr) = stream.into_split();
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let writer = tokio::task::spawn_local(write_loop(wr, rx, handle.signal.clone(), grace));
+    let conn = Rc::new(Conn {
+        shard: shard.clone(),
+        id,
+        handle,
+        state: RefCell::new(SessionState::default()),
+        token: RefCell::new(None),
+    });
+    conn.read_loop(rd).await;
+    let _ = writer.await;
+    shard.sessions.borrow_mut().remove(id);
+    tracing::debug!("session closed");
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    signal: Rc<CloseSignal>,
+    grace: Duration,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_COALESCE);
+    let mut stream_intact = true;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = rx.recv() => f,
+            _ = signal.closed() => break,
+        };
+        let Some(frame) = frame else { break };
+        buf.clear();
+        buf.extend_from_slice(&frame);
+        while buf.len() < WRITE_COALESCE {
+            match rx.try_recv() {
+                Ok(f) => buf.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        let mut write = pin!(wr.write_all(&buf));
+        let done = tokio::select! {
+            r = &mut write => r.is_ok(),
+            _ = signal.closed() => {
+                if signal.get().is_some_and(|c| c.flush_first) {
+                    matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
+                } else {
+                    // Slow consumer: abandon the write mid-frame.
+                    false
+                }
+            }
+        };
+        if !done {
+            stream_intact = false;
+            break;
+        }
+    }
+    if let (true, Some(close)) = (stream_intact, signal.get()) {
+        buf.clear();
+        if close.flush_first {
+            while let Ok(f) = rx.try_recv() {
+                buf.extend_from_slice(&f);
+            }
+        }
+        if let Some(f) = close.frame {
+            buf.extend_from_slice(&f);
+        }
+        let _ = tokio::time::timeout(grace, wr.write_all(&buf)).await;
+    }
+    let _ = tokio::time::timeout(grace, wr.shutdown()).await;
+}
+
+impl Conn {
+    fn ctx(&self) -> &Arc<Context> {
+        &self.shard.ctx
+    }
+
+    fn push(&self, frame: Bytes) {
+        self.shard.sessions.borrow().push(self.id, frame);
+    }
+
+    fn close(&self, frame: Option<Bytes>) {
+        self.handle.signal.close(Close {
+            frame,
+            flush_first: true,
+        });
+    }
+
+    async fn read_loop(self: &Rc<Self>, mut rd: tokio::net::tcp::OwnedReadHalf) {
+        let config = &self.ctx().config;
+        let mut decoder = FrameDecoder::new(config.max_frame_bytes);
+        let hello_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
+        let idle = config.idle_timeout();
+        let signal = self.handle.signal.clone();
+        loop {
+            let greeted = !matches!(
+                self.state.borrow().phase(),
+                crate::session_state::Phase::Connecting
+            );
+            let deadline = if greeted { Instant::now() + idle } else { hello_deadline };
+            let buf = decoder.buffer_mut();
+            buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, rd.read_buf(buf)) => r,
+                _ = signal.closed() => return,
+            };
+            match read {
+                Err(_) => {
+                    let message = if greeted { "no traffic within 3 heartbeat intervals" } else { "no Hello in time" };
+                    self.close(Some(reply::error(0, ErrorCode::IdleTimeout, message)));
+                    return;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    self.close(None);
+                    return;
+                }
+                Ok(Ok(_)) => {}
+            }
+            loop {
+                match decoder.next_frame::<pb::ClientFrame>() {
+                    Ok(Some(frame)) => self.handle(frame).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // `spec/framing.md`: report, then close; the next
+                        // frame boundary cannot be trusted.
+                        tracing::debug!(cause = %e, "bad frame");
+                        self.close(Some(reply::error(0, e.code(), &e.to_string())));
+                        return;
+                    }
+                }
+                if signal.get().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn handle(self: &Rc<Self>, frame: pb::ClientFrame) {
+        let rid = frame.request_id;
+        let verdict = self.state.borrow().admit(frame.body.as_ref());
+        match verdict {
+            Verdict::Accept => {}
+            Verdict::Ignore => return,
+            Verdict::Refuse(code) => {
+                let message = match code {
+                    ErrorCode::UnknownMessage => "frame has no known message",
+                    ErrorCode::HelloRequired => "send Hello first",
+                    ErrorCode::Unauthenticated => "log in first",
+                    ErrorCode::UnsupportedVersion => "this server speaks protocol version 1",
+                    _ => "not allowed in this state",
+                };
+                let err = reply::error(rid, code, message);
+                if code.closes_connection() {
+                    self.close(Some(err));
+                } else {
+                    self.push(err);
+                }
+                return;
+            }
+        }
+        let Some(body) = frame.body else { return };
+        match body {
+            C::Ping(p) => self.push(reply::answer(rid, Ok(S::Pong(pb::Pong { nonce: p.nonce })))),
+            C::Pong(_) => {}
+            C::Hello(_) => {
+                self.state.borrow_mut().greeted();
+                let c = &self.ctx().config;
+                let welcome = pb::Welcome {
+                    protocol_version: chat_protocol::PROTOCOL_VERSION,
+                    server_name: "chatd".into(),
+                    max_frame_bytes: c.max_frame_bytes as u32,
+                    max_message_bytes: c.max_message_bytes as u32,
+                    heartbeat_interval_ms: c.heartbeat_interval_ms,
+                    capabilities: Vec::new(),
+                };
+                self.push(reply::answer(rid, Ok(S::Welcome(welcome))));
+            }
+            C::Register(r) => {
+                let res = blocking(self.ctx(), move |c| accounts::register(c, &r)).await;
+                let res = res.map(|ok| self.authenticated(ok));
+                self.push(reply::answer(rid, res.map(S::AuthOk)));
+            }
+            C::Login(l) => {
+                let res = blocking(self.ctx(), move |c| accounts::login(c, &l)).await;
+                let res = res.map(|ok| self.authenticated(ok));
+                self.push(reply::answer(rid, res.map(S::AuthOk)));
+            }
+            C::Resume(r) => {
+                let token = r.session_token.clone();
+                let res = blocking(self.ctx(), move |c| accounts::resume(c, &token)).await;
+                let res = match res {
+                    Ok(ok) => {
+                        // Registered for pushes before the sync read, so
+                        // nothing committed in between is missed.
+                        let auth = self.authenticated(ok);
+                        let user = auth.user_id;
+                        let cursors = r.cursors;
+                        blocking(self.ctx(), move |c| catalog::sync(c, user, &cursors, 0))
+                            .await
+                            .map(|sync| S::ResumeOk(pb::ResumeOk { auth: Some(auth), sync: Some(sync) }))
+                    }
+                    Err(e) => Err(e),
+                };
+                self.push(reply::answer(rid, res));
+            }
+            C::Logout(l) => {
+                let Some(user) = self.state.borrow().user() else { return };
+                let token = self.token.borrow_mut().take();
+                let res = blocking(self.ctx(), move |c| {
+                    accounts::logout(c, user, token.as_deref(), l.all_devices)
+                })
+                .await;
+                self.state.borrow_mut().logged_out();
+                self.shard.sessions.borrow_mut().deauthenticate(self.id);
+                self.push(reply::answer(rid, res.map(|()| S::Done(pb::Done {}))));
+            }
+            other => self.dispatch(rid, other).await,
+        }
+    }
+
+    /// Records a successful login; returns the reply to send.
+    fn authenticated(&self, ok: pb::AuthOk) -> pb::AuthOk {
+        self.state.borrow_mut().authenticated(ok.user_id);
+        self.shard.sessions.borrow_mut().authenticate(self.id, ok.user_id);
+        *self.token.borrow_mut() = Some(ok.session_token.clone());
+        ok
+    }
+
+    /// Requests of an authenticated session.
+    async fn dispatch(self: &Rc<Self>, rid: u64, body: C) {
+        let Some(user) = self.state.borrow().user() else { return };
+        // A permit per request being processed; the reply gives it back.
+        match self.handle.inflight.clone().acquire_owned().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return,
+        }
+        let origin = Origin {
+            shard: self.shard.id,
+            session: self.id,
+            request_id: rid,
+        };
+        let owner = |conversation, op| OwnerRequest::new(origin, user, conversation, op);
+        match body {
+            C::SendMessage(m) => self.shard.to_owner(owner(m.conversation_id, OwnerOp::Send(m))).await,
+            C::RemoveMember(r) => {
+                let req = owner(r.conversation_id, OwnerOp::RemoveMember(r.user_id));
+                self.shard.to_owner(req).await;
+            }
+            C::LeaveConversation(l) => self.shard.to_owner(owner(l.conversation_id, OwnerOp::Leave)).await,
+            C::SetRole(r) => {
+                let req = owner(r.conversation_id, OwnerOp::SetRole(r.user_id, r.role));
+                self.shard.to_owner(req).await;
+            }
+            C::UpdateConversation(u) => {
+                let req = owner(u.conversation_id, OwnerOp::UpdateTitle(u.title));
+                self.shard.to_owner(req).await;
+            }
+            C::TransferOwnership(t) => {
+                let req = owner(t.conversation_id, OwnerOp::TransferOwnership(t.new_owner_id));
+                self.shard.to_owner(req).await;
+            }
+            C::AddMembers(a) => {
+                let shard = self.shard.clone();
+                tokio::task::spawn_local(async move {
+                    let ids = a.user_ids.clone();
+                    let checked = blocking(&shard.ctx, move |c| {
+                        for &u in &ids {
+                            if c.store.user(u)?.is_none() {
+                                return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await;
+                    match checked {
+                        Ok(()) => {
+                            let req = OwnerRequest::new(origin, user, a.conversation_id, OwnerOp::AddMembers(a.user_ids));
+                            shard.to_owner(req).await;
+                        }
+                        Err(r) => shard.sessions.borrow().reply(origin.session, reply::answer(rid, Err(r))),
+                    }
+                });
+            }
+            C::CreateConversation(c) => {
+                self.spawn_read(rid, move |ctx| catalog::create(ctx, user, &c).map(S::Conversation));
+            }
+            C::GetConversation(g) => {
+                self.spawn_read(rid, move |ctx| catalog::get(ctx, user, g.conversation_id).map(S::Conversation));
+            }
+            C::ListConversations(l) => {
+                self.spawn_read(rid, move |ctx| catalog::list(ctx, user, &l).map(S::ConversationList));
+            }
+            C::GetHistory(h) => {
+                self.spawn_read(rid, move |ctx| catalog::history(ctx, user, &h).map(S::MessagePage));
+            }
+            C::Sync(s) => {
+                self.spawn_read(rid, move |ctx| {
+                    catalog::sync(ctx, user, &s.cursors, s.limit_per_conversation).map(S::SyncResult)
+                });
+            }
+            C::GetProfile(p) => {
+                self.spawn_read(rid, move |ctx| accounts::profile(ctx, &p).map(S::Profile));
+            }
+            _ => {
+                let err = Refusal::new(ErrorCode::UnknownMessage, "not supported by this server version");
+                self.shard.sessions.borrow().reply(self.id, reply::answer(rid, Err(err)));
+            }
+        }
+    }
+
+    /// Runs a store-backed request on the blocking pool and replies.
+    fn spawn_read(&self, rid: u64, f: impl FnOnce(&Context) -> Handled + Send + 'static) {
+        let shard = self.shard.clone();
+        let session = self.id;
+        tokio::task::spawn_local(async move {
+            let result = blocking(&shard.ctx, f).await;
+            shard.sessions.borrow().reply(session, reply::answer(rid, result));
+        });
+    }
+}

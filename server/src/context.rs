@@ -1,0 +1,84 @@
+//! State shared by every shard: configuration, the store, the writer queue,
+//! the mesh and id allocators. None of it is on the message path as a lock:
+//! the store and writer are thread-safe handles, the allocators are atomics
+//! touched only when users or conversations are created, and the catalog
+//! lock serialises only registrations and conversation creation, on
+//! blocking threads.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::mesh::{Mesh, ShardId};
+use crate::storage::Store;
+use crate::storage::writer::Writer;
+
+/// Shared by all shards through an `Arc`.
+#[derive(Debug)]
+pub struct Context {
+    /// Settings.
+    pub config: Config,
+    /// Read handle to the store (reads run on blocking threads).
+    pub store: Store,
+    /// Queue to the storage writer.
+    pub writer: Writer,
+    /// Shard-to-shard rings.
+    pub mesh: Mesh,
+    /// Highest user id handed out.
+    pub last_user_id: AtomicU64,
+    /// Highest conversation id handed out.
+    pub last_conversation_id: AtomicU64,
+    /// Serialises check-then-write of unique names and direct pairs.
+    pub catalog: Mutex<()>,
+    /// Flips to `true` when the server starts shutting down.
+    pub shutdown: watch::Sender<bool>,
+    /// Set after a storage failure: the server stops taking writes.
+    pub failed: AtomicBool,
+}
+
+impl Context {
+    /// Number of shards.
+    pub fn nr_shards(&self) -> usize {
+        self.mesh.nr_shards()
+    }
+
+    /// The shard that owns `conversation` and alone sequences it.
+    pub fn shard_for(&self, conversation: u64) -> ShardId {
+        // Fibonacci hashing spreads consecutive ids evenly.
+        let h = conversation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        (h % self.nr_shards() as u64) as ShardId
+    }
+
+    /// A fresh user id.
+    pub fn next_user_id(&self) -> u64 {
+        self.last_user_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A fresh conversation id.
+    pub fn next_conversation_id(&self) -> u64 {
+        self.last_conversation_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Stops the server after a storage failure: acknowledged data is safe,
+    /// but nothing new can be made durable.
+    pub fn fail(&self) {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            tracing::error!("storage failed; shutting down");
+            let _ = self.shutdown.send(true);
+        }
+    }
+}
+
+/// Wall-clock Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,110 @@
+//! Records the server stores, encoded with protobuf like the wire types so
+//! that fields can be added without migrating old data. Message bodies are
+//! stored as `pb::Message` itself. The layout is described in the README
+//! ("Storage layout") and locked by `tests/storage_layout.rs`.
+
+use chat_protocol::pb;
+
+/// `users` keyspace value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserRecord {
+    /// Unique login name.
+    #[prost(string, tag = "1")]
+    pub username: String,
+    /// Shown to other users.
+    #[prost(string, tag = "2")]
+    pub display_name: String,
+    /// argon2id PHC string.
+    #[prost(string, tag = "3")]
+    pub password_hash: String,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "4")]
+    pub created_at_ms: u64,
+    /// Whether others see last-seen times.
+    #[prost(bool, tag = "5")]
+    pub hide_last_seen: bool,
+}
+
+impl UserRecord {
+    /// The public part of the record.
+    pub fn profile(&self, user_id: u64) -> pb::Profile {
+        pb::Profile {
+            user_id,
+            username: self.username.clone(),
+            display_name: self.display_name.clone(),
+            created_at_ms: self.created_at_ms,
+        }
+    }
+}
+
+/// `tokens` keyspace value; the key is the SHA-256 of the token.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TokenRecord {
+    /// Owner of the token.
+    #[prost(uint64, tag = "1")]
+    pub user_id: u64,
+    /// Unix milliseconds after which the token is refused.
+    #[prost(uint64, tag = "2")]
+    pub expires_at_ms: u64,
+    /// Device that logged in.
+    #[prost(string, tag = "3")]
+    pub device_id: String,
+}
+
+/// `conversations` keyspace value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConversationRecord {
+    /// `pb::ConversationKind`.
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    /// Group or channel title.
+    #[prost(string, tag = "2")]
+    pub title: String,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "3")]
+    pub created_at_ms: u64,
+    /// Creator.
+    #[prost(uint64, tag = "4")]
+    pub created_by: u64,
+}
+
+/// `members` keyspace value (key: conversation ‖ user).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberRecord {
+    /// `pb::Role`.
+    #[prost(int32, tag = "1")]
+    pub role: i32,
+    /// Conversation seq at which the user joined (0 = from the start).
+    #[prost(uint64, tag = "2")]
+    pub joined_seq: u64,
+}
+
+/// `user_conversations` keyspace value (key: user ‖ conversation): the
+/// user's cursors in that conversation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserConversationRecord {
+    /// Highest seq the user has read.
+    #[prost(uint64, tag = "1")]
+    pub read_seq: u64,
+    /// Highest seq delivered to one of the user's devices.
+    #[prost(uint64, tag = "2")]
+    pub delivered_seq: u64,
+    /// Conversation seq at which the user joined.
+    #[prost(uint64, tag = "3")]
+    pub joined_seq: u64,
+}
+
+/// `idempotency` keyspace value (key: conversation ‖ sender ‖ client_msg_id):
+/// the original ack.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdempotencyRecord {
+    /// Seq of the original message.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// Its message id.
+    #[prost(fixed64, tag = "2")]
+    pub message_id: u64,
+    /// Its timestamp.
+    #[prost(uint64, tag = "3")]
+    pub sent_at_ms: u64,
+}

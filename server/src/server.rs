@@ -1,0 +1,161 @@
+//! Starting and stopping the whole server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::thread;
+
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::mesh::Mesh;
+use crate::storage::writer::{Writer, WriterThread};
+use crate::storage::{StorageError, Store};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory or a socket could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or recovered.
+    #[error("opening the store: {0}")]
+    Storage(#[from] StorageError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// A running server. Dropping it without [`ServerHandle::shutdown`] leaves
+/// the threads running until the process exits.
+#[derive(Debug)]
+pub struct ServerHandle {
+    ctx: Arc<Context>,
+    shards: Vec<thread::JoinHandle<()>>,
+    writer: WriterThread,
+    tcp_addr: SocketAddr,
+}
+
+/// Binds a listener with SO_REUSEPORT so that every shard can bind the same
+/// address and the kernel spreads connections among them.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+impl ServerHandle {
+    /// Opens the store, recovers every conversation's last seq, binds the
+    /// listeners and starts the shards. Returns once connections are
+    /// accepted.
+    pub fn start(config: Config) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(io(format!("creating {}", config.data_dir.display())))?;
+        let store = Store::open(&config.data_dir.join("store"))?;
+        let recovered = store.all_last_seqs()?;
+        let last_user_id = store.max_user_id()?;
+        let last_conversation_id = store.max_conversation_id()?;
+        tracing::info!(
+            conversations = recovered.len(),
+            users = last_user_id,
+            "store recovered"
+        );
+        let (writer, writer_thread) =
+            Writer::start(store.clone(), config.durability, config.storage_queue)
+                .map_err(io("starting the storage thread"))?;
+        let nr_shards = config.nr_shards();
+
+        let first = reuseport_listener(config.tcp_listen)
+            .map_err(io(format!("binding {}", config.tcp_listen)))?;
+        let tcp_addr = first.local_addr().map_err(io("reading the bound address"))?;
+        let mut listeners = vec![first];
+        for _ in 1..nr_shards {
+            listeners.push(reuseport_listener(tcp_addr).map_err(io(format!("binding {tcp_addr}")))?);
+        }
+
+        let (shutdown, _) = watch::channel(false);
+        let ctx = Arc::new(Context {
+            mesh: Mesh::new(nr_shards, config.mesh_ring_capacity),
+            config,
+            store,
+            writer,
+            last_user_id: AtomicU64::new(last_user_id),
+            last_conversation_id: AtomicU64::new(last_conversation_id),
+            catalog: Mutex::new(()),
+            shutdown,
+            failed: AtomicBool::new(false),
+        });
+        let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];
+        for (conversation, last_seq) in recovered {
+            if let Some(map) = per_shard.get_mut(ctx.shard_for(conversation)) {
+                map.insert(conversation, last_seq);
+            }
+        }
+        let mut shards = Vec::with_capacity(nr_shards);
+        for (id, (listener, recovered)) in listeners.into_iter().zip(per_shard).enumerate() {
+            let ctx = ctx.clone();
+            let handle = thread::Builder::new()
+                .name(format!("chatd-shard-{id}"))
+                .spawn(move || {
+                    if let Err(e) = crate::shard::run(id, ctx.clone(), listener, recovered) {
+                        tracing::error!(shard = id, cause = %e, "shard failed");
+                        let _ = ctx.shutdown.send(true);
+                    }
+                })
+                .map_err(io("starting a shard thread"))?;
+            shards.push(handle);
+        }
+        tracing::info!(%tcp_addr, nr_shards, "listening");
+        Ok(Self {
+            ctx,
+            shards,
+            writer: writer_thread,
+            tcp_addr,
+        })
+    }
+
+    /// Address of the plain TCP listener.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Begins a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        let _ = self.ctx.shutdown.send(true);
+    }
+
+    /// Stops accepting, sends GoAway to every session, waits (bounded by
+    /// `shutdown_grace_ms`) for in-flight writes and queued frames, and
+    /// makes the store durable. Blocks the calling thread.
+    pub fn shutdown(self) {
+        self.begin_shutdown();
+        self.wait();
+    }
+
+    /// Waits until the server has stopped (after a shutdown began, by
+    /// [`ServerHandle::begin_shutdown`] or a storage failure).
+    pub fn wait(self) {
+        for shard in self.shards {
+            let _ = shard.join();
+        }
+        // The writer thread exits once its last handle is gone.
+        drop(self.ctx);
+        self.writer.join();
+    }
+}

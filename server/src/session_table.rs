@@ -1,0 +1,200 @@
+//! The sessions of one shard: who is connected, as which user, and the
+//! bounded queue of frames towards each.
+//!
+//! Owned by the shard thread alone (`RefCell`, no lock). Pushing never
+//! waits: a session whose queue is full is closed as a slow consumer
+//! (`spec/errors.md`, SLOW_CONSUMER) and catches up by syncing after it
+//! reconnects, so one slow reader never holds up a fan-out or grows memory.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chat_protocol::ErrorCode;
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use crate::reply;
+
+/// How a session ends.
+#[derive(Debug, Clone)]
+pub struct Close {
+    /// Last frame written before closing (Error or GoAway), if any.
+    pub frame: Option<Bytes>,
+    /// Write what is already queued first (graceful), or drop it (the
+    /// queue is the problem).
+    pub flush_first: bool,
+}
+
+/// Tells a session's reader and writer tasks to stop.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    close: RefCell<Option<Close>>,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    /// Asks the session to close; the first request wins.
+    pub fn close(&self, close: Close) {
+        let mut slot = self.close.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(close);
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// The close request, if one was made.
+    pub fn get(&self) -> Option<Close> {
+        self.close.borrow().clone()
+    }
+
+    /// Waits until the session is asked to close.
+    pub async fn closed(&self) {
+        loop {
+            let mut notified = pin!(self.notify.notified());
+            notified.as_mut().enable();
+            if self.close.borrow().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What the shard keeps per session.
+#[derive(Debug)]
+pub struct SessionHandle {
+    user: Cell<Option<u64>>,
+    tx: mpsc::Sender<Bytes>,
+    /// Permits for requests being processed; a reply returns one.
+    pub inflight: Arc<Semaphore>,
+    /// Closes the session.
+    pub signal: Rc<CloseSignal>,
+}
+
+/// Sessions of one shard.
+#[derive(Debug, Default)]
+pub struct SessionTable {
+    next_id: u64,
+    sessions: HashMap<u64, Rc<SessionHandle>>,
+    by_user: HashMap<u64, Vec<u64>>,
+}
+
+impl SessionTable {
+    /// Registers a new connection, returning its id and handle.
+    pub fn insert(&mut self, tx: mpsc::Sender<Bytes>, inflight: usize) -> (u64, Rc<SessionHandle>) {
+        self.next_id += 1;
+        let handle = Rc::new(SessionHandle {
+            user: Cell::new(None),
+            tx,
+            inflight: Arc::new(Semaphore::new(inflight)),
+            signal: Rc::new(CloseSignal::default()),
+        });
+        self.sessions.insert(self.next_id, handle.clone());
+        (self.next_id, handle)
+    }
+
+    /// The session logged in as `user`: it now receives the user's pushes.
+    pub fn authenticate(&mut self, id: u64, user: u64) {
+        if let Some(s) = self.sessions.get(&id) {
+            s.user.set(Some(user));
+            self.by_user.entry(user).or_default().push(id);
+        }
+    }
+
+    /// The session logged out.
+    pub fn deauthenticate(&mut self, id: u64) {
+        if let Some(user) = self.sessions.get(&id).and_then(|s| s.user.take()) {
+            self.unindex(user, id);
+        }
+    }
+
+    /// The connection is gone.
+    pub fn remove(&mut self, id: u64) {
+        if let Some(s) = self.sessions.remove(&id) {
+            if let Some(user) = s.user.get() {
+                self.unindex(user, id);
+            }
+        }
+    }
+
+    fn unindex(&mut self, user: u64, id: u64) {
+        if let Some(list) = self.by_user.get_mut(&user) {
+            list.retain(|&s| s != id);
+            if list.is_empty() {
+                self.by_user.remove(&user);
+            }
+        }
+    }
+
+    /// Number of connected sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is connected.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Queues `frame` towards session `id`. A full queue closes the session.
+    pub fn push(&self, id: u64, frame: Bytes) {
+        if let Some(s) = self.sessions.get(&id) {
+            enqueue(s, frame);
+        }
+    }
+
+    /// Queues the reply to a request of session `id` and frees its
+    /// in-flight permit.
+    pub fn reply(&self, id: u64, frame: Bytes) {
+        if let Some(s) = self.sessions.get(&id) {
+            s.inflight.add_permits(1);
+            enqueue(s, frame);
+        }
+    }
+
+    /// Queues `frame` to every session of every user in `users`.
+    pub fn deliver(&self, users: &[u64], frame: &Bytes) -> usize {
+        let mut n = 0;
+        for user in users {
+            if let Some(ids) = self.by_user.get(user) {
+                for id in ids {
+                    if let Some(s) = self.sessions.get(id) {
+                        enqueue(s, frame.clone());
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Closes every session gracefully with `frame` (GoAway).
+    pub fn close_all(&self, frame: Bytes) {
+        for s in self.sessions.values() {
+            s.signal.close(Close {
+                frame: Some(frame.clone()),
+                flush_first: true,
+            });
+        }
+    }
+}
+
+fn enqueue(s: &SessionHandle, frame: Bytes) {
+    match s.tx.try_send(frame) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            s.signal.close(Close {
+                frame: Some(reply::error(
+                    0,
+                    ErrorCode::SlowConsumer,
+                    "outbound queue full; reconnect and sync",
+                )),
+                flush_first: false,
+            });
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}

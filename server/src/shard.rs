@@ -1,0 +1,324 @@
+//! A shard: one OS thread with a current-thread runtime, its own listener,
+//! its sessions and the conversations it owns.
+//!
+//! Everything a shard holds is reached only from its thread (`Rc`,
+//! `RefCell`). Other shards talk to it through the [`Mesh`](crate::mesh).
+//! Three kinds of task run on a shard besides the sessions:
+//!
+//! - the mesh loop drains the rings into the shard, never waiting on a ring
+//!   itself;
+//! - the commit loop hands the owner's pending writes to the storage writer
+//!   as one batch, waits for durability, then sends acks and fan-outs in
+//!   order;
+//! - the accept loop takes connections until shutdown.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::{ErrorCode, pb};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::context::Context;
+use crate::idgen::MessageIdGenerator;
+use crate::mesh::ShardId;
+use crate::owner::{Owned, OwnerRequest};
+use crate::reply;
+use crate::session_table::SessionTable;
+use crate::storage::writer::Batch;
+
+/// Where a request came from, so the owner can route its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Shard holding the session.
+    pub shard: ShardId,
+    /// Session id on that shard.
+    pub session: u64,
+    /// The request's id, echoed in the reply.
+    pub request_id: u64,
+}
+
+/// What travels between shards.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A conversation operation for the owner shard.
+    Request(OwnerRequest),
+    /// The owner's reply to a session's request.
+    Reply {
+        /// Session on the receiving shard.
+        session: u64,
+        /// Encoded ServerFrame.
+        frame: Bytes,
+    },
+    /// A push for every session of these users on the receiving shard.
+    Deliver {
+        /// Recipients.
+        users: Arc<[u64]>,
+        /// Encoded ServerFrame (shared, encoded once).
+        frame: Bytes,
+    },
+}
+
+/// What happens once a pipeline entry's writes are durable.
+#[derive(Debug)]
+pub enum Effect {
+    /// Everything up to `seq` of `conversation` is durable.
+    Durable {
+        /// Conversation.
+        conversation: u64,
+        /// Highest seq in the batch.
+        seq: u64,
+    },
+    /// Send a reply.
+    Reply(Origin, Bytes),
+    /// Push to every session of these users, on every shard.
+    Fanout(Arc<[u64]>, Bytes),
+}
+
+/// Writes and their consequences, committed in order.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Writes of this entry.
+    pub batch: Batch,
+    /// Applied after the writes are durable, in order.
+    pub effects: Vec<Effect>,
+}
+
+/// One shard's state.
+pub struct Shard {
+    /// This shard's index.
+    pub id: ShardId,
+    /// Shared state.
+    pub ctx: Arc<Context>,
+    /// Connected sessions.
+    pub sessions: RefCell<SessionTable>,
+    /// Conversations this shard owns.
+    pub owned: RefCell<Owned>,
+    /// Message ids for messages this shard sequences.
+    pub ids: RefCell<MessageIdGenerator>,
+    /// Entries waiting for the commit loop.
+    pipeline: RefCell<VecDeque<Pending>>,
+    pipeline_ready: Notify,
+    pipeline_idle: Notify,
+    committing: std::cell::Cell<bool>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("id", &self.id).finish()
+    }
+}
+
+impl Shard {
+    fn new(id: ShardId, ctx: Arc<Context>, recovered: HashMap<u64, u64>) -> Self {
+        let recent = ctx.config.recent_messages;
+        Self {
+            id,
+            sessions: RefCell::new(SessionTable::default()),
+            owned: RefCell::new(Owned::new(recovered, recent)),
+            ids: RefCell::new(MessageIdGenerator::new(id as u16)),
+            pipeline: RefCell::new(VecDeque::new()),
+            pipeline_ready: Notify::new(),
+            pipeline_idle: Notify::new(),
+            committing: std::cell::Cell::new(false),
+            ctx,
+        }
+    }
+
+    /// Queues writes and their effects for the commit loop.
+    pub fn commit(&self, pending: Pending) {
+        self.pipeline.borrow_mut().push_back(pending);
+        self.pipeline_ready.notify_one();
+    }
+
+    /// Routes a reply to the session that asked.
+    pub async fn reply(&self, origin: Origin, frame: Bytes) {
+        if origin.shard == self.id {
+            self.sessions.borrow().reply(origin.session, frame);
+        } else {
+            let msg = ShardMsg::Reply {
+                session: origin.session,
+                frame,
+            };
+            self.ctx.mesh.send(self.id, origin.shard, msg).await;
+        }
+    }
+
+    /// Pushes `frame` to every session of `users` on every shard.
+    pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes) {
+        for dst in 0..self.ctx.nr_shards() {
+            if dst == self.id {
+                self.sessions.borrow().deliver(&users, &frame);
+            } else {
+                let msg = ShardMsg::Deliver {
+                    users: users.clone(),
+                    frame: frame.clone(),
+                };
+                self.ctx.mesh.send(self.id, dst, msg).await;
+            }
+        }
+    }
+
+    /// Sends a conversation operation to the shard that owns it.
+    pub async fn to_owner(self: &Rc<Self>, req: OwnerRequest) {
+        let owner = self.ctx.shard_for(req.conversation());
+        if owner == self.id {
+            self.enqueue_owned(req);
+        } else {
+            self.ctx.mesh.send(self.id, owner, ShardMsg::Request(req)).await;
+        }
+    }
+
+    fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Request(req) => self.enqueue_owned(req),
+            ShardMsg::Reply { session, frame } => self.sessions.borrow().reply(session, frame),
+            ShardMsg::Deliver { users, frame } => {
+                self.sessions.borrow().deliver(&users, &frame);
+            }
+        }
+    }
+
+    async fn mesh_loop(self: Rc<Self>) {
+        loop {
+            let taken = self.ctx.mesh.drain(self.id, |msg| self.handle_msg(msg));
+            if taken == 0 {
+                self.ctx.mesh.readable(self.id).await;
+            } else {
+                // Let sessions and the commit loop run between turns.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    async fn commit_loop(self: Rc<Self>) {
+        loop {
+            let entries: Vec<Pending> = self.pipeline.borrow_mut().drain(..).collect();
+            if entries.is_empty() {
+                self.committing.set(false);
+                self.pipeline_idle.notify_waiters();
+                self.pipeline_ready.notified().await;
+                continue;
+            }
+            self.committing.set(true);
+            let mut batch = Batch::new();
+            let mut effects = Vec::new();
+            for e in entries {
+                batch.extend(e.batch);
+                effects.extend(e.effects);
+            }
+            let result = if batch.is_empty() {
+                Ok(())
+            } else {
+                self.ctx.writer.write(batch).await
+            };
+            match result {
+                Ok(()) => {
+                    for effect in effects {
+                        match effect {
+                            Effect::Durable { conversation, seq } => {
+                                self.owned.borrow_mut().mark_durable(conversation, seq);
+                            }
+                            Effect::Reply(origin, frame) => self.reply(origin, frame).await,
+                            Effect::Fanout(users, frame) => self.fanout(users, frame).await,
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, cause = %e, "commit failed");
+                    self.ctx.fail();
+                    for effect in effects {
+                        if let Effect::Reply(origin, _) = effect {
+                            let frame = reply::error(
+                                origin.request_id,
+                                ErrorCode::StorageFailure,
+                                "not stored; retry after reconnecting",
+                            );
+                            self.reply(origin, frame).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued write has been committed and its effects
+    /// sent.
+    async fn pipeline_drained(&self) {
+        loop {
+            let mut idle = std::pin::pin!(self.pipeline_idle.notified());
+            idle.as_mut().enable();
+            if self.pipeline.borrow().is_empty() && !self.committing.get() {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Runs shard `id` on the current thread until shutdown completes.
+pub fn run(
+    id: ShardId,
+    ctx: Arc<Context>,
+    listener: std::net::TcpListener,
+    recovered: HashMap<u64, u64>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .thread_name(format!("chatd-shard-{id}-blocking"))
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let grace = Duration::from_millis(ctx.config.shutdown_grace_ms);
+    let result = local.block_on(&runtime, async move {
+        let listener = TcpListener::from_std(listener)?;
+        let shard = Rc::new(Shard::new(id, ctx.clone(), recovered));
+        tokio::task::spawn_local(shard.clone().mesh_loop());
+        tokio::task::spawn_local(shard.clone().commit_loop());
+        let mut shutdown = ctx.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let span = tracing::debug_span!("session", shard = id, %peer);
+                        tokio::task::spawn_local(
+                            crate::connection::serve(shard.clone(), stream).instrument(span),
+                        );
+                    }
+                    // Out of file descriptors and similar: back off briefly
+                    // rather than spin.
+                    Err(e) => {
+                        tracing::warn!(shard = id, cause = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.wait_for(|&s| s) => break,
+            }
+        }
+        drop(listener);
+        tracing::info!(shard = id, sessions = shard.sessions.borrow().len(), "draining");
+        let goaway = reply::push(pb::server_frame::Body::GoAway(pb::GoAway {
+            code: ErrorCode::ShuttingDown as i32,
+            message: "server shutting down".into(),
+            reconnect_after_ms: 1000,
+        }));
+        let drained = async {
+            shard.pipeline_drained().await;
+            shard.sessions.borrow().close_all(goaway);
+            while !shard.sessions.borrow().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(shard = id, "shutdown grace period elapsed");
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    runtime.shutdown_timeout(grace);
+    result
+}

@@ -1,0 +1,351 @@
+//! Durable state in fjall, an embedded LSM store.
+//!
+//! Every call here blocks (disk reads, fsync): shard threads never call it
+//! directly. Reads run on the runtime's blocking pool; writes go through the
+//! single [`writer::Writer`] thread, which group-commits them.
+//!
+//! Keyspaces (README, "Storage layout"):
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `users` | user id | [`UserRecord`] |
+//! | `usernames` | username | user id |
+//! | `tokens` | SHA-256(token) | [`TokenRecord`] |
+//! | `user_tokens` | user ‖ SHA-256(token) | empty |
+//! | `conversations` | conversation id | [`ConversationRecord`] |
+//! | `members` | conversation ‖ user | [`MemberRecord`] |
+//! | `user_conversations` | user ‖ conversation | [`UserConversationRecord`] |
+//! | `direct` | min user ‖ max user | conversation id |
+//! | `messages` | conversation ‖ !seq | `pb::Message` |
+//! | `idempotency` | conversation ‖ sender ‖ client_msg_id | [`IdempotencyRecord`] |
+
+pub mod keys;
+pub mod writer;
+
+use std::path::Path;
+
+use chat_protocol::pb;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use prost::Message;
+
+use crate::records::{
+    ConversationRecord, IdempotencyRecord, MemberRecord, TokenRecord, UserConversationRecord,
+    UserRecord,
+};
+
+/// Storage failures. Any of them means the store can no longer be trusted
+/// to keep what it acknowledges; the server stops accepting writes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// fjall reported an error (I/O, corruption, poisoned after a failed fsync).
+    #[error("store: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// A stored record does not decode.
+    #[error("corrupt record in {keyspace}: {detail}")]
+    Corrupt {
+        /// Where it was read.
+        keyspace: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The writer thread is gone (shutdown or an earlier failure).
+    #[error("storage writer stopped")]
+    WriterStopped,
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Names a keyspace in a [`writer::Batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ks {
+    /// `users`
+    Users,
+    /// `usernames`
+    Usernames,
+    /// `tokens`
+    Tokens,
+    /// `user_tokens`
+    UserTokens,
+    /// `conversations`
+    Conversations,
+    /// `members`
+    Members,
+    /// `user_conversations`
+    UserConversations,
+    /// `direct`
+    Direct,
+    /// `messages`
+    Messages,
+    /// `idempotency`
+    Idempotency,
+}
+
+/// Handles to the database and its keyspaces. Cheap to clone; safe to use
+/// from any thread.
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    users: Keyspace,
+    usernames: Keyspace,
+    tokens: Keyspace,
+    user_tokens: Keyspace,
+    conversations: Keyspace,
+    members: Keyspace,
+    user_conversations: Keyspace,
+    direct: Keyspace,
+    messages: Keyspace,
+    idempotency: Keyspace,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn decode<M: Message + Default>(keyspace: &'static str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| StorageError::Corrupt {
+        keyspace,
+        detail: e.to_string(),
+    })
+}
+
+fn u64_value(keyspace: &'static str, bytes: &[u8]) -> Result<u64> {
+    keys::first(bytes).ok_or_else(|| StorageError::Corrupt {
+        keyspace,
+        detail: "expected an 8-byte id".into(),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir`, replaying its journal.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = Database::builder(dir).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(Self {
+            users: ks("users")?,
+            usernames: ks("usernames")?,
+            tokens: ks("tokens")?,
+            user_tokens: ks("user_tokens")?,
+            conversations: ks("conversations")?,
+            members: ks("members")?,
+            user_conversations: ks("user_conversations")?,
+            direct: ks("direct")?,
+            messages: ks("messages")?,
+            idempotency: ks("idempotency")?,
+            db,
+        })
+    }
+
+    pub(crate) fn keyspace(&self, ks: Ks) -> &Keyspace {
+        match ks {
+            Ks::Users => &self.users,
+            Ks::Usernames => &self.usernames,
+            Ks::Tokens => &self.tokens,
+            Ks::UserTokens => &self.user_tokens,
+            Ks::Conversations => &self.conversations,
+            Ks::Members => &self.members,
+            Ks::UserConversations => &self.user_conversations,
+            Ks::Direct => &self.direct,
+            Ks::Messages => &self.messages,
+            Ks::Idempotency => &self.idempotency,
+        }
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// A user's record.
+    pub fn user(&self, user: u64) -> Result<Option<UserRecord>> {
+        self.users
+            .get(keys::id(user))?
+            .map(|v| decode("users", &v))
+            .transpose()
+    }
+
+    /// The id registered under `username`.
+    pub fn user_id_by_name(&self, username: &str) -> Result<Option<u64>> {
+        self.usernames
+            .get(username.as_bytes())?
+            .map(|v| u64_value("usernames", &v))
+            .transpose()
+    }
+
+    /// A session token's record, by the token's hash.
+    pub fn token(&self, hash: &[u8]) -> Result<Option<TokenRecord>> {
+        self.tokens
+            .get(hash)?
+            .map(|v| decode("tokens", &v))
+            .transpose()
+    }
+
+    /// Hashes of every token of `user` (for "log out everywhere").
+    pub fn tokens_of(&self, user: u64) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for kv in self.user_tokens.prefix(keys::id(user)) {
+            let k = kv.key()?;
+            if let Some(hash) = k.get(8..) {
+                out.push(hash.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// A conversation's record.
+    pub fn conversation(&self, conversation: u64) -> Result<Option<ConversationRecord>> {
+        self.conversations
+            .get(keys::id(conversation))?
+            .map(|v| decode("conversations", &v))
+            .transpose()
+    }
+
+    /// The existing direct conversation of two users.
+    pub fn direct(&self, a: u64, b: u64) -> Result<Option<u64>> {
+        self.direct
+            .get(keys::direct(a, b))?
+            .map(|v| u64_value("direct", &v))
+            .transpose()
+    }
+
+    /// Every member of a conversation with their record.
+    pub fn members(&self, conversation: u64) -> Result<Vec<(u64, MemberRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.members.prefix(keys::id(conversation)) {
+            let (k, v) = kv.into_inner()?;
+            if let Some(user) = keys::pair_second(&k) {
+                out.push((user, decode("members", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One member's record.
+    pub fn member(&self, conversation: u64, user: u64) -> Result<Option<MemberRecord>> {
+        self.members
+            .get(keys::pair(conversation, user))?
+            .map(|v| decode("members", &v))
+            .transpose()
+    }
+
+    /// The user's cursors in a conversation, if the user is a member.
+    pub fn membership(&self, user: u64, conversation: u64) -> Result<Option<UserConversationRecord>> {
+        self.user_conversations
+            .get(keys::pair(user, conversation))?
+            .map(|v| decode("user_conversations", &v))
+            .transpose()
+    }
+
+    /// Every conversation of a user with the user's cursors.
+    pub fn user_conversations(&self, user: u64) -> Result<Vec<(u64, UserConversationRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.user_conversations.prefix(keys::id(user)) {
+            let (k, v) = kv.into_inner()?;
+            if let Some(conversation) = keys::pair_second(&k) {
+                out.push((conversation, decode("user_conversations", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest message of a conversation.
+    pub fn last_message(&self, conversation: u64) -> Result<Option<pb::Message>> {
+        Ok(self.messages_before(conversation, 0, 1)?.into_iter().next())
+    }
+
+    /// Highest seq stored for a conversation (0 if none).
+    pub fn last_seq(&self, conversation: u64) -> Result<u64> {
+        match self.messages.prefix(keys::id(conversation)).next() {
+            Some(kv) => Ok(keys::message_seq(&kv.key()?).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    /// Up to `limit` messages with seq < `before_seq` (all if 0), newest first.
+    pub fn messages_before(
+        &self,
+        conversation: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::Message>> {
+        let mut out = Vec::with_capacity(limit.min(256));
+        let iter = if before_seq == 0 {
+            self.messages.prefix(keys::id(conversation))
+        } else if before_seq == 1 {
+            return Ok(out);
+        } else {
+            self.messages.range(
+                keys::message(conversation, before_seq - 1)..=keys::message(conversation, 1),
+            )
+        };
+        for kv in iter.take(limit) {
+            out.push(decode("messages", &kv.value()?)?);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` messages with seq > `after_seq`, oldest first.
+    pub fn messages_after(
+        &self,
+        conversation: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::Message>> {
+        let mut out = Vec::with_capacity(limit.min(256));
+        if after_seq == u64::MAX {
+            return Ok(out);
+        }
+        let iter = self
+            .messages
+            .range(keys::message(conversation, u64::MAX)..=keys::message(conversation, after_seq + 1))
+            .rev();
+        for kv in iter.take(limit) {
+            out.push(decode("messages", &kv.value()?)?);
+        }
+        Ok(out)
+    }
+
+    /// The original ack of an earlier send with the same idempotency key.
+    pub fn idempotency(
+        &self,
+        conversation: u64,
+        sender: u64,
+        client_msg_id: &str,
+    ) -> Result<Option<IdempotencyRecord>> {
+        self.idempotency
+            .get(keys::idempotency(conversation, sender, client_msg_id))?
+            .map(|v| decode("idempotency", &v))
+            .transpose()
+    }
+
+    /// Highest user id in use (0 if none).
+    pub fn max_user_id(&self) -> Result<u64> {
+        Self::max_key(&self.users)
+    }
+
+    /// Highest conversation id in use (0 if none).
+    pub fn max_conversation_id(&self) -> Result<u64> {
+        Self::max_key(&self.conversations)
+    }
+
+    fn max_key(ks: &Keyspace) -> Result<u64> {
+        match ks.last_key_value() {
+            Some(kv) => Ok(keys::first(&kv.key()?).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    /// Every conversation id with its last seq, for recovery at start-up.
+    pub fn all_last_seqs(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.conversations.iter() {
+            let key = kv.key()?;
+            if let Some(conversation) = keys::first(&key) {
+                out.push((conversation, self.last_seq(conversation)?));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,186 @@
+//! The storage writer: one thread that group-commits every write.
+//!
+//! Shards and account handlers send [`Batch`]es through a bounded queue.
+//! The thread takes whatever is queued (up to [`MAX_JOBS_PER_COMMIT`]),
+//! writes it as one fjall batch with one fsync, and only then completes each
+//! job's reply. So a message is acknowledged only after its batch is
+//! durable, and under load one fsync covers many messages.
+
+use std::thread;
+use std::time::Instant;
+
+use fjall::PersistMode;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Ks, Result, StorageError, Store};
+use crate::config::Durability;
+
+/// Jobs folded into one commit at most. Bounds the latency of the first job
+/// of a turn behind a large backlog; 1024 jobs of typical messages is well
+/// under a megabyte of journal.
+pub const MAX_JOBS_PER_COMMIT: usize = 1024;
+
+/// Writes that become durable together or not at all.
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Put(Ks, Vec<u8>, Vec<u8>),
+    Delete(Ks, Vec<u8>),
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value` in `ks`.
+    pub fn put(&mut self, ks: Ks, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(ks, key.into(), value.into()));
+    }
+
+    /// Removes `key` from `ks`.
+    pub fn delete(&mut self, ks: Ks, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(ks, key.into()));
+    }
+
+    /// Whether the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Appends another batch's writes.
+    pub fn extend(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+    }
+}
+
+struct Job {
+    batch: Batch,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Handle to the writer thread. Cloning shares the queue.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Joins the writer thread; it exits once every [`Writer`] is dropped and
+/// the queue is drained.
+#[derive(Debug)]
+pub struct WriterThread(thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the thread to commit what is queued and exit.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread with a queue of `capacity` jobs.
+    pub fn start(
+        store: Store,
+        durability: Durability,
+        capacity: usize,
+    ) -> std::io::Result<(Self, WriterThread)> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let handle = thread::Builder::new()
+            .name("chatd-storage".into())
+            .spawn(move || run(store, durability, rx))?;
+        Ok((Self { tx }, WriterThread(handle)))
+    }
+
+    /// Commits `batch` durably (per the durability mode). Waits for queue
+    /// space, then for the commit.
+    pub async fn write(&self, batch: Batch) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job { batch, done })
+            .await
+            .map_err(|_| StorageError::WriterStopped)?;
+        wait.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// [`Writer::write`] for code already on a blocking thread.
+    pub fn write_blocking(&self, batch: Batch) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .blocking_send(Job { batch, done })
+            .map_err(|_| StorageError::WriterStopped)?;
+        wait.blocking_recv().map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
+    let mode = match durability {
+        Durability::Sync => PersistMode::SyncData,
+        Durability::Buffered => PersistMode::Buffer,
+    };
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    let mut failed = false;
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_JOBS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = if failed {
+            Err(StorageError::WriterStopped)
+        } else {
+            commit(&store, mode, &jobs)
+        };
+        let ops: usize = jobs.iter().map(|j| j.batch.ops.len()).sum();
+        tracing::trace!(jobs = jobs.len(), ops, micros = started.elapsed().as_micros() as u64, "commit");
+        match result {
+            Ok(()) => {
+                for job in jobs.drain(..) {
+                    let _ = job.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // fjall poisons itself after a failed fsync; nothing written
+                // from here on could be trusted, so every later job fails too.
+                if !failed {
+                    tracing::error!(cause = %e, "storage commit failed; refusing further writes");
+                }
+                failed = true;
+                for job in jobs.drain(..) {
+                    let _ = job.done.send(Err(StorageError::WriterStopped));
+                }
+            }
+        }
+    }
+    if !failed {
+        if let Err(e) = store.database().persist(PersistMode::SyncAll) {
+            tracing::error!(cause = %e, "final persist failed");
+        }
+    }
+}
+
+fn commit(store: &Store, mode: PersistMode, jobs: &[Job]) -> Result<()> {
+    let mut batch = store.database().batch().durability(Some(mode));
+    for job in jobs {
+        for op in &job.batch.ops {
+            match op {
+                Op::Put(ks, k, v) => batch.insert(store.keyspace(*ks), k.as_slice(), v.as_slice()),
+                Op::Delete(ks, k) => batch.remove(store.keyspace(*ks), k.as_slice()),
+            }
+        }
+    }
+    batch.commit()?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Test harness: a real `chatd` on 127.0.0.1 port 0 in a temporary
+//! directory, and a raw-frame client that speaks the protocol byte by byte.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
+use chat_protocol::{ErrorCode, FrameDecoder, codec};
+use chatd::{Config, ServerHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a test waits for any single frame.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A server and its data directory, restartable on the same data.
+pub struct TestServer {
+    handle: Option<ServerHandle>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub config: Config,
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config::for_tests(dir.path());
+        Self::start_with(dir, config)
+    }
+
+    pub fn start_with(dir: tempfile::TempDir, config: Config) -> Self {
+        let handle = ServerHandle::start(config.clone()).expect("server starts");
+        let addr = handle.tcp_addr();
+        Self {
+            handle: Some(handle),
+            dir,
+            addr,
+            config,
+        }
+    }
+
+    /// Graceful stop, then a fresh server on the same data directory.
+    pub async fn restart(mut self) -> Self {
+        if let Some(h) = self.handle.take() {
+            tokio::task::spawn_blocking(move || h.shutdown())
+                .await
+                .expect("shutdown");
+        }
+        let config = self.config.clone();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Self::start_with(dir, config)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            tokio::task::spawn_blocking(move || h.shutdown())
+                .await
+                .expect("shutdown");
+        }
+    }
+}
+
+/// A client that writes and reads raw frames.
+pub struct Raw {
+    pub stream: TcpStream,
+    decoder: FrameDecoder,
+    next_id: u64,
+    /// Frames received while waiting for something else.
+    pub pushes: VecDeque<pb::ServerFrame>,
+    pub user_id: u64,
+    pub token: String,
+}
+
+impl Raw {
+    /// Connects without saying Hello.
+    pub async fn connect_bare(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream,
+            decoder: FrameDecoder::new(chat_protocol::DEFAULT_MAX_FRAME_BYTES),
+            next_id: 0,
+            pushes: VecDeque::new(),
+            user_id: 0,
+            token: String::new(),
+        }
+    }
+
+    /// Connects and completes Hello.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let mut c = Self::connect_bare(addr).await;
+        let welcome = c
+            .request(C::Hello(pb::Hello {
+                protocol_version: 1,
+                client_name: "test".into(),
+                ..Default::default()
+            }))
+            .await;
+        assert!(matches!(welcome, S::Welcome(_)), "{welcome:?}");
+        c
+    }
+
+    /// Connects, says Hello and registers `username`.
+    pub async fn register(addr: SocketAddr, username: &str) -> Self {
+        let mut c = Self::connect(addr).await;
+        match c
+            .request(C::Register(pb::Register {
+                username: username.into(),
+                password: "password123".into(),
+                display_name: String::new(),
+                device: None,
+            }))
+            .await
+        {
+            S::AuthOk(ok) => {
+                c.user_id = ok.user_id;
+                c.token = ok.session_token;
+            }
+            other => panic!("register {username}: {other:?}"),
+        }
+        c
+    }
+
+    /// Connects, says Hello and logs in.
+    pub async fn login(addr: SocketAddr, username: &str) -> Self {
+        let mut c = Self::connect(addr).await;
+        match c
+            .request(C::Login(pb::Login {
+                username: username.into(),
+                password: "password123".into(),
+                device: None,
+            }))
+            .await
+        {
+            S::AuthOk(ok) => {
+                c.user_id = ok.user_id;
+                c.token = ok.session_token;
+            }
+            other => panic!("login {username}: {other:?}"),
+        }
+        c
+    }
+
+    pub async fn write_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends a frame and returns its request id.
+    pub async fn send(&mut self, body: C) -> u64 {
+        self.next_id += 1;
+        let rid = self.next_id;
+        let frame = pb::ClientFrame {
+            request_id: rid,
+            body: Some(body),
+        };
+        let bytes = codec::encode_to_vec(&frame, usize::MAX).expect("encode");
+        self.write_bytes(&bytes).await;
+        rid
+    }
+
+    /// Reads the next frame from the socket; `None` on EOF.
+    pub async fn read_frame(&mut self) -> Option<pb::ServerFrame> {
+        loop {
+            if let Some(f) = self.decoder.next_frame::<pb::ServerFrame>().expect("valid server frame") {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(self.decoder.buffer_mut()))
+                .await
+                .expect("timed out waiting for a frame")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for the reply to `rid`, keeping pushes aside.
+    pub async fn reply(&mut self, rid: u64) -> S {
+        loop {
+            let f = self.read_frame().await.expect("connection closed before the reply");
+            if f.request_id == rid && rid != 0 {
+                return f.body.expect("reply has a body");
+            }
+            self.pushes.push_back(f);
+        }
+    }
+
+    pub async fn request(&mut self, body: C) -> S {
+        let rid = self.send(body).await;
+        self.reply(rid).await
+    }
+
+    /// The next pushed message.
+    pub async fn next_message(&mut self) -> pb::Message {
+        loop {
+            let f = match self.pushes.pop_front() {
+                Some(f) => f,
+                None => self.read_frame().await.expect("connection closed"),
+            };
+            if let Some(S::MessagePush(p)) = f.body {
+                return p.message.expect("push has a message");
+            }
+        }
+    }
+
+    /// Sends a text message and returns its ack.
+    pub async fn send_text(&mut self, conversation: u64, cmid: &str, text: &str) -> pb::SendAck {
+        match self.request(send_body(conversation, cmid, text)).await {
+            S::SendAck(a) => a,
+            other => panic!("send: {other:?}"),
+        }
+    }
+
+    pub async fn create_group(&mut self, title: &str, members: &[u64]) -> u64 {
+        match self
+            .request(C::CreateConversation(pb::CreateConversation {
+                kind: pb::ConversationKind::Group as i32,
+                member_ids: members.to_vec(),
+                title: title.into(),
+            }))
+            .await
+        {
+            S::Conversation(c) => c.conversation_id,
+            other => panic!("create group: {other:?}"),
+        }
+    }
+
+    pub async fn create_direct(&mut self, other: u64) -> u64 {
+        match self
+            .request(C::CreateConversation(pb::CreateConversation {
+                kind: pb::ConversationKind::Direct as i32,
+                member_ids: vec![other],
+                title: String::new(),
+            }))
+            .await
+        {
+            S::Conversation(c) => c.conversation_id,
+            other => panic!("create direct: {other:?}"),
+        }
+    }
+
+    pub async fn history(&mut self, conversation: u64, before: u64, after: u64, limit: u32) -> S {
+        self.request(C::GetHistory(pb::GetHistory {
+            conversation_id: conversation,
+            before_seq: before,
+            after_seq: after,
+            limit,
+        }))
+        .await
+    }
+}
+
+pub fn send_body(conversation: u64, cmid: &str, text: &str) -> C {
+    C::SendMessage(pb::SendMessage {
+        conversation_id: conversation,
+        client_msg_id: cmid.into(),
+        text: text.into(),
+        ..Default::default()
+    })
+}
+
+/// The error code of a reply, panicking if it is not an error.
+pub fn error_code(reply: &S) -> ErrorCode {
+    match reply {
+        S::Error(e) => ErrorCode::try_from(e.code).expect("known code"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}

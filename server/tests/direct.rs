@@ -1,0 +1,104 @@
+//! 1:1 chats over real sockets: delivery to every device exactly once and in
+//! order, direct conversations found again, idempotent retries.
+
+mod common;
+
+use chat_protocol::ErrorCode;
+use chat_protocol::pb::server_frame::Body as S;
+use common::{Raw, TestServer, error_code};
+
+#[tokio::test]
+async fn every_device_of_both_users_receives_each_message_once_in_order() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut bob = Raw::register(server.addr, "bob").await;
+    let mut bob_tablet = Raw::login(server.addr, "bob").await;
+    let mut alice_laptop = Raw::login(server.addr, "alice").await;
+
+    let conv = alice.create_direct(bob.user_id).await;
+    assert_eq!(bob.create_direct(alice.user_id).await, conv, "a direct chat is found again");
+
+    for i in 1..=20u64 {
+        let ack = alice.send_text(conv, &format!("a{i}"), &format!("hello {i}")).await;
+        assert_eq!(ack.seq, i);
+        assert!(!ack.duplicate);
+    }
+    let alice_id = alice.user_id;
+    for device in [&mut bob, &mut bob_tablet, &mut alice_laptop, &mut alice] {
+        for i in 1..=20u64 {
+            let m = device.next_message().await;
+            assert_eq!((m.conversation_id, m.seq), (conv, i));
+            assert_eq!(m.text, format!("hello {i}"));
+            assert_eq!(m.sender_id, alice_id);
+        }
+    }
+    // Nothing more arrives: each device got each message exactly once.
+    let pong = bob.request(chat_protocol::pb::client_frame::Body::Ping(Default::default())).await;
+    assert!(matches!(pong, S::Pong(_)));
+    assert!(bob.pushes.is_empty(), "unexpected extra frames: {:?}", bob.pushes);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_send_returns_the_original_ack_and_stores_one_message() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let conv = alice.create_direct(bob.user_id).await;
+
+    let first = alice.send_text(conv, "same-id", "once").await;
+    let retry = alice.send_text(conv, "same-id", "once").await;
+    assert!(retry.duplicate);
+    assert_eq!((retry.seq, retry.message_id, retry.sent_at_ms), (first.seq, first.message_id, first.sent_at_ms));
+
+    // Pipelined duplicates, before the first is even acknowledged.
+    let r1 = alice.send(common::send_body(conv, "burst", "x")).await;
+    let r2 = alice.send(common::send_body(conv, "burst", "x")).await;
+    let (a1, a2) = match (alice.reply(r1).await, alice.reply(r2).await) {
+        (S::SendAck(a), S::SendAck(b)) => (a, b),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(a1.seq, a2.seq);
+    assert!(a2.duplicate && !a1.duplicate);
+
+    // After a restart the key is found in the store.
+    let server = server.restart().await;
+    let mut alice = Raw::login(server.addr, "alice").await;
+    let again = alice.send_text(conv, "same-id", "once").await;
+    assert!(again.duplicate);
+    assert_eq!(again.seq, first.seq);
+
+    let page = match alice.history(conv, 0, 0, 50).await {
+        S::MessagePage(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(page.messages.len(), 2, "two distinct client_msg_ids, two messages");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn direct_chats_need_exactly_one_existing_other_user() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let reply = alice
+        .request(chat_protocol::pb::client_frame::Body::CreateConversation(
+            chat_protocol::pb::CreateConversation {
+                kind: chat_protocol::pb::ConversationKind::Direct as i32,
+                member_ids: vec![999],
+                title: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(error_code(&reply), ErrorCode::NotFound);
+    let reply = alice
+        .request(chat_protocol::pb::client_frame::Body::CreateConversation(
+            chat_protocol::pb::CreateConversation {
+                kind: chat_protocol::pb::ConversationKind::Direct as i32,
+                member_ids: vec![alice.user_id],
+                title: String::new(),
+            },
+        ))
+        .await;
+    assert_eq!(error_code(&reply), ErrorCode::InvalidArgument);
+    server.stop().await;
+}
