@@ -21,9 +21,9 @@ use crate::storage::{Ks, keys};
 /// Usernames: 3 to 32 of `a-z 0-9 _ . -` (`spec/messages.md`, "Register").
 pub fn valid_username(name: &str) -> bool {
     (3..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 fn hasher(ctx: &Context) -> Result<Argon2<'static>, Refusal> {
@@ -102,7 +102,11 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
     let user = ctx.next_user_id();
     let mut batch = Batch::new();
     batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
-    batch.put(Ks::Usernames, req.username.as_bytes().to_vec(), keys::id(user).to_vec());
+    batch.put(
+        Ks::Usernames,
+        req.username.as_bytes().to_vec(),
+        keys::id(user).to_vec(),
+    );
     let (token, expires) = issue_token(ctx, user, device_id(req.device.as_ref()), &mut batch);
     ctx.writer.write_blocking(batch)?;
     Ok(pb::AuthOk {

@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chat_protocol::pb::{self, ConversationKind, Role};
 use chat_protocol::ErrorCode;
+use chat_protocol::pb::{self, ConversationKind, Role};
 use prost::Message;
 
 use crate::context::{Context, now_ms};
@@ -33,17 +33,28 @@ pub const LIST_MAX: u32 = 500;
 pub const TITLE_MAX_CHARS: usize = 128;
 
 fn clamp(requested: u32, default: u32, max: u32) -> usize {
-    (if requested == 0 { default } else { requested.min(max) }) as usize
+    (if requested == 0 {
+        default
+    } else {
+        requested.min(max)
+    }) as usize
 }
 
 /// Refuses a user who is not a member, telling apart a conversation that
 /// does not exist.
-pub fn require_member(ctx: &Context, user: u64, conversation: u64) -> Result<UserConversationRecord, Refusal> {
+pub fn require_member(
+    ctx: &Context,
+    user: u64,
+    conversation: u64,
+) -> Result<UserConversationRecord, Refusal> {
     if let Some(m) = ctx.store.membership(user, conversation)? {
         return Ok(m);
     }
     if ctx.store.conversation(conversation)?.is_some() {
-        Err(Refusal::new(ErrorCode::NotAMember, "not a member of this conversation"))
+        Err(Refusal::new(
+            ErrorCode::NotAMember,
+            "not a member of this conversation",
+        ))
     } else {
         Err(Refusal::new(ErrorCode::NotFound, "no such conversation"))
     }
@@ -84,7 +95,11 @@ pub fn view(
 /// Creates a direct chat, group or channel (`spec/messages.md`,
 /// "CreateConversation"). A direct chat that already exists is returned
 /// instead of created again.
-pub fn create(ctx: &Context, me: u64, req: &pb::CreateConversation) -> Result<pb::Conversation, Refusal> {
+pub fn create(
+    ctx: &Context,
+    me: u64,
+    req: &pb::CreateConversation,
+) -> Result<pb::Conversation, Refusal> {
     let kind = ConversationKind::try_from(req.kind)
         .map_err(|_| Refusal::new(ErrorCode::InvalidArgument, "unknown conversation kind"))?;
     if req.title.chars().count() > TITLE_MAX_CHARS {
@@ -114,7 +129,10 @@ pub fn create(ctx: &Context, me: u64, req: &pb::CreateConversation) -> Result<pb
             ));
         }
         ConversationKind::Unspecified => {
-            return Err(Refusal::new(ErrorCode::InvalidArgument, "conversation kind required"));
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "conversation kind required",
+            ));
         }
         _ => {}
     }
@@ -125,7 +143,11 @@ pub fn create(ctx: &Context, me: u64, req: &pb::CreateConversation) -> Result<pb
     }
     let record = ConversationRecord {
         kind: kind as i32,
-        title: if kind == ConversationKind::Direct { String::new() } else { req.title.clone() },
+        title: if kind == ConversationKind::Direct {
+            String::new()
+        } else {
+            req.title.clone()
+        },
         created_at_ms: now_ms(),
         created_by: me,
     };
@@ -147,15 +169,34 @@ pub fn create(ctx: &Context, me: u64, req: &pb::CreateConversation) -> Result<pb
     }
     let id = ctx.next_conversation_id();
     let mut batch = Batch::new();
-    batch.put(Ks::Conversations, keys::id(id).to_vec(), record.encode_to_vec());
+    batch.put(
+        Ks::Conversations,
+        keys::id(id).to_vec(),
+        record.encode_to_vec(),
+    );
     for &(user, role) in &members {
-        let m = MemberRecord { role, joined_seq: 0 };
-        batch.put(Ks::Members, keys::pair(id, user).to_vec(), m.encode_to_vec());
+        let m = MemberRecord {
+            role,
+            joined_seq: 0,
+        };
+        batch.put(
+            Ks::Members,
+            keys::pair(id, user).to_vec(),
+            m.encode_to_vec(),
+        );
         let uc = UserConversationRecord::default();
-        batch.put(Ks::UserConversations, keys::pair(user, id).to_vec(), uc.encode_to_vec());
+        batch.put(
+            Ks::UserConversations,
+            keys::pair(user, id).to_vec(),
+            uc.encode_to_vec(),
+        );
     }
     if let (ConversationKind::Direct, Some(&other)) = (kind, others.first()) {
-        batch.put(Ks::Direct, keys::direct(me, other).to_vec(), keys::id(id).to_vec());
+        batch.put(
+            Ks::Direct,
+            keys::direct(me, other).to_vec(),
+            keys::id(id).to_vec(),
+        );
     }
     ctx.writer.write_blocking(batch)?;
     Ok(view(id, &record, &members, 0, me))
@@ -189,9 +230,11 @@ pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::Messa
     require_member(ctx, me, req.conversation_id)?;
     let limit = clamp(req.limit, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX);
     let mut messages = if req.after_seq != 0 {
-        ctx.store.messages_after(req.conversation_id, req.after_seq, limit + 1)?
+        ctx.store
+            .messages_after(req.conversation_id, req.after_seq, limit + 1)?
     } else {
-        ctx.store.messages_before(req.conversation_id, req.before_seq, limit + 1)?
+        ctx.store
+            .messages_before(req.conversation_id, req.before_seq, limit + 1)?
     };
     let has_more = messages.len() > limit;
     messages.truncate(limit);
@@ -204,8 +247,17 @@ pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::Messa
 }
 
 /// What the client missed (`spec/messages.md`, "Sync").
-pub fn sync(ctx: &Context, me: u64, cursors: &[pb::Cursor], limit: u32) -> Result<pb::SyncResult, Refusal> {
-    let limit = clamp(limit, SYNC_PER_CONVERSATION_DEFAULT, SYNC_PER_CONVERSATION_MAX);
+pub fn sync(
+    ctx: &Context,
+    me: u64,
+    cursors: &[pb::Cursor],
+    limit: u32,
+) -> Result<pb::SyncResult, Refusal> {
+    let limit = clamp(
+        limit,
+        SYNC_PER_CONVERSATION_DEFAULT,
+        SYNC_PER_CONVERSATION_MAX,
+    );
     let mut given: HashMap<u64, u64> = HashMap::with_capacity(cursors.len());
     for c in cursors {
         let e = given.entry(c.conversation_id).or_insert(0);
@@ -238,7 +290,11 @@ pub fn sync(ctx: &Context, me: u64, cursors: &[pb::Cursor], limit: u32) -> Resul
 
 /// The user's conversations, most recently active first, with unread counts
 /// (`spec/messages.md`, "ListConversations").
-pub fn list(ctx: &Context, me: u64, req: &pb::ListConversations) -> Result<pb::ConversationList, Refusal> {
+pub fn list(
+    ctx: &Context,
+    me: u64,
+    req: &pb::ListConversations,
+) -> Result<pb::ConversationList, Refusal> {
     let limit = clamp(req.limit, LIST_DEFAULT, LIST_MAX);
     let mut all = Vec::new();
     for (conversation, cursors) in ctx.store.user_conversations(me)? {

@@ -43,7 +43,12 @@ async fn blocking<T: Send + 'static>(
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || f(&ctx))
         .await
-        .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, format!("handler failed: {e}"))))
+        .unwrap_or_else(|e| {
+            Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("handler failed: {e}"),
+            ))
+        })
 }
 
 struct Conn {
@@ -162,7 +167,11 @@ impl Conn {
                 self.state.borrow().phase(),
                 crate::session_state::Phase::Connecting
             );
-            let deadline = if greeted { Instant::now() + idle } else { hello_deadline };
+            let deadline = if greeted {
+                Instant::now() + idle
+            } else {
+                hello_deadline
+            };
             let buf = decoder.buffer_mut();
             buf.reserve(READ_CHUNK);
             let read = tokio::select! {
@@ -171,7 +180,11 @@ impl Conn {
             };
             match read {
                 Err(_) => {
-                    let message = if greeted { "no traffic within 3 heartbeat intervals" } else { "no Hello in time" };
+                    let message = if greeted {
+                        "no traffic within 3 heartbeat intervals"
+                    } else {
+                        "no Hello in time"
+                    };
                     self.close(Some(reply::error(0, ErrorCode::IdleTimeout, message)));
                     return;
                 }
@@ -262,14 +275,21 @@ impl Conn {
                         let cursors = r.cursors;
                         blocking(self.ctx(), move |c| catalog::sync(c, user, &cursors, 0))
                             .await
-                            .map(|sync| S::ResumeOk(pb::ResumeOk { auth: Some(auth), sync: Some(sync) }))
+                            .map(|sync| {
+                                S::ResumeOk(pb::ResumeOk {
+                                    auth: Some(auth),
+                                    sync: Some(sync),
+                                })
+                            })
                     }
                     Err(e) => Err(e),
                 };
                 self.push(reply::answer(rid, res));
             }
             C::Logout(l) => {
-                let Some(user) = self.state.borrow().user() else { return };
+                let Some(user) = self.state.borrow().user() else {
+                    return;
+                };
                 let token = self.token.borrow_mut().take();
                 let res = blocking(self.ctx(), move |c| {
                     accounts::logout(c, user, token.as_deref(), l.all_devices)
@@ -286,14 +306,19 @@ impl Conn {
     /// Records a successful login; returns the reply to send.
     fn authenticated(&self, ok: pb::AuthOk) -> pb::AuthOk {
         self.state.borrow_mut().authenticated(ok.user_id);
-        self.shard.sessions.borrow_mut().authenticate(self.id, ok.user_id);
+        self.shard
+            .sessions
+            .borrow_mut()
+            .authenticate(self.id, ok.user_id);
         *self.token.borrow_mut() = Some(ok.session_token.clone());
         ok
     }
 
     /// Requests of an authenticated session.
     async fn dispatch(self: &Rc<Self>, rid: u64, body: C) {
-        let Some(user) = self.state.borrow().user() else { return };
+        let Some(user) = self.state.borrow().user() else {
+            return;
+        };
         // A permit per request being processed; the reply gives it back.
         match self.handle.inflight.clone().acquire_owned().await {
             Ok(permit) => permit.forget(),
@@ -306,12 +331,20 @@ impl Conn {
         };
         let owner = |conversation, op| OwnerRequest::new(origin, user, conversation, op);
         match body {
-            C::SendMessage(m) => self.shard.to_owner(owner(m.conversation_id, OwnerOp::Send(m))).await,
+            C::SendMessage(m) => {
+                self.shard
+                    .to_owner(owner(m.conversation_id, OwnerOp::Send(m)))
+                    .await
+            }
             C::RemoveMember(r) => {
                 let req = owner(r.conversation_id, OwnerOp::RemoveMember(r.user_id));
                 self.shard.to_owner(req).await;
             }
-            C::LeaveConversation(l) => self.shard.to_owner(owner(l.conversation_id, OwnerOp::Leave)).await,
+            C::LeaveConversation(l) => {
+                self.shard
+                    .to_owner(owner(l.conversation_id, OwnerOp::Leave))
+                    .await
+            }
             C::SetRole(r) => {
                 let req = owner(r.conversation_id, OwnerOp::SetRole(r.user_id, r.role));
                 self.shard.to_owner(req).await;
@@ -321,7 +354,10 @@ impl Conn {
                 self.shard.to_owner(req).await;
             }
             C::TransferOwnership(t) => {
-                let req = owner(t.conversation_id, OwnerOp::TransferOwnership(t.new_owner_id));
+                let req = owner(
+                    t.conversation_id,
+                    OwnerOp::TransferOwnership(t.new_owner_id),
+                );
                 self.shard.to_owner(req).await;
             }
             C::AddMembers(a) => {
@@ -331,7 +367,10 @@ impl Conn {
                     let checked = blocking(&shard.ctx, move |c| {
                         for &u in &ids {
                             if c.store.user(u)?.is_none() {
-                                return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
+                                return Err(Refusal::new(
+                                    ErrorCode::NotFound,
+                                    format!("no user {u}"),
+                                ));
                             }
                         }
                         Ok(())
@@ -339,36 +378,59 @@ impl Conn {
                     .await;
                     match checked {
                         Ok(()) => {
-                            let req = OwnerRequest::new(origin, user, a.conversation_id, OwnerOp::AddMembers(a.user_ids));
+                            let req = OwnerRequest::new(
+                                origin,
+                                user,
+                                a.conversation_id,
+                                OwnerOp::AddMembers(a.user_ids),
+                            );
                             shard.to_owner(req).await;
                         }
-                        Err(r) => shard.sessions.borrow().reply(origin.session, reply::answer(rid, Err(r))),
+                        Err(r) => shard
+                            .sessions
+                            .borrow()
+                            .reply(origin.session, reply::answer(rid, Err(r))),
                     }
                 });
             }
             C::CreateConversation(c) => {
-                self.spawn_read(rid, move |ctx| catalog::create(ctx, user, &c).map(S::Conversation));
+                self.spawn_read(rid, move |ctx| {
+                    catalog::create(ctx, user, &c).map(S::Conversation)
+                });
             }
             C::GetConversation(g) => {
-                self.spawn_read(rid, move |ctx| catalog::get(ctx, user, g.conversation_id).map(S::Conversation));
+                self.spawn_read(rid, move |ctx| {
+                    catalog::get(ctx, user, g.conversation_id).map(S::Conversation)
+                });
             }
             C::ListConversations(l) => {
-                self.spawn_read(rid, move |ctx| catalog::list(ctx, user, &l).map(S::ConversationList));
+                self.spawn_read(rid, move |ctx| {
+                    catalog::list(ctx, user, &l).map(S::ConversationList)
+                });
             }
             C::GetHistory(h) => {
-                self.spawn_read(rid, move |ctx| catalog::history(ctx, user, &h).map(S::MessagePage));
+                self.spawn_read(rid, move |ctx| {
+                    catalog::history(ctx, user, &h).map(S::MessagePage)
+                });
             }
             C::Sync(s) => {
                 self.spawn_read(rid, move |ctx| {
-                    catalog::sync(ctx, user, &s.cursors, s.limit_per_conversation).map(S::SyncResult)
+                    catalog::sync(ctx, user, &s.cursors, s.limit_per_conversation)
+                        .map(S::SyncResult)
                 });
             }
             C::GetProfile(p) => {
                 self.spawn_read(rid, move |ctx| accounts::profile(ctx, &p).map(S::Profile));
             }
             _ => {
-                let err = Refusal::new(ErrorCode::UnknownMessage, "not supported by this server version");
-                self.shard.sessions.borrow().reply(self.id, reply::answer(rid, Err(err)));
+                let err = Refusal::new(
+                    ErrorCode::UnknownMessage,
+                    "not supported by this server version",
+                );
+                self.shard
+                    .sessions
+                    .borrow()
+                    .reply(self.id, reply::answer(rid, Err(err)));
             }
         }
     }
@@ -379,7 +441,10 @@ impl Conn {
         let session = self.id;
         tokio::task::spawn_local(async move {
             let result = blocking(&shard.ctx, f).await;
-            shard.sessions.borrow().reply(session, reply::answer(rid, result));
+            shard
+                .sessions
+                .borrow()
+                .reply(session, reply::answer(rid, result));
         });
     }
 }

@@ -58,6 +58,9 @@ mod tests {
             assert_eq!(id.generator(), 3);
             last = id;
         }
-        assert!(last.unix_ms() > 2000, "a burst borrows from later milliseconds");
+        assert!(
+            last.unix_ms() > 2000,
+            "a burst borrows from later milliseconds"
+        );
     }
 }

@@ -39,7 +39,9 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
     match s {
         "sync" => Ok(Durability::Sync),
         "buffered" => Ok(Durability::Buffered),
-        other => Err(format!("unknown durability {other:?}; use sync or buffered")),
+        other => Err(format!(
+            "unknown durability {other:?}; use sync or buffered"
+        )),
     }
 }
 
@@ -55,7 +57,8 @@ fn main() -> anyhow::Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<Config>(&text).with_context(|| format!("parsing {}", path.display()))?
+            toml::from_str::<Config>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
         }
         None => Config::default(),
     };
@@ -77,12 +80,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("signal runtime")?;
+    let mut stopping = server.shutdown_signal();
     signals.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = stopping.wait_for(|&s| s) => {}
         }
         Ok::<(), std::io::Error>(())
     })?;

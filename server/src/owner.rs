@@ -14,7 +14,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chat_protocol::pb::{self, ConversationKind, MessageKind, Role, server_frame::Body, system_event};
+use chat_protocol::pb::{
+    self, ConversationKind, MessageKind, Role, server_frame::Body, system_event,
+};
 use chat_protocol::{ErrorCode, MessageId};
 use prost::Message;
 
@@ -119,7 +121,9 @@ impl Conv {
 
     fn needs_lookup(&self, req: &OwnerRequest) -> bool {
         match req.idempotency_key() {
-            Some((sender, cmid)) => !req.checked && !cmid.is_empty() && !self.seq.knows(sender, cmid),
+            Some((sender, cmid)) => {
+                !req.checked && !cmid.is_empty() && !self.seq.knows(sender, cmid)
+            }
             None => false,
         }
     }
@@ -140,7 +144,9 @@ pub struct Owned {
 
 impl std::fmt::Debug for Owned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Owned").field("conversations", &self.slots.len()).finish()
+        f.debug_struct("Owned")
+            .field("conversations", &self.slots.len())
+            .finish()
     }
 }
 
@@ -184,11 +190,20 @@ struct Loaded {
 fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
     Pending {
         batch: Batch::new(),
-        effects: vec![Effect::Reply(origin, reply::error(origin.request_id, code, message))],
+        effects: vec![Effect::Reply(
+            origin,
+            reply::error(origin.request_id, code, message),
+        )],
     }
 }
 
-fn ack_frame(request_id: u64, conversation: u64, cmid: &str, a: Assigned, duplicate: bool) -> Bytes {
+fn ack_frame(
+    request_id: u64,
+    conversation: u64,
+    cmid: &str,
+    a: Assigned,
+    duplicate: bool,
+) -> Bytes {
     reply::answer(
         request_id,
         Ok(Body::SendAck(pb::SendAck {
@@ -236,7 +251,11 @@ impl Shard {
                     Some(s) => s,
                     None => ctx.store.last_seq(id)?,
                 };
-                Ok(Some(Loaded { record, members, last_seq }))
+                Ok(Some(Loaded {
+                    record,
+                    members,
+                    last_seq,
+                }))
             })
             .await
             .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
@@ -383,24 +402,42 @@ impl Shard {
                     true => Body::Conversation(conv.view(id, req.user)),
                     false => Body::Done(pb::Done {}),
                 };
-                pending
-                    .effects
-                    .push(Effect::Reply(origin, reply::answer(origin.request_id, Ok(body))));
+                pending.effects.push(Effect::Reply(
+                    origin,
+                    reply::answer(origin.request_id, Ok(body)),
+                ));
                 pending
             }
             Err(r) => refusal_entry(origin, r.code, &r.message),
         }
     }
 
-    fn apply_send(&self, id: u64, conv: &mut Conv, origin: Origin, user: u64, msg: pb::SendMessage) -> Pending {
+    fn apply_send(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        origin: Origin,
+        user: u64,
+        msg: pb::SendMessage,
+    ) -> Pending {
         let Some(role) = conv.role(user) else {
-            return refusal_entry(origin, ErrorCode::NotAMember, "not a member of this conversation");
+            return refusal_entry(
+                origin,
+                ErrorCode::NotAMember,
+                "not a member of this conversation",
+            );
         };
-        if conv.record.kind == ConversationKind::Channel as i32 && !matches!(role, Role::Owner | Role::Admin) {
+        if conv.record.kind == ConversationKind::Channel as i32
+            && !matches!(role, Role::Owner | Role::Admin)
+        {
             return refusal_entry(origin, ErrorCode::Forbidden, "only channel admins post");
         }
         if msg.client_msg_id.is_empty() || msg.client_msg_id.len() > CLIENT_MSG_ID_MAX {
-            return refusal_entry(origin, ErrorCode::InvalidArgument, "client_msg_id must be 1-64 bytes");
+            return refusal_entry(
+                origin,
+                ErrorCode::InvalidArgument,
+                "client_msg_id must be 1-64 bytes",
+            );
         }
         let media_len = msg.media.as_ref().map_or(0, Message::encoded_len);
         let size = msg.text.len() + msg.ciphertext.len() + media_len;
@@ -408,11 +445,18 @@ impl Shard {
             return refusal_entry(origin, ErrorCode::InvalidArgument, "empty message");
         }
         if size > self.ctx.config.max_message_bytes {
-            return refusal_entry(origin, ErrorCode::MessageTooLarge, "message exceeds max_message_bytes");
+            return refusal_entry(
+                origin,
+                ErrorCode::MessageTooLarge,
+                "message exceeds max_message_bytes",
+            );
         }
-        let admission = conv
-            .seq
-            .assign(user, Some(&msg.client_msg_id), now_ms(), &mut self.ids.borrow_mut());
+        let admission = conv.seq.assign(
+            user,
+            Some(&msg.client_msg_id),
+            now_ms(),
+            &mut self.ids.borrow_mut(),
+        );
         match admission {
             // A retry of a send still being committed is answered after that
             // commit, because this entry goes behind it in the pipeline.
@@ -453,8 +497,14 @@ impl Shard {
                 Pending {
                     batch,
                     effects: vec![
-                        Effect::Durable { conversation: id, seq: a.seq },
-                        Effect::Reply(origin, ack_frame(origin.request_id, id, &msg.client_msg_id, a, false)),
+                        Effect::Durable {
+                            conversation: id,
+                            seq: a.seq,
+                        },
+                        Effect::Reply(
+                            origin,
+                            ack_frame(origin.request_id, id, &msg.client_msg_id, a, false),
+                        ),
                         Effect::Fanout(conv.recipients.clone(), push),
                     ],
                 }
@@ -464,7 +514,11 @@ impl Shard {
 
     /// Adds the message to `batch` and returns its encoded push.
     fn stage_message(&self, id: u64, m: &pb::Message, batch: &mut Batch) -> Bytes {
-        batch.put(Ks::Messages, keys::message(id, m.seq).to_vec(), m.encode_to_vec());
+        batch.put(
+            Ks::Messages,
+            keys::message(id, m.seq).to_vec(),
+            m.encode_to_vec(),
+        );
         reply::push(Body::MessagePush(pb::MessagePush {
             message: Some(m.clone()),
         }))
@@ -480,7 +534,10 @@ impl Shard {
         recipients: Arc<[u64]>,
         batch: &mut Batch,
     ) -> (u64, Vec<Effect>) {
-        let a = match conv.seq.assign(actor, None, now_ms(), &mut self.ids.borrow_mut()) {
+        let a = match conv
+            .seq
+            .assign(actor, None, now_ms(), &mut self.ids.borrow_mut())
+        {
             Admission::New(a) => a,
             // System messages carry no idempotency key and are always new.
             Admission::Duplicate { original, .. } => original,
@@ -499,13 +556,22 @@ impl Shard {
         (
             a.seq,
             vec![
-                Effect::Durable { conversation: id, seq: a.seq },
+                Effect::Durable {
+                    conversation: id,
+                    seq: a.seq,
+                },
                 Effect::Fanout(recipients, push),
             ],
         )
     }
 
-    fn add_members(&self, id: u64, conv: &mut Conv, actor: u64, users: Vec<u64>) -> Result<Pending, Refusal> {
+    fn add_members(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+        users: Vec<u64>,
+    ) -> Result<Pending, Refusal> {
         require_group_admin(conv, actor)?;
         let mut seen = HashSet::new();
         let new: Vec<u64> = users
@@ -516,7 +582,10 @@ impl Shard {
             return Ok(Pending::default());
         }
         if conv.members.len() + new.len() > self.ctx.config.max_group_members {
-            return Err(Refusal::new(ErrorCode::MemberLimit, "group member limit reached"));
+            return Err(Refusal::new(
+                ErrorCode::MemberLimit,
+                "group member limit reached",
+            ));
         }
         for &u in &new {
             conv.members.insert(u, Role::Member as i32);
@@ -524,43 +593,76 @@ impl Shard {
         conv.rebuild_recipients();
         let mut batch = Batch::new();
         let event = system_event(system_event::Kind::MemberAdded, actor, new.clone());
-        let (seq, effects) = self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
+        let (seq, effects) =
+            self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
         for &u in &new {
-            let m = MemberRecord { role: Role::Member as i32, joined_seq: seq };
+            let m = MemberRecord {
+                role: Role::Member as i32,
+                joined_seq: seq,
+            };
             batch.put(Ks::Members, keys::pair(id, u).to_vec(), m.encode_to_vec());
-            let uc = UserConversationRecord { joined_seq: seq, ..Default::default() };
-            batch.put(Ks::UserConversations, keys::pair(u, id).to_vec(), uc.encode_to_vec());
+            let uc = UserConversationRecord {
+                joined_seq: seq,
+                ..Default::default()
+            };
+            batch.put(
+                Ks::UserConversations,
+                keys::pair(u, id).to_vec(),
+                uc.encode_to_vec(),
+            );
         }
         Ok(Pending { batch, effects })
     }
 
-    fn remove_member(&self, id: u64, conv: &mut Conv, actor: u64, target: u64) -> Result<Pending, Refusal> {
+    fn remove_member(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+        target: u64,
+    ) -> Result<Pending, Refusal> {
         let actor_role = require_group_admin(conv, actor)?;
         let target_role = conv
             .role(target)
             .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "user is not a member"))?;
         if target_role == Role::Owner || (target_role == Role::Admin && actor_role != Role::Owner) {
-            return Err(Refusal::new(ErrorCode::Forbidden, "cannot remove an owner or, unless owner, an admin"));
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "cannot remove an owner or, unless owner, an admin",
+            ));
         }
         Ok(self.drop_member(id, conv, actor, target, system_event::Kind::MemberRemoved))
     }
 
     fn leave(&self, id: u64, conv: &mut Conv, actor: u64) -> Result<Pending, Refusal> {
-        let role = conv
-            .role(actor)
-            .ok_or_else(|| Refusal::new(ErrorCode::NotAMember, "not a member of this conversation"))?;
+        let role = conv.role(actor).ok_or_else(|| {
+            Refusal::new(ErrorCode::NotAMember, "not a member of this conversation")
+        })?;
         if conv.record.kind == ConversationKind::Direct as i32 {
-            return Err(Refusal::new(ErrorCode::InvalidArgument, "direct conversations cannot be left"));
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "direct conversations cannot be left",
+            ));
         }
         if role == Role::Owner && conv.members.len() > 1 {
-            return Err(Refusal::new(ErrorCode::Conflict, "transfer ownership before leaving"));
+            return Err(Refusal::new(
+                ErrorCode::Conflict,
+                "transfer ownership before leaving",
+            ));
         }
         Ok(self.drop_member(id, conv, actor, actor, system_event::Kind::MemberLeft))
     }
 
     /// Removes `target`; the system message still reaches it, as its last
     /// message of the conversation (`spec/states.md`).
-    fn drop_member(&self, id: u64, conv: &mut Conv, actor: u64, target: u64, kind: system_event::Kind) -> Pending {
+    fn drop_member(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+        target: u64,
+        kind: system_event::Kind,
+    ) -> Pending {
         let hearing = conv.recipients.clone();
         conv.members.remove(&target);
         conv.rebuild_recipients();
@@ -572,11 +674,21 @@ impl Shard {
         Pending { batch, effects }
     }
 
-    fn set_role(&self, id: u64, conv: &mut Conv, actor: u64, target: u64, role: i32) -> Result<Pending, Refusal> {
+    fn set_role(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+        target: u64,
+        role: i32,
+    ) -> Result<Pending, Refusal> {
         require_owner(conv, actor)?;
         let new_role = Role::try_from(role).unwrap_or(Role::Unspecified);
         if !matches!(new_role, Role::Member | Role::Admin) {
-            return Err(Refusal::new(ErrorCode::InvalidArgument, "role must be MEMBER or ADMIN"));
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "role must be MEMBER or ADMIN",
+            ));
         }
         let current = conv
             .role(target)
@@ -587,13 +699,28 @@ impl Shard {
         if current == new_role {
             return Ok(Pending::default());
         }
-        Ok(self.change_roles(id, conv, actor, &[(target, new_role)], system_event::Kind::RoleChanged))
+        Ok(self.change_roles(
+            id,
+            conv,
+            actor,
+            &[(target, new_role)],
+            system_event::Kind::RoleChanged,
+        ))
     }
 
-    fn transfer(&self, id: u64, conv: &mut Conv, actor: u64, target: u64) -> Result<Pending, Refusal> {
+    fn transfer(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+        target: u64,
+    ) -> Result<Pending, Refusal> {
         require_owner(conv, actor)?;
         if target == actor || !conv.members.contains_key(&target) {
-            return Err(Refusal::new(ErrorCode::InvalidArgument, "new owner must be another member"));
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "new owner must be another member",
+            ));
         }
         Ok(self.change_roles(
             id,
@@ -604,32 +731,58 @@ impl Shard {
         ))
     }
 
-    fn change_roles(&self, id: u64, conv: &mut Conv, actor: u64, changes: &[(u64, Role)], kind: system_event::Kind) -> Pending {
+    fn change_roles(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+        changes: &[(u64, Role)],
+        kind: system_event::Kind,
+    ) -> Pending {
         let mut batch = Batch::new();
         for &(user, role) in changes {
             conv.members.insert(user, role as i32);
             // `joined_seq` is informational and not kept in memory; a role
             // change resets it.
-            let m = MemberRecord { role: role as i32, joined_seq: 0 };
-            batch.put(Ks::Members, keys::pair(id, user).to_vec(), m.encode_to_vec());
+            let m = MemberRecord {
+                role: role as i32,
+                joined_seq: 0,
+            };
+            batch.put(
+                Ks::Members,
+                keys::pair(id, user).to_vec(),
+                m.encode_to_vec(),
+            );
         }
         let mut event = system_event(kind, actor, vec![changes.first().map_or(0, |c| c.0)]);
         event.role = changes.first().map_or(0, |c| c.1 as i32);
-        let (_, effects) = self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
+        let (_, effects) =
+            self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
         Pending { batch, effects }
     }
 
-    fn update_title(&self, id: u64, conv: &mut Conv, actor: u64, title: String) -> Result<Pending, Refusal> {
+    fn update_title(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+        title: String,
+    ) -> Result<Pending, Refusal> {
         require_group_admin(conv, actor)?;
         if title.chars().count() > catalog::TITLE_MAX_CHARS {
             return Err(Refusal::new(ErrorCode::InvalidArgument, "title too long"));
         }
         conv.record.title = title.clone();
         let mut batch = Batch::new();
-        batch.put(Ks::Conversations, keys::id(id).to_vec(), conv.record.encode_to_vec());
+        batch.put(
+            Ks::Conversations,
+            keys::id(id).to_vec(),
+            conv.record.encode_to_vec(),
+        );
         let mut event = system_event(system_event::Kind::TitleChanged, actor, Vec::new());
         event.title = title;
-        let (_, effects) = self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
+        let (_, effects) =
+            self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
         Ok(Pending { batch, effects })
     }
 }
@@ -650,10 +803,16 @@ fn require_group_admin(conv: &Conv, actor: u64) -> Result<Role, Refusal> {
         .role(actor)
         .ok_or_else(|| Refusal::new(ErrorCode::NotAMember, "not a member of this conversation"))?;
     if conv.record.kind == ConversationKind::Direct as i32 {
-        return Err(Refusal::new(ErrorCode::InvalidArgument, "direct conversations have no admins"));
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "direct conversations have no admins",
+        ));
     }
     if !matches!(role, Role::Owner | Role::Admin) {
-        return Err(Refusal::new(ErrorCode::Forbidden, "only admins may do this"));
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "only admins may do this",
+        ));
     }
     Ok(role)
 }
@@ -661,6 +820,9 @@ fn require_group_admin(conv: &Conv, actor: u64) -> Result<Role, Refusal> {
 fn require_owner(conv: &Conv, actor: u64) -> Result<(), Refusal> {
     match require_group_admin(conv, actor)? {
         Role::Owner => Ok(()),
-        _ => Err(Refusal::new(ErrorCode::Forbidden, "only the owner may do this")),
+        _ => Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "only the owner may do this",
+        )),
     }
 }

@@ -164,12 +164,18 @@ mod tests {
         };
         assert_eq!(
             s.assign(7, Some("x"), 20, &mut ids),
-            Admission::Duplicate { original: first, durable: false }
+            Admission::Duplicate {
+                original: first,
+                durable: false
+            }
         );
         s.mark_durable(1);
         assert_eq!(
             s.assign(7, Some("x"), 30, &mut ids),
-            Admission::Duplicate { original: first, durable: true }
+            Admission::Duplicate {
+                original: first,
+                durable: true
+            }
         );
         // The same key from another sender is a different message.
         assert_eq!(new_seq(s.assign(8, Some("x"), 40, &mut ids)), 2);
@@ -187,7 +193,11 @@ mod tests {
         }
         assert!(!s.knows(1, "a"), "capacity 2 evicts the oldest key");
         assert!(s.knows(1, "c"));
-        let original = Assigned { seq: 1, message_id: MessageId(5), sent_at_ms: 1 };
+        let original = Assigned {
+            seq: 1,
+            message_id: MessageId(5),
+            sent_at_ms: 1,
+        };
         s.remember(1, "a", original);
         assert!(matches!(
             s.assign(1, Some("a"), 2, &mut ids),

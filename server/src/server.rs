@@ -83,10 +83,13 @@ impl ServerHandle {
 
         let first = reuseport_listener(config.tcp_listen)
             .map_err(io(format!("binding {}", config.tcp_listen)))?;
-        let tcp_addr = first.local_addr().map_err(io("reading the bound address"))?;
+        let tcp_addr = first
+            .local_addr()
+            .map_err(io("reading the bound address"))?;
         let mut listeners = vec![first];
         for _ in 1..nr_shards {
-            listeners.push(reuseport_listener(tcp_addr).map_err(io(format!("binding {tcp_addr}")))?);
+            listeners
+                .push(reuseport_listener(tcp_addr).map_err(io(format!("binding {tcp_addr}")))?);
         }
 
         let (shutdown, _) = watch::channel(false);
@@ -133,6 +136,12 @@ impl ServerHandle {
     /// Address of the plain TCP listener.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// Resolves once a shutdown has begun, whoever began it (a storage
+    /// failure stops the server by itself).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.ctx.shutdown.subscribe()
     }
 
     /// Begins a graceful shutdown without waiting for it.

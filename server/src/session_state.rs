@@ -139,7 +139,10 @@ mod tests {
     fn nothing_but_hello_and_ping_before_hello() {
         let s = SessionState::default();
         assert_eq!(s.admit(Some(&hello(1))), Verdict::Accept);
-        assert_eq!(s.admit(Some(&Body::Ping(pb::Ping { nonce: 1 }))), Verdict::Accept);
+        assert_eq!(
+            s.admit(Some(&Body::Ping(pb::Ping { nonce: 1 }))),
+            Verdict::Accept
+        );
         assert_eq!(
             s.admit(Some(&Body::Login(pb::Login::default()))),
             Verdict::Refuse(ErrorCode::HelloRequired)
@@ -156,9 +159,18 @@ mod tests {
         let mut s = SessionState::default();
         s.greeted();
         let send = Body::SendMessage(pb::SendMessage::default());
-        assert_eq!(s.admit(Some(&send)), Verdict::Refuse(ErrorCode::Unauthenticated));
-        assert_eq!(s.admit(Some(&Body::Login(pb::Login::default()))), Verdict::Accept);
-        assert_eq!(s.admit(Some(&Body::Register(pb::Register::default()))), Verdict::Accept);
+        assert_eq!(
+            s.admit(Some(&send)),
+            Verdict::Refuse(ErrorCode::Unauthenticated)
+        );
+        assert_eq!(
+            s.admit(Some(&Body::Login(pb::Login::default()))),
+            Verdict::Accept
+        );
+        assert_eq!(
+            s.admit(Some(&Body::Register(pb::Register::default()))),
+            Verdict::Accept
+        );
         s.authenticated(9);
         assert_eq!(s.user(), Some(9));
         assert_eq!(s.admit(Some(&send)), Verdict::Accept);
@@ -166,9 +178,15 @@ mod tests {
             s.admit(Some(&Body::Login(pb::Login::default()))),
             Verdict::Refuse(ErrorCode::AlreadyAuthenticated)
         );
-        assert_eq!(s.admit(Some(&hello(1))), Verdict::Refuse(ErrorCode::InvalidArgument));
+        assert_eq!(
+            s.admit(Some(&hello(1))),
+            Verdict::Refuse(ErrorCode::InvalidArgument)
+        );
         s.logged_out();
-        assert_eq!(s.admit(Some(&send)), Verdict::Refuse(ErrorCode::Unauthenticated));
+        assert_eq!(
+            s.admit(Some(&send)),
+            Verdict::Refuse(ErrorCode::Unauthenticated)
+        );
     }
 
     #[test]
@@ -182,6 +200,9 @@ mod tests {
             s.admit(Some(&Body::SendMessage(pb::SendMessage::default()))),
             Verdict::Refuse(ErrorCode::ShuttingDown)
         );
-        assert_eq!(s.admit(Some(&Body::Ping(pb::Ping::default()))), Verdict::Accept);
+        assert_eq!(
+            s.admit(Some(&Body::Ping(pb::Ping::default()))),
+            Verdict::Accept
+        );
     }
 }

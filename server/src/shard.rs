@@ -47,7 +47,7 @@ pub struct Origin {
 #[derive(Debug)]
 pub enum ShardMsg {
     /// A conversation operation for the owner shard.
-    Request(OwnerRequest),
+    Request(Box<OwnerRequest>),
     /// The owner's reply to a session's request.
     Reply {
         /// Session on the receiving shard.
@@ -170,13 +170,14 @@ impl Shard {
         if owner == self.id {
             self.enqueue_owned(req);
         } else {
-            self.ctx.mesh.send(self.id, owner, ShardMsg::Request(req)).await;
+            let msg = ShardMsg::Request(Box::new(req));
+            self.ctx.mesh.send(self.id, owner, msg).await;
         }
     }
 
     fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Request(req) => self.enqueue_owned(req),
+            ShardMsg::Request(req) => self.enqueue_owned(*req),
             ShardMsg::Reply { session, frame } => self.sessions.borrow().reply(session, frame),
             ShardMsg::Deliver { users, frame } => {
                 self.sessions.borrow().deliver(&users, &frame);
@@ -301,7 +302,11 @@ pub fn run(
             }
         }
         drop(listener);
-        tracing::info!(shard = id, sessions = shard.sessions.borrow().len(), "draining");
+        tracing::info!(
+            shard = id,
+            sessions = shard.sessions.borrow().len(),
+            "draining"
+        );
         let goaway = reply::push(pb::server_frame::Body::GoAway(pb::GoAway {
             code: ErrorCode::ShuttingDown as i32,
             message: "server shutting down".into(),

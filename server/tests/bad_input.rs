@@ -44,11 +44,17 @@ async fn malformed_and_oversized_frames_close_only_that_session() {
 
     let mut garbage = Raw::connect(server.addr).await;
     garbage.write_bytes(&[0x03, 0x92, 0x03, 0x05]).await; // nested length overflow
-    assert_eq!(closed_with(&mut garbage).await, Some(ErrorCode::MalformedFrame));
+    assert_eq!(
+        closed_with(&mut garbage).await,
+        Some(ErrorCode::MalformedFrame)
+    );
 
     let mut varint = Raw::connect_bare(server.addr).await;
     varint.write_bytes(&[0x80; 11]).await;
-    assert_eq!(closed_with(&mut varint).await, Some(ErrorCode::MalformedFrame));
+    assert_eq!(
+        closed_with(&mut varint).await,
+        Some(ErrorCode::MalformedFrame)
+    );
 
     let mut huge = Raw::register(server.addr, "mallory").await;
     let mut prefix = Vec::new();
@@ -66,11 +72,15 @@ async fn protocol_order_is_enforced_with_clear_errors() {
     let (mut a, mut b, conv) = bystanders(&server).await;
 
     let mut early = Raw::connect_bare(server.addr).await;
-    let reply = early.request(common::send_body(conv, "x", "too early")).await;
+    let reply = early
+        .request(common::send_body(conv, "x", "too early"))
+        .await;
     assert_eq!(error_code(&reply), ErrorCode::HelloRequired);
 
     let mut anonymous = Raw::connect(server.addr).await;
-    let reply = anonymous.request(common::send_body(conv, "x", "who am i")).await;
+    let reply = anonymous
+        .request(common::send_body(conv, "x", "who am i"))
+        .await;
     assert_eq!(error_code(&reply), ErrorCode::Unauthenticated);
     let reply = anonymous.history(conv, 0, 0, 10).await;
     assert_eq!(error_code(&reply), ErrorCode::Unauthenticated);
@@ -78,7 +88,9 @@ async fn protocol_order_is_enforced_with_clear_errors() {
     // An empty frame and a frame with an unknown field number: no known
     // message, the session stays open.
     anonymous.write_bytes(&[0x00]).await;
-    anonymous.write_bytes(&[0x05, 0x08, 0x63, 0xba, 0x06, 0x00]).await;
+    anonymous
+        .write_bytes(&[0x05, 0x08, 0x63, 0xba, 0x06, 0x00])
+        .await;
     let mut codes = Vec::new();
     while codes.len() < 2 {
         let f = anonymous.read_frame().await.expect("still open");
@@ -86,27 +98,54 @@ async fn protocol_order_is_enforced_with_clear_errors() {
             codes.push((f.request_id, ErrorCode::try_from(e.code).expect("code")));
         }
     }
-    assert_eq!(codes, vec![(0, ErrorCode::UnknownMessage), (99, ErrorCode::UnknownMessage)]);
+    assert_eq!(
+        codes,
+        vec![
+            (0, ErrorCode::UnknownMessage),
+            (99, ErrorCode::UnknownMessage)
+        ]
+    );
     let pong = anonymous.request(C::Ping(pb::Ping { nonce: 3 })).await;
     assert!(matches!(pong, S::Pong(pb::Pong { nonce: 3 })));
 
     let wrong = anonymous
-        .request(C::Login(pb::Login { username: "alice".into(), password: "nope-nope".into(), device: None }))
+        .request(C::Login(pb::Login {
+            username: "alice".into(),
+            password: "nope-nope".into(),
+            device: None,
+        }))
         .await;
     assert_eq!(error_code(&wrong), ErrorCode::InvalidCredentials);
     let taken = anonymous
-        .request(C::Register(pb::Register { username: "alice".into(), password: "password123".into(), ..Default::default() }))
+        .request(C::Register(pb::Register {
+            username: "alice".into(),
+            password: "password123".into(),
+            ..Default::default()
+        }))
         .await;
     assert_eq!(error_code(&taken), ErrorCode::UsernameTaken);
     let again = a
-        .request(C::Login(pb::Login { username: "alice".into(), password: "password123".into(), device: None }))
+        .request(C::Login(pb::Login {
+            username: "alice".into(),
+            password: "password123".into(),
+            device: None,
+        }))
         .await;
     assert_eq!(error_code(&again), ErrorCode::AlreadyAuthenticated);
 
     let mut future = Raw::connect_bare(server.addr).await;
-    let reply = future.request(C::Hello(pb::Hello { protocol_version: 99, ..Default::default() })).await;
+    let reply = future
+        .request(C::Hello(pb::Hello {
+            protocol_version: 99,
+            ..Default::default()
+        }))
+        .await;
     assert_eq!(error_code(&reply), ErrorCode::UnsupportedVersion);
-    assert_eq!(closed_with(&mut future).await, None, "closed after the error");
+    assert_eq!(
+        closed_with(&mut future).await,
+        None,
+        "closed after the error"
+    );
 
     still_chatting(&mut a, &mut b, conv, "after mistakes").await;
     server.stop().await;
@@ -118,19 +157,45 @@ async fn outsiders_are_refused_and_change_nothing() {
     let (mut a, mut b, conv) = bystanders(&server).await;
     let mut eve = Raw::register(server.addr, "eve").await;
 
-    assert_eq!(error_code(&eve.request(common::send_body(conv, "e", "hi")).await), ErrorCode::NotAMember);
-    assert_eq!(error_code(&eve.history(conv, 0, 0, 10).await), ErrorCode::NotAMember);
-    let get = C::GetConversation(pb::GetConversation { conversation_id: conv });
+    assert_eq!(
+        error_code(&eve.request(common::send_body(conv, "e", "hi")).await),
+        ErrorCode::NotAMember
+    );
+    assert_eq!(
+        error_code(&eve.history(conv, 0, 0, 10).await),
+        ErrorCode::NotAMember
+    );
+    let get = C::GetConversation(pb::GetConversation {
+        conversation_id: conv,
+    });
     assert_eq!(error_code(&eve.request(get).await), ErrorCode::NotAMember);
-    let add = C::AddMembers(pb::AddMembers { conversation_id: conv, user_ids: vec![eve.user_id] });
+    let add = C::AddMembers(pb::AddMembers {
+        conversation_id: conv,
+        user_ids: vec![eve.user_id],
+    });
     assert_eq!(error_code(&eve.request(add).await), ErrorCode::NotAMember);
-    assert_eq!(error_code(&eve.request(common::send_body(987_654, "e", "hi")).await), ErrorCode::NotFound);
-    assert_eq!(error_code(&eve.history(987_654, 0, 0, 10).await), ErrorCode::NotFound);
+    assert_eq!(
+        error_code(&eve.request(common::send_body(987_654, "e", "hi")).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        error_code(&eve.history(987_654, 0, 0, 10).await),
+        ErrorCode::NotFound
+    );
 
     let big = "x".repeat(server.config.max_message_bytes + 1);
-    assert_eq!(error_code(&a.request(common::send_body(conv, "big", &big)).await), ErrorCode::MessageTooLarge);
-    assert_eq!(error_code(&a.request(common::send_body(conv, "", "no id")).await), ErrorCode::InvalidArgument);
-    assert_eq!(error_code(&a.request(common::send_body(conv, "empty", "")).await), ErrorCode::InvalidArgument);
+    assert_eq!(
+        error_code(&a.request(common::send_body(conv, "big", &big)).await),
+        ErrorCode::MessageTooLarge
+    );
+    assert_eq!(
+        error_code(&a.request(common::send_body(conv, "", "no id")).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        error_code(&a.request(common::send_body(conv, "empty", "")).await),
+        ErrorCode::InvalidArgument
+    );
 
     still_chatting(&mut a, &mut b, conv, "first real message").await;
     match a.history(conv, 0, 0, 10).await {

@@ -16,10 +16,16 @@ async fn every_device_of_both_users_receives_each_message_once_in_order() {
     let mut alice_laptop = Raw::login(server.addr, "alice").await;
 
     let conv = alice.create_direct(bob.user_id).await;
-    assert_eq!(bob.create_direct(alice.user_id).await, conv, "a direct chat is found again");
+    assert_eq!(
+        bob.create_direct(alice.user_id).await,
+        conv,
+        "a direct chat is found again"
+    );
 
     for i in 1..=20u64 {
-        let ack = alice.send_text(conv, &format!("a{i}"), &format!("hello {i}")).await;
+        let ack = alice
+            .send_text(conv, &format!("a{i}"), &format!("hello {i}"))
+            .await;
         assert_eq!(ack.seq, i);
         assert!(!ack.duplicate);
     }
@@ -33,9 +39,17 @@ async fn every_device_of_both_users_receives_each_message_once_in_order() {
         }
     }
     // Nothing more arrives: each device got each message exactly once.
-    let pong = bob.request(chat_protocol::pb::client_frame::Body::Ping(Default::default())).await;
+    let pong = bob
+        .request(chat_protocol::pb::client_frame::Body::Ping(
+            Default::default(),
+        ))
+        .await;
     assert!(matches!(pong, S::Pong(_)));
-    assert!(bob.pushes.is_empty(), "unexpected extra frames: {:?}", bob.pushes);
+    assert!(
+        bob.pushes.is_empty(),
+        "unexpected extra frames: {:?}",
+        bob.pushes
+    );
     server.stop().await;
 }
 
@@ -49,7 +63,10 @@ async fn a_retried_send_returns_the_original_ack_and_stores_one_message() {
     let first = alice.send_text(conv, "same-id", "once").await;
     let retry = alice.send_text(conv, "same-id", "once").await;
     assert!(retry.duplicate);
-    assert_eq!((retry.seq, retry.message_id, retry.sent_at_ms), (first.seq, first.message_id, first.sent_at_ms));
+    assert_eq!(
+        (retry.seq, retry.message_id, retry.sent_at_ms),
+        (first.seq, first.message_id, first.sent_at_ms)
+    );
 
     // Pipelined duplicates, before the first is even acknowledged.
     let r1 = alice.send(common::send_body(conv, "burst", "x")).await;
@@ -72,7 +89,11 @@ async fn a_retried_send_returns_the_original_ack_and_stores_one_message() {
         S::MessagePage(p) => p,
         other => panic!("{other:?}"),
     };
-    assert_eq!(page.messages.len(), 2, "two distinct client_msg_ids, two messages");
+    assert_eq!(
+        page.messages.len(),
+        2,
+        "two distinct client_msg_ids, two messages"
+    );
     server.stop().await;
 }
 

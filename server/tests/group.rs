@@ -26,7 +26,9 @@ async fn a_500_member_group_delivers_every_message_to_every_member_once_in_order
     let conv = owner.create_group("everyone", &ids[1..]).await;
     const N: u64 = 10;
     for i in 1..=N {
-        let ack = owner.send_text(conv, &format!("m{i}"), &format!("broadcast {i}")).await;
+        let ack = owner
+            .send_text(conv, &format!("m{i}"), &format!("broadcast {i}"))
+            .await;
         assert_eq!(ack.seq, i);
     }
     members.push(owner);
@@ -35,12 +37,18 @@ async fn a_500_member_group_delivers_every_message_to_every_member_once_in_order
         readers.spawn(async move {
             for i in 1..=N {
                 let msg = m.next_message().await;
-                assert_eq!((msg.conversation_id, msg.seq), (conv, i), "in order, no gaps, no duplicates");
+                assert_eq!(
+                    (msg.conversation_id, msg.seq),
+                    (conv, i),
+                    "in order, no gaps, no duplicates"
+                );
             }
             let pong = m.request(C::Ping(pb::Ping { nonce: 9 })).await;
             assert!(matches!(pong, S::Pong(_)));
             assert!(
-                m.pushes.iter().all(|f| !matches!(f.body, Some(S::MessagePush(_)))),
+                m.pushes
+                    .iter()
+                    .all(|f| !matches!(f.body, Some(S::MessagePush(_)))),
                 "no duplicate pushes"
             );
         });
@@ -60,12 +68,17 @@ async fn a_removed_member_no_longer_receives_or_reads_the_group() {
     let mut owner = Raw::register(server.addr, "owner").await;
     let mut bob = Raw::register(server.addr, "bob").await;
     let mut carol = Raw::register(server.addr, "carol").await;
-    let conv = owner.create_group("team", &[bob.user_id, carol.user_id]).await;
+    let conv = owner
+        .create_group("team", &[bob.user_id, carol.user_id])
+        .await;
     owner.send_text(conv, "1", "before").await;
     assert_eq!(bob.next_message().await.text, "before");
 
     let reply = owner
-        .request(C::RemoveMember(pb::RemoveMember { conversation_id: conv, user_id: bob.user_id }))
+        .request(C::RemoveMember(pb::RemoveMember {
+            conversation_id: conv,
+            user_id: bob.user_id,
+        }))
         .await;
     let view = match reply {
         S::Conversation(c) => c,
@@ -85,12 +98,18 @@ async fn a_removed_member_no_longer_receives_or_reads_the_group() {
     assert_eq!(carol.next_message().await.seq, 2);
     assert_eq!(carol.next_message().await.text, "after");
 
-    assert_eq!(error_code(&bob.history(conv, 0, 0, 10).await), ErrorCode::NotAMember);
+    assert_eq!(
+        error_code(&bob.history(conv, 0, 0, 10).await),
+        ErrorCode::NotAMember
+    );
     let send = bob.request(common::send_body(conv, "x", "let me in")).await;
     assert_eq!(error_code(&send), ErrorCode::NotAMember);
     let sync = bob
         .request(C::Sync(pb::Sync {
-            cursors: vec![pb::Cursor { conversation_id: conv, seq: 2 }],
+            cursors: vec![pb::Cursor {
+                conversation_id: conv,
+                seq: 2,
+            }],
             limit_per_conversation: 0,
         }))
         .await;
@@ -104,7 +123,11 @@ async fn a_removed_member_no_longer_receives_or_reads_the_group() {
     // No push of "after" reached Bob.
     let pong = bob.request(C::Ping(pb::Ping { nonce: 1 })).await;
     assert!(matches!(pong, S::Pong(_)));
-    assert!(bob.pushes.iter().all(|f| !matches!(f.body, Some(S::MessagePush(_)))));
+    assert!(
+        bob.pushes
+            .iter()
+            .all(|f| !matches!(f.body, Some(S::MessagePush(_))))
+    );
     server.stop().await;
 }
 
@@ -117,23 +140,59 @@ async fn roles_are_enforced_with_clear_errors() {
     let dave = Raw::register(server.addr, "dave").await;
     let conv = owner.create_group("team", &[bob.user_id]).await;
 
-    let add = C::AddMembers(pb::AddMembers { conversation_id: conv, user_ids: vec![carol.user_id] });
-    assert_eq!(error_code(&bob.request(add.clone()).await), ErrorCode::Forbidden);
-    let promote = C::SetRole(pb::SetRole { conversation_id: conv, user_id: bob.user_id, role: pb::Role::Admin as i32 });
-    assert_eq!(error_code(&bob.request(promote.clone()).await), ErrorCode::Forbidden);
+    let add = C::AddMembers(pb::AddMembers {
+        conversation_id: conv,
+        user_ids: vec![carol.user_id],
+    });
+    assert_eq!(
+        error_code(&bob.request(add.clone()).await),
+        ErrorCode::Forbidden
+    );
+    let promote = C::SetRole(pb::SetRole {
+        conversation_id: conv,
+        user_id: bob.user_id,
+        role: pb::Role::Admin as i32,
+    });
+    assert_eq!(
+        error_code(&bob.request(promote.clone()).await),
+        ErrorCode::Forbidden
+    );
     assert!(matches!(owner.request(promote).await, S::Conversation(_)));
     assert!(matches!(bob.request(add).await, S::Conversation(_)));
-    let leave = C::LeaveConversation(pb::LeaveConversation { conversation_id: conv });
-    assert_eq!(error_code(&owner.request(leave.clone()).await), ErrorCode::Conflict);
-    let missing = C::AddMembers(pb::AddMembers { conversation_id: conv, user_ids: vec![424_242] });
-    assert_eq!(error_code(&owner.request(missing).await), ErrorCode::NotFound);
-    let outsider = C::AddMembers(pb::AddMembers { conversation_id: conv, user_ids: vec![dave.user_id] });
+    let leave = C::LeaveConversation(pb::LeaveConversation {
+        conversation_id: conv,
+    });
+    assert_eq!(
+        error_code(&owner.request(leave.clone()).await),
+        ErrorCode::Conflict
+    );
+    let missing = C::AddMembers(pb::AddMembers {
+        conversation_id: conv,
+        user_ids: vec![424_242],
+    });
+    assert_eq!(
+        error_code(&owner.request(missing).await),
+        ErrorCode::NotFound
+    );
+    let outsider = C::AddMembers(pb::AddMembers {
+        conversation_id: conv,
+        user_ids: vec![dave.user_id],
+    });
     let mut dave = dave;
-    assert_eq!(error_code(&dave.request(outsider).await), ErrorCode::NotAMember);
-    let transfer = C::TransferOwnership(pb::TransferOwnership { conversation_id: conv, new_owner_id: bob.user_id });
+    assert_eq!(
+        error_code(&dave.request(outsider).await),
+        ErrorCode::NotAMember
+    );
+    let transfer = C::TransferOwnership(pb::TransferOwnership {
+        conversation_id: conv,
+        new_owner_id: bob.user_id,
+    });
     assert!(matches!(owner.request(transfer).await, S::Conversation(_)));
     assert!(matches!(owner.request(leave).await, S::Done(_)));
-    assert_eq!(error_code(&owner.history(conv, 0, 0, 5).await), ErrorCode::NotAMember);
+    assert_eq!(
+        error_code(&owner.history(conv, 0, 0, 5).await),
+        ErrorCode::NotAMember
+    );
     server.stop().await;
 }
 
@@ -157,8 +216,14 @@ async fn group_size_is_limited() {
         .await;
     assert_eq!(error_code(&reply), ErrorCode::MemberLimit);
     let conv = users[0].create_group("ok", &ids[1..3]).await;
-    let add = C::AddMembers(pb::AddMembers { conversation_id: conv, user_ids: vec![ids[3]] });
-    assert_eq!(error_code(&users[0].request(add).await), ErrorCode::MemberLimit);
+    let add = C::AddMembers(pb::AddMembers {
+        conversation_id: conv,
+        user_ids: vec![ids[3]],
+    });
+    assert_eq!(
+        error_code(&users[0].request(add).await),
+        ErrorCode::MemberLimit
+    );
     server.stop().await;
 }
 
@@ -178,7 +243,10 @@ async fn concurrent_senders_get_gap_free_seqs() {
             // Pipelined: 50 sends in flight, then the acks.
             let mut rids = Vec::new();
             for j in 0..50 {
-                rids.push(s.send(common::send_body(conv, &format!("{i}-{j}"), "hi")).await);
+                rids.push(
+                    s.send(common::send_body(conv, &format!("{i}-{j}"), "hi"))
+                        .await,
+                );
             }
             let mut seqs = Vec::new();
             for rid in rids {
@@ -187,7 +255,10 @@ async fn concurrent_senders_get_gap_free_seqs() {
                     other => panic!("{other:?}"),
                 }
             }
-            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one sender's messages keep their order");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "one sender's messages keep their order"
+            );
             seqs
         });
     }
@@ -196,6 +267,10 @@ async fn concurrent_senders_get_gap_free_seqs() {
         all.extend(r.expect("sender"));
     }
     all.sort_unstable();
-    assert_eq!(all, (1..=400).collect::<Vec<u64>>(), "dense, no gaps, no duplicates");
+    assert_eq!(
+        all,
+        (1..=400).collect::<Vec<u64>>(),
+        "dense, no gaps, no duplicates"
+    );
     server.stop().await;
 }

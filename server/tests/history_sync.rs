@@ -24,7 +24,9 @@ async fn history_pages_backwards_and_forwards() {
     let bob = Raw::register(server.addr, "bob").await;
     let conv = alice.create_direct(bob.user_id).await;
     for i in 1..=120u64 {
-        alice.send_text(conv, &i.to_string(), &format!("m{i}")).await;
+        alice
+            .send_text(conv, &i.to_string(), &format!("m{i}"))
+            .await;
     }
     let newest = page(alice.history(conv, 0, 0, 50).await);
     assert_eq!(seqs(&newest), (71..=120).rev().collect::<Vec<_>>());
@@ -43,7 +45,10 @@ async fn history_pages_backwards_and_forwards() {
     assert!(forward.has_more);
     // Oversized limits are clamped to the documented maximum.
     let clamped = page(alice.history(conv, 0, 0, 10_000).await);
-    assert_eq!(clamped.messages.len(), 120.min(chatd::catalog::HISTORY_PAGE_MAX as usize));
+    assert_eq!(
+        clamped.messages.len(),
+        120.min(chatd::catalog::HISTORY_PAGE_MAX as usize)
+    );
     server.stop().await;
 }
 
@@ -66,7 +71,15 @@ async fn sync_after_missing_1000_messages_returns_exactly_the_gap() {
         let mut rids = Vec::new();
         for j in 0..100u64 {
             let n = chunk * 100 + j;
-            rids.push(alice.send(common::send_body(conv, &format!("late{n}"), &format!("late {n}"))).await);
+            rids.push(
+                alice
+                    .send(common::send_body(
+                        conv,
+                        &format!("late{n}"),
+                        &format!("late {n}"),
+                    ))
+                    .await,
+            );
         }
         for rid in rids {
             assert!(matches!(alice.reply(rid).await, S::SendAck(_)));
@@ -76,7 +89,10 @@ async fn sync_after_missing_1000_messages_returns_exactly_the_gap() {
     let mut bob = Raw::login(server.addr, "bob").await;
     let result = match bob
         .request(C::Sync(pb::Sync {
-            cursors: vec![pb::Cursor { conversation_id: conv, seq: 5 }],
+            cursors: vec![pb::Cursor {
+                conversation_id: conv,
+                seq: 5,
+            }],
             limit_per_conversation: 300,
         }))
         .await
@@ -86,7 +102,10 @@ async fn sync_after_missing_1000_messages_returns_exactly_the_gap() {
     };
     assert_eq!(result.gaps.len(), 1);
     let gap = &result.gaps[0];
-    assert_eq!((gap.conversation_id, gap.from_seq, gap.to_seq), (conv, 6, 1005));
+    assert_eq!(
+        (gap.conversation_id, gap.from_seq, gap.to_seq),
+        (conv, 6, 1005)
+    );
     assert!(gap.truncated);
     let mut got: Vec<u64> = gap.messages.iter().map(|m| m.seq).collect();
     // The rest by history after the last received seq.
@@ -97,7 +116,11 @@ async fn sync_after_missing_1000_messages_returns_exactly_the_gap() {
             break;
         }
     }
-    assert_eq!(got, (6..=1005).collect::<Vec<_>>(), "exactly the missed messages, in order");
+    assert_eq!(
+        got,
+        (6..=1005).collect::<Vec<_>>(),
+        "exactly the missed messages, in order"
+    );
     server.stop().await;
 }
 
@@ -110,8 +133,14 @@ async fn a_restart_keeps_every_acked_message_and_continues_the_sequence() {
     let group = alice.create_group("g", &[bob.user_id]).await;
     let mut acked = Vec::new();
     for i in 1..=30u64 {
-        acked.push(alice.send_text(direct, &format!("d{i}"), &format!("d{i}")).await);
-        alice.send_text(group, &format!("g{i}"), &format!("g{i}")).await;
+        acked.push(
+            alice
+                .send_text(direct, &format!("d{i}"), &format!("d{i}"))
+                .await,
+        );
+        alice
+            .send_text(group, &format!("g{i}"), &format!("g{i}"))
+            .await;
     }
 
     let server = server.restart().await;
@@ -126,10 +155,20 @@ async fn a_restart_keeps_every_acked_message_and_continues_the_sequence() {
     assert!(next.message_id > acked.last().map_or(0, |a| a.message_id));
     assert_eq!(alice.send_text(group, "after-restart", "hi").await.seq, 31);
     // The conversation list survives too, with unread counts.
-    match alice.request(C::ListConversations(pb::ListConversations { limit: 10, before_activity_ms: 0 })).await {
+    match alice
+        .request(C::ListConversations(pb::ListConversations {
+            limit: 10,
+            before_activity_ms: 0,
+        }))
+        .await
+    {
         S::ConversationList(l) => {
             assert_eq!(l.conversations.len(), 2);
-            assert!(l.conversations.iter().all(|c| c.last_seq == 31 && c.unread_count == 31));
+            assert!(
+                l.conversations
+                    .iter()
+                    .all(|c| c.last_seq == 31 && c.unread_count == 31)
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -231,7 +231,11 @@ impl Store {
     }
 
     /// The user's cursors in a conversation, if the user is a member.
-    pub fn membership(&self, user: u64, conversation: u64) -> Result<Option<UserConversationRecord>> {
+    pub fn membership(
+        &self,
+        user: u64,
+        conversation: u64,
+    ) -> Result<Option<UserConversationRecord>> {
         self.user_conversations
             .get(keys::pair(user, conversation))?
             .map(|v| decode("user_conversations", &v))
@@ -276,9 +280,8 @@ impl Store {
         } else if before_seq == 1 {
             return Ok(out);
         } else {
-            self.messages.range(
-                keys::message(conversation, before_seq - 1)..=keys::message(conversation, 1),
-            )
+            self.messages
+                .range(keys::message(conversation, before_seq - 1)..=keys::message(conversation, 1))
         };
         for kv in iter.take(limit) {
             out.push(decode("messages", &kv.value()?)?);
@@ -299,7 +302,9 @@ impl Store {
         }
         let iter = self
             .messages
-            .range(keys::message(conversation, u64::MAX)..=keys::message(conversation, after_seq + 1))
+            .range(
+                keys::message(conversation, u64::MAX)..=keys::message(conversation, after_seq + 1),
+            )
             .rev();
         for kv in iter.take(limit) {
             out.push(decode("messages", &kv.value()?)?);

@@ -113,7 +113,8 @@ impl Writer {
         self.tx
             .blocking_send(Job { batch, done })
             .map_err(|_| StorageError::WriterStopped)?;
-        wait.blocking_recv().map_err(|_| StorageError::WriterStopped)?
+        wait.blocking_recv()
+            .map_err(|_| StorageError::WriterStopped)?
     }
 
     /// Jobs waiting in the queue.
@@ -144,7 +145,12 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
             commit(&store, mode, &jobs)
         };
         let ops: usize = jobs.iter().map(|j| j.batch.ops.len()).sum();
-        tracing::trace!(jobs = jobs.len(), ops, micros = started.elapsed().as_micros() as u64, "commit");
+        tracing::trace!(
+            jobs = jobs.len(),
+            ops,
+            micros = started.elapsed().as_micros() as u64,
+            "commit"
+        );
         match result {
             Ok(()) => {
                 for job in jobs.drain(..) {

@@ -53,6 +53,16 @@ impl TestServer {
         Self::start_with(dir, config)
     }
 
+    /// Stops the server and hands over its data directory.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(h) = self.handle.take() {
+            tokio::task::spawn_blocking(move || h.shutdown())
+                .await
+                .expect("shutdown");
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
+    }
+
     pub async fn stop(mut self) {
         if let Some(h) = self.handle.take() {
             tokio::task::spawn_blocking(move || h.shutdown())
@@ -163,7 +173,11 @@ impl Raw {
     /// Reads the next frame from the socket; `None` on EOF.
     pub async fn read_frame(&mut self) -> Option<pb::ServerFrame> {
         loop {
-            if let Some(f) = self.decoder.next_frame::<pb::ServerFrame>().expect("valid server frame") {
+            if let Some(f) = self
+                .decoder
+                .next_frame::<pb::ServerFrame>()
+                .expect("valid server frame")
+            {
                 return Some(f);
             }
             let n = tokio::time::timeout(WAIT, self.stream.read_buf(self.decoder.buffer_mut()))
@@ -179,7 +193,10 @@ impl Raw {
     /// Waits for the reply to `rid`, keeping pushes aside.
     pub async fn reply(&mut self, rid: u64) -> S {
         loop {
-            let f = self.read_frame().await.expect("connection closed before the reply");
+            let f = self
+                .read_frame()
+                .await
+                .expect("connection closed before the reply");
             if f.request_id == rid && rid != 0 {
                 return f.body.expect("reply has a body");
             }

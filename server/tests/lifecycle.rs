@@ -1,0 +1,62 @@
+//! Graceful shutdown and slow consumers.
+
+mod common;
+
+use chat_protocol::ErrorCode;
+use chat_protocol::pb::server_frame::Body as S;
+use common::{Raw, TestServer};
+use tokio::io::AsyncReadExt;
+
+#[tokio::test]
+async fn shutdown_tells_every_client_to_go_away() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut idle = Raw::connect(server.addr).await;
+    let stop = tokio::spawn(server.stop());
+    for c in [&mut alice, &mut idle] {
+        let mut goaway = None;
+        while let Some(f) = c.read_frame().await {
+            if let Some(S::GoAway(g)) = f.body {
+                goaway = Some(g);
+            }
+        }
+        let g = goaway.expect("GoAway before the close");
+        assert_eq!(g.code, ErrorCode::ShuttingDown as i32);
+        assert!(g.reconnect_after_ms > 0);
+    }
+    stop.await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_others_continue() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.session_queue_frames = 16;
+    let server = TestServer::start_with(dir, config);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut lazy = Raw::register(server.addr, "lazy").await;
+    let mut carol = Raw::register(server.addr, "carol").await;
+    let ids = [lazy.user_id, carol.user_id];
+    let conv = alice.create_group("g", &ids).await;
+    let body = "x".repeat(60 * 1024);
+    // ~18 MiB towards a client that reads nothing: more than the socket
+    // buffers and the 16-frame queue hold.
+    for i in 0..300 {
+        alice.send_text(conv, &i.to_string(), &body).await;
+        let m = carol.next_message().await;
+        assert_eq!(m.seq, i + 1);
+    }
+    // The lazy client's connection was closed by the server.
+    let mut sink = vec![0u8; 1 << 20];
+    let closed = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match lazy.stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "slow consumer was not disconnected");
+    server.stop().await;
+}
