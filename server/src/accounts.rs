@@ -198,6 +198,29 @@ pub fn profile(ctx: &Context, req: &pb::GetProfile) -> Result<pb::Profile, Refus
     Ok(record.profile(id))
 }
 
+/// Changes the user's display name and last-seen visibility.
+pub fn update_profile(
+    ctx: &Context,
+    user: u64,
+    req: &pb::UpdateProfile,
+) -> Result<pb::Profile, Refusal> {
+    if req.display_name.chars().count() > 64 {
+        return Err(invalid("display name longer than 64 characters"));
+    }
+    let mut record = ctx
+        .store
+        .user(user)?
+        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such user"))?;
+    if !req.display_name.is_empty() {
+        record.display_name = req.display_name.clone();
+    }
+    record.hide_last_seen = req.hide_last_seen;
+    let mut batch = Batch::new();
+    batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
+    ctx.writer.write_blocking(batch)?;
+    Ok(record.profile(user))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,7 +177,7 @@ pub fn create(
     for &(user, role) in &members {
         let m = MemberRecord {
             role,
-            joined_seq: 0,
+            ..Default::default()
         };
         batch.put(
             Ks::Members,
@@ -297,7 +297,7 @@ pub fn list(
 ) -> Result<pb::ConversationList, Refusal> {
     let limit = clamp(req.limit, LIST_DEFAULT, LIST_MAX);
     let mut all = Vec::new();
-    for (conversation, cursors) in ctx.store.user_conversations(me)? {
+    for (conversation, _) in ctx.store.user_conversations(me)? {
         let Some(record) = ctx.store.conversation(conversation)? else {
             continue;
         };
@@ -309,10 +309,7 @@ pub fn list(
         if req.before_activity_ms != 0 && last_activity_ms >= req.before_activity_ms {
             continue;
         }
-        let my_role = ctx
-            .store
-            .member(conversation, me)?
-            .map_or(Role::Unspecified as i32, |m| m.role);
+        let mine = ctx.store.member(conversation, me)?.unwrap_or_default();
         all.push(pb::ConversationSummary {
             conversation_id: conversation,
             kind: record.kind,
@@ -320,10 +317,10 @@ pub fn list(
             last_seq,
             last_activity_ms,
             last_message,
-            read_seq: cursors.read_seq,
-            delivered_seq: cursors.delivered_seq,
-            unread_count: last_seq.saturating_sub(cursors.read_seq),
-            my_role,
+            read_seq: mine.read_seq,
+            delivered_seq: mine.delivered_seq,
+            unread_count: last_seq.saturating_sub(mine.read_seq),
+            my_role: mine.role,
         });
     }
     all.sort_by(|a, b| {

@@ -360,6 +360,32 @@ impl Conn {
                 );
                 self.shard.to_owner(req).await;
             }
+            C::MarkRead(m) => {
+                self.shard
+                    .to_owner(owner(m.conversation_id, OwnerOp::MarkRead(m.seq)))
+                    .await
+            }
+            C::MarkDelivered(m) => {
+                let req = owner(m.conversation_id, OwnerOp::MarkDelivered(m.seq));
+                self.shard.to_owner(req).await;
+            }
+            C::GetReceipts(g) => {
+                let req = owner(g.conversation_id, OwnerOp::GetReceipts(g.seq));
+                self.shard.to_owner(req).await;
+            }
+            C::Typing(t) => {
+                self.shard
+                    .to_owner(owner(t.conversation_id, OwnerOp::Typing(t.active)))
+                    .await
+            }
+            C::SubscribeChannel(c) => {
+                let req = owner(c.conversation_id, OwnerOp::SubscribeChannel);
+                self.shard.to_owner(req).await;
+            }
+            C::UnsubscribeChannel(c) => {
+                let req = owner(c.conversation_id, OwnerOp::UnsubscribeChannel);
+                self.shard.to_owner(req).await;
+            }
             C::AddMembers(a) => {
                 let shard = self.shard.clone();
                 tokio::task::spawn_local(async move {
@@ -421,6 +447,11 @@ impl Conn {
             }
             C::GetProfile(p) => {
                 self.spawn_read(rid, move |ctx| accounts::profile(ctx, &p).map(S::Profile));
+            }
+            C::UpdateProfile(p) => {
+                self.spawn_read(rid, move |ctx| {
+                    accounts::update_profile(ctx, user, &p).map(S::Profile)
+                });
             }
             _ => {
                 let err = Refusal::new(

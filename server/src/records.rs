@@ -68,27 +68,29 @@ pub struct ConversationRecord {
     pub created_by: u64,
 }
 
-/// `members` keyspace value (key: conversation ‖ user).
-#[derive(Clone, PartialEq, prost::Message)]
+/// `members` keyspace value (key: conversation ‖ user): the member's role
+/// and receipt cursors. Kept per conversation so that the owner shard loads
+/// a conversation's members and cursors with one prefix scan.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
 pub struct MemberRecord {
     /// `pb::Role`.
     #[prost(int32, tag = "1")]
     pub role: i32,
-    /// Conversation seq at which the user joined (0 = from the start).
+    /// Conversation seq at which the user joined (0 = at creation).
     #[prost(uint64, tag = "2")]
     pub joined_seq: u64,
+    /// Highest seq the user has read.
+    #[prost(uint64, tag = "3")]
+    pub read_seq: u64,
+    /// Highest seq delivered to one of the user's devices.
+    #[prost(uint64, tag = "4")]
+    pub delivered_seq: u64,
 }
 
 /// `user_conversations` keyspace value (key: user ‖ conversation): the
-/// user's cursors in that conversation.
+/// per-user index of conversations.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct UserConversationRecord {
-    /// Highest seq the user has read.
-    #[prost(uint64, tag = "1")]
-    pub read_seq: u64,
-    /// Highest seq delivered to one of the user's devices.
-    #[prost(uint64, tag = "2")]
-    pub delivered_seq: u64,
     /// Conversation seq at which the user joined.
     #[prost(uint64, tag = "3")]
     pub joined_seq: u64,

@@ -147,24 +147,34 @@ impl SessionTable {
     }
 
     /// Queues the reply to a request of session `id` and frees its
-    /// in-flight permit.
+    /// in-flight permit. An empty frame only frees the permit (requests
+    /// without a reply, such as Typing).
     pub fn reply(&self, id: u64, frame: Bytes) {
         if let Some(s) = self.sessions.get(&id) {
             s.inflight.add_permits(1);
-            enqueue(s, frame);
+            if !frame.is_empty() {
+                enqueue(s, frame);
+            }
         }
     }
 
-    /// Queues `frame` to every session of every user in `users`.
-    pub fn deliver(&self, users: &[u64], frame: &Bytes) -> usize {
+    /// Queues `frame` to every session of every user in `users`. Ephemeral
+    /// frames are dropped for a session whose queue is more than half full
+    /// (shed first, `spec/README.md`); other frames close a session whose
+    /// queue is full. Returns the number of sessions queued to.
+    pub fn deliver(&self, users: &[u64], frame: &Bytes, ephemeral: bool) -> usize {
         let mut n = 0;
         for user in users {
             if let Some(ids) = self.by_user.get(user) {
                 for id in ids {
-                    if let Some(s) = self.sessions.get(id) {
-                        enqueue(s, frame.clone());
-                        n += 1;
+                    let Some(s) = self.sessions.get(id) else {
+                        continue;
+                    };
+                    if ephemeral && s.tx.capacity() * 2 < s.tx.max_capacity() {
+                        continue;
                     }
+                    enqueue(s, frame.clone());
+                    n += 1;
                 }
             }
         }

@@ -61,6 +61,8 @@ pub enum ShardMsg {
         users: Arc<[u64]>,
         /// Encoded ServerFrame (shared, encoded once).
         frame: Bytes,
+        /// Typing or presence: dropped for sessions that are falling behind.
+        ephemeral: bool,
     },
 }
 
@@ -78,6 +80,8 @@ pub enum Effect {
     Reply(Origin, Bytes),
     /// Push to every session of these users, on every shard.
     Fanout(Arc<[u64]>, Bytes),
+    /// Like `Fanout`, but shed first under pressure (typing, presence).
+    Ephemeral(Arc<[u64]>, Bytes),
 }
 
 /// Writes and their consequences, committed in order.
@@ -101,6 +105,8 @@ pub struct Shard {
     pub owned: RefCell<Owned>,
     /// Message ids for messages this shard sequences.
     pub ids: RefCell<MessageIdGenerator>,
+    /// Owned conversations with receipt cursors not yet written.
+    pub cursor_dirty: RefCell<std::collections::HashSet<u64>>,
     /// Entries waiting for the commit loop.
     pipeline: RefCell<VecDeque<Pending>>,
     pipeline_ready: Notify,
@@ -122,6 +128,7 @@ impl Shard {
             sessions: RefCell::new(SessionTable::default()),
             owned: RefCell::new(Owned::new(recovered, recent)),
             ids: RefCell::new(MessageIdGenerator::new(id as u16)),
+            cursor_dirty: RefCell::new(std::collections::HashSet::new()),
             pipeline: RefCell::new(VecDeque::new()),
             pipeline_ready: Notify::new(),
             pipeline_idle: Notify::new(),
@@ -150,14 +157,15 @@ impl Shard {
     }
 
     /// Pushes `frame` to every session of `users` on every shard.
-    pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes) {
+    pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes, ephemeral: bool) {
         for dst in 0..self.ctx.nr_shards() {
             if dst == self.id {
-                self.sessions.borrow().deliver(&users, &frame);
+                self.sessions.borrow().deliver(&users, &frame, ephemeral);
             } else {
                 let msg = ShardMsg::Deliver {
                     users: users.clone(),
                     frame: frame.clone(),
+                    ephemeral,
                 };
                 self.ctx.mesh.send(self.id, dst, msg).await;
             }
@@ -179,8 +187,12 @@ impl Shard {
         match msg {
             ShardMsg::Request(req) => self.enqueue_owned(*req),
             ShardMsg::Reply { session, frame } => self.sessions.borrow().reply(session, frame),
-            ShardMsg::Deliver { users, frame } => {
-                self.sessions.borrow().deliver(&users, &frame);
+            ShardMsg::Deliver {
+                users,
+                frame,
+                ephemeral,
+            } => {
+                self.sessions.borrow().deliver(&users, &frame, ephemeral);
             }
         }
     }
@@ -226,7 +238,10 @@ impl Shard {
                                 self.owned.borrow_mut().mark_durable(conversation, seq);
                             }
                             Effect::Reply(origin, frame) => self.reply(origin, frame).await,
-                            Effect::Fanout(users, frame) => self.fanout(users, frame).await,
+                            Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,
+                            Effect::Ephemeral(users, frame) => {
+                                self.fanout(users, frame, true).await;
+                            }
                         }
                     }
                 }
@@ -245,6 +260,15 @@ impl Shard {
                     }
                 }
             }
+        }
+    }
+
+    async fn cursor_flush_loop(self: Rc<Self>) {
+        let mut tick = tokio::time::interval(crate::owner::CURSOR_FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_cursors();
         }
     }
 
@@ -281,6 +305,7 @@ pub fn run(
         let shard = Rc::new(Shard::new(id, ctx.clone(), recovered));
         tokio::task::spawn_local(shard.clone().mesh_loop());
         tokio::task::spawn_local(shard.clone().commit_loop());
+        tokio::task::spawn_local(shard.clone().cursor_flush_loop());
         let mut shutdown = ctx.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -313,6 +338,7 @@ pub fn run(
             reconnect_after_ms: 1000,
         }));
         let drained = async {
+            shard.flush_cursors();
             shard.pipeline_drained().await;
             shard.sessions.borrow().close_all(goaway);
             while !shard.sessions.borrow().is_empty() {

@@ -9,20 +9,27 @@
 //! refusals and pushes leave in the order the requests arrived and only after
 //! the writes they depend on are durable.
 
+mod membership;
+mod receipts;
+
+pub use receipts::{
+    CURSOR_FLUSH_INTERVAL, RECEIPT_EVENTS_MAX_MEMBERS, TYPING_DEBOUNCE_MS, TYPING_TTL_MS,
+};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chat_protocol::pb::{
-    self, ConversationKind, MessageKind, Role, server_frame::Body, system_event,
+    self, ConversationKind, MessageKind, ReceiptKind, Role, server_frame::Body,
 };
 use chat_protocol::{ErrorCode, MessageId};
 use prost::Message;
 
 use crate::catalog;
 use crate::context::now_ms;
-use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord, UserConversationRecord};
+use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord};
 use crate::reply::{self, Refusal};
 use crate::sequencer::{Admission, Assigned, Sequencer};
 use crate::shard::{Effect, Origin, Pending, Shard};
@@ -89,34 +96,71 @@ pub enum OwnerOp {
     UpdateTitle(String),
     /// TransferOwnership.
     TransferOwnership(u64),
+    /// MarkRead up to a seq.
+    MarkRead(u64),
+    /// MarkDelivered up to a seq.
+    MarkDelivered(u64),
+    /// GetReceipts for a seq.
+    GetReceipts(u64),
+    /// Typing started (true) or stopped.
+    Typing(bool),
+    /// SubscribeChannel.
+    SubscribeChannel,
+    /// UnsubscribeChannel.
+    UnsubscribeChannel,
 }
 
-struct Conv {
-    record: ConversationRecord,
-    members: HashMap<u64, i32>,
-    /// Members as a shared list for fan-out, rebuilt on membership changes.
-    recipients: Arc<[u64]>,
-    seq: Sequencer,
+/// A loaded conversation on its owner shard.
+pub(super) struct Conv {
+    pub(super) record: ConversationRecord,
+    /// Role and receipt cursors of every member.
+    pub(super) members: HashMap<u64, MemberRecord>,
+    /// Members as a shared list for fan-out; `None` after a membership
+    /// change until the next fan-out needs it (a channel gaining 10,000
+    /// subscribers rebuilds it once, not 10,000 times).
+    recipients: Option<Arc<[u64]>>,
+    pub(super) seq: Sequencer,
     queue: VecDeque<OwnerRequest>,
     /// A store lookup of idempotency keys is under way.
     checking: bool,
+    /// Members whose cursors changed since the last cursor flush.
+    pub(super) dirty_cursors: HashSet<u64>,
+    /// Typing state per member (`receipts.rs`).
+    pub(super) typing: HashMap<u64, receipts::TypingState>,
 }
 
 impl Conv {
-    fn rebuild_recipients(&mut self) {
-        self.recipients = self.members.keys().copied().collect();
+    /// Every member, for fan-out.
+    pub(super) fn recipients(&mut self) -> Arc<[u64]> {
+        match &self.recipients {
+            Some(r) => r.clone(),
+            None => {
+                let r: Arc<[u64]> = self.members.keys().copied().collect();
+                self.recipients = Some(r.clone());
+                r
+            }
+        }
     }
 
-    fn view(&self, id: u64, me: u64) -> pb::Conversation {
-        let mut members: Vec<(u64, i32)> = self.members.iter().map(|(&u, &r)| (u, r)).collect();
+    /// Call after changing `members`.
+    pub(super) fn members_changed(&mut self) {
+        self.recipients = None;
+    }
+
+    pub(super) fn view(&self, id: u64, me: u64) -> pb::Conversation {
+        let mut members: Vec<(u64, i32)> = self.members.iter().map(|(&u, m)| (u, m.role)).collect();
         members.sort_unstable();
         catalog::view(id, &self.record, &members, self.seq.last_seq(), me)
     }
 
-    fn role(&self, user: u64) -> Option<Role> {
+    pub(super) fn role(&self, user: u64) -> Option<Role> {
         self.members
             .get(&user)
-            .map(|&r| Role::try_from(r).unwrap_or(Role::Unspecified))
+            .map(|m| Role::try_from(m.role).unwrap_or(Role::Unspecified))
+    }
+
+    pub(super) fn is_channel(&self) -> bool {
+        self.record.kind == ConversationKind::Channel as i32
     }
 
     fn needs_lookup(&self, req: &OwnerRequest) -> bool {
@@ -170,6 +214,13 @@ impl Owned {
         }
     }
 
+    fn ready_mut(&mut self, id: u64) -> Option<&mut Conv> {
+        match self.slots.get_mut(&id) {
+            Some(Slot::Ready(c)) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Number of conversations loaded.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -187,7 +238,7 @@ struct Loaded {
     last_seq: u64,
 }
 
-fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
+pub(super) fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
     Pending {
         batch: Batch::new(),
         effects: vec![Effect::Reply(
@@ -272,13 +323,15 @@ impl Shard {
             Ok(Some(l)) => {
                 let mut conv = Conv {
                     record: l.record,
-                    members: l.members.into_iter().map(|(u, m)| (u, m.role)).collect(),
-                    recipients: Arc::from(Vec::new()),
+                    members: l.members.into_iter().collect(),
+                    recipients: None,
                     seq: Sequencer::new(l.last_seq, owned.key_capacity),
                     queue,
                     checking: false,
+                    dirty_cursors: HashSet::new(),
+                    typing: HashMap::new(),
                 };
-                conv.rebuild_recipients();
+                conv.members_changed();
                 owned.slots.insert(id, Slot::Ready(Box::new(conv)));
                 drop(owned);
                 self.pump(id);
@@ -395,12 +448,40 @@ impl Shard {
             OwnerOp::SetRole(target, role) => self.set_role(id, conv, req.user, target, role),
             OwnerOp::UpdateTitle(title) => self.update_title(id, conv, req.user, title),
             OwnerOp::TransferOwnership(target) => self.transfer(id, conv, req.user, target),
+            OwnerOp::MarkRead(seq) => {
+                return self.advance_cursor(id, conv, origin, req.user, ReceiptKind::Read, seq);
+            }
+            OwnerOp::MarkDelivered(seq) => {
+                return self.advance_cursor(
+                    id,
+                    conv,
+                    origin,
+                    req.user,
+                    ReceiptKind::Delivered,
+                    seq,
+                );
+            }
+            OwnerOp::GetReceipts(seq) => {
+                let result = receipts::counts(id, conv, req.user, seq).map(Body::ReceiptCounts);
+                return Pending {
+                    batch: Batch::new(),
+                    effects: vec![Effect::Reply(
+                        origin,
+                        reply::answer(origin.request_id, result),
+                    )],
+                };
+            }
+            OwnerOp::Typing(active) => return self.typing(id, conv, origin, req.user, active),
+            OwnerOp::SubscribeChannel => self.subscribe(id, conv, req.user),
+            OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, req.user),
         };
         match result {
             Ok(mut pending) => {
-                let body = match conv.members.contains_key(&req.user) {
-                    true => Body::Conversation(conv.view(id, req.user)),
-                    false => Body::Done(pb::Done {}),
+                let body = match conv.members.get(&req.user) {
+                    Some(m) if m.role != Role::Subscriber as i32 => {
+                        Body::Conversation(conv.view(id, req.user))
+                    }
+                    _ => Body::Done(pb::Done {}),
                 };
                 pending.effects.push(Effect::Reply(
                     origin,
@@ -505,7 +586,7 @@ impl Shard {
                             origin,
                             ack_frame(origin.request_id, id, &msg.client_msg_id, a, false),
                         ),
-                        Effect::Fanout(conv.recipients.clone(), push),
+                        Effect::Fanout(conv.recipients(), push),
                     ],
                 }
             }
@@ -522,307 +603,5 @@ impl Shard {
         reply::push(Body::MessagePush(pb::MessagePush {
             message: Some(m.clone()),
         }))
-    }
-
-    /// Appends a system message; `recipients` are who hear about it.
-    fn system_message(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        event: pb::SystemEvent,
-        recipients: Arc<[u64]>,
-        batch: &mut Batch,
-    ) -> (u64, Vec<Effect>) {
-        let a = match conv
-            .seq
-            .assign(actor, None, now_ms(), &mut self.ids.borrow_mut())
-        {
-            Admission::New(a) => a,
-            // System messages carry no idempotency key and are always new.
-            Admission::Duplicate { original, .. } => original,
-        };
-        let m = pb::Message {
-            conversation_id: id,
-            seq: a.seq,
-            message_id: a.message_id.0,
-            sender_id: actor,
-            sent_at_ms: a.sent_at_ms,
-            kind: MessageKind::System as i32,
-            system: Some(event),
-            ..Default::default()
-        };
-        let push = self.stage_message(id, &m, batch);
-        (
-            a.seq,
-            vec![
-                Effect::Durable {
-                    conversation: id,
-                    seq: a.seq,
-                },
-                Effect::Fanout(recipients, push),
-            ],
-        )
-    }
-
-    fn add_members(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        users: Vec<u64>,
-    ) -> Result<Pending, Refusal> {
-        require_group_admin(conv, actor)?;
-        let mut seen = HashSet::new();
-        let new: Vec<u64> = users
-            .into_iter()
-            .filter(|u| !conv.members.contains_key(u) && seen.insert(*u))
-            .collect();
-        if new.is_empty() {
-            return Ok(Pending::default());
-        }
-        if conv.members.len() + new.len() > self.ctx.config.max_group_members {
-            return Err(Refusal::new(
-                ErrorCode::MemberLimit,
-                "group member limit reached",
-            ));
-        }
-        for &u in &new {
-            conv.members.insert(u, Role::Member as i32);
-        }
-        conv.rebuild_recipients();
-        let mut batch = Batch::new();
-        let event = system_event(system_event::Kind::MemberAdded, actor, new.clone());
-        let (seq, effects) =
-            self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
-        for &u in &new {
-            let m = MemberRecord {
-                role: Role::Member as i32,
-                joined_seq: seq,
-            };
-            batch.put(Ks::Members, keys::pair(id, u).to_vec(), m.encode_to_vec());
-            let uc = UserConversationRecord {
-                joined_seq: seq,
-                ..Default::default()
-            };
-            batch.put(
-                Ks::UserConversations,
-                keys::pair(u, id).to_vec(),
-                uc.encode_to_vec(),
-            );
-        }
-        Ok(Pending { batch, effects })
-    }
-
-    fn remove_member(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        target: u64,
-    ) -> Result<Pending, Refusal> {
-        let actor_role = require_group_admin(conv, actor)?;
-        let target_role = conv
-            .role(target)
-            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "user is not a member"))?;
-        if target_role == Role::Owner || (target_role == Role::Admin && actor_role != Role::Owner) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "cannot remove an owner or, unless owner, an admin",
-            ));
-        }
-        Ok(self.drop_member(id, conv, actor, target, system_event::Kind::MemberRemoved))
-    }
-
-    fn leave(&self, id: u64, conv: &mut Conv, actor: u64) -> Result<Pending, Refusal> {
-        let role = conv.role(actor).ok_or_else(|| {
-            Refusal::new(ErrorCode::NotAMember, "not a member of this conversation")
-        })?;
-        if conv.record.kind == ConversationKind::Direct as i32 {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                "direct conversations cannot be left",
-            ));
-        }
-        if role == Role::Owner && conv.members.len() > 1 {
-            return Err(Refusal::new(
-                ErrorCode::Conflict,
-                "transfer ownership before leaving",
-            ));
-        }
-        Ok(self.drop_member(id, conv, actor, actor, system_event::Kind::MemberLeft))
-    }
-
-    /// Removes `target`; the system message still reaches it, as its last
-    /// message of the conversation (`spec/states.md`).
-    fn drop_member(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        target: u64,
-        kind: system_event::Kind,
-    ) -> Pending {
-        let hearing = conv.recipients.clone();
-        conv.members.remove(&target);
-        conv.rebuild_recipients();
-        let mut batch = Batch::new();
-        let event = system_event(kind, actor, vec![target]);
-        let (_, effects) = self.system_message(id, conv, actor, event, hearing, &mut batch);
-        batch.delete(Ks::Members, keys::pair(id, target).to_vec());
-        batch.delete(Ks::UserConversations, keys::pair(target, id).to_vec());
-        Pending { batch, effects }
-    }
-
-    fn set_role(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        target: u64,
-        role: i32,
-    ) -> Result<Pending, Refusal> {
-        require_owner(conv, actor)?;
-        let new_role = Role::try_from(role).unwrap_or(Role::Unspecified);
-        if !matches!(new_role, Role::Member | Role::Admin) {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                "role must be MEMBER or ADMIN",
-            ));
-        }
-        let current = conv
-            .role(target)
-            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "user is not a member"))?;
-        if current == Role::Owner {
-            return Err(Refusal::new(ErrorCode::Forbidden, "use TransferOwnership"));
-        }
-        if current == new_role {
-            return Ok(Pending::default());
-        }
-        Ok(self.change_roles(
-            id,
-            conv,
-            actor,
-            &[(target, new_role)],
-            system_event::Kind::RoleChanged,
-        ))
-    }
-
-    fn transfer(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        target: u64,
-    ) -> Result<Pending, Refusal> {
-        require_owner(conv, actor)?;
-        if target == actor || !conv.members.contains_key(&target) {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                "new owner must be another member",
-            ));
-        }
-        Ok(self.change_roles(
-            id,
-            conv,
-            actor,
-            &[(target, Role::Owner), (actor, Role::Admin)],
-            system_event::Kind::OwnershipTransferred,
-        ))
-    }
-
-    fn change_roles(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        changes: &[(u64, Role)],
-        kind: system_event::Kind,
-    ) -> Pending {
-        let mut batch = Batch::new();
-        for &(user, role) in changes {
-            conv.members.insert(user, role as i32);
-            // `joined_seq` is informational and not kept in memory; a role
-            // change resets it.
-            let m = MemberRecord {
-                role: role as i32,
-                joined_seq: 0,
-            };
-            batch.put(
-                Ks::Members,
-                keys::pair(id, user).to_vec(),
-                m.encode_to_vec(),
-            );
-        }
-        let mut event = system_event(kind, actor, vec![changes.first().map_or(0, |c| c.0)]);
-        event.role = changes.first().map_or(0, |c| c.1 as i32);
-        let (_, effects) =
-            self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
-        Pending { batch, effects }
-    }
-
-    fn update_title(
-        &self,
-        id: u64,
-        conv: &mut Conv,
-        actor: u64,
-        title: String,
-    ) -> Result<Pending, Refusal> {
-        require_group_admin(conv, actor)?;
-        if title.chars().count() > catalog::TITLE_MAX_CHARS {
-            return Err(Refusal::new(ErrorCode::InvalidArgument, "title too long"));
-        }
-        conv.record.title = title.clone();
-        let mut batch = Batch::new();
-        batch.put(
-            Ks::Conversations,
-            keys::id(id).to_vec(),
-            conv.record.encode_to_vec(),
-        );
-        let mut event = system_event(system_event::Kind::TitleChanged, actor, Vec::new());
-        event.title = title;
-        let (_, effects) =
-            self.system_message(id, conv, actor, event, conv.recipients.clone(), &mut batch);
-        Ok(Pending { batch, effects })
-    }
-}
-
-fn system_event(kind: system_event::Kind, actor: u64, user_ids: Vec<u64>) -> pb::SystemEvent {
-    pb::SystemEvent {
-        kind: kind as i32,
-        actor_id: actor,
-        user_ids,
-        role: Role::Unspecified as i32,
-        title: String::new(),
-    }
-}
-
-/// The actor may manage members: a group or channel, and OWNER or ADMIN.
-fn require_group_admin(conv: &Conv, actor: u64) -> Result<Role, Refusal> {
-    let role = conv
-        .role(actor)
-        .ok_or_else(|| Refusal::new(ErrorCode::NotAMember, "not a member of this conversation"))?;
-    if conv.record.kind == ConversationKind::Direct as i32 {
-        return Err(Refusal::new(
-            ErrorCode::InvalidArgument,
-            "direct conversations have no admins",
-        ));
-    }
-    if !matches!(role, Role::Owner | Role::Admin) {
-        return Err(Refusal::new(
-            ErrorCode::Forbidden,
-            "only admins may do this",
-        ));
-    }
-    Ok(role)
-}
-
-fn require_owner(conv: &Conv, actor: u64) -> Result<(), Refusal> {
-    match require_group_admin(conv, actor)? {
-        Role::Owner => Ok(()),
-        _ => Err(Refusal::new(
-            ErrorCode::Forbidden,
-            "only the owner may do this",
-        )),
     }
 }

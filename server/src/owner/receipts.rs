@@ -1,0 +1,257 @@
+//! Receipt cursors, aggregated receipt counts and typing indicators.
+//!
+//! Cursors (`delivered_seq`, `read_seq`) live in the members' records and in
+//! the owner's memory. They only move forward. A read is written before it
+//! is answered, so the user's other devices see the new unread count at
+//! once. Deliveries, which every device reports for every message, are
+//! written by the periodic cursor flush (`CURSOR_FLUSH_INTERVAL`): one write
+//! per changed member per interval rather than one per receipt; a crash can
+//! move a delivered cursor back by at most that interval, which re-reports a
+//! delivery, never loses a message. Counts for a message are computed from
+//! the cursors, so a group needs no write per member per message
+//! (`spec/messages.md`, "GetReceipts").
+//!
+//! Typing is never stored. Events are debounced per member and go to the
+//! other members' sessions as shed-first ephemeral frames.
+
+use std::time::Duration;
+
+use chat_protocol::ErrorCode;
+use chat_protocol::pb::{self, ReceiptKind, server_frame::Body};
+use prost::Message;
+
+use super::{Conv, refusal_entry};
+use crate::context::now_ms;
+use crate::reply::{self, Refusal};
+use crate::shard::{Effect, Origin, Pending, Shard};
+use crate::storage::writer::Batch;
+use crate::storage::{Ks, keys};
+
+/// Cursor changes are written at most this often per conversation.
+pub const CURSOR_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Conversations with at most this many members push a ReceiptEvent to the
+/// other members on every cursor move; larger groups and channels do not
+/// (members ask with GetReceipts), which keeps receipts from turning into
+/// members² pushes.
+pub const RECEIPT_EVENTS_MAX_MEMBERS: usize = 32;
+
+/// How long a typing indicator lives without a refresh (announced in
+/// `TypingEvent.expires_in_ms`).
+pub const TYPING_TTL_MS: u64 = 5_000;
+
+/// A refresh of an unchanged typing state is forwarded at most this often.
+pub const TYPING_DEBOUNCE_MS: u64 = 1_000;
+
+/// Last forwarded typing state of a member.
+#[derive(Debug, Clone, Copy)]
+pub struct TypingState {
+    active: bool,
+    forwarded_at_ms: u64,
+}
+
+fn release(origin: Origin) -> Effect {
+    // An empty frame returns the request's permit without sending anything.
+    Effect::Reply(origin, bytes::Bytes::new())
+}
+
+fn done(origin: Origin) -> Effect {
+    if origin.request_id == 0 {
+        release(origin)
+    } else {
+        Effect::Reply(
+            origin,
+            reply::answer(origin.request_id, Ok(Body::Done(pb::Done {}))),
+        )
+    }
+}
+
+/// Aggregated counts for one message.
+pub(super) fn counts(
+    id: u64,
+    conv: &Conv,
+    user: u64,
+    seq: u64,
+) -> Result<pb::ReceiptCounts, Refusal> {
+    if !conv.members.contains_key(&user) {
+        return Err(Refusal::new(
+            ErrorCode::NotAMember,
+            "not a member of this conversation",
+        ));
+    }
+    if seq == 0 || seq > conv.seq.last_seq() {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "no message with this seq",
+        ));
+    }
+    let (mut delivered, mut read) = (0u32, 0u32);
+    for m in conv.members.values() {
+        delivered += u32::from(m.delivered_seq >= seq);
+        read += u32::from(m.read_seq >= seq);
+    }
+    Ok(pb::ReceiptCounts {
+        conversation_id: id,
+        seq,
+        member_count: conv.members.len() as u32,
+        delivered_count: delivered,
+        read_count: read,
+    })
+}
+
+impl Shard {
+    /// MarkDelivered / MarkRead.
+    pub(super) fn advance_cursor(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        origin: Origin,
+        user: u64,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Pending {
+        // A client can only have seen durable messages.
+        let seq = seq.min(conv.seq.durable_seq());
+        let Some(m) = conv.members.get_mut(&user) else {
+            return refusal_entry(
+                origin,
+                ErrorCode::NotAMember,
+                "not a member of this conversation",
+            );
+        };
+        let moved = match kind {
+            ReceiptKind::Read if seq > m.read_seq => {
+                m.read_seq = seq;
+                m.delivered_seq = m.delivered_seq.max(seq);
+                true
+            }
+            ReceiptKind::Delivered if seq > m.delivered_seq => {
+                m.delivered_seq = seq;
+                true
+            }
+            _ => false,
+        };
+        let mut effects = Vec::new();
+        let mut batch = Batch::new();
+        if moved {
+            if kind == ReceiptKind::Read {
+                batch.put(
+                    Ks::Members,
+                    keys::pair(id, user).to_vec(),
+                    m.encode_to_vec(),
+                );
+                conv.dirty_cursors.remove(&user);
+            } else if conv.dirty_cursors.insert(user) {
+                self.cursor_dirty.borrow_mut().insert(id);
+            }
+            // The reader's other devices always hear of it; the other
+            // members only in small conversations.
+            let hearing: std::sync::Arc<[u64]> =
+                if !conv.is_channel() && conv.members.len() <= RECEIPT_EVENTS_MAX_MEMBERS {
+                    conv.recipients()
+                } else {
+                    std::sync::Arc::from([user])
+                };
+            {
+                let event = reply::push(Body::ReceiptEvent(pb::ReceiptEvent {
+                    conversation_id: id,
+                    user_id: user,
+                    kind: kind as i32,
+                    seq,
+                    at_ms: now_ms(),
+                }));
+                effects.push(Effect::Fanout(hearing, event));
+            }
+        }
+        effects.push(done(origin));
+        Pending { batch, effects }
+    }
+
+    /// Typing: forwarded to the other members unless it repeats the last
+    /// forwarded state within the debounce interval.
+    pub(super) fn typing(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        origin: Origin,
+        user: u64,
+        active: bool,
+    ) -> Pending {
+        let mut effects = vec![release(origin)];
+        if !conv.members.contains_key(&user) {
+            return Pending {
+                batch: Batch::new(),
+                effects,
+            };
+        }
+        let now = now_ms();
+        let forward = match conv.typing.get(&user) {
+            Some(t) => {
+                let expired = now >= t.forwarded_at_ms + TYPING_TTL_MS;
+                t.active != active
+                    || (active && (expired || now >= t.forwarded_at_ms + TYPING_DEBOUNCE_MS))
+            }
+            None => active,
+        };
+        if forward {
+            if active {
+                conv.typing.insert(
+                    user,
+                    TypingState {
+                        active,
+                        forwarded_at_ms: now,
+                    },
+                );
+            } else {
+                conv.typing.remove(&user);
+            }
+            let others: std::sync::Arc<[u64]> = conv
+                .members
+                .keys()
+                .copied()
+                .filter(|&u| u != user)
+                .collect();
+            let event = reply::push(Body::TypingEvent(pb::TypingEvent {
+                conversation_id: id,
+                user_id: user,
+                active,
+                expires_in_ms: TYPING_TTL_MS as u32,
+            }));
+            effects.push(Effect::Ephemeral(others, event));
+        }
+        Pending {
+            batch: Batch::new(),
+            effects,
+        }
+    }
+
+    /// Writes the changed cursors of every conversation that has some.
+    pub(crate) fn flush_cursors(&self) {
+        let ids: Vec<u64> = self.cursor_dirty.borrow_mut().drain().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut batch = Batch::new();
+        {
+            let mut owned = self.owned.borrow_mut();
+            for id in ids {
+                let Some(conv) = owned.ready_mut(id) else {
+                    continue;
+                };
+                for user in conv.dirty_cursors.drain() {
+                    if let Some(m) = conv.members.get(&user) {
+                        batch.put(
+                            Ks::Members,
+                            keys::pair(id, user).to_vec(),
+                            m.encode_to_vec(),
+                        );
+                    }
+                }
+            }
+        }
+        self.commit(Pending {
+            batch,
+            effects: Vec::new(),
+        });
+    }
+}
