@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::owner::{OwnerOp, OwnerRequest};
+use crate::presence::{MAX_PRESENCE_SUBSCRIPTIONS, PresenceOp};
 use crate::reply::{self, Handled, Refusal};
 use crate::session_state::{SessionState, Verdict};
 use crate::session_table::{Close, CloseSignal, SessionHandle};
@@ -81,6 +82,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     });
     conn.read_loop(rd).await;
     let _ = writer.await;
+    conn.signed_off().await;
     shard.sessions.borrow_mut().remove(id);
     tracing::debug!("session closed");
 }
@@ -295,6 +297,7 @@ impl Conn {
                     accounts::logout(c, user, token.as_deref(), l.all_devices)
                 })
                 .await;
+                self.signed_off().await;
                 self.state.borrow_mut().logged_out();
                 self.shard.sessions.borrow_mut().deauthenticate(self.id);
                 self.push(reply::answer(rid, res.map(|()| S::Done(pb::Done {}))));
@@ -311,7 +314,33 @@ impl Conn {
             .borrow_mut()
             .authenticate(self.id, ok.user_id);
         *self.token.borrow_mut() = Some(ok.session_token.clone());
+        let shard = self.shard.clone();
+        let op = PresenceOp::Session {
+            user: ok.user_id,
+            delta: 1,
+        };
+        tokio::task::spawn_local(async move { shard.presence_op(op).await });
         ok
+    }
+
+    /// The session stopped being a user's (logout or close): it no longer
+    /// counts towards the user's presence nor watches anyone's.
+    async fn signed_off(&self) {
+        let Some(user) = self.state.borrow().user() else {
+            return;
+        };
+        self.shard
+            .presence_op(PresenceOp::Session { user, delta: -1 })
+            .await;
+        let ended = self.shard.interest.borrow_mut().remove_session(self.id);
+        for watched in ended {
+            let op = PresenceOp::Subscribe {
+                user: watched,
+                shard: self.shard.id,
+                on: false,
+            };
+            self.shard.presence_op(op).await;
+        }
     }
 
     /// Requests of an authenticated session.
@@ -449,9 +478,51 @@ impl Conn {
                 self.spawn_read(rid, move |ctx| accounts::profile(ctx, &p).map(S::Profile));
             }
             C::UpdateProfile(p) => {
-                self.spawn_read(rid, move |ctx| {
-                    accounts::update_profile(ctx, user, &p).map(S::Profile)
+                let hide = p.hide_last_seen;
+                let shard = self.shard.clone();
+                let session = self.id;
+                tokio::task::spawn_local(async move {
+                    let result = blocking(&shard.ctx, move |ctx| {
+                        accounts::update_profile(ctx, user, &p)
+                    })
+                    .await;
+                    if result.is_ok() {
+                        shard.presence_op(PresenceOp::Hide { user, hide }).await;
+                    }
+                    shard
+                        .sessions
+                        .borrow()
+                        .reply(session, reply::answer(rid, result.map(S::Profile)));
                 });
+            }
+            C::SetPresence(p) => {
+                let status =
+                    pb::PresenceStatus::try_from(p.status).unwrap_or(pb::PresenceStatus::Online);
+                self.shard
+                    .presence_op(PresenceOp::Status { user, status })
+                    .await;
+                self.reply_done(rid);
+            }
+            C::SubscribePresence(s) => {
+                let result = self.watch(s.user_ids).await;
+                self.shard
+                    .sessions
+                    .borrow()
+                    .reply(self.id, reply::answer(rid, result));
+            }
+            C::UnsubscribePresence(s) => {
+                for watched in s.user_ids {
+                    let last = self.shard.interest.borrow_mut().remove(self.id, watched);
+                    if last {
+                        let op = PresenceOp::Subscribe {
+                            user: watched,
+                            shard: self.shard.id,
+                            on: false,
+                        };
+                        self.shard.presence_op(op).await;
+                    }
+                }
+                self.reply_done(rid);
             }
             _ => {
                 let err = Refusal::new(
@@ -464,6 +535,38 @@ impl Conn {
                     .reply(self.id, reply::answer(rid, Err(err)));
             }
         }
+    }
+
+    fn reply_done(&self, rid: u64) {
+        let done = reply::answer(rid, Ok(S::Done(pb::Done {})));
+        self.shard.sessions.borrow().reply(self.id, done);
+    }
+
+    /// SubscribePresence: registers interest, then the current states follow
+    /// as PresenceEvents (cached ones at once, others from the owner).
+    async fn watch(&self, users: Vec<u64>) -> Handled {
+        let current = self.shard.interest.borrow().count(self.id);
+        if current + users.len() > MAX_PRESENCE_SUBSCRIPTIONS {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!("at most {MAX_PRESENCE_SUBSCRIPTIONS} presence subscriptions per session"),
+            ));
+        }
+        for watched in users {
+            let (first, cached) = self.shard.interest.borrow_mut().add(self.id, watched);
+            if first {
+                let op = PresenceOp::Subscribe {
+                    user: watched,
+                    shard: self.shard.id,
+                    on: true,
+                };
+                self.shard.presence_op(op).await;
+            } else if let Some(event) = cached {
+                let frame = reply::push(S::PresenceEvent(event));
+                self.shard.sessions.borrow().push_ephemeral(self.id, frame);
+            }
+        }
+        Ok(S::Done(pb::Done {}))
     }
 
     /// Runs a store-backed request on the blocking pool and replies.

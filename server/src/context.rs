@@ -51,6 +51,14 @@ impl Context {
         (h % self.nr_shards() as u64) as ShardId
     }
 
+    /// The shard that keeps `user`'s presence.
+    pub fn shard_for_user(&self, user: u64) -> ShardId {
+        // A different multiplier from `shard_for`, so that a user's presence
+        // and the conversation with the same id are not tied together.
+        let h = user.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 32;
+        (h % self.nr_shards() as u64) as ShardId
+    }
+
     /// A fresh user id.
     pub fn next_user_id(&self) -> u64 {
         self.last_user_id.fetch_add(1, Ordering::Relaxed) + 1

@@ -29,6 +29,7 @@ pub mod context;
 pub mod idgen;
 pub mod mesh;
 pub mod owner;
+pub mod presence;
 pub mod records;
 pub mod reply;
 pub mod sequencer;

@@ -146,6 +146,16 @@ impl SessionTable {
         }
     }
 
+    /// Queues an ephemeral frame (presence, typing) towards session `id`,
+    /// dropping it if the session's queue is more than half full.
+    pub fn push_ephemeral(&self, id: u64, frame: Bytes) {
+        if let Some(s) = self.sessions.get(&id) {
+            if s.tx.capacity() * 2 >= s.tx.max_capacity() {
+                enqueue(s, frame);
+            }
+        }
+    }
+
     /// Queues the reply to a request of session `id` and frees its
     /// in-flight permit. An empty frame only frees the permit (requests
     /// without a reply, such as Typing).

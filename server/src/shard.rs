@@ -64,6 +64,10 @@ pub enum ShardMsg {
         /// Typing or presence: dropped for sessions that are falling behind.
         ephemeral: bool,
     },
+    /// A presence change for the user's presence shard.
+    Presence(crate::presence::PresenceOp),
+    /// Published presence states for the watching sessions of this shard.
+    PresenceEvents(Vec<chat_protocol::pb::PresenceEvent>),
 }
 
 /// What happens once a pipeline entry's writes are durable.
@@ -105,6 +109,10 @@ pub struct Shard {
     pub owned: RefCell<Owned>,
     /// Message ids for messages this shard sequences.
     pub ids: RefCell<MessageIdGenerator>,
+    /// Presence of the users this shard keeps.
+    pub presence: RefCell<crate::presence::PresenceTable>,
+    /// Which local sessions watch which users' presence.
+    pub interest: RefCell<crate::presence::Interest>,
     /// Owned conversations with receipt cursors not yet written.
     pub cursor_dirty: RefCell<std::collections::HashSet<u64>>,
     /// Entries waiting for the commit loop.
@@ -129,6 +137,8 @@ impl Shard {
             owned: RefCell::new(Owned::new(recovered, recent)),
             ids: RefCell::new(MessageIdGenerator::new(id as u16)),
             cursor_dirty: RefCell::new(std::collections::HashSet::new()),
+            presence: RefCell::new(crate::presence::PresenceTable::default()),
+            interest: RefCell::new(crate::presence::Interest::default()),
             pipeline: RefCell::new(VecDeque::new()),
             pipeline_ready: Notify::new(),
             pipeline_idle: Notify::new(),
@@ -194,6 +204,8 @@ impl Shard {
             } => {
                 self.sessions.borrow().deliver(&users, &frame, ephemeral);
             }
+            ShardMsg::Presence(op) => self.apply_presence(op),
+            ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
         }
     }
 
@@ -306,6 +318,7 @@ pub fn run(
         tokio::task::spawn_local(shard.clone().mesh_loop());
         tokio::task::spawn_local(shard.clone().commit_loop());
         tokio::task::spawn_local(shard.clone().cursor_flush_loop());
+        tokio::task::spawn_local(shard.clone().presence_loop());
         let mut shutdown = ctx.shutdown.subscribe();
         loop {
             tokio::select! {

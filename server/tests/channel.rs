@@ -75,7 +75,9 @@ async fn a_post_reaches_10_000_subscribed_sessions() {
         S::Conversation(c) => c.conversation_id,
         other => panic!("{other:?}"),
     };
-    admin.send_text(channel, "before", "posted before anyone subscribed").await;
+    admin
+        .send_text(channel, "before", "posted before anyone subscribed")
+        .await;
 
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     let mut joins = tokio::task::JoinSet::new();
@@ -84,7 +86,11 @@ async fn a_post_reaches_10_000_subscribed_sessions() {
         joins.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
             let mut s = Raw::register(addr, &format!("sub{i:05}")).await;
-            let r = s.request(C::SubscribeChannel(pb::SubscribeChannel { conversation_id: channel })).await;
+            let r = s
+                .request(C::SubscribeChannel(pb::SubscribeChannel {
+                    conversation_id: channel,
+                }))
+                .await;
             assert!(matches!(r, S::Done(_)), "{r:?}");
             s
         });
@@ -95,7 +101,9 @@ async fn a_post_reaches_10_000_subscribed_sessions() {
     }
 
     // Subscribers may not post.
-    let refused = subs[0].request(common::send_body(channel, "x", "me too")).await;
+    let refused = subs[0]
+        .request(common::send_body(channel, "x", "me too"))
+        .await;
     assert_eq!(error_code(&refused), ErrorCode::Forbidden);
 
     let ack = admin.send_text(channel, "news-1", "breaking").await;
@@ -117,14 +125,26 @@ async fn a_post_reaches_10_000_subscribed_sessions() {
 
     // Earlier posts come from history; an unsubscribed session gets no more.
     match subs[0].history(channel, 0, 0, 10).await {
-        S::MessagePage(p) => assert_eq!(p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]),
+        S::MessagePage(p) => assert_eq!(
+            p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![2, 1]
+        ),
         other => panic!("{other:?}"),
     }
-    let r = subs[0].request(C::UnsubscribeChannel(pb::UnsubscribeChannel { conversation_id: channel })).await;
+    let r = subs[0]
+        .request(C::UnsubscribeChannel(pb::UnsubscribeChannel {
+            conversation_id: channel,
+        }))
+        .await;
     assert!(matches!(r, S::Done(_)));
     admin.send_text(channel, "news-2", "more").await;
     assert_eq!(subs[1].next_message().await.seq, 3);
     let pong = subs[0].request(C::Ping(pb::Ping { nonce: 1 })).await;
     assert!(matches!(pong, S::Pong(_)));
-    assert!(subs[0].pushes.iter().all(|f| !matches!(f.body, Some(S::MessagePush(_)))));
+    assert!(
+        subs[0]
+            .pushes
+            .iter()
+            .all(|f| !matches!(f.body, Some(S::MessagePush(_))))
+    );
 }

@@ -22,7 +22,7 @@ async fn next_matching<T>(c: &mut Raw, mut pick: impl FnMut(&S) -> Option<T>) ->
 
 async fn receipt(c: &mut Raw) -> pb::ReceiptEvent {
     next_matching(c, |b| match b {
-        S::ReceiptEvent(r) => Some(r.clone()),
+        S::ReceiptEvent(r) => Some(*r),
         _ => None,
     })
     .await
@@ -39,40 +39,82 @@ async fn delivered_and_read_receipts_reach_the_sender_and_unread_counts_follow()
         alice.send_text(conv, &i.to_string(), "hi").await;
     }
 
-    let delivered = bob.request(C::MarkDelivered(pb::MarkDelivered { conversation_id: conv, seq: 5 })).await;
+    let delivered = bob
+        .request(C::MarkDelivered(pb::MarkDelivered {
+            conversation_id: conv,
+            seq: 5,
+        }))
+        .await;
     assert!(matches!(delivered, S::Done(_)));
     let r = receipt(&mut alice).await;
-    assert_eq!((r.user_id, r.kind, r.seq), (bob.user_id, pb::ReceiptKind::Delivered as i32, 5));
+    assert_eq!(
+        (r.user_id, r.kind, r.seq),
+        (bob.user_id, pb::ReceiptKind::Delivered as i32, 5)
+    );
 
-    let read = bob.request(C::MarkRead(pb::MarkRead { conversation_id: conv, seq: 3 })).await;
+    let read = bob
+        .request(C::MarkRead(pb::MarkRead {
+            conversation_id: conv,
+            seq: 3,
+        }))
+        .await;
     assert!(matches!(read, S::Done(_)));
     let r = receipt(&mut alice).await;
     assert_eq!((r.kind, r.seq), (pb::ReceiptKind::Read as i32, 3));
     // Bob's other device hears of the delivery and the read too.
     let r = receipt(&mut bob_phone).await;
-    assert_eq!((r.user_id, r.kind, r.seq), (bob.user_id, pb::ReceiptKind::Delivered as i32, 5));
+    assert_eq!(
+        (r.user_id, r.kind, r.seq),
+        (bob.user_id, pb::ReceiptKind::Delivered as i32, 5)
+    );
     let r = receipt(&mut bob_phone).await;
-    assert_eq!((r.user_id, r.kind, r.seq), (bob.user_id, pb::ReceiptKind::Read as i32, 3));
+    assert_eq!(
+        (r.user_id, r.kind, r.seq),
+        (bob.user_id, pb::ReceiptKind::Read as i32, 3)
+    );
 
     // Seen from the other device, 2 unread remain.
-    let list = match bob_phone.request(C::ListConversations(pb::ListConversations::default())).await {
+    let list = match bob_phone
+        .request(C::ListConversations(pb::ListConversations::default()))
+        .await
+    {
         S::ConversationList(l) => l,
         other => panic!("{other:?}"),
     };
     let summary = &list.conversations[0];
-    assert_eq!((summary.last_seq, summary.read_seq, summary.unread_count), (5, 3, 2));
+    assert_eq!(
+        (summary.last_seq, summary.read_seq, summary.unread_count),
+        (5, 3, 2)
+    );
     assert_eq!(summary.last_message.as_ref().map(|m| m.seq), Some(5));
 
     // Cursors never move back; a stale report is not an error.
-    let back = bob.request(C::MarkRead(pb::MarkRead { conversation_id: conv, seq: 1 })).await;
+    let back = bob
+        .request(C::MarkRead(pb::MarkRead {
+            conversation_id: conv,
+            seq: 1,
+        }))
+        .await;
     assert!(matches!(back, S::Done(_)));
-    let counts = alice.request(C::GetReceipts(pb::GetReceipts { conversation_id: conv, seq: 3 })).await;
+    let counts = alice
+        .request(C::GetReceipts(pb::GetReceipts {
+            conversation_id: conv,
+            seq: 3,
+        }))
+        .await;
     match counts {
-        S::ReceiptCounts(c) => assert_eq!((c.member_count, c.delivered_count, c.read_count), (2, 1, 1)),
+        S::ReceiptCounts(c) => {
+            assert_eq!((c.member_count, c.delivered_count, c.read_count), (2, 1, 1))
+        }
         other => panic!("{other:?}"),
     }
     let mut eve = Raw::register(server.addr, "eve").await;
-    let refused = eve.request(C::MarkRead(pb::MarkRead { conversation_id: conv, seq: 5 })).await;
+    let refused = eve
+        .request(C::MarkRead(pb::MarkRead {
+            conversation_id: conv,
+            seq: 5,
+        }))
+        .await;
     assert_eq!(error_code(&refused), ErrorCode::NotAMember);
     server.stop().await;
 }
@@ -100,10 +142,20 @@ async fn aggregated_counts_for_a_500_member_group() {
     for (i, mut m) in members.drain(20..).enumerate() {
         reporters.spawn(async move {
             let seq = ack.seq;
-            let d = m.request(C::MarkDelivered(pb::MarkDelivered { conversation_id: conv, seq })).await;
+            let d = m
+                .request(C::MarkDelivered(pb::MarkDelivered {
+                    conversation_id: conv,
+                    seq,
+                }))
+                .await;
             assert!(matches!(d, S::Done(_)));
             if i < 312 {
-                let r = m.request(C::MarkRead(pb::MarkRead { conversation_id: conv, seq })).await;
+                let r = m
+                    .request(C::MarkRead(pb::MarkRead {
+                        conversation_id: conv,
+                        seq,
+                    }))
+                    .await;
                 assert!(matches!(r, S::Done(_)));
             }
         });
@@ -111,10 +163,18 @@ async fn aggregated_counts_for_a_500_member_group() {
     while let Some(r) = reporters.join_next().await {
         r.expect("reported");
     }
-    let counts = members[0].request(C::GetReceipts(pb::GetReceipts { conversation_id: conv, seq: ack.seq })).await;
+    let counts = members[0]
+        .request(C::GetReceipts(pb::GetReceipts {
+            conversation_id: conv,
+            seq: ack.seq,
+        }))
+        .await;
     match counts {
         S::ReceiptCounts(c) => {
-            assert_eq!((c.member_count, c.delivered_count, c.read_count), (500, 480, 312));
+            assert_eq!(
+                (c.member_count, c.delivered_count, c.read_count),
+                (500, 480, 312)
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -130,11 +190,21 @@ async fn typing_reaches_the_others_not_the_typist_and_is_debounced() {
     let conv = alice.create_direct(bob.user_id).await;
 
     for _ in 0..5 {
-        alice.send(C::Typing(pb::Typing { conversation_id: conv, active: true })).await;
+        alice
+            .send(C::Typing(pb::Typing {
+                conversation_id: conv,
+                active: true,
+            }))
+            .await;
     }
-    alice.send(C::Typing(pb::Typing { conversation_id: conv, active: false })).await;
+    alice
+        .send(C::Typing(pb::Typing {
+            conversation_id: conv,
+            active: false,
+        }))
+        .await;
     let first = next_matching(&mut bob, |b| match b {
-        S::TypingEvent(t) => Some(t.clone()),
+        S::TypingEvent(t) => Some(*t),
         _ => None,
     })
     .await;
@@ -144,7 +214,7 @@ async fn typing_reaches_the_others_not_the_typist_and_is_debounced() {
     // The four refreshes within the debounce interval were not forwarded:
     // the next event is the stop.
     let second = next_matching(&mut bob, |b| match b {
-        S::TypingEvent(t) => Some(t.clone()),
+        S::TypingEvent(t) => Some(*t),
         _ => None,
     })
     .await;
@@ -154,7 +224,11 @@ async fn typing_reaches_the_others_not_the_typist_and_is_debounced() {
     for c in [&mut alice, &mut alice_tablet] {
         let pong = c.request(C::Ping(pb::Ping { nonce: 1 })).await;
         assert!(matches!(pong, S::Pong(_)));
-        assert!(c.pushes.iter().all(|f| !matches!(f.body, Some(S::TypingEvent(_)))));
+        assert!(
+            c.pushes
+                .iter()
+                .all(|f| !matches!(f.body, Some(S::TypingEvent(_))))
+        );
     }
     // Typing is never stored.
     match bob.history(conv, 0, 0, 10).await {

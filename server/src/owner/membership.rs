@@ -111,10 +111,7 @@ impl Shard {
                 keys::pair(id, u).to_vec(),
                 member.encode_to_vec(),
             );
-            let uc = UserConversationRecord {
-                joined_seq: seq,
-                ..Default::default()
-            };
+            let uc = UserConversationRecord { joined_seq: seq };
             batch.put(
                 Ks::UserConversations,
                 keys::pair(u, id).to_vec(),

@@ -17,6 +17,7 @@
 //! | `user_conversations` | user ‖ conversation | [`UserConversationRecord`] |
 //! | `direct` | min user ‖ max user | conversation id |
 //! | `messages` | conversation ‖ !seq | `pb::Message` |
+//! | `last_seen` | user id | Unix ms when the user's last session ended |
 //! | `idempotency` | conversation ‖ sender ‖ client_msg_id | [`IdempotencyRecord`] |
 
 pub mod keys;
@@ -80,6 +81,8 @@ pub enum Ks {
     Messages,
     /// `idempotency`
     Idempotency,
+    /// `last_seen`
+    LastSeen,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -97,6 +100,7 @@ pub struct Store {
     direct: Keyspace,
     messages: Keyspace,
     idempotency: Keyspace,
+    last_seen: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -135,6 +139,7 @@ impl Store {
             direct: ks("direct")?,
             messages: ks("messages")?,
             idempotency: ks("idempotency")?,
+            last_seen: ks("last_seen")?,
             db,
         })
     }
@@ -151,6 +156,7 @@ impl Store {
             Ks::Direct => &self.direct,
             Ks::Messages => &self.messages,
             Ks::Idempotency => &self.idempotency,
+            Ks::LastSeen => &self.last_seen,
         }
     }
 
@@ -323,6 +329,15 @@ impl Store {
             .get(keys::idempotency(conversation, sender, client_msg_id))?
             .map(|v| decode("idempotency", &v))
             .transpose()
+    }
+
+    /// When the user's last session ended (0 if never recorded).
+    pub fn last_seen(&self, user: u64) -> Result<u64> {
+        Ok(self
+            .last_seen
+            .get(keys::id(user))?
+            .and_then(|v| keys::first(&v))
+            .unwrap_or(0))
     }
 
     /// Highest user id in use (0 if none).

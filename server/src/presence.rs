@@ -1,0 +1,509 @@
+//! Presence: online / away / busy / offline and last seen, sharded by user.
+//!
+//! Each user's presence is kept by one shard, `Context::shard_for_user`.
+//! Sessions report to it when they authenticate and when they end (a
+//! session that stops heartbeating is closed after 3 heartbeat intervals,
+//! so its user goes offline within that TTL). The state is interest-based:
+//! a session subscribes to the users it shows, its shard keeps the local
+//! list of interested sessions and registers once per watched user with the
+//! owner, and the owner publishes changes only to shards that registered.
+//! Changes are coalesced for [`PRESENCE_COALESCE`] (a flapping connection
+//! costs one event per interval, not one per flap) and delivered as
+//! ephemeral frames, which are shed first under pressure.
+//!
+//! [`PresenceTable`] (owner side) and [`Interest`] (subscriber side) are
+//! sans-IO; the `impl Shard` at the end moves their outputs around.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::context::now_ms;
+use crate::mesh::ShardId;
+use crate::reply;
+use crate::shard::{Pending, Shard, ShardMsg};
+use crate::storage::writer::Batch;
+use crate::storage::{Ks, keys};
+use chat_protocol::pb::{self, PresenceStatus, server_frame::Body};
+
+/// Presence changes are gathered this long before they are published.
+pub const PRESENCE_COALESCE: Duration = Duration::from_millis(100);
+
+/// Users one session may watch at once.
+pub const MAX_PRESENCE_SUBSCRIPTIONS: usize = 1_000;
+
+/// A presence change sent to a user's owner shard.
+#[derive(Debug, Clone, Copy)]
+pub enum PresenceOp {
+    /// A session of `user` authenticated (+1) or ended (-1).
+    Session {
+        /// The user.
+        user: u64,
+        /// +1 or -1.
+        delta: i32,
+    },
+    /// SetPresence.
+    Status {
+        /// The user.
+        user: u64,
+        /// The chosen status.
+        status: PresenceStatus,
+    },
+    /// UpdateProfile changed last-seen visibility.
+    Hide {
+        /// The user.
+        user: u64,
+        /// Whether last seen is hidden.
+        hide: bool,
+    },
+    /// A shard gained (`on`) or lost its first/last interested session.
+    Subscribe {
+        /// The watched user.
+        user: u64,
+        /// The watching shard.
+        shard: ShardId,
+        /// Gained or lost.
+        on: bool,
+    },
+}
+
+impl PresenceOp {
+    fn user(&self) -> u64 {
+        match *self {
+            PresenceOp::Session { user, .. }
+            | PresenceOp::Status { user, .. }
+            | PresenceOp::Hide { user, .. }
+            | PresenceOp::Subscribe { user, .. } => user,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct UserPresence {
+    sessions: u32,
+    manual: PresenceStatus,
+    last_seen_ms: u64,
+    hide_last_seen: bool,
+    /// Watching shards, with how many times each registered.
+    subscribers: HashMap<ShardId, u32>,
+    /// What subscribers last heard.
+    published: Option<(i32, u64)>,
+}
+
+impl UserPresence {
+    fn new() -> Self {
+        Self {
+            sessions: 0,
+            manual: PresenceStatus::Online,
+            last_seen_ms: 0,
+            hide_last_seen: false,
+            subscribers: HashMap::new(),
+            published: None,
+        }
+    }
+
+    fn event(&self, user: u64) -> pb::PresenceEvent {
+        let online = self.sessions > 0 && self.manual != PresenceStatus::Offline;
+        let status = if online {
+            self.manual
+        } else {
+            PresenceStatus::Offline
+        };
+        let last_seen_ms = if online || self.hide_last_seen {
+            0
+        } else {
+            self.last_seen_ms
+        };
+        pb::PresenceEvent {
+            user_id: user,
+            status: status as i32,
+            last_seen_ms,
+        }
+    }
+}
+
+/// Owner-side presence of the users a shard keeps.
+#[derive(Debug, Default)]
+pub struct PresenceTable {
+    users: HashMap<u64, UserPresence>,
+    changed: HashSet<u64>,
+}
+
+/// What applying an op asks the caller to do.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    /// First sight of this user: load its last seen and visibility.
+    pub load: bool,
+    /// The user's last session ended at this time: persist it.
+    pub went_offline_at: Option<u64>,
+    /// Send this current state to the shard that just subscribed.
+    pub initial: Option<(ShardId, pb::PresenceEvent)>,
+}
+
+impl PresenceTable {
+    /// Applies one op at time `now_ms`.
+    pub fn apply(&mut self, op: PresenceOp, now_ms: u64) -> Applied {
+        let user = op.user();
+        let mut out = Applied::default();
+        let entry = self.users.entry(user).or_insert_with(|| {
+            out.load = true;
+            UserPresence::new()
+        });
+        match op {
+            PresenceOp::Session { delta, .. } => {
+                if delta > 0 {
+                    entry.sessions += 1;
+                } else if entry.sessions > 0 {
+                    entry.sessions -= 1;
+                    if entry.sessions == 0 {
+                        entry.last_seen_ms = now_ms;
+                        entry.manual = PresenceStatus::Online;
+                        out.went_offline_at = Some(now_ms);
+                    }
+                }
+            }
+            PresenceOp::Status { status, .. } => {
+                entry.manual = match status {
+                    PresenceStatus::Unspecified => PresenceStatus::Online,
+                    s => s,
+                };
+            }
+            PresenceOp::Hide { hide, .. } => entry.hide_last_seen = hide,
+            PresenceOp::Subscribe { shard, on, .. } => {
+                let count = entry.subscribers.entry(shard).or_insert(0);
+                if on {
+                    *count += 1;
+                    out.initial = Some((shard, entry.event(user)));
+                } else {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        entry.subscribers.remove(&shard);
+                    }
+                }
+            }
+        }
+        self.changed.insert(user);
+        out
+    }
+
+    /// Fills in what the store knows of a user seen for the first time.
+    pub fn loaded(&mut self, user: u64, last_seen_ms: u64, hide_last_seen: bool) {
+        if let Some(e) = self.users.get_mut(&user) {
+            e.last_seen_ms = e.last_seen_ms.max(last_seen_ms);
+            e.hide_last_seen = hide_last_seen;
+            self.changed.insert(user);
+        }
+    }
+
+    /// The coalesced changes since the last call, per watching shard.
+    /// Forgets users nobody watches and nobody is connected as.
+    pub fn take_changes(&mut self) -> HashMap<ShardId, Vec<pb::PresenceEvent>> {
+        let mut out: HashMap<ShardId, Vec<pb::PresenceEvent>> = HashMap::new();
+        for user in std::mem::take(&mut self.changed) {
+            let Some(e) = self.users.get_mut(&user) else {
+                continue;
+            };
+            let event = e.event(user);
+            let state = (event.status, event.last_seen_ms);
+            if e.published != Some(state) {
+                e.published = Some(state);
+                for &shard in e.subscribers.keys() {
+                    out.entry(shard).or_default().push(event);
+                }
+            }
+            if e.sessions == 0 && e.subscribers.is_empty() {
+                self.users.remove(&user);
+            }
+        }
+        out
+    }
+}
+
+/// Subscriber side: which local sessions watch which users.
+#[derive(Debug, Default)]
+pub struct Interest {
+    users: HashMap<u64, (HashSet<u64>, Option<pb::PresenceEvent>)>,
+    by_session: HashMap<u64, HashSet<u64>>,
+}
+
+impl Interest {
+    /// `session` watches `user`. Returns whether this shard must register
+    /// with the owner (first local watcher) and the cached state, if any.
+    pub fn add(&mut self, session: u64, user: u64) -> (bool, Option<pb::PresenceEvent>) {
+        let watched = self.by_session.entry(session).or_default();
+        if !watched.insert(user) {
+            let cached = self.users.get(&user).and_then(|(_, e)| *e);
+            return (false, cached);
+        }
+        let entry = self.users.entry(user).or_default();
+        let first = entry.0.is_empty();
+        entry.0.insert(session);
+        (first, entry.1)
+    }
+
+    /// Number of users `session` watches.
+    pub fn count(&self, session: u64) -> usize {
+        self.by_session.get(&session).map_or(0, HashSet::len)
+    }
+
+    /// `session` stops watching `user`. Returns whether this shard must
+    /// deregister (last local watcher gone).
+    pub fn remove(&mut self, session: u64, user: u64) -> bool {
+        let Some(watched) = self.by_session.get_mut(&session) else {
+            return false;
+        };
+        if !watched.remove(&user) {
+            return false;
+        }
+        if watched.is_empty() {
+            self.by_session.remove(&session);
+        }
+        match self.users.get_mut(&user) {
+            Some(entry) => {
+                entry.0.remove(&session);
+                if entry.0.is_empty() {
+                    self.users.remove(&user);
+                    return true;
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The session ended: the users whose last local watcher it was.
+    pub fn remove_session(&mut self, session: u64) -> Vec<u64> {
+        let watched: Vec<u64> = self
+            .by_session
+            .get(&session)
+            .map(|w| w.iter().copied().collect())
+            .unwrap_or_default();
+        watched
+            .into_iter()
+            .filter(|&u| self.remove(session, u))
+            .collect()
+    }
+
+    /// A published state: cache it and return the sessions to tell.
+    pub fn update(&mut self, event: &pb::PresenceEvent) -> Vec<u64> {
+        match self.users.get_mut(&event.user_id) {
+            Some(entry) => {
+                entry.1 = Some(*event);
+                entry.0.iter().copied().collect()
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Shard {
+    /// Sends a presence op to the shard keeping `user`'s presence.
+    pub async fn presence_op(self: &Rc<Self>, op: PresenceOp) {
+        let owner = self.ctx.shard_for_user(op.user());
+        if owner == self.id {
+            self.apply_presence(op);
+        } else {
+            self.ctx
+                .mesh
+                .send(self.id, owner, ShardMsg::Presence(op))
+                .await;
+        }
+    }
+
+    /// Owner side: applies an op; never waits.
+    pub fn apply_presence(self: &Rc<Self>, op: PresenceOp) {
+        let now = now_ms();
+        let applied = self.presence.borrow_mut().apply(op, now);
+        if applied.load {
+            let shard = self.clone();
+            let user = op.user();
+            tokio::task::spawn_local(async move {
+                let ctx = shard.ctx.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    let last_seen = ctx.store.last_seen(user)?;
+                    let hide = ctx.store.user(user)?.is_some_and(|u| u.hide_last_seen);
+                    Ok::<_, crate::storage::StorageError>((last_seen, hide))
+                })
+                .await;
+                if let Ok(Ok((last_seen, hide))) = found {
+                    shard.presence.borrow_mut().loaded(user, last_seen, hide);
+                }
+            });
+        }
+        if let Some(at) = applied.went_offline_at {
+            let mut batch = Batch::new();
+            batch.put(
+                Ks::LastSeen,
+                keys::id(op.user()).to_vec(),
+                at.to_be_bytes().to_vec(),
+            );
+            self.commit(Pending {
+                batch,
+                effects: Vec::new(),
+            });
+        }
+        if let Some((shard, event)) = applied.initial {
+            let this = self.clone();
+            tokio::task::spawn_local(async move {
+                this.publish_presence(shard, vec![event]).await;
+            });
+        }
+    }
+
+    async fn publish_presence(&self, dst: ShardId, events: Vec<pb::PresenceEvent>) {
+        if dst == self.id {
+            self.deliver_presence(&events);
+        } else {
+            self.ctx
+                .mesh
+                .send(self.id, dst, ShardMsg::PresenceEvents(events))
+                .await;
+        }
+    }
+
+    /// Subscriber side: pushes published states to the watching sessions.
+    pub fn deliver_presence(&self, events: &[pb::PresenceEvent]) {
+        let mut interest = self.interest.borrow_mut();
+        let sessions = self.sessions.borrow();
+        for event in events {
+            let frame = reply::push(Body::PresenceEvent(*event));
+            for session in interest.update(event) {
+                sessions.push_ephemeral(session, frame.clone());
+            }
+        }
+    }
+
+    /// Publishes coalesced changes every [`PRESENCE_COALESCE`].
+    pub(crate) async fn presence_loop(self: Rc<Self>) {
+        let mut tick = tokio::time::interval(PRESENCE_COALESCE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let changes = self.presence.borrow_mut().take_changes();
+            for (dst, events) in changes {
+                self.publish_presence(dst, events).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(t: &mut PresenceTable, shard: ShardId) -> Vec<(i32, u64)> {
+        t.take_changes()
+            .remove(&shard)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| (e.status, e.last_seen_ms))
+            .collect()
+    }
+
+    const ONLINE: i32 = PresenceStatus::Online as i32;
+    const OFFLINE: i32 = PresenceStatus::Offline as i32;
+
+    #[test]
+    fn online_while_any_device_is_connected() {
+        let mut t = PresenceTable::default();
+        let sub = PresenceOp::Subscribe {
+            user: 1,
+            shard: 0,
+            on: true,
+        };
+        assert_eq!(
+            t.apply(sub, 0).initial.map(|(_, e)| e.status),
+            Some(OFFLINE)
+        );
+        t.take_changes();
+        t.apply(PresenceOp::Session { user: 1, delta: 1 }, 10);
+        t.apply(PresenceOp::Session { user: 1, delta: 1 }, 11);
+        assert_eq!(status(&mut t, 0), vec![(ONLINE, 0)]);
+        t.apply(PresenceOp::Session { user: 1, delta: -1 }, 20);
+        assert_eq!(
+            status(&mut t, 0),
+            vec![],
+            "still online on the other device"
+        );
+        let applied = t.apply(PresenceOp::Session { user: 1, delta: -1 }, 30);
+        assert_eq!(applied.went_offline_at, Some(30));
+        assert_eq!(status(&mut t, 0), vec![(OFFLINE, 30)]);
+    }
+
+    #[test]
+    fn changes_within_an_interval_are_coalesced_and_hidden_last_seen_is_zero() {
+        let mut t = PresenceTable::default();
+        t.apply(
+            PresenceOp::Subscribe {
+                user: 1,
+                shard: 3,
+                on: true,
+            },
+            0,
+        );
+        t.take_changes();
+        for i in 0..10 {
+            t.apply(PresenceOp::Session { user: 1, delta: 1 }, i);
+            t.apply(PresenceOp::Session { user: 1, delta: -1 }, i);
+        }
+        assert_eq!(
+            status(&mut t, 3),
+            vec![(OFFLINE, 9)],
+            "one event for ten flaps"
+        );
+        t.apply(
+            PresenceOp::Hide {
+                user: 1,
+                hide: true,
+            },
+            10,
+        );
+        assert_eq!(status(&mut t, 3), vec![(OFFLINE, 0)], "last seen hidden");
+        t.apply(PresenceOp::Session { user: 1, delta: 1 }, 11);
+        t.apply(
+            PresenceOp::Status {
+                user: 1,
+                status: PresenceStatus::Busy,
+            },
+            12,
+        );
+        assert_eq!(status(&mut t, 3), vec![(PresenceStatus::Busy as i32, 0)]);
+        t.apply(
+            PresenceOp::Status {
+                user: 1,
+                status: PresenceStatus::Offline,
+            },
+            13,
+        );
+        assert_eq!(status(&mut t, 3), vec![(OFFLINE, 0)], "appear offline");
+    }
+
+    #[test]
+    fn only_subscribed_shards_hear_and_idle_entries_are_forgotten() {
+        let mut t = PresenceTable::default();
+        t.apply(PresenceOp::Session { user: 7, delta: 1 }, 0);
+        assert!(t.take_changes().is_empty(), "nobody watches user 7");
+        t.apply(PresenceOp::Session { user: 7, delta: -1 }, 1);
+        t.take_changes();
+        assert!(t.users.is_empty());
+    }
+
+    #[test]
+    fn interest_registers_once_per_shard() {
+        let mut i = Interest::default();
+        assert_eq!(i.add(1, 9), (true, None));
+        assert_eq!(i.add(2, 9), (false, None));
+        let event = pb::PresenceEvent {
+            user_id: 9,
+            status: ONLINE,
+            last_seen_ms: 0,
+        };
+        let mut told = i.update(&event);
+        told.sort_unstable();
+        assert_eq!(told, vec![1, 2]);
+        assert_eq!(i.add(3, 9), (false, Some(event)));
+        assert!(!i.remove(1, 9));
+        assert_eq!(i.remove_session(2), Vec::<u64>::new());
+        assert_eq!(i.remove_session(3), vec![9]);
+    }
+}

@@ -1,0 +1,146 @@
+//! Presence over real sockets: multi-device, heartbeat timeout, manual
+//! status, interest-based delivery.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chat_protocol::pb::{self, PresenceStatus, client_frame::Body as C, server_frame::Body as S};
+use common::{Raw, TestServer};
+
+/// Pings (keeping `c` alive) until a presence event for `user` with
+/// `status` arrives; returns it.
+async fn await_presence(c: &mut Raw, user: u64, status: PresenceStatus) -> pb::PresenceEvent {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pong = c.request(C::Ping(pb::Ping { nonce: 0 })).await;
+        assert!(matches!(pong, S::Pong(_)));
+        while let Some(f) = c.pushes.pop_front() {
+            if let Some(S::PresenceEvent(e)) = f.body {
+                if e.user_id == user && e.status == status as i32 {
+                    return e;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no {status:?} for user {user}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every presence event `c` holds right now (after a round trip).
+async fn presence_events(c: &mut Raw) -> Vec<pb::PresenceEvent> {
+    let pong = c.request(C::Ping(pb::Ping { nonce: 0 })).await;
+    assert!(matches!(pong, S::Pong(_)));
+    c.pushes
+        .drain(..)
+        .filter_map(|f| match f.body {
+            Some(S::PresenceEvent(e)) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn presence_follows_devices_status_and_heartbeats() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    // Sessions silent for 3 intervals (1.5 s) are closed.
+    config.heartbeat_interval_ms = 500;
+    let server = TestServer::start_with(dir, config);
+    let alice = Raw::register(server.addr, "alice").await;
+    let alice_id = alice.user_id;
+    drop(alice);
+    let mut bob = Raw::register(server.addr, "bob").await;
+    let mut carol = Raw::register(server.addr, "carol").await;
+
+    let r = bob
+        .request(C::SubscribePresence(pb::SubscribePresence {
+            user_ids: vec![alice_id],
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    let offline = await_presence(&mut bob, alice_id, PresenceStatus::Offline).await;
+    assert!(offline.last_seen_ms > 0, "last seen from the first session");
+
+    let phone = Raw::login(server.addr, "alice").await;
+    await_presence(&mut bob, alice_id, PresenceStatus::Online).await;
+    let mut laptop = Raw::login(server.addr, "alice").await;
+    drop(phone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = presence_events(&mut bob).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.status != PresenceStatus::Offline as i32),
+        "online while the laptop is connected: {events:?}"
+    );
+
+    let r = laptop
+        .request(C::SetPresence(pb::SetPresence {
+            status: PresenceStatus::Busy as i32,
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    await_presence(&mut bob, alice_id, PresenceStatus::Busy).await;
+
+    // The laptop goes silent: closed after the heartbeat TTL, Alice is offline.
+    let silent_since = Instant::now();
+    let seen = await_presence(&mut bob, alice_id, PresenceStatus::Offline).await;
+    assert!(silent_since.elapsed() >= Duration::from_millis(1000));
+    assert!(seen.last_seen_ms > offline.last_seen_ms);
+    drop(laptop);
+
+    // Carol never subscribed and heard nothing; Bob unsubscribes and hears
+    // nothing more.
+    // (Carol was silent too, so the server closed her session by now.)
+    let mut carol_frames = Vec::new();
+    while let Some(f) = carol.read_frame().await {
+        carol_frames.push(f);
+    }
+    assert!(
+        carol_frames
+            .iter()
+            .all(|f| !matches!(f.body, Some(S::PresenceEvent(_))))
+    );
+    assert!(carol_frames.iter().any(|f| matches!(&f.body, Some(S::Error(e)) if e.code == chat_protocol::ErrorCode::IdleTimeout as i32)));
+    let r = bob
+        .request(C::UnsubscribePresence(pb::UnsubscribePresence {
+            user_ids: vec![alice_id],
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    let _again = Raw::login(server.addr, "alice").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(presence_events(&mut bob).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hidden_last_seen_and_appear_offline() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut bob = Raw::register(server.addr, "bob").await;
+    let r = alice
+        .request(C::UpdateProfile(pb::UpdateProfile {
+            display_name: String::new(),
+            hide_last_seen: true,
+        }))
+        .await;
+    assert!(matches!(r, S::Profile(_)));
+    let r = bob
+        .request(C::SubscribePresence(pb::SubscribePresence {
+            user_ids: vec![alice.user_id],
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    await_presence(&mut bob, alice.user_id, PresenceStatus::Online).await;
+    let r = alice
+        .request(C::SetPresence(pb::SetPresence {
+            status: PresenceStatus::Offline as i32,
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    let invisible = await_presence(&mut bob, alice.user_id, PresenceStatus::Offline).await;
+    assert_eq!(invisible.last_seen_ms, 0, "hidden last seen");
+    server.stop().await;
+}
