@@ -109,6 +109,8 @@ pub struct Shard {
     pub owned: RefCell<Owned>,
     /// Message ids for messages this shard sequences.
     pub ids: RefCell<MessageIdGenerator>,
+    /// Owned conversations where someone is typing.
+    pub typing_active: RefCell<std::collections::HashSet<u64>>,
     /// Presence of the users this shard keeps.
     pub presence: RefCell<crate::presence::PresenceTable>,
     /// Which local sessions watch which users' presence.
@@ -137,6 +139,7 @@ impl Shard {
             owned: RefCell::new(Owned::new(recovered, recent)),
             ids: RefCell::new(MessageIdGenerator::new(id as u16)),
             cursor_dirty: RefCell::new(std::collections::HashSet::new()),
+            typing_active: RefCell::new(std::collections::HashSet::new()),
             presence: RefCell::new(crate::presence::PresenceTable::default()),
             interest: RefCell::new(crate::presence::Interest::default()),
             pipeline: RefCell::new(VecDeque::new()),
@@ -281,6 +284,7 @@ impl Shard {
         loop {
             tick.tick().await;
             self.flush_cursors();
+            self.expire_typing();
         }
     }
 

@@ -237,3 +237,32 @@ async fn typing_reaches_the_others_not_the_typist_and_is_debounced() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_typing_indicator_without_refresh_expires_by_itself() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut bob = Raw::register(server.addr, "bob").await;
+    let conv = alice.create_direct(bob.user_id).await;
+    let started = std::time::Instant::now();
+    alice
+        .send(C::Typing(pb::Typing {
+            conversation_id: conv,
+            active: true,
+        }))
+        .await;
+    let on = next_matching(&mut bob, |b| match b {
+        S::TypingEvent(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(on.active);
+    let off = next_matching(&mut bob, |b| match b {
+        S::TypingEvent(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(!off.active, "the server ends a stale indicator itself");
+    assert!(started.elapsed().as_millis() as u64 >= chatd::owner::TYPING_TTL_MS);
+    server.stop().await;
+}

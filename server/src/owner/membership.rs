@@ -174,7 +174,7 @@ impl Shard {
         conv.members.remove(&target);
         conv.members_changed();
         conv.dirty_cursors.remove(&target);
-        conv.typing.remove(&target);
+        conv.typing.remove(target);
         let mut batch = Batch::new();
         let event = system_event(kind, actor, vec![target]);
         let (_, effects) = self.system_message(id, conv, actor, event, hearing, &mut batch);

@@ -125,8 +125,8 @@ pub(super) struct Conv {
     checking: bool,
     /// Members whose cursors changed since the last cursor flush.
     pub(super) dirty_cursors: HashSet<u64>,
-    /// Typing state per member (`receipts.rs`).
-    pub(super) typing: HashMap<u64, receipts::TypingState>,
+    /// Who is typing (`receipts.rs`).
+    pub(super) typing: receipts::Typing,
 }
 
 impl Conv {
@@ -329,7 +329,7 @@ impl Shard {
                     queue,
                     checking: false,
                     dirty_cursors: HashSet::new(),
-                    typing: HashMap::new(),
+                    typing: receipts::Typing::default(),
                 };
                 conv.members_changed();
                 owned.slots.insert(id, Slot::Ready(Box::new(conv)));

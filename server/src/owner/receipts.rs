@@ -14,6 +14,7 @@
 //! Typing is never stored. Events are debounced per member and go to the
 //! other members' sessions as shed-first ephemeral frames.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chat_protocol::ErrorCode;
@@ -43,11 +44,85 @@ pub const TYPING_TTL_MS: u64 = 5_000;
 /// A refresh of an unchanged typing state is forwarded at most this often.
 pub const TYPING_DEBOUNCE_MS: u64 = 1_000;
 
-/// Last forwarded typing state of a member.
-#[derive(Debug, Clone, Copy)]
-pub struct TypingState {
-    active: bool,
-    forwarded_at_ms: u64,
+/// Typing indicators of one conversation. Sans-IO: times are arguments.
+///
+/// A member is typing from a `Typing{active: true}` until `active: false`,
+/// or until [`TYPING_TTL_MS`] pass without a refresh, when the server itself
+/// tells the others that it stopped. Refreshes are forwarded at most every
+/// [`TYPING_DEBOUNCE_MS`], so that receivers extend their own timers.
+#[derive(Debug, Default)]
+pub struct Typing {
+    /// Typing members: (last forwarded, last refreshed), Unix ms.
+    users: HashMap<u64, (u64, u64)>,
+}
+
+impl Typing {
+    /// A member reported typing (`active`) or stopping. Returns the state to
+    /// forward to the others, if any.
+    pub fn update(&mut self, user: u64, active: bool, now_ms: u64) -> Option<bool> {
+        match (self.users.get_mut(&user), active) {
+            (None, true) => {
+                self.users.insert(user, (now_ms, now_ms));
+                Some(true)
+            }
+            (Some((forwarded, refreshed)), true) => {
+                *refreshed = now_ms;
+                if now_ms >= *forwarded + TYPING_DEBOUNCE_MS {
+                    *forwarded = now_ms;
+                    Some(true)
+                } else {
+                    None
+                }
+            }
+            (Some(_), false) => {
+                self.users.remove(&user);
+                Some(false)
+            }
+            (None, false) => None,
+        }
+    }
+
+    /// Members whose indicator ran out without a refresh; they are no
+    /// longer typing.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<u64> {
+        let expired: Vec<u64> = self
+            .users
+            .iter()
+            .filter(|(_, (_, refreshed))| now_ms >= refreshed + TYPING_TTL_MS)
+            .map(|(&u, _)| u)
+            .collect();
+        for u in &expired {
+            self.users.remove(u);
+        }
+        expired
+    }
+
+    /// Forgets a member (who left the conversation).
+    pub fn remove(&mut self, user: u64) {
+        self.users.remove(&user);
+    }
+
+    /// Whether nobody is typing.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+/// A TypingEvent for every member but the typist.
+fn typing_event(id: u64, conv: &Conv, user: u64, active: bool) -> Effect {
+    let others: std::sync::Arc<[u64]> = conv
+        .members
+        .keys()
+        .copied()
+        .filter(|&u| u != user)
+        .collect();
+    let event = reply::push(Body::TypingEvent(pb::TypingEvent {
+        conversation_id: id,
+        user_id: user,
+        active,
+        expires_in_ms: TYPING_TTL_MS as u32,
+    }));
+    Effect::Ephemeral(others, event)
 }
 
 fn release(origin: Origin) -> Effect {
@@ -178,50 +253,45 @@ impl Shard {
         active: bool,
     ) -> Pending {
         let mut effects = vec![release(origin)];
-        if !conv.members.contains_key(&user) {
-            return Pending {
-                batch: Batch::new(),
-                effects,
-            };
-        }
-        let now = now_ms();
-        let forward = match conv.typing.get(&user) {
-            Some(t) => {
-                let expired = now >= t.forwarded_at_ms + TYPING_TTL_MS;
-                t.active != active
-                    || (active && (expired || now >= t.forwarded_at_ms + TYPING_DEBOUNCE_MS))
+        if conv.members.contains_key(&user) {
+            if let Some(state) = conv.typing.update(user, active, now_ms()) {
+                effects.push(typing_event(id, conv, user, state));
+                if state {
+                    self.typing_active.borrow_mut().insert(id);
+                }
             }
-            None => active,
-        };
-        if forward {
-            if active {
-                conv.typing.insert(
-                    user,
-                    TypingState {
-                        active,
-                        forwarded_at_ms: now,
-                    },
-                );
-            } else {
-                conv.typing.remove(&user);
-            }
-            let others: std::sync::Arc<[u64]> = conv
-                .members
-                .keys()
-                .copied()
-                .filter(|&u| u != user)
-                .collect();
-            let event = reply::push(Body::TypingEvent(pb::TypingEvent {
-                conversation_id: id,
-                user_id: user,
-                active,
-                expires_in_ms: TYPING_TTL_MS as u32,
-            }));
-            effects.push(Effect::Ephemeral(others, event));
         }
         Pending {
             batch: Batch::new(),
             effects,
+        }
+    }
+
+    /// Tells the others about typing indicators that ran out.
+    pub(crate) fn expire_typing(&self) {
+        let ids: Vec<u64> = self.typing_active.borrow().iter().copied().collect();
+        let now = now_ms();
+        let mut effects = Vec::new();
+        {
+            let mut owned = self.owned.borrow_mut();
+            for id in ids {
+                let Some(conv) = owned.ready_mut(id) else {
+                    self.typing_active.borrow_mut().remove(&id);
+                    continue;
+                };
+                for user in conv.typing.expire(now) {
+                    effects.push(typing_event(id, conv, user, false));
+                }
+                if conv.typing.is_empty() {
+                    self.typing_active.borrow_mut().remove(&id);
+                }
+            }
+        }
+        if !effects.is_empty() {
+            self.commit(Pending {
+                batch: Batch::new(),
+                effects,
+            });
         }
     }
 
@@ -253,5 +323,24 @@ impl Shard {
             batch,
             effects: Vec::new(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typing_is_debounced_and_expires_without_refresh() {
+        let mut t = Typing::default();
+        assert_eq!(t.update(1, true, 0), Some(true));
+        assert_eq!(t.update(1, true, 300), None, "refresh within the debounce");
+        assert_eq!(t.update(1, true, TYPING_DEBOUNCE_MS), Some(true));
+        assert_eq!(t.update(2, false, 10), None, "stopping without starting");
+        assert!(t.expire(TYPING_DEBOUNCE_MS + TYPING_TTL_MS - 1).is_empty());
+        assert_eq!(t.expire(TYPING_DEBOUNCE_MS + TYPING_TTL_MS), vec![1]);
+        assert!(t.is_empty());
+        assert_eq!(t.update(1, true, 9_000), Some(true));
+        assert_eq!(t.update(1, false, 9_001), Some(false));
     }
 }
