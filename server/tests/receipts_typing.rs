@@ -252,13 +252,13 @@ async fn a_typing_indicator_without_refresh_expires_by_itself() {
         }))
         .await;
     let on = next_matching(&mut bob, |b| match b {
-        S::TypingEvent(t) => Some(t.clone()),
+        S::TypingEvent(t) => Some(*t),
         _ => None,
     })
     .await;
     assert!(on.active);
     let off = next_matching(&mut bob, |b| match b {
-        S::TypingEvent(t) => Some(t.clone()),
+        S::TypingEvent(t) => Some(*t),
         _ => None,
     })
     .await;
