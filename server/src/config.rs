@@ -26,6 +26,12 @@ pub enum Durability {
 pub struct Config {
     /// Plain TCP listener. Default `127.0.0.1:7400`; port 0 picks a free port.
     pub tcp_listen: SocketAddr,
+    /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7480`;
+    /// port 0 picks a free port.
+    pub http_listen: SocketAddr,
+    /// Connections one shard accepts at most; further ones get SERVER_BUSY
+    /// and are closed. Default 65,536.
+    pub max_connections_per_shard: usize,
     /// Directory for the store (`data_dir/store`). Default `./chatd-data`.
     pub data_dir: PathBuf,
     /// Shard threads. Default 0, meaning one per available core.
@@ -75,6 +81,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            max_connections_per_shard: 65_536,
             data_dir: PathBuf::from("chatd-data"),
             shards: 0,
             durability: Durability::Sync,
@@ -116,6 +124,7 @@ impl Config {
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.into(),
             shards: 2,
             argon2_memory_kib: 64,

@@ -70,6 +70,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .sessions
         .borrow_mut()
         .insert(tx, config.session_inflight_requests.max(1));
+    let sessions_gauge = metrics::gauge!("chatd_sessions", "shard" => shard.id.to_string());
+    sessions_gauge.set(shard.sessions.borrow().len() as f64);
     let (rd, wr) = stream.into_split();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let writer = tokio::task::spawn_local(write_loop(wr, rx, handle.signal.clone(), grace));
@@ -84,7 +86,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = writer.await;
     conn.signed_off().await;
     shard.sessions.borrow_mut().remove(id);
+    sessions_gauge.set(shard.sessions.borrow().len() as f64);
     tracing::debug!("session closed");
+}
+
+/// Answers a connection over the shard's limit with SERVER_BUSY and closes.
+pub async fn refuse(mut stream: TcpStream) {
+    let frame = reply::error(
+        0,
+        ErrorCode::ServerBusy,
+        "too many connections; retry later",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await;
 }
 
 async fn write_loop(
@@ -272,6 +285,7 @@ impl Conn {
                     Ok(ok) => {
                         // Registered for pushes before the sync read, so
                         // nothing committed in between is missed.
+                        metrics::counter!("chatd_resumes_total").increment(1);
                         let auth = self.authenticated(ok);
                         let user = auth.user_id;
                         let cursors = r.cursors;
@@ -361,6 +375,7 @@ impl Conn {
         let owner = |conversation, op| OwnerRequest::new(origin, user, conversation, op);
         match body {
             C::SendMessage(m) => {
+                metrics::counter!("chatd_messages_in_total").increment(1);
                 self.shard
                     .to_owner(owner(m.conversation_id, OwnerOp::Send(m)))
                     .await
@@ -469,6 +484,7 @@ impl Conn {
                 });
             }
             C::Sync(s) => {
+                metrics::counter!("chatd_syncs_total").increment(1);
                 self.spawn_read(rid, move |ctx| {
                     catalog::sync(ctx, user, &s.cursors, s.limit_per_conversation)
                         .map(S::SyncResult)

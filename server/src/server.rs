@@ -46,6 +46,7 @@ pub struct ServerHandle {
     shards: Vec<thread::JoinHandle<()>>,
     writer: WriterThread,
     tcp_addr: SocketAddr,
+    http_addr: SocketAddr,
 }
 
 /// Binds a listener with SO_REUSEPORT so that every shard can bind the same
@@ -91,6 +92,17 @@ impl ServerHandle {
             listeners
                 .push(reuseport_listener(tcp_addr).map_err(io(format!("binding {tcp_addr}")))?);
         }
+        let first = reuseport_listener(config.http_listen)
+            .map_err(io(format!("binding {}", config.http_listen)))?;
+        let http_addr = first
+            .local_addr()
+            .map_err(io("reading the bound address"))?;
+        let mut http_listeners = vec![first];
+        for _ in 1..nr_shards {
+            http_listeners
+                .push(reuseport_listener(http_addr).map_err(io(format!("binding {http_addr}")))?);
+        }
+        crate::metrics::install();
 
         let (shutdown, _) = watch::channel(false);
         let ctx = Arc::new(Context {
@@ -111,12 +123,14 @@ impl ServerHandle {
             }
         }
         let mut shards = Vec::with_capacity(nr_shards);
-        for (id, (listener, recovered)) in listeners.into_iter().zip(per_shard).enumerate() {
+        let sockets = listeners.into_iter().zip(http_listeners);
+        for (id, ((tcp, http), recovered)) in sockets.zip(per_shard).enumerate() {
             let ctx = ctx.clone();
+            let listeners = crate::shard::Listeners { tcp, http };
             let handle = thread::Builder::new()
                 .name(format!("chatd-shard-{id}"))
                 .spawn(move || {
-                    if let Err(e) = crate::shard::run(id, ctx.clone(), listener, recovered) {
+                    if let Err(e) = crate::shard::run(id, ctx.clone(), listeners, recovered) {
                         tracing::error!(shard = id, cause = %e, "shard failed");
                         let _ = ctx.shutdown.send(true);
                     }
@@ -130,12 +144,18 @@ impl ServerHandle {
             shards,
             writer: writer_thread,
             tcp_addr,
+            http_addr,
         })
     }
 
     /// Address of the plain TCP listener.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.tcp_addr
+    }
+
+    /// Address of the HTTP listener (`/health`, `/metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// Resolves once a shutdown has begun, whoever began it (a storage

@@ -152,6 +152,8 @@ impl SessionTable {
         if let Some(s) = self.sessions.get(&id) {
             if s.tx.capacity() * 2 >= s.tx.max_capacity() {
                 enqueue(s, frame);
+            } else {
+                metrics::counter!("chatd_ephemeral_shed_total").increment(1);
             }
         }
     }
@@ -181,6 +183,7 @@ impl SessionTable {
                         continue;
                     };
                     if ephemeral && s.tx.capacity() * 2 < s.tx.max_capacity() {
+                        metrics::counter!("chatd_ephemeral_shed_total").increment(1);
                         continue;
                     }
                     enqueue(s, frame.clone());
@@ -206,6 +209,9 @@ fn enqueue(s: &SessionHandle, frame: Bytes) {
     match s.tx.try_send(frame) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
+            if s.signal.get().is_none() {
+                metrics::counter!("chatd_slow_consumers_total").increment(1);
+            }
             s.signal.close(Close {
                 frame: Some(reply::error(
                     0,

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_protocol::{ErrorCode, pb};
@@ -118,7 +118,8 @@ pub struct Shard {
     /// Owned conversations with receipt cursors not yet written.
     pub cursor_dirty: RefCell<std::collections::HashSet<u64>>,
     /// Entries waiting for the commit loop.
-    pipeline: RefCell<VecDeque<Pending>>,
+    /// With the time each entry was queued, for `chatd_write_ack_seconds`.
+    pipeline: RefCell<VecDeque<(Instant, Pending)>>,
     pipeline_ready: Notify,
     pipeline_idle: Notify,
     committing: std::cell::Cell<bool>,
@@ -152,7 +153,9 @@ impl Shard {
 
     /// Queues writes and their effects for the commit loop.
     pub fn commit(&self, pending: Pending) {
-        self.pipeline.borrow_mut().push_back(pending);
+        self.pipeline
+            .borrow_mut()
+            .push_back((Instant::now(), pending));
         self.pipeline_ready.notify_one();
     }
 
@@ -173,7 +176,8 @@ impl Shard {
     pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes, ephemeral: bool) {
         for dst in 0..self.ctx.nr_shards() {
             if dst == self.id {
-                self.sessions.borrow().deliver(&users, &frame, ephemeral);
+                let n = self.sessions.borrow().deliver(&users, &frame, ephemeral);
+                metrics::counter!("chatd_deliveries_total").increment(n as u64);
             } else {
                 let msg = ShardMsg::Deliver {
                     users: users.clone(),
@@ -205,7 +209,8 @@ impl Shard {
                 frame,
                 ephemeral,
             } => {
-                self.sessions.borrow().deliver(&users, &frame, ephemeral);
+                let n = self.sessions.borrow().deliver(&users, &frame, ephemeral);
+                metrics::counter!("chatd_deliveries_total").increment(n as u64);
             }
             ShardMsg::Presence(op) => self.apply_presence(op),
             ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
@@ -226,7 +231,7 @@ impl Shard {
 
     async fn commit_loop(self: Rc<Self>) {
         loop {
-            let entries: Vec<Pending> = self.pipeline.borrow_mut().drain(..).collect();
+            let entries: Vec<(Instant, Pending)> = self.pipeline.borrow_mut().drain(..).collect();
             if entries.is_empty() {
                 self.committing.set(false);
                 self.pipeline_idle.notify_waiters();
@@ -236,7 +241,11 @@ impl Shard {
             self.committing.set(true);
             let mut batch = Batch::new();
             let mut effects = Vec::new();
-            for e in entries {
+            let mut queued_at = Vec::new();
+            for (at, e) in entries {
+                if !e.batch.is_empty() {
+                    queued_at.push(at);
+                }
                 batch.extend(e.batch);
                 effects.extend(e.effects);
             }
@@ -247,9 +256,15 @@ impl Shard {
             };
             match result {
                 Ok(()) => {
+                    let ack_latency = metrics::histogram!("chatd_write_ack_seconds");
+                    for at in queued_at {
+                        ack_latency.record(at.elapsed().as_secs_f64());
+                    }
+                    let stored = metrics::counter!("chatd_messages_stored_total");
                     for effect in effects {
                         match effect {
                             Effect::Durable { conversation, seq } => {
+                                stored.increment(1);
                                 self.owned.borrow_mut().mark_durable(conversation, seq);
                             }
                             Effect::Reply(origin, frame) => self.reply(origin, frame).await,
@@ -288,6 +303,15 @@ impl Shard {
         }
     }
 
+    /// Updates the gauges that are sampled rather than counted.
+    pub fn sample_gauges(&self) {
+        metrics::gauge!("chatd_storage_queue_depth").set(self.ctx.writer.queue_depth() as f64);
+        for dst in 0..self.ctx.nr_shards() {
+            metrics::gauge!("chatd_mesh_queue_depth", "shard" => dst.to_string())
+                .set(self.ctx.mesh.depth(dst) as f64);
+        }
+    }
+
     /// Waits until every queued write has been committed and its effects
     /// sent.
     async fn pipeline_drained(&self) {
@@ -303,10 +327,19 @@ impl Shard {
 }
 
 /// Runs shard `id` on the current thread until shutdown completes.
+/// The sockets a shard accepts on, bound with SO_REUSEPORT.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain TCP sessions.
+    pub tcp: std::net::TcpListener,
+    /// HTTP (`/health`, `/metrics`).
+    pub http: std::net::TcpListener,
+}
+
 pub fn run(
     id: ShardId,
     ctx: Arc<Context>,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     recovered: HashMap<u64, u64>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -317,7 +350,9 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     let grace = Duration::from_millis(ctx.config.shutdown_grace_ms);
     let result = local.block_on(&runtime, async move {
-        let listener = TcpListener::from_std(listener)?;
+        let listener = TcpListener::from_std(listeners.tcp)?;
+        let http = TcpListener::from_std(listeners.http)?;
+        let max_connections = ctx.config.max_connections_per_shard;
         let shard = Rc::new(Shard::new(id, ctx.clone(), recovered));
         tokio::task::spawn_local(shard.clone().mesh_loop());
         tokio::task::spawn_local(shard.clone().commit_loop());
@@ -328,6 +363,13 @@ pub fn run(
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        if shard.sessions.borrow().len() >= max_connections {
+                            metrics::counter!("chatd_connections_refused_total").increment(1);
+                            tokio::task::spawn_local(crate::connection::refuse(stream));
+                            continue;
+                        }
+                        metrics::counter!("chatd_connections_accepted_total", "transport" => "tcp")
+                            .increment(1);
                         let span = tracing::debug_span!("session", shard = id, %peer);
                         tokio::task::spawn_local(
                             crate::connection::serve(shard.clone(), stream).instrument(span),
@@ -340,10 +382,16 @@ pub fn run(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                accepted = http.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::task::spawn_local(crate::http::serve(shard.clone(), stream));
+                    }
+                }
                 _ = shutdown.wait_for(|&s| s) => break,
             }
         }
         drop(listener);
+        drop(http);
         tracing::info!(
             shard = id,
             sessions = shard.sessions.borrow().len(),

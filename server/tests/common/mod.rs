@@ -20,6 +20,7 @@ pub struct TestServer {
     handle: Option<ServerHandle>,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub config: Config,
 }
 
@@ -33,10 +34,12 @@ impl TestServer {
     pub fn start_with(dir: tempfile::TempDir, config: Config) -> Self {
         let handle = ServerHandle::start(config.clone()).expect("server starts");
         let addr = handle.tcp_addr();
+        let http_addr = handle.http_addr();
         Self {
             handle: Some(handle),
             dir,
             addr,
+            http_addr,
             config,
         }
     }

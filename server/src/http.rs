@@ -1,0 +1,66 @@
+//! The HTTP listener: `GET /health` and `GET /metrics`.
+//!
+//! Each shard accepts on the shared `http_listen` port (SO_REUSEPORT) and
+//! serves HTTP/1.1 with hyper on its own runtime.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::shard::Shard;
+
+type Body = Full<Bytes>;
+
+fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => {
+            let healthy = !shard.ctx.failed.load(std::sync::atomic::Ordering::Relaxed)
+                && !shard.ctx.shutting_down();
+            let (status, text) = if healthy {
+                (StatusCode::OK, "ok")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            };
+            let body = format!(
+                "{{\"status\":\"{text}\",\"shard\":{},\"shards\":{}}}\n",
+                shard.id,
+                shard.ctx.nr_shards()
+            );
+            respond(status, "application/json", body)
+        }
+        (&Method::GET, "/metrics") => {
+            shard.sample_gauges();
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(),
+            )
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    })
+}
+
+/// Serves one HTTP connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let service = hyper::service::service_fn(move |req| route(shard.clone(), req));
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(cause = %e, "http connection ended");
+    }
+}

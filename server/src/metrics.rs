@@ -1,0 +1,104 @@
+//! Prometheus metrics. The recorder is process-wide (installed by the first
+//! server started in the process) and rendered by `GET /metrics`.
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `chatd_connections_accepted_total{transport}` | counter | connections accepted |
+//! | `chatd_connections_refused_total` | counter | refused at `max_connections_per_shard` |
+//! | `chatd_sessions{shard}` | gauge | connected sessions |
+//! | `chatd_messages_in_total` | counter | SendMessage requests received |
+//! | `chatd_messages_stored_total` | counter | messages and system events committed |
+//! | `chatd_deliveries_total` | counter | frames queued to sessions by fan-out |
+//! | `chatd_write_ack_seconds` | histogram | owner admission to durable ack |
+//! | `chatd_storage_commit_seconds` | histogram | one group commit, fsync included |
+//! | `chatd_storage_batch_jobs` | histogram | jobs per group commit |
+//! | `chatd_storage_queue_depth` | gauge | jobs waiting for the writer |
+//! | `chatd_mesh_queue_depth{shard}` | gauge | messages waiting in rings towards a shard |
+//! | `chatd_ephemeral_shed_total` | counter | typing/presence frames dropped for busy sessions |
+//! | `chatd_slow_consumers_total` | counter | sessions closed with SLOW_CONSUMER |
+//! | `chatd_syncs_total` | counter | Sync requests |
+//! | `chatd_resumes_total` | counter | successful Resume |
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Installs the recorder if no recorder is installed yet; returns the
+/// handle that renders it (`None` if another recorder owns the process).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_jobs".into()), BATCH_BUCKETS)
+                });
+            let handle = builder.ok()?.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    match HANDLE.get() {
+        Some(Some(h)) => {
+            h.run_upkeep();
+            h.render()
+        }
+        _ => String::new(),
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("chatd_connections_accepted_total", "connections accepted");
+    describe_counter!(
+        "chatd_connections_refused_total",
+        "connections refused at the per-shard limit"
+    );
+    describe_gauge!("chatd_sessions", "connected sessions per shard");
+    describe_counter!("chatd_messages_in_total", "SendMessage requests received");
+    describe_counter!(
+        "chatd_messages_stored_total",
+        "messages and system events committed"
+    );
+    describe_counter!(
+        "chatd_deliveries_total",
+        "frames queued to sessions by fan-out"
+    );
+    describe_histogram!("chatd_write_ack_seconds", "owner admission to durable ack");
+    describe_histogram!(
+        "chatd_storage_commit_seconds",
+        "one group commit including fsync"
+    );
+    describe_histogram!("chatd_storage_batch_jobs", "jobs per group commit");
+    describe_gauge!(
+        "chatd_storage_queue_depth",
+        "jobs waiting for the storage writer"
+    );
+    describe_gauge!(
+        "chatd_mesh_queue_depth",
+        "messages waiting in rings towards a shard"
+    );
+    describe_counter!(
+        "chatd_ephemeral_shed_total",
+        "typing and presence frames shed"
+    );
+    describe_counter!(
+        "chatd_slow_consumers_total",
+        "sessions closed as slow consumers"
+    );
+    describe_counter!("chatd_syncs_total", "Sync requests");
+    describe_counter!("chatd_resumes_total", "successful Resume requests");
+}

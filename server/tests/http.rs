@@ -1,0 +1,57 @@
+//! The HTTP listener: health and Prometheus metrics.
+
+mod common;
+
+use common::{Raw, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+fn value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_served() {
+    let server = TestServer::start();
+    let (status, body) = get(server.http_addr, "/health").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let conv = alice.create_direct(bob.user_id).await;
+    for i in 0..5 {
+        alice.send_text(conv, &i.to_string(), "counted").await;
+    }
+    let (status, metrics) = get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        value(&metrics, "chatd_messages_in_total") >= 5.0,
+        "{metrics}"
+    );
+    assert!(value(&metrics, "chatd_messages_stored_total") >= 5.0);
+    assert!(value(&metrics, "chatd_deliveries_total") >= 10.0);
+    assert!(value(&metrics, "chatd_storage_commit_seconds_count") >= 1.0);
+    assert!(value(&metrics, "chatd_write_ack_seconds_count") >= 5.0);
+    assert!(metrics.contains("chatd_sessions{shard="));
+    assert_eq!(get(server.http_addr, "/nope").await.0, 404);
+    server.stop().await;
+}
