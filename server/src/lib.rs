@@ -20,6 +20,7 @@
 //! It is not a cluster: one process serves everyone.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod accounts;
 pub mod catalog;

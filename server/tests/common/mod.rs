@@ -44,14 +44,18 @@ impl TestServer {
         }
     }
 
-    /// Graceful stop, then a fresh server on the same data directory.
+    /// Graceful stop, then a fresh server on the same data directory and
+    /// the same ports, so that clients can reconnect to the address they
+    /// know.
     pub async fn restart(mut self) -> Self {
         if let Some(h) = self.handle.take() {
             tokio::task::spawn_blocking(move || h.shutdown())
                 .await
                 .expect("shutdown");
         }
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        config.tcp_listen = self.addr;
+        config.http_listen = self.http_addr;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         Self::start_with(dir, config)
     }

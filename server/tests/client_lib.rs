@@ -1,0 +1,185 @@
+//! client-lib against a real server: events, idempotent sends across a
+//! server restart, resume and sync from stored cursors.
+
+mod common;
+
+use std::time::Duration;
+
+use chat_client::{Client, ClientOptions, ConversationId, Event, Events, UserId};
+use common::TestServer;
+
+fn url(server: &TestServer) -> String {
+    format!("tcp://{}", server.addr)
+}
+
+async fn connect(server: &TestServer) -> (Client, Events) {
+    Client::connect(&url(server), ClientOptions::default())
+        .await
+        .expect("connect")
+}
+
+/// Collects message events until `n` arrived (other events are skipped).
+async fn messages(events: &mut Events, n: usize) -> Vec<chat_client::pb::Message> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("timed out waiting for messages")
+            .expect("event stream open");
+        if let Event::Message(m) = event {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// No further message event arrives within a short wait.
+async fn no_more_messages(events: &mut Events) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {
+        assert!(!matches!(event, Event::Message(_)), "unexpected {event:?}");
+    }
+}
+
+#[tokio::test]
+async fn messages_arrive_as_events_once_and_in_order() {
+    let server = TestServer::start();
+    let (alice, _alice_events) = connect(&server).await;
+    let (bob, mut bob_events) = connect(&server).await;
+    alice
+        .register("alice", "password123", "Alice")
+        .await
+        .expect("register");
+    let bob_id = bob
+        .register("bob", "password123", "Bob")
+        .await
+        .expect("register")
+        .user_id;
+    let chat = alice.create_direct(UserId(bob_id)).await.expect("direct");
+    let conv = ConversationId(chat.conversation_id);
+    for i in 0..50 {
+        let ack = alice.send_text(conv, &format!("m{i}")).await.expect("ack");
+        assert_eq!(ack.seq, i + 1);
+    }
+    let got = messages(&mut bob_events, 50).await;
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<_>>()
+    );
+    assert_eq!(bob.cursor(conv).await, 50);
+    no_more_messages(&mut bob_events).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_survive_a_server_restart_without_loss_or_duplicates() {
+    let server = TestServer::start();
+    let (alice, _alice_events) = connect(&server).await;
+    let (bob, mut bob_events) = connect(&server).await;
+    alice
+        .register("alice", "password123", "")
+        .await
+        .expect("register");
+    let bob_id = bob
+        .register("bob", "password123", "")
+        .await
+        .expect("register")
+        .user_id;
+    let conv = ConversationId(
+        alice
+            .create_direct(UserId(bob_id))
+            .await
+            .expect("direct")
+            .conversation_id,
+    );
+
+    // A sender that keeps going while the server restarts underneath it.
+    let sender = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..200 {
+                let ack = alice
+                    .send_text(conv, &format!("n{i}"))
+                    .await
+                    .expect("acked eventually");
+                seqs.push(ack.seq);
+            }
+            seqs
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server = server.restart().await;
+    let seqs = sender.await.expect("sender");
+    assert_eq!(
+        seqs,
+        (1..=200).collect::<Vec<_>>(),
+        "every send acked once, in order"
+    );
+
+    let got = messages(&mut bob_events, 200).await;
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<_>>()
+    );
+    let texts: Vec<String> = got.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(texts, (0..200).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    no_more_messages(&mut bob_events).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_app_restart_resumes_from_stored_cursors() {
+    let server = TestServer::start();
+    let (alice, _alice_events) = connect(&server).await;
+    let (bob, mut bob_events) = connect(&server).await;
+    alice
+        .register("alice", "password123", "")
+        .await
+        .expect("register");
+    let bob_id = bob
+        .register("bob", "password123", "")
+        .await
+        .expect("register")
+        .user_id;
+    let conv = ConversationId(
+        alice
+            .create_direct(UserId(bob_id))
+            .await
+            .expect("direct")
+            .conversation_id,
+    );
+    for i in 0..10 {
+        alice
+            .send_text(conv, &format!("early{i}"))
+            .await
+            .expect("ack");
+    }
+    messages(&mut bob_events, 10).await;
+    // The app saves its token and cursors, and quits.
+    let token = bob.session_token().expect("token");
+    let saved = bob.cursors().await;
+    bob.close().await;
+    drop(bob_events);
+
+    for i in 0..700 {
+        alice
+            .send_text(conv, &format!("late{i}"))
+            .await
+            .expect("ack");
+    }
+
+    let (bob, mut bob_events) = connect(&server).await;
+    for c in saved {
+        bob.set_cursor(ConversationId(c.conversation_id), c.seq)
+            .await;
+    }
+    bob.resume(&token).await.expect("resume");
+    let got = messages(&mut bob_events, 700).await;
+    assert_eq!(
+        got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (11..=710).collect::<Vec<_>>()
+    );
+    no_more_messages(&mut bob_events).await;
+    server.stop().await;
+}
