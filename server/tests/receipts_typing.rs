@@ -178,6 +178,30 @@ async fn aggregated_counts_for_a_500_member_group() {
         }
         other => panic!("{other:?}"),
     }
+    // The sender heard each receipt; the other members heard none (a group
+    // this large does not broadcast receipts).
+    let kinds: Vec<i32> = members[0]
+        .pushes
+        .iter()
+        .filter_map(|f| match &f.body {
+            Some(S::ReceiptEvent(r)) => Some(r.kind),
+            _ => None,
+        })
+        .collect();
+    let reads = kinds
+        .iter()
+        .filter(|&&k| k == pb::ReceiptKind::Read as i32)
+        .count();
+    assert_eq!((kinds.len() - reads, reads), (480, 312));
+    for m in &mut members[1..] {
+        let pong = m.request(C::Ping(pb::Ping { nonce: 1 })).await;
+        assert!(matches!(pong, S::Pong(_)));
+        assert!(
+            m.pushes
+                .iter()
+                .all(|f| !matches!(f.body, Some(S::ReceiptEvent(_))))
+        );
+    }
     server.stop().await;
 }
 

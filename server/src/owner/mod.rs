@@ -127,6 +127,10 @@ pub(super) struct Conv {
     pub(super) dirty_cursors: HashSet<u64>,
     /// Who is typing (`receipts.rs`).
     pub(super) typing: receipts::Typing,
+    /// Senders of the most recent user messages, `(seq, sender)` oldest
+    /// first, at most [`RECENT_SENDERS`]: whom to tell about receipts in
+    /// groups too large to tell everyone.
+    recent_senders: VecDeque<(u64, u64)>,
 }
 
 impl Conv {
@@ -157,6 +161,26 @@ impl Conv {
         self.members
             .get(&user)
             .map(|m| Role::try_from(m.role).unwrap_or(Role::Unspecified))
+    }
+
+    /// Distinct senders of the recent messages with `after < seq <= upto`.
+    pub(super) fn senders_between(&self, after: u64, upto: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .recent_senders
+            .iter()
+            .filter(|(s, _)| *s > after && *s <= upto)
+            .map(|&(_, sender)| sender)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn sent(&mut self, seq: u64, sender: u64) {
+        if self.recent_senders.len() == RECENT_SENDERS {
+            self.recent_senders.pop_front();
+        }
+        self.recent_senders.push_back((seq, sender));
     }
 
     pub(super) fn is_channel(&self) -> bool {
@@ -193,6 +217,11 @@ impl std::fmt::Debug for Owned {
             .finish()
     }
 }
+
+/// Recent senders remembered per loaded conversation, for receipt events in
+/// large groups; a read that moves past older messages notifies only the
+/// senders still remembered (others see counts with GetReceipts).
+const RECENT_SENDERS: usize = 256;
 
 /// Idempotency keys remembered per loaded conversation.
 const KEYS_PER_CONVERSATION_FACTOR: usize = 16;
@@ -330,6 +359,7 @@ impl Shard {
                     checking: false,
                     dirty_cursors: HashSet::new(),
                     typing: receipts::Typing::default(),
+                    recent_senders: VecDeque::new(),
                 };
                 conv.members_changed();
                 owned.slots.insert(id, Slot::Ready(Box::new(conv)));
@@ -549,6 +579,7 @@ impl Shard {
                 }
             }
             Admission::New(a) => {
+                conv.sent(a.seq, user);
                 let stored = pb::Message {
                     conversation_id: id,
                     seq: a.seq,

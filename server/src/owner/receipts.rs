@@ -194,6 +194,10 @@ impl Shard {
                 "not a member of this conversation",
             );
         };
+        let before = match kind {
+            ReceiptKind::Read => m.read_seq,
+            _ => m.delivered_seq,
+        };
         let moved = match kind {
             ReceiptKind::Read if seq > m.read_seq => {
                 m.read_seq = seq;
@@ -219,14 +223,21 @@ impl Shard {
             } else if conv.dirty_cursors.insert(user) {
                 self.cursor_dirty.borrow_mut().insert(id);
             }
-            // The reader's other devices always hear of it; the other
-            // members only in small conversations.
-            let hearing: std::sync::Arc<[u64]> =
-                if !conv.is_channel() && conv.members.len() <= RECEIPT_EVENTS_MAX_MEMBERS {
-                    conv.recipients()
-                } else {
-                    std::sync::Arc::from([user])
-                };
+            // Small conversations: every member hears. Larger groups: the
+            // reader's own devices and the senders of the messages the
+            // cursor moved over (those still in the recent-senders ring).
+            // Channels: the reader's devices only.
+            let hearing: std::sync::Arc<[u64]> = if conv.is_channel() {
+                std::sync::Arc::from([user])
+            } else if conv.members.len() <= RECEIPT_EVENTS_MAX_MEMBERS {
+                conv.recipients()
+            } else {
+                let mut users = conv.senders_between(before, seq);
+                users.push(user);
+                users.sort_unstable();
+                users.dedup();
+                users.into()
+            };
             {
                 let event = reply::push(Body::ReceiptEvent(pb::ReceiptEvent {
                     conversation_id: id,
