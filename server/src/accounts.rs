@@ -11,6 +11,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use chat_protocol::{ErrorCode, pb};
 use prost::Message;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::time::Instant;
 
 use crate::context::{Context, now_ms};
 use crate::records::{TokenRecord, UserRecord};
@@ -117,8 +119,26 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
     })
 }
 
-/// Checks a password and issues a token.
-pub fn login(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
+/// Checks a password and issues a token. Failed attempts are counted per
+/// username and per `peer` address; past the limits, attempts are refused
+/// without checking the password.
+pub fn login(ctx: &Context, req: &pb::Login, peer: Option<IpAddr>) -> Result<pb::AuthOk, Refusal> {
+    let now = Instant::now();
+    if let Err(wait) = ctx.logins.lock().check(&req.username, peer, now) {
+        return Err(Refusal::new(
+            ErrorCode::TooManyLoginAttempts,
+            "too many failed logins; wait",
+        )
+        .retry_after(wait.as_millis().min(u128::from(u32::MAX)) as u32));
+    }
+    let result = check_password(ctx, req);
+    if matches!(&result, Err(r) if r.code == ErrorCode::InvalidCredentials) {
+        ctx.logins.lock().failed(&req.username, peer, now);
+    }
+    result
+}
+
+fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
     let refused = || Refusal::new(ErrorCode::InvalidCredentials, "wrong username or password");
     let found = match ctx.store.user_id_by_name(&req.username)? {
         Some(id) => ctx.store.user(id)?.map(|r| (id, r)),

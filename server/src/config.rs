@@ -32,6 +32,25 @@ pub struct Config {
     /// Connections one shard accepts at most; further ones get SERVER_BUSY
     /// and are closed. Default 65,536.
     pub max_connections_per_shard: usize,
+    /// SendMessage requests per second per connection (0 = unlimited), and
+    /// the burst allowed above that rate. Defaults 50 and 100.
+    pub rate_connection_per_sec: u32,
+    /// See `rate_connection_per_sec`.
+    pub rate_connection_burst: u32,
+    /// SendMessage requests per second per user on one shard (0 =
+    /// unlimited), and the burst. Defaults 100 and 200. A user whose
+    /// sessions are spread over several shards gets this on each.
+    pub rate_user_per_sec: u32,
+    /// See `rate_user_per_sec`.
+    pub rate_user_burst: u32,
+    /// Sessions one user may have open at once (0 = unlimited). Default 32.
+    pub max_sessions_per_user: u32,
+    /// Failed logins per username per minute before further attempts get
+    /// TOO_MANY_LOGIN_ATTEMPTS (0 = unlimited). Default 10.
+    pub login_failures_per_username: u32,
+    /// Failed logins per client address per minute (0 = unlimited).
+    /// Default 30.
+    pub login_failures_per_address: u32,
     /// Directory for the store (`data_dir/store`). Default `./chatd-data`.
     pub data_dir: PathBuf,
     /// Shard threads. Default 0, meaning one per available core.
@@ -83,6 +102,13 @@ impl Default for Config {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             max_connections_per_shard: 65_536,
+            rate_connection_per_sec: 50,
+            rate_connection_burst: 100,
+            rate_user_per_sec: 100,
+            rate_user_burst: 200,
+            max_sessions_per_user: 32,
+            login_failures_per_username: 10,
+            login_failures_per_address: 30,
             data_dir: PathBuf::from("chatd-data"),
             shards: 0,
             durability: Durability::Sync,
@@ -120,7 +146,8 @@ impl Config {
     }
 
     /// Settings for tests: cheap password hashing, a given data directory,
-    /// a free port.
+    /// free ports, and no send rate limits (tests of other features send in
+    /// bursts; the limits have their own tests).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -129,6 +156,8 @@ impl Config {
             shards: 2,
             argon2_memory_kib: 64,
             argon2_iterations: 1,
+            rate_connection_per_sec: 0,
+            rate_user_per_sec: 0,
             ..Self::default()
         }
     }

@@ -8,6 +8,7 @@
 //! and TCP flow control pushes back on the client.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::context::Context;
+use crate::limits::TokenBucket;
 use crate::owner::{OwnerOp, OwnerRequest};
 use crate::presence::{MAX_PRESENCE_SUBSCRIPTIONS, PresenceOp};
 use crate::reply::{self, Handled, Refusal};
@@ -59,10 +61,14 @@ struct Conn {
     state: RefCell<SessionState>,
     /// The token this session authenticated with, for Logout.
     token: RefCell<Option<String>>,
+    /// The client's address, for login attempt limits.
+    peer: Option<IpAddr>,
+    /// Send rate of this connection.
+    bucket: RefCell<TokenBucket>,
 }
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>) {
     let _ = stream.set_nodelay(true);
     let config = &shard.ctx.config;
     let (tx, rx) = mpsc::channel(config.session_queue_frames.max(1));
@@ -81,6 +87,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         handle,
         state: RefCell::new(SessionState::default()),
         token: RefCell::new(None),
+        peer,
+        bucket: RefCell::new(TokenBucket::new(
+            config.rate_connection_per_sec,
+            config.rate_connection_burst,
+            std::time::Instant::now(),
+        )),
     });
     conn.read_loop(rd).await;
     let _ = writer.await;
@@ -270,23 +282,23 @@ impl Conn {
             }
             C::Register(r) => {
                 let res = blocking(self.ctx(), move |c| accounts::register(c, &r)).await;
-                let res = res.map(|ok| self.authenticated(ok));
-                self.push(reply::answer(rid, res.map(S::AuthOk)));
+                let res = res.and_then(|ok| self.authenticated(ok));
+                self.answer_auth(rid, res.map(S::AuthOk));
             }
             C::Login(l) => {
-                let res = blocking(self.ctx(), move |c| accounts::login(c, &l)).await;
-                let res = res.map(|ok| self.authenticated(ok));
-                self.push(reply::answer(rid, res.map(S::AuthOk)));
+                let peer = self.peer;
+                let res = blocking(self.ctx(), move |c| accounts::login(c, &l, peer)).await;
+                let res = res.and_then(|ok| self.authenticated(ok));
+                self.answer_auth(rid, res.map(S::AuthOk));
             }
             C::Resume(r) => {
                 let token = r.session_token.clone();
                 let res = blocking(self.ctx(), move |c| accounts::resume(c, &token)).await;
-                let res = match res {
-                    Ok(ok) => {
+                let res = match res.and_then(|ok| self.authenticated(ok)) {
+                    Ok(auth) => {
                         // Registered for pushes before the sync read, so
                         // nothing committed in between is missed.
                         metrics::counter!("chatd_resumes_total").increment(1);
-                        let auth = self.authenticated(ok);
                         let user = auth.user_id;
                         let cursors = r.cursors;
                         blocking(self.ctx(), move |c| catalog::sync(c, user, &cursors, 0))
@@ -300,7 +312,7 @@ impl Conn {
                     }
                     Err(e) => Err(e),
                 };
-                self.push(reply::answer(rid, res));
+                self.answer_auth(rid, res);
             }
             C::Logout(l) => {
                 let Some(user) = self.state.borrow().user() else {
@@ -320,8 +332,26 @@ impl Conn {
         }
     }
 
-    /// Records a successful login; returns the reply to send.
-    fn authenticated(&self, ok: pb::AuthOk) -> pb::AuthOk {
+    /// Answers Register, Login or Resume; TOO_MANY_SESSIONS closes.
+    fn answer_auth(&self, rid: u64, res: Handled) {
+        match res {
+            Err(r) if r.code.closes_connection() => {
+                self.close(Some(reply::answer(rid, Err(r))));
+            }
+            other => self.push(reply::answer(rid, other)),
+        }
+    }
+
+    /// Records a successful login, unless the user has too many sessions;
+    /// returns the reply to send.
+    fn authenticated(&self, ok: pb::AuthOk) -> Result<pb::AuthOk, Refusal> {
+        let max = self.ctx().config.max_sessions_per_user;
+        if !self.ctx().user_sessions.lock().acquire(ok.user_id, max) {
+            return Err(Refusal::new(
+                ErrorCode::TooManySessions,
+                format!("at most {max} sessions per user"),
+            ));
+        }
         self.state.borrow_mut().authenticated(ok.user_id);
         self.shard
             .sessions
@@ -334,7 +364,7 @@ impl Conn {
             delta: 1,
         };
         tokio::task::spawn_local(async move { shard.presence_op(op).await });
-        ok
+        Ok(ok)
     }
 
     /// The session stopped being a user's (logout or close): it no longer
@@ -343,6 +373,10 @@ impl Conn {
         let Some(user) = self.state.borrow().user() else {
             return;
         };
+        self.ctx().user_sessions.lock().release(user);
+        if self.shard.sessions.borrow().sessions_of(user) <= 1 {
+            self.shard.user_buckets.borrow_mut().remove(&user);
+        }
         self.shard
             .presence_op(PresenceOp::Session { user, delta: -1 })
             .await;
@@ -376,6 +410,16 @@ impl Conn {
         match body {
             C::SendMessage(m) => {
                 metrics::counter!("chatd_messages_in_total").increment(1);
+                if let Err(wait) = self.take_send_token(user) {
+                    let ms = wait.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+                    let r =
+                        Refusal::new(ErrorCode::RateLimited, "sending too fast").retry_after(ms);
+                    self.shard
+                        .sessions
+                        .borrow()
+                        .reply(self.id, reply::answer(rid, Err(r)));
+                    return;
+                }
                 self.shard
                     .to_owner(owner(m.conversation_id, OwnerOp::Send(m)))
                     .await
@@ -551,6 +595,21 @@ impl Conn {
                     .reply(self.id, reply::answer(rid, Err(err)));
             }
         }
+    }
+
+    /// One send from this connection: within its own and its user's rate?
+    fn take_send_token(&self, user: u64) -> Result<(), Duration> {
+        let now = std::time::Instant::now();
+        self.bucket.borrow_mut().take(now)?;
+        let config = &self.ctx().config;
+        self.shard
+            .user_buckets
+            .borrow_mut()
+            .entry(user)
+            .or_insert_with(|| {
+                TokenBucket::new(config.rate_user_per_sec, config.rate_user_burst, now)
+            })
+            .take(now)
     }
 
     fn reply_done(&self, rid: u64) {

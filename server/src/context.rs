@@ -36,6 +36,10 @@ pub struct Context {
     pub shutdown: watch::Sender<bool>,
     /// Set after a storage failure: the server stops taking writes.
     pub failed: AtomicBool,
+    /// Failed logins per username and address (login path only).
+    pub logins: Mutex<crate::limits::LoginLimiter>,
+    /// Sessions per user (taken at login, released at close).
+    pub user_sessions: Mutex<crate::limits::SessionCounter>,
 }
 
 impl Context {

@@ -29,6 +29,7 @@ pub mod connection;
 pub mod context;
 pub mod http;
 pub mod idgen;
+pub mod limits;
 pub mod mesh;
 pub mod metrics;
 pub mod owner;

@@ -14,6 +14,8 @@ pub struct Refusal {
     pub code: ErrorCode,
     /// Human-readable detail.
     pub message: String,
+    /// Suggested wait before a retry, for RATE_LIMITED and the like.
+    pub retry_after_ms: u32,
 }
 
 impl Refusal {
@@ -22,7 +24,14 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: 0,
         }
+    }
+
+    /// The same refusal with a retry hint.
+    pub fn retry_after(mut self, ms: u32) -> Self {
+        self.retry_after_ms = ms;
+        self
     }
 }
 
@@ -57,18 +66,28 @@ pub fn answer(request_id: u64, result: Handled) -> Bytes {
             request_id,
             body: Some(body),
         }),
-        Err(r) => error(request_id, r.code, &r.message),
+        Err(r) => error_with_retry(request_id, r.code, &r.message, r.retry_after_ms),
     }
 }
 
 /// An Error frame.
 pub fn error(request_id: u64, code: ErrorCode, message: &str) -> Bytes {
+    error_with_retry(request_id, code, message, 0)
+}
+
+/// An Error frame with a retry hint.
+pub fn error_with_retry(
+    request_id: u64,
+    code: ErrorCode,
+    message: &str,
+    retry_after_ms: u32,
+) -> Bytes {
     let frame = pb::ServerFrame {
         request_id,
         body: Some(Body::Error(pb::Error {
             code: code as i32,
             message: message.to_owned(),
-            retry_after_ms: 0,
+            retry_after_ms,
         })),
     };
     codec::encode_to_vec(&frame, chat_protocol::DEFAULT_MAX_FRAME_BYTES)

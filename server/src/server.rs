@@ -107,7 +107,6 @@ impl ServerHandle {
         let (shutdown, _) = watch::channel(false);
         let ctx = Arc::new(Context {
             mesh: Mesh::new(nr_shards, config.mesh_ring_capacity),
-            config,
             store,
             writer,
             last_user_id: AtomicU64::new(last_user_id),
@@ -115,6 +114,13 @@ impl ServerHandle {
             catalog: Mutex::new(()),
             shutdown,
             failed: AtomicBool::new(false),
+            logins: Mutex::new(crate::limits::LoginLimiter::new(
+                config.login_failures_per_username,
+                config.login_failures_per_address,
+                std::time::Duration::from_secs(60),
+            )),
+            user_sessions: Mutex::new(crate::limits::SessionCounter::default()),
+            config,
         });
         let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];
         for (conversation, last_seq) in recovered {

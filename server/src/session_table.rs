@@ -129,6 +129,11 @@ impl SessionTable {
         }
     }
 
+    /// Number of authenticated sessions of `user` on this shard.
+    pub fn sessions_of(&self, user: u64) -> usize {
+        self.by_user.get(&user).map_or(0, Vec::len)
+    }
+
     /// Number of connected sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()

@@ -109,6 +109,8 @@ pub struct Shard {
     pub owned: RefCell<Owned>,
     /// Message ids for messages this shard sequences.
     pub ids: RefCell<MessageIdGenerator>,
+    /// Send rate per user with sessions on this shard.
+    pub user_buckets: RefCell<HashMap<u64, crate::limits::TokenBucket>>,
     /// Owned conversations where someone is typing.
     pub typing_active: RefCell<std::collections::HashSet<u64>>,
     /// Presence of the users this shard keeps.
@@ -141,6 +143,7 @@ impl Shard {
             ids: RefCell::new(MessageIdGenerator::new(id as u16)),
             cursor_dirty: RefCell::new(std::collections::HashSet::new()),
             typing_active: RefCell::new(std::collections::HashSet::new()),
+            user_buckets: RefCell::new(HashMap::new()),
             presence: RefCell::new(crate::presence::PresenceTable::default()),
             interest: RefCell::new(crate::presence::Interest::default()),
             pipeline: RefCell::new(VecDeque::new()),
@@ -372,7 +375,8 @@ pub fn run(
                             .increment(1);
                         let span = tracing::debug_span!("session", shard = id, %peer);
                         tokio::task::spawn_local(
-                            crate::connection::serve(shard.clone(), stream).instrument(span),
+                            crate::connection::serve(shard.clone(), stream, Some(peer.ip()))
+                                .instrument(span),
                         );
                     }
                     // Out of file descriptors and similar: back off briefly

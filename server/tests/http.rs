@@ -36,10 +36,15 @@ async fn health_and_metrics_are_served() {
     assert!(body.contains("\"status\":\"ok\""), "{body}");
 
     let mut alice = Raw::register(server.addr, "alice").await;
-    let bob = Raw::register(server.addr, "bob").await;
+    let mut bob = Raw::register(server.addr, "bob").await;
     let conv = alice.create_direct(bob.user_id).await;
     for i in 0..5 {
         alice.send_text(conv, &i.to_string(), "counted").await;
+    }
+    // Both sides received all five pushes, so all ten deliveries counted.
+    for _ in 0..5 {
+        bob.next_message().await;
+        alice.next_message().await;
     }
     let (status, metrics) = get(server.http_addr, "/metrics").await;
     assert_eq!(status, 200);

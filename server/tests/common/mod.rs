@@ -197,8 +197,18 @@ impl Raw {
         }
     }
 
-    /// Waits for the reply to `rid`, keeping pushes aside.
+    /// Waits for the reply to `rid`, keeping other frames aside (replies may
+    /// arrive out of order).
     pub async fn reply(&mut self, rid: u64) -> S {
+        if let Some(i) = self
+            .pushes
+            .iter()
+            .position(|f| rid != 0 && f.request_id == rid)
+        {
+            if let Some(body) = self.pushes.remove(i).and_then(|f| f.body) {
+                return body;
+            }
+        }
         loop {
             let f = self
                 .read_frame()

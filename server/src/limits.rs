@@ -1,0 +1,204 @@
+//! Rate limits. Sans-IO: times are arguments.
+//!
+//! - [`TokenBucket`]: messages per second per connection and per user.
+//! - [`LoginLimiter`]: failed logins per username and per address in a
+//!   sliding minute, to slow password guessing.
+//! - [`SessionCounter`]: sessions per user.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket. A `rate` of 0 means unlimited.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: now,
+        }
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// Failed login attempts per username and per address within a window.
+#[derive(Debug)]
+pub struct LoginLimiter {
+    per_username: u32,
+    per_address: u32,
+    window: Duration,
+    usernames: HashMap<String, Vec<Instant>>,
+    addresses: HashMap<IpAddr, Vec<Instant>>,
+}
+
+/// Entries kept at most per table; past it, expired entries are dropped
+/// and, if still full, the table is cleared (an attacker cycling through
+/// names cannot grow memory; the limit then restarts from zero).
+const LOGIN_TABLE_MAX: usize = 100_000;
+
+impl LoginLimiter {
+    /// At most `per_username` and `per_address` failures per `window`.
+    pub fn new(per_username: u32, per_address: u32, window: Duration) -> Self {
+        Self {
+            per_username,
+            per_address,
+            window,
+            usernames: HashMap::new(),
+            addresses: HashMap::new(),
+        }
+    }
+
+    /// Whether an attempt may proceed; if not, how long to wait.
+    pub fn check(
+        &mut self,
+        username: &str,
+        address: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let window = self.window;
+        let wait = |hits: Option<&mut Vec<Instant>>, limit: u32| -> Option<Duration> {
+            let hits = hits?;
+            hits.retain(|t| now.saturating_duration_since(*t) < window);
+            if limit > 0 && hits.len() >= limit as usize {
+                hits.first()
+                    .map(|first| window.saturating_sub(now.saturating_duration_since(*first)))
+            } else {
+                None
+            }
+        };
+        if let Some(d) = wait(self.usernames.get_mut(username), self.per_username) {
+            return Err(d);
+        }
+        if let Some(d) = address.and_then(|a| wait(self.addresses.get_mut(&a), self.per_address)) {
+            return Err(d);
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt.
+    pub fn failed(&mut self, username: &str, address: Option<IpAddr>, now: Instant) {
+        prune(&mut self.usernames, self.window, now);
+        self.usernames
+            .entry(username.to_owned())
+            .or_default()
+            .push(now);
+        if let Some(a) = address {
+            prune(&mut self.addresses, self.window, now);
+            self.addresses.entry(a).or_default().push(now);
+        }
+    }
+}
+
+fn prune<K: std::hash::Hash + Eq>(
+    m: &mut HashMap<K, Vec<Instant>>,
+    window: Duration,
+    now: Instant,
+) {
+    if m.len() >= LOGIN_TABLE_MAX {
+        m.retain(|_, v| {
+            v.retain(|t| now.saturating_duration_since(*t) < window);
+            !v.is_empty()
+        });
+        if m.len() >= LOGIN_TABLE_MAX {
+            m.clear();
+        }
+    }
+}
+
+/// Sessions per user across the whole server.
+#[derive(Debug, Default)]
+pub struct SessionCounter {
+    counts: HashMap<u64, u32>,
+}
+
+impl SessionCounter {
+    /// Counts a new session of `user` unless it already has `max`.
+    pub fn acquire(&mut self, user: u64, max: u32) -> bool {
+        let n = self.counts.entry(user).or_insert(0);
+        if max > 0 && *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A session of `user` ended.
+    pub fn release(&mut self, user: u64) {
+        if let Some(n) = self.counts.get_mut(&user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(&user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 3, t0);
+        assert!((0..3).all(|_| b.take(t0).is_ok()));
+        let wait = b.take(t0).expect_err("empty");
+        assert!(wait <= Duration::from_millis(100));
+        assert!(b.take(t0 + Duration::from_millis(100)).is_ok());
+        let mut unlimited = TokenBucket::new(0, 1, t0);
+        assert!((0..1000).all(|_| unlimited.take(t0).is_ok()));
+    }
+
+    #[test]
+    fn failed_logins_are_limited_per_username_and_address() {
+        let t0 = Instant::now();
+        let addr: Option<IpAddr> = "127.0.0.2".parse().ok();
+        let mut l = LoginLimiter::new(2, 3, Duration::from_secs(60));
+        for _ in 0..2 {
+            assert!(l.check("alice", addr, t0).is_ok());
+            l.failed("alice", addr, t0);
+        }
+        assert!(l.check("alice", None, t0).is_err(), "username limit");
+        assert!(l.check("bob", addr, t0).is_ok());
+        l.failed("bob", addr, t0);
+        assert!(l.check("carol", addr, t0).is_err(), "address limit");
+        assert!(
+            l.check("alice", None, t0 + Duration::from_secs(61)).is_ok(),
+            "window slides"
+        );
+    }
+
+    #[test]
+    fn sessions_per_user_are_capped() {
+        let mut s = SessionCounter::default();
+        assert!(s.acquire(1, 2) && s.acquire(1, 2));
+        assert!(!s.acquire(1, 2));
+        s.release(1);
+        assert!(s.acquire(1, 2));
+    }
+}
