@@ -382,12 +382,42 @@ impl Client {
         }
     }
 
-    /// A page of history; see `spec/messages.md`, "GetHistory".
-    pub async fn history(
+    /// The newest messages, newest first (opening a conversation).
+    pub async fn history_latest(
+        &self,
+        conversation: ConversationId,
+        limit: u32,
+    ) -> Result<pb::MessagePage> {
+        self.history(conversation, 0, None, limit).await
+    }
+
+    /// Messages before `before_seq`, newest first (scrolling up).
+    pub async fn history_before(
         &self,
         conversation: ConversationId,
         before_seq: u64,
+        limit: u32,
+    ) -> Result<pb::MessagePage> {
+        self.history(conversation, before_seq, None, limit).await
+    }
+
+    /// Messages after `after_seq`, oldest first (catching up; 0 reads from
+    /// the start).
+    pub async fn history_after(
+        &self,
+        conversation: ConversationId,
         after_seq: u64,
+        limit: u32,
+    ) -> Result<pb::MessagePage> {
+        self.history(conversation, 0, Some(after_seq), limit).await
+    }
+
+    /// A page of history; see `spec/messages.md`, "GetHistory".
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        before_seq: u64,
+        after_seq: Option<u64>,
         limit: u32,
     ) -> Result<pb::MessagePage> {
         match self
@@ -650,7 +680,7 @@ impl Client {
         loop {
             let after = self.inner.cursors.lock().await.get(conversation);
             let page = match self
-                .history(ConversationId(conversation), 0, after, 200)
+                .history_after(ConversationId(conversation), after, 200)
                 .await
             {
                 Ok(p) => p,

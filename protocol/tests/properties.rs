@@ -29,7 +29,7 @@ fn arb_frame() -> impl Strategy<Value = pb::ClientFrame> {
             C::GetHistory(pb::GetHistory {
                 conversation_id: c,
                 before_seq: b,
-                after_seq: a,
+                after_seq: Some(a),
                 limit: l,
             })
         }),

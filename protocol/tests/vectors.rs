@@ -281,7 +281,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                 C::GetHistory(GetHistory {
                     conversation_id: 9,
                     before_seq: 100,
-                    after_seq: 0,
+                    after_seq: None,
                     limit: 50,
                 }),
             ),

@@ -221,7 +221,7 @@ pub fn get(ctx: &Context, me: u64, conversation: u64) -> Result<pb::Conversation
 
 /// A page of history (`spec/messages.md`, "GetHistory").
 pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::MessagePage, Refusal> {
-    if req.before_seq != 0 && req.after_seq != 0 {
+    if req.before_seq != 0 && req.after_seq.is_some() {
         return Err(Refusal::new(
             ErrorCode::InvalidArgument,
             "give before_seq or after_seq, not both",
@@ -229,9 +229,9 @@ pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::Messa
     }
     require_member(ctx, me, req.conversation_id)?;
     let limit = clamp(req.limit, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX);
-    let mut messages = if req.after_seq != 0 {
+    let mut messages = if let Some(after) = req.after_seq {
         ctx.store
-            .messages_after(req.conversation_id, req.after_seq, limit + 1)?
+            .messages_after(req.conversation_id, after, limit + 1)?
     } else {
         ctx.store
             .messages_before(req.conversation_id, req.before_seq, limit + 1)?

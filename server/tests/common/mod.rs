@@ -279,7 +279,7 @@ impl Raw {
         self.request(C::GetHistory(pb::GetHistory {
             conversation_id: conversation,
             before_seq: before,
-            after_seq: after,
+            after_seq: (after != 0).then_some(after),
             limit,
         }))
         .await
