@@ -1,0 +1,371 @@
+//! Every request type tried by a user who is not a member, not an admin,
+//! logged out or holding a revoked or expired token: refused with the right
+//! code, and nothing changes.
+
+mod common;
+
+use chat_protocol::ErrorCode;
+use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
+use common::{Raw, TestServer, error_code};
+
+/// One request of every kind that needs a logged-in user, aimed at `conv`
+/// and `target`.
+fn every_request(conv: u64, target: u64) -> Vec<C> {
+    vec![
+        C::Logout(pb::Logout { all_devices: false }),
+        C::GetProfile(pb::GetProfile {
+            user_id: target,
+            username: String::new(),
+        }),
+        C::UpdateProfile(pb::UpdateProfile {
+            display_name: "x".into(),
+            hide_last_seen: false,
+        }),
+        C::RegisterPushToken(pb::RegisterPushToken {
+            provider: "fcm".into(),
+            token: "t".into(),
+        }),
+        C::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Direct as i32,
+            member_ids: vec![target],
+            title: String::new(),
+        }),
+        C::AddMembers(pb::AddMembers {
+            conversation_id: conv,
+            user_ids: vec![target],
+        }),
+        C::RemoveMember(pb::RemoveMember {
+            conversation_id: conv,
+            user_id: target,
+        }),
+        C::SetRole(pb::SetRole {
+            conversation_id: conv,
+            user_id: target,
+            role: pb::Role::Admin as i32,
+        }),
+        C::LeaveConversation(pb::LeaveConversation {
+            conversation_id: conv,
+        }),
+        C::UpdateConversation(pb::UpdateConversation {
+            conversation_id: conv,
+            title: "hijacked".into(),
+        }),
+        C::TransferOwnership(pb::TransferOwnership {
+            conversation_id: conv,
+            new_owner_id: target,
+        }),
+        C::ListConversations(pb::ListConversations::default()),
+        C::GetConversation(pb::GetConversation {
+            conversation_id: conv,
+        }),
+        common::send_body(conv, "intruder", "let me in"),
+        C::GetHistory(pb::GetHistory {
+            conversation_id: conv,
+            before_seq: 0,
+            after_seq: Some(0),
+            limit: 10,
+        }),
+        C::Sync(pb::Sync {
+            cursors: vec![],
+            limit_per_conversation: 0,
+        }),
+        C::MarkDelivered(pb::MarkDelivered {
+            conversation_id: conv,
+            seq: 1,
+        }),
+        C::MarkRead(pb::MarkRead {
+            conversation_id: conv,
+            seq: 1,
+        }),
+        C::GetReceipts(pb::GetReceipts {
+            conversation_id: conv,
+            seq: 1,
+        }),
+        C::RequestUpload(pb::RequestUpload {
+            mime_type: "image/png".into(),
+            size_bytes: 10,
+        }),
+        C::SetPresence(pb::SetPresence {
+            status: pb::PresenceStatus::Busy as i32,
+        }),
+        C::SubscribePresence(pb::SubscribePresence {
+            user_ids: vec![target],
+        }),
+        C::UnsubscribePresence(pb::UnsubscribePresence {
+            user_ids: vec![target],
+        }),
+        C::SubscribeChannel(pb::SubscribeChannel {
+            conversation_id: conv,
+        }),
+        C::UnsubscribeChannel(pb::UnsubscribeChannel {
+            conversation_id: conv,
+        }),
+    ]
+}
+
+/// Conversation-scoped requests (those where membership matters).
+fn conversation_requests(conv: u64, target: u64) -> Vec<C> {
+    every_request(conv, target)
+        .into_iter()
+        .filter(|b| {
+            matches!(
+                b,
+                C::AddMembers(_)
+                    | C::RemoveMember(_)
+                    | C::SetRole(_)
+                    | C::LeaveConversation(_)
+                    | C::UpdateConversation(_)
+                    | C::TransferOwnership(_)
+                    | C::GetConversation(_)
+                    | C::SendMessage(_)
+                    | C::GetHistory(_)
+                    | C::MarkDelivered(_)
+                    | C::MarkRead(_)
+                    | C::GetReceipts(_)
+            )
+        })
+        .collect()
+}
+
+struct World {
+    server: TestServer,
+    alice: Raw,
+    bob: Raw,
+    eve: Raw,
+    group: u64,
+}
+
+async fn world(config: impl FnOnce(&mut chatd::Config)) -> World {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut c = chatd::Config::for_tests(dir.path());
+    config(&mut c);
+    let server = TestServer::start_with(dir, c);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let eve = Raw::register(server.addr, "eve").await;
+    let group = alice.create_group("team", &[bob.user_id]).await;
+    alice.send_text(group, "1", "hello team").await;
+    World {
+        server,
+        alice,
+        bob,
+        eve,
+        group,
+    }
+}
+
+/// What an observer sees of the group: members with roles, title, messages.
+async fn snapshot(alice: &mut Raw, group: u64) -> (Vec<(u64, i32)>, String, Vec<(u64, String)>) {
+    let conv = match alice
+        .request(C::GetConversation(pb::GetConversation {
+            conversation_id: group,
+        }))
+        .await
+    {
+        S::Conversation(c) => c,
+        other => panic!("{other:?}"),
+    };
+    let page = match alice.history(group, 0, 0, 200).await {
+        S::MessagePage(p) => p,
+        other => panic!("{other:?}"),
+    };
+    (
+        conv.members.iter().map(|m| (m.user_id, m.role)).collect(),
+        conv.title,
+        page.messages
+            .iter()
+            .map(|m| (m.seq, m.text.clone()))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn non_members_are_refused_everything_about_a_conversation() {
+    let mut w = world(|_| {}).await;
+    let before = snapshot(&mut w.alice, w.group).await;
+    for body in conversation_requests(w.group, w.eve.user_id) {
+        let name = format!("{body:?}");
+        let reply = w.eve.request(body).await;
+        assert_eq!(error_code(&reply), ErrorCode::NotAMember, "{name}");
+    }
+    let sync = w
+        .eve
+        .request(C::Sync(pb::Sync {
+            cursors: vec![pb::Cursor {
+                conversation_id: w.group,
+                seq: 0,
+            }],
+            limit_per_conversation: 0,
+        }))
+        .await;
+    match sync {
+        S::SyncResult(r) => {
+            assert!(r.gaps.is_empty(), "no messages leak through sync");
+            assert_eq!(r.removed_conversation_ids, vec![w.group]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(snapshot(&mut w.alice, w.group).await, before);
+    w.server.stop().await;
+}
+
+#[tokio::test]
+async fn members_who_are_not_admins_cannot_manage_the_group() {
+    let mut w = world(|_| {}).await;
+    let before = snapshot(&mut w.alice, w.group).await;
+    let (g, alice, eve) = (w.group, w.alice.user_id, w.eve.user_id);
+    let admin_only = [
+        C::AddMembers(pb::AddMembers {
+            conversation_id: g,
+            user_ids: vec![eve],
+        }),
+        C::RemoveMember(pb::RemoveMember {
+            conversation_id: g,
+            user_id: alice,
+        }),
+        C::SetRole(pb::SetRole {
+            conversation_id: g,
+            user_id: w.bob.user_id,
+            role: pb::Role::Admin as i32,
+        }),
+        C::UpdateConversation(pb::UpdateConversation {
+            conversation_id: g,
+            title: "mine".into(),
+        }),
+        C::TransferOwnership(pb::TransferOwnership {
+            conversation_id: g,
+            new_owner_id: w.bob.user_id,
+        }),
+    ];
+    for body in admin_only {
+        let name = format!("{body:?}");
+        assert_eq!(
+            error_code(&w.bob.request(body).await),
+            ErrorCode::Forbidden,
+            "{name}"
+        );
+    }
+    assert_eq!(snapshot(&mut w.alice, w.group).await, before);
+
+    // Channel subscribers read but do not post.
+    let channel = match w
+        .alice
+        .request(C::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Channel as i32,
+            member_ids: vec![],
+            title: "news".into(),
+        }))
+        .await
+    {
+        S::Conversation(c) => c.conversation_id,
+        other => panic!("{other:?}"),
+    };
+    let r = w
+        .bob
+        .request(C::SubscribeChannel(pb::SubscribeChannel {
+            conversation_id: channel,
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    let r = w.bob.request(common::send_body(channel, "x", "spam")).await;
+    assert_eq!(error_code(&r), ErrorCode::Forbidden);
+    let r = w
+        .bob
+        .request(C::SubscribeChannel(pb::SubscribeChannel {
+            conversation_id: w.group,
+        }))
+        .await;
+    assert_eq!(
+        error_code(&r),
+        ErrorCode::InvalidArgument,
+        "a group is not a channel"
+    );
+    w.server.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_but_authentication_before_login_or_after_logout() {
+    let mut w = world(|_| {}).await;
+    let before = snapshot(&mut w.alice, w.group).await;
+    let mut anonymous = Raw::connect(w.server.addr).await;
+    for body in every_request(w.group, w.bob.user_id) {
+        let name = format!("{body:?}");
+        assert_eq!(
+            error_code(&anonymous.request(body).await),
+            ErrorCode::Unauthenticated,
+            "{name}"
+        );
+    }
+    // Bob logs out on this connection; the same connection is now anonymous.
+    let r = w
+        .bob
+        .request(C::Logout(pb::Logout { all_devices: false }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    for body in every_request(w.group, w.alice.user_id) {
+        let name = format!("{body:?}");
+        assert_eq!(
+            error_code(&w.bob.request(body).await),
+            ErrorCode::Unauthenticated,
+            "{name}"
+        );
+    }
+    assert_eq!(snapshot(&mut w.alice, w.group).await, before);
+    w.server.stop().await;
+}
+
+async fn resume(addr: std::net::SocketAddr, token: &str) -> S {
+    let mut c = Raw::connect(addr).await;
+    c.request(C::Resume(pb::Resume {
+        session_token: token.into(),
+        device: None,
+        cursors: vec![],
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn revoked_and_expired_tokens_are_refused() {
+    let w = world(|c| c.token_ttl_secs = 2).await;
+    let addr = w.server.addr;
+    // A fresh token works.
+    assert!(matches!(resume(addr, &w.bob.token).await, S::ResumeOk(_)));
+    // Logout revokes this session's token only.
+    let mut bob_phone = Raw::login(addr, "bob").await;
+    let phone_token = bob_phone.token.clone();
+    let r = bob_phone
+        .request(C::Logout(pb::Logout { all_devices: false }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    assert_eq!(
+        error_code(&resume(addr, &phone_token).await),
+        ErrorCode::TokenInvalid
+    );
+    assert!(matches!(resume(addr, &w.bob.token).await, S::ResumeOk(_)));
+    // Logout everywhere revokes every token of the user.
+    let mut alice = w.alice;
+    let alice_laptop = Raw::login(addr, "alice").await;
+    let r = alice
+        .request(C::Logout(pb::Logout { all_devices: true }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    assert_eq!(
+        error_code(&resume(addr, &alice_laptop.token).await),
+        ErrorCode::TokenInvalid
+    );
+    assert_eq!(
+        error_code(&resume(addr, &alice.token).await),
+        ErrorCode::TokenInvalid
+    );
+    // A token past its lifetime is refused.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        error_code(&resume(addr, &w.bob.token).await),
+        ErrorCode::TokenInvalid
+    );
+    assert_eq!(
+        error_code(&resume(addr, "not-a-token").await),
+        ErrorCode::TokenInvalid
+    );
+    w.server.stop().await;
+}
