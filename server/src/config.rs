@@ -68,6 +68,10 @@ pub struct Config {
     /// consumer. Default 1024. At most `max_frame_bytes` each, typically a
     /// few hundred bytes.
     pub session_queue_frames: usize,
+    /// Bytes queued to one session before it is disconnected as a slow
+    /// consumer. Default 4 MiB (raised to `max_frame_bytes` if smaller).
+    /// With `session_queue_frames`, bounds the memory one session can pin.
+    pub session_queue_bytes: usize,
     /// Requests of one connection being processed at once; further frames
     /// are not read from its socket until one completes. Default 256.
     pub session_inflight_requests: usize,
@@ -116,6 +120,7 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             max_group_members: 500,
             session_queue_frames: 1024,
+            session_queue_bytes: 4 << 20,
             session_inflight_requests: 256,
             mesh_ring_capacity: 8192,
             storage_queue: 16_384,

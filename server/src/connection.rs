@@ -72,15 +72,22 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>) {
     let _ = stream.set_nodelay(true);
     let config = &shard.ctx.config;
     let (tx, rx) = mpsc::channel(config.session_queue_frames.max(1));
-    let (id, handle) = shard
-        .sessions
-        .borrow_mut()
-        .insert(tx, config.session_inflight_requests.max(1));
+    let (id, handle) = shard.sessions.borrow_mut().insert(
+        tx,
+        config.session_inflight_requests.max(1),
+        config.session_queue_bytes.max(config.max_frame_bytes),
+    );
     let sessions_gauge = metrics::gauge!("chatd_sessions", "shard" => shard.id.to_string());
     sessions_gauge.set(shard.sessions.borrow().len() as f64);
     let (rd, wr) = stream.into_split();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let writer = tokio::task::spawn_local(write_loop(wr, rx, handle.signal.clone(), grace));
+    let writer = tokio::task::spawn_local(write_loop(
+        wr,
+        rx,
+        handle.signal.clone(),
+        handle.queued_bytes.clone(),
+        grace,
+    ));
     let conn = Rc::new(Conn {
         shard: shard.clone(),
         id,
@@ -116,6 +123,7 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
     signal: Rc<CloseSignal>,
+    queued: Rc<std::cell::Cell<usize>>,
     grace: Duration,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_COALESCE);
@@ -135,6 +143,7 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
+        queued.set(queued.get().saturating_sub(buf.len()));
         let mut write = pin!(wr.write_all(&buf));
         let done = tokio::select! {
             r = &mut write => r.is_ok(),

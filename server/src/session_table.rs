@@ -70,6 +70,9 @@ pub struct SessionHandle {
     tx: mpsc::Sender<Bytes>,
     /// Permits for requests being processed; a reply returns one.
     pub inflight: Arc<Semaphore>,
+    /// Bytes queued towards the socket; the writer subtracts what it takes.
+    pub queued_bytes: Rc<Cell<usize>>,
+    max_bytes: usize,
     /// Closes the session.
     pub signal: Rc<CloseSignal>,
 }
@@ -84,12 +87,19 @@ pub struct SessionTable {
 
 impl SessionTable {
     /// Registers a new connection, returning its id and handle.
-    pub fn insert(&mut self, tx: mpsc::Sender<Bytes>, inflight: usize) -> (u64, Rc<SessionHandle>) {
+    pub fn insert(
+        &mut self,
+        tx: mpsc::Sender<Bytes>,
+        inflight: usize,
+        max_bytes: usize,
+    ) -> (u64, Rc<SessionHandle>) {
         self.next_id += 1;
         let handle = Rc::new(SessionHandle {
             user: Cell::new(None),
             tx,
             inflight: Arc::new(Semaphore::new(inflight)),
+            queued_bytes: Rc::new(Cell::new(0)),
+            max_bytes,
             signal: Rc::new(CloseSignal::default()),
         });
         self.sessions.insert(self.next_id, handle.clone());
@@ -155,7 +165,7 @@ impl SessionTable {
     /// dropping it if the session's queue is more than half full.
     pub fn push_ephemeral(&self, id: u64, frame: Bytes) {
         if let Some(s) = self.sessions.get(&id) {
-            if s.tx.capacity() * 2 >= s.tx.max_capacity() {
+            if !s.half_full() {
                 enqueue(s, frame);
             } else {
                 metrics::counter!("chatd_ephemeral_shed_total").increment(1);
@@ -187,7 +197,7 @@ impl SessionTable {
                     let Some(s) = self.sessions.get(id) else {
                         continue;
                     };
-                    if ephemeral && s.tx.capacity() * 2 < s.tx.max_capacity() {
+                    if ephemeral && s.half_full() {
                         metrics::counter!("chatd_ephemeral_shed_total").increment(1);
                         continue;
                     }
@@ -210,9 +220,25 @@ impl SessionTable {
     }
 }
 
+impl SessionHandle {
+    /// More than half of the frame or byte bound is used: shed ephemeral
+    /// frames.
+    fn half_full(&self) -> bool {
+        self.tx.capacity() * 2 < self.tx.max_capacity()
+            || self.queued_bytes.get() * 2 > self.max_bytes
+    }
+}
+
 fn enqueue(s: &SessionHandle, frame: Bytes) {
-    match s.tx.try_send(frame) {
-        Ok(()) => {}
+    let len = frame.len();
+    let over_bytes = s.queued_bytes.get() + len > s.max_bytes;
+    let sent = if over_bytes {
+        Err(mpsc::error::TrySendError::Full(frame))
+    } else {
+        s.tx.try_send(frame)
+    };
+    match sent {
+        Ok(()) => s.queued_bytes.set(s.queued_bytes.get() + len),
         Err(mpsc::error::TrySendError::Full(_)) => {
             if s.signal.get().is_none() {
                 metrics::counter!("chatd_slow_consumers_total").increment(1);

@@ -29,9 +29,22 @@ async fn shutdown_tells_every_client_to_go_away() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_and_others_continue() {
+    slow_consumer(|c| c.session_queue_frames = 16).await;
+}
+
+#[tokio::test]
+async fn the_byte_bound_of_a_session_queue_also_disconnects() {
+    slow_consumer(|c| {
+        c.session_queue_frames = 100_000;
+        c.session_queue_bytes = 1 << 20;
+    })
+    .await;
+}
+
+async fn slow_consumer(edit: impl FnOnce(&mut chatd::Config)) {
     let dir = tempfile::tempdir().expect("dir");
     let mut config = chatd::Config::for_tests(dir.path());
-    config.session_queue_frames = 16;
+    edit(&mut config);
     let server = TestServer::start_with(dir, config);
     let mut alice = Raw::register(server.addr, "alice").await;
     let mut lazy = Raw::register(server.addr, "lazy").await;
