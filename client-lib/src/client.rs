@@ -1,178 +1,117 @@
-//! The public client: requests, the event stream, reconnect and resume.
+//! The public client: one method per chat/1 request, plus the raw
+//! [`Client::request`] for the others.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use chat_protocol::{ConversationId, ErrorCode, UserId};
-use tokio::sync::{Mutex, mpsc, watch};
+use chat_protocol::{ConversationId, UserId};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::connection::Conn;
 use crate::cursors::Cursors;
 use crate::error::{Error, Result};
+use crate::events::{EventSink, Events};
+use crate::inner::{Inner, Link};
+use crate::lock;
 use crate::options::ClientOptions;
 use crate::url::Endpoint;
 
-/// Something the server told the app.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-// Messages are by far the most frequent event; boxing them would add an
-// allocation to every one to shrink the rare others.
-#[allow(clippy::large_enum_variant)]
-pub enum Event {
-    /// A message, at most once per (conversation, seq) and in seq order per
-    /// conversation, whether it came live, from Sync or from a gap fetch.
-    Message(pb::Message),
-    /// A member's delivered or read cursor moved.
-    Receipt(pb::ReceiptEvent),
-    /// Someone is typing or stopped.
-    Typing(pb::TypingEvent),
-    /// A watched user's presence changed.
-    Presence(pb::PresenceEvent),
-    /// The server announced it is going away; the client reconnects.
-    GoAway(pb::GoAway),
-    /// The connection dropped. If reconnecting is on, `Reconnected` follows
-    /// once the session is resumed; otherwise the client is finished.
-    Disconnected {
-        /// Why.
-        reason: String,
-    },
-    /// The session was resumed after a disconnect; missed messages were
-    /// (or are being) delivered as `Message` events.
-    Reconnected,
-}
+/// First wait before re-sending a message after a transient failure; it
+/// doubles per attempt up to [`SEND_BACKOFF_MAX`].
+const SEND_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const SEND_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// The app's side of the event stream.
-#[derive(Debug)]
-pub struct Events {
-    rx: mpsc::Receiver<Event>,
-}
-
-impl Events {
-    /// The next event; `None` once the client is closed and drained.
-    pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
-    }
-
-    /// An event if one is ready, without waiting.
-    pub fn try_next(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Auth {
-    user_id: u64,
-    token: String,
-}
-
-#[derive(Debug)]
-struct Inner {
-    endpoint: Endpoint,
-    options: ClientOptions,
-    /// The current connection; `None` while reconnecting.
-    conn: watch::Sender<Option<Arc<Conn>>>,
-    auth: StdMutex<Option<Auth>>,
-    /// Cursors, held while messages are emitted so that each
-    /// conversation's events leave in order.
-    cursors: Mutex<Cursors>,
-    /// Conversations whose gap is being fetched.
-    fetching: StdMutex<HashSet<u64>>,
-    events: mpsc::Sender<Event>,
-    closed: AtomicBool,
-}
-
-/// A connection to a chat server, shared by cloning.
+/// A connection to a chat server, shared by cloning (`Send + Sync`; clones
+/// share one connection).
 ///
-/// Requests wait for the connection while the client reconnects; sends are
-/// retried with the same `client_msg_id` until acknowledged, so a message is
-/// stored once however often it is retried.
+/// Requests issued while the client reconnects wait for the connection
+/// (within [`ClientOptions::request_timeout`]). Dropping the last clone
+/// closes the client, like [`Client::close`].
 #[derive(Debug, Clone)]
 pub struct Client {
+    handle: Arc<Handle>,
+}
+
+/// Owned by the app's clones only (the background tasks hold `Inner`), so
+/// its drop means the app is done with the client.
+#[derive(Debug)]
+struct Handle {
     inner: Arc<Inner>,
 }
 
-fn std_lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded values stay consistent across a panic (plain fields).
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn unexpected(reply: S) -> Error {
-    Error::UnexpectedReply(format!("{reply:?}"))
-}
-
-/// Requests that may be sent again after a reconnect without changing their
-/// effect.
-fn safe_to_retry(body: &C) -> bool {
-    !matches!(
-        body,
-        C::Register(_)
-            | C::Login(_)
-            | C::Logout(_)
-            | C::Resume(_)
-            | C::Hello(_)
-            | C::CreateConversation(_)
-            | C::AddMembers(_)
-            | C::RemoveMember(_)
-            | C::SetRole(_)
-            | C::LeaveConversation(_)
-            | C::UpdateConversation(_)
-            | C::TransferOwnership(_)
-    )
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
 }
 
 impl Client {
-    /// Connects to `url` (`tcp://host:port`) and completes the handshake.
+    /// Connects to `url` (`tcp://host:port`) and completes the Hello
+    /// handshake. The returned [`Events`] must be read continuously.
+    ///
+    /// Fails with [`Error::UnsupportedTransport`] for `tls://`, `quic://`,
+    /// `ws://` and `wss://`, which this version cannot use yet.
     pub async fn connect(url: &str, options: ClientOptions) -> Result<(Client, Events)> {
         let endpoint = Endpoint::parse(url)?;
+        endpoint.check_supported()?;
         let (conn, pushes) = Conn::open(&endpoint, &options).await?;
         let (events_tx, events_rx) = mpsc::channel(options.event_buffer.max(1));
-        let (conn_tx, _) = watch::channel(Some(conn.clone()));
+        let cursors = Arc::new(Mutex::new(Cursors::new(options.max_held_per_conversation)));
         let inner = Arc::new(Inner {
             endpoint,
-            cursors: Mutex::new(Cursors::new(options.max_held_per_conversation)),
             options,
-            conn: conn_tx,
-            auth: StdMutex::new(None),
-            fetching: StdMutex::new(HashSet::new()),
-            events: events_tx,
-            closed: AtomicBool::new(false),
+            link: watch::Sender::new(Link::Connecting),
+            auth: Mutex::new(None),
+            order: tokio::sync::Mutex::new(()),
+            cursors: cursors.clone(),
+            fetching: Mutex::new(HashSet::new()),
+            events: EventSink::new(events_tx),
         });
-        let client = Client { inner };
-        client.run_connection(conn, pushes);
-        Ok((client, Events { rx: events_rx }))
+        inner.start(conn, pushes);
+        let client = Client {
+            handle: Arc::new(Handle { inner }),
+        };
+        Ok((client, Events::new(events_rx, cursors)))
     }
 
-    /// The logged-in user.
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    async fn call(&self, body: C) -> Result<S> {
+        self.inner().request(body).await
+    }
+
+    /// The logged-in user, if any.
     pub fn user_id(&self) -> Option<UserId> {
-        std_lock(&self.inner.auth)
-            .as_ref()
-            .map(|a| UserId(a.user_id))
+        self.inner().auth().map(|a| UserId(a.user_id))
     }
 
-    /// The session token, to store for [`Client::resume`] after an app
-    /// restart.
+    /// The session token, to store (securely) for [`Client::resume`] after
+    /// an app restart.
     pub fn session_token(&self) -> Option<String> {
-        std_lock(&self.inner.auth).as_ref().map(|a| a.token.clone())
+        self.inner().auth().map(|a| a.token)
     }
 
-    fn device(&self) -> Option<pb::DeviceInfo> {
-        Some(pb::DeviceInfo {
-            device_id: self.inner.options.device_id.clone(),
-            platform: std::env::consts::OS.into(),
-        })
+    /// What the server announced in Welcome (limits, heartbeat), while
+    /// connected.
+    pub fn welcome(&self) -> Option<pb::Welcome> {
+        self.inner().conn().map(|c| c.welcome().clone())
     }
 
-    fn logged_in(&self, ok: &pb::AuthOk) {
-        *std_lock(&self.inner.auth) = Some(Auth {
-            user_id: ok.user_id,
-            token: ok.session_token.clone(),
-        });
+    /// Whether a connection is up (and resumed, if logged in).
+    pub fn is_connected(&self) -> bool {
+        self.inner().conn().is_some()
     }
 
-    /// Creates an account and logs in.
+    // ---- session ------------------------------------------------------------
+
+    /// Creates an account and logs in. Not re-sent if the connection drops
+    /// while it is in flight ([`Error::Disconnected`]): the account may
+    /// exist; log in.
     pub async fn register(
         &self,
         username: &str,
@@ -183,15 +122,9 @@ impl Client {
             username: username.into(),
             password: password.into(),
             display_name: display_name.into(),
-            device: self.device(),
+            device: self.inner().device(),
         });
-        match self.request(body).await? {
-            S::AuthOk(ok) => {
-                self.logged_in(&ok);
-                Ok(ok)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.authenticate(body).await
     }
 
     /// Logs in with a password.
@@ -199,46 +132,50 @@ impl Client {
         let body = C::Login(pb::Login {
             username: username.into(),
             password: password.into(),
-            device: self.device(),
+            device: self.inner().device(),
         });
-        match self.request(body).await? {
+        self.authenticate(body).await
+    }
+
+    async fn authenticate(&self, body: C) -> Result<pb::AuthOk> {
+        match self.call(body).await? {
             S::AuthOk(ok) => {
-                self.logged_in(&ok);
+                self.inner().set_auth(&ok, "");
                 Ok(ok)
             }
-            other => Err(unexpected(other)),
+            other => Err(Error::unexpected(&other)),
         }
     }
 
-    /// Logs in with a stored token and catches up from the cursors set with
-    /// [`Client::set_cursor`]; missed messages arrive as events.
+    /// Logs in with a stored token (after an app restart) and catches up
+    /// from the cursors restored with [`Client::set_cursor`]: the missed
+    /// messages are queued as events, in order, before this returns
+    /// (truncated gaps are fetched with GetHistory first). The client
+    /// resumes by itself after reconnects; this call is for a new `Client`.
+    ///
+    /// Fails with [`Error::Server`] `TOKEN_INVALID` if the token expired or
+    /// was revoked: log in with the password.
     pub async fn resume(&self, token: &str) -> Result<pb::ResumeOk> {
-        let cursors = self.inner.cursors.lock().await.all();
-        let body = C::Resume(pb::Resume {
-            session_token: token.into(),
-            device: self.device(),
-            cursors,
-        });
-        match self.request(body).await? {
-            S::ResumeOk(ok) => {
-                if let Some(auth) = &ok.auth {
-                    self.logged_in(auth);
-                }
-                if let Some(sync) = ok.sync.clone() {
-                    self.apply_sync(sync).await;
-                }
-                Ok(ok)
-            }
-            other => Err(unexpected(other)),
+        let inner = self.inner();
+        let conn = inner
+            .current_conn(Instant::now() + inner.options.request_timeout)
+            .await?;
+        let (ok, open) = inner.resume_on(&conn, token, || {}).await?;
+        for conversation in open {
+            inner.fill_gap(conversation).await;
         }
+        Ok(ok)
     }
 
-    /// Logs out (this device, or every device of the user).
+    /// Logs out (this device's token, or with `all_devices` every token of
+    /// the user). The connection stays open, unauthenticated.
     pub async fn logout(&self, all_devices: bool) -> Result<()> {
-        self.request(C::Logout(pb::Logout { all_devices })).await?;
-        *std_lock(&self.inner.auth) = None;
+        self.call(C::Logout(pb::Logout { all_devices })).await?;
+        self.inner().clear_auth();
         Ok(())
     }
+
+    // ---- conversations -----------------------------------------------------
 
     /// The direct conversation with `other`, created if needed.
     pub async fn create_direct(&self, other: UserId) -> Result<pb::Conversation> {
@@ -246,7 +183,8 @@ impl Client {
             .await
     }
 
-    /// A new group with the caller as owner.
+    /// A new group with the caller as owner and `members` (without the
+    /// caller).
     pub async fn create_group(&self, title: &str, members: &[UserId]) -> Result<pb::Conversation> {
         self.create(pb::ConversationKind::Group, members, title)
             .await
@@ -268,16 +206,17 @@ impl Client {
             member_ids: members.iter().map(|u| u.0).collect(),
             title: title.into(),
         });
-        let c = self.expect_conversation(body).await?;
-        // Everything from the start of a new conversation is wanted.
-        self.inner.cursors.lock().await.start(c.conversation_id, 0);
+        let c = self.conversation(body).await?;
+        // Everything from the start of a conversation the user created is
+        // wanted (a direct conversation may have existed before).
+        lock(&self.inner().cursors).start(c.conversation_id, 0);
         Ok(c)
     }
 
-    async fn expect_conversation(&self, body: C) -> Result<pb::Conversation> {
-        match self.request(body).await? {
+    async fn conversation(&self, body: C) -> Result<pb::Conversation> {
+        match self.call(body).await? {
             S::Conversation(c) => Ok(c),
-            other => Err(unexpected(other)),
+            other => Err(Error::unexpected(&other)),
         }
     }
 
@@ -287,7 +226,7 @@ impl Client {
         conversation: ConversationId,
         users: &[UserId],
     ) -> Result<pb::Conversation> {
-        self.expect_conversation(C::AddMembers(pb::AddMembers {
+        self.conversation(C::AddMembers(pb::AddMembers {
             conversation_id: conversation.0,
             user_ids: users.iter().map(|u| u.0).collect(),
         }))
@@ -300,47 +239,60 @@ impl Client {
         conversation: ConversationId,
         user: UserId,
     ) -> Result<pb::Conversation> {
-        self.expect_conversation(C::RemoveMember(pb::RemoveMember {
+        self.conversation(C::RemoveMember(pb::RemoveMember {
             conversation_id: conversation.0,
             user_id: user.0,
         }))
         .await
     }
 
-    /// Leaves a group or channel.
+    /// Leaves a group or channel. The conversation's cursor is kept until a
+    /// Sync reports it removed ([`Event::ConversationRemoved`](crate::Event::ConversationRemoved)),
+    /// so the user's own `MEMBER_LEFT` message is still delivered.
     pub async fn leave(&self, conversation: ConversationId) -> Result<()> {
-        self.request(C::LeaveConversation(pb::LeaveConversation {
+        self.call(C::LeaveConversation(pb::LeaveConversation {
             conversation_id: conversation.0,
         }))
-        .await?;
-        self.inner.cursors.lock().await.remove(conversation.0);
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// A conversation with its members.
     pub async fn get_conversation(&self, conversation: ConversationId) -> Result<pb::Conversation> {
-        self.expect_conversation(C::GetConversation(pb::GetConversation {
+        self.conversation(C::GetConversation(pb::GetConversation {
             conversation_id: conversation.0,
         }))
         .await
     }
 
     /// The user's conversations, most recently active first, with unread
-    /// counts.
+    /// counts; `limit` 0 means the server's default.
     pub async fn list_conversations(&self, limit: u32) -> Result<pb::ConversationList> {
+        self.list_conversations_before(limit, 0).await
+    }
+
+    /// The next page of [`Client::list_conversations`]: pass the previous
+    /// page's `next_before_activity_ms`.
+    pub async fn list_conversations_before(
+        &self,
+        limit: u32,
+        before_activity_ms: u64,
+    ) -> Result<pb::ConversationList> {
         match self
-            .request(C::ListConversations(pb::ListConversations {
+            .call(C::ListConversations(pb::ListConversations {
                 limit,
-                before_activity_ms: 0,
+                before_activity_ms,
             }))
             .await?
         {
             S::ConversationList(l) => Ok(l),
-            other => Err(unexpected(other)),
+            other => Err(Error::unexpected(&other)),
         }
     }
 
-    /// Sends a text message.
+    // ---- messages ------------------------------------------------------------
+
+    /// Sends a text message; see [`Client::send`].
     pub async fn send_text(&self, conversation: ConversationId, text: &str) -> Result<pb::SendAck> {
         self.send(pb::SendMessage {
             conversation_id: conversation.0,
@@ -350,35 +302,78 @@ impl Client {
         .await
     }
 
-    /// Sends a message. An empty `client_msg_id` is filled with a random one;
-    /// the send is retried with it across reconnects and on retryable
-    /// refusals until acknowledged or `send_retry_timeout` passes.
+    /// Sends a message and returns its ack, which the server sends once the
+    /// message is durable.
+    ///
+    /// An empty `client_msg_id` is filled with a random 128-bit hex id. The
+    /// same frame (same `client_msg_id`) is sent again after a reconnect and
+    /// after retryable refusals (honouring `retry_after_ms`) until
+    /// [`ClientOptions::send_retry_timeout`] passes; the server stores it
+    /// once and answers retries with the original ack (`duplicate: true`).
+    /// To retry across app restarts, choose and store the id yourself.
+    ///
+    /// The message also arrives as an [`Event::Message`](crate::Event::Message)
+    /// like everyone else's.
     pub async fn send(&self, mut msg: pb::SendMessage) -> Result<pb::SendAck> {
         if msg.client_msg_id.is_empty() {
             msg.client_msg_id = format!("{:032x}", rand::random::<u128>());
         }
-        let deadline = Instant::now() + self.inner.options.send_retry_timeout;
+        let options = &self.inner().options;
+        let deadline = Instant::now() + options.send_retry_timeout;
+        let mut wait = SEND_BACKOFF_MIN;
         loop {
-            let err = match self.request(C::SendMessage(msg.clone())).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = options.request_timeout.min(left);
+            let err = match self
+                .inner()
+                .request_within(C::SendMessage(msg.clone()), attempt)
+                .await
+            {
                 Ok(S::SendAck(ack)) => return Ok(ack),
-                Ok(other) => return Err(unexpected(other)),
+                Ok(other) => return Err(Error::unexpected(&other)),
                 Err(e) => e,
             };
-            let wait = match &err {
-                Error::Server {
-                    code,
-                    retry_after_ms,
-                    ..
-                } if code.is_retryable() => {
-                    Duration::from_millis(u64::from(*retry_after_ms).max(100))
-                }
-                Error::Disconnected(_) | Error::Timeout => Duration::from_millis(50),
-                _ => return Err(err),
-            };
-            if Instant::now() + wait > deadline {
+            if !err.is_transient() {
                 return Err(err);
             }
+            if let Error::Server { retry_after_ms, .. } = &err {
+                wait = wait.max(Duration::from_millis(u64::from(*retry_after_ms)));
+            }
+            if Instant::now() + wait >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(cause = %err, ?wait, client_msg_id = %msg.client_msg_id, "send retried");
             tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(SEND_BACKOFF_MAX);
+        }
+    }
+
+    /// A page of history (`spec/messages.md`, "GetHistory"). With
+    /// `before_seq > 0`: messages with seq < before_seq, newest first. With
+    /// `after_seq = Some(n)`: messages with seq > n, oldest first (`Some(0)`
+    /// reads from the start). With neither: the newest page, newest first.
+    /// `limit` 0 means the server's default (50); the maximum is 200.
+    ///
+    /// History pages are returned, not emitted as events, and do not move
+    /// cursors.
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        before_seq: u64,
+        after_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<pb::MessagePage> {
+        match self
+            .call(C::GetHistory(pb::GetHistory {
+                conversation_id: conversation.0,
+                before_seq,
+                after_seq,
+                limit,
+            }))
+            .await?
+        {
+            S::MessagePage(p) => Ok(p),
+            other => Err(Error::unexpected(&other)),
         }
     }
 
@@ -401,8 +396,7 @@ impl Client {
         self.history(conversation, before_seq, None, limit).await
     }
 
-    /// Messages after `after_seq`, oldest first (catching up; 0 reads from
-    /// the start).
+    /// Messages after `after_seq`, oldest first (0 reads from the start).
     pub async fn history_after(
         &self,
         conversation: ConversationId,
@@ -412,48 +406,17 @@ impl Client {
         self.history(conversation, 0, Some(after_seq), limit).await
     }
 
-    /// A page of history; see `spec/messages.md`, "GetHistory".
-    async fn history(
-        &self,
-        conversation: ConversationId,
-        before_seq: u64,
-        after_seq: Option<u64>,
-        limit: u32,
-    ) -> Result<pb::MessagePage> {
-        match self
-            .request(C::GetHistory(pb::GetHistory {
-                conversation_id: conversation.0,
-                before_seq,
-                after_seq,
-                limit,
-            }))
-            .await?
-        {
-            S::MessagePage(p) => Ok(p),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Fetches everything missed since the tracked cursors; the messages
-    /// arrive as events, in order, without duplicates.
+    /// Fetches everything missed since the tracked cursors (conversations
+    /// without a cursor from their start) and queues it as events, in
+    /// order, without duplicates; returns once all of it is queued. The
+    /// client does this by itself when it resumes after a reconnect.
     pub async fn sync(&self) -> Result<()> {
-        let cursors = self.inner.cursors.lock().await.all();
-        let body = C::Sync(pb::Sync {
-            cursors,
-            limit_per_conversation: self.inner.options.sync_limit_per_conversation,
-        });
-        match self.request(body).await? {
-            S::SyncResult(r) => {
-                self.apply_sync(r).await;
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        self.inner().sync().await
     }
 
-    /// Marks everything up to `seq` as read.
-    pub async fn mark_read(&self, conversation: ConversationId, seq: u64) -> Result<()> {
-        self.request(C::MarkRead(pb::MarkRead {
+    /// Reports that every message up to `seq` is stored on this device.
+    pub async fn mark_delivered(&self, conversation: ConversationId, seq: u64) -> Result<()> {
+        self.call(C::MarkDelivered(pb::MarkDelivered {
             conversation_id: conversation.0,
             seq,
         }))
@@ -461,262 +424,66 @@ impl Client {
         .map(drop)
     }
 
-    /// Any request; an Error reply becomes [`Error::Server`]. Requests that
-    /// are safe to repeat are retried across a reconnect.
+    /// Reports that the user saw every message up to `seq`.
+    pub async fn mark_read(&self, conversation: ConversationId, seq: u64) -> Result<()> {
+        self.call(C::MarkRead(pb::MarkRead {
+            conversation_id: conversation.0,
+            seq,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Says the user is typing (refresh every 3 s while it lasts) or
+    /// stopped. Fire-and-forget.
+    pub async fn typing(&self, conversation: ConversationId, active: bool) -> Result<()> {
+        self.notify(C::Typing(pb::Typing {
+            conversation_id: conversation.0,
+            active,
+        }))
+        .await
+    }
+
+    /// Any request; the reply's body is returned and an `Error` reply
+    /// becomes [`Error::Server`]. Requests that are safe to repeat (reads,
+    /// sends, cursors, subscriptions) are re-sent if the connection drops
+    /// while they are in flight. Register, Login and Resume sent this way do
+    /// not update the client's login state: use the dedicated methods.
     pub async fn request(&self, body: C) -> Result<S> {
-        let retry = safe_to_retry(&body);
-        let deadline = Instant::now() + self.inner.options.request_timeout;
-        loop {
-            let conn = self.current_conn(deadline).await?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            match conn.request(body.clone(), left).await {
-                Err(Error::Disconnected(_)) if retry && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => return other,
-            }
-        }
+        self.call(body).await
     }
 
-    async fn current_conn(&self, deadline: Instant) -> Result<Arc<Conn>> {
-        let mut rx = self.inner.conn.subscribe();
-        loop {
-            if self.inner.closed.load(Ordering::Acquire) {
-                return Err(Error::Closed);
-            }
-            if let Some(c) = rx.borrow_and_update().clone() {
-                if !c.is_closed() {
-                    return Ok(c);
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Error::Closed),
-                Err(_) => return Err(Error::Disconnected("not connected".into())),
-            }
-        }
+    /// Sends a frame that gets no reply (`request_id` 0): `Typing`, or
+    /// `MarkRead`/`MarkDelivered` without confirmation.
+    pub async fn notify(&self, body: C) -> Result<()> {
+        self.inner().notify(body).await
     }
 
-    /// The cursor of a conversation: every message up to it was delivered.
+    // ---- cursors -------------------------------------------------------------
+
+    /// The cursor of a conversation: every message up to it was taken from
+    /// [`Events`] (0 if untracked). Never waits.
     pub async fn cursor(&self, conversation: ConversationId) -> u64 {
-        self.inner.cursors.lock().await.get(conversation.0)
+        lock(&self.inner().cursors).get(conversation.0)
     }
 
-    /// Restores a cursor saved by the app.
+    /// Restores a cursor saved by the app, before [`Client::resume`] or
+    /// [`Client::sync`]. Never moves a cursor backwards. Never waits.
     pub async fn set_cursor(&self, conversation: ConversationId, seq: u64) {
-        self.inner.cursors.lock().await.set(conversation.0, seq);
+        lock(&self.inner().cursors).set(conversation.0, seq);
     }
 
-    /// Every cursor, for the app to save.
+    /// Every cursor, for the app to save alongside the session token. Never
+    /// waits.
     pub async fn cursors(&self) -> Vec<pb::Cursor> {
-        self.inner.cursors.lock().await.all()
+        lock(&self.inner().cursors).all()
     }
 
-    /// Closes the connection and stops reconnecting.
+    /// Closes the connection and stops reconnecting. Pending and later
+    /// requests fail with [`Error::Closed`]; [`Events`] ends once drained.
     pub async fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.conn.send_replace(None);
-    }
-
-    // ---- connection lifecycle -------------------------------------------
-
-    fn run_connection(&self, conn: Arc<Conn>, mut pushes: mpsc::Receiver<pb::ServerFrame>) {
-        let client = self.clone();
-        let heartbeat =
-            Duration::from_millis(u64::from(conn.welcome.heartbeat_interval_ms.max(1000)));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(heartbeat);
-            tick.tick().await;
-            let mut goaway_delay = None;
-            loop {
-                tokio::select! {
-                    push = pushes.recv() => match push {
-                        Some(frame) => {
-                            if let Some(S::GoAway(g)) = &frame.body {
-                                goaway_delay = Some(Duration::from_millis(u64::from(g.reconnect_after_ms)));
-                            }
-                            client.on_push(&conn, frame).await;
-                        }
-                        None => break,
-                    },
-                    _ = tick.tick() => conn.send_oneway(C::Ping(pb::Ping { nonce: 0 })),
-                }
-                if client.inner.closed.load(Ordering::Acquire) {
-                    return;
-                }
-            }
-            client
-                .emit(Event::Disconnected {
-                    reason: "connection closed".into(),
-                })
-                .await;
-            // Only the connection that just ended is cleared.
-            client.inner.conn.send_if_modified(|c| match c {
-                Some(current) if Arc::ptr_eq(current, &conn) => {
-                    *c = None;
-                    true
-                }
-                _ => false,
-            });
-            if client.inner.options.reconnect && !client.inner.closed.load(Ordering::Acquire) {
-                client.reconnect(goaway_delay).await;
-            }
-        });
-    }
-
-    async fn reconnect(&self, first_delay: Option<Duration>) {
-        let opts = &self.inner.options;
-        let mut delay = first_delay
-            .unwrap_or(opts.reconnect_min_delay)
-            .max(opts.reconnect_min_delay);
-        loop {
-            if self.inner.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let jitter = 0.5 + rand::random::<f64>();
-            tokio::time::sleep(delay.mul_f64(jitter)).await;
-            delay = (delay * 2).min(opts.reconnect_max_delay);
-            let Ok((conn, pushes)) = Conn::open(&self.inner.endpoint, opts).await else {
-                continue;
-            };
-            self.run_connection(conn.clone(), pushes);
-            let auth = std_lock(&self.inner.auth).clone();
-            if let Some(auth) = auth {
-                let cursors = self.inner.cursors.lock().await.all();
-                let resume = C::Resume(pb::Resume {
-                    session_token: auth.token.clone(),
-                    device: self.device(),
-                    cursors,
-                });
-                match conn.request(resume, opts.request_timeout).await {
-                    Ok(S::ResumeOk(ok)) => {
-                        self.inner.conn.send_replace(Some(conn));
-                        if let Some(sync) = ok.sync {
-                            self.apply_sync(sync).await;
-                        }
-                    }
-                    Err(Error::Server {
-                        code: ErrorCode::TokenInvalid,
-                        message,
-                        ..
-                    }) => {
-                        *std_lock(&self.inner.auth) = None;
-                        self.inner.closed.store(true, Ordering::Release);
-                        self.emit(Event::Disconnected {
-                            reason: format!("session ended: {message}"),
-                        })
-                        .await;
-                        return;
-                    }
-                    // The new connection failed too; its task reconnects.
-                    _ => return,
-                }
-            } else {
-                self.inner.conn.send_replace(Some(conn));
-            }
-            self.emit(Event::Reconnected).await;
-            return;
-        }
-    }
-
-    async fn emit(&self, event: Event) {
-        let _ = self.inner.events.send(event).await;
-    }
-
-    async fn on_push(&self, conn: &Arc<Conn>, frame: pb::ServerFrame) {
-        match frame.body {
-            Some(S::MessagePush(p)) => {
-                if let Some(m) = p.message {
-                    let gaps = self.offer(vec![m]).await;
-                    self.fetch_gaps(gaps);
-                }
-            }
-            Some(S::Ping(p)) => conn.send_oneway(C::Pong(pb::Pong { nonce: p.nonce })),
-            Some(S::ReceiptEvent(r)) => self.emit(Event::Receipt(r)).await,
-            Some(S::TypingEvent(t)) => self.emit(Event::Typing(t)).await,
-            Some(S::PresenceEvent(p)) => self.emit(Event::Presence(p)).await,
-            Some(S::GoAway(g)) => self.emit(Event::GoAway(g)).await,
-            _ => {}
-        }
-    }
-
-    /// Emits what can be emitted in order; returns the conversations that
-    /// have a gap to fetch.
-    async fn offer(&self, messages: Vec<pb::Message>) -> Vec<u64> {
-        let mut gaps = Vec::new();
-        {
-            let mut cursors = self.inner.cursors.lock().await;
-            for m in messages {
-                let conversation = m.conversation_id;
-                let offered = cursors.offer(m);
-                for m in offered.emit {
-                    let _ = self.inner.events.send(Event::Message(m)).await;
-                }
-                if offered.missing_after.is_some() {
-                    gaps.push(conversation);
-                }
-            }
-        }
-        gaps
-    }
-
-    /// Starts a fetch for each conversation with a gap, one at a time per
-    /// conversation.
-    fn fetch_gaps(&self, gaps: Vec<u64>) {
-        for conversation in gaps {
-            if std_lock(&self.inner.fetching).insert(conversation) {
-                let client = self.clone();
-                tokio::spawn(async move {
-                    client.fill_gap(conversation).await;
-                    std_lock(&client.inner.fetching).remove(&conversation);
-                });
-            }
-        }
-    }
-
-    /// Fetches history after the cursor until the conversation is whole.
-    async fn fill_gap(&self, conversation: u64) {
-        loop {
-            let after = self.inner.cursors.lock().await.get(conversation);
-            let page = match self
-                .history_after(ConversationId(conversation), after, 200)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(conversation, cause = %e, "gap fetch failed; the next sync repairs it");
-                    return;
-                }
-            };
-            let more = page.has_more;
-            let got = !page.messages.is_empty();
-            // Further gaps found here are this loop's next turns.
-            let _ = self.offer(page.messages).await;
-            let now = self.inner.cursors.lock().await.get(conversation);
-            if !more || !got || now == after {
-                return;
-            }
-        }
-    }
-
-    async fn apply_sync(&self, result: pb::SyncResult) {
-        {
-            let mut cursors = self.inner.cursors.lock().await;
-            for removed in &result.removed_conversation_ids {
-                cursors.remove(*removed);
-            }
-            for gap in &result.gaps {
-                cursors.start(gap.conversation_id, gap.from_seq.saturating_sub(1));
-            }
-        }
-        for gap in result.gaps {
-            let conversation = gap.conversation_id;
-            let mut gaps = self.offer(gap.messages).await;
-            if gap.truncated {
-                gaps.push(conversation);
-            }
-            self.fetch_gaps(gaps);
+        if let Some(conn) = self.inner().shutdown() {
+            conn.close_and_wait("client closed").await;
         }
     }
 }

@@ -1,103 +1,182 @@
-//! One connection to the server: a writer task, a reader task that matches
-//! replies to requests by `request_id`, and a bounded channel of pushes.
+//! One connection to the server: the socket, a reader task and a writer task.
+//!
+//! This is the only place where bytes meet the socket. The reader decodes
+//! frames, hands each reply to the request waiting for its `request_id`,
+//! answers the server's Pings itself (so that a slow app never makes the
+//! connection look dead), and queues every other push for the client. The
+//! writer coalesces queued frames into few writes. Whichever task ends first
+//! closes the connection: the other stops, and every waiting request fails
+//! with [`Error::Disconnected`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use chat_protocol::{ErrorCode, FrameDecoder, codec};
+use chat_protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorCode, FrameDecoder, codec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::error::{Error, Result};
+use crate::lock;
 use crate::options::ClientOptions;
-use crate::url::{Endpoint, Transport};
+use crate::url::Endpoint;
 
-/// Frames queued for the socket before `request` waits.
-const OUTBOUND_FRAMES: usize = 1024;
+/// Encoded frames queued for the socket. When full, requests wait for room
+/// (within their timeout): a server that stops reading slows the callers
+/// down instead of growing memory. Memory: up to this many frames.
+pub(crate) const OUTBOUND_FRAMES: usize = 1024;
 
-type Waiters = Mutex<HashMap<u64, oneshot::Sender<S>>>;
+/// Server pushes decoded but not yet processed by the client. When full the
+/// reader stops reading; TCP backpressure then reaches the server, which
+/// disconnects a client that stays slow (`SLOW_CONSUMER`), and the client
+/// recovers by resuming. Memory: up to this many frames.
+pub(crate) const INBOUND_PUSHES: usize = 1024;
 
-/// A live connection. Dropping every handle closes it.
+/// Bytes coalesced into one socket write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Spare buffer room reserved before each socket read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Heartbeat interval if the server announces none (`spec/states.md`).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// How long closing waits for the writer to shut the socket down.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+type Waiter = oneshot::Sender<Result<S>>;
+
+/// State shared by the handle and both tasks.
 #[derive(Debug)]
-pub(crate) struct Conn {
-    out: mpsc::Sender<Vec<u8>>,
-    waiters: Arc<Waiters>,
-    closed: Arc<AtomicBool>,
-    next_id: AtomicU64,
-    max_frame: usize,
-    /// What the server announced.
-    pub(crate) welcome: pb::Welcome,
+struct Shared {
+    /// Requests waiting for their reply, by `request_id`. Entries are
+    /// removed by the reader (reply), by `Pending`'s drop (timeout or
+    /// cancellation) and all at once on close.
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    /// Becomes true once; both tasks watch it.
+    closed: watch::Sender<bool>,
+    /// Why the connection ended; the first reason recorded wins.
+    reason: Mutex<Option<String>>,
+    /// Set by GoAway: the delay the server asked for before reconnecting.
+    going_away: Mutex<Option<Duration>>,
+    /// No new requests after GoAway (`spec/states.md`, DRAINING).
+    draining: AtomicBool,
+    /// Largest frame accepted from the server.
+    max_in: AtomicUsize,
 }
 
-fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<S>>> {
-    // A panic while holding this lock cannot leave the map inconsistent
-    // (insert/remove only), so a poisoned lock is still usable.
-    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+impl Shared {
+    fn note_reason(&self, reason: impl Into<String>) {
+        lock(&self.reason).get_or_insert_with(|| reason.into());
+    }
+
+    fn close(&self, reason: impl Into<String>) {
+        self.note_reason(reason);
+        self.closed.send_replace(true);
+        // Dropping the senders wakes every waiting request.
+        lock(&self.waiters).clear();
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    async fn wait_closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await.map(drop);
+    }
+
+    fn reason(&self) -> String {
+        lock(&self.reason)
+            .clone()
+            .unwrap_or_else(|| "connection closed".into())
+    }
+}
+
+/// A live connection. Dropping the last handle closes it.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Vec<u8>>,
+    next_id: AtomicU64,
+    /// The server's limit for frames we send.
+    max_out: usize,
+    welcome: pb::Welcome,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A request that was handed to the writer and waits for its reply.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    id: u64,
+    rx: oneshot::Receiver<Result<S>>,
+    shared: Arc<Shared>,
+}
+
+impl Pending {
+    /// The reply; an `Error` reply becomes [`Error::Server`].
+    ///
+    /// [`Error::Disconnected`] means the connection ended after the request
+    /// was queued: the server may or may not have processed it.
+    pub(crate) async fn reply(mut self, deadline: Instant) -> Result<S> {
+        match timeout_at(deadline, &mut self.rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Error::Disconnected(self.shared.reason())),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock(&self.shared.waiters).remove(&self.id);
+    }
 }
 
 impl Conn {
-    /// Connects, says Hello and returns the connection with its pushes.
+    /// Connects, says Hello (`spec/README.md`, "Handshake") and returns the
+    /// connection with its queue of pushes.
     pub(crate) async fn open(
         endpoint: &Endpoint,
         options: &ClientOptions,
-    ) -> Result<(Arc<Conn>, mpsc::Receiver<pb::ServerFrame>)> {
-        if endpoint.transport != Transport::Tcp {
-            return Err(Error::UnsupportedTransport(format!(
-                "{:?}",
-                endpoint.transport
-            )));
-        }
-        let stream = tokio::time::timeout(
-            options.request_timeout,
-            TcpStream::connect(&endpoint.authority),
+    ) -> Result<(Arc<Conn>, mpsc::Receiver<S>)> {
+        endpoint.check_supported()?;
+        let deadline = Instant::now() + options.request_timeout;
+        let stream = timeout_at(
+            deadline,
+            TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
         )
         .await
         .map_err(|_| Error::Timeout)??;
         stream.set_nodelay(true)?;
-        let (rd, mut wr) = stream.into_split();
-        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_FRAMES);
-        let (push_tx, pushes) = mpsc::channel(options.event_buffer.max(1));
-        let waiters: Arc<Waiters> = Arc::default();
-        let closed = Arc::new(AtomicBool::new(false));
-        let (stop, mut stopped) = oneshot::channel::<()>();
-
-        tokio::spawn(async move {
-            loop {
-                let first = tokio::select! {
-                    f = out_rx.recv() => f,
-                    _ = &mut stopped => None,
-                };
-                let Some(first) = first else { break };
-                let mut buf = first;
-                while let Ok(more) = out_rx.try_recv() {
-                    buf.extend_from_slice(&more);
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    break;
-                }
-            }
-            let _ = wr.shutdown().await;
+        let (rd, wr) = stream.into_split();
+        let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+        let (push_tx, pushes) = mpsc::channel(INBOUND_PUSHES);
+        let shared = Arc::new(Shared {
+            waiters: Mutex::default(),
+            closed: watch::Sender::new(false),
+            reason: Mutex::default(),
+            going_away: Mutex::default(),
+            draining: AtomicBool::new(false),
+            max_in: AtomicUsize::new(DEFAULT_MAX_FRAME_BYTES),
         });
-        tokio::spawn(read_loop(
-            rd,
-            waiters.clone(),
-            closed.clone(),
-            push_tx,
-            stop,
-        ));
+        let writer = tokio::spawn(write_loop(wr, out_rx, shared.clone()));
+        tokio::spawn(read_loop(rd, shared.clone(), push_tx, out.clone()));
 
         let mut conn = Conn {
+            shared,
             out,
-            waiters,
-            closed,
             next_id: AtomicU64::new(0),
-            max_frame: chat_protocol::DEFAULT_MAX_FRAME_BYTES,
+            // Before Welcome a client assumes 1 MiB (`spec/framing.md`).
+            max_out: DEFAULT_MAX_FRAME_BYTES,
             welcome: pb::Welcome::default(),
+            writer: Mutex::new(Some(writer)),
         };
         let hello = C::Hello(pb::Hello {
             protocol_version: chat_protocol::PROTOCOL_VERSION,
@@ -105,124 +184,300 @@ impl Conn {
             client_version: options.client_version.clone(),
             capabilities: Vec::new(),
         });
-        match conn.request(hello, options.request_timeout).await? {
-            S::Welcome(w) => {
-                conn.max_frame = w.max_frame_bytes as usize;
-                conn.welcome = w;
-            }
-            other => return Err(Error::UnexpectedReply(format!("{other:?}"))),
+        // On failure `conn` is dropped, which closes the connection.
+        let welcome = match conn.request(hello, deadline).await? {
+            S::Welcome(w) => w,
+            other => return Err(Error::unexpected(&other)),
+        };
+        if welcome.max_frame_bytes > 0 {
+            conn.max_out = welcome.max_frame_bytes as usize;
+            // Accept at least the default, whatever the server's own limit.
+            conn.shared
+                .max_in
+                .store(conn.max_out.max(DEFAULT_MAX_FRAME_BYTES), Ordering::Relaxed);
         }
+        conn.welcome = welcome;
         Ok((Arc::new(conn), pushes))
     }
 
-    /// Sends a request and waits for its reply; an Error reply becomes
-    /// [`Error::Server`].
-    pub(crate) async fn request(&self, body: C, timeout: Duration) -> Result<S> {
-        let rid = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        lock(&self.waiters).insert(rid, tx);
-        if self.is_closed() {
-            lock(&self.waiters).remove(&rid);
-            return Err(Error::Disconnected("connection closed".into()));
-        }
-        let frame = pb::ClientFrame {
-            request_id: rid,
-            body: Some(body),
-        };
-        let sent = match codec::encode_to_vec(&frame, self.max_frame) {
-            Ok(bytes) => self
-                .out
-                .send(bytes)
-                .await
-                .map_err(|_| Error::Disconnected("connection closed".into())),
-            Err(e) => Err(Error::Frame(e)),
-        };
-        if let Err(e) = sent {
-            lock(&self.waiters).remove(&rid);
-            return Err(e);
-        }
-        let reply = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => return Err(Error::Disconnected("connection closed".into())),
-            Err(_) => {
-                lock(&self.waiters).remove(&rid);
-                return Err(Error::Timeout);
-            }
-        };
-        match reply {
-            S::Error(e) => Err(Error::Server {
-                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-                message: e.message,
-                retry_after_ms: e.retry_after_ms,
-            }),
-            other => Ok(other),
+    /// What the server announced in Welcome.
+    pub(crate) fn welcome(&self) -> &pb::Welcome {
+        &self.welcome
+    }
+
+    /// How often to Ping (`Welcome.heartbeat_interval_ms`).
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        match self.welcome.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(u64::from(ms)).max(Duration::from_millis(100)),
         }
     }
 
-    /// Sends a frame that expects no reply (Pong, Ping, Typing).
-    pub(crate) fn send_oneway(&self, body: C) {
+    fn encode(&self, request_id: u64, body: C) -> Result<Vec<u8>> {
         let frame = pb::ClientFrame {
-            request_id: 0,
+            request_id,
             body: Some(body),
         };
-        if let Ok(bytes) = codec::encode_to_vec(&frame, self.max_frame) {
-            let _ = self.out.try_send(bytes);
+        Ok(codec::encode_to_vec(&frame, self.max_out)?)
+    }
+
+    /// Queues a request for the socket. Any error means it was NOT sent.
+    pub(crate) async fn send_request(&self, body: C, deadline: Instant) -> Result<Pending> {
+        if !self.is_usable() {
+            return Err(Error::Disconnected(self.shared.reason()));
         }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = self.encode(id, body)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shared.waiters).insert(id, tx);
+        let pending = Pending {
+            id,
+            rx,
+            shared: self.shared.clone(),
+        };
+        // Closing clears the waiters; one registered after that would
+        // never be woken.
+        if self.shared.is_closed() {
+            return Err(Error::Disconnected(self.shared.reason()));
+        }
+        match timeout_at(deadline, self.out.send(bytes)).await {
+            Ok(Ok(())) => Ok(pending),
+            Ok(Err(_)) => Err(Error::Disconnected(self.shared.reason())),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Sends a request and waits for its reply until `deadline`.
+    pub(crate) async fn request(&self, body: C, deadline: Instant) -> Result<S> {
+        self.send_request(body, deadline)
+            .await?
+            .reply(deadline)
+            .await
+    }
+
+    /// Sends a frame with `request_id` 0, which gets no reply (Typing, or
+    /// MarkRead without confirmation).
+    pub(crate) async fn notify(&self, body: C, deadline: Instant) -> Result<()> {
+        if !self.is_usable() {
+            return Err(Error::Disconnected(self.shared.reason()));
+        }
+        let bytes = self.encode(0, body)?;
+        match timeout_at(deadline, self.out.send(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Disconnected(self.shared.reason())),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Open and not draining: new requests may use it.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.shared.is_closed() && !self.shared.draining.load(Ordering::Relaxed)
     }
 
     /// Whether the connection has ended.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.shared.is_closed()
+    }
+
+    /// Waits until the connection has ended.
+    pub(crate) async fn closed(&self) {
+        self.shared.wait_closed().await;
+    }
+
+    /// Why the connection ended.
+    pub(crate) fn reason(&self) -> String {
+        self.shared.reason()
+    }
+
+    /// The reconnect delay requested by a GoAway, if one arrived.
+    pub(crate) fn going_away(&self) -> Option<Duration> {
+        *lock(&self.shared.going_away)
+    }
+
+    /// Ends the connection.
+    pub(crate) fn close(&self, reason: impl Into<String>) {
+        self.shared.close(reason);
+    }
+
+    /// Ends the connection and waits (briefly) for the socket to be shut
+    /// down, so the server sees a clean close.
+    pub(crate) async fn close_and_wait(&self, reason: &str) {
+        self.close(reason);
+        let writer = lock(&self.writer).take();
+        if let Some(writer) = writer {
+            let _ = timeout(CLOSE_GRACE, writer).await;
+        }
     }
 }
 
-async fn read_loop(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    waiters: Arc<Waiters>,
-    closed: Arc<AtomicBool>,
-    pushes: mpsc::Sender<pb::ServerFrame>,
-    stop_writer: oneshot::Sender<()>,
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.close("connection dropped");
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    shared: Arc<Shared>,
 ) {
-    let mut decoder = FrameDecoder::new(chat_protocol::DEFAULT_MAX_FRAME_BYTES);
+    let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.wait_closed() => break,
+            next = frames.recv() => next,
+        };
+        let Some(first) = next else { break };
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < WRITE_BATCH_BYTES {
+            match frames.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            biased;
+            _ = shared.wait_closed() => break,
+            written = wr.write_all(&buf) => written,
+        };
+        if let Err(e) = written {
+            shared.close(format!("write failed: {e}"));
+            break;
+        }
+    }
+    shared.close("connection closed");
+    let _ = timeout(CLOSE_GRACE, wr.shutdown()).await;
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    shared: Arc<Shared>,
+    pushes: mpsc::Sender<S>,
+    out: mpsc::Sender<Vec<u8>>,
+) {
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
     'read: loop {
-        decoder.buffer_mut().reserve(16 * 1024);
-        match rd.read_buf(decoder.buffer_mut()).await {
-            Ok(0) | Err(_) => break,
+        let max = shared.max_in.load(Ordering::Relaxed);
+        if max != decoder.max_frame_bytes() {
+            let mut bigger = FrameDecoder::new(max);
+            bigger.extend(decoder.buffer_mut());
+            decoder = bigger;
+        }
+        decoder.buffer_mut().reserve(READ_CHUNK_BYTES);
+        let read = tokio::select! {
+            biased;
+            _ = shared.wait_closed() => break,
+            read = rd.read_buf(decoder.buffer_mut()) => read,
+        };
+        match read {
+            Ok(0) => {
+                shared.note_reason("server closed the connection");
+                break;
+            }
             Ok(_) => {}
+            Err(e) => {
+                shared.note_reason(format!("read failed: {e}"));
+                break;
+            }
         }
         loop {
             match decoder.next_frame::<pb::ServerFrame>() {
                 Ok(Some(frame)) => {
-                    let waiter = match frame.request_id {
-                        0 => None,
-                        rid => lock(&waiters).remove(&rid),
-                    };
-                    match (waiter, frame.body) {
-                        (Some(w), Some(body)) => {
-                            let _ = w.send(body);
-                        }
-                        (None, Some(body)) => {
-                            let push = pb::ServerFrame {
-                                request_id: frame.request_id,
-                                body: Some(body),
-                            };
-                            if pushes.send(push).await.is_err() {
-                                break 'read;
-                            }
-                        }
-                        (_, None) => {}
+                    if !dispatch(frame, &shared, &pushes, &out).await {
+                        break 'read;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::debug!(cause = %e, "bad frame from server");
+                    // `spec/framing.md`: a client receiving a malformed frame
+                    // SHOULD close the connection and reconnect.
+                    tracing::debug!(cause = %e, "invalid frame from server");
+                    shared.note_reason(format!("invalid frame from server: {e}"));
                     break 'read;
                 }
             }
         }
     }
-    // Dropping the waiters tells every pending request the connection ended.
-    closed.store(true, Ordering::Release);
-    lock(&waiters).clear();
-    let _ = stop_writer.send(());
+    shared.close("connection closed");
+}
+
+/// Routes one frame; false once the connection is closing.
+async fn dispatch(
+    frame: pb::ServerFrame,
+    shared: &Shared,
+    pushes: &mpsc::Sender<S>,
+    out: &mpsc::Sender<Vec<u8>>,
+) -> bool {
+    let Some(body) = frame.body else {
+        tracing::debug!(
+            request_id = frame.request_id,
+            "server frame without body ignored"
+        );
+        return true;
+    };
+    if frame.request_id != 0 {
+        let waiter = lock(&shared.waiters).remove(&frame.request_id);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(into_reply(body));
+            }
+            None => tracing::debug!(
+                request_id = frame.request_id,
+                "reply to a request nobody waits for (timed out?)"
+            ),
+        }
+        return true;
+    }
+    match body {
+        S::Ping(ping) => {
+            // `spec/states.md`: the receiver MUST answer Pong with the same
+            // nonce; a client answers server pings with request_id 0. If the
+            // outbound queue is full the server is not reading either.
+            let pong = pb::ClientFrame {
+                request_id: 0,
+                body: Some(C::Pong(pb::Pong { nonce: ping.nonce })),
+            };
+            if let Ok(bytes) = codec::encode_to_vec(&pong, DEFAULT_MAX_FRAME_BYTES) {
+                let _ = out.try_send(bytes);
+            }
+            true
+        }
+        S::Pong(_) => true,
+        S::Error(e) => {
+            // With request_id 0 an error concerns the connection
+            // (`spec/errors.md`); the closing ones are followed by EOF.
+            let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+            tracing::debug!(?code, message = %e.message, "connection error from server");
+            if code.closes_connection() || code == ErrorCode::ServerBusy {
+                shared.note_reason(format!("server error {code:?}: {}", e.message));
+            }
+            true
+        }
+        push => {
+            if let S::GoAway(g) = &push {
+                shared.draining.store(true, Ordering::Relaxed);
+                *lock(&shared.going_away) =
+                    Some(Duration::from_millis(u64::from(g.reconnect_after_ms)));
+                shared.note_reason(format!("server going away: {}", g.message));
+            }
+            tokio::select! {
+                biased;
+                _ = shared.wait_closed() => false,
+                sent = pushes.send(push) => sent.is_ok(),
+            }
+        }
+    }
+}
+
+fn into_reply(body: S) -> Result<S> {
+    match body {
+        S::Error(e) => Err(Error::Server {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        }),
+        other => Ok(other),
+    }
 }

@@ -6,27 +6,30 @@ use chat_protocol::{ErrorCode, FrameError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The server refused the request (`spec/errors.md`).
+    /// The server refused the request with an `Error` reply
+    /// (`spec/errors.md`).
     #[error("server refused: {code:?}: {message}")]
     Server {
         /// Wire error code.
         code: ErrorCode,
-        /// The server's detail text.
+        /// The server's detail text, for logs only.
         message: String,
-        /// Suggested wait before retrying, if the server gave one.
+        /// Suggested wait before retrying in milliseconds (RATE_LIMITED,
+        /// SERVER_BUSY, TOO_MANY_LOGIN_ATTEMPTS), 0 otherwise.
         retry_after_ms: u32,
     },
     /// The URL is not `scheme://host:port` with a known scheme.
     #[error("invalid server URL {0:?}")]
     InvalidUrl(String),
     /// The scheme is valid but this build cannot connect with it yet.
-    #[error("transport {0} is not supported by this client yet")]
+    #[error("transport {0}:// is not supported by this client yet")]
     UnsupportedTransport(String),
-    /// Connecting or writing failed.
+    /// Connecting to the server failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The server sent bytes that are not a valid frame.
-    #[error("protocol: {0}")]
+    /// A frame could not be encoded within the size limit (the request is
+    /// too large) or the server sent an undecodable one.
+    #[error("frame: {0}")]
     Frame(#[from] FrameError),
     /// The server answered with a message of an unexpected kind.
     #[error("unexpected reply: {0}")]
@@ -34,11 +37,12 @@ pub enum Error {
     /// No reply within the request timeout.
     #[error("request timed out")]
     Timeout,
-    /// The connection is gone and the request cannot be retried safely, or
-    /// reconnecting is disabled or gave up.
+    /// The connection dropped while the request was in flight and the
+    /// request is not safe to repeat; or no connection came back within the
+    /// timeout; or the client stopped reconnecting (the reason is given).
     #[error("disconnected: {0}")]
     Disconnected(String),
-    /// The client was closed.
+    /// The client was closed by the app.
     #[error("client closed")]
     Closed,
 }
@@ -51,7 +55,27 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the same request may succeed if sent again later: retryable
+    /// server codes, timeouts and lost connections.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Server { code, .. } => code.is_retryable(),
+            Error::Timeout | Error::Disconnected(_) => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn unexpected(reply: &chat_protocol::pb::server_frame::Body) -> Self {
+        // A page of messages can be large; its start says what it was.
+        let mut text = format!("{reply:?}");
+        if let Some((cut, _)) = text.char_indices().nth(200) {
+            text.truncate(cut);
+            text.push('…');
+        }
+        Error::UnexpectedReply(text)
+    }
 }
 
 /// Result alias of this crate.
-pub type Result<T> = std::result::Result<T, Error>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,34 +2,58 @@
 
 use std::time::Duration;
 
-/// How the client behaves. `ClientOptions::default()` suits an app.
+/// How the client behaves. `ClientOptions::default()` suits an app; build
+/// variations with struct update syntax:
+///
+/// ```
+/// # use std::time::Duration;
+/// let options = chat_client::ClientOptions {
+///     device_id: "3f2c…stored-per-install".into(),
+///     request_timeout: Duration::from_secs(5),
+///     ..Default::default()
+/// };
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Sent in Hello. Default `"chat-client"`.
     pub client_name: String,
     /// Sent in Hello. Default this crate's version.
     pub client_version: String,
-    /// Stable per installation. Default: random per `Client`.
+    /// Identifies the installation in Register, Login and Resume; keep it
+    /// stable across app restarts. Default: random per `ClientOptions`
+    /// value (so per process, unless the app stores and restores it).
     pub device_id: String,
-    /// Wait for one reply at most this long. Default 10 s.
+    /// Sent with `device_id`. Default the OS name (`std::env::consts::OS`).
+    pub platform: String,
+    /// Longest wait for one reply, including the wait for a reconnect when
+    /// the request is issued while disconnected. Also bounds connecting and
+    /// the Hello handshake. Default 10 s.
     pub request_timeout: Duration,
-    /// Reconnect and resume after the connection drops. Default true.
+    /// Reconnect, resume and re-send after the connection drops. Default
+    /// true. When false, the first disconnect ends the client.
     pub reconnect: bool,
-    /// First reconnect delay; doubles per failed attempt up to
-    /// `reconnect_max_delay`, with ±50 % jitter. Default 100 ms.
+    /// Nominal delay before the first reconnect attempt; it doubles per
+    /// failed attempt up to `reconnect_max_delay`, and each actual delay is
+    /// drawn from `[nominal / 2, nominal]`. Default 100 ms.
     pub reconnect_min_delay: Duration,
-    /// See `reconnect_min_delay`. Default 5 s.
+    /// Upper bound of the reconnect delay. Default 5 s.
     pub reconnect_max_delay: Duration,
-    /// Events buffered for the app before the client stops reading the
-    /// socket (backpressure). Default 4096.
+    /// Events queued for the app ([`Events`](crate::Events)). When the queue
+    /// is full the client waits for the app (typing and presence events are
+    /// dropped instead), and after a further fixed buffer of server pushes it
+    /// stops reading the socket. Memory: up to this many events (messages
+    /// up to `Welcome.max_message_bytes` each). Default 4096.
     pub event_buffer: usize,
-    /// A send is retried (same `client_msg_id`) across reconnects for at
-    /// most this long. Default 30 s.
+    /// How long [`Client::send`](crate::Client::send) keeps retrying one
+    /// message (with the same `client_msg_id`) across reconnects and
+    /// retryable refusals. Default 30 s.
     pub send_retry_timeout: Duration,
-    /// Messages per conversation requested per Sync. Default 500.
+    /// Messages per conversation requested per Sync or Resume reply; the rest
+    /// of a longer gap is fetched with GetHistory. Default 500.
     pub sync_limit_per_conversation: u32,
-    /// Out-of-order pushes held per conversation while a gap is fetched;
-    /// beyond, they are dropped and fetched again. Default 10,000.
+    /// Out-of-order pushes held per conversation while a gap before them is
+    /// fetched. Beyond this, pushes are not held but fetched again with the
+    /// gap. Default 10,000.
     pub max_held_per_conversation: usize,
 }
 
@@ -39,6 +63,7 @@ impl Default for ClientOptions {
             client_name: "chat-client".into(),
             client_version: env!("CARGO_PKG_VERSION").into(),
             device_id: format!("{:032x}", rand::random::<u128>()),
+            platform: std::env::consts::OS.into(),
             request_timeout: Duration::from_secs(10),
             reconnect: true,
             reconnect_min_delay: Duration::from_millis(100),

@@ -1,21 +1,59 @@
-//! Server addresses: `tcp://host:port`, and the schemes of the other
-//! transports (`tls://`, `quic://`, `ws://`, `wss://`).
+//! Server addresses: `scheme://host:port[/path]`.
+//!
+//! The scheme names the transport (`spec/README.md`, "Transports"): `tcp`,
+//! `tls`, `quic`, `ws` and `wss`. All five parse; this version of the client
+//! connects over `tcp` only and refuses the others with
+//! [`Error::UnsupportedTransport`].
 
 use crate::error::{Error, Result};
 
-/// A transport.
+/// A transport named by a URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Plain TCP.
+    /// Plain TCP, `tcp://` (server default port 7400).
     Tcp,
-    /// TLS over TCP.
+    /// TLS over TCP, `tls://` (7401).
     Tls,
-    /// QUIC.
+    /// QUIC, `quic://` (7402/udp).
     Quic,
-    /// WebSocket.
+    /// WebSocket, `ws://` (7480, path `/ws`).
     Ws,
-    /// WebSocket over TLS.
+    /// WebSocket over TLS, `wss://`.
     Wss,
+}
+
+impl Transport {
+    /// The URL scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Quic => "quic",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    /// Whether this build of the client can connect with it.
+    pub fn is_supported(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+
+    fn from_scheme(scheme: &str) -> Option<Self> {
+        Some(match scheme.to_ascii_lowercase().as_str() {
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            "quic" => Transport::Quic,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            _ => return None,
+        })
+    }
+
+    /// Byte-stream transports carry no path.
+    fn has_path(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
 }
 
 /// A parsed server URL.
@@ -23,32 +61,60 @@ pub enum Transport {
 pub struct Endpoint {
     /// The transport.
     pub transport: Transport,
-    /// `host:port`.
-    pub authority: String,
+    /// Host name or IP address, without the brackets of an IPv6 literal.
+    pub host: String,
+    /// Port; always given explicitly.
+    pub port: u16,
+    /// Path for WebSocket URLs (`/` if none was given); `/` for the others.
+    pub path: String,
 }
 
 impl Endpoint {
-    /// Parses `scheme://host:port[/path]`.
+    /// Parses `scheme://host:port[/path]`. The port is required; a path is
+    /// only allowed for `ws` and `wss`; user info (`user@`) is refused.
     pub fn parse(url: &str) -> Result<Self> {
         let bad = || Error::InvalidUrl(url.to_owned());
         let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-        let transport = match scheme {
-            "tcp" => Transport::Tcp,
-            "tls" => Transport::Tls,
-            "quic" => Transport::Quic,
-            "ws" => Transport::Ws,
-            "wss" => Transport::Wss,
-            _ => return Err(bad()),
+        let transport = Transport::from_scheme(scheme).ok_or_else(bad)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
         };
-        let authority = rest.split('/').next().unwrap_or_default();
-        let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
-        if host.is_empty() || port.parse::<u16>().is_err() {
+        if authority.contains('@') || (!transport.has_path() && path != "/") {
+            return Err(bad());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':').ok_or_else(bad)?)
+        } else {
+            let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+            if host.contains(':') {
+                return Err(bad());
+            }
+            (host, port)
+        };
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 {
             return Err(bad());
         }
         Ok(Self {
             transport,
-            authority: authority.to_owned(),
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
         })
+    }
+
+    /// Fails with [`Error::UnsupportedTransport`] unless this build can
+    /// connect to the endpoint.
+    pub fn check_supported(&self) -> Result<()> {
+        if self.transport.is_supported() {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedTransport(
+                self.transport.scheme().to_owned(),
+            ))
+        }
     }
 }
 
@@ -56,27 +122,66 @@ impl Endpoint {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Endpoint {
+        Endpoint::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
     #[test]
-    fn parses_each_scheme_and_refuses_garbage() {
-        let e = Endpoint::parse("tcp://127.0.0.1:7400").expect("valid");
-        assert_eq!(
-            (e.transport, e.authority.as_str()),
-            (Transport::Tcp, "127.0.0.1:7400")
-        );
-        assert_eq!(
-            Endpoint::parse("wss://chat.example:443/ws")
-                .map(|e| e.transport)
-                .ok(),
-            Some(Transport::Wss)
-        );
+    fn tcp_host_and_port() {
+        let e = parse("tcp://127.0.0.1:7400");
+        assert_eq!(e.transport, Transport::Tcp);
+        assert_eq!((e.host.as_str(), e.port), ("127.0.0.1", 7400));
+        assert!(e.check_supported().is_ok());
+        let e = parse("TCP://chat.example.com:1/");
+        assert_eq!((e.host.as_str(), e.port), ("chat.example.com", 1));
+    }
+
+    #[test]
+    fn ipv6_literals_lose_their_brackets() {
+        let e = parse("tcp://[::1]:7400");
+        assert_eq!((e.host.as_str(), e.port), ("::1", 7400));
+        assert!(Endpoint::parse("tcp://::1:7400").is_err());
+        assert!(Endpoint::parse("tcp://[::1]7400").is_err());
+    }
+
+    #[test]
+    fn other_transports_parse_but_are_unsupported() {
+        for (url, transport) in [
+            ("tls://h:7401", Transport::Tls),
+            ("quic://h:7402", Transport::Quic),
+            ("ws://h:7480/ws", Transport::Ws),
+            ("wss://h:443/ws", Transport::Wss),
+        ] {
+            let e = parse(url);
+            assert_eq!(e.transport, transport);
+            match e.check_supported() {
+                Err(Error::UnsupportedTransport(s)) => assert_eq!(s, transport.scheme()),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert_eq!(parse("wss://h:443/ws").path, "/ws");
+        assert_eq!(parse("ws://h:80").path, "/");
+    }
+
+    #[test]
+    fn garbage_is_refused() {
         for bad in [
+            "",
             "127.0.0.1:7400",
             "http://h:1",
             "tcp://h",
+            "tcp://h:",
             "tcp://:80",
+            "tcp://h:0",
             "tcp://h:99999",
+            "tcp://h:port",
+            "tcp://user@h:1",
+            "tcp://h:1/path",
         ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+            assert!(
+                matches!(Endpoint::parse(bad), Err(Error::InvalidUrl(_))),
+                "{bad}"
+            );
         }
     }
 }
