@@ -238,6 +238,7 @@ pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::Messa
     };
     let has_more = messages.len() > limit;
     messages.truncate(limit);
+    ctx.media.sign_messages(&mut messages, now_ms());
     Ok(pb::MessagePage {
         conversation_id: req.conversation_id,
         messages,
@@ -273,6 +274,7 @@ pub fn sync(
         let mut messages = ctx.store.messages_after(conversation, cursor, limit + 1)?;
         let truncated = messages.len() > limit;
         messages.truncate(limit);
+        ctx.media.sign_messages(&mut messages, now_ms());
         result.gaps.push(pb::Gap {
             conversation_id: conversation,
             from_seq: cursor + 1,
@@ -301,7 +303,8 @@ pub fn list(
         let Some(record) = ctx.store.conversation(conversation)? else {
             continue;
         };
-        let last_message = ctx.store.last_message(conversation)?;
+        let mut last_message = ctx.store.last_message(conversation)?;
+        ctx.media.sign_messages(last_message.as_mut(), now_ms());
         let last_seq = last_message.as_ref().map_or(0, |m| m.seq);
         let last_activity_ms = last_message
             .as_ref()

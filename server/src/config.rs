@@ -98,6 +98,17 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     /// See `argon2_memory_kib`.
     pub argon2_iterations: u32,
+    /// Base of the media URLs handed to clients, e.g.
+    /// `https://chat.example.com`. Default: `http://` and the bound HTTP
+    /// listener address.
+    pub public_http_url: Option<String>,
+    /// Largest media file accepted, in bytes. Default 64 MiB.
+    pub max_media_bytes: u64,
+    /// Lifetime of signed media URLs, in seconds. Default 3,600.
+    pub media_url_ttl_secs: u64,
+    /// Media uploads and downloads in progress at once, server-wide; each
+    /// holds one 64 KiB chunk in memory. Default 64.
+    pub media_transfers: usize,
 }
 
 impl Default for Config {
@@ -131,6 +142,10 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            public_http_url: None,
+            max_media_bytes: 64 << 20,
+            media_url_ttl_secs: 3600,
+            media_transfers: 64,
         }
     }
 }

@@ -543,6 +543,11 @@ impl Conn {
                         .map(S::SyncResult)
                 });
             }
+            C::RequestUpload(r) => {
+                let ticket = self.ctx().media.ticket(&r, crate::context::now_ms());
+                let frame = reply::answer(rid, ticket.map(S::UploadTicket));
+                self.shard.sessions.borrow().reply(self.id, frame);
+            }
             C::GetProfile(p) => {
                 self.spawn_read(rid, move |ctx| accounts::profile(ctx, &p).map(S::Profile));
             }

@@ -40,6 +40,8 @@ pub struct Context {
     pub logins: Mutex<crate::limits::LoginLimiter>,
     /// Sessions per user (taken at login, released at close).
     pub user_sessions: Mutex<crate::limits::SessionCounter>,
+    /// Media URL signing and files.
+    pub media: crate::media::Media,
 }
 
 impl Context {

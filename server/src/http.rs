@@ -1,4 +1,5 @@
-//! The HTTP listener: `GET /health` and `GET /metrics`.
+//! The HTTP listener: `GET /health`, `GET /metrics`, and the signed media
+//! URLs (`PUT`/`GET /media/<id>`, see [`crate::media`]).
 //!
 //! Each shard accepts on the shared `http_listen` port (SO_REUSEPORT) and
 //! serves HTTP/1.1 with hyper on its own runtime.
@@ -7,7 +8,8 @@ use std::convert::Infallible;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -15,10 +17,10 @@ use tokio::net::TcpStream;
 
 use crate::shard::Shard;
 
-type Body = Full<Bytes>;
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -27,6 +29,10 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
 }
 
 async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if let Some(id) = req.uri().path().strip_prefix("/media/") {
+        let id = id.to_string();
+        return Ok(media(&shard, &id, req).await);
+    }
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => {
             let healthy = !shard.ctx.failed.load(std::sync::atomic::Ordering::Relaxed)
@@ -53,6 +59,34 @@ async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     })
+}
+
+/// `PUT` or `GET /media/<id>?<signed query>`.
+async fn media(shard: &Shard, id: &str, req: Request<Incoming>) -> Response<Body> {
+    use crate::media::{Denied, Transfer};
+    let query = req.uri().query().unwrap_or("").to_string();
+    let media = &shard.ctx.media;
+    let result = match *req.method() {
+        Method::PUT => crate::media::put(media, id, &query, req.into_body()).await,
+        Method::GET => crate::media::get(media, id, &query).await,
+        _ => Err(Denied(405, "use PUT or GET")),
+    };
+    match result {
+        Ok(Transfer::Stored) => respond(StatusCode::CREATED, "text/plain", "stored\n"),
+        Ok(Transfer::Body { mime, len, chunks }) => {
+            let mut r = Response::new(chunks.boxed_unsync());
+            if let Ok(v) = mime.parse() {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            r.headers_mut()
+                .insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
+            r
+        }
+        Err(Denied(status, why)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            respond(status, "text/plain", format!("{why}\n"))
+        }
+    }
 }
 
 /// Serves one HTTP connection until it closes.

@@ -30,6 +30,7 @@ pub mod context;
 pub mod http;
 pub mod idgen;
 pub mod limits;
+pub mod media;
 pub mod mesh;
 pub mod metrics;
 pub mod owner;

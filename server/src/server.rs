@@ -103,6 +103,18 @@ impl ServerHandle {
                 .push(reuseport_listener(http_addr).map_err(io(format!("binding {http_addr}")))?);
         }
         crate::metrics::install();
+        let base_url = config
+            .public_http_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let media = crate::media::Media::open(
+            &config.data_dir,
+            base_url,
+            config.media_url_ttl_secs,
+            config.max_media_bytes,
+            config.media_transfers,
+        )
+        .map_err(io("opening the media directory"))?;
 
         let (shutdown, _) = watch::channel(false);
         let ctx = Arc::new(Context {
@@ -120,6 +132,7 @@ impl ServerHandle {
                 std::time::Duration::from_secs(60),
             )),
             user_sessions: Mutex::new(crate::limits::SessionCounter::default()),
+            media,
             config,
         });
         let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];

@@ -550,6 +550,11 @@ impl Shard {
                 "client_msg_id must be 1-64 bytes",
             );
         }
+        if let Some(media) = &msg.media {
+            if let Err(r) = crate::media::check_ref(media) {
+                return refusal_entry(origin, r.code, &r.message);
+            }
+        }
         let media_len = msg.media.as_ref().map_or(0, Message::encoded_len);
         let size = msg.text.len() + msg.ciphertext.len() + media_len;
         if size == 0 {
@@ -589,7 +594,12 @@ impl Shard {
                     client_msg_id: msg.client_msg_id.clone(),
                     kind: MessageKind::User as i32,
                     text: msg.text,
-                    media: msg.media,
+                    // Stored without a URL; one is signed in whenever the
+                    // message is handed out (`media.rs`).
+                    media: msg.media.map(|m| pb::MediaRef {
+                        url: String::new(),
+                        ..m
+                    }),
                     ciphertext: msg.ciphertext,
                     reply_to_seq: msg.reply_to_seq,
                     system: None,
@@ -631,8 +641,10 @@ impl Shard {
             keys::message(id, m.seq).to_vec(),
             m.encode_to_vec(),
         );
+        let mut pushed = m.clone();
+        self.ctx.media.sign_message(&mut pushed, now_ms());
         reply::push(Body::MessagePush(pb::MessagePush {
-            message: Some(m.clone()),
+            message: Some(pushed),
         }))
     }
 }
