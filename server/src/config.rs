@@ -109,6 +109,16 @@ pub struct Config {
     /// Media uploads and downloads in progress at once, server-wide; each
     /// holds one 64 KiB chunk in memory. Default 64.
     pub media_transfers: usize,
+    /// Push gateway that receives notifications for users with no connected
+    /// device, as `http://host:port/path` (see `push.rs` for the request).
+    /// Default none: no notifications.
+    pub push_gateway_url: Option<String>,
+    /// Notifications queued towards the gateway; beyond, new ones are
+    /// dropped (the messages are stored either way). Default 4,096.
+    pub push_queue: usize,
+    /// Whether notifications carry the start of the message text. Default
+    /// true; never for end-to-end encrypted messages.
+    pub push_preview: bool,
 }
 
 impl Default for Config {
@@ -146,6 +156,9 @@ impl Default for Config {
             max_media_bytes: 64 << 20,
             media_url_ttl_secs: 3600,
             media_transfers: 64,
+            push_gateway_url: None,
+            push_queue: 4096,
+            push_preview: true,
         }
     }
 }

@@ -543,6 +543,12 @@ impl Conn {
                         .map(S::SyncResult)
                 });
             }
+            C::RegisterPushToken(p) => {
+                let token = self.token.borrow().clone().unwrap_or_default();
+                self.spawn_read(rid, move |ctx| {
+                    crate::push::register(ctx, user, &token, &p).map(|()| S::Done(pb::Done {}))
+                });
+            }
             C::RequestUpload(r) => {
                 let ticket = self.ctx().media.ticket(&r, crate::context::now_ms());
                 let frame = reply::answer(rid, ticket.map(S::UploadTicket));

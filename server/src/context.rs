@@ -42,6 +42,8 @@ pub struct Context {
     pub user_sessions: Mutex<crate::limits::SessionCounter>,
     /// Media URL signing and files.
     pub media: crate::media::Media,
+    /// Queue to the push thread.
+    pub push: crate::push::Push,
 }
 
 impl Context {

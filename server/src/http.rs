@@ -78,8 +78,10 @@ async fn media(shard: &Shard, id: &str, req: Request<Incoming>) -> Response<Body
             if let Ok(v) = mime.parse() {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
             }
-            r.headers_mut()
-                .insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_LENGTH,
+                hyper::header::HeaderValue::from(len),
+            );
             r
         }
         Err(Denied(status, why)) => {

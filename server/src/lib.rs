@@ -35,6 +35,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod owner;
 pub mod presence;
+pub mod push;
 pub mod records;
 pub mod reply;
 pub mod sequencer;

@@ -84,7 +84,11 @@ impl Media {
     }
 
     /// Answers `RequestUpload` (`spec/messages.md`).
-    pub fn ticket(&self, req: &pb::RequestUpload, now_ms: u64) -> Result<pb::UploadTicket, Refusal> {
+    pub fn ticket(
+        &self,
+        req: &pb::RequestUpload,
+        now_ms: u64,
+    ) -> Result<pb::UploadTicket, Refusal> {
         if !valid_mime(&req.mime_type) {
             return Err(Refusal::new(
                 ErrorCode::InvalidArgument,
@@ -160,13 +164,7 @@ impl Media {
     }
 
     /// Checks a request's id, expiry and signature; returns the query.
-    fn check(
-        &self,
-        verb: Verb,
-        id: &str,
-        query: &str,
-        now_ms: u64,
-    ) -> Result<Query, Denied> {
+    fn check(&self, verb: Verb, id: &str, query: &str, now_ms: u64) -> Result<Query, Denied> {
         if !valid_media_id(id) {
             return Err(Denied(404, "no such media"));
         }
@@ -349,7 +347,9 @@ where
         let mut written = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| Denied(400, "upload interrupted"))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             written += data.len() as u64;
             if written > q.size {
                 return Err(Denied(413, "more bytes than the ticket allows"));
@@ -493,9 +493,18 @@ mod tests {
             .map_err(|r| r.code)
         };
         assert_eq!(ask("jpeg", 1).unwrap_err(), ErrorCode::InvalidArgument);
-        assert_eq!(ask("image/jpeg", 0).unwrap_err(), ErrorCode::InvalidArgument);
-        assert_eq!(ask("image/jpeg", 1001).unwrap_err(), ErrorCode::MessageTooLarge);
+        assert_eq!(
+            ask("image/jpeg", 0).unwrap_err(),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            ask("image/jpeg", 1001).unwrap_err(),
+            ErrorCode::MessageTooLarge
+        );
         assert!(ask("image/svg+xml", 1000).is_ok());
-        assert_eq!(percent_decode(&percent_encode("a/b+c d")).unwrap(), "a/b+c d");
+        assert_eq!(
+            percent_decode(&percent_encode("a/b+c d")).unwrap(),
+            "a/b+c d"
+        );
     }
 }

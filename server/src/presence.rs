@@ -186,6 +186,11 @@ impl PresenceTable {
         out
     }
 
+    /// Whether `user` has a connected session (whatever status it shows).
+    pub fn connected(&self, user: u64) -> bool {
+        self.users.get(&user).is_some_and(|e| e.sessions > 0)
+    }
+
     /// Fills in what the store knows of a user seen for the first time.
     pub fn loaded(&mut self, user: u64, last_seen_ms: u64, hide_last_seen: bool) {
         if let Some(e) = self.users.get_mut(&user) {

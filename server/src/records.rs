@@ -51,6 +51,23 @@ pub struct TokenRecord {
     pub device_id: String,
 }
 
+/// `user_tokens` keyspace value (key: user ‖ SHA-256(session token)): the
+/// push notification address the device holding that session registered,
+/// if any. Kept with the session token so that logging out, or the token
+/// expiring, ends the notifications too.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushRegistration {
+    /// `apns`, `fcm` or `webpush`; empty if the device registered none.
+    #[prost(string, tag = "1")]
+    pub provider: String,
+    /// The provider's device token.
+    #[prost(string, tag = "2")]
+    pub token: String,
+    /// The device, as named at login.
+    #[prost(string, tag = "3")]
+    pub device_id: String,
+}
+
 /// `conversations` keyspace value.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConversationRecord {

@@ -45,6 +45,7 @@ pub struct ServerHandle {
     ctx: Arc<Context>,
     shards: Vec<thread::JoinHandle<()>>,
     writer: WriterThread,
+    push: crate::push::PushThread,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
 }
@@ -115,6 +116,13 @@ impl ServerHandle {
             config.media_transfers,
         )
         .map_err(io("opening the media directory"))?;
+        let (push, push_thread) = crate::push::start(
+            config.push_gateway_url.as_deref(),
+            config.push_queue,
+            store.clone(),
+            writer.clone(),
+        )
+        .map_err(io("starting the push thread"))?;
 
         let (shutdown, _) = watch::channel(false);
         let ctx = Arc::new(Context {
@@ -133,6 +141,7 @@ impl ServerHandle {
             )),
             user_sessions: Mutex::new(crate::limits::SessionCounter::default()),
             media,
+            push,
             config,
         });
         let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];
@@ -162,6 +171,7 @@ impl ServerHandle {
             ctx,
             shards,
             writer: writer_thread,
+            push: push_thread,
             tcp_addr,
             http_addr,
         })
@@ -202,8 +212,9 @@ impl ServerHandle {
         for shard in self.shards {
             let _ = shard.join();
         }
-        // The writer thread exits once its last handle is gone.
+        // The push and writer threads exit once their last handles are gone.
         drop(self.ctx);
+        self.push.join();
         self.writer.join();
     }
 }

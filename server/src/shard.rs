@@ -68,6 +68,14 @@ pub enum ShardMsg {
     Presence(crate::presence::PresenceOp),
     /// Published presence states for the watching sessions of this shard.
     PresenceEvents(Vec<chat_protocol::pb::PresenceEvent>),
+    /// Recipients of a message whose presence this shard keeps: notify
+    /// those with no connected session.
+    PushCheck {
+        /// Users kept by the receiving shard.
+        users: Vec<u64>,
+        /// The notification.
+        notice: Arc<crate::push::Notice>,
+    },
 }
 
 /// What happens once a pipeline entry's writes are durable.
@@ -86,6 +94,8 @@ pub enum Effect {
     Fanout(Arc<[u64]>, Bytes),
     /// Like `Fanout`, but shed first under pressure (typing, presence).
     Ephemeral(Arc<[u64]>, Bytes),
+    /// Push notifications for the recipients with no connected session.
+    Notify(Arc<[u64]>, Arc<crate::push::Notice>),
 }
 
 /// Writes and their consequences, committed in order.
@@ -217,6 +227,7 @@ impl Shard {
             }
             ShardMsg::Presence(op) => self.apply_presence(op),
             ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
+            ShardMsg::PushCheck { users, notice } => self.offer_push(&users, &notice),
         }
     }
 
@@ -274,6 +285,9 @@ impl Shard {
                             Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,
                             Effect::Ephemeral(users, frame) => {
                                 self.fanout(users, frame, true).await;
+                            }
+                            Effect::Notify(users, notice) => {
+                                self.notify_offline(&users, notice).await
                             }
                         }
                     }

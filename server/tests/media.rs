@@ -88,10 +88,17 @@ async fn media_is_uploaded_once_shared_in_a_message_and_downloaded_by_the_recipi
     let pushed = bob.next_message().await;
     let media = pushed.media.expect("media");
     assert_eq!((media.width, media.height), (640, 480));
-    assert!(media.url.starts_with(&format!("http://{}/media/", server.http_addr)));
+    assert!(
+        media
+            .url
+            .starts_with(&format!("http://{}/media/", server.http_addr))
+    );
     let (status, head, body) = http(&media.url, "GET", b"").await;
     assert_eq!(status, 200);
-    assert!(head.to_ascii_lowercase().contains("content-type: image/jpeg"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: image/jpeg")
+    );
     assert!(body == photo, "downloaded bytes differ");
 
     // History hands out a fresh URL too.

@@ -616,20 +616,30 @@ impl Shard {
                     idem.encode_to_vec(),
                 );
                 let push = self.stage_message(id, &stored, &mut batch);
-                Pending {
-                    batch,
-                    effects: vec![
-                        Effect::Durable {
-                            conversation: id,
-                            seq: a.seq,
-                        },
-                        Effect::Reply(
-                            origin,
-                            ack_frame(origin.request_id, id, &msg.client_msg_id, a, false),
-                        ),
-                        Effect::Fanout(conv.recipients(), push),
-                    ],
+                let mut effects = vec![
+                    Effect::Durable {
+                        conversation: id,
+                        seq: a.seq,
+                    },
+                    Effect::Reply(
+                        origin,
+                        ack_frame(origin.request_id, id, &msg.client_msg_id, a, false),
+                    ),
+                    Effect::Fanout(conv.recipients(), push),
+                ];
+                if self.ctx.push.enabled() {
+                    let c = &self.ctx.config;
+                    let notice = crate::push::Notice::of(
+                        &stored,
+                        conv.record.kind,
+                        &conv.record.title,
+                        c.push_preview,
+                    );
+                    if let Some(notice) = notice {
+                        effects.push(Effect::Notify(conv.recipients(), Arc::new(notice)));
+                    }
                 }
+                Pending { batch, effects }
             }
         }
     }

@@ -11,7 +11,7 @@
 //! | `users` | user id | [`UserRecord`] |
 //! | `usernames` | username | user id |
 //! | `tokens` | SHA-256(token) | [`TokenRecord`] |
-//! | `user_tokens` | user ‖ SHA-256(token) | empty |
+//! | `user_tokens` | user ‖ SHA-256(token) | `PushRegistration` (empty if none) |
 //! | `conversations` | conversation id | [`ConversationRecord`] |
 //! | `members` | conversation ‖ user | [`MemberRecord`] |
 //! | `user_conversations` | user ‖ conversation | [`UserConversationRecord`] |
@@ -30,8 +30,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use prost::Message;
 
 use crate::records::{
-    ConversationRecord, IdempotencyRecord, MemberRecord, TokenRecord, UserConversationRecord,
-    UserRecord,
+    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
+    UserConversationRecord, UserRecord,
 };
 
 /// Storage failures. Any of them means the store can no longer be trusted
@@ -195,6 +195,20 @@ impl Store {
             let k = kv.key()?;
             if let Some(hash) = k.get(8..) {
                 out.push(hash.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The push registrations of `user`'s sessions: (token hash, record).
+    pub fn push_registrations(&self, user: u64) -> Result<Vec<(Vec<u8>, PushRegistration)>> {
+        let mut out = Vec::new();
+        for kv in self.user_tokens.prefix(keys::id(user)) {
+            let (k, v) = kv.into_inner()?;
+            let Some(hash) = k.get(8..) else { continue };
+            let reg: PushRegistration = decode("user_tokens", &v)?;
+            if !reg.token.is_empty() {
+                out.push((hash.to_vec(), reg));
             }
         }
         Ok(out)

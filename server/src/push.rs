@@ -1,0 +1,441 @@
+//! Push notifications for users with no connected device.
+//!
+//! chatd holds no APNs or FCM credentials. It POSTs one JSON document per
+//! notification to a push gateway the operator runs (`push_gateway_url`),
+//! which holds the credentials and forwards to the providers; without a
+//! gateway configured nothing is computed.
+//!
+//! The path of a notification:
+//!
+//! 1. Once a user message in a direct chat or group is durable, the owner
+//!    shard hands its recipients (not the sender; never for channels) to the
+//!    shards that keep their presence ([`crate::presence`]).
+//! 2. Each presence shard keeps the users with no connected session and
+//!    offers them to the push queue ([`Push::offer`], bounded by
+//!    `push_queue`; when it is full the notification is dropped and counted
+//!    in `chatd_push_dropped_total`: the message itself is stored and
+//!    arrives with the next sync).
+//! 3. The push thread reads the user's registrations (the `user_tokens`
+//!    keyspace: a device's push token lives with its session token, so
+//!    logging out or the session expiring ends its notifications), and
+//!    POSTs to the gateway, at most [`MAX_IN_FLIGHT`] at once, retrying
+//!    failures [`ATTEMPTS`] times. Tokens the gateway reports as rejected
+//!    are deleted.
+//!
+//! Notifications are best effort: those queued when the process stops are
+//! not sent.
+//!
+//! The gateway request (`Content-Type: application/json`):
+//!
+//! ```json
+//! {"notification": {"user_id": 2, "conversation_id": 7, "conversation_kind": "direct",
+//!   "title": "", "seq": 12, "message_id": "1234", "sender_id": 1,
+//!   "sent_at_ms": 1700000000000, "preview": "hello", "has_media": false},
+//!  "devices": [{"provider": "fcm", "token": "…", "device_id": "phone"}]}
+//! ```
+//!
+//! A 2xx answer may carry `{"rejected": ["token", …]}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::{ErrorCode, pb};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::accounts::token_hash;
+use crate::context::{Context, now_ms};
+use crate::records::PushRegistration;
+use crate::reply::Refusal;
+use crate::shard::{Shard, ShardMsg};
+use crate::storage::writer::{Batch, Writer};
+use crate::storage::{Ks, Store, keys};
+
+/// Gateway requests in flight at once.
+pub const MAX_IN_FLIGHT: usize = 16;
+/// Tries per notification (connection failures and 5xx answers).
+pub const ATTEMPTS: u32 = 3;
+/// Time one gateway request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Characters of message text in a preview.
+const PREVIEW_CHARS: usize = 100;
+/// Longest device token accepted.
+const TOKEN_MAX: usize = 4096;
+
+/// What a notification says about a message; shared by its recipients.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    /// Conversation.
+    pub conversation_id: u64,
+    /// `direct` or `group`.
+    pub conversation_kind: &'static str,
+    /// The group's title (empty for direct chats).
+    pub title: String,
+    /// Seq of the message.
+    pub seq: u64,
+    /// Message id, as a decimal string (JSON numbers lose 64-bit precision).
+    pub message_id: String,
+    /// Sender.
+    pub sender_id: u64,
+    /// When it was sent, Unix ms.
+    pub sent_at_ms: u64,
+    /// The start of the text, unless `push_preview` is off or the message is
+    /// end-to-end encrypted.
+    pub preview: String,
+    /// Whether it carries media.
+    pub has_media: bool,
+}
+
+impl Notice {
+    /// The notice for a stored user message, or `None` for conversations
+    /// that do not notify (channels).
+    pub fn of(m: &pb::Message, kind: i32, title: &str, preview: bool) -> Option<Self> {
+        let conversation_kind = match pb::ConversationKind::try_from(kind) {
+            Ok(pb::ConversationKind::Direct) => "direct",
+            Ok(pb::ConversationKind::Group) => "group",
+            _ => return None,
+        };
+        let preview = if preview && m.ciphertext.is_empty() {
+            m.text.chars().take(PREVIEW_CHARS).collect()
+        } else {
+            String::new()
+        };
+        Some(Self {
+            conversation_id: m.conversation_id,
+            conversation_kind,
+            title: title.to_string(),
+            seq: m.seq,
+            message_id: m.message_id.to_string(),
+            sender_id: m.sender_id,
+            sent_at_ms: m.sent_at_ms,
+            preview,
+            has_media: m.media.is_some(),
+        })
+    }
+}
+
+type Queued = (u64, Arc<Notice>);
+
+/// The shards' side of the push queue.
+#[derive(Debug, Clone)]
+pub struct Push {
+    tx: Option<mpsc::Sender<Queued>>,
+}
+
+impl Push {
+    /// A queue that takes nothing (no gateway configured).
+    pub fn disabled() -> Self {
+        Self { tx: None }
+    }
+
+    /// Whether notifications are sent at all.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues a notification for `user`; drops it if the queue is full.
+    pub fn offer(&self, user: u64, notice: &Arc<Notice>) {
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send((user, notice.clone())).is_err() {
+            metrics::counter!("chatd_push_dropped_total").increment(1);
+        }
+    }
+}
+
+/// The push thread; it ends when every [`Push`] handle is gone and the
+/// requests in flight are done.
+#[derive(Debug)]
+pub struct PushThread(Option<std::thread::JoinHandle<()>>);
+
+impl PushThread {
+    /// Waits for the thread to end.
+    pub fn join(self) {
+        if let Some(h) = self.0 {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts the push thread if a gateway is configured.
+pub fn start(
+    gateway: Option<&str>,
+    queue: usize,
+    store: Store,
+    writer: Writer,
+) -> std::io::Result<(Push, PushThread)> {
+    let Some(gateway) = gateway else {
+        return Ok((Push::disabled(), PushThread(None)));
+    };
+    let uri: hyper::Uri = gateway.parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("push_gateway_url {gateway:?}: {e}"),
+        )
+    })?;
+    if uri.scheme_str() != Some("http") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "push_gateway_url must be an http:// URL",
+        ));
+    }
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = std::thread::Builder::new()
+        .name("chatd-push".into())
+        .spawn(move || runtime.block_on(run(rx, uri, store, writer)))?;
+    Ok((Push { tx: Some(tx) }, PushThread(Some(handle))))
+}
+
+#[derive(Serialize)]
+struct Device<'a> {
+    provider: &'a str,
+    token: &'a str,
+    device_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    notification: &'a Notice,
+    user_id: u64,
+    devices: Vec<Device<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Answer {
+    #[serde(default)]
+    rejected: Vec<String>,
+}
+
+async fn run(mut rx: mpsc::Receiver<Queued>, uri: hyper::Uri, store: Store, writer: Writer) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some((user, notice)) = rx.recv().await {
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        // A fast local read on this thread, not a shard's.
+        let regs = match live_registrations(&store, user) {
+            Ok(r) if r.is_empty() => continue,
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(cause = %e, "reading push registrations failed");
+                continue;
+            }
+        };
+        let (client, uri, writer) = (client.clone(), uri.clone(), writer.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            deliver(&client, &uri, &writer, user, &notice, &regs).await;
+        });
+    }
+    // Stopping: what is in flight gets a bounded time, the rest is dropped.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+}
+
+/// The user's registrations whose session is still valid.
+fn live_registrations(
+    store: &Store,
+    user: u64,
+) -> Result<Vec<(Vec<u8>, PushRegistration)>, crate::storage::StorageError> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for (hash, reg) in store.push_registrations(user)? {
+        if store
+            .token(&hash)?
+            .is_some_and(|t| t.expires_at_ms > now && t.user_id == user)
+        {
+            out.push((hash, reg));
+        }
+    }
+    Ok(out)
+}
+
+async fn deliver(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    uri: &hyper::Uri,
+    writer: &Writer,
+    user: u64,
+    notice: &Notice,
+    regs: &[(Vec<u8>, PushRegistration)],
+) {
+    let request = Request {
+        notification: notice,
+        user_id: user,
+        devices: regs
+            .iter()
+            .map(|(_, r)| Device {
+                provider: &r.provider,
+                token: &r.token,
+                device_id: &r.device_id,
+            })
+            .collect(),
+    };
+    let Ok(body) = serde_json::to_vec(&request) else {
+        return;
+    };
+    let body = Bytes::from(body);
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=ATTEMPTS {
+        let req = hyper::Request::post(uri.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()));
+        let Ok(req) = req else { return };
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let resp = client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, bytes))
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+        match outcome {
+            Ok((status, bytes)) if status.is_success() => {
+                metrics::counter!("chatd_push_sent_total").increment(1);
+                let answer: Answer = serde_json::from_slice(&bytes).unwrap_or_default();
+                forget_rejected(writer, user, regs, &answer.rejected).await;
+                return;
+            }
+            Ok((status, _)) if status.is_client_error() => {
+                tracing::warn!(%status, "push gateway refused a notification");
+                break;
+            }
+            Ok((status, _)) => tracing::debug!(%status, attempt, "push gateway failed"),
+            Err(e) => tracing::debug!(cause = %e, attempt, "push gateway unreachable"),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 5;
+        }
+    }
+    metrics::counter!("chatd_push_failed_total").increment(1);
+}
+
+async fn forget_rejected(
+    writer: &Writer,
+    user: u64,
+    regs: &[(Vec<u8>, PushRegistration)],
+    rejected: &[String],
+) {
+    let mut batch = Batch::new();
+    for (hash, reg) in regs {
+        if rejected.contains(&reg.token) {
+            // The session stays; only its push address goes.
+            batch.put(Ks::UserTokens, index_key(user, hash), Vec::new());
+        }
+    }
+    if !batch.is_empty() {
+        if let Err(e) = writer.write(batch).await {
+            tracing::warn!(cause = %e, "forgetting rejected push tokens failed");
+        }
+    }
+}
+
+fn index_key(user: u64, hash: &[u8]) -> Vec<u8> {
+    let mut key = keys::id(user).to_vec();
+    key.extend_from_slice(hash);
+    key
+}
+
+/// Answers `RegisterPushToken` (`spec/messages.md`): the device holding
+/// `session_token` is notified at `req.token` from now on, until it logs out
+/// or its session expires. The same device token registered by another of
+/// the user's sessions moves here.
+pub fn register(
+    ctx: &Context,
+    user: u64,
+    session_token: &str,
+    req: &pb::RegisterPushToken,
+) -> Result<(), Refusal> {
+    if !matches!(req.provider.as_str(), "apns" | "fcm" | "webpush") {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "provider must be apns, fcm or webpush",
+        ));
+    }
+    if req.token.is_empty() || req.token.len() > TOKEN_MAX {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("token must be 1-{TOKEN_MAX} bytes"),
+        ));
+    }
+    let mine = token_hash(session_token);
+    let device_id = match ctx.store.token(&mine)? {
+        Some(t) if t.user_id == user => t.device_id,
+        _ => {
+            return Err(Refusal::new(
+                ErrorCode::TokenInvalid,
+                "this session's token was revoked",
+            ));
+        }
+    };
+    let mut batch = Batch::new();
+    for (hash, reg) in ctx.store.push_registrations(user)? {
+        if reg.token == req.token && hash != mine {
+            batch.put(Ks::UserTokens, index_key(user, &hash), Vec::new());
+        }
+    }
+    let reg = PushRegistration {
+        provider: req.provider.clone(),
+        token: req.token.clone(),
+        device_id,
+    };
+    batch.put(Ks::UserTokens, index_key(user, &mine), reg.encode_to_vec());
+    ctx.writer.write_blocking(batch)?;
+    Ok(())
+}
+
+impl Shard {
+    /// Hands a message's recipients (but its sender) to the shards that
+    /// keep their presence, which notify those with no connected session.
+    pub async fn notify_offline(&self, users: &[u64], notice: Arc<Notice>) {
+        let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); self.ctx.nr_shards()];
+        for &u in users {
+            if u == notice.sender_id {
+                continue;
+            }
+            if let Some(list) = per_shard.get_mut(self.ctx.shard_for_user(u)) {
+                list.push(u);
+            }
+        }
+        for (dst, users) in per_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            if dst == self.id {
+                self.offer_push(&users, &notice);
+            } else {
+                let notice = notice.clone();
+                let msg = ShardMsg::PushCheck { users, notice };
+                self.ctx.mesh.send(self.id, dst, msg).await;
+            }
+        }
+    }
+
+    /// Queues notifications for those of `users` (kept by this shard) who
+    /// have no connected session.
+    pub fn offer_push(&self, users: &[u64], notice: &Arc<Notice>) {
+        let presence = self.presence.borrow();
+        for &u in users {
+            if !presence.connected(u) {
+                self.ctx.push.offer(u, notice);
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Push notifications: users with no connected device get one through the
+//! push gateway; connected users, senders and channel subscribers do not;
+//! logging out and tokens the gateway rejects end a device's
+//! notifications. The gateway is an HTTP server on 127.0.0.1 that records
+//! what chatd POSTs to it.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use chat_protocol::pb::{self, PresenceStatus, client_frame::Body as C, server_frame::Body as S};
+use common::{Raw, TestServer, WAIT};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// A push gateway: every request's JSON goes to the channel; the answer
+/// rejects the tokens in `reject`.
+struct Gateway {
+    url: String,
+    requests: mpsc::UnboundedReceiver<Value>,
+    reject: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/push", listener.local_addr().expect("addr"));
+        let (tx, requests) = mpsc::unbounded_channel();
+        let reject = Arc::new(Mutex::new(Vec::<String>::new()));
+        let rejecting = reject.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (tx, reject) = (tx.clone(), rejecting.clone());
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (tx, reject) = (tx.clone(), reject.clone());
+                        async move {
+                            let body = req.into_body().collect().await.expect("body").to_bytes();
+                            let json: Value = serde_json::from_slice(&body).expect("JSON");
+                            let _ = tx.send(json);
+                            let answer = serde_json::json!({ "rejected": *reject.lock() });
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                                answer.to_string(),
+                            ))))
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self {
+            url,
+            requests,
+            reject,
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(WAIT, self.requests.recv())
+            .await
+            .expect("a notification in time")
+            .expect("gateway running")
+    }
+}
+
+async fn register_push(c: &mut Raw, token: &str) {
+    let r = c
+        .request(C::RegisterPushToken(pb::RegisterPushToken {
+            provider: "fcm".into(),
+            token: token.into(),
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)), "{r:?}");
+}
+
+/// Waits until `watcher` hears that `user` is offline, so that the server
+/// knows it has no connected session.
+async fn await_offline(watcher: &mut Raw, user: u64) {
+    let r = watcher
+        .request(C::SubscribePresence(pb::SubscribePresence {
+            user_ids: vec![user],
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    loop {
+        let frame = match watcher.pushes.pop_front() {
+            Some(f) => f,
+            None => watcher.read_frame().await.expect("connection open"),
+        };
+        if let Some(S::PresenceEvent(e)) = frame.body {
+            if e.user_id == user && e.status == PresenceStatus::Offline as i32 {
+                return;
+            }
+        }
+    }
+}
+
+fn tokens(request: &Value) -> Vec<String> {
+    let mut t: Vec<String> = request["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| d["token"].as_str().expect("token").to_string())
+        .collect();
+    t.sort();
+    t
+}
+
+#[tokio::test]
+async fn offline_members_are_notified_through_the_gateway() {
+    let mut gateway = Gateway::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.push_gateway_url = Some(gateway.url.clone());
+    // One shard: a message's presence check runs right after its ack, before
+    // the shard sees a connection close, so "connected when the message was
+    // stored" is exact. The other test covers checks that cross shards.
+    config.shards = 1;
+    let server = TestServer::start_with(dir, config);
+
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut bob_phone = Raw::register(server.addr, "bob").await;
+    let mut bob_tablet = Raw::login(server.addr, "bob").await;
+    let bob = bob_phone.user_id;
+    register_push(&mut bob_phone, "bob-phone").await;
+    register_push(&mut bob_tablet, "bob-tablet").await;
+    let mut carol = Raw::register(server.addr, "carol").await;
+    register_push(&mut carol, "carol-phone").await;
+    let carol_id = carol.user_id;
+    let direct = alice.create_direct(bob).await;
+    let group = alice.create_group("trip", &[bob, carol_id]).await;
+
+    // Bob is connected: nothing is pushed for seq 1.
+    alice.send_text(direct, "d1", "you are online").await;
+    drop(bob_phone);
+    drop(bob_tablet);
+    await_offline(&mut alice, bob).await;
+
+    // Offline now: both of Bob's devices in one request, with a preview.
+    let ack = alice.send_text(direct, "d2", "are you there?").await;
+    let first = gateway.next().await;
+    assert_eq!(first["user_id"], bob);
+    let n = &first["notification"];
+    assert_eq!(n["conversation_id"], direct);
+    assert_eq!(
+        n["seq"], ack.seq,
+        "the message sent while Bob was online was not pushed"
+    );
+    assert_eq!(n["sender_id"], alice.user_id);
+    assert_eq!(n["conversation_kind"], "direct");
+    assert_eq!(n["preview"], "are you there?");
+    assert_eq!(tokens(&first), ["bob-phone", "bob-tablet"]);
+
+    // In the group, offline Carol and Bob are notified, the sender is not.
+    drop(carol);
+    await_offline(&mut alice, carol_id).await;
+    // The gateway rejects Bob's phone token from now on.
+    gateway.reject.lock().push("bob-phone".into());
+    alice.send_text(group, "g1", "dinner at 8").await;
+    let mut notified = Vec::new();
+    for _ in 0..2 {
+        let r = gateway.next().await;
+        assert_eq!(r["notification"]["conversation_kind"], "group");
+        assert_eq!(r["notification"]["title"], "trip");
+        notified.push((r["user_id"].as_u64().expect("user"), tokens(&r)));
+    }
+    notified.sort();
+    assert_eq!(
+        notified,
+        [
+            (bob, vec!["bob-phone".to_string(), "bob-tablet".to_string()]),
+            (carol_id, vec!["carol-phone".to_string()])
+        ]
+    );
+
+    // Channels never notify.
+    let channel = match alice
+        .request(C::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Channel as i32,
+            member_ids: vec![],
+            title: "news".into(),
+        }))
+        .await
+    {
+        S::Conversation(c) => c.conversation_id,
+        other => panic!("{other:?}"),
+    };
+    let mut bob_again = Raw::login(server.addr, "bob").await;
+    let r = bob_again
+        .request(C::SubscribeChannel(pb::SubscribeChannel {
+            conversation_id: channel,
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    // A laptop registers and logs out: its session, and so its push
+    // address, is gone.
+    register_push(&mut bob_again, "bob-laptop").await;
+    let r = bob_again
+        .request(C::Logout(pb::Logout { all_devices: false }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    drop(bob_again);
+    alice.send_text(channel, "c1", "breaking").await;
+    // A direct message afterwards reaches the gateway; the channel post
+    // before it did not. The rejected phone token and the logged-out laptop
+    // are gone: only the tablet is left.
+    let ack = alice.send_text(direct, "d3", "still there?").await;
+    let r = gateway.next().await;
+    assert_eq!(r["notification"]["conversation_id"], direct);
+    assert_eq!(r["notification"]["seq"], ack.seq);
+    assert_eq!(tokens(&r), ["bob-tablet"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn push_tokens_are_validated_and_previews_can_be_turned_off() {
+    let mut gateway = Gateway::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.push_gateway_url = Some(gateway.url.clone());
+    config.push_preview = false;
+    let server = TestServer::start_with(dir, config);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut bob = Raw::register(server.addr, "bob").await;
+    let bad = bob
+        .request(C::RegisterPushToken(pb::RegisterPushToken {
+            provider: "pager".into(),
+            token: "t".into(),
+        }))
+        .await;
+    assert_eq!(
+        common::error_code(&bad),
+        chat_protocol::ErrorCode::InvalidArgument
+    );
+    register_push(&mut bob, "bob-phone").await;
+    let bob_id = bob.user_id;
+    let direct = alice.create_direct(bob_id).await;
+    drop(bob);
+    await_offline(&mut alice, bob_id).await;
+    alice.send_text(direct, "d1", "secret plans").await;
+    let r = gateway.next().await;
+    assert_eq!(r["notification"]["preview"], "");
+    server.stop().await;
+}
