@@ -268,3 +268,53 @@ async fn clients_that_do_not_trust_the_certificate_are_refused() {
         .expect("register");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_configured_certificate_replaces_the_generated_one() {
+    // The generated certificate is made once and kept across restarts.
+    let server = TestServer::start();
+    let generated = server.cert_path.clone().expect("generated");
+    let pem = std::fs::read(&generated).expect("read");
+    let server = server.restart().await;
+    assert_eq!(std::fs::read(&generated).expect("read"), pem, "reused");
+    let dir = server.stop_keeping_data().await;
+
+    // A configured certificate and key are served instead.
+    let own = tempfile::tempdir().expect("dir");
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert, key) = (own.path().join("c.pem"), own.path().join("k.pem"));
+    std::fs::write(&cert, issued.cert.pem()).expect("write");
+    std::fs::write(&key, issued.signing_key.serialize_pem()).expect("write");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.tls_cert = Some(cert.clone());
+    config.tls_key = Some(key.clone());
+    let server = TestServer::start_with(dir, config.clone());
+    assert_eq!(server.cert_path.as_deref(), Some(cert.as_path()));
+    let tls = url(&server, "tls");
+    let trusting_own = ClientOptions::default()
+        .trust_cert_file(&cert)
+        .expect("read");
+    let (c, _events) = Client::connect(&tls, trusting_own).await.expect("trusted");
+    c.close().await;
+    let trusting_generated = ClientOptions {
+        reconnect: false,
+        ..ClientOptions::default()
+    }
+    .trust_cert_file(&generated)
+    .expect("read");
+    assert!(matches!(
+        Client::connect(&tls, trusting_generated).await,
+        Err(Error::Tls(_))
+    ));
+    server.stop().await;
+
+    // A certificate without its key is a configuration error.
+    let half = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(half.path());
+    config.tls_cert = Some(cert);
+    match chatd::ServerHandle::start(config) {
+        Err(chatd::StartError::Tls(e)) => assert!(e.to_string().contains("together"), "{e}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("started with a certificate but no key"),
+    }
+}

@@ -41,6 +41,17 @@ use crate::shard::Shard;
 /// back to the stream).
 const DATAGRAM_BUFFER: usize = 64 * 1024;
 
+/// Unread bytes a client may have in flight towards the server on its
+/// stream (and on the connection). Reading stops while the session's
+/// in-flight requests are at their limit, so this bounds what a client can
+/// make the server buffer.
+const RECEIVE_WINDOW: u32 = 1 << 20;
+
+/// Bytes quinn holds for a client that does not read (sent, not yet
+/// acknowledged, or waiting for flow-control credit). quinn's default is
+/// 10 MB; a slow consumer should hit the session queue bound instead.
+const SEND_WINDOW: u64 = 2 << 20;
+
 /// Binds a UDP socket with SO_REUSEPORT, so that every shard's endpoint
 /// can share the port.
 pub fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -64,7 +75,10 @@ pub fn server_config(
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_BUFFER);
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW);
     // The session's own idle timeout (3 heartbeats) decides; QUIC's is a
     // backstop for peers that vanish without a word.
     if let Ok(idle) = quinn::IdleTimeout::try_from(config.idle_timeout() + Duration::from_secs(5)) {
