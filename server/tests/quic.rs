@@ -323,3 +323,22 @@ async fn other_transports_do_not_announce_datagrams() {
     assert!(w.capabilities.is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_quic_client_is_closed_with_idle_timeout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.handshake_timeout_ms = 300;
+    let server = TestServer::start_with(dir, config);
+    // The stream exists once its first byte is sent; Hello never follows.
+    let mut silent = QuicRaw::connect_bare(&server).await;
+    silent.write(&[0x07]).await;
+    assert_eq!(
+        silent.closed_with().await,
+        (
+            Some(ErrorCode::IdleTimeout),
+            Some(ErrorCode::IdleTimeout as u64)
+        )
+    );
+    server.stop().await;
+}

@@ -378,3 +378,23 @@ async fn websocket_protocol_violations_get_malformed_frame_and_1002() {
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_websocket_client_is_closed_with_idle_timeout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.handshake_timeout_ms = 200;
+    let server = TestServer::start_with(dir, config);
+    let ws = open(server.http_addr, None).await.expect("upgrade");
+    let mut silent = WsClient {
+        ws,
+        next_id: 0,
+        pushes: Vec::new(),
+        user_id: 0,
+    };
+    assert_eq!(
+        silent.closed_with().await,
+        (Some(ErrorCode::IdleTimeout), Some(CloseCode::Policy))
+    );
+    server.stop().await;
+}

@@ -136,6 +136,7 @@ async fn handshake(shard: Rc<Shard>, incoming: quinn::Incoming) {
         stream: StreamSink::new(send),
         conn,
         datagrams_on: caps.datagrams_on.clone(),
+        close_code: 0,
     };
     crate::connection::serve(shard, source, sink, Some(peer.ip()), caps, "quic").await;
 }
@@ -174,6 +175,9 @@ struct QuicSink {
     stream: StreamSink<SendStream>,
     conn: Connection,
     datagrams_on: Rc<std::cell::Cell<bool>>,
+    /// The application error code the connection closes with when the
+    /// sink is dropped (`spec/framing.md`, "QUIC").
+    close_code: u32,
 }
 
 impl FrameSink for QuicSink {
@@ -200,18 +204,24 @@ impl FrameSink for QuicSink {
     }
 
     async fn finish(&mut self, reason: CloseReason) {
-        let send = self.stream.get_mut();
-        if send.finish().is_ok() {
-            // Let the client read the last frames before the connection
-            // closes (bounded by the caller's grace period).
-            let _ = send.stopped().await;
-        }
-        let code = match reason {
+        self.close_code = match reason {
             CloseReason::Error(code) => code as u32,
             CloseReason::GoingAway => chat_protocol::ErrorCode::ShuttingDown as u32,
             CloseReason::UnsupportedData => chat_protocol::ErrorCode::MalformedFrame as u32,
             CloseReason::Normal => 0,
         };
-        self.conn.close(VarInt::from_u32(code), b"");
+        let send = self.stream.get_mut();
+        if send.finish().is_ok() {
+            // Let the client read the last frames before the connection
+            // closes; the caller bounds this wait, and dropping the sink
+            // closes the connection either way.
+            let _ = send.stopped().await;
+        }
+    }
+}
+
+impl Drop for QuicSink {
+    fn drop(&mut self) {
+        self.conn.close(VarInt::from_u32(self.close_code), b"");
     }
 }
