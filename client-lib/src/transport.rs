@@ -182,11 +182,35 @@ async fn websocket(endpoint: &Endpoint, io: Box<dyn Io>, secure: bool) -> Result
     })
 }
 
+/// Connects over QUIC. A name with several addresses (`localhost` as
+/// `::1` and `127.0.0.1`) is tried on all of them at once; the first
+/// handshake to succeed wins (a UDP attempt at a dead address only fails by
+/// timing out), and a refused certificate ends the attempt at once.
 async fn quic(endpoint: &Endpoint, options: &ClientOptions) -> Result<Dialed> {
-    let addr: SocketAddr = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
         .await?
-        .next()
-        .ok_or_else(|| Error::InvalidUrl(format!("{}: no address", endpoint.host)))?;
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::InvalidUrl(format!("{}: no address", endpoint.host)));
+    }
+    let mut attempts: futures_util::stream::FuturesUnordered<_> = addrs
+        .into_iter()
+        .map(|addr| quic_at(endpoint, options, addr))
+        .collect();
+    let mut last = None;
+    while let Some(result) = attempts.next().await {
+        match result {
+            Ok(dialed) => return Ok(dialed),
+            // A server answered and its certificate was refused: no other
+            // address will do better.
+            Err(e @ Error::Tls(_)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Transport("QUIC: no address answered".into())))
+}
+
+async fn quic_at(endpoint: &Endpoint, options: &ClientOptions, addr: SocketAddr) -> Result<Dialed> {
     let local: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -200,7 +224,12 @@ async fn quic(endpoint: &Endpoint, options: &ClientOptions) -> Result<Dialed> {
         .connect_with(config, addr, &endpoint.host)
         .map_err(|e| Error::Transport(format!("QUIC: {e}")))?;
     let conn = connecting.await.map_err(|e| match e {
-        quinn::ConnectionError::TransportError(t) => tls_error(t),
+        // TLS alerts travel as QUIC crypto errors, 0x100 + alert.
+        quinn::ConnectionError::TransportError(t)
+            if (0x100..0x200).contains(&u64::from(t.code)) =>
+        {
+            tls_error(t)
+        }
         other => Error::Transport(format!("QUIC: {other}")),
     })?;
     let (send, recv) = conn

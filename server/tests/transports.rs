@@ -261,11 +261,17 @@ async fn clients_that_do_not_trust_the_certificate_are_refused() {
             Ok(_) => panic!("{scheme}: an untrusted certificate was accepted"),
         }
     }
-    // The server is fine and serves those that do trust it.
+    // The server is fine and serves those that do trust it, by name or by
+    // address (the generated certificate names 127.0.0.1 too).
     let (c, _events) = connect(&server, "tls").await;
     c.register("trusty", "password123", "")
         .await
         .expect("register");
+    let by_ip = format!("quic://{}", server.quic_addr.expect("quic"));
+    let (c, _events) = Client::connect(&by_ip, trusting(&server))
+        .await
+        .expect("connect by address");
+    c.login("trusty", "password123").await.expect("login");
     server.stop().await;
 }
 
