@@ -37,6 +37,11 @@ use crate::{accounts, catalog};
 const READ_CHUNK: usize = 16 * 1024;
 /// Frames coalesced into one socket write at most this large.
 const WRITE_COALESCE: usize = 64 * 1024;
+/// Store-backed replies (history, sync, lists) one session builds at once.
+/// Each is at most a frame (`max_frame_bytes`), so this bounds the memory a
+/// connection that asks and never reads can pin to a few frames, whatever
+/// `session_inflight_requests` admits.
+const STORE_READS_PER_SESSION: usize = 4;
 
 /// Runs a blocking closure on the runtime's blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -65,6 +70,8 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Send rate of this connection.
     bucket: RefCell<TokenBucket>,
+    /// Store-backed replies being built ([`STORE_READS_PER_SESSION`]).
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -100,6 +107,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>) {
             config.rate_connection_burst,
             std::time::Instant::now(),
         )),
+        reads: Arc::new(tokio::sync::Semaphore::new(STORE_READS_PER_SESSION)),
     });
     conn.read_loop(rd).await;
     let _ = writer.await;
@@ -148,12 +156,13 @@ async fn write_loop(
         let done = tokio::select! {
             r = &mut write => r.is_ok(),
             _ = signal.closed() => {
-                if signal.get().is_some_and(|c| c.flush_first) {
-                    matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
-                } else {
-                    // Slow consumer: abandon the write mid-frame.
-                    false
+                if !signal.get().is_some_and(|c| c.flush_first) {
+                    // Slow consumer: what is queued is dropped at once; the
+                    // frame being written gets `grace` to complete so that
+                    // the SLOW_CONSUMER error after it can be read.
+                    while rx.try_recv().is_ok() {}
                 }
+                matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
             }
         };
         if !done {
@@ -657,7 +666,15 @@ impl Conn {
     fn spawn_read(&self, rid: u64, f: impl FnOnce(&Context) -> Handled + Send + 'static) {
         let shard = self.shard.clone();
         let session = self.id;
+        let reads = self.reads.clone();
+        let signal = self.handle.signal.clone();
         tokio::task::spawn_local(async move {
+            let _permit = reads.acquire_owned().await;
+            if signal.get().is_some() {
+                // Closing: nobody will read the reply; only free the permit.
+                shard.sessions.borrow().reply(session, Bytes::new());
+                return;
+            }
             let result = blocking(&shard.ctx, f).await;
             shard
                 .sessions

@@ -144,7 +144,7 @@ impl ServerHandle {
                 .map_err(io("starting a shard thread"))?;
             shards.push(handle);
         }
-        tracing::info!(%tcp_addr, nr_shards, "listening");
+        tracing::info!(%tcp_addr, %http_addr, nr_shards, "listening");
         Ok(Self {
             ctx,
             shards,

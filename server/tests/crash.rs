@@ -20,12 +20,12 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_client::{Client, ClientOptions, ConversationId, Event, Events, UserId};
+use common::process::Chatd;
 use rand::Rng;
 
 /// The message each conversation ends with once sending stopped; a client
@@ -37,104 +37,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// `chatd` as a child process, so that it can be SIGKILLed.
-struct Chatd {
-    child: Option<Child>,
-    config: std::path::PathBuf,
-    addr: SocketAddr,
-}
-
-impl Chatd {
-    /// Starts `chatd` on a port of its choosing; restarts reuse that port,
-    /// so that clients reconnect to the address they know.
-    fn start(dir: &std::path::Path, durability: &str) -> Self {
-        let config = dir.join("chatd.toml");
-        let write_config = |listen: &str| {
-            std::fs::write(
-                &config,
-                format!(
-                    "tcp_listen = \"{listen}\"\nhttp_listen = \"127.0.0.1:0\"\n\
-                     data_dir = \"{}\"\ndurability = \"{durability}\"\n\
-                     argon2_memory_kib = 64\nargon2_iterations = 1\n\
-                     rate_connection_per_sec = 0\nrate_user_per_sec = 0\n",
-                    dir.join("data").display()
-                ),
-            )
-            .expect("config");
-        };
-        write_config("127.0.0.1:0");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .arg("--config")
-            .arg(&config)
-            .env("CHATD_LOG", "error,chatd::server=info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start chatd");
-        // The log line "listening tcp_addr=127.0.0.1:PORT" names the port.
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(at) = line.find("listening") {
-                    let _ = tx.send(line[at..].to_string());
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("chatd reports its address");
-        let at = line.find("127.0.0.1:").expect("address in the log line");
-        let port: String = line[at + 10..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        write_config(&addr.to_string());
-        Self {
-            child: Some(child),
-            config,
-            addr,
-        }
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .arg("--config")
-            .arg(&self.config)
-            .env("CHATD_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start chatd");
-        self.child = Some(child);
-    }
-
-    async fn wait_listening(&self) {
-        for _ in 0..800 {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("chatd did not come back");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGKILL: no shutdown, no flush, no goodbye.
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Chatd {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn options() -> ClientOptions {
@@ -292,7 +194,7 @@ async fn crash_run(durability: &str) {
     let group_senders = env_or("CRASH_GROUP_SENDERS", 3).max(1);
     let window = env_or("CRASH_WINDOW", 4).max(1);
     let dir = tempfile::tempdir().expect("dir");
-    let mut chatd = Chatd::start(dir.path(), durability);
+    let mut chatd = Chatd::start(dir.path(), &format!("durability = \"{durability}\""));
     chatd.wait_listening().await;
     let addr = chatd.addr;
 
