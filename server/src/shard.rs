@@ -125,6 +125,28 @@ pub struct Shard {
     pipeline_ready: Notify,
     pipeline_idle: Notify,
     committing: std::cell::Cell<bool>,
+    /// Connections accepted and not yet closed, counted at accept time (a
+    /// session enters `sessions` only once its task runs, which a burst of
+    /// accepts would outrun).
+    pub connections: std::cell::Cell<usize>,
+}
+
+/// One of the shard's `max_connections_per_shard` slots, given back when
+/// the connection's task ends (however it ends).
+pub struct ConnectionSlot(Rc<Shard>);
+
+impl ConnectionSlot {
+    fn take(shard: &Rc<Shard>) -> Self {
+        shard.connections.set(shard.connections.get() + 1);
+        Self(shard.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let c = &self.0.connections;
+        c.set(c.get().saturating_sub(1));
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -150,6 +172,7 @@ impl Shard {
             pipeline_ready: Notify::new(),
             pipeline_idle: Notify::new(),
             committing: std::cell::Cell::new(false),
+            connections: std::cell::Cell::new(0),
             ctx,
         }
     }
@@ -366,7 +389,7 @@ pub fn run(
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        if shard.sessions.borrow().len() >= max_connections {
+                        if shard.connections.get() >= max_connections {
                             metrics::counter!("chatd_connections_refused_total").increment(1);
                             tokio::task::spawn_local(crate::connection::refuse(stream));
                             continue;
@@ -374,9 +397,14 @@ pub fn run(
                         metrics::counter!("chatd_connections_accepted_total", "transport" => "tcp")
                             .increment(1);
                         let span = tracing::debug_span!("session", shard = id, %peer);
+                        let slot = ConnectionSlot::take(&shard);
+                        let session = crate::connection::serve(shard.clone(), stream, Some(peer.ip()));
                         tokio::task::spawn_local(
-                            crate::connection::serve(shard.clone(), stream, Some(peer.ip()))
-                                .instrument(span),
+                            async move {
+                                session.await;
+                                drop(slot);
+                            }
+                            .instrument(span),
                         );
                     }
                     // Out of file descriptors and similar: back off briefly

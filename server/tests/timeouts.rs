@@ -120,6 +120,9 @@ async fn shutdown_does_not_wait_forever_for_a_client_that_never_reads() {
     // Shutdown: GoAway, drain for at most the grace period, then stop. The
     // outer limit only keeps a broken build from hanging the test run.
     let stopped = tokio::time::timeout(Duration::from_secs(60), server.stop()).await;
-    assert!(stopped.is_ok(), "shutdown hung on a client that never reads");
+    assert!(
+        stopped.is_ok(),
+        "shutdown hung on a client that never reads"
+    );
     drop(stuck);
 }
