@@ -35,6 +35,12 @@ use crate::{accounts, catalog};
 /// The capability string for QUIC datagrams (`spec/README.md`).
 pub const CAPABILITY_DATAGRAMS: &str = "datagrams";
 
+/// Store-backed replies (history, sync, lists) one session builds at once.
+/// Each is at most a frame (`max_frame_bytes`), so this bounds the memory a
+/// connection that asks and never reads can pin to a few frames, whatever
+/// `session_inflight_requests` admits.
+const STORE_READS_PER_SESSION: usize = 4;
+
 /// Runs a blocking closure on the runtime's blocking pool.
 async fn blocking<T: Send + 'static>(
     ctx: &Arc<Context>,
@@ -62,18 +68,10 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Send rate of this connection.
     bucket: RefCell<TokenBucket>,
+    /// Store-backed replies being built ([`STORE_READS_PER_SESSION`]).
+    reads: Arc<tokio::sync::Semaphore>,
     /// What the transport offers beyond frames (QUIC datagrams).
     caps: Capabilities,
-}
-
-/// Whether the shard is at `max_connections_per_shard`: the caller refuses
-/// the new connection (with [`busy_frame`] where it can).
-pub fn shard_full(shard: &Shard) -> bool {
-    let full = shard.sessions.borrow().len() >= shard.ctx.config.max_connections_per_shard;
-    if full {
-        metrics::counter!("chatd_connections_refused_total").increment(1);
-    }
-    full
 }
 
 /// The frame that refuses a connection over the shard's limit.
@@ -138,6 +136,7 @@ pub async fn serve(
             config.rate_connection_burst,
             std::time::Instant::now(),
         )),
+        reads: Arc::new(tokio::sync::Semaphore::new(STORE_READS_PER_SESSION)),
         caps,
     });
     conn.read_loop(source).await;
@@ -653,7 +652,15 @@ impl Conn {
     fn spawn_read(&self, rid: u64, f: impl FnOnce(&Context) -> Handled + Send + 'static) {
         let shard = self.shard.clone();
         let session = self.id;
+        let reads = self.reads.clone();
+        let signal = self.handle.signal.clone();
         tokio::task::spawn_local(async move {
+            let _permit = reads.acquire_owned().await;
+            if signal.get().is_some() {
+                // Closing: nobody will read the reply; only free the permit.
+                shard.sessions.borrow().reply(session, Bytes::new());
+                return;
+            }
             let result = blocking(&shard.ctx, f).await;
             shard
                 .sessions

@@ -137,6 +137,36 @@ pub struct Shard {
     pipeline_ready: Notify,
     pipeline_idle: Notify,
     committing: std::cell::Cell<bool>,
+    /// Connections accepted and not yet closed, counted at accept time (a
+    /// session enters `sessions` only once its task runs, which a burst of
+    /// accepts would outrun).
+    pub connections: std::cell::Cell<usize>,
+}
+
+/// One of the shard's `max_connections_per_shard` slots, given back when
+/// the connection's task ends (however it ends).
+#[derive(Debug)]
+pub struct ConnectionSlot(Rc<Shard>);
+
+impl ConnectionSlot {
+    /// Takes a slot, or `None` when the shard is at its limit (counted in
+    /// `chatd_connections_refused_total`; the caller refuses the connection).
+    pub fn take(shard: &Rc<Shard>) -> Option<Self> {
+        let c = &shard.connections;
+        if c.get() >= shard.ctx.config.max_connections_per_shard {
+            metrics::counter!("chatd_connections_refused_total").increment(1);
+            return None;
+        }
+        c.set(c.get() + 1);
+        Some(Self(shard.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let c = &self.0.connections;
+        c.set(c.get().saturating_sub(1));
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -162,6 +192,7 @@ impl Shard {
             pipeline_ready: Notify::new(),
             pipeline_idle: Notify::new(),
             committing: std::cell::Cell::new(false),
+            connections: std::cell::Cell::new(0),
             ctx,
         }
     }
@@ -381,12 +412,25 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Serves) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(serve_accepted(
-                    shard.clone(),
-                    stream,
-                    peer,
-                    serves.clone(),
-                ));
+                // HTTP connections take a slot only when they upgrade to a
+                // WebSocket session.
+                let slot = match serves {
+                    Serves::Http | Serves::Https(_) => None,
+                    _ => match ConnectionSlot::take(&shard) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            let (_, wr) = stream.into_split();
+                            let sink = crate::transport::stream::StreamSink::new(wr);
+                            tokio::task::spawn_local(crate::connection::refuse(sink));
+                            continue;
+                        }
+                    },
+                };
+                let session = serve_accepted(shard.clone(), stream, peer, serves.clone());
+                tokio::task::spawn_local(async move {
+                    session.await;
+                    drop(slot);
+                });
             }
             // Out of file descriptors and similar: back off briefly
             // rather than spin.
@@ -411,10 +455,6 @@ async fn serve_accepted(
     match serves {
         Serves::Tcp => {
             let (rd, wr) = stream.into_split();
-            if crate::connection::shard_full(&shard) {
-                crate::connection::refuse(StreamSink::new(wr)).await;
-                return;
-            }
             let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "tcp");
             crate::connection::serve(
                 shard,
@@ -437,10 +477,6 @@ async fn serve_accepted(
                 Err(_) => return,
             };
             let (rd, wr) = tokio::io::split(tls);
-            if crate::connection::shard_full(&shard) {
-                crate::connection::refuse(StreamSink::new(wr)).await;
-                return;
-            }
             let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "tls");
             crate::connection::serve(
                 shard,

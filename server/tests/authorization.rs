@@ -85,6 +85,10 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             mime_type: "image/png".into(),
             size_bytes: 10,
         }),
+        C::Typing(pb::Typing {
+            conversation_id: conv,
+            active: true,
+        }),
         C::SetPresence(pb::SetPresence {
             status: pb::PresenceStatus::Busy as i32,
         }),
@@ -177,6 +181,11 @@ async fn snapshot(alice: &mut Raw, group: u64) -> (Vec<(u64, i32)>, String, Vec<
             .map(|m| (m.seq, m.text.clone()))
             .collect(),
     )
+}
+
+/// Requests that get a reply (everything but the fire-and-forget Typing).
+fn answered(body: &C) -> bool {
+    !matches!(body, C::Typing(_))
 }
 
 #[tokio::test]
@@ -288,7 +297,10 @@ async fn nothing_but_authentication_before_login_or_after_logout() {
     let mut w = world(|_| {}).await;
     let before = snapshot(&mut w.alice, w.group).await;
     let mut anonymous = Raw::connect(w.server.addr).await;
-    for body in every_request(w.group, w.bob.user_id) {
+    for body in every_request(w.group, w.bob.user_id)
+        .into_iter()
+        .filter(answered)
+    {
         let name = format!("{body:?}");
         assert_eq!(
             error_code(&anonymous.request(body).await),
@@ -302,7 +314,10 @@ async fn nothing_but_authentication_before_login_or_after_logout() {
         .request(C::Logout(pb::Logout { all_devices: false }))
         .await;
     assert!(matches!(r, S::Done(_)));
-    for body in every_request(w.group, w.alice.user_id) {
+    for body in every_request(w.group, w.alice.user_id)
+        .into_iter()
+        .filter(answered)
+    {
         let name = format!("{body:?}");
         assert_eq!(
             error_code(&w.bob.request(body).await),
@@ -367,5 +382,219 @@ async fn revoked_and_expired_tokens_are_refused() {
         error_code(&resume(addr, "not-a-token").await),
         ErrorCode::TokenInvalid
     );
+    w.server.stop().await;
+}
+
+/// Frames `observer` receives up to and including the message with
+/// `marker` text.
+async fn frames_until(observer: &mut Raw, marker: &str) -> Vec<pb::ServerFrame> {
+    let mut frames = Vec::new();
+    loop {
+        let f = match observer.pushes.pop_front() {
+            Some(f) => f,
+            None => observer.read_frame().await.expect("open"),
+        };
+        let done = matches!(&f.body, Some(S::MessagePush(p)) if p.message.as_ref().is_some_and(|m| m.text == marker));
+        frames.push(f);
+        if done {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn typing_from_outsiders_and_logged_out_sessions_reaches_nobody() {
+    let mut w = world(|_| {}).await;
+    let typing = C::Typing(pb::Typing {
+        conversation_id: w.group,
+        active: true,
+    });
+    // An outsider, an anonymous session and a logged-out one "type" in the
+    // group; each then proves with a Ping that its frame was processed.
+    let mut anonymous = Raw::connect(w.server.addr).await;
+    let mut gone = Raw::login(w.server.addr, "bob").await;
+    let r = gone
+        .request(C::Logout(pb::Logout { all_devices: false }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    for c in [&mut w.eve, &mut anonymous, &mut gone] {
+        c.send(typing.clone()).await;
+        let pong = c.request(C::Ping(pb::Ping { nonce: 5 })).await;
+        assert!(matches!(pong, S::Pong(_)), "{pong:?}");
+    }
+    w.alice.send_text(w.group, "m", "marker").await;
+    let seen = frames_until(&mut w.bob, "marker").await;
+    assert!(
+        !seen
+            .iter()
+            .any(|f| matches!(f.body, Some(S::TypingEvent(_)))),
+        "{seen:?}"
+    );
+    w.server.stop().await;
+}
+
+#[tokio::test]
+async fn authentication_is_refused_on_an_authenticated_session() {
+    let mut w = world(|_| {}).await;
+    let token = w.alice.token.clone();
+    let attempts = [
+        C::Hello(pb::Hello {
+            protocol_version: 1,
+            ..Default::default()
+        }),
+        C::Register(pb::Register {
+            username: "second".into(),
+            password: "password123".into(),
+            ..Default::default()
+        }),
+        C::Login(pb::Login {
+            username: "eve".into(),
+            password: "password123".into(),
+            device: None,
+        }),
+        C::Resume(pb::Resume {
+            session_token: token,
+            device: None,
+            cursors: vec![],
+        }),
+    ];
+    for body in attempts {
+        let name = format!("{body:?}");
+        let code = error_code(&w.bob.request(body).await);
+        let expected = if name.starts_with("Hello") {
+            ErrorCode::InvalidArgument
+        } else {
+            ErrorCode::AlreadyAuthenticated
+        };
+        assert_eq!(code, expected, "{name}");
+    }
+    // Still bob; no account "second" was created.
+    let me = w
+        .bob
+        .request(C::GetProfile(pb::GetProfile {
+            user_id: 0,
+            username: "second".into(),
+        }))
+        .await;
+    assert_eq!(error_code(&me), ErrorCode::NotFound);
+    let r = w
+        .bob
+        .request(C::LeaveConversation(pb::LeaveConversation {
+            conversation_id: w.group,
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)), "bob is still bob: {r:?}");
+    w.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_whose_resume_was_refused_can_do_nothing() {
+    let mut w = world(|c| c.token_ttl_secs = 1).await;
+    let addr = w.server.addr;
+    // Bob's phone logs out (its token is revoked); alice's token expires.
+    let mut phone = Raw::login(addr, "bob").await;
+    let revoked = phone.token.clone();
+    let r = phone
+        .request(C::Logout(pb::Logout { all_devices: false }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    let before = snapshot(&mut w.alice, w.group).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let expired = w.alice.token.clone();
+    for token in [revoked, expired] {
+        let mut c = Raw::connect(addr).await;
+        let r = c
+            .request(C::Resume(pb::Resume {
+                session_token: token,
+                device: None,
+                cursors: vec![pb::Cursor {
+                    conversation_id: w.group,
+                    seq: 0,
+                }],
+            }))
+            .await;
+        assert_eq!(error_code(&r), ErrorCode::TokenInvalid);
+        // No messages leaked with the refusal, and every request after it
+        // is refused.
+        assert!(
+            c.pushes
+                .iter()
+                .all(|f| !matches!(f.body, Some(S::MessagePush(_))))
+        );
+        for body in every_request(w.group, w.eve.user_id)
+            .into_iter()
+            .filter(answered)
+        {
+            let name = format!("{body:?}");
+            assert_eq!(
+                error_code(&c.request(body).await),
+                ErrorCode::Unauthenticated,
+                "{name}"
+            );
+        }
+    }
+    // Alice's own live session was not ended by its token expiring (the
+    // token only matters for Resume), and nothing changed.
+    assert_eq!(snapshot(&mut w.alice, w.group).await, before);
+    w.server.stop().await;
+}
+
+#[tokio::test]
+async fn channel_subscribers_cannot_manage_the_channel() {
+    let mut w = world(|_| {}).await;
+    let channel = match w
+        .alice
+        .request(C::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Channel as i32,
+            member_ids: vec![],
+            title: "news".into(),
+        }))
+        .await
+    {
+        S::Conversation(c) => c.conversation_id,
+        other => panic!("{other:?}"),
+    };
+    let r = w
+        .bob
+        .request(C::SubscribeChannel(pb::SubscribeChannel {
+            conversation_id: channel,
+        }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    let before = snapshot(&mut w.alice, channel).await;
+    let (alice, eve) = (w.alice.user_id, w.eve.user_id);
+    let admin_only = [
+        common::send_body(channel, "x", "spam"),
+        C::AddMembers(pb::AddMembers {
+            conversation_id: channel,
+            user_ids: vec![eve],
+        }),
+        C::RemoveMember(pb::RemoveMember {
+            conversation_id: channel,
+            user_id: alice,
+        }),
+        C::SetRole(pb::SetRole {
+            conversation_id: channel,
+            user_id: w.bob.user_id,
+            role: pb::Role::Admin as i32,
+        }),
+        C::UpdateConversation(pb::UpdateConversation {
+            conversation_id: channel,
+            title: "mine".into(),
+        }),
+        C::TransferOwnership(pb::TransferOwnership {
+            conversation_id: channel,
+            new_owner_id: w.bob.user_id,
+        }),
+    ];
+    for body in admin_only {
+        let name = format!("{body:?}");
+        assert_eq!(
+            error_code(&w.bob.request(body).await),
+            ErrorCode::Forbidden,
+            "{name}"
+        );
+    }
+    assert_eq!(snapshot(&mut w.alice, channel).await, before);
     w.server.stop().await;
 }

@@ -88,7 +88,9 @@ pub struct Capabilities {
 ///
 /// Frames are coalesced up to [`WRITE_COALESCE`] bytes per write. A
 /// graceful close (`flush_first`) writes what is queued, bounded by
-/// `grace`; a slow consumer's close abandons the write in progress.
+/// `grace`; a slow consumer's close drops what is queued at once and gives
+/// the write in progress `grace` to complete, so that the SLOW_CONSUMER
+/// error after it can be read.
 pub async fn write_loop(
     mut sink: impl FrameSink,
     mut rx: mpsc::Receiver<Outbound>,
@@ -123,12 +125,10 @@ pub async fn write_loop(
             tokio::select! {
                 r = &mut write => r.is_ok(),
                 _ = signal.closed() => {
-                    if signal.get().is_some_and(|c| c.flush_first) {
-                        matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
-                    } else {
-                        // Slow consumer: abandon the write mid-frame.
-                        false
+                    if !signal.get().is_some_and(|c| c.flush_first) {
+                        while rx.try_recv().is_ok() {}
                     }
+                    matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
                 }
             }
         };

@@ -92,13 +92,17 @@ pub fn server_config(
 /// Accepts QUIC connections on this shard's endpoint until it is closed.
 pub async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
-        if crate::connection::shard_full(&shard) {
+        let Some(slot) = crate::shard::ConnectionSlot::take(&shard) else {
             incoming.refuse();
             continue;
-        }
+        };
         let peer = incoming.remote_address();
         let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "quic");
-        tokio::task::spawn_local(handshake(shard.clone(), incoming).instrument(span));
+        let session = handshake(shard.clone(), incoming).instrument(span);
+        tokio::task::spawn_local(async move {
+            session.await;
+            drop(slot);
+        });
     }
 }
 

@@ -124,16 +124,17 @@ pub fn upgrade(
         tracing::debug!(?origin, "WebSocket upgrade from a foreign origin refused");
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    if crate::connection::shard_full(&shard) {
+    let Some(slot) = crate::shard::ConnectionSlot::take(&shard) else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections; retry later\n",
         );
-    }
+    };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max = shard.ctx.config.max_frame_bytes;
     tokio::task::spawn_local(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

@@ -12,6 +12,8 @@ use chatd::{Config, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod process;
+
 /// How long a test waits for any single frame.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -106,6 +108,11 @@ impl Raw {
     /// Connects without saying Hello.
     pub async fn connect_bare(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::from_stream(stream)
+    }
+
+    /// Wraps a connected stream, without saying Hello.
+    pub fn from_stream(stream: TcpStream) -> Self {
         stream.set_nodelay(true).expect("nodelay");
         Self {
             stream,
