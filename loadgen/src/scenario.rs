@@ -199,6 +199,10 @@ pub fn server_metrics(
     );
     put("storage_batch_jobs_mean", mean("chatd_storage_batch_jobs"));
     put(
+        "storage_batch_records_mean",
+        mean("chatd_storage_batch_ops"),
+    );
+    put(
         "storage_commit_ms_mean",
         mean("chatd_storage_commit_seconds").map(|v| v * 1e3),
     );
