@@ -1,1 +1,93 @@
-fn main() {}
+//! `loadgen`: drives chatd (or Redis / NATS pub/sub for comparison) with
+//! the scenarios of `cli::Command`, checks every delivered message, and
+//! prints a human summary and optionally a JSON report. `loadgen report`
+//! turns a directory of JSON reports into BENCHMARKS.md.
+
+mod cli;
+mod conn;
+mod connections;
+mod fanout;
+mod markdown;
+mod payload;
+mod procstat;
+mod progress;
+mod scenario;
+mod session;
+mod setup;
+mod spawn;
+mod stats;
+mod sync;
+mod wire;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use cli::{Cli, Command};
+use setup::Plan;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Report {
+        input,
+        output,
+        notes,
+    } = &cli.command
+    {
+        return markdown::write(input, output, notes.as_deref());
+    }
+    procstat::raise_nofile_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let (report, common) = match command {
+        Command::Direct { users, common } => (
+            scenario::messaging("direct", Plan::direct(users.max(2)), &common).await?,
+            common,
+        ),
+        Command::Group {
+            group_size,
+            groups,
+            senders,
+            common,
+        } => {
+            let plan = Plan::group(groups.max(1), group_size.max(2), senders);
+            (scenario::messaging("group", plan, &common).await?, common)
+        }
+        Command::Channel {
+            subscribers,
+            common,
+        } => {
+            let plan = Plan::channel(subscribers.max(1));
+            (scenario::messaging("channel", plan, &common).await?, common)
+        }
+        Command::Connections {
+            connections,
+            concurrency,
+            common,
+        } => (
+            connections::run(connections, concurrency, &common).await?,
+            common,
+        ),
+        Command::Sync {
+            users,
+            missed,
+            rounds,
+            common,
+        } => (
+            sync::run(users.max(2), missed, rounds.max(1), &common).await?,
+            common,
+        ),
+        Command::Report { .. } => return Ok(()),
+    };
+    scenario::finish(&report, &common)?;
+    if !report.verification.ok {
+        anyhow::bail!("verification failed");
+    }
+    Ok(())
+}

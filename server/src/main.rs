@@ -75,6 +75,20 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
     }
 }
 
+/// Every connection is a file descriptor: raise the soft open-files limit
+/// to the hard limit, as far as the operator allows.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(cause = %e, "could not raise the open-files limit");
+        }
+    }
+    tracing::debug!(limit = ?getrlimit(Resource::Nofile).current, "open-files limit");
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -83,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    raise_open_files_limit();
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)

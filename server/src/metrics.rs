@@ -12,6 +12,7 @@
 //! | `chatd_write_ack_seconds` | histogram | owner admission to durable ack |
 //! | `chatd_storage_commit_seconds` | histogram | one group commit, fsync included |
 //! | `chatd_storage_batch_jobs` | histogram | jobs per group commit |
+//! | `chatd_storage_batch_ops` | histogram | records (puts and deletes) written per group commit |
 //! | `chatd_storage_queue_depth` | gauge | jobs waiting for the writer |
 //! | `chatd_mesh_queue_depth{shard}` | gauge | messages waiting in rings towards a shard |
 //! | `chatd_ephemeral_shed_total` | counter | typing/presence frames dropped for busy sessions |
@@ -33,6 +34,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+const OPS_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
 
 /// Installs the recorder if no recorder is installed yet; returns the
 /// handle that renders it (`None` if another recorder owns the process).
@@ -43,6 +47,9 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_jobs".into()), BATCH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_ops".into()), OPS_BUCKETS)
                 });
             let handle = builder.ok()?.install_recorder().ok()?;
             describe();
@@ -85,6 +92,10 @@ fn describe() {
         "one group commit including fsync"
     );
     describe_histogram!("chatd_storage_batch_jobs", "jobs per group commit");
+    describe_histogram!(
+        "chatd_storage_batch_ops",
+        "records written per group commit"
+    );
     describe_gauge!(
         "chatd_storage_queue_depth",
         "jobs waiting for the storage writer"

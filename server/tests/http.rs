@@ -56,6 +56,8 @@ async fn health_and_metrics_are_served() {
     assert!(value(&metrics, "chatd_deliveries_total") >= 10.0);
     assert!(value(&metrics, "chatd_storage_commit_seconds_count") >= 1.0);
     assert!(value(&metrics, "chatd_write_ack_seconds_count") >= 5.0);
+    // Group commit: records per commit are counted (at least one per message).
+    assert!(value(&metrics, "chatd_storage_batch_ops_sum") >= 5.0);
     assert!(metrics.contains("chatd_sessions{shard="));
     assert_eq!(get(server.http_addr, "/nope").await.0, 404);
     server.stop().await;

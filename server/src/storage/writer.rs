@@ -147,6 +147,7 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
         let ops: usize = jobs.iter().map(|j| j.batch.ops.len()).sum();
         metrics::histogram!("chatd_storage_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("chatd_storage_batch_jobs").record(jobs.len() as f64);
+        metrics::histogram!("chatd_storage_batch_ops").record(ops as f64);
         tracing::trace!(
             jobs = jobs.len(),
             ops,

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: builds release binaries, runs every loadgen scenario
+# against chatd and the same messaging workloads against Redis and NATS
+# pub/sub (Debian's redis-server and nats-server), profiles chatd with perf
+# during the heaviest runs, and writes benches/BENCHMARKS.md with tables and
+# SVG plots from this one run.
+#
+# Usage: bash benches/run.sh [quick]
+#   quick: shorter runs and smaller sweeps (a check of the machinery).
+# Environment: SERVER_CPUS (default 1) and LOADGEN_CPU (default 0) pin the
+# server and loadgen to different cores; CONNECTIONS (default: as many as the
+# open-files limit allows, at most 50000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-full}"
+server_cpus="${SERVER_CPUS:-1}"
+loadgen_cpu="${LOADGEN_CPU:-0}"
+if [ "$mode" = quick ]; then
+    duration=3; warmup=1; rates="5000 20000"; group_rates="100"; sync_rounds=2
+else
+    duration=10; warmup=2; rates="5000 10000 20000 40000 80000"; group_rates="100 200 400"; sync_rounds=5
+fi
+
+for p in redis-server nats-server; do
+    command -v "$p" >/dev/null || { echo "missing $p (apt-get install redis-server nats-server)" >&2; exit 1; }
+done
+
+cargo build --release --locked -p chatd -p chat-loadgen
+loadgen=target/release/loadgen
+out=benches/results
+rm -rf "$out"
+mkdir -p "$out/json" "$out/profiles"
+
+common=(--quiet --server-cpus "$server_cpus" --cpu "$loadgen_cpu" --shards 1 --duration "$duration" --warmup "$warmup")
+commands="$out/commands.txt"
+: >"$commands"
+
+# run LABEL ARGS...: one loadgen run, its summary and JSON kept.
+run() {
+    local label=$1
+    shift
+    echo "$loadgen $* ${common[*]} --label $label --json $out/json/$label.json" >>"$commands"
+    echo "== $label"
+    "$loadgen" "$@" "${common[@]}" --label "$label" --json "$out/json/$label.json" | tee "$out/$label.txt"
+}
+
+# profile LABEL ARGS...: like run, with `perf record` on the chatd process
+# for 5 s of the measured interval.
+profile() {
+    local label=$1
+    shift
+    if ! command -v perf >/dev/null; then
+        run "$label" "$@"
+        return
+    fi
+    echo "$loadgen $* ${common[*]} --label $label --json $out/json/$label.json  (with perf record -p <chatd>)" >>"$commands"
+    echo "== $label (profiled)"
+    "$loadgen" "$@" "${common[@]}" --label "$label" --json "$out/json/$label.json" >"$out/$label.txt" &
+    local lg=$!
+    local pid=""
+    for _ in $(seq 1 100); do
+        pid=$(pgrep -P "$lg" -x chatd || true)
+        [ -n "$pid" ] && break
+        sleep 0.1
+    done
+    sleep "$warmup"
+    sleep 2
+    if [ -n "$pid" ]; then
+        perf record -F 997 -g -p "$pid" -o "$out/profiles/$label.data" -- sleep 5 >/dev/null 2>&1 || true
+    fi
+    wait "$lg"
+    cat "$out/$label.txt"
+    if [ -f "$out/profiles/$label.data" ]; then
+        perf report -i "$out/profiles/$label.data" --stdio --no-children --sort dso,symbol \
+            --percent-limit 1.5 2>/dev/null | grep -v '^$' | grep -E '^ +[0-9]' | head -30 \
+            >"$out/profiles/$label.txt" || true
+        rm -f "$out/profiles/$label.data"
+    fi
+}
+
+targets="chatd redis nats"
+
+# direct: 50 pairs, as fast as a window of 32 per sender allows, then a rate sweep.
+for t in $targets; do
+    if [ "$t" = chatd ]; then
+        profile "direct-max-$t" direct --target "$t" --users 100 --window 32
+    else
+        run "direct-max-$t" direct --target "$t" --users 100 --window 32
+    fi
+done
+for r in $rates; do
+    for t in $targets; do
+        run "direct-rate$r-$t" direct --target "$t" --users 100 --rate "$r" --window 1000
+    done
+done
+
+# group: 500 members online, one sender.
+for r in $group_rates; do
+    for t in $targets; do
+        if [ "$t" = chatd ] && [ "$r" = 200 ]; then
+            profile "group500-rate$r-$t" group --target "$t" --group-size 500 --rate "$r" --window 1000
+        else
+            run "group500-rate$r-$t" group --target "$t" --group-size 500 --rate "$r" --window 1000
+        fi
+    done
+done
+for t in $targets; do
+    run "group500-max-$t" group --target "$t" --group-size 500 --window 8
+done
+
+# channel: one poster, 2,000 subscribers.
+for t in $targets; do
+    run "channel2000-$t" channel --target "$t" --subscribers 2000 --rate 50 --window 1000
+done
+
+# sync: 50 pairs, 1,000 missed messages per round.
+run "sync" sync --users 100 --missed 1000 --rounds "$sync_rounds"
+
+# connections: as many idle sessions as the open-files limit allows.
+limit=$(ulimit -Hn)
+ulimit -n "$limit" 2>/dev/null || true
+conns="${CONNECTIONS:-$(( limit - 1000 < 50000 ? limit - 1000 : 50000 ))}"
+[ "$mode" = quick ] && conns=$(( conns < 2000 ? conns : 2000 ))
+run "connections" connections --connections "$conns" --source-addrs 4 --concurrency 256
+
+# The machine and the notes that go into BENCHMARKS.md.
+notes="$out/notes.md"
+{
+    echo "## Machine"
+    echo
+    echo '```'
+    echo "date:    $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "kernel:  $(uname -sr)"
+    echo "cpu:     $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') × $(nproc)"
+    echo "memory:  $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "rustc:   $(rustc --version)"
+    echo "redis:   $(redis-server --version | head -1)"
+    echo "nats:    $(nats-server --version | head -1)"
+    echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-minute load average at the end)"
+    echo "nofile:  $(ulimit -Hn) (hard open-files limit)"
+    echo '```'
+    echo
+    echo "Layout: every server is pinned to CPU $server_cpus (\`taskset\`), loadgen to CPU $loadgen_cpu;"
+    echo "chatd runs one shard (plus its storage writer thread) with \`durability = sync\`."
+    echo "Mode: $mode ($duration s measured after $warmup s of warm-up per run)."
+    echo
+    echo "Reproduce: \`bash benches/run.sh\` (needs \`redis-server\`, \`nats-server\`, optionally \`perf\`)."
+    echo "The exact loadgen command of every run is in the last table."
+    echo
+    if [ -f benches/analysis.md ]; then
+        cat benches/analysis.md
+        echo
+    fi
+    for f in "$out"/profiles/*.txt; do
+        [ -s "$f" ] || continue
+        echo "### Profile: $(basename "$f" .txt)"
+        echo
+        echo "\`perf record -g -p <chatd>\` for 5 s of the measured interval; self time by function:"
+        echo
+        echo '```'
+        cat "$f"
+        echo '```'
+        echo
+    done
+} >"$notes"
+
+"$loadgen" report --input "$out/json" --output benches/BENCHMARKS.md --notes "$notes"
+echo "wrote benches/BENCHMARKS.md"

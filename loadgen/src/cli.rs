@@ -1,0 +1,166 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+/// Load generator for chatd, with Redis and NATS pub/sub as comparison
+/// targets for the same workloads.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// N users in pairs, each sending to its partner.
+    Direct {
+        /// Users (rounded down to an even number).
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Groups of G members, all online; `senders` members of each send.
+    Group {
+        /// Members per group.
+        #[arg(long, default_value_t = 500)]
+        group_size: usize,
+        /// Number of groups.
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        /// Members of each group that send.
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One poster and S subscribers of a broadcast channel.
+    Channel {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Holds C idle authenticated sessions with heartbeats and reports the
+    /// server's memory per session.
+    Connections {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Sessions being opened at once.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Pairs where one side disconnects, misses M messages, then resumes and
+    /// catches up; repeated for `rounds`.
+    Sync {
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        /// Messages missed per round.
+        #[arg(long, default_value_t = 1000)]
+        missed: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Writes BENCHMARKS.md (tables and SVG plots) from JSON reports.
+    Report {
+        /// Directory of `*.json` reports written with `--json`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Markdown file to write; plots go beside it.
+        #[arg(long)]
+        output: PathBuf,
+        /// Text inserted under "Machine" (commands, notes).
+        #[arg(long)]
+        notes: Option<PathBuf>,
+    },
+}
+
+/// The server being measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// chatd over chat/1: every message stored before it is acknowledged.
+    Chatd,
+    /// Redis pub/sub: nothing stored.
+    Redis,
+    /// NATS core pub/sub: nothing stored.
+    Nats,
+}
+
+/// How loadgen reaches chatd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// chat/1 over plain TCP.
+    Tcp,
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct Common {
+    #[arg(long, value_enum, default_value_t = Target::Chatd)]
+    pub target: Target,
+    /// chatd transport (TLS, QUIC and WebSocket are not in loadgen yet).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// Use a server that is already running at this address instead of
+    /// starting one (no server CPU or memory readings then).
+    #[arg(long)]
+    pub server: Option<SocketAddr>,
+    /// The chatd binary to start (default: `chatd` beside loadgen, else on
+    /// PATH).
+    #[arg(long)]
+    pub chatd_bin: Option<PathBuf>,
+    /// chatd shard threads when loadgen starts it (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+    /// chatd durability when loadgen starts it: `sync` or `buffered`.
+    #[arg(long, default_value = "sync")]
+    pub durability: String,
+    /// Pin the started server to these CPUs (`taskset -c` list, e.g. `1`).
+    #[arg(long)]
+    pub server_cpus: Option<String>,
+    /// Pin loadgen to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Bytes per message payload.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Total messages per second over all senders; 0 sends as fast as the
+    /// window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Messages per sender sent but not yet delivered to every recipient.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Seconds to wait after the load for the last deliveries.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Spread connections over this many source addresses 127.0.0.1..N.
+    #[arg(long, default_value_t = 1)]
+    pub source_addrs: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A name for this run in reports.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}

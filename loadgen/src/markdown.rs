@@ -1,0 +1,483 @@
+//! `loadgen report`: turns the JSON reports of one benchmark run into
+//! BENCHMARKS.md with tables, a check against the project's targets, and
+//! latency-vs-throughput plots as SVG files beside it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::stats::{LatencySummary, Report};
+
+fn load(dir: &Path) -> anyhow::Result<Vec<Report>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let text = std::fs::read_to_string(&p)?;
+        out.push(serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?);
+    }
+    Ok(out)
+}
+
+fn us(l: &Option<LatencySummary>, f: impl Fn(&LatencySummary) -> f64) -> String {
+    l.as_ref().map_or("–".into(), |l| fmt_us(f(l)))
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+fn num(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn rate(r: &Report) -> String {
+    if r.rate > 0.0 {
+        format!("{}/s", num(r.rate))
+    } else {
+        format!("max (window {})", r.window)
+    }
+}
+
+fn verdict(r: &Report) -> &'static str {
+    if r.verification.ok {
+        "ok"
+    } else {
+        "**FAILED**"
+    }
+}
+
+fn messaging_table(out: &mut String, reports: &[&Report]) {
+    out.push_str(
+        "| run | target | offered | sent msg/s | deliveries/s | send→ack p50 / p99 | send→deliver p50 | p90 | p99 | p99.9 | max | send→last p99 | server CPU per delivery | deliveries per CPU-s | verified |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in reports {
+        let d = &r.send_to_deliver;
+        let server = r.server.as_ref();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.label,
+            r.target,
+            rate(r),
+            num(r.sent_per_second),
+            num(r.deliveries_per_second),
+            us(&r.send_to_ack, |l| l.p50_us),
+            us(&r.send_to_ack, |l| l.p99_us),
+            us(d, |l| l.p50_us),
+            us(d, |l| l.p90_us),
+            us(d, |l| l.p99_us),
+            us(d, |l| l.p999_us),
+            us(d, |l| l.max_us),
+            us(&r.send_to_last, |l| l.p99_us),
+            server
+                .and_then(|s| s.cpu_us_per_delivery)
+                .map_or("–".into(), |v| format!("{v:.2} µs")),
+            server
+                .and_then(|s| s.deliveries_per_cpu_second)
+                .map_or("–".into(), num),
+            verdict(r),
+        );
+    }
+    out.push('\n');
+}
+
+/// One SVG line chart: p99 send→deliver (log scale) against deliveries per
+/// second, one line per target.
+fn plot(title: &str, series: &BTreeMap<String, Vec<(f64, f64)>>) -> String {
+    let (w, h, left, right, top, bottom) = (760.0, 440.0, 80.0, 170.0, 40.0, 60.0);
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let xmax = series
+        .values()
+        .flatten()
+        .map(|p| p.0)
+        .fold(1.0_f64, f64::max)
+        * 1.05;
+    let ys: Vec<f64> = series.values().flatten().map(|p| p.1.max(1.0)).collect();
+    let ymin_log = ys.iter().copied().fold(f64::MAX, f64::min).log10().floor();
+    let ymax_log = ys
+        .iter()
+        .copied()
+        .fold(1.0_f64, f64::max)
+        .log10()
+        .ceil()
+        .max(ymin_log + 1.0);
+    let x = |v: f64| left + v / xmax * pw;
+    let y = |v: f64| top + ph - (v.max(1.0).log10() - ymin_log) / (ymax_log - ymin_log) * ph;
+    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"#,
+        left + pw / 2.0
+    );
+    // Axes, grid and labels.
+    let mut decade = ymin_log;
+    while decade <= ymax_log {
+        let v = 10f64.powf(decade);
+        let yy = y(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{yy}" x2="{}" y2="{yy}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            left + pw,
+            left - 6.0,
+            yy + 4.0,
+            fmt_us(v)
+        );
+        decade += 1.0;
+    }
+    for i in 0..=5 {
+        let v = xmax / 5.0 * i as f64;
+        let xx = x(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xx}" y1="{top}" x2="{xx}" y2="{}" stroke="#eee"/><text x="{xx}" y="{}" text-anchor="middle">{}</text>"##,
+            top + ph,
+            top + ph + 18.0,
+            num(v)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">deliveries per second</text>"#,
+        left + pw / 2.0,
+        h - 18.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(18,{}) rotate(-90)" text-anchor="middle">p99 send→deliver (log)</text>"#,
+        top + ph / 2.0
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let mut pts = points.clone();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for &(a, b) in &pts {
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#,
+                x(a),
+                y(b)
+            );
+        }
+        let ly = top + 16.0 + 20.0 * i as f64;
+        let lx = left + pw + 14.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{name}</text>"#,
+            lx + 22.0,
+            lx + 28.0,
+            ly + 4.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// One line of the targets table.
+struct Check {
+    target: &'static str,
+    measured: String,
+    met: Option<bool>,
+    gap: String,
+}
+
+fn find<'a>(reports: &'a [Report], label: &str) -> Option<&'a Report> {
+    reports.iter().find(|r| r.label == label)
+}
+
+fn p99(l: &Option<LatencySummary>) -> Option<f64> {
+    l.as_ref().map(|l| l.p99_us)
+}
+
+fn checks(reports: &[Report]) -> Vec<Check> {
+    let mut out = Vec::new();
+    // 1. direct at max: chatd ≥ Redis throughput at ≤ p99.
+    if let (Some(c), Some(r)) = (
+        find(reports, "direct-max-chatd"),
+        find(reports, "direct-max-redis"),
+    ) {
+        let (ct, rt) = (c.deliveries_per_second, r.deliveries_per_second);
+        let (cp, rp) = (
+            p99(&c.send_to_deliver).unwrap_or(f64::MAX),
+            p99(&r.send_to_deliver).unwrap_or(f64::MAX),
+        );
+        let met = ct >= rt && cp <= rp;
+        out.push(Check {
+            target: "`direct` 100 B: throughput ≥ Redis pub/sub at equal or lower p99 send→deliver",
+            measured: format!(
+                "chatd {} msg/s at p99 {}; Redis {} msg/s at p99 {}",
+                num(ct),
+                fmt_us(cp),
+                num(rt),
+                fmt_us(rp)
+            ),
+            met: Some(met),
+            gap: if met {
+                String::new()
+            } else {
+                format!(
+                    "throughput {:.0} % of Redis; p99 {:.1}× Redis's",
+                    ct / rt.max(1.0) * 100.0,
+                    cp / rp.max(1.0)
+                )
+            },
+        });
+    }
+    if let Some(c) = find(reports, "direct-rate20000-chatd") {
+        let p = p99(&c.send_to_deliver).unwrap_or(f64::MAX);
+        let cpu = c.server.as_ref().and_then(|s| s.cpu_us_per_delivery);
+        out.push(Check {
+            target: "p99 send→deliver < 1 ms at 20,000 msg/s; server CPU per delivered message",
+            measured: format!(
+                "p99 {} at {} msg/s; {} server CPU per delivery",
+                fmt_us(p),
+                num(c.sent_per_second),
+                cpu.map_or("–".into(), |v| format!("{v:.2} µs"))
+            ),
+            met: Some(p < 1000.0),
+            gap: if p < 1000.0 {
+                String::new()
+            } else {
+                format!("{:.1}× the target", p / 1000.0)
+            },
+        });
+    }
+    if let Some(c) = find(reports, "group500-chatd") {
+        let p = p99(&c.send_to_last).unwrap_or(f64::MAX);
+        let per_cpu = c
+            .server
+            .as_ref()
+            .and_then(|s| s.deliveries_per_cpu_second)
+            .unwrap_or(0.0);
+        let met = p < 10_000.0 && per_cpu >= 1e6;
+        out.push(Check {
+            target: "`group` of 500 online: p99 to the last member < 10 ms; ≥ 1,000,000 deliveries per server CPU-second",
+            measured: format!(
+                "p99 to last {}; {} deliveries per CPU-second",
+                fmt_us(p),
+                num(per_cpu)
+            ),
+            met: Some(met),
+            gap: {
+                let mut g = Vec::new();
+                if p >= 10_000.0 {
+                    g.push(format!("latency {:.1}× the target", p / 10_000.0));
+                }
+                if per_cpu < 1e6 {
+                    g.push(format!("efficiency {:.0} % of the target", per_cpu / 1e4));
+                }
+                g.join("; ")
+            },
+        });
+    }
+    if let Some(c) = reports.iter().find(|r| r.scenario == "connections") {
+        let sessions = c
+            .extra
+            .get("sessions")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let per = c
+            .extra
+            .get("private_bytes_per_session")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::MAX);
+        let met = sessions >= 50_000 && per <= 4096.0;
+        out.push(Check {
+            target: "`connections`: 50,000 idle authenticated sessions at ≤ 4 KiB server memory each",
+            measured: format!(
+                "{} sessions, {} bytes of private memory per session",
+                num(sessions as f64),
+                num(per)
+            ),
+            met: Some(met),
+            gap: {
+                let mut g = Vec::new();
+                if sessions < 50_000 {
+                    g.push(format!("{} sessions short", num(50_000.0 - sessions as f64)));
+                }
+                if per > 4096.0 {
+                    g.push(format!("{:.1}× the memory budget", per / 4096.0));
+                }
+                g.join("; ")
+            },
+        });
+    }
+    out
+}
+
+/// Writes `output` from the reports in `input`.
+pub fn write(input: &Path, output: &Path, notes: Option<&Path>) -> anyhow::Result<()> {
+    let reports = load(input)?;
+    let dir = output.parent().unwrap_or(Path::new("."));
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str(
+        "Generated by `benches/run.sh` (`loadgen report`) from the JSON reports of one run; \
+         every number below comes from that run. chatd persists every message with fsync \
+         before it acknowledges it; Redis and NATS pub/sub store nothing.\n\n",
+    );
+    if let Some(n) = notes {
+        md.push_str(
+            &std::fs::read_to_string(n).with_context(|| format!("reading {}", n.display()))?,
+        );
+        md.push('\n');
+    }
+
+    let checks = checks(&reports);
+    if !checks.is_empty() {
+        md.push_str("## Targets\n\n| target | measured | met | by how much |\n|---|---|---|---|\n");
+        for c in &checks {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                c.target,
+                c.measured,
+                match c.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "–",
+                },
+                c.gap
+            );
+        }
+        md.push('\n');
+    }
+
+    for scenario in ["direct", "group", "channel"] {
+        let rs: Vec<&Report> = reports.iter().filter(|r| r.scenario == scenario).collect();
+        if rs.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "## `{scenario}`\n");
+        if let Some(r) = rs.first() {
+            let _ = writeln!(
+                md,
+                "{} users, {} recipient(s) per message besides the sender, {} B payloads, {:.0} s measured after the warm-up.\n",
+                num(r.users as f64),
+                r.fanout,
+                r.payload_bytes,
+                r.measured_seconds
+            );
+        }
+        messaging_table(&mut md, &rs);
+        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in &rs {
+            if let Some(p) = p99(&r.send_to_deliver) {
+                series
+                    .entry(r.target.clone())
+                    .or_default()
+                    .push((r.deliveries_per_second, p));
+            }
+        }
+        if series.values().any(|v| v.len() > 1) {
+            let name = format!("latency-{scenario}.svg");
+            std::fs::write(
+                dir.join(&name),
+                plot(
+                    &format!("{scenario}: p99 send→deliver vs throughput"),
+                    &series,
+                ),
+            )?;
+            let _ = writeln!(md, "![{scenario}: latency vs throughput]({name})\n");
+        }
+    }
+
+    let conns: Vec<&Report> = reports
+        .iter()
+        .filter(|r| r.scenario == "connections")
+        .collect();
+    if !conns.is_empty() {
+        md.push_str("## `connections`\n\n| run | sessions | alive at end | private bytes / session | RSS bytes / session | opened per second | heartbeat round trip p99 | verified |\n|---|---|---|---|---|---|---|---|\n");
+        for r in conns {
+            let g = |k: &str| r.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.label,
+                num(g("sessions")),
+                num(g("alive_at_end")),
+                num(g("private_bytes_per_session")),
+                num(g("rss_bytes_per_session")),
+                num(g("sessions_opened_per_second")),
+                us(&r.send_to_ack, |l| l.p99_us),
+                verdict(r)
+            );
+        }
+        md.push('\n');
+    }
+    let syncs: Vec<&Report> = reports.iter().filter(|r| r.scenario == "sync").collect();
+    if !syncs.is_empty() {
+        md.push_str("## `sync`\n\n| run | pairs | missed per round | rounds | catch-up p50 | p99 | max | messages synced per second | verified |\n|---|---|---|---|---|---|---|---|---|\n");
+        for r in syncs {
+            let c: Option<LatencySummary> = r
+                .extra
+                .get("catch_up")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            let g = |k: &str| r.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.label,
+                r.users / 2,
+                num(g("missed_per_round")),
+                num(g("rounds")),
+                us(&c, |l| l.p50_us),
+                us(&c, |l| l.p99_us),
+                us(&c, |l| l.max_us),
+                num(r.deliveries_per_second),
+                verdict(r)
+            );
+        }
+        md.push('\n');
+    }
+    md.push_str("## Every run\n\n| run | command |\n|---|---|\n");
+    for r in &reports {
+        let args: Vec<&str> = r.args.iter().skip(1).map(String::as_str).collect();
+        let _ = writeln!(md, "| {} | `loadgen {}` |", r.label, args.join(" "));
+    }
+    md.push('\n');
+    std::fs::write(output, md).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Runs every scenario briefly against a chatd that loadgen starts, and the
+//! messaging scenarios against Redis and NATS, and checks that loadgen's
+//! verification passed: every message delivered once and in order. No
+//! timing is asserted; the numbers belong in BENCHMARKS.md.
+//!
+//! Needs the `chatd` binary (built here with cargo if it is missing) and
+//! `redis-server` and `nats-server` (Debian packages; `.ci/test` installs
+//! them).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn chatd() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+        let bin = loadgen.with_file_name("chatd");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "chatd", "--bin", "chatd"]);
+            if loadgen.parent().is_some_and(|d| d.ends_with("release")) {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("running cargo build -p chatd");
+            assert!(status.success(), "building chatd failed");
+        }
+        bin
+    })
+}
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .args(["--quiet", "--warmup", "0.2", "--drain", "20", "--json"])
+        .arg(&json)
+        .arg("--chatd-bin")
+        .arg(chatd())
+        .output()
+        .expect("running loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "loadgen {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report written"))
+            .expect("report is JSON");
+    assert_eq!(report["verification"]["ok"], true, "{stdout}");
+    report
+}
+
+fn delivered(report: &serde_json::Value) -> u64 {
+    let v = &report["verification"];
+    assert_eq!(v["missing"], 0);
+    assert_eq!(v["duplicates"], 0);
+    assert_eq!(v["out_of_order"], 0);
+    assert_eq!(v["deliveries"], v["expected_deliveries"]);
+    v["deliveries"].as_u64().expect("count")
+}
+
+#[test]
+fn direct_on_every_target() {
+    for target in ["chatd", "redis", "nats"] {
+        let r = run(&[
+            "direct",
+            "--target",
+            target,
+            "--users",
+            "6",
+            "--duration",
+            "1",
+        ]);
+        assert!(delivered(&r) > 0, "{target} delivered nothing");
+        assert_eq!(r["target"], target);
+    }
+}
+
+#[test]
+fn group_on_every_target_at_a_rate() {
+    for target in ["chatd", "redis", "nats"] {
+        let r = run(&[
+            "group",
+            "--target",
+            target,
+            "--group-size",
+            "12",
+            "--groups",
+            "2",
+            "--senders",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "1",
+        ]);
+        // 4 streams of about 100 messages, 11 recipients each.
+        assert!(delivered(&r) > 100, "{target}: {r}");
+    }
+}
+
+#[test]
+fn channel_reaches_every_subscriber() {
+    let r = run(&["channel", "--subscribers", "40", "--duration", "1"]);
+    assert!(delivered(&r) > 0);
+    assert_eq!(r["fanout"], 40);
+}
+
+#[test]
+fn idle_connections_stay_alive() {
+    let r = run(&[
+        "connections",
+        "--connections",
+        "200",
+        "--duration",
+        "1",
+        "--source-addrs",
+        "2",
+    ]);
+    assert_eq!(r["extra"]["alive_at_end"], 200);
+    assert!(r["extra"]["private_bytes_per_session"].is_number());
+}
+
+#[test]
+fn sync_returns_exactly_the_missed_messages() {
+    let r = run(&["sync", "--users", "6", "--missed", "250", "--rounds", "2"]);
+    // 3 pairs × 250 × 2 rounds, more than one Sync page each time.
+    assert_eq!(delivered(&r), 1500);
+}
