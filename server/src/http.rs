@@ -1,4 +1,5 @@
-//! The HTTP listener: `GET /health` and `GET /metrics`.
+//! The HTTP listener: `GET /health`, `GET /metrics` and the browser page
+//! (`crate::web`).
 //!
 //! Each shard accepts on the shared `http_listen` port (SO_REUSEPORT) and
 //! serves HTTP/1.1 with hyper on its own runtime.
@@ -51,6 +52,8 @@ async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body
                 crate::metrics::render(),
             )
         }
+        // The browser page (`crate::web`); matches only its own paths.
+        (&Method::GET, path) if crate::web::asset(path).is_some() => crate::web::response(path),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     })
 }
