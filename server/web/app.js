@@ -236,6 +236,11 @@
     state.pending.clear();
     for (const c of state.conversations.values()) clearTyping(c);
     renderTyping();
+    // Presence subscriptions belong to the session: the next one makes them
+    // again (refreshList), and until then nothing is known.
+    state.presence.clear();
+    renderList();
+    renderChatHeader();
     if (ev && ev.code && ev.code !== 1000 && ev.code !== 1001 && ev.code !== 1006) {
       toast("Connection closed (" + ev.code + (ev.reason ? ": " + ev.reason : "") + ")");
     }
@@ -1095,6 +1100,17 @@
     } else {
       markReadIfVisible(c);
     }
+    if (!c.members && c.kind !== E.ConversationKind.CHANNEL) {
+      request("get_conversation", { conversation_id: c.id })
+        .then((f) => {
+          applyConversation(f.conversation);
+          renderList();
+          renderChatHeader();
+        })
+        .catch((e) => {
+          if (!(e instanceof Disconnected)) toast("Conversation: " + e.message);
+        });
+    }
     $("message-input").focus();
   }
 
@@ -1115,7 +1131,7 @@
     const peer = peerOf(c);
     let sub;
     if (peer !== null) sub = presenceText(peer);
-    else if (c.kind === E.ConversationKind.GROUP) sub = (c.members ? c.members.length : "?") + " members";
+    else if (c.kind === E.ConversationKind.GROUP) sub = c.members ? c.members.length + " members" : "";
     else if (c.kind === E.ConversationKind.CHANNEL) sub = "channel";
     else sub = "";
     $("chat-subtitle").textContent = sub;
