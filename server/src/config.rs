@@ -26,9 +26,32 @@ pub enum Durability {
 pub struct Config {
     /// Plain TCP listener. Default `127.0.0.1:7400`; port 0 picks a free port.
     pub tcp_listen: SocketAddr,
-    /// HTTP listener for `/health` and `/metrics`. Default `127.0.0.1:7480`;
-    /// port 0 picks a free port.
+    /// HTTP listener for `/health`, `/metrics` and the WebSocket bridge at
+    /// `/ws`. Default `127.0.0.1:7480`; port 0 picks a free port.
     pub http_listen: SocketAddr,
+    /// TLS over TCP listener (ALPN `chat/1`). Default `127.0.0.1:7401`;
+    /// `"off"` in the file disables it.
+    #[serde(deserialize_with = "listen_or_off")]
+    pub tls_listen: Option<SocketAddr>,
+    /// QUIC listener, UDP (ALPN `chat/1`). Default `127.0.0.1:7402`;
+    /// `"off"` disables it.
+    #[serde(deserialize_with = "listen_or_off")]
+    pub quic_listen: Option<SocketAddr>,
+    /// HTTPS listener: the HTTP routes over TLS, so WebSocket over TLS
+    /// (`wss://`) at `/ws`. Default `127.0.0.1:7443`; `"off"` disables it.
+    #[serde(deserialize_with = "listen_or_off")]
+    pub wss_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for TLS, HTTPS and QUIC. Default none: a
+    /// self-signed certificate for localhost is generated into
+    /// `data_dir/tls/cert.pem` on first start. Set with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Browser origins (`scheme://host[:port]`) allowed to open a WebSocket
+    /// session besides pages of the server's own host; `"*"` allows any.
+    /// Requests without an Origin header (non-browser clients) are always
+    /// allowed. Default empty.
+    pub ws_allowed_origins: Vec<String>,
     /// Connections one shard accepts at most; further ones get SERVER_BUSY
     /// and are closed. Default 65,536.
     pub max_connections_per_shard: usize,
@@ -100,11 +123,26 @@ pub struct Config {
     pub argon2_iterations: u32,
 }
 
+/// A listen address, or `"off"` (or an empty string) for none.
+fn listen_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7402))),
+            wss_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7443))),
+            tls_cert: None,
+            tls_key: None,
+            ws_allowed_origins: Vec::new(),
             max_connections_per_shard: 65_536,
             rate_connection_per_sec: 50,
             rate_connection_burst: 100,
@@ -157,6 +195,9 @@ impl Config {
         Self {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            wss_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             data_dir: data_dir.into(),
             shards: 2,
             argon2_memory_kib: 64,
@@ -165,5 +206,24 @@ impl Config {
             rate_user_per_sec: 0,
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_can_be_switched_off() {
+        let c: Config = toml::from_str(
+            "tls_listen = \"off\"\nquic_listen = \"0.0.0.0:9000\"\nwss_listen = \"\"",
+        )
+        .unwrap();
+        assert_eq!(c.tls_listen, None);
+        assert_eq!(c.quic_listen, Some(SocketAddr::from(([0, 0, 0, 0], 9000))));
+        assert_eq!(c.wss_listen, None);
+        let d = Config::default();
+        assert_eq!(d.tls_listen.map(|a| a.port()), Some(7401));
+        assert!(toml::from_str::<Config>("tls_listen = \"nonsense\"").is_err());
     }
 }

@@ -1,25 +1,23 @@
-//! One client connection: the only place where a socket meets the session.
+//! One client session, whatever its transport: the protocol state and the
+//! requests it carries out.
 //!
-//! A reader task decodes frames and carries them out in order; a writer task
-//! drains the session's bounded queue into the socket, coalescing queued
-//! frames into one write. Requests that need the store or another shard are
-//! handed off without blocking the reader, up to
-//! `session_inflight_requests` at once; past that the reader stops reading,
-//! and TCP flow control pushes back on the client.
+//! A transport (`crate::transport`) hands [`serve`] a frame source and a
+//! frame sink. The reader (this module) takes frames in order; a writer task
+//! ([`crate::transport::write_loop`]) drains the session's bounded queue
+//! into the sink. Requests that need the store or another shard are handed
+//! off without blocking the reader, up to `session_inflight_requests` at
+//! once; past that the reader stops reading, and the transport's flow
+//! control pushes back on the client.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use chat_protocol::{ErrorCode, FrameDecoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -29,14 +27,13 @@ use crate::owner::{OwnerOp, OwnerRequest};
 use crate::presence::{MAX_PRESENCE_SUBSCRIPTIONS, PresenceOp};
 use crate::reply::{self, Handled, Refusal};
 use crate::session_state::{SessionState, Verdict};
-use crate::session_table::{Close, CloseSignal, SessionHandle};
+use crate::session_table::{Close, CloseReason, Outbound, SessionHandle};
 use crate::shard::{Origin, Shard};
+use crate::transport::{Capabilities, FrameSink, FrameSource, Incoming};
 use crate::{accounts, catalog};
 
-/// Bytes requested from the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
-/// Frames coalesced into one socket write at most this large.
-const WRITE_COALESCE: usize = 64 * 1024;
+/// The capability string for QUIC datagrams (`spec/README.md`).
+pub const CAPABILITY_DATAGRAMS: &str = "datagrams";
 
 /// Runs a blocking closure on the runtime's blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -65,11 +62,53 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Send rate of this connection.
     bucket: RefCell<TokenBucket>,
+    /// What the transport offers beyond frames (QUIC datagrams).
+    caps: Capabilities,
 }
 
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>) {
-    let _ = stream.set_nodelay(true);
+/// Whether the shard is at `max_connections_per_shard`: the caller refuses
+/// the new connection (with [`busy_frame`] where it can).
+pub fn shard_full(shard: &Shard) -> bool {
+    let full = shard.sessions.borrow().len() >= shard.ctx.config.max_connections_per_shard;
+    if full {
+        metrics::counter!("chatd_connections_refused_total").increment(1);
+    }
+    full
+}
+
+/// The frame that refuses a connection over the shard's limit.
+pub fn busy_frame() -> Bytes {
+    reply::error(
+        0,
+        ErrorCode::ServerBusy,
+        "too many connections; retry later",
+    )
+}
+
+/// Answers a connection over the shard's limit with SERVER_BUSY and closes.
+pub async fn refuse(mut sink: impl FrameSink) {
+    let frame = Outbound {
+        frame: busy_frame(),
+        ephemeral: false,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = sink.send(&[frame]).await;
+        sink.finish(CloseReason::Error(ErrorCode::ServerBusy)).await;
+    })
+    .await;
+}
+
+/// Serves one connection until it closes. `transport` names it in metrics
+/// (`tcp`, `tls`, `quic`, `ws`, `wss`).
+pub async fn serve(
+    shard: Rc<Shard>,
+    source: impl FrameSource,
+    sink: impl FrameSink + 'static,
+    peer: Option<IpAddr>,
+    caps: Capabilities,
+    transport: &'static str,
+) {
+    metrics::counter!("chatd_connections_accepted_total", "transport" => transport).increment(1);
     let config = &shard.ctx.config;
     let (tx, rx) = mpsc::channel(config.session_queue_frames.max(1));
     let (id, handle) = shard.sessions.borrow_mut().insert(
@@ -79,10 +118,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>) {
     );
     let sessions_gauge = metrics::gauge!("chatd_sessions", "shard" => shard.id.to_string());
     sessions_gauge.set(shard.sessions.borrow().len() as f64);
-    let (rd, wr) = stream.into_split();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let writer = tokio::task::spawn_local(write_loop(
-        wr,
+    let writer = tokio::task::spawn_local(crate::transport::write_loop(
+        sink,
         rx,
         handle.signal.clone(),
         handle.queued_bytes.clone(),
@@ -100,80 +138,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: Option<IpAddr>) {
             config.rate_connection_burst,
             std::time::Instant::now(),
         )),
+        caps,
     });
-    conn.read_loop(rd).await;
+    conn.read_loop(source).await;
     let _ = writer.await;
     conn.signed_off().await;
     shard.sessions.borrow_mut().remove(id);
     sessions_gauge.set(shard.sessions.borrow().len() as f64);
     tracing::debug!("session closed");
-}
-
-/// Answers a connection over the shard's limit with SERVER_BUSY and closes.
-pub async fn refuse(mut stream: TcpStream) {
-    let frame = reply::error(
-        0,
-        ErrorCode::ServerBusy,
-        "too many connections; retry later",
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await;
-}
-
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
-    signal: Rc<CloseSignal>,
-    queued: Rc<std::cell::Cell<usize>>,
-    grace: Duration,
-) {
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_COALESCE);
-    let mut stream_intact = true;
-    loop {
-        let frame = tokio::select! {
-            biased;
-            f = rx.recv() => f,
-            _ = signal.closed() => break,
-        };
-        let Some(frame) = frame else { break };
-        buf.clear();
-        buf.extend_from_slice(&frame);
-        while buf.len() < WRITE_COALESCE {
-            match rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f),
-                Err(_) => break,
-            }
-        }
-        queued.set(queued.get().saturating_sub(buf.len()));
-        let mut write = pin!(wr.write_all(&buf));
-        let done = tokio::select! {
-            r = &mut write => r.is_ok(),
-            _ = signal.closed() => {
-                if signal.get().is_some_and(|c| c.flush_first) {
-                    matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
-                } else {
-                    // Slow consumer: abandon the write mid-frame.
-                    false
-                }
-            }
-        };
-        if !done {
-            stream_intact = false;
-            break;
-        }
-    }
-    if let (true, Some(close)) = (stream_intact, signal.get()) {
-        buf.clear();
-        if close.flush_first {
-            while let Ok(f) = rx.try_recv() {
-                buf.extend_from_slice(&f);
-            }
-        }
-        if let Some(f) = close.frame {
-            buf.extend_from_slice(&f);
-        }
-        let _ = tokio::time::timeout(grace, wr.write_all(&buf)).await;
-    }
-    let _ = tokio::time::timeout(grace, wr.shutdown()).await;
 }
 
 impl Conn {
@@ -185,16 +157,25 @@ impl Conn {
         self.shard.sessions.borrow().push(self.id, frame);
     }
 
-    fn close(&self, frame: Option<Bytes>) {
+    /// Closes the session after what is queued, with `frame` last.
+    fn close(&self, frame: Option<Bytes>, reason: CloseReason) {
         self.handle.signal.close(Close {
             frame,
             flush_first: true,
+            reason,
         });
     }
 
-    async fn read_loop(self: &Rc<Self>, mut rd: tokio::net::tcp::OwnedReadHalf) {
+    /// Closes the session with an error frame (`request_id` 0).
+    fn close_with(&self, code: ErrorCode, message: &str) {
+        self.close(
+            Some(reply::error(0, code, message)),
+            CloseReason::Error(code),
+        );
+    }
+
+    async fn read_loop(self: &Rc<Self>, mut source: impl FrameSource) {
         let config = &self.ctx().config;
-        let mut decoder = FrameDecoder::new(config.max_frame_bytes);
         let hello_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
         let idle = config.idle_timeout();
         let signal = self.handle.signal.clone();
@@ -208,43 +189,40 @@ impl Conn {
             } else {
                 hello_deadline
             };
-            let buf = decoder.buffer_mut();
-            buf.reserve(READ_CHUNK);
-            let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, rd.read_buf(buf)) => r,
+            let incoming = tokio::select! {
+                r = tokio::time::timeout_at(deadline, source.next()) => r,
                 _ = signal.closed() => return,
             };
-            match read {
+            match incoming {
                 Err(_) => {
                     let message = if greeted {
                         "no traffic within 3 heartbeat intervals"
                     } else {
                         "no Hello in time"
                     };
-                    self.close(Some(reply::error(0, ErrorCode::IdleTimeout, message)));
+                    self.close_with(ErrorCode::IdleTimeout, message);
                     return;
                 }
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    self.close(None);
+                Ok(Incoming::Closed) => {
+                    self.close(None, CloseReason::Normal);
                     return;
                 }
-                Ok(Ok(_)) => {}
+                Ok(Incoming::Activity) => {}
+                Ok(Incoming::Frame(frame)) => self.handle(frame).await,
+                Ok(Incoming::Invalid {
+                    code,
+                    message,
+                    reason,
+                }) => {
+                    // `spec/framing.md`: report, then close; the next
+                    // frame boundary cannot be trusted.
+                    tracing::debug!(cause = %message, "bad frame");
+                    self.close(Some(reply::error(0, code, &message)), reason);
+                    return;
+                }
             }
-            loop {
-                match decoder.next_frame::<pb::ClientFrame>() {
-                    Ok(Some(frame)) => self.handle(frame).await,
-                    Ok(None) => break,
-                    Err(e) => {
-                        // `spec/framing.md`: report, then close; the next
-                        // frame boundary cannot be trusted.
-                        tracing::debug!(cause = %e, "bad frame");
-                        self.close(Some(reply::error(0, e.code(), &e.to_string())));
-                        return;
-                    }
-                }
-                if signal.get().is_some() {
-                    return;
-                }
+            if signal.get().is_some() {
+                return;
             }
         }
     }
@@ -265,7 +243,7 @@ impl Conn {
                 };
                 let err = reply::error(rid, code, message);
                 if code.closes_connection() {
-                    self.close(Some(err));
+                    self.close(Some(err), CloseReason::Error(code));
                 } else {
                     self.push(err);
                 }
@@ -276,8 +254,14 @@ impl Conn {
         match body {
             C::Ping(p) => self.push(reply::answer(rid, Ok(S::Pong(pb::Pong { nonce: p.nonce })))),
             C::Pong(_) => {}
-            C::Hello(_) => {
+            C::Hello(hello) => {
                 self.state.borrow_mut().greeted();
+                let mut capabilities = Vec::new();
+                if self.caps.datagrams {
+                    capabilities.push(CAPABILITY_DATAGRAMS.to_owned());
+                    let wanted = hello.capabilities.iter().any(|c| c == CAPABILITY_DATAGRAMS);
+                    self.caps.datagrams_on.set(wanted);
+                }
                 let c = &self.ctx().config;
                 let welcome = pb::Welcome {
                     protocol_version: chat_protocol::PROTOCOL_VERSION,
@@ -285,7 +269,7 @@ impl Conn {
                     max_frame_bytes: c.max_frame_bytes as u32,
                     max_message_bytes: c.max_message_bytes as u32,
                     heartbeat_interval_ms: c.heartbeat_interval_ms,
-                    capabilities: Vec::new(),
+                    capabilities,
                 };
                 self.push(reply::answer(rid, Ok(S::Welcome(welcome))));
             }
@@ -345,7 +329,8 @@ impl Conn {
     fn answer_auth(&self, rid: u64, res: Handled) {
         match res {
             Err(r) if r.code.closes_connection() => {
-                self.close(Some(reply::answer(rid, Err(r))));
+                let reason = CloseReason::Error(r.code);
+                self.close(Some(reply::answer(rid, Err(r))), reason);
             }
             other => self.push(reply::answer(rid, other)),
         }

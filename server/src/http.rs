@@ -1,10 +1,13 @@
-//! The HTTP listener: `GET /health`, `GET /metrics` and the browser page
+//! The HTTP listener: `GET /health`, `GET /metrics`, the WebSocket bridge
+//! at `GET /ws` (`crate::transport::websocket`) and the browser page
 //! (`crate::web`).
 //!
 //! Each shard accepts on the shared `http_listen` port (SO_REUSEPORT) and
-//! serves HTTP/1.1 with hyper on its own runtime.
+//! serves HTTP/1.1 with hyper on its own runtime; the HTTPS listener
+//! (`wss_listen`) serves the same routes over TLS.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -12,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::shard::Shard;
 
@@ -27,8 +30,24 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     r
 }
 
-async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Where an HTTP connection came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: Option<IpAddr>,
+    /// `ws` on the plain listener, `wss` on the TLS one (metrics label).
+    pub ws_transport: &'static str,
+}
+
+async fn route(
+    shard: Rc<Shard>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, crate::transport::websocket::PATH) => {
+            crate::transport::websocket::upgrade(shard, req, peer.addr, peer.ws_transport)
+        }
         (&Method::GET, "/health") => {
             let healthy = !shard.ctx.failed.load(std::sync::atomic::Ordering::Relaxed)
                 && !shard.ctx.shutting_down();
@@ -58,11 +77,17 @@ async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body
     })
 }
 
-/// Serves one HTTP connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let service = hyper::service::service_fn(move |req| route(shard.clone(), req));
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+/// Serves one HTTP connection (plain or TLS) until it closes, including a
+/// WebSocket session it upgrades to.
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    peer: Peer,
+) {
+    let service = hyper::service::service_fn(move |req| route(shard.clone(), peer, req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(cause = %e, "http connection ended");
     }

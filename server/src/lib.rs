@@ -42,6 +42,7 @@ pub mod session_state;
 pub mod session_table;
 pub mod shard;
 pub mod storage;
+pub mod transport;
 pub mod web;
 
 pub use config::{Config, Durability};

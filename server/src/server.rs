@@ -31,6 +31,9 @@ pub enum StartError {
     /// The store could not be opened or recovered.
     #[error("opening the store: {0}")]
     Storage(#[from] StorageError),
+    /// The certificate could not be loaded or generated.
+    #[error("setting up TLS: {0}")]
+    Tls(#[from] crate::transport::tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
@@ -47,6 +50,43 @@ pub struct ServerHandle {
     writer: WriterThread,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    quic_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
+    cert_path: Option<std::path::PathBuf>,
+}
+
+/// One socket per shard on the same address: the first binds `addr` (port
+/// 0 picks a port), the others bind the address the first got.
+fn per_shard<T>(
+    addr: SocketAddr,
+    nr_shards: usize,
+    bind: impl Fn(SocketAddr) -> std::io::Result<T>,
+    local: impl Fn(&T) -> std::io::Result<SocketAddr>,
+) -> Result<(SocketAddr, Vec<T>), StartError> {
+    let first = bind(addr).map_err(io(format!("binding {addr}")))?;
+    let bound = local(&first).map_err(io("reading the bound address"))?;
+    let mut all = vec![first];
+    for _ in 1..nr_shards {
+        all.push(bind(bound).map_err(io(format!("binding {bound}")))?);
+    }
+    Ok((bound, all))
+}
+
+/// Per-shard sockets of an optional listener.
+fn optional_per_shard<T>(
+    addr: Option<SocketAddr>,
+    nr_shards: usize,
+    bind: impl Fn(SocketAddr) -> std::io::Result<T>,
+    local: impl Fn(&T) -> std::io::Result<SocketAddr>,
+) -> Result<(Option<SocketAddr>, Vec<Option<T>>), StartError> {
+    match addr {
+        None => Ok((None, (0..nr_shards).map(|_| None).collect())),
+        Some(addr) => {
+            let (bound, all) = per_shard(addr, nr_shards, bind, local)?;
+            Ok((Some(bound), all.into_iter().map(Some).collect()))
+        }
+    }
 }
 
 /// Binds a listener with SO_REUSEPORT so that every shard can bind the same
@@ -82,26 +122,28 @@ impl ServerHandle {
                 .map_err(io("starting the storage thread"))?;
         let nr_shards = config.nr_shards();
 
-        let first = reuseport_listener(config.tcp_listen)
-            .map_err(io(format!("binding {}", config.tcp_listen)))?;
-        let tcp_addr = first
-            .local_addr()
-            .map_err(io("reading the bound address"))?;
-        let mut listeners = vec![first];
-        for _ in 1..nr_shards {
-            listeners
-                .push(reuseport_listener(tcp_addr).map_err(io(format!("binding {tcp_addr}")))?);
-        }
-        let first = reuseport_listener(config.http_listen)
-            .map_err(io(format!("binding {}", config.http_listen)))?;
-        let http_addr = first
-            .local_addr()
-            .map_err(io("reading the bound address"))?;
-        let mut http_listeners = vec![first];
-        for _ in 1..nr_shards {
-            http_listeners
-                .push(reuseport_listener(http_addr).map_err(io(format!("binding {http_addr}")))?);
-        }
+        let tcp_local = |l: &std::net::TcpListener| l.local_addr();
+        let (tcp_addr, listeners) =
+            per_shard(config.tcp_listen, nr_shards, reuseport_listener, tcp_local)?;
+        let (http_addr, http_listeners) =
+            per_shard(config.http_listen, nr_shards, reuseport_listener, tcp_local)?;
+        let (tls_addr, tls_listeners) =
+            optional_per_shard(config.tls_listen, nr_shards, reuseport_listener, tcp_local)?;
+        let (wss_addr, wss_listeners) =
+            optional_per_shard(config.wss_listen, nr_shards, reuseport_listener, tcp_local)?;
+        let (quic_addr, quic_sockets) = optional_per_shard(
+            config.quic_listen,
+            nr_shards,
+            crate::transport::quic::reuseport_socket,
+            |s: &std::net::UdpSocket| s.local_addr(),
+        )?;
+        let secure = tls_addr.is_some() || wss_addr.is_some() || quic_addr.is_some();
+        let tls = if secure {
+            Some(crate::transport::tls::setup(&config)?)
+        } else {
+            None
+        };
+        let cert_path = tls.as_ref().map(|t| t.cert_path.clone());
         crate::metrics::install();
 
         let (shutdown, _) = watch::channel(false);
@@ -129,10 +171,24 @@ impl ServerHandle {
             }
         }
         let mut shards = Vec::with_capacity(nr_shards);
-        let sockets = listeners.into_iter().zip(http_listeners);
-        for (id, ((tcp, http), recovered)) in sockets.zip(per_shard).enumerate() {
+        let sockets = listeners
+            .into_iter()
+            .zip(http_listeners)
+            .zip(tls_listeners)
+            .zip(wss_listeners)
+            .zip(quic_sockets);
+        for (id, (((((tcp, http), tls_l), wss), quic), recovered)) in
+            sockets.zip(per_shard).enumerate()
+        {
             let ctx = ctx.clone();
-            let listeners = crate::shard::Listeners { tcp, http };
+            let listeners = crate::shard::Listeners {
+                tcp,
+                http,
+                tls: tls_l,
+                wss,
+                quic,
+                tls_setup: tls.clone(),
+            };
             let handle = thread::Builder::new()
                 .name(format!("chatd-shard-{id}"))
                 .spawn(move || {
@@ -144,13 +200,25 @@ impl ServerHandle {
                 .map_err(io("starting a shard thread"))?;
             shards.push(handle);
         }
-        tracing::info!(%tcp_addr, nr_shards, "listening");
+        tracing::info!(
+            %tcp_addr,
+            %http_addr,
+            tls = ?tls_addr,
+            quic = ?quic_addr,
+            wss = ?wss_addr,
+            nr_shards,
+            "listening"
+        );
         Ok(Self {
             ctx,
             shards,
             writer: writer_thread,
             tcp_addr,
             http_addr,
+            tls_addr,
+            quic_addr,
+            wss_addr,
+            cert_path,
         })
     }
 
@@ -162,6 +230,28 @@ impl ServerHandle {
     /// Address of the HTTP listener (`/health`, `/metrics`).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Address of the TLS listener, if enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Address of the QUIC endpoints (UDP), if enabled.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
+    }
+
+    /// Address of the HTTPS listener (`wss://…/ws`), if enabled.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
+    }
+
+    /// The certificate file TLS, HTTPS and QUIC present (generated or
+    /// configured), if any of them is enabled. Clients that should trust a
+    /// generated certificate add this file to their trusted roots.
+    pub fn cert_path(&self) -> Option<&std::path::Path> {
+        self.cert_path.as_deref()
     }
 
     /// Resolves once a shutdown has begun, whoever began it (a storage

@@ -26,6 +26,32 @@ pub struct Close {
     /// Write what is already queued first (graceful), or drop it (the
     /// queue is the problem).
     pub flush_first: bool,
+    /// Why, for transports that close with a code of their own (the
+    /// WebSocket close code, the QUIC application error code).
+    pub reason: CloseReason,
+}
+
+/// Why a session ends, as far as a transport's own close code can say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer left, or the session ended without an error.
+    Normal,
+    /// The server is shutting down (GoAway was sent).
+    GoingAway,
+    /// The connection ends with this error (sent as the last frame).
+    Error(ErrorCode),
+    /// The peer sent data the transport does not carry (a WebSocket text
+    /// message); an Error frame precedes the close.
+    UnsupportedData,
+}
+
+/// One frame queued towards a session.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Encoded, length-prefixed ServerFrame (shared by every recipient).
+    pub frame: Bytes,
+    /// Typing or presence: may travel unreliably (a QUIC datagram).
+    pub ephemeral: bool,
 }
 
 /// Tells a session's reader and writer tasks to stop.
@@ -67,7 +93,7 @@ impl CloseSignal {
 #[derive(Debug)]
 pub struct SessionHandle {
     user: Cell<Option<u64>>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Outbound>,
     /// Permits for requests being processed; a reply returns one.
     pub inflight: Arc<Semaphore>,
     /// Bytes queued towards the socket; the writer subtracts what it takes.
@@ -89,7 +115,7 @@ impl SessionTable {
     /// Registers a new connection, returning its id and handle.
     pub fn insert(
         &mut self,
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Outbound>,
         inflight: usize,
         max_bytes: usize,
     ) -> (u64, Rc<SessionHandle>) {
@@ -157,7 +183,7 @@ impl SessionTable {
     /// Queues `frame` towards session `id`. A full queue closes the session.
     pub fn push(&self, id: u64, frame: Bytes) {
         if let Some(s) = self.sessions.get(&id) {
-            enqueue(s, frame);
+            enqueue(s, frame, false);
         }
     }
 
@@ -166,7 +192,7 @@ impl SessionTable {
     pub fn push_ephemeral(&self, id: u64, frame: Bytes) {
         if let Some(s) = self.sessions.get(&id) {
             if !s.half_full() {
-                enqueue(s, frame);
+                enqueue(s, frame, true);
             } else {
                 metrics::counter!("chatd_ephemeral_shed_total").increment(1);
             }
@@ -180,7 +206,7 @@ impl SessionTable {
         if let Some(s) = self.sessions.get(&id) {
             s.inflight.add_permits(1);
             if !frame.is_empty() {
-                enqueue(s, frame);
+                enqueue(s, frame, false);
             }
         }
     }
@@ -201,7 +227,7 @@ impl SessionTable {
                         metrics::counter!("chatd_ephemeral_shed_total").increment(1);
                         continue;
                     }
-                    enqueue(s, frame.clone());
+                    enqueue(s, frame.clone(), ephemeral);
                     n += 1;
                 }
             }
@@ -215,6 +241,7 @@ impl SessionTable {
             s.signal.close(Close {
                 frame: Some(frame.clone()),
                 flush_first: true,
+                reason: CloseReason::GoingAway,
             });
         }
     }
@@ -229,13 +256,16 @@ impl SessionHandle {
     }
 }
 
-fn enqueue(s: &SessionHandle, frame: Bytes) {
+fn enqueue(s: &SessionHandle, frame: Bytes, ephemeral: bool) {
     let len = frame.len();
     let over_bytes = s.queued_bytes.get() + len > s.max_bytes;
     let sent = if over_bytes {
-        Err(mpsc::error::TrySendError::Full(frame))
+        Err(mpsc::error::TrySendError::Full(Outbound {
+            frame,
+            ephemeral,
+        }))
     } else {
-        s.tx.try_send(frame)
+        s.tx.try_send(Outbound { frame, ephemeral })
     };
     match sent {
         Ok(()) => s.queued_bytes.set(s.queued_bytes.get() + len),
@@ -250,6 +280,7 @@ fn enqueue(s: &SessionHandle, frame: Bytes) {
                     "outbound queue full; reconnect and sync",
                 )),
                 flush_first: false,
+                reason: CloseReason::Error(ErrorCode::SlowConsumer),
             });
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}

@@ -329,16 +329,140 @@ impl Shard {
     }
 }
 
-/// Runs shard `id` on the current thread until shutdown completes.
 /// The sockets a shard accepts on, bound with SO_REUSEPORT.
 #[derive(Debug)]
 pub struct Listeners {
     /// Plain TCP sessions.
     pub tcp: std::net::TcpListener,
-    /// HTTP (`/health`, `/metrics`).
+    /// HTTP (`/health`, `/metrics`, `/ws`).
     pub http: std::net::TcpListener,
+    /// TLS sessions, if enabled.
+    pub tls: Option<std::net::TcpListener>,
+    /// HTTPS (`wss://`), if enabled.
+    pub wss: Option<std::net::TcpListener>,
+    /// QUIC (UDP), if enabled.
+    pub quic: Option<std::net::UdpSocket>,
+    /// Certificate configurations, when any secure listener is enabled.
+    pub tls_setup: Option<crate::transport::tls::TlsSetup>,
 }
 
+/// What a TCP listener of the shard serves.
+#[derive(Clone)]
+enum Serves {
+    /// chat/1 sessions over plain TCP.
+    Tcp,
+    /// chat/1 sessions over TLS.
+    Tls(tokio_rustls::TlsAcceptor),
+    /// HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https(tokio_rustls::TlsAcceptor),
+}
+
+/// Accepts on `listener` until the task is aborted at shutdown.
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Serves) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::task::spawn_local(serve_accepted(
+                    shard.clone(),
+                    stream,
+                    peer,
+                    serves.clone(),
+                ));
+            }
+            // Out of file descriptors and similar: back off briefly
+            // rather than spin.
+            Err(e) => {
+                tracing::warn!(shard = shard.id, cause = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_accepted(
+    shard: Rc<Shard>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    serves: Serves,
+) {
+    use crate::transport::stream::{StreamSink, StreamSource};
+    let max = shard.ctx.config.max_frame_bytes;
+    let handshake = Duration::from_millis(shard.ctx.config.handshake_timeout_ms);
+    let caps = crate::transport::Capabilities::default;
+    match serves {
+        Serves::Tcp => {
+            let (rd, wr) = stream.into_split();
+            if crate::connection::shard_full(&shard) {
+                crate::connection::refuse(StreamSink::new(wr)).await;
+                return;
+            }
+            let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "tcp");
+            crate::connection::serve(
+                shard,
+                StreamSource::new(rd, max),
+                StreamSink::new(wr),
+                Some(peer.ip()),
+                caps(),
+                "tcp",
+            )
+            .instrument(span)
+            .await;
+        }
+        Serves::Tls(acceptor) => {
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let (rd, wr) = tokio::io::split(tls);
+            if crate::connection::shard_full(&shard) {
+                crate::connection::refuse(StreamSink::new(wr)).await;
+                return;
+            }
+            let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "tls");
+            crate::connection::serve(
+                shard,
+                StreamSource::new(rd, max),
+                StreamSink::new(wr),
+                Some(peer.ip()),
+                caps(),
+                "tls",
+            )
+            .instrument(span)
+            .await;
+        }
+        Serves::Http => {
+            let p = crate::http::Peer {
+                addr: Some(peer.ip()),
+                ws_transport: "ws",
+            };
+            crate::http::serve(shard, stream, p).await;
+        }
+        Serves::Https(acceptor) => {
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let p = crate::http::Peer {
+                addr: Some(peer.ip()),
+                ws_transport: "wss",
+            };
+            crate::http::serve(shard, tls, p).await;
+        }
+    }
+}
+
+/// Runs shard `id` on the current thread until shutdown completes.
 pub fn run(
     id: ShardId,
     ctx: Arc<Context>,
@@ -353,49 +477,56 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     let grace = Duration::from_millis(ctx.config.shutdown_grace_ms);
     let result = local.block_on(&runtime, async move {
-        let listener = TcpListener::from_std(listeners.tcp)?;
-        let http = TcpListener::from_std(listeners.http)?;
-        let max_connections = ctx.config.max_connections_per_shard;
         let shard = Rc::new(Shard::new(id, ctx.clone(), recovered));
         tokio::task::spawn_local(shard.clone().mesh_loop());
         tokio::task::spawn_local(shard.clone().commit_loop());
         tokio::task::spawn_local(shard.clone().cursor_flush_loop());
         tokio::task::spawn_local(shard.clone().presence_loop());
-        let mut shutdown = ctx.shutdown.subscribe();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        if shard.sessions.borrow().len() >= max_connections {
-                            metrics::counter!("chatd_connections_refused_total").increment(1);
-                            tokio::task::spawn_local(crate::connection::refuse(stream));
-                            continue;
-                        }
-                        metrics::counter!("chatd_connections_accepted_total", "transport" => "tcp")
-                            .increment(1);
-                        let span = tracing::debug_span!("session", shard = id, %peer);
-                        tokio::task::spawn_local(
-                            crate::connection::serve(shard.clone(), stream, Some(peer.ip()))
-                                .instrument(span),
-                        );
-                    }
-                    // Out of file descriptors and similar: back off briefly
-                    // rather than spin.
-                    Err(e) => {
-                        tracing::warn!(shard = id, cause = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                accepted = http.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        tokio::task::spawn_local(crate::http::serve(shard.clone(), stream));
-                    }
-                }
-                _ = shutdown.wait_for(|&s| s) => break,
-            }
+        let mut accepting = Vec::new();
+        let mut listen = |l: std::net::TcpListener, serves: Serves| -> std::io::Result<()> {
+            let l = TcpListener::from_std(l)?;
+            accepting.push(tokio::task::spawn_local(accept_loop(
+                shard.clone(),
+                l,
+                serves,
+            )));
+            Ok(())
+        };
+        listen(listeners.tcp, Serves::Tcp)?;
+        listen(listeners.http, Serves::Http)?;
+        let setup = listeners.tls_setup;
+        if let (Some(l), Some(t)) = (listeners.tls, &setup) {
+            listen(l, Serves::Tls(t.chat.clone().into()))?;
         }
-        drop(listener);
-        drop(http);
+        if let (Some(l), Some(t)) = (listeners.wss, &setup) {
+            listen(l, Serves::Https(t.https.clone().into()))?;
+        }
+        let quic = match (listeners.quic, &setup) {
+            (Some(socket), Some(t)) => {
+                let endpoint = quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(crate::transport::quic::server_config(
+                        t.quic.clone(),
+                        &ctx.config,
+                    )),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )?;
+                accepting.push(tokio::task::spawn_local(
+                    crate::transport::quic::accept_loop(shard.clone(), endpoint.clone()),
+                ));
+                Some(endpoint)
+            }
+            _ => None,
+        };
+        let mut shutdown = ctx.shutdown.subscribe();
+        let _ = shutdown.wait_for(|&s| s).await;
+        for task in &accepting {
+            task.abort();
+        }
+        if let Some(endpoint) = &quic {
+            endpoint.set_server_config(None);
+        }
         tracing::info!(
             shard = id,
             sessions = shard.sessions.borrow().len(),
@@ -416,6 +547,11 @@ pub fn run(
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!(shard = id, "shutdown grace period elapsed");
+        }
+        if let Some(endpoint) = quic {
+            endpoint.close(quinn::VarInt::from_u32(0), b"");
+            // Lets the closing connections tell their peers.
+            let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
         }
         Ok::<(), std::io::Error>(())
     });

@@ -482,7 +482,9 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
         &bob,
         "bob",
         "the group appears with Alice's message",
-        &format!("{group_row} && {group_row}.querySelector('.preview').textContent === 'Group hello'"),
+        &format!(
+            "{group_row} && {group_row}.querySelector('.preview').textContent === 'Group hello'"
+        ),
     )
     .await;
     js(&bob, &format!("{group_row}.click();"), vec![]).await;

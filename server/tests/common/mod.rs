@@ -21,6 +21,11 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub quic_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
+    /// The certificate TLS, HTTPS and QUIC present (generated).
+    pub cert_path: Option<std::path::PathBuf>,
     pub config: Config,
 }
 
@@ -36,6 +41,10 @@ impl TestServer {
         let addr = handle.tcp_addr();
         let http_addr = handle.http_addr();
         Self {
+            tls_addr: handle.tls_addr(),
+            quic_addr: handle.quic_addr(),
+            wss_addr: handle.wss_addr(),
+            cert_path: handle.cert_path().map(|p| p.to_owned()),
             handle: Some(handle),
             dir,
             addr,
@@ -56,6 +65,9 @@ impl TestServer {
         let mut config = self.config.clone();
         config.tcp_listen = self.addr;
         config.http_listen = self.http_addr;
+        config.tls_listen = self.tls_addr;
+        config.quic_listen = self.quic_addr;
+        config.wss_listen = self.wss_addr;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         Self::start_with(dir, config)
     }
