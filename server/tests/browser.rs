@@ -255,7 +255,12 @@ async fn send(browser: &Client, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browser_users_chat_live_scroll_history_and_resume() {
-    let server = TestServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    // Sessions silent for 3 s are closed: the pages must keep theirs alive
+    // with Pings (checked at the end: no reconnect but the restart's).
+    config.heartbeat_interval_ms = 1000;
+    let server = TestServer::start_with(dir, config);
     let base = format!("http://{}/", server.http_addr);
     let driver = Chromedriver::start();
     let profiles = tempfile::tempdir().expect("temp dir");
@@ -533,6 +538,18 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     )
     .await;
     let group_shot = screenshot(&bob, "browser-bob-group.png").await;
+    // One connection per page load plus one after the restart: heartbeats
+    // kept every session alive (Bob's page was reloaded once, so counts
+    // afresh).
+    for (who, page) in [("alice", &alice), ("bob", &bob)] {
+        let sessions = js(
+            page,
+            "return document.getElementById('status').dataset.sessions;",
+            vec![],
+        )
+        .await;
+        assert_eq!(sessions, json!("2"), "{who}: connections made");
+    }
 
     eprintln!(
         "screenshots: {} {} {} {}",

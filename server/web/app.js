@@ -81,6 +81,7 @@
     presence: new Map(), // String(user_id) -> PresenceEvent
     outbox: new Map(), // client_msg_id -> pending send, until SendAck
     attempt: 0,
+    sessions: 0,
     reconnectTimer: null,
     countdown: null,
     heartbeatTimer: null,
@@ -210,6 +211,10 @@
       if (f.body !== "welcome") throw new Error("unexpected reply to Hello: " + f.body);
       state.welcome = f.welcome;
       state.welcomed = true;
+      // Connections made by this page load, for the status tooltip.
+      state.sessions++;
+      $("status").dataset.sessions = String(state.sessions);
+      $("status").title = "connection " + state.sessions + " of this page";
       startHeartbeat();
       const token = store.get("token");
       if (token) {
@@ -739,12 +744,18 @@
         })
         .catch(() => {});
     }
+    // Kept even before the conversation's history is loaded: a push that
+    // arrives while the first page is in flight may be missing from it.
+    if (!c.messages.has(m.seq)) c.messages.set(m.seq, m);
     if (c.loaded) {
-      if (!c.messages.has(m.seq)) c.messages.set(m.seq, m);
       advanceCursor(c);
       if (live && m.seq > c.cursor + 1) fillGap(c);
     } else if (m.seq === c.cursor + 1) {
       c.cursor = m.seq;
+    }
+    if (live && m.kind === E.MessageKind.SYSTEM && m.system && removesMe(m.system, m.sender_id)) {
+      dropConversation(c, "You are no longer a member of " + titleOf(c) + ".");
+      return;
     }
     if (live && !mine) {
       notify("mark_delivered", { conversation_id: c.id, seq: m.seq });
@@ -763,6 +774,30 @@
       }
       saveCursors();
     }
+  }
+
+  // Whether a SYSTEM event ends the user's membership (spec/messages.md:
+  // the removed or leaving user receives the event as its last message).
+  function removesMe(sys, senderId) {
+    if (!state.me) return false;
+    const me = String(state.me.user_id);
+    const K = E.SystemEventKind;
+    if (sys.kind === K.MEMBER_REMOVED) return sys.user_ids.some((u) => String(u) === me);
+    if (sys.kind === K.MEMBER_LEFT) {
+      const who = sys.user_ids.length ? sys.user_ids : [sys.actor_id || senderId];
+      return who.some((u) => String(u) === me);
+    }
+    return false;
+  }
+
+  function dropConversation(c, why) {
+    state.conversations.delete(c.key);
+    if (state.openKey === c.key) state.openKey = null;
+    clearTyping(c);
+    toast(why);
+    renderList();
+    renderChat();
+    saveCursors();
   }
 
   function advanceCursor(c) {
