@@ -191,9 +191,9 @@ async fn fill(browser: &Client, css: &str, text: &str) {
     field.send_keys(text).await.expect("type");
 }
 
-/// Clicks the first element matching `css`. The page re-renders lists as
-/// pushes arrive, so an element found a moment ago may have been replaced:
-/// then it is looked up again.
+/// Clicks the first element matching `css`, waiting (bounded) for it to
+/// exist. The page re-renders lists as pushes arrive, so an element found a
+/// moment ago may have been replaced: then it is looked up again.
 async fn click(browser: &Client, css: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -203,7 +203,13 @@ async fn click(browser: &Client, css: &str) {
         };
         match result {
             Ok(()) => return,
-            Err(e) if e.to_string().contains("stale element") && Instant::now() < deadline => {}
+            Err(e)
+                if (e.to_string().contains("stale element")
+                    || e.to_string().contains("no such element"))
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Err(e) => panic!("click {css}: {e}"),
         }
     }
@@ -384,9 +390,11 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     wait_for(
         &bob,
         "bob",
-        "the reloaded page resumes the session",
+        "the reloaded page resumes the session and lists the chat",
         "!document.getElementById('app').hidden && \
-         document.getElementById('me').textContent === 'Bob'",
+         document.getElementById('me').textContent === 'Bob' && \
+         document.querySelector('#conversations .conversation .title') && \
+         document.querySelector('#conversations .conversation .title').textContent.startsWith('Alice')",
     )
     .await;
     click(&bob, "#conversations .conversation").await;
@@ -542,13 +550,19 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     // kept every session alive (Bob's page was reloaded once, so counts
     // afresh).
     for (who, page) in [("alice", &alice), ("bob", &bob)] {
-        let sessions = js(
+        let seen = js(
             page,
-            "return document.getElementById('status').dataset.sessions;",
+            "return [document.getElementById('status').dataset.sessions, \
+                     document.getElementById('errors').textContent];",
             vec![],
         )
         .await;
-        assert_eq!(sessions, json!("2"), "{who}: connections made");
+        assert_eq!(
+            seen[0],
+            json!("2"),
+            "{who}: connections made; page errors: {}",
+            seen[1]
+        );
     }
 
     eprintln!(

@@ -82,6 +82,7 @@
     outbox: new Map(), // client_msg_id -> pending send, until SendAck
     attempt: 0,
     sessions: 0,
+    saveTimer: null,
     reconnectTimer: null,
     countdown: null,
     heartbeatTimer: null,
@@ -388,6 +389,14 @@
       }
     }
     return out;
+  }
+
+  function saveCursorsSoon() {
+    if (state.saveTimer) return;
+    state.saveTimer = setTimeout(() => {
+      state.saveTimer = null;
+      saveCursors();
+    }, 1000);
   }
 
   function saveCursors() {
@@ -768,11 +777,8 @@
     }
     if (live) {
       renderList();
-      if (state.openKey === key) {
-        renderMessages({ stick: mine });
-        markReadIfVisible(c);
-      }
-      saveCursors();
+      if (state.openKey === key) renderMessages({ stick: mine });
+      saveCursorsSoon();
     }
   }
 
@@ -824,7 +830,7 @@
       }
       if (state.openKey === c.key) renderMessages({});
       renderList();
-      saveCursors();
+      saveCursorsSoon();
     } catch (e) {
       if (!(e instanceof Disconnected)) toast("Catching up: " + e.message);
     } finally {
@@ -859,11 +865,7 @@
     c.cursor = Math.max(c.cursor, page.messages.length ? page.messages[0].seq : page.last_seq);
     advanceCursor(c);
     if (page.last_seq > c.lastSeq) c.lastSeq = page.last_seq;
-    if (state.openKey === c.key) {
-      renderMessages({ stick: true });
-      markReadIfVisible(c);
-      fillViewport(c);
-    }
+    if (state.openKey === c.key) renderMessages({ stick: true });
   }
 
   async function loadOlder(c) {
@@ -885,10 +887,7 @@
       if (!(e instanceof Disconnected)) toast("History: " + e.message);
     } finally {
       c.loadingOlder = false;
-      if (state.openKey === c.key) {
-        renderHistoryStatus(c);
-        fillViewport(c);
-      }
+      if (state.openKey === c.key) renderHistoryStatus(c);
     }
   }
 
@@ -1090,7 +1089,60 @@
     return who;
   }
 
+  // Drawing is coalesced: a burst of pushes (a backlog, a sync) costs one
+  // redraw per animation frame, not one per message, so the page's event
+  // loop (and with it the heartbeat) never stalls behind rendering. The
+  // timeout is the fallback where no frames are produced (hidden tabs).
+  const draw = { list: false, header: false, messages: null, scheduled: false };
+
+  function scheduleDraw() {
+    if (draw.scheduled) return;
+    draw.scheduled = true;
+    window.requestAnimationFrame(flushDraw);
+    setTimeout(flushDraw, 200);
+  }
+
+  function flushDraw() {
+    if (!draw.scheduled) return;
+    draw.scheduled = false;
+    if (draw.list) {
+      draw.list = false;
+      drawList();
+    }
+    if (draw.header) {
+      draw.header = false;
+      drawChatHeader();
+    }
+    const opts = draw.messages;
+    if (opts) {
+      draw.messages = null;
+      drawMessages(opts);
+      const c = state.openKey && state.conversations.get(state.openKey);
+      if (c) {
+        // What was just drawn is what the user sees.
+        markReadIfVisible(c);
+        fillViewport(c);
+      }
+    }
+  }
+
   function renderList() {
+    draw.list = true;
+    scheduleDraw();
+  }
+
+  function renderChatHeader() {
+    draw.header = true;
+    scheduleDraw();
+  }
+
+  function renderMessages(opts) {
+    const prev = draw.messages || {};
+    draw.messages = { stick: !!(prev.stick || opts.stick), keepOffset: !!(prev.keepOffset || opts.keepOffset) };
+    scheduleDraw();
+  }
+
+  function drawList() {
     const ul = $("conversations");
     const list = Array.from(state.conversations.values()).sort(
       (a, b) => b.lastActivity - a.lastActivity || b.lastSeq - a.lastSeq,
@@ -1159,7 +1211,7 @@
     renderTyping();
   }
 
-  function renderChatHeader() {
+  function drawChatHeader() {
     const c = state.openKey && state.conversations.get(state.openKey);
     if (!c) return;
     $("chat-title").textContent = titleOf(c);
@@ -1200,7 +1252,7 @@
     return "✓";
   }
 
-  function renderMessages(opts) {
+  function drawMessages(opts) {
     const c = state.openKey && state.conversations.get(state.openKey);
     if (!c) return;
     const box = $("messages-scroll");
@@ -1228,7 +1280,8 @@
         if (!text && m.media) text = "[attachment]";
         if (!text && m.ciphertext && m.ciphertext.length) text = "[encrypted message]";
         li.append(el("span", "text", text));
-        const meta = el("span", "meta", formatTime(m.sent_at_ms) + (mine ? " " + statusText(c, m) : ""));
+        if (m.timeText === undefined) m.timeText = formatTime(m.sent_at_ms);
+        const meta = el("span", "meta", m.timeText + (mine ? " " + statusText(c, m) : ""));
         li.append(meta);
       }
       ol.append(li);
@@ -1252,8 +1305,9 @@
       ol.append(li);
     }
     renderHistoryStatus(c);
-    if (opts.keepOffset) box.scrollTop = box.scrollHeight - fromBottom;
-    else if (opts.stick || atBottom) box.scrollTop = box.scrollHeight;
+    if (opts.stick) box.scrollTop = box.scrollHeight;
+    else if (opts.keepOffset) box.scrollTop = box.scrollHeight - fromBottom;
+    else if (atBottom) box.scrollTop = box.scrollHeight;
   }
 
   function renderTyping() {
