@@ -41,17 +41,23 @@ pub const ASSETS: &[Asset] = &[
         body: include_bytes!("../web/app.js"),
     },
     Asset {
+        path: "/heartbeat_worker.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/heartbeat_worker.js"),
+    },
+    Asset {
         path: "/chat_proto.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../web/chat_proto.js"),
     },
 ];
 
-/// Scripts and styles only from this origin, network access only back to it
-/// (the WebSocket bridge), no plugins, no framing by other sites.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
-     frame-ancestors 'none'";
+/// Scripts, the heartbeat worker and styles only from this origin, network
+/// access only back to it (the WebSocket bridge), no plugins, no framing by
+/// other sites.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     worker-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The asset served at `path`, if any (`/index.html` is `/`).
 pub fn asset(path: &str) -> Option<&'static Asset> {

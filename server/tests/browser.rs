@@ -565,6 +565,39 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
         );
     }
 
+    // Logging out forgets the session; a wrong password is refused with a
+    // message; the right one brings the conversations back.
+    click(&alice, "#logout-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "the login form is back",
+        "!document.getElementById('auth').hidden && document.getElementById('app').hidden && \
+         localStorage.getItem('chatd.token') === null",
+    )
+    .await;
+    fill(&alice, "#username", "alice").await;
+    fill(&alice, "#password", "not her password").await;
+    click(&alice, "#login-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "the wrong password is refused",
+        "document.getElementById('auth-error').textContent === 'Wrong username or password.'",
+    )
+    .await;
+    fill(&alice, "#password", "password123").await;
+    click(&alice, "#login-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "she is logged in with both conversations listed",
+        "!document.getElementById('app').hidden && \
+         Array.from(document.querySelectorAll('#conversations .conversation .title'))\
+           .map(e => e.textContent).join('|').startsWith('Weekend plans|Bob')",
+    )
+    .await;
+
     eprintln!(
         "screenshots: {} {} {} {}",
         alice_shot.display(),

@@ -274,21 +274,41 @@
     state.reconnectTimer = setTimeout(connect, delay);
   }
 
+  // The worker that keeps time for the heartbeat (heartbeat_worker.js), or
+  // null where workers are unavailable: then a main-thread timer does.
+  const metronome = (() => {
+    try {
+      const w = new Worker("/heartbeat_worker.js");
+      w.onmessage = () => heartbeat();
+      return w;
+    } catch (_) {
+      return null;
+    }
+  })();
+
+  function heartbeatInterval() {
+    return (state.welcome && state.welcome.heartbeat_interval_ms) || DEFAULT_HEARTBEAT_MS;
+  }
+
+  function heartbeat() {
+    if (!state.ws || !state.welcomed) return;
+    // The server closes a session silent for 3 intervals; the client
+    // likewise gives up on a server it has not heard from for as long.
+    if (Date.now() - state.lastReceived > 3 * heartbeatInterval()) {
+      state.ws.close();
+      return;
+    }
+    request("ping", { nonce: Date.now() }).catch(() => {});
+  }
+
   function startHeartbeat() {
     stopHeartbeat();
-    const interval = (state.welcome && state.welcome.heartbeat_interval_ms) || DEFAULT_HEARTBEAT_MS;
-    state.heartbeatTimer = setInterval(() => {
-      // The server closes a session silent for 3 intervals; the client
-      // likewise gives up on a server it has not heard from for as long.
-      if (Date.now() - state.lastReceived > 3 * interval) {
-        if (state.ws) state.ws.close();
-        return;
-      }
-      request("ping", { nonce: Date.now() }).catch(() => {});
-    }, interval);
+    if (metronome) metronome.postMessage(heartbeatInterval());
+    else state.heartbeatTimer = setInterval(heartbeat, heartbeatInterval());
   }
 
   function stopHeartbeat() {
+    if (metronome) metronome.postMessage(0);
     clearInterval(state.heartbeatTimer);
     state.heartbeatTimer = null;
   }
