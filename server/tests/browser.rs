@@ -445,6 +445,16 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
         "document.getElementById('history-status').textContent === 'Start of the conversation'",
     )
     .await;
+    // Receipts from before the reload are asked for, not forgotten.
+    wait_for(
+        &bob,
+        "bob",
+        "his message still shows as read by Alice",
+        "Array.from(document.querySelectorAll('#messages .message.mine'))\
+         .some(li => li.querySelector('.text').textContent === 'Hi Alice! Bob here.' && \
+                     li.querySelector('.meta').textContent.includes('read'))",
+    )
+    .await;
     let texts = js(&bob, &format!("return {SHOWN_TEXTS};"), vec![]).await;
     let texts: Vec<String> = serde_json::from_value(texts).expect("texts");
     let mut expected = vec![

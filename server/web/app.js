@@ -123,6 +123,7 @@
       fillingGap: false,
       othersRead: 0,
       othersDelivered: 0,
+      receiptsAsked: 0, // seq whose receipt counts were asked for
       typing: new Map(), // String(user_id) -> timer
     };
   }
@@ -886,6 +887,32 @@
     advanceCursor(c);
     if (page.last_seq > c.lastSeq) c.lastSeq = page.last_seq;
     if (state.openKey === c.key) renderMessages({ stick: true });
+    loadReceipts(c);
+  }
+
+  // Receipts of messages sent before this page load are not pushed again:
+  // ask for the counts of the user's newest message (spec/messages.md,
+  // GetReceipts). "Read" means read by at least one other member.
+  async function loadReceipts(c) {
+    if (!state.me) return;
+    const me = String(state.me.user_id);
+    let newest = 0;
+    for (const [seq, m] of c.messages) {
+      if (String(m.sender_id) === me && m.kind === E.MessageKind.USER && seq > newest) newest = seq;
+    }
+    if (newest === 0 || newest <= c.othersRead || newest === c.receiptsAsked) return;
+    c.receiptsAsked = newest;
+    try {
+      const f = await request("get_receipts", { conversation_id: c.id, seq: newest });
+      const r = f.receipt_counts;
+      // The counts include the user's own cursors.
+      const selfRead = c.readSeq >= newest ? 1 : 0;
+      if (r.read_count - selfRead > 0) c.othersRead = Math.max(c.othersRead, newest);
+      if (r.delivered_count - selfRead > 0) c.othersDelivered = Math.max(c.othersDelivered, newest);
+      if (state.openKey === c.key) renderMessages({});
+    } catch (e) {
+      if (!(e instanceof Disconnected)) toast("Receipts: " + e.message);
+    }
   }
 
   async function loadOlder(c) {
@@ -903,6 +930,7 @@
       if (page.messages.length) c.oldestSeq = page.messages[page.messages.length - 1].seq;
       c.hasMore = page.has_more && page.messages.length > 0;
       if (state.openKey === c.key) renderMessages({ keepOffset: true });
+      loadReceipts(c);
     } catch (e) {
       if (!(e instanceof Disconnected)) toast("History: " + e.message);
     } finally {
