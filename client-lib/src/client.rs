@@ -49,14 +49,16 @@ impl Drop for Handle {
 }
 
 impl Client {
-    /// Connects to `url` (`tcp://host:port`) and completes the Hello
-    /// handshake. The returned [`Events`] must be read continuously.
+    /// Connects to `url` and completes the Hello handshake. The returned
+    /// [`Events`] must be read continuously.
     ///
-    /// Fails with [`Error::UnsupportedTransport`] for `tls://`, `quic://`,
-    /// `ws://` and `wss://`, which this version cannot use yet.
+    /// The scheme picks the transport: `tcp://host:port`,
+    /// `tls://host:port`, `quic://host:port`, `ws://host:port/ws`,
+    /// `wss://host:port/ws` (`spec/README.md`, "Transports"). Reconnects
+    /// use the same URL. An untrusted certificate fails with
+    /// [`Error::Tls`]; see [`ClientOptions::trusted_certs_pem`].
     pub async fn connect(url: &str, options: ClientOptions) -> Result<(Client, Events)> {
         let endpoint = Endpoint::parse(url)?;
-        endpoint.check_supported()?;
         let (conn, pushes) = Conn::open(&endpoint, &options).await?;
         let (events_tx, events_rx) = mpsc::channel(options.event_buffer.max(1));
         let cursors = Arc::new(Mutex::new(Cursors::new(options.max_held_per_conversation)));

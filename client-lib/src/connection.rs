@@ -1,7 +1,8 @@
-//! One connection to the server: the socket, a reader task and a writer task.
+//! One connection to the server: the transport, a reader task and a writer
+//! task (and, on QUIC, a datagram task).
 //!
-//! This is the only place where bytes meet the socket. The reader decodes
-//! frames, hands each reply to the request waiting for its `request_id`,
+//! With `crate::transport` this is the only place where bytes meet the
+//! socket. The reader decodes frames, hands each reply to the request waiting for its `request_id`,
 //! answers the server's Pings itself (so that a slow app never makes the
 //! connection look dead), and queues every other push for the client. The
 //! writer coalesces queued frames into few writes. Whichever task ends first
@@ -14,10 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use chat_protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorCode, FrameDecoder, codec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use chat_protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorCode, codec};
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -25,6 +24,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::options::ClientOptions;
+use crate::transport::{self, Quic, Read, Reader, Writer};
 use crate::url::Endpoint;
 
 /// Encoded frames queued for the socket. When full, requests wait for room
@@ -41,8 +41,8 @@ pub(crate) const INBOUND_PUSHES: usize = 1024;
 /// Bytes coalesced into one socket write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
-/// Spare buffer room reserved before each socket read.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// The capability string for QUIC datagrams (`spec/README.md`).
+const CAPABILITY_DATAGRAMS: &str = "datagrams";
 
 /// Heartbeat interval if the server announces none (`spec/states.md`).
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -146,16 +146,10 @@ impl Conn {
         endpoint: &Endpoint,
         options: &ClientOptions,
     ) -> Result<(Arc<Conn>, mpsc::Receiver<S>)> {
-        endpoint.check_supported()?;
         let deadline = Instant::now() + options.request_timeout;
-        let stream = timeout_at(
-            deadline,
-            TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
-        )
-        .await
-        .map_err(|_| Error::Timeout)??;
-        stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
+        let dialed = timeout_at(deadline, transport::dial(endpoint, options))
+            .await
+            .map_err(|_| Error::Timeout)??;
         let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
         let (push_tx, pushes) = mpsc::channel(INBOUND_PUSHES);
         let shared = Arc::new(Shared {
@@ -166,8 +160,27 @@ impl Conn {
             draining: AtomicBool::new(false),
             max_in: AtomicUsize::new(DEFAULT_MAX_FRAME_BYTES),
         });
-        let writer = tokio::spawn(write_loop(wr, out_rx, shared.clone()));
-        tokio::spawn(read_loop(rd, shared.clone(), push_tx, out.clone()));
+        let quic = dialed.quic;
+        // Both sides must announce datagrams (`spec/framing.md`); the
+        // connection negotiated them if it has a datagram size.
+        let datagrams = quic
+            .as_ref()
+            .is_some_and(|q| q.conn.max_datagram_size().is_some());
+        if let Some(q) = &quic {
+            tokio::spawn(datagram_loop(
+                q.conn.clone(),
+                shared.clone(),
+                push_tx.clone(),
+                out.clone(),
+            ));
+        }
+        let writer = tokio::spawn(write_loop(dialed.writer, out_rx, shared.clone(), quic));
+        tokio::spawn(read_loop(
+            dialed.reader,
+            shared.clone(),
+            push_tx,
+            out.clone(),
+        ));
 
         let mut conn = Conn {
             shared,
@@ -182,7 +195,11 @@ impl Conn {
             protocol_version: chat_protocol::PROTOCOL_VERSION,
             client_name: options.client_name.clone(),
             client_version: options.client_version.clone(),
-            capabilities: Vec::new(),
+            capabilities: if datagrams {
+                vec![CAPABILITY_DATAGRAMS.to_owned()]
+            } else {
+                Vec::new()
+            },
         });
         // On failure `conn` is dropped, which closes the connection.
         let welcome = match conn.request(hello, deadline).await? {
@@ -317,11 +334,12 @@ impl Drop for Conn {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: Writer,
     mut frames: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
+    quic: Option<Quic>,
 ) {
-    let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
+    let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
         let next = tokio::select! {
             biased;
@@ -329,18 +347,22 @@ async fn write_loop(
             next = frames.recv() => next,
         };
         let Some(first) = next else { break };
-        buf.clear();
-        buf.extend_from_slice(&first);
-        while buf.len() < WRITE_BATCH_BYTES {
+        batch.clear();
+        let mut bytes = first.len();
+        batch.push(first);
+        while bytes < WRITE_BATCH_BYTES {
             match frames.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
+                Ok(more) => {
+                    bytes += more.len();
+                    batch.push(more);
+                }
                 Err(_) => break,
             }
         }
         let written = tokio::select! {
             biased;
             _ = shared.wait_closed() => break,
-            written = wr.write_all(&buf) => written,
+            written = wr.write(&batch) => written,
         };
         if let Err(e) = written {
             shared.close(format!("write failed: {e}"));
@@ -349,58 +371,71 @@ async fn write_loop(
     }
     shared.close("connection closed");
     let _ = timeout(CLOSE_GRACE, wr.shutdown()).await;
+    if let Some(q) = quic {
+        q.conn.close(quinn::VarInt::from_u32(0), b"");
+    }
 }
 
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: Reader,
     shared: Arc<Shared>,
     pushes: mpsc::Sender<S>,
     out: mpsc::Sender<Vec<u8>>,
 ) {
-    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
-    'read: loop {
+    loop {
         let max = shared.max_in.load(Ordering::Relaxed);
-        if max != decoder.max_frame_bytes() {
-            let mut bigger = FrameDecoder::new(max);
-            bigger.extend(decoder.buffer_mut());
-            decoder = bigger;
-        }
-        decoder.buffer_mut().reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
             biased;
             _ = shared.wait_closed() => break,
-            read = rd.read_buf(decoder.buffer_mut()) => read,
+            read = rd.next(max) => read,
         };
         match read {
-            Ok(0) => {
-                shared.note_reason("server closed the connection");
+            Read::Frame(frame) => {
+                if !dispatch(frame, &shared, &pushes, &out).await {
+                    break;
+                }
+            }
+            Read::Closed(reason) => {
+                shared.note_reason(reason);
                 break;
             }
-            Ok(_) => {}
-            Err(e) => {
-                shared.note_reason(format!("read failed: {e}"));
+            Read::Invalid(e) => {
+                // `spec/framing.md`: a client receiving a malformed frame
+                // SHOULD close the connection and reconnect.
+                tracing::debug!(cause = %e, "invalid frame from server");
+                shared.note_reason(format!("invalid frame from server: {e}"));
                 break;
-            }
-        }
-        loop {
-            match decoder.next_frame::<pb::ServerFrame>() {
-                Ok(Some(frame)) => {
-                    if !dispatch(frame, &shared, &pushes, &out).await {
-                        break 'read;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // `spec/framing.md`: a client receiving a malformed frame
-                    // SHOULD close the connection and reconnect.
-                    tracing::debug!(cause = %e, "invalid frame from server");
-                    shared.note_reason(format!("invalid frame from server: {e}"));
-                    break 'read;
-                }
             }
         }
     }
     shared.close("connection closed");
+}
+
+/// Pushes that arrive as QUIC datagrams (typing, presence): one frame body
+/// per datagram. An undecodable datagram is dropped; datagrams are
+/// unreliable anyway.
+async fn datagram_loop(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    pushes: mpsc::Sender<S>,
+    out: mpsc::Sender<Vec<u8>>,
+) {
+    loop {
+        let datagram = tokio::select! {
+            biased;
+            _ = shared.wait_closed() => break,
+            d = conn.read_datagram() => d,
+        };
+        let Ok(body) = datagram else { break };
+        match pb::ServerFrame::decode(body) {
+            Ok(frame) if frame.request_id == 0 => {
+                if !dispatch(frame, &shared, &pushes, &out).await {
+                    break;
+                }
+            }
+            _ => tracing::debug!("undecodable datagram from the server dropped"),
+        }
+    }
 }
 
 /// Routes one frame; false once the connection is closing.

@@ -21,9 +21,15 @@ pub enum Error {
     /// The URL is not `scheme://host:port` with a known scheme.
     #[error("invalid server URL {0:?}")]
     InvalidUrl(String),
-    /// The scheme is valid but this build cannot connect with it yet.
-    #[error("transport {0}:// is not supported by this client yet")]
-    UnsupportedTransport(String),
+    /// The TLS handshake failed: most often the server's certificate is
+    /// not trusted (see `ClientOptions::trusted_certs_pem`) or does not
+    /// name the host.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The transport could not be set up: the WebSocket upgrade was
+    /// refused (a foreign origin, a wrong path), QUIC could not connect.
+    #[error("transport: {0}")]
+    Transport(String),
     /// Connecting to the server failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -1,7 +1,9 @@
 //! `chat-client`: the async Rust client for chatd, for native apps.
 //!
-//! It connects over TCP (`tcp://host:port`), says Hello, and offers the
-//! chat/1 requests (`spec/`) as methods of a cheaply cloneable [`Client`].
+//! It connects over TCP (`tcp://host:port`), TLS (`tls://`), QUIC
+//! (`quic://`) or WebSocket (`ws://host:port/ws`, `wss://`), says Hello,
+//! and offers the chat/1 requests (`spec/`) as methods of a cheaply
+//! cloneable [`Client`].
 //! What it adds on top of the protocol:
 //!
 //! - **Idempotent sends.** [`Client::send`] gives every message a random
@@ -22,9 +24,7 @@
 //!
 //! What it is not: a local message store (persist messages and
 //! [`Client::cursors`] in the app, restore them with [`Client::set_cursor`]
-//! before [`Client::resume`]); a TLS, QUIC or WebSocket client yet (those
-//! URLs parse but fail with [`Error::UnsupportedTransport`]); or a
-//! synchronous API (it needs a tokio runtime, current-thread or
+//! before [`Client::resume`]); or a synchronous API (it needs a tokio runtime, current-thread or
 //! multi-thread, and spawns its tasks with `tokio::spawn`).
 //!
 //! Which messages a conversation starts from: a conversation the client
@@ -103,6 +103,7 @@ pub mod events;
 mod inner;
 pub mod options;
 mod supervisor;
+mod transport;
 pub mod url;
 
 pub use chat_protocol::pb;

@@ -55,6 +55,23 @@ pub struct ClientOptions {
     /// fetched. Beyond this, pushes are not held but fetched again with the
     /// gap. Default 10,000.
     pub max_held_per_conversation: usize,
+    /// Certificates (PEM, one or more blocks) trusted as roots for
+    /// `tls://`, `quic://` and `wss://`, besides the built-in webpki roots
+    /// (Mozilla's list). For a development server with a generated
+    /// certificate, the contents of its `data_dir/tls/cert.pem`
+    /// ([`ClientOptions::trust_cert_file`]). Default empty.
+    pub trusted_certs_pem: Vec<u8>,
+}
+
+impl ClientOptions {
+    /// Adds the PEM certificates in `path` to
+    /// [`ClientOptions::trusted_certs_pem`].
+    pub fn trust_cert_file(mut self, path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        let pem = std::fs::read(path)?;
+        self.trusted_certs_pem.extend_from_slice(&pem);
+        self.trusted_certs_pem.push(b'\n');
+        Ok(self)
+    }
 }
 
 impl Default for ClientOptions {
@@ -72,6 +89,7 @@ impl Default for ClientOptions {
             send_retry_timeout: Duration::from_secs(30),
             sync_limit_per_conversation: 500,
             max_held_per_conversation: 10_000,
+            trusted_certs_pem: Vec::new(),
         }
     }
 }

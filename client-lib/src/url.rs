@@ -1,9 +1,7 @@
 //! Server addresses: `scheme://host:port[/path]`.
 //!
 //! The scheme names the transport (`spec/README.md`, "Transports"): `tcp`,
-//! `tls`, `quic`, `ws` and `wss`. All five parse; this version of the client
-//! connects over `tcp` only and refuses the others with
-//! [`Error::UnsupportedTransport`].
+//! `tls`, `quic`, `ws` and `wss`; the client connects with each.
 
 use crate::error::{Error, Result};
 
@@ -18,7 +16,7 @@ pub enum Transport {
     Quic,
     /// WebSocket, `ws://` (7480, path `/ws`).
     Ws,
-    /// WebSocket over TLS, `wss://`.
+    /// WebSocket over TLS, `wss://` (7443, path `/ws`).
     Wss,
 }
 
@@ -32,11 +30,6 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Wss => "wss",
         }
-    }
-
-    /// Whether this build of the client can connect with it.
-    pub fn is_supported(self) -> bool {
-        matches!(self, Transport::Tcp)
     }
 
     fn from_scheme(scheme: &str) -> Option<Self> {
@@ -104,18 +97,6 @@ impl Endpoint {
             path: path.to_owned(),
         })
     }
-
-    /// Fails with [`Error::UnsupportedTransport`] unless this build can
-    /// connect to the endpoint.
-    pub fn check_supported(&self) -> Result<()> {
-        if self.transport.is_supported() {
-            Ok(())
-        } else {
-            Err(Error::UnsupportedTransport(
-                self.transport.scheme().to_owned(),
-            ))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -131,7 +112,6 @@ mod tests {
         let e = parse("tcp://127.0.0.1:7400");
         assert_eq!(e.transport, Transport::Tcp);
         assert_eq!((e.host.as_str(), e.port), ("127.0.0.1", 7400));
-        assert!(e.check_supported().is_ok());
         let e = parse("TCP://chat.example.com:1/");
         assert_eq!((e.host.as_str(), e.port), ("chat.example.com", 1));
     }
@@ -145,7 +125,7 @@ mod tests {
     }
 
     #[test]
-    fn other_transports_parse_but_are_unsupported() {
+    fn every_transport_parses() {
         for (url, transport) in [
             ("tls://h:7401", Transport::Tls),
             ("quic://h:7402", Transport::Quic),
@@ -154,10 +134,7 @@ mod tests {
         ] {
             let e = parse(url);
             assert_eq!(e.transport, transport);
-            match e.check_supported() {
-                Err(Error::UnsupportedTransport(s)) => assert_eq!(s, transport.scheme()),
-                other => panic!("{url}: {other:?}"),
-            }
+            assert!(url.starts_with(transport.scheme()));
         }
         assert_eq!(parse("wss://h:443/ws").path, "/ws");
         assert_eq!(parse("ws://h:80").path, "/");

@@ -84,8 +84,12 @@ pub async fn serve(
     stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     peer: Peer,
 ) {
+    let headers = std::time::Duration::from_millis(shard.ctx.config.handshake_timeout_ms);
     let service = hyper::service::service_fn(move |req| route(shard.clone(), peer, req));
+    // A client gets the handshake timeout to send each request's headers.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(headers)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {

@@ -8,14 +8,16 @@
 //! Architecture (see the README and `../shared/DESIGN.md`):
 //!
 //! - [`shard`]: one thread per core with a current-thread runtime, its own
-//!   SO_REUSEPORT listener and its own sessions; [`mesh`]: bounded rings
-//!   between shards.
+//!   SO_REUSEPORT listeners and QUIC endpoint, and its own sessions;
+//!   [`mesh`]: bounded rings between shards.
 //! - [`owner`]: every conversation is owned by one shard whose
 //!   [`sequencer`] alone assigns its seqs.
 //! - [`storage`]: fjall keyspaces and the group-committing writer thread;
 //!   [`catalog`] and [`accounts`] are the store-backed request handlers.
 //! - [`connection`], [`session_table`], [`session_state`]: a client's
-//!   socket, its bounded outbound queue and its protocol state.
+//!   session, its bounded outbound queue and its protocol state;
+//!   [`transport`]: how frames travel over TCP, TLS, QUIC and WebSocket
+//!   (on the [`http`] listeners), and the certificates.
 //!
 //! It is not a cluster: one process serves everyone.
 

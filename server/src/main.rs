@@ -13,7 +13,8 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Thread-per-core chat server. With no arguments it listens on
-/// 127.0.0.1:7400 and stores data in ./chatd-data.
+/// 127.0.0.1 (TCP 7400, TLS 7401, QUIC 7402/udp, HTTP and ws:// 7480,
+/// HTTPS and wss:// 7443) and stores data in ./chatd-data.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -24,6 +25,21 @@ struct Args {
     /// Plain TCP listen address.
     #[arg(long, env = "CHATD_TCP_LISTEN")]
     tcp_listen: Option<SocketAddr>,
+    /// TLS listen address, or `off`.
+    #[arg(long, env = "CHATD_TLS_LISTEN", value_parser = parse_listen)]
+    tls_listen: Option<Listen>,
+    /// QUIC (UDP) listen address, or `off`.
+    #[arg(long, env = "CHATD_QUIC_LISTEN", value_parser = parse_listen)]
+    quic_listen: Option<Listen>,
+    /// HTTPS listen address (`wss://`), or `off`.
+    #[arg(long, env = "CHATD_WSS_LISTEN", value_parser = parse_listen)]
+    wss_listen: Option<Listen>,
+    /// Certificate chain (PEM) for TLS, HTTPS and QUIC; with `--tls-key`.
+    #[arg(long, env = "CHATD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "CHATD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Data directory.
     #[arg(long, env = "CHATD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -33,6 +49,20 @@ struct Args {
     /// `sync` (fsync before ack) or `buffered` (survives a process crash only).
     #[arg(long, env = "CHATD_DURABILITY", value_parser = parse_durability)]
     durability: Option<Durability>,
+}
+
+/// A listen address or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s.trim() {
+        "" | "off" => Ok(Listen(None)),
+        addr => addr
+            .parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|e| format!("{addr:?}: {e}; use host:port or off")),
+    }
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -64,6 +94,21 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(v) = args.tcp_listen {
         config.tcp_listen = v;
+    }
+    if let Some(Listen(v)) = args.tls_listen {
+        config.tls_listen = v;
+    }
+    if let Some(Listen(v)) = args.quic_listen {
+        config.quic_listen = v;
+    }
+    if let Some(Listen(v)) = args.wss_listen {
+        config.wss_listen = v;
+    }
+    if let Some(v) = args.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        config.tls_key = Some(v);
     }
     if let Some(v) = args.data_dir {
         config.data_dir = v;

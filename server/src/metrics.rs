@@ -3,7 +3,7 @@
 //!
 //! | metric | kind | meaning |
 //! |---|---|---|
-//! | `chatd_connections_accepted_total{transport}` | counter | connections accepted |
+//! | `chatd_connections_accepted_total{transport}` | counter | sessions started, by `tcp`, `tls`, `quic`, `ws`, `wss` |
 //! | `chatd_connections_refused_total` | counter | refused at `max_connections_per_shard` |
 //! | `chatd_sessions{shard}` | gauge | connected sessions |
 //! | `chatd_messages_in_total` | counter | SendMessage requests received |
@@ -18,6 +18,8 @@
 //! | `chatd_slow_consumers_total` | counter | sessions closed with SLOW_CONSUMER |
 //! | `chatd_syncs_total` | counter | Sync requests |
 //! | `chatd_resumes_total` | counter | successful Resume |
+//! | `chatd_datagrams_sent_total` | counter | typing/presence frames sent as QUIC datagrams |
+//! | `chatd_datagrams_dropped_total` | counter | QUIC datagrams from clients dropped (not a Typing frame) |
 
 use std::sync::OnceLock;
 
@@ -101,4 +103,12 @@ fn describe() {
     );
     describe_counter!("chatd_syncs_total", "Sync requests");
     describe_counter!("chatd_resumes_total", "successful Resume requests");
+    describe_counter!(
+        "chatd_datagrams_sent_total",
+        "typing and presence frames sent as QUIC datagrams"
+    );
+    describe_counter!(
+        "chatd_datagrams_dropped_total",
+        "QUIC datagrams from clients dropped"
+    );
 }

@@ -1,4 +1,4 @@
-//! A shard: one OS thread with a current-thread runtime, its own listener,
+//! A shard: one OS thread with a current-thread runtime, its own listeners,
 //! its sessions and the conversations it owns.
 //!
 //! Everything a shard holds is reached only from its thread (`Rc`,
@@ -10,7 +10,9 @@
 //! - the commit loop hands the owner's pending writes to the storage writer
 //!   as one batch, waits for durability, then sends acks and fan-outs in
 //!   order;
-//! - the accept loop takes connections until shutdown.
+//! - one accept loop per listener (TCP, TLS, HTTP, HTTPS, the QUIC
+//!   endpoint) takes connections until shutdown; TLS handshakes run in the
+//!   connection's own task, bounded by `handshake_timeout_ms`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};

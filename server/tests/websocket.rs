@@ -320,3 +320,109 @@ async fn plain_http_on_the_bridge_path_is_a_bad_request() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     server.stop().await;
 }
+
+/// Reads one unmasked server frame: (opcode, payload).
+async fn raw_ws_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .expect("timed out")
+        .ok()?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.ok()?;
+            u16::from_be_bytes(l) as usize
+        }
+        127 => panic!("unexpectedly long server frame"),
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((head[0] & 0x0f, payload))
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_get_malformed_frame_and_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start();
+    let mut s = TcpStream::connect(server.http_addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.expect("response");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's example key and its accept value.
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    // A client frame without a mask is a protocol violation.
+    s.write_all(&[0x82, 0x02, 0x08, 0x01]).await.expect("write");
+    let (op, payload) = raw_ws_frame(&mut s).await.expect("error frame");
+    assert_eq!(op, 0x2, "binary");
+    let f = pb::ServerFrame::decode(&payload[..]).expect("frame");
+    assert!(
+        matches!(f.body, Some(S::Error(ref e)) if e.code == ErrorCode::MalformedFrame as i32),
+        "{f:?}"
+    );
+    let (op, payload) = raw_ws_frame(&mut s).await.expect("close frame");
+    assert_eq!(op, 0x8, "close");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_websocket_client_is_closed_with_idle_timeout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.handshake_timeout_ms = 200;
+    let server = TestServer::start_with(dir, config);
+    let ws = open(server.http_addr, None).await.expect("upgrade");
+    let mut silent = WsClient {
+        ws,
+        next_id: 0,
+        pushes: Vec::new(),
+        user_id: 0,
+    };
+    assert_eq!(
+        silent.closed_with().await,
+        (Some(ErrorCode::IdleTimeout), Some(CloseCode::Policy))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_disconnected() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.session_queue_frames = 16;
+    config.shutdown_grace_ms = 500;
+    let server = TestServer::start_with(dir, config);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut lazy = WsClient::register(server.http_addr, "lazy").await;
+    let mut carol = Raw::register(server.addr, "carol").await;
+    let conv = alice
+        .create_group("g", &[lazy.user_id, carol.user_id])
+        .await;
+    let body = "x".repeat(60 * 1024);
+    // ~18 MiB towards a client that reads nothing.
+    for i in 0..300 {
+        alice.send_text(conv, &i.to_string(), &body).await;
+        assert_eq!(carol.next_message().await.seq, i + 1);
+    }
+    // Reading now finds the end of the connection after what was sent.
+    let mut frames = 0;
+    while lazy.next_frame().await.is_ok() {
+        frames += 1;
+    }
+    assert!(frames < 300, "the slow client was not disconnected");
+    server.stop().await;
+}

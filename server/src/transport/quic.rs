@@ -41,6 +41,17 @@ use crate::shard::Shard;
 /// back to the stream).
 const DATAGRAM_BUFFER: usize = 64 * 1024;
 
+/// Unread bytes a client may have in flight towards the server on its
+/// stream (and on the connection). Reading stops while the session's
+/// in-flight requests are at their limit, so this bounds what a client can
+/// make the server buffer.
+const RECEIVE_WINDOW: u32 = 1 << 20;
+
+/// Bytes quinn holds for a client that does not read (sent, not yet
+/// acknowledged, or waiting for flow-control credit). quinn's default is
+/// 10 MB; a slow consumer should hit the session queue bound instead.
+const SEND_WINDOW: u64 = 2 << 20;
+
 /// Binds a UDP socket with SO_REUSEPORT, so that every shard's endpoint
 /// can share the port.
 pub fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -64,7 +75,10 @@ pub fn server_config(
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_BUFFER);
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW);
     // The session's own idle timeout (3 heartbeats) decides; QUIC's is a
     // backstop for peers that vanish without a word.
     if let Ok(idle) = quinn::IdleTimeout::try_from(config.idle_timeout() + Duration::from_secs(5)) {
@@ -122,6 +136,7 @@ async fn handshake(shard: Rc<Shard>, incoming: quinn::Incoming) {
         stream: StreamSink::new(send),
         conn,
         datagrams_on: caps.datagrams_on.clone(),
+        close_code: 0,
     };
     crate::connection::serve(shard, source, sink, Some(peer.ip()), caps, "quic").await;
 }
@@ -160,6 +175,9 @@ struct QuicSink {
     stream: StreamSink<SendStream>,
     conn: Connection,
     datagrams_on: Rc<std::cell::Cell<bool>>,
+    /// The application error code the connection closes with when the
+    /// sink is dropped (`spec/framing.md`, "QUIC").
+    close_code: u32,
 }
 
 impl FrameSink for QuicSink {
@@ -186,18 +204,24 @@ impl FrameSink for QuicSink {
     }
 
     async fn finish(&mut self, reason: CloseReason) {
-        let send = self.stream.get_mut();
-        if send.finish().is_ok() {
-            // Let the client read the last frames before the connection
-            // closes (bounded by the caller's grace period).
-            let _ = send.stopped().await;
-        }
-        let code = match reason {
+        self.close_code = match reason {
             CloseReason::Error(code) => code as u32,
             CloseReason::GoingAway => chat_protocol::ErrorCode::ShuttingDown as u32,
             CloseReason::UnsupportedData => chat_protocol::ErrorCode::MalformedFrame as u32,
             CloseReason::Normal => 0,
         };
-        self.conn.close(VarInt::from_u32(code), b"");
+        let send = self.stream.get_mut();
+        if send.finish().is_ok() {
+            // Let the client read the last frames before the connection
+            // closes; the caller bounds this wait, and dropping the sink
+            // closes the connection either way.
+            let _ = send.stopped().await;
+        }
+    }
+}
+
+impl Drop for QuicSink {
+    fn drop(&mut self) {
+        self.conn.close(VarInt::from_u32(self.close_code), b"");
     }
 }
