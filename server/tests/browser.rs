@@ -116,8 +116,13 @@ impl Drop for Chromedriver {
 
 /// One browser window with its own fresh profile (so its own localStorage).
 async fn open_browser(driver: &Chromedriver, profile: &Path) -> Client {
+    open_browser_with(driver, profile, &[]).await
+}
+
+async fn open_browser_with(driver: &Chromedriver, profile: &Path, extra: &[&str]) -> Client {
     let chromium = required_program("chromium", "chromium");
     let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     args.push(format!("--user-data-dir={}", profile.display()));
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -617,6 +622,39 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     );
     alice.close().await.expect("close alice's browser");
     bob.close().await.expect("close bob's browser");
+    drop(driver);
+    server.stop().await;
+}
+
+/// Served by the HTTPS listener, the page connects with `wss://` (a page on
+/// https may not open plain `ws://`) and works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_over_https_talks_over_wss() {
+    let server = TestServer::start();
+    let wss = server.wss_addr.expect("the test config enables wss_listen");
+    let driver = Chromedriver::start();
+    let profiles = tempfile::tempdir().expect("temp dir");
+    // The server's development certificate is self-signed.
+    let browser = open_browser_with(
+        &driver,
+        &profiles.path().join("tls"),
+        &["--ignore-certificate-errors"],
+    )
+    .await;
+    register(&browser, &format!("https://{wss}/"), "carol", "Carol").await;
+    fill(&browser, "#direct-username", "carol").await;
+    click(&browser, "#direct-btn").await;
+    // A direct chat with oneself is refused by the server, and the page says so.
+    wait_for(
+        &browser,
+        "carol",
+        "the server's refusal is shown",
+        "document.getElementById('errors').textContent.includes('INVALID_ARGUMENT')",
+    )
+    .await;
+    let protocol = js(&browser, "return location.protocol;", vec![]).await;
+    assert_eq!(protocol, json!("https:"));
+    browser.close().await.expect("close the browser");
     drop(driver);
     server.stop().await;
 }
