@@ -28,6 +28,7 @@
   const HISTORY_PAGE = 50;
   const LIST_PAGE = 200;
   const LIST_MAX_PAGES = 5;
+  const MEMBER_FETCH_BATCH = 16;
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 30000;
   const TYPING_REFRESH_MS = 3000;
@@ -672,16 +673,23 @@
     }
     renderList();
     saveCursors();
-    // Direct chats are named after the partner: fetch members once.
+    // Direct chats are named after the partner: fetch their members once,
+    // a few requests at a time (well under the server's in-flight limit).
+    const unnamed = Array.from(state.conversations.values()).filter(
+      (c) => c.kind === E.ConversationKind.DIRECT && !c.members,
+    );
+    for (let i = 0; i < unnamed.length; i += MEMBER_FETCH_BATCH) {
+      const batch = unnamed.slice(i, i + MEMBER_FETCH_BATCH);
+      const results = await Promise.allSettled(
+        batch.map((c) => request("get_conversation", { conversation_id: c.id })),
+      );
+      for (const r of results) {
+        if (r.status === "fulfilled") applyConversation(r.value.conversation);
+        else if (r.reason instanceof Disconnected) return;
+      }
+    }
     const peers = [];
     for (const c of state.conversations.values()) {
-      if (c.kind === E.ConversationKind.DIRECT && !c.members) {
-        try {
-          applyConversation((await request("get_conversation", { conversation_id: c.id })).conversation);
-        } catch (e) {
-          if (e instanceof Disconnected) return;
-        }
-      }
       const peer = peerOf(c);
       if (peer !== null) peers.push(peer);
     }
