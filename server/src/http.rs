@@ -1,6 +1,7 @@
 //! The HTTP listener: `GET /health`, `GET /metrics`, the WebSocket bridge
-//! at `GET /ws` (`crate::transport::websocket`) and the signed media URLs
-//! (`PUT`/`GET /media/<id>`, see [`crate::media`]).
+//! at `GET /ws` (`crate::transport::websocket`), the browser page
+//! (`crate::web`) and the signed media URLs (`PUT`/`GET /media/<id>`, see
+//! [`crate::media`]).
 //!
 //! Each shard accepts on the shared `http_listen` port (SO_REUSEPORT) and
 //! serves HTTP/1.1 with hyper on its own runtime; the HTTPS listener
@@ -76,6 +77,10 @@ async fn route(
                 "text/plain; version=0.0.4",
                 crate::metrics::render(),
             )
+        }
+        // The browser page (`crate::web`); matches only its own paths.
+        (&Method::GET, path) if crate::web::asset(path).is_some() => {
+            crate::web::response(path).map(BodyExt::boxed_unsync)
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     })

@@ -50,6 +50,7 @@ pub mod session_table;
 pub mod shard;
 pub mod storage;
 pub mod transport;
+pub mod web;
 
 pub use config::{Config, Durability};
 pub use server::{ServerHandle, StartError};

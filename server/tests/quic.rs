@@ -342,3 +342,35 @@ async fn a_silent_quic_client_is_closed_with_idle_timeout() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_quic_client_that_stops_reading_is_disconnected() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.session_queue_frames = 16;
+    config.shutdown_grace_ms = 500;
+    let server = TestServer::start_with(dir, config);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let lazy = QuicRaw::register(&server, "lazy", &[]).await;
+    let mut carol = Raw::register(server.addr, "carol").await;
+    let conv = alice
+        .create_group("g", &[lazy.user_id, carol.user_id])
+        .await;
+    let body = "x".repeat(60 * 1024);
+    // ~18 MiB towards a client that reads nothing: more than QUIC's flow
+    // control windows and the 16-frame queue hold.
+    for i in 0..300 {
+        alice.send_text(conv, &i.to_string(), &body).await;
+        assert_eq!(carol.next_message().await.seq, i + 1);
+    }
+    let reason = tokio::time::timeout(WAIT, lazy.conn.closed())
+        .await
+        .expect("the slow client was not disconnected");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(a.error_code.into_inner(), ErrorCode::SlowConsumer as u64);
+        }
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}

@@ -398,3 +398,31 @@ async fn a_silent_websocket_client_is_closed_with_idle_timeout() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_client_that_stops_reading_is_disconnected() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.session_queue_frames = 16;
+    config.shutdown_grace_ms = 500;
+    let server = TestServer::start_with(dir, config);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut lazy = WsClient::register(server.http_addr, "lazy").await;
+    let mut carol = Raw::register(server.addr, "carol").await;
+    let conv = alice
+        .create_group("g", &[lazy.user_id, carol.user_id])
+        .await;
+    let body = "x".repeat(60 * 1024);
+    // ~18 MiB towards a client that reads nothing.
+    for i in 0..300 {
+        alice.send_text(conv, &i.to_string(), &body).await;
+        assert_eq!(carol.next_message().await.seq, i + 1);
+    }
+    // Reading now finds the end of the connection after what was sent.
+    let mut frames = 0;
+    while lazy.next_frame().await.is_ok() {
+        frames += 1;
+    }
+    assert!(frames < 300, "the slow client was not disconnected");
+    server.stop().await;
+}
