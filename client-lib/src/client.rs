@@ -70,6 +70,7 @@ impl Client {
             order: tokio::sync::Mutex::new(()),
             cursors: cursors.clone(),
             fetching: Mutex::new(HashSet::new()),
+            watching: Mutex::new(HashSet::new()),
             events: EventSink::new(events_tx),
         });
         inner.start(conn, pushes);
@@ -254,6 +255,195 @@ impl Client {
     pub async fn leave(&self, conversation: ConversationId) -> Result<()> {
         self.call(C::LeaveConversation(pb::LeaveConversation {
             conversation_id: conversation.0,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Makes a member an admin, or an admin a member again (owner and
+    /// admins only).
+    pub async fn set_role(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        role: pb::Role,
+    ) -> Result<pb::Conversation> {
+        self.conversation(C::SetRole(pb::SetRole {
+            conversation_id: conversation.0,
+            user_id: user.0,
+            role: role as i32,
+        }))
+        .await
+    }
+
+    /// Renames a group or channel (admins only).
+    pub async fn set_title(
+        &self,
+        conversation: ConversationId,
+        title: &str,
+    ) -> Result<pb::Conversation> {
+        self.conversation(C::UpdateConversation(pb::UpdateConversation {
+            conversation_id: conversation.0,
+            title: title.into(),
+        }))
+        .await
+    }
+
+    /// Hands a group to another member (owner only).
+    pub async fn transfer_ownership(
+        &self,
+        conversation: ConversationId,
+        new_owner: UserId,
+    ) -> Result<pb::Conversation> {
+        self.conversation(C::TransferOwnership(pb::TransferOwnership {
+            conversation_id: conversation.0,
+            new_owner_id: new_owner.0,
+        }))
+        .await
+    }
+
+    /// Subscribes to a broadcast channel: its posts are pushed from now on
+    /// and its history can be read.
+    pub async fn subscribe_channel(&self, channel: ConversationId) -> Result<()> {
+        self.call(C::SubscribeChannel(pb::SubscribeChannel {
+            conversation_id: channel.0,
+        }))
+        .await?;
+        lock(&self.inner().cursors).start(channel.0, 0);
+        Ok(())
+    }
+
+    /// Unsubscribes from a broadcast channel.
+    pub async fn unsubscribe_channel(&self, channel: ConversationId) -> Result<()> {
+        self.call(C::UnsubscribeChannel(pb::UnsubscribeChannel {
+            conversation_id: channel.0,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// A user's public profile, by id.
+    pub async fn profile(&self, user: UserId) -> Result<pb::Profile> {
+        self.profile_of(pb::GetProfile {
+            user_id: user.0,
+            username: String::new(),
+        })
+        .await
+    }
+
+    /// A user's public profile, by username (to start a chat with them).
+    pub async fn find_user(&self, username: &str) -> Result<pb::Profile> {
+        self.profile_of(pb::GetProfile {
+            user_id: 0,
+            username: username.into(),
+        })
+        .await
+    }
+
+    async fn profile_of(&self, req: pb::GetProfile) -> Result<pb::Profile> {
+        match self.call(C::GetProfile(req)).await? {
+            S::Profile(p) => Ok(p),
+            other => Err(Error::unexpected(&other)),
+        }
+    }
+
+    /// Changes the user's display name (empty keeps it) and whether others
+    /// see their last-seen time.
+    pub async fn update_profile(
+        &self,
+        display_name: &str,
+        hide_last_seen: bool,
+    ) -> Result<pb::Profile> {
+        let body = C::UpdateProfile(pb::UpdateProfile {
+            display_name: display_name.into(),
+            hide_last_seen,
+        });
+        match self.call(body).await? {
+            S::Profile(p) => Ok(p),
+            other => Err(Error::unexpected(&other)),
+        }
+    }
+
+    /// How many members received and read message `seq`.
+    pub async fn receipts(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+    ) -> Result<pb::ReceiptCounts> {
+        let body = C::GetReceipts(pb::GetReceipts {
+            conversation_id: conversation.0,
+            seq,
+        });
+        match self.call(body).await? {
+            S::ReceiptCounts(c) => Ok(c),
+            other => Err(Error::unexpected(&other)),
+        }
+    }
+
+    /// Sets the status other users see (`Offline` appears offline).
+    pub async fn set_presence(&self, status: pb::PresenceStatus) -> Result<()> {
+        self.call(C::SetPresence(pb::SetPresence {
+            status: status as i32,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Watches users' presence: their current state and every change arrive
+    /// as [`Event::Presence`](crate::Event::Presence), also after the client
+    /// reconnects.
+    pub async fn watch_presence(&self, users: &[UserId]) -> Result<()> {
+        let ids: Vec<u64> = users.iter().map(|u| u.0).collect();
+        lock(&self.inner().watching).extend(ids.iter().copied());
+        self.call(C::SubscribePresence(pb::SubscribePresence {
+            user_ids: ids,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Stops watching users' presence.
+    pub async fn unwatch_presence(&self, users: &[UserId]) -> Result<()> {
+        let ids: Vec<u64> = users.iter().map(|u| u.0).collect();
+        {
+            let mut watching = lock(&self.inner().watching);
+            for id in &ids {
+                watching.remove(id);
+            }
+        }
+        self.call(C::UnsubscribePresence(pb::UnsubscribePresence {
+            user_ids: ids,
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// Asks where to upload a media file of `size_bytes`: `PUT` the bytes
+    /// to the ticket's `upload_url` with any HTTP client, then send a
+    /// message whose [`pb::MediaRef`] names `media_id`. Recipients get a
+    /// signed download URL in the message.
+    pub async fn request_upload(
+        &self,
+        mime_type: &str,
+        size_bytes: u64,
+    ) -> Result<pb::UploadTicket> {
+        let body = C::RequestUpload(pb::RequestUpload {
+            mime_type: mime_type.into(),
+            size_bytes,
+        });
+        match self.call(body).await? {
+            S::UploadTicket(t) => Ok(t),
+            other => Err(Error::unexpected(&other)),
+        }
+    }
+
+    /// Registers this device for push notifications while the user has no
+    /// connected session (`provider`: `apns`, `fcm` or `webpush`). Lasts
+    /// until this session logs out.
+    pub async fn register_push_token(&self, provider: &str, token: &str) -> Result<()> {
+        self.call(C::RegisterPushToken(pb::RegisterPushToken {
+            provider: provider.into(),
+            token: token.into(),
         }))
         .await
         .map(drop)

@@ -59,6 +59,9 @@ pub(crate) struct Inner {
     /// Conversations with a gap fetch running, so there is one per
     /// conversation.
     pub(crate) fetching: Mutex<HashSet<u64>>,
+    /// Users whose presence the app watches; subscriptions belong to a
+    /// session, so they are sent again after every reconnect.
+    pub(crate) watching: Mutex<HashSet<u64>>,
     pub(crate) events: EventSink,
 }
 

@@ -20,6 +20,7 @@ use crate::connection::Conn;
 use crate::error::Error;
 use crate::events::Event;
 use crate::inner::{Inner, Link};
+use crate::lock;
 
 /// Why a reconnect attempt failed.
 enum Attempt {
@@ -85,8 +86,25 @@ impl Inner {
                 Some(next) => conn = next,
                 None => return,
             }
+            self.rewatch();
             self.events.send(Event::Reconnected).await;
         }
+    }
+
+    /// Presence subscriptions died with the old session: renew them (the
+    /// current states follow as `Presence` events).
+    fn rewatch(self: &Arc<Self>) {
+        let users: Vec<u64> = lock(&self.watching).iter().copied().collect();
+        if users.is_empty() || self.auth().is_none() {
+            return;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let body = C::SubscribePresence(pb::SubscribePresence { user_ids: users });
+            if let Err(e) = inner.request(body).await {
+                tracing::debug!(cause = %e, "renewing presence subscriptions failed");
+            }
+        });
     }
 
     /// Dials until a connection is back in service; `None` if the client

@@ -183,3 +183,83 @@ async fn an_app_restart_resumes_from_stored_cursors() {
     no_more_messages(&mut bob_events).await;
     server.stop().await;
 }
+
+/// Waits for a presence event about `user` with `status`.
+async fn presence(events: &mut Events, user: u64, status: chat_client::pb::PresenceStatus) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("timed out waiting for presence")
+            .expect("event stream open");
+        if let Event::Presence(p) = event {
+            if p.user_id == user && p.status == status as i32 {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_watches_are_renewed_after_a_restart_and_the_typed_api_covers_the_rest() {
+    use chat_client::pb::{PresenceStatus, Role};
+    let server = TestServer::start();
+    let (alice, _alice_events) = connect(&server).await;
+    let (bob, mut bob_events) = connect(&server).await;
+    let alice_id = alice
+        .register("alice", "password123", "")
+        .await
+        .expect("register")
+        .user_id;
+    bob.register("bob", "password123", "")
+        .await
+        .expect("register");
+    let found = bob.find_user("alice").await.expect("find");
+    assert_eq!(found.user_id, alice_id);
+
+    bob.watch_presence(&[UserId(alice_id)])
+        .await
+        .expect("watch");
+    presence(&mut bob_events, alice_id, PresenceStatus::Online).await;
+    alice
+        .set_presence(PresenceStatus::Busy)
+        .await
+        .expect("status");
+    presence(&mut bob_events, alice_id, PresenceStatus::Busy).await;
+
+    // Both clients reconnect on their own; Bob's watch is renewed and he
+    // hears Alice again without asking.
+    let server = server.restart().await;
+    presence(&mut bob_events, alice_id, PresenceStatus::Online).await;
+
+    // Channels, roles, titles and media through the typed API.
+    let channel = ConversationId(
+        alice
+            .create_channel("news")
+            .await
+            .expect("channel")
+            .conversation_id,
+    );
+    bob.subscribe_channel(channel).await.expect("subscribe");
+    let renamed = alice.set_title(channel, "daily news").await.expect("title");
+    assert_eq!(renamed.title, "daily news");
+    alice
+        .set_role(channel, bob.user_id().expect("bob"), Role::Admin)
+        .await
+        .expect("role");
+    // Channels list no members; Bob sees his own role.
+    let seen = bob.get_conversation(channel).await.expect("conversation");
+    assert_eq!(seen.my_role, Role::Admin as i32);
+    let ticket = bob.request_upload("image/png", 1024).await.expect("ticket");
+    assert_eq!(ticket.media_id.len(), 32);
+    bob.register_push_token("fcm", "bob-device")
+        .await
+        .expect("push token");
+    let ack = bob.send_text(channel, "admin post").await.expect("post");
+    let counts = alice.receipts(channel, ack.seq).await.expect("receipts");
+    assert!(counts.member_count >= 2);
+    // An admin leaves rather than unsubscribes.
+    let err = bob.unsubscribe_channel(channel).await.expect_err("admin");
+    assert!(format!("{err:?}").contains("Conflict"), "{err:?}");
+    bob.leave(channel).await.expect("leave");
+    server.stop().await;
+}
