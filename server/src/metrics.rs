@@ -21,6 +21,9 @@
 //! | `chatd_resumes_total` | counter | successful Resume |
 //! | `chatd_datagrams_sent_total` | counter | typing/presence frames sent as QUIC datagrams |
 //! | `chatd_datagrams_dropped_total` | counter | QUIC datagrams from clients dropped (not a Typing frame) |
+//! | `chatd_push_sent_total` | counter | notifications the push gateway accepted |
+//! | `chatd_push_failed_total` | counter | notifications given up after retries or refused by the gateway |
+//! | `chatd_push_dropped_total` | counter | notifications dropped because the push queue was full |
 
 use std::sync::OnceLock;
 
@@ -72,6 +75,18 @@ pub fn render() -> String {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!("chatd_connections_accepted_total", "connections accepted");
+    describe_counter!(
+        "chatd_push_sent_total",
+        "notifications the push gateway accepted"
+    );
+    describe_counter!(
+        "chatd_push_failed_total",
+        "notifications given up after retries or refused by the gateway"
+    );
+    describe_counter!(
+        "chatd_push_dropped_total",
+        "notifications dropped because the push queue was full"
+    );
     describe_counter!(
         "chatd_connections_refused_total",
         "connections refused at the per-shard limit"
