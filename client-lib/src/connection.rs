@@ -109,6 +109,9 @@ pub(crate) struct Conn {
     max_out: usize,
     welcome: pb::Welcome,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Set on QUIC when both sides announced `datagrams`: `Typing` goes
+    /// out as a datagram (`spec/framing.md`).
+    datagrams: Option<quinn::Connection>,
 }
 
 /// A request that was handed to the writer and waits for its reply.
@@ -174,6 +177,7 @@ impl Conn {
                 out.clone(),
             ));
         }
+        let quic_conn = quic.as_ref().map(|q| q.conn.clone());
         let writer = tokio::spawn(write_loop(dialed.writer, out_rx, shared.clone(), quic));
         tokio::spawn(read_loop(
             dialed.reader,
@@ -190,6 +194,7 @@ impl Conn {
             max_out: DEFAULT_MAX_FRAME_BYTES,
             welcome: pb::Welcome::default(),
             writer: Mutex::new(Some(writer)),
+            datagrams: None,
         };
         let hello = C::Hello(pb::Hello {
             protocol_version: chat_protocol::PROTOCOL_VERSION,
@@ -212,6 +217,14 @@ impl Conn {
             conn.shared
                 .max_in
                 .store(conn.max_out.max(DEFAULT_MAX_FRAME_BYTES), Ordering::Relaxed);
+        }
+        if datagrams
+            && welcome
+                .capabilities
+                .iter()
+                .any(|c| c == CAPABILITY_DATAGRAMS)
+        {
+            conn.datagrams = quic_conn;
         }
         conn.welcome = welcome;
         Ok((Arc::new(conn), pushes))
@@ -277,6 +290,17 @@ impl Conn {
     pub(crate) async fn notify(&self, body: C, deadline: Instant) -> Result<()> {
         if !self.is_usable() {
             return Err(Error::Disconnected(self.shared.reason()));
+        }
+        if let (Some(quic), C::Typing(_)) = (&self.datagrams, &body) {
+            // One frame body per datagram; if it cannot go (too large, the
+            // datagram buffer is full), the stream carries it.
+            let frame = pb::ClientFrame {
+                request_id: 0,
+                body: Some(body.clone()),
+            };
+            if quic.send_datagram(frame.encode_to_vec().into()).is_ok() {
+                return Ok(());
+            }
         }
         let bytes = self.encode(0, body)?;
         match timeout_at(deadline, self.out.send(bytes)).await {

@@ -18,6 +18,11 @@
 //!   reconnects with jittered exponential backoff, resumes with its session
 //!   token and cursors, queues what was missed, and re-sends the requests
 //!   that were in flight and are safe to repeat.
+//! - **Every transport, one API.** The URL's scheme picks TCP, TLS, QUIC
+//!   or WebSocket; certificates are verified (webpki roots plus
+//!   [`ClientOptions::trusted_certs_pem`]). On QUIC, typing indicators are
+//!   sent and typing and presence events received as datagrams when the
+//!   server supports them.
 //! - **Heartbeats.** It answers the server's Pings and pings the server
 //!   every `Welcome.heartbeat_interval_ms`, dropping a connection whose Pong
 //!   does not come back.

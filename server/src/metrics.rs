@@ -20,6 +20,7 @@
 //! | `chatd_syncs_total` | counter | Sync requests |
 //! | `chatd_resumes_total` | counter | successful Resume |
 //! | `chatd_datagrams_sent_total` | counter | typing/presence frames sent as QUIC datagrams |
+//! | `chatd_datagrams_received_total` | counter | Typing frames received as QUIC datagrams |
 //! | `chatd_datagrams_dropped_total` | counter | QUIC datagrams from clients dropped (not a Typing frame) |
 //! | `chatd_push_sent_total` | counter | notifications the push gateway accepted |
 //! | `chatd_push_failed_total` | counter | notifications given up after retries or refused by the gateway |
@@ -132,6 +133,10 @@ fn describe() {
     describe_counter!(
         "chatd_datagrams_sent_total",
         "typing and presence frames sent as QUIC datagrams"
+    );
+    describe_counter!(
+        "chatd_datagrams_received_total",
+        "Typing frames received as QUIC datagrams"
     );
     describe_counter!(
         "chatd_datagrams_dropped_total",

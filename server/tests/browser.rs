@@ -65,12 +65,36 @@ struct Chromedriver {
 }
 
 impl Chromedriver {
+    /// Attempts at starting chromedriver on a fresh port. Between choosing a
+    /// free port and chromedriver binding it another process may take it;
+    /// chromedriver then exits, and the next attempt uses another port.
+    /// (Its own `--port=0` is no help: it then often fails with "IPv4 port
+    /// not available".)
+    const ATTEMPTS: usize = 5;
+
     fn start() -> Self {
         let program = required_program("chromedriver", "chromium-driver");
+        let mut failures = Vec::new();
+        for _ in 0..Self::ATTEMPTS {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("find a free port")
+                .port();
+            match Self::start_on(&program, port) {
+                Ok(driver) => return driver,
+                Err(output) => failures.push(format!("port {port}: {output}")),
+            }
+        }
+        panic!("chromedriver did not start: {failures:#?}");
+    }
+
+    /// Starts chromedriver on `port` and waits until it says it listens;
+    /// `Err` holds what it printed if it exits or stays silent instead.
+    fn start_on(program: &Path, port: u16) -> Result<Self, String> {
         let mut child = {
             use std::os::unix::process::CommandExt;
             Command::new(program)
-                .arg("--port=0")
+                .arg(format!("--port={port}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -78,27 +102,30 @@ impl Chromedriver {
                 .spawn()
                 .expect("start chromedriver")
         };
-        // chromedriver picks a free port and prints
-        // "ChromeDriver was started successfully on port N."
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("on port ").nth(1) {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    if let Ok(port) = digits.parse::<u16>()
-                        && port != 0
-                    {
-                        let _ = tx.send(port);
-                    }
+                let ready = line.contains("started successfully");
+                if tx.send((ready, line)).is_err() || ready {
+                    break;
                 }
             }
         });
-        let port = rx
-            .recv_timeout(WAIT)
-            .expect("chromedriver did not report its port");
-        Self { child, port }
+        let deadline = Instant::now() + WAIT;
+        let mut output = Vec::new();
+        let outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((true, _)) => break Ok(()),
+                Ok((false, line)) => output.push(line),
+                Err(_) => break Err(output.join(" / ")),
+            }
+        };
+        let driver = Self { child, port };
+        // On failure, dropping `driver` ends whatever is left of it.
+        outcome.map(|()| driver)
     }
 }
 
@@ -329,13 +356,33 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     )
     .await;
 
-    // Bob answers; Alice sees it appear without doing anything.
-    send(&bob, "Hi Alice! Bob here.").await;
+    // Alice sees that Bob is online, and that he is typing before he sends.
     wait_for(
         &alice,
         "alice",
-        "Bob's answer appears",
-        &shows_message("Hi Alice! Bob here."),
+        "Bob shows as online",
+        "document.getElementById('chat-subtitle').textContent === 'online'",
+    )
+    .await;
+    fill(&bob, "#message-input", "Hi Alice! Bob here.").await;
+    wait_for(
+        &alice,
+        "alice",
+        "Bob shows as typing",
+        "document.getElementById('typing').textContent === 'Bob is typing…'",
+    )
+    .await;
+    // Bob answers; Alice sees it appear without doing anything, and the
+    // typing line goes away with it.
+    click(&bob, "#send-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "Bob's answer appears and he no longer shows as typing",
+        &format!(
+            "{} && document.getElementById('typing').textContent === ''",
+            shows_message("Hi Alice! Bob here.")
+        ),
     )
     .await;
     // Bob read Alice's message, so her page marks it read.

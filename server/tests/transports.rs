@@ -241,7 +241,41 @@ async fn quic_and_websocket_clients_talk_to_each_other() {
             break;
         }
     }
+    // And from the QUIC side, which sends it as a datagram.
+    q.typing(d, true).await.expect("typing");
+    loop {
+        let event = tokio::time::timeout(WAIT, w_events.next())
+            .await
+            .expect("typing event")
+            .expect("open");
+        if let Event::Typing(t) = event {
+            assert_eq!((t.conversation_id, t.active), (d.0, true));
+            break;
+        }
+    }
+    // Both typing events travelled as datagrams on the QUIC leg.
+    let metrics = http_get(server.http_addr, "/metrics").await;
+    for name in [
+        "chatd_datagrams_sent_total",
+        "chatd_datagrams_received_total",
+    ] {
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        assert!(value >= 1.0, "{name} = {value}");
+    }
     server.stop().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }
 
 #[tokio::test]

@@ -512,7 +512,7 @@
     for (const p of state.outbox.values()) if (p.state === "pending") transmit(p);
     const open = state.openKey && state.conversations.get(state.openKey);
     if (open) {
-      if (!open.loaded) loadNewest(open);
+      if (!open.loaded) loadNewest(open).catch((e) => historyError(e));
       markReadIfVisible(open);
     }
   }
@@ -884,6 +884,10 @@
     renderChat();
   }
 
+  function historyError(e) {
+    if (!(e instanceof Disconnected)) toast("History: " + e.message);
+  }
+
   async function loadNewest(c) {
     const f = await request("get_history", { conversation_id: c.id, limit: HISTORY_PAGE });
     const page = f.message_page;
@@ -1236,11 +1240,7 @@
     state.typingSentAt = 0;
     renderList();
     renderChat();
-    if (!c.loaded) {
-      loadNewest(c).catch((e) => {
-        if (!(e instanceof Disconnected)) toast("History: " + e.message);
-      });
-    } else {
+    if (!c.loaded) loadNewest(c).catch((e) => historyError(e)); else {
       markReadIfVisible(c);
     }
     if (!c.members && c.kind !== E.ConversationKind.CHANNEL) {

@@ -162,7 +162,10 @@ impl FrameSource for QuicSource {
             datagram = self.conn.read_datagram() => match datagram {
                 Err(_) => Incoming::Closed,
                 Ok(body) => match pb::ClientFrame::decode(body) {
-                    Ok(frame) if matches!(frame.body, Some(C::Typing(_))) => Incoming::Frame(frame),
+                    Ok(frame) if matches!(frame.body, Some(C::Typing(_))) => {
+                        metrics::counter!("chatd_datagrams_received_total").increment(1);
+                        Incoming::Frame(frame)
+                    }
                     _ => {
                         metrics::counter!("chatd_datagrams_dropped_total").increment(1);
                         Incoming::Activity
