@@ -31,9 +31,10 @@ fn main() -> anyhow::Result<()> {
         input,
         output,
         notes,
+        appendix,
     } = &cli.command
     {
-        return markdown::write(input, output, notes.as_deref());
+        return markdown::write(input, output, notes.as_deref(), appendix.as_deref());
     }
     procstat::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()

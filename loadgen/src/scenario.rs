@@ -130,6 +130,13 @@ pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::R
             .extra
             .insert("late_sends".into(), run.late_sends.into());
     }
+    if let Some(c) = outcome.loadgen_cpu_seconds {
+        // Near 1.0 with --cpu means loadgen itself was the limit.
+        report.extra.insert(
+            "loadgen_cpu_share".into(),
+            (c / outcome.measured_seconds).into(),
+        );
+    }
     if let Some(m) = server.metrics() {
         report.extra.insert("server_metrics".into(), m.into());
     }
