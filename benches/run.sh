@@ -135,6 +135,12 @@ conns="${CONNECTIONS:-$(( limit - 1000 < 50000 ? limit - 1000 : 50000 ))}"
 [ "$mode" = quick ] && conns=$(( conns < 2000 ? conns : 2000 ))
 run "connections" connections --connections "$conns" --source-addrs 4 --concurrency 256
 
+# criterion micro-benchmarks (same build profile as the release binaries).
+echo "== criterion"
+echo "cargo bench -p chat-benches --locked -- --output-format bencher" >>"$commands"
+cargo bench -p chat-benches --locked -- --output-format bencher 2>/dev/null \
+    | grep '^test ' >"$out/criterion.txt" || true
+
 # The machine and the notes that go into BENCHMARKS.md.
 notes="$out/notes.md"
 {
@@ -171,6 +177,26 @@ notes="$out/notes.md"
 } >"$notes"
 appendix="$out/appendix.md"
 {
+    if [ -s "$out/criterion.txt" ]; then
+        echo "## Micro-benchmarks"
+        echo
+        echo "\`cargo bench -p chat-benches\` (criterion; storage appends commit with \`fdatasync\` to a"
+        echo "temporary directory on this machine's disk):"
+        echo
+        echo "| benchmark | time per iteration | per item |"
+        echo "|---|---|---|"
+        awk '{
+            name = $2; ns = $5; gsub(",", "", ns); per = "";
+            if (name ~ /batch_[0-9]+$/) {
+                n = name; sub(/.*batch_/, "", n);
+                per = sprintf("%.2f µs per message, %d messages/s", ns / n / 1000, 1e9 * n / ns);
+            } else if (name ~ /500_sessions/) {
+                per = sprintf("%.0f ns per session", ns / 500);
+            }
+            printf "| `%s` | %s ns | %s |\n", name, $5, per;
+        }' "$out/criterion.txt"
+        echo
+    fi
     if [ -f benches/analysis.md ]; then
         cat benches/analysis.md
         echo
