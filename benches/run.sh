@@ -105,6 +105,10 @@ for r in $rates; do
         run "direct-rate$r-$t" direct --target "$t" --users 100 --rate "$r" --window 1000
     done
 done
+# The same without fsync (acknowledged once in the OS page cache): what the
+# disk's sync costs.
+run "direct-max-chatd-buffered" direct --users 100 --window 32 --durability buffered
+run "direct-rate20000-chatd-buffered" direct --users 100 --rate 20000 --window 1000 --durability buffered
 
 # group: 500 members online, one sender.
 for r in $group_rates; do

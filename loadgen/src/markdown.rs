@@ -54,6 +54,14 @@ fn num(v: f64) -> String {
     out
 }
 
+/// The target, with chatd's durability when it is not the default.
+fn target_name(r: &Report) -> String {
+    match r.extra.get("durability").and_then(|v| v.as_str()) {
+        Some(d) if d != "sync" => format!("{} ({d})", r.target),
+        _ => r.target.clone(),
+    }
+}
+
 fn rate(r: &Report) -> String {
     if r.rate > 0.0 {
         format!("{}/s", num(r.rate))
@@ -82,7 +90,7 @@ fn messaging_table(out: &mut String, reports: &[&Report]) {
             out,
             "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.label,
-            r.target,
+            target_name(r),
             rate(r),
             num(r.sent_per_second),
             num(r.deliveries_per_second),
@@ -431,7 +439,7 @@ pub fn write(
                 .cmp(&(b.rate > 0.0))
                 .then(a.fanout.cmp(&b.fanout))
                 .then(a.rate.total_cmp(&b.rate))
-                .then(a.target.cmp(&b.target))
+                .then(target_name(a).cmp(&target_name(b)))
         });
         if rs.is_empty() {
             continue;
@@ -451,7 +459,7 @@ pub fn write(
         let mut series: BTreeMap<String, Vec<Point>> = BTreeMap::new();
         for r in &rs {
             if let Some(p) = p99(&r.send_to_deliver) {
-                series.entry(r.target.clone()).or_default().push((
+                series.entry(target_name(r)).or_default().push((
                     r.deliveries_per_second,
                     p,
                     r.rate > 0.0,

@@ -124,6 +124,11 @@ pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::R
     report.error_samples = run.error_samples.clone();
     report.verification = run.verify.clone();
     report.extra.insert("echoes".into(), run.echoes.into());
+    if common.target == crate::cli::Target::Chatd && common.server.is_none() {
+        report
+            .extra
+            .insert("durability".into(), common.durability.clone().into());
+    }
     report.extra.insert("acked".into(), run.acked.into());
     if common.rate > 0.0 {
         report
