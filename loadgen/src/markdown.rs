@@ -484,7 +484,7 @@ pub fn write(
         .filter(|r| r.scenario == "connections")
         .collect();
     if !conns.is_empty() {
-        md.push_str("## `connections`\n\n| run | sessions | alive at end | private bytes / session | RSS bytes / session | opened per second | heartbeat round trip p99 | verified |\n|---|---|---|---|---|---|---|---|\n");
+        md.push_str("## `connections`\n\n| run | sessions | alive at end | private bytes / session | RSS bytes / session | opened per second | pong p99 (from the start of a ping sweep over all sessions) | verified |\n|---|---|---|---|---|---|---|---|\n");
         for r in conns {
             let g = |k: &str| r.extra.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
             let _ = writeln!(
