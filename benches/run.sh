@@ -17,7 +17,7 @@ mode="${1:-full}"
 server_cpus="${SERVER_CPUS:-1}"
 loadgen_cpu="${LOADGEN_CPU:-0}"
 if [ "$mode" = quick ]; then
-    duration=3; warmup=1; rates="5000 20000"; group_rates="100"; sync_rounds=2
+    duration=3; warmup=1; rates="5000 20000"; group_rates="200"; sync_rounds=2
 else
     duration=10; warmup=2; rates="5000 10000 20000 40000 80000"; group_rates="100 200 400"; sync_rounds=5
 fi
@@ -27,6 +27,7 @@ for p in redis-server nats-server; do
 done
 
 cargo build --release --locked -p chatd -p chat-loadgen
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 loadgen=target/release/loadgen
 out=benches/results
 rm -rf "$out"
@@ -64,18 +65,28 @@ profile() {
         [ -n "$pid" ] && break
         sleep 0.1
     done
-    sleep "$warmup"
-    sleep 2
+    # Past setup (which takes a few seconds) and the warm-up.
+    sleep $(( warmup + 2 ))
     if [ -n "$pid" ]; then
-        perf record -F 997 -g -p "$pid" -o "$out/profiles/$label.data" -- sleep 5 >/dev/null 2>&1 || true
+        perf record -F 499 --call-graph dwarf,16384 -p "$pid" -o "$out/profiles/$label.data" \
+            -- sleep 2 >/dev/null 2>&1 || true
     fi
     wait "$lg"
     cat "$out/$label.txt"
-    if [ -f "$out/profiles/$label.data" ]; then
-        perf report -i "$out/profiles/$label.data" --stdio --no-children --sort dso,symbol \
-            --percent-limit 1.5 2>/dev/null | grep -v '^$' | grep -E '^ +[0-9]' | head -30 \
-            >"$out/profiles/$label.txt" || true
-        rm -f "$out/profiles/$label.data"
+    local data="$out/profiles/$label.data"
+    if [ -f "$data" ]; then
+        {
+            echo "self time by function (top):"
+            perf report -i "$data" --stdio --no-children --sort dso,symbol -g none \
+                --percent-limit 1.5 2>/dev/null | grep -E '^ +[0-9]' | sed -E 's/ +- +- *$//; s/ +$//' | head -20
+            echo
+            echo "time including callees, chatd functions and system calls:"
+            perf report -i "$data" --stdio --children --sort symbol -g none \
+                --percent-limit 3 2>/dev/null | grep -E '^ +[0-9]' \
+                | grep -E 'chatd::|fjall::|lsm_tree::|\[k\] (__sys_|__x64_sys|do_syscall|asm_exc_page_fault|tcp_sendmsg|tcp_v4_rcv)|mi_malloc|_mi_page' \
+                | grep -v 'ServerHandle::start\|shard::run$' | sed -E 's/ +- +- *$//; s/ +$//' | head -30
+        } >"$out/profiles/$label.txt" 2>/dev/null || true
+        rm -f "$data"
     fi
 }
 
@@ -94,6 +105,10 @@ for r in $rates; do
         run "direct-rate$r-$t" direct --target "$t" --users 100 --rate "$r" --window 1000
     done
 done
+# The same without fsync (acknowledged once in the OS page cache): what the
+# disk's sync costs.
+run "direct-max-chatd-buffered" direct --users 100 --window 32 --durability buffered
+run "direct-rate20000-chatd-buffered" direct --users 100 --rate 20000 --window 1000 --durability buffered
 
 # group: 500 members online, one sender.
 for r in $group_rates; do
@@ -124,6 +139,12 @@ conns="${CONNECTIONS:-$(( limit - 1000 < 50000 ? limit - 1000 : 50000 ))}"
 [ "$mode" = quick ] && conns=$(( conns < 2000 ? conns : 2000 ))
 run "connections" connections --connections "$conns" --source-addrs 4 --concurrency 256
 
+# criterion micro-benchmarks (same build profile as the release binaries).
+echo "== criterion"
+echo "cargo bench -p chat-benches --locked -- --output-format bencher" >>"$commands"
+cargo bench -p chat-benches --locked -- --output-format bencher 2>/dev/null \
+    | grep '^test ' >"$out/criterion.txt" || true
+
 # The machine and the notes that go into BENCHMARKS.md.
 notes="$out/notes.md"
 {
@@ -137,10 +158,15 @@ notes="$out/notes.md"
     echo "rustc:   $(rustc --version)"
     echo "redis:   $(redis-server --version | head -1)"
     echo "nats:    $(nats-server --version | head -1)"
-    echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-minute load average at the end)"
+    echo "load:    $load_before at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end (1/5/15-minute load averages)"
     echo "nofile:  $(ulimit -Hn) (hard open-files limit)"
     echo '```'
     echo
+    if awk -v l="${load_before%% *}" 'BEGIN { exit !(l > 1.5) }'; then
+        echo "**The machine was not quiet**: other work was running (load average above). Latencies and"
+        echo "throughput are lower than on an idle machine; compare targets only within this run."
+        echo
+    fi
     echo "Layout: every server is pinned to CPU $server_cpus (\`taskset\`), loadgen to CPU $loadgen_cpu;"
     echo "chatd runs one shard (plus its storage writer thread) with \`durability = sync\`."
     echo "Mode: $mode ($duration s measured after $warmup s of warm-up per run)."
@@ -148,6 +174,33 @@ notes="$out/notes.md"
     echo "Reproduce: \`bash benches/run.sh\` (needs \`redis-server\`, \`nats-server\`, optionally \`perf\`)."
     echo "The exact loadgen command of every run is in the last table."
     echo
+    if [ -f benches/reading.md ]; then
+        cat benches/reading.md
+        echo
+    fi
+} >"$notes"
+appendix="$out/appendix.md"
+{
+    if [ -s "$out/criterion.txt" ]; then
+        echo "## Micro-benchmarks"
+        echo
+        echo "\`cargo bench -p chat-benches\` (criterion; storage appends commit with \`fdatasync\` to a"
+        echo "temporary directory on this machine's disk):"
+        echo
+        echo "| benchmark | time per iteration | per item |"
+        echo "|---|---|---|"
+        awk '{
+            name = $2; ns = $5; gsub(",", "", ns); per = "";
+            if (name ~ /batch_[0-9]+$/) {
+                n = name; sub(/.*batch_/, "", n);
+                per = sprintf("%.2f µs per message, %d messages/s", ns / n / 1000, 1e9 * n / ns);
+            } else if (name ~ /500_sessions/) {
+                per = sprintf("%.0f ns per session", ns / 500);
+            }
+            printf "| `%s` | %s ns | %s |\n", name, $5, per;
+        }' "$out/criterion.txt"
+        echo
+    fi
     if [ -f benches/analysis.md ]; then
         cat benches/analysis.md
         echo
@@ -156,14 +209,14 @@ notes="$out/notes.md"
         [ -s "$f" ] || continue
         echo "### Profile: $(basename "$f" .txt)"
         echo
-        echo "\`perf record -g -p <chatd>\` for 5 s of the measured interval; self time by function:"
+        echo "\`perf record -F 499 --call-graph dwarf -p <chatd>\` for 2 s of the measured interval (percent of samples):"
         echo
         echo '```'
         cat "$f"
         echo '```'
         echo
     done
-} >"$notes"
+} >"$appendix"
 
-"$loadgen" report --input "$out/json" --output benches/BENCHMARKS.md --notes "$notes"
+"$loadgen" report --input "$out/json" --output benches/BENCHMARKS.md --notes "$notes" --appendix "$appendix"
 echo "wrote benches/BENCHMARKS.md"

@@ -78,9 +78,12 @@ pub enum Command {
         /// Markdown file to write; plots go beside it.
         #[arg(long)]
         output: PathBuf,
-        /// Text inserted under "Machine" (commands, notes).
+        /// Markdown inserted before the tables (machine, commands).
         #[arg(long)]
         notes: Option<PathBuf>,
+        /// Markdown appended after the tables (analysis, profiles).
+        #[arg(long)]
+        appendix: Option<PathBuf>,
     },
 }
 

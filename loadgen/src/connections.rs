@@ -16,8 +16,9 @@ use crate::session::{self, ChatSession};
 use crate::setup::bounded;
 use crate::stats::{Latency, Report, ServerUsage};
 
-/// Pings every session and waits for each pong; returns how many answered
-/// and the round-trip times.
+/// Pings every session, then reads each pong in turn; returns how many
+/// answered, and records for each the time since the sweep started (so the
+/// largest is the time to check every session).
 async fn ping_all(sessions: &mut [ChatSession], nonce: u64, rtt: &mut Latency) -> usize {
     let started = Instant::now();
     let mut written = Vec::with_capacity(sessions.len());

@@ -357,6 +357,8 @@ pub struct Outcome {
     pub measured_seconds: f64,
     pub cpu_start: Option<f64>,
     pub cpu_end: Option<f64>,
+    /// loadgen's own CPU time over the measured interval.
+    pub loadgen_cpu_seconds: Option<f64>,
 }
 
 /// Runs the load on a prepared setup. `server_pid` is sampled for CPU time
@@ -473,8 +475,10 @@ pub async fn run(
 
     tokio::time::sleep_until((clock + Duration::from_nanos(warm_ns)).into()).await;
     let cpu_start = server_pid.and_then(crate::procstat::cpu_seconds);
+    let own_start = crate::procstat::cpu_seconds(std::process::id());
     tokio::time::sleep_until((clock + Duration::from_nanos(end_ns)).into()).await;
     let cpu_end = server_pid.and_then(crate::procstat::cpu_seconds);
+    let own_end = crate::procstat::cpu_seconds(std::process::id());
     progress.set_message("draining".to_string());
     let drain_until = Instant::now() + Duration::from_secs_f64(common.drain);
     while !run.borrow().drained() && Instant::now() < drain_until {
@@ -497,5 +501,6 @@ pub async fn run(
         measured_seconds: common.duration,
         cpu_start,
         cpu_end,
+        loadgen_cpu_seconds: own_end.zip(own_start).map(|(e, s)| e - s),
     })
 }

@@ -2,6 +2,22 @@
 //! the scenarios of `cli::Command`, checks every delivered message, and
 //! prints a human summary and optionally a JSON report. `loadgen report`
 //! turns a directory of JSON reports into BENCHMARKS.md.
+//!
+//! It runs on one thread (a current-thread tokio runtime), so it can be
+//! pinned to one core next to the server on another (`--cpu`,
+//! `--server-cpus`). Modules:
+//!
+//! - [`cli`]: the command line; [`scenario`]: starting the target and
+//!   building reports; [`spawn`]: the server as a child process;
+//! - [`setup`]: accounts, conversations and subscriptions per target;
+//!   [`fanout`]: the `direct`, `group` and `channel` load and its checks;
+//!   [`connections`], [`sync`]: the other two scenarios;
+//! - [`wire`]: chat/1, RESP and NATS encoders and decoders; [`conn`]:
+//!   sockets, batching writer, reader loop; [`session`]: request/reply
+//!   chat/1 sessions; [`payload`]: the header every message carries;
+//! - [`stats`]: HDR histograms and the report; [`procstat`]: CPU and memory
+//!   from `/proc`, limits and pinning; [`markdown`]: BENCHMARKS.md;
+//!   [`progress`]: the progress bar.
 
 mod cli;
 mod conn;
@@ -31,9 +47,10 @@ fn main() -> anyhow::Result<()> {
         input,
         output,
         notes,
+        appendix,
     } = &cli.command
     {
-        return markdown::write(input, output, notes.as_deref());
+        return markdown::write(input, output, notes.as_deref(), appendix.as_deref());
     }
     procstat::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()

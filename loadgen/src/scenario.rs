@@ -124,11 +124,23 @@ pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::R
     report.error_samples = run.error_samples.clone();
     report.verification = run.verify.clone();
     report.extra.insert("echoes".into(), run.echoes.into());
+    if common.target == crate::cli::Target::Chatd && common.server.is_none() {
+        report
+            .extra
+            .insert("durability".into(), common.durability.clone().into());
+    }
     report.extra.insert("acked".into(), run.acked.into());
     if common.rate > 0.0 {
         report
             .extra
             .insert("late_sends".into(), run.late_sends.into());
+    }
+    if let Some(c) = outcome.loadgen_cpu_seconds {
+        // Near 1.0 with --cpu means loadgen itself was the limit.
+        report.extra.insert(
+            "loadgen_cpu_share".into(),
+            (c / outcome.measured_seconds).into(),
+        );
     }
     if let Some(m) = server.metrics() {
         report.extra.insert("server_metrics".into(), m.into());

@@ -41,6 +41,24 @@ impl Spawned {
     }
 }
 
+/// `name` on `PATH`, else in the system directories Debian installs
+/// servers to (`nats-server` lives in `/usr/sbin`, which not every `PATH`
+/// holds).
+fn program(name: &str) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if !on_path {
+        for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+            let candidate = PathBuf::from(dir).join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(name)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -102,7 +120,7 @@ pub fn start(common: &Common) -> anyhow::Result<Spawned> {
             )
         }
         Target::Redis => (
-            PathBuf::from("redis-server"),
+            program("redis-server"),
             [
                 "--port",
                 &port.to_string(),
@@ -124,7 +142,7 @@ pub fn start(common: &Common) -> anyhow::Result<Spawned> {
             .collect(),
         ),
         Target::Nats => (
-            PathBuf::from("nats-server"),
+            program("nats-server"),
             vec![
                 "-a".into(),
                 "127.0.0.1".into(),
