@@ -337,6 +337,7 @@ impl Conn {
                     return;
                 };
                 let token = self.token.borrow_mut().take();
+                let everywhere = l.all_devices;
                 let res = blocking(self.ctx(), move |c| {
                     accounts::logout(c, user, token.as_deref(), l.all_devices)
                 })
@@ -344,6 +345,12 @@ impl Conn {
                 self.signed_off().await;
                 self.state.borrow_mut().logged_out();
                 self.shard.sessions.borrow_mut().deauthenticate(self.id);
+                if everywhere && res.is_ok() {
+                    // Their tokens are revoked; so are the sessions.
+                    let frame =
+                        reply::error(0, ErrorCode::TokenInvalid, "logged out on all devices");
+                    self.shard.end_user(user, frame).await;
+                }
                 self.push(reply::answer(rid, res.map(|()| S::Done(pb::Done {}))));
             }
             other => self.dispatch(rid, other).await,
