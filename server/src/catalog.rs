@@ -37,6 +37,10 @@ pub const TITLE_MAX_CHARS: usize = 128;
 /// rest of the reply. A page cut short says `has_more`, a gap `truncated`.
 pub const REPLY_MESSAGE_BYTES: usize = chat_protocol::DEFAULT_MAX_FRAME_BYTES - 64 * 1024;
 
+/// Room set aside per sync gap for its own fields (about 15 bytes encoded
+/// without messages).
+const GAP_OVERHEAD_BYTES: usize = 48;
+
 /// Keeps the leading messages that fit in `budget` bytes (at least one if
 /// `at_least_one`); returns the bytes kept and whether any were dropped.
 fn fit(messages: &mut Vec<pb::Message>, budget: usize, at_least_one: bool) -> (usize, bool) {
@@ -289,16 +293,20 @@ pub fn sync(
         let e = given.entry(c.conversation_id).or_insert(0);
         *e = (*e).max(c.seq);
     }
-    let mut result = pb::SyncResult::default();
-    // Message bytes left for this reply; gaps past it are reported without
-    // messages (truncated) and fetched with GetHistory.
-    let mut budget = REPLY_MESSAGE_BYTES;
+    let mut open = Vec::new();
     for (conversation, _) in ctx.store.user_conversations(me)? {
         let cursor = given.remove(&conversation).unwrap_or(0);
         let last_seq = ctx.store.last_seq(conversation)?;
-        if last_seq <= cursor {
-            continue;
+        if last_seq > cursor {
+            open.push((conversation, cursor, last_seq));
         }
+    }
+    let mut result = pb::SyncResult::default();
+    // Message bytes left for this reply once every gap's own fields are
+    // set aside (users in thousands of conversations); gaps past it are
+    // reported without messages (truncated) and fetched with GetHistory.
+    let mut budget = REPLY_MESSAGE_BYTES.saturating_sub(open.len() * GAP_OVERHEAD_BYTES);
+    for (conversation, cursor, last_seq) in open {
         let mut messages = if budget > 0 {
             ctx.store.messages_after(conversation, cursor, limit + 1)?
         } else {

@@ -114,3 +114,72 @@ async fn a_client_resumes_over_megabytes_of_missed_large_messages() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_sync_over_thousands_of_conversations_fits_a_frame() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.durability = chatd::Durability::Buffered;
+    let server = TestServer::start_with(dir, config);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut bob = Raw::register(server.addr, "bob").await;
+    // Enough large messages to fill a reply, then thousands of gaps more.
+    const CONVERSATIONS: usize = 10_000;
+    let big = "b".repeat(65_000);
+    let mut rids = Vec::new();
+    for i in 0..CONVERSATIONS {
+        rids.push(
+            alice
+                .send(C::CreateConversation(pb::CreateConversation {
+                    kind: pb::ConversationKind::Group as i32,
+                    member_ids: vec![bob.user_id],
+                    title: format!("g{i}"),
+                }))
+                .await,
+        );
+    }
+    let mut convs = Vec::new();
+    for rid in rids {
+        match alice.reply(rid).await {
+            S::Conversation(c) => convs.push(c.conversation_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut rids = Vec::new();
+    for (i, &conv) in convs.iter().enumerate() {
+        let text = if i < 20 { big.as_str() } else { "small" };
+        rids.push(alice.send(common::send_body(conv, "m", text)).await);
+    }
+    for rid in rids {
+        assert!(matches!(alice.reply(rid).await, S::SendAck(_)));
+    }
+    // Bob's sync from nothing: every conversation has a gap (the system
+    // message of its creation and alice's message).
+    let result = match bob
+        .request(C::Sync(pb::Sync {
+            cursors: vec![],
+            limit_per_conversation: 0,
+        }))
+        .await
+    {
+        S::SyncResult(r) => r,
+        other => panic!("{other:?}"),
+    };
+    eprintln!(
+        "sync reply {} bytes, {} with messages",
+        prost::Message::encoded_len(&result),
+        result
+            .gaps
+            .iter()
+            .filter(|g| !g.messages.is_empty())
+            .count()
+    );
+    assert_eq!(result.gaps.len(), CONVERSATIONS);
+    assert!(
+        result
+            .gaps
+            .iter()
+            .any(|g| g.truncated && g.messages.is_empty())
+    );
+    server.stop().await;
+}
