@@ -207,13 +207,17 @@ impl Conn {
         let hello_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
         let idle = config.idle_timeout();
         let signal = self.handle.signal.clone();
+        // The idle timer runs from the last complete frame, not the last
+        // byte: a frame trickled a byte at a time does not keep a
+        // connection (and its partial frame buffer) alive.
+        let mut last_frame = Instant::now();
         loop {
             let greeted = !matches!(
                 self.state.borrow().phase(),
                 crate::session_state::Phase::Connecting
             );
             let deadline = if greeted {
-                Instant::now() + idle
+                last_frame + idle
             } else {
                 hello_deadline
             };
@@ -226,7 +230,7 @@ impl Conn {
             match read {
                 Err(_) => {
                     let message = if greeted {
-                        "no traffic within 3 heartbeat intervals"
+                        "no complete frame within 3 heartbeat intervals"
                     } else {
                         "no Hello in time"
                     };
@@ -241,7 +245,10 @@ impl Conn {
             }
             loop {
                 match decoder.next_frame::<pb::ClientFrame>() {
-                    Ok(Some(frame)) => self.handle(frame).await,
+                    Ok(Some(frame)) => {
+                        self.handle(frame).await;
+                        last_frame = Instant::now();
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         // `spec/framing.md`: report, then close; the next
