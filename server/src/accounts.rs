@@ -124,7 +124,14 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
 /// without checking the password.
 pub fn login(ctx: &Context, req: &pb::Login, peer: Option<IpAddr>) -> Result<pb::AuthOk, Refusal> {
     let now = Instant::now();
-    if let Err(wait) = ctx.logins.lock().check(&req.username, peer, now) {
+    // A name that cannot exist is not kept per username (it could be up to a
+    // frame long); it still counts against the address.
+    let name = if valid_username(&req.username) {
+        req.username.as_str()
+    } else {
+        ""
+    };
+    if let Err(wait) = ctx.logins.lock().check(name, peer, now) {
         return Err(Refusal::new(
             ErrorCode::TooManyLoginAttempts,
             "too many failed logins; wait",
@@ -133,14 +140,19 @@ pub fn login(ctx: &Context, req: &pb::Login, peer: Option<IpAddr>) -> Result<pb:
     }
     let result = check_password(ctx, req);
     if matches!(&result, Err(r) if r.code == ErrorCode::InvalidCredentials) {
-        ctx.logins.lock().failed(&req.username, peer, now);
+        ctx.logins.lock().failed(name, peer, now);
     }
     result
 }
 
 fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
     let refused = || Refusal::new(ErrorCode::InvalidCredentials, "wrong username or password");
-    let found = match ctx.store.user_id_by_name(&req.username)? {
+    let id = if valid_username(&req.username) {
+        ctx.store.user_id_by_name(&req.username)?
+    } else {
+        None
+    };
+    let found = match id {
         Some(id) => ctx.store.user(id)?.map(|r| (id, r)),
         None => None,
     };
@@ -209,8 +221,10 @@ pub fn logout(ctx: &Context, user: u64, token: Option<&str>, all: bool) -> Resul
 pub fn profile(ctx: &Context, req: &pb::GetProfile) -> Result<pb::Profile, Refusal> {
     let id = if req.user_id != 0 {
         Some(req.user_id)
-    } else {
+    } else if valid_username(&req.username) {
         ctx.store.user_id_by_name(&req.username)?
+    } else {
+        None
     };
     let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
     let id = id.ok_or_else(not_found)?;

@@ -32,6 +32,34 @@ pub const LIST_MAX: u32 = 500;
 /// Longest title, in characters.
 pub const TITLE_MAX_CHARS: usize = 128;
 
+/// Bytes of messages one history or sync reply carries at most, so that it
+/// fits a frame (`reply::encode` refuses larger ones) with room for the
+/// rest of the reply. A page cut short says `has_more`, a gap `truncated`.
+pub const REPLY_MESSAGE_BYTES: usize = chat_protocol::DEFAULT_MAX_FRAME_BYTES - 64 * 1024;
+
+/// Room set aside per sync gap for its own fields (about 15 bytes encoded
+/// without messages).
+const GAP_OVERHEAD_BYTES: usize = 48;
+
+/// Keeps the leading messages that fit in `budget` bytes (at least one if
+/// `at_least_one`); returns the bytes kept and whether any were dropped.
+fn fit(messages: &mut Vec<pb::Message>, budget: usize, at_least_one: bool) -> (usize, bool) {
+    let mut used = 0;
+    let mut keep = 0;
+    for m in messages.iter() {
+        // The message plus its field tag and length prefix.
+        let size = m.encoded_len() + 8;
+        if used + size > budget && !(at_least_one && keep == 0) {
+            break;
+        }
+        used += size;
+        keep += 1;
+    }
+    let cut = keep < messages.len();
+    messages.truncate(keep);
+    (used, cut)
+}
+
 fn clamp(requested: u32, default: u32, max: u32) -> usize {
     (if requested == 0 {
         default
@@ -236,9 +264,11 @@ pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::Messa
         ctx.store
             .messages_before(req.conversation_id, req.before_seq, limit + 1)?
     };
-    let has_more = messages.len() > limit;
+    let mut has_more = messages.len() > limit;
     messages.truncate(limit);
     ctx.media.sign_messages(&mut messages, now_ms());
+    let (_, cut) = fit(&mut messages, REPLY_MESSAGE_BYTES, true);
+    has_more |= cut;
     Ok(pb::MessagePage {
         conversation_id: req.conversation_id,
         messages,
@@ -264,17 +294,31 @@ pub fn sync(
         let e = given.entry(c.conversation_id).or_insert(0);
         *e = (*e).max(c.seq);
     }
-    let mut result = pb::SyncResult::default();
+    let mut open = Vec::new();
     for (conversation, _) in ctx.store.user_conversations(me)? {
         let cursor = given.remove(&conversation).unwrap_or(0);
         let last_seq = ctx.store.last_seq(conversation)?;
-        if last_seq <= cursor {
-            continue;
+        if last_seq > cursor {
+            open.push((conversation, cursor, last_seq));
         }
-        let mut messages = ctx.store.messages_after(conversation, cursor, limit + 1)?;
-        let truncated = messages.len() > limit;
+    }
+    let mut result = pb::SyncResult::default();
+    // Message bytes left for this reply once every gap's own fields are
+    // set aside (users in thousands of conversations); gaps past it are
+    // reported without messages (truncated) and fetched with GetHistory.
+    let mut budget = REPLY_MESSAGE_BYTES.saturating_sub(open.len() * GAP_OVERHEAD_BYTES);
+    for (conversation, cursor, last_seq) in open {
+        let mut messages = if budget > 0 {
+            ctx.store.messages_after(conversation, cursor, limit + 1)?
+        } else {
+            Vec::new()
+        };
+        let mut truncated = messages.len() > limit || budget == 0;
         messages.truncate(limit);
         ctx.media.sign_messages(&mut messages, now_ms());
+        let (used, cut) = fit(&mut messages, budget, false);
+        budget = if cut { 0 } else { budget - used };
+        truncated |= cut;
         result.gaps.push(pb::Gap {
             conversation_id: conversation,
             from_seq: cursor + 1,

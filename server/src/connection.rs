@@ -178,13 +178,17 @@ impl Conn {
         let hello_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
         let idle = config.idle_timeout();
         let signal = self.handle.signal.clone();
+        // The idle timer runs from the last complete frame, not the last
+        // byte: a frame trickled a byte at a time does not keep a
+        // connection (and its partial frame buffer) alive.
+        let mut last_frame = Instant::now();
         loop {
             let greeted = !matches!(
                 self.state.borrow().phase(),
                 crate::session_state::Phase::Connecting
             );
             let deadline = if greeted {
-                Instant::now() + idle
+                last_frame + idle
             } else {
                 hello_deadline
             };
@@ -195,7 +199,7 @@ impl Conn {
             match incoming {
                 Err(_) => {
                     let message = if greeted {
-                        "no traffic within 3 heartbeat intervals"
+                        "no complete frame within 3 heartbeat intervals"
                     } else {
                         "no Hello in time"
                     };
@@ -207,7 +211,10 @@ impl Conn {
                     return;
                 }
                 Ok(Incoming::Activity) => {}
-                Ok(Incoming::Frame(frame)) => self.handle(frame).await,
+                Ok(Incoming::Frame(frame)) => {
+                    self.handle(frame).await;
+                    last_frame = Instant::now();
+                }
                 Ok(Incoming::Invalid {
                     code,
                     message,
@@ -311,6 +318,7 @@ impl Conn {
                     return;
                 };
                 let token = self.token.borrow_mut().take();
+                let everywhere = l.all_devices;
                 let res = blocking(self.ctx(), move |c| {
                     accounts::logout(c, user, token.as_deref(), l.all_devices)
                 })
@@ -318,6 +326,12 @@ impl Conn {
                 self.signed_off().await;
                 self.state.borrow_mut().logged_out();
                 self.shard.sessions.borrow_mut().deauthenticate(self.id);
+                if everywhere && res.is_ok() {
+                    // Their tokens are revoked; so are the sessions.
+                    let frame =
+                        reply::error(0, ErrorCode::TokenInvalid, "logged out on all devices");
+                    self.shard.end_user(user, frame).await;
+                }
                 self.push(reply::answer(rid, res.map(|()| S::Done(pb::Done {}))));
             }
             other => self.dispatch(rid, other).await,

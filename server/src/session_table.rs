@@ -235,6 +235,23 @@ impl SessionTable {
         n
     }
 
+    /// Closes every session of `user` on this shard gracefully with `frame`
+    /// (Logout on all devices).
+    pub fn close_user(&self, user: u64, frame: &Bytes) {
+        let Some(ids) = self.by_user.get(&user) else {
+            return;
+        };
+        for id in ids {
+            if let Some(s) = self.sessions.get(id) {
+                s.signal.close(Close {
+                    frame: Some(frame.clone()),
+                    flush_first: true,
+                    reason: CloseReason::Error(ErrorCode::TokenInvalid),
+                });
+            }
+        }
+    }
+
     /// Closes every session gracefully with `frame` (GoAway).
     pub fn close_all(&self, frame: Bytes) {
         for s in self.sessions.values() {

@@ -78,6 +78,14 @@ pub enum ShardMsg {
         /// The notification.
         notice: Arc<crate::push::Notice>,
     },
+    /// Close every session of this user on the receiving shard with
+    /// `frame` (Logout on all devices).
+    EndUser {
+        /// The user.
+        user: u64,
+        /// Encoded Error frame sent before the close.
+        frame: Bytes,
+    },
 }
 
 /// What happens once a pipeline entry's writes are durable.
@@ -218,6 +226,22 @@ impl Shard {
         }
     }
 
+    /// Closes every authenticated session of `user` on every shard, after
+    /// `frame`.
+    pub async fn end_user(&self, user: u64, frame: Bytes) {
+        for dst in 0..self.ctx.nr_shards() {
+            if dst == self.id {
+                self.sessions.borrow().close_user(user, &frame);
+            } else {
+                let msg = ShardMsg::EndUser {
+                    user,
+                    frame: frame.clone(),
+                };
+                self.ctx.mesh.send(self.id, dst, msg).await;
+            }
+        }
+    }
+
     /// Pushes `frame` to every session of `users` on every shard.
     pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes, ephemeral: bool) {
         for dst in 0..self.ctx.nr_shards() {
@@ -261,6 +285,7 @@ impl Shard {
             ShardMsg::Presence(op) => self.apply_presence(op),
             ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
             ShardMsg::PushCheck { users, notice } => self.offer_push(&users, &notice),
+            ShardMsg::EndUser { user, frame } => self.sessions.borrow().close_user(user, &frame),
         }
     }
 

@@ -598,3 +598,61 @@ async fn channel_subscribers_cannot_manage_the_channel() {
     assert_eq!(snapshot(&mut w.alice, channel).await, before);
     w.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_everywhere_ends_the_other_sessions_too() {
+    let mut w = world(|_| {}).await;
+    let addr = w.server.addr;
+    // Alice's other devices: raw sessions (spread over the shards) and an
+    // app using client-lib, which would otherwise reconnect and resume.
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(Raw::login(addr, "alice").await);
+    }
+    let (app, mut app_events) = chat_client::Client::connect(
+        &format!("tcp://{addr}"),
+        chat_client::ClientOptions {
+            reconnect_min_delay: std::time::Duration::from_millis(20),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect");
+    app.login("alice", "password123").await.expect("login");
+    let r = w
+        .alice
+        .request(C::Logout(pb::Logout { all_devices: true }))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    for mut c in others {
+        let mut last = None;
+        while let Some(f) = c.read_frame().await {
+            if let Some(S::Error(e)) = f.body {
+                assert_eq!(f.request_id, 0);
+                last = ErrorCode::try_from(e.code).ok();
+            }
+        }
+        assert_eq!(last, Some(ErrorCode::TokenInvalid));
+        assert_eq!(
+            error_code(&resume(addr, &c.token).await),
+            ErrorCode::TokenInvalid
+        );
+    }
+    // The app is told, tries to resume, is refused, and stops.
+    let mut disconnects = 0;
+    while let Some(event) = tokio::time::timeout(common::WAIT, app_events.next())
+        .await
+        .expect("events end")
+    {
+        if matches!(event, chat_client::Event::Disconnected { .. }) {
+            disconnects += 1;
+        }
+        assert!(!matches!(event, chat_client::Event::Reconnected));
+    }
+    assert!(disconnects >= 1);
+    assert!(app.session_token().is_none());
+    // Bob's sessions are untouched.
+    let pong = w.bob.request(C::Ping(pb::Ping { nonce: 1 })).await;
+    assert!(matches!(pong, S::Pong(_)));
+    w.server.stop().await;
+}

@@ -93,15 +93,27 @@ async fn a_client_that_stops_reading_is_closed_with_slow_consumer_and_others_con
     // 30 MiB towards a client that reads nothing: more than the kernel's
     // socket buffers and the 4 MiB queue bound hold.
     const FLOOD: usize = 512;
-    let reader = tokio::spawn(async move {
-        let mut carol = carol;
-        let mut seqs = Vec::new();
-        while seqs.len() < FLOOD {
-            seqs.push(carol.next_message().await.seq);
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut carol = carol;
+            let mut seqs = Vec::new();
+            while seqs.len() < FLOOD {
+                seqs.push(carol.next_message().await.seq);
+                received.store(seqs.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+            seqs
+        })
+    };
+    // Alice keeps at most 32 messages ahead of carol, so that only the
+    // client that reads nothing can fall 4 MiB behind.
+    for round in 0..FLOOD / 16 {
+        while received.load(std::sync::atomic::Ordering::SeqCst) + 32 < round * 16 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        seqs
-    });
-    send_many(&mut alice, conv, "f", &text, FLOOD, 16).await;
+        send_many(&mut alice, conv, &format!("f{round}-"), &text, 16, 16).await;
+    }
     // Everyone else was served throughout.
     let seqs = reader.await.expect("reader");
     assert_eq!(seqs, (1..=FLOOD as u64).collect::<Vec<_>>());

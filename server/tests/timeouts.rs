@@ -101,6 +101,33 @@ async fn a_logged_in_session_that_goes_silent_is_reaped_by_the_heartbeat_timeout
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_frame_trickled_after_login_does_not_keep_the_session_alive() {
+    let server = server_with(|c| c.heartbeat_interval_ms = 100);
+    let mut slow = Raw::register(server.addr, "slow").await;
+    // A 60 KiB message, one byte per 20 ms, for 4 s: each byte arrives
+    // well within the 300 ms idle timeout, the frame never completes, and
+    // the session is closed.
+    let frame = pb::ClientFrame {
+        request_id: 9,
+        body: Some(common::send_body(1, "x", &"t".repeat(60 * 1024))),
+    };
+    let bytes = chat_protocol::codec::encode_to_vec(&frame, 1 << 20).expect("encode");
+    let mut cut_off = false;
+    for b in bytes.iter().take(200) {
+        if tokio::io::AsyncWriteExt::write_all(&mut slow.stream, &[*b])
+            .await
+            .is_err()
+        {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cut_off, "a trickled frame kept the session open");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_wait_forever_for_a_client_that_never_reads() {
     let server = server_with(|c| {

@@ -190,7 +190,11 @@ impl Conv {
     fn needs_lookup(&self, req: &OwnerRequest) -> bool {
         match req.idempotency_key() {
             Some((sender, cmid)) => {
-                !req.checked && !cmid.is_empty() && !self.seq.knows(sender, cmid)
+                // An invalid id is refused by `apply` without a lookup.
+                !req.checked
+                    && !cmid.is_empty()
+                    && cmid.len() <= CLIENT_MSG_ID_MAX
+                    && !self.seq.knows(sender, cmid)
             }
             None => false,
         }

@@ -55,6 +55,10 @@ pub enum StorageError {
     WriterStopped,
 }
 
+/// Longest key fjall accepts (it panics beyond). Lookups by a longer
+/// client-supplied key find nothing instead of reaching fjall.
+const MAX_KEY_BYTES: usize = u16::MAX as usize;
+
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
@@ -174,6 +178,9 @@ impl Store {
 
     /// The id registered under `username`.
     pub fn user_id_by_name(&self, username: &str) -> Result<Option<u64>> {
+        if username.len() > MAX_KEY_BYTES {
+            return Ok(None);
+        }
         self.usernames
             .get(username.as_bytes())?
             .map(|v| u64_value("usernames", &v))
@@ -339,6 +346,9 @@ impl Store {
         sender: u64,
         client_msg_id: &str,
     ) -> Result<Option<IdempotencyRecord>> {
+        if client_msg_id.len() > MAX_KEY_BYTES - 16 {
+            return Ok(None);
+        }
         self.idempotency
             .get(keys::idempotency(conversation, sender, client_msg_id))?
             .map(|v| decode("idempotency", &v))
