@@ -4,7 +4,7 @@
 use chat_protocol::{FrameDecoder, pb};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{FrameSink, FrameSource, Incoming, WRITE_COALESCE};
+use super::{FrameSink, FrameSource, Incoming};
 use crate::session_table::{CloseReason, Outbound};
 
 /// Bytes requested from the socket per read.
@@ -64,7 +64,9 @@ impl<W: AsyncWrite + Unpin> StreamSink<W> {
     pub fn new(wr: W) -> Self {
         Self {
             wr,
-            buf: Vec::with_capacity(WRITE_COALESCE),
+            // Grows with the first writes: an idle session should not pin
+            // a 64 KiB buffer it never fills.
+            buf: Vec::new(),
         }
     }
 
