@@ -87,7 +87,7 @@ impl Context {
     pub fn fail(&self) {
         if !self.failed.swap(true, Ordering::SeqCst) {
             tracing::error!("storage failed; shutting down");
-            let _ = self.shutdown.send(true);
+            self.shutdown.send_replace(true);
         }
     }
 }

@@ -216,7 +216,7 @@ impl ServerHandle {
                 .spawn(move || {
                     if let Err(e) = crate::shard::run(id, ctx.clone(), listeners, recovered) {
                         tracing::error!(shard = id, cause = %e, "shard failed");
-                        let _ = ctx.shutdown.send(true);
+                        ctx.shutdown.send_replace(true);
                     }
                 })
                 .map_err(io("starting a shard thread"))?;
@@ -285,7 +285,9 @@ impl ServerHandle {
 
     /// Begins a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&self) {
-        let _ = self.ctx.shutdown.send(true);
+        // `send_replace` stores the value even when no shard has subscribed
+        // yet (a shutdown right after start); `send` would drop it.
+        self.ctx.shutdown.send_replace(true);
     }
 
     /// Stops accepting, sends GoAway to every session, waits (bounded by
