@@ -473,46 +473,17 @@ async fn serve_accepted(
     peer: std::net::SocketAddr,
     serves: Serves,
 ) {
-    use crate::transport::stream::{StreamSink, StreamSource};
-    let max = shard.ctx.config.max_frame_bytes;
     let handshake = Duration::from_millis(shard.ctx.config.handshake_timeout_ms);
-    let caps = crate::transport::Capabilities::default;
     match serves {
         Serves::Tcp => {
             let (rd, wr) = stream.into_split();
-            let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "tcp");
-            crate::connection::serve(
-                shard,
-                StreamSource::new(rd, max),
-                StreamSink::new(wr),
-                Some(peer.ip()),
-                caps(),
-                "tcp",
-            )
-            .instrument(span)
-            .await;
+            serve_stream(shard, rd, wr, peer, "tcp").await;
         }
         Serves::Tls(acceptor) => {
-            let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let (rd, wr) = tokio::io::split(tls);
-            let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "tls");
-            crate::connection::serve(
-                shard,
-                StreamSource::new(rd, max),
-                StreamSink::new(wr),
-                Some(peer.ip()),
-                caps(),
-                "tls",
-            )
-            .instrument(span)
-            .await;
+            if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
+                let (rd, wr) = tokio::io::split(tls);
+                serve_stream(shard, rd, wr, peer, "tls").await;
+            }
         }
         Serves::Http => {
             let p = crate::http::Peer {
@@ -522,21 +493,56 @@ async fn serve_accepted(
             crate::http::serve(shard, stream, p).await;
         }
         Serves::Https(acceptor) => {
-            let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let p = crate::http::Peer {
-                addr: Some(peer.ip()),
-                ws_transport: "wss",
-            };
-            crate::http::serve(shard, tls, p).await;
+            if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
+                let p = crate::http::Peer {
+                    addr: Some(peer.ip()),
+                    ws_transport: "wss",
+                };
+                crate::http::serve(shard, tls, p).await;
+            }
         }
     }
+}
+
+/// A TLS handshake bounded by `handshake`; `None` if it failed or took too
+/// long.
+async fn tls_accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    handshake: Duration,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// A session over a length-prefixed byte stream (TCP or TLS).
+async fn serve_stream(
+    shard: Rc<Shard>,
+    rd: impl tokio::io::AsyncRead + Unpin + 'static,
+    wr: impl tokio::io::AsyncWrite + Unpin + 'static,
+    peer: std::net::SocketAddr,
+    transport: &'static str,
+) {
+    use crate::transport::stream::{StreamSink, StreamSource};
+    let max = shard.ctx.config.max_frame_bytes;
+    let span = tracing::debug_span!("session", shard = shard.id, %peer, transport);
+    crate::connection::serve(
+        shard,
+        StreamSource::new(rd, max),
+        StreamSink::new(wr),
+        Some(peer.ip()),
+        crate::transport::Capabilities::default(),
+        transport,
+    )
+    .instrument(span)
+    .await;
 }
 
 /// Runs shard `id` on the current thread until shutdown completes.
