@@ -502,13 +502,18 @@ impl Client {
     /// after retryable refusals (honouring `retry_after_ms`) until
     /// [`ClientOptions::send_retry_timeout`] passes; the server stores it
     /// once and answers retries with the original ack (`duplicate: true`).
-    /// To retry across app restarts, choose and store the id yourself.
+    /// To retry across app restarts, choose and store the id yourself; set
+    /// `first_attempt` only when you know this id was never sent before
+    /// (`spec/messages.md`, "SendMessage").
     ///
     /// The message also arrives as an [`Event::Message`](crate::Event::Message)
     /// like everyone else's.
     pub async fn send(&self, mut msg: pb::SendMessage) -> Result<pb::SendAck> {
         if msg.client_msg_id.is_empty() {
             msg.client_msg_id = format!("{:032x}", rand::random::<u128>());
+            // A fresh id has never been sent: the server can skip its store
+            // lookup for an earlier copy. Cleared for every retransmission.
+            msg.first_attempt = true;
         }
         let options = &self.inner().options;
         let deadline = Instant::now() + options.send_retry_timeout;
@@ -525,6 +530,7 @@ impl Client {
                 Ok(other) => return Err(Error::unexpected(&other)),
                 Err(e) => e,
             };
+            msg.first_attempt = false;
             if !err.is_transient() {
                 return Err(err);
             }

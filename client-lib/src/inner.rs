@@ -137,12 +137,17 @@ impl Inner {
     /// all within `timeout`. A request that never left is sent again on the
     /// next connection; one lost in flight is sent again only if
     /// [`safe_to_retry`].
-    pub(crate) async fn request_within(&self, body: C, timeout: Duration) -> Result<S> {
+    pub(crate) async fn request_within(&self, mut body: C, timeout: Duration) -> Result<S> {
         let retry = safe_to_retry(&body);
         let deadline = Instant::now() + timeout;
         loop {
             let conn = self.current_conn(deadline).await?;
-            let pending = match conn.send_request(body.clone(), deadline).await {
+            let sent = conn.send_request(body.clone(), deadline).await;
+            // Whatever became of it, the next transmission is a retry.
+            if let C::SendMessage(m) = &mut body {
+                m.first_attempt = false;
+            }
+            let pending = match sent {
                 Ok(pending) => pending,
                 // Not sent: wait for the next connection.
                 Err(Error::Disconnected(_)) => continue,

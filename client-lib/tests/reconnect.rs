@@ -63,12 +63,20 @@ async fn a_send_in_flight_survives_a_dropped_connection() {
         }),
     )
     .await;
-    // The interrupted send goes again, with the same id.
+    // The interrupted send goes again, with the same id, now marked as a
+    // retry.
     let (rid, body) = peer.recv_request().await;
     let C::SendMessage(again) = body else {
         panic!("{body:?}")
     };
-    assert_eq!(again, first);
+    assert!(first.first_attempt && !again.first_attempt);
+    assert_eq!(
+        again,
+        pb::SendMessage {
+            first_attempt: false,
+            ..first.clone()
+        }
+    );
     peer.send(
         rid,
         S::SendAck(pb::SendAck {
@@ -214,7 +222,14 @@ async fn retryable_refusals_are_retried_with_the_same_id() {
         refused.elapsed() >= Duration::from_millis(140),
         "retry_after_ms honoured"
     );
-    assert_eq!(body, C::SendMessage(first.clone()));
+    assert!(first.first_attempt);
+    assert_eq!(
+        body,
+        C::SendMessage(pb::SendMessage {
+            first_attempt: false,
+            ..first.clone()
+        })
+    );
     peer.send(rid, error(ErrorCode::MessageTooLarge, 0)).await;
     match send.await.unwrap() {
         Err(e) => assert_eq!(e.code(), Some(ErrorCode::MessageTooLarge)),

@@ -97,6 +97,53 @@ async fn a_retried_send_returns_the_original_ack_and_stores_one_message() {
     server.stop().await;
 }
 
+/// A send marked `first_attempt` skips only the store lookup: keys still in
+/// memory are deduplicated, and a retry without the mark finds its original
+/// in the store after a restart.
+#[tokio::test]
+async fn first_attempts_are_still_deduplicated_and_retries_after_a_restart_are_found() {
+    fn first(conversation: u64, cmid: &str, text: &str) -> chat_protocol::pb::client_frame::Body {
+        chat_protocol::pb::client_frame::Body::SendMessage(chat_protocol::pb::SendMessage {
+            conversation_id: conversation,
+            client_msg_id: cmid.into(),
+            text: text.into(),
+            first_attempt: true,
+            ..Default::default()
+        })
+    }
+    fn ack(reply: S) -> chat_protocol::pb::SendAck {
+        match reply {
+            S::SendAck(a) => a,
+            other => panic!("expected SendAck, got {other:?}"),
+        }
+    }
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let conv = alice.create_direct(bob.user_id).await;
+
+    let original = ack(alice.request(first(conv, "k1", "one")).await);
+    assert!(!original.duplicate);
+    // A client wrongly marking a retry as a first attempt is still caught
+    // while the key is in memory.
+    let again = ack(alice.request(first(conv, "k1", "one")).await);
+    assert!(again.duplicate);
+    assert_eq!(again.seq, original.seq);
+
+    let server = server.restart().await;
+    let mut alice = Raw::login(server.addr, "alice").await;
+    // The honest retry after a restart: found in the store.
+    let retry = alice.send_text(conv, "k1", "one").await;
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.seq, retry.message_id),
+        (original.seq, original.message_id)
+    );
+    let next = ack(alice.request(first(conv, "k2", "two")).await);
+    assert_eq!((next.seq, next.duplicate), (original.seq + 1, false));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn direct_chats_need_exactly_one_existing_other_user() {
     let server = TestServer::start();

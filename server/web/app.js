@@ -972,6 +972,8 @@
       created_ms: Date.now(),
       state: "pending",
       error: "",
+      // Cleared once transmitted: every later transmission is a retry.
+      first: true,
     };
     state.outbox.set(p.client_msg_id, p);
     c.pendingSends.set(p.client_msg_id, p);
@@ -983,11 +985,14 @@
   async function transmit(p) {
     if (!state.authed) return; // sent after the next login or resume
     p.state = "pending";
+    const first = p.first;
+    p.first = false;
     try {
       const f = await request("send_message", {
         conversation_id: p.conversation_id,
         client_msg_id: p.client_msg_id,
         text: p.text,
+        first_attempt: first,
       });
       onAck(p, f.send_ack);
     } catch (e) {

@@ -194,6 +194,7 @@
       F(4, "media", "MediaRef"),
       F(5, "ciphertext", "bytes"),
       F(6, "reply_to_seq", "uint64"),
+      F(7, "first_attempt", "bool"),
     ],
     SendAck: [
       F(1, "conversation_id", "uint64"),
