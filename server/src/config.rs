@@ -102,8 +102,9 @@ pub struct Config {
     pub mesh_ring_capacity: usize,
     /// Write requests queued towards the storage writer. Default 16384.
     pub storage_queue: usize,
-    /// Most recent messages kept in memory per active conversation, serving
-    /// live fan-out, short syncs and first history pages. Default 256.
+    /// Idempotency keys of recent sends kept in memory per loaded
+    /// conversation (older ones are looked up in the store when a client
+    /// retransmits). Default 256.
     pub recent_messages: usize,
     /// Heartbeat interval announced to clients, in milliseconds; sessions
     /// silent for 3 intervals are closed. Default 15,000.

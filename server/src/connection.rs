@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::context::Context;
@@ -108,9 +107,8 @@ pub async fn serve(
 ) {
     metrics::counter!("chatd_connections_accepted_total", "transport" => transport).increment(1);
     let config = &shard.ctx.config;
-    let (tx, rx) = mpsc::channel(config.session_queue_frames.max(1));
-    let (id, handle) = shard.sessions.borrow_mut().insert(
-        tx,
+    let (id, handle, rx) = shard.sessions.borrow_mut().insert(
+        config.session_queue_frames,
         config.session_inflight_requests.max(1),
         config.session_queue_bytes.max(config.max_frame_bytes),
     );
@@ -141,7 +139,8 @@ pub async fn serve(
     });
     conn.read_loop(source).await;
     let _ = writer.await;
-    conn.signed_off().await;
+    // Boxed, like the request handlers: run once, at the end.
+    Box::pin(conn.signed_off()).await;
     shard.sessions.borrow_mut().remove(id);
     sessions_gauge.set(shard.sessions.borrow().len() as f64);
     tracing::debug!("session closed");
@@ -212,7 +211,9 @@ impl Conn {
                 }
                 Ok(Incoming::Activity) => {}
                 Ok(Incoming::Frame(frame)) => {
-                    self.handle(frame).await;
+                    // Boxed: the request handlers' states are large, and
+                    // inline they would sit in every idle session's task.
+                    Box::pin(self.handle(frame)).await;
                     last_frame = Instant::now();
                 }
                 Ok(Incoming::Invalid {

@@ -22,8 +22,15 @@
 //!    failures [`ATTEMPTS`] times. Tokens the gateway reports as rejected
 //!    are deleted.
 //!
-//! Notifications are best effort: those queued when the process stops are
-//! not sent.
+//! Notifications survive a crash: the message's batch also writes a
+//! `push_outbox` entry (conversation ‖ seq), removed once every recipient's
+//! notification has been handed to the gateway or found unneeded (an
+//! [`OutboxTicket`] inside the shared [`Notice`] deletes it when the last
+//! holder lets go). On start the push thread reads the entries left behind
+//! (at most [`OUTBOX_RECOVERY_MAX`], none older than [`OUTBOX_MAX_AGE`]) and
+//! notifies every member but the sender, since nobody is connected yet. So
+//! a notification may arrive twice after a crash, never zero times unless
+//! the queue overflowed (counted) or the gateway kept failing.
 //!
 //! The gateway request (`Content-Type: application/json`):
 //!
@@ -37,6 +44,7 @@
 //! A 2xx answer may carry `{"rejected": ["token", …]}`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,9 +75,42 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PREVIEW_CHARS: usize = 100;
 /// Longest device token accepted.
 const TOKEN_MAX: usize = 4096;
+/// Unfinished notifications read back from the outbox per start.
+pub const OUTBOX_RECOVERY_MAX: usize = 10_000;
+/// Unfinished notifications older than this are dropped after a restart
+/// instead of sent.
+pub const OUTBOX_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// A message's `push_outbox` entry, deleted when the ticket is dropped, i.e.
+/// when nothing holds the message's [`Notice`] any more. While the push
+/// thread is stopping, dropped tickets keep their entries for the next start.
+#[derive(Debug)]
+pub struct OutboxTicket {
+    key: [u8; 16],
+    done: mpsc::Sender<[u8; 16]>,
+    stopping: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl OutboxTicket {
+    /// Leaves the entry in the outbox.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for OutboxTicket {
+    fn drop(&mut self) {
+        if self.armed && !self.stopping.load(Ordering::Acquire) {
+            // A full queue keeps the entry: the notification is sent again
+            // after a restart, which is better than never.
+            let _ = self.done.try_send(self.key);
+        }
+    }
+}
 
 /// What a notification says about a message; shared by its recipients.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Notice {
     /// Conversation.
     pub conversation_id: u64,
@@ -90,6 +131,9 @@ pub struct Notice {
     pub preview: String,
     /// Whether it carries media.
     pub has_media: bool,
+    /// The message's outbox entry, if it has one.
+    #[serde(skip)]
+    pub outbox: Option<OutboxTicket>,
 }
 
 impl Notice {
@@ -116,6 +160,7 @@ impl Notice {
             sent_at_ms: m.sent_at_ms,
             preview,
             has_media: m.media.is_some(),
+            outbox: None,
         })
     }
 }
@@ -126,12 +171,46 @@ type Queued = (u64, Arc<Notice>);
 #[derive(Debug, Clone)]
 pub struct Push {
     tx: Option<mpsc::Sender<Queued>>,
+    outbox: Option<Outbox>,
+}
+
+/// Makes [`OutboxTicket`]s.
+#[derive(Debug, Clone)]
+struct Outbox {
+    done: mpsc::Sender<[u8; 16]>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Outbox {
+    fn ticket(&self, conversation: u64, seq: u64) -> OutboxTicket {
+        OutboxTicket {
+            key: keys::pair(conversation, seq),
+            done: self.done.clone(),
+            stopping: self.stopping.clone(),
+            armed: true,
+        }
+    }
 }
 
 impl Push {
     /// A queue that takes nothing (no gateway configured).
     pub fn disabled() -> Self {
-        Self { tx: None }
+        Self {
+            tx: None,
+            outbox: None,
+        }
+    }
+
+    /// Adds the outbox entry of message `seq` of `conversation` to `batch`
+    /// and returns the ticket that deletes it, when notifications are on.
+    pub fn stage(&self, conversation: u64, seq: u64, batch: &mut Batch) -> Option<OutboxTicket> {
+        let outbox = self.outbox.as_ref()?;
+        batch.put(
+            Ks::PushOutbox,
+            keys::pair(conversation, seq).to_vec(),
+            Vec::new(),
+        );
+        Some(outbox.ticket(conversation, seq))
     }
 
     /// Whether notifications are sent at all.
@@ -166,6 +245,7 @@ impl PushThread {
 pub fn start(
     gateway: Option<&str>,
     queue: usize,
+    preview: bool,
     store: Store,
     writer: Writer,
 ) -> std::io::Result<(Push, PushThread)> {
@@ -185,13 +265,32 @@ pub fn start(
         ));
     }
     let (tx, rx) = mpsc::channel(queue.max(1));
+    let (done, finished) = mpsc::channel(queue.max(1));
+    let outbox = Outbox {
+        done,
+        stopping: Arc::new(AtomicBool::new(false)),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let worker = Worker {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        uri,
+        store,
+        writer,
+        permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        tasks: tokio::task::JoinSet::new(),
+        preview,
+    };
+    let recovery = outbox.clone();
     let handle = std::thread::Builder::new()
         .name("chatd-push".into())
-        .spawn(move || runtime.block_on(run(rx, uri, store, writer)))?;
-    Ok((Push { tx: Some(tx) }, PushThread(Some(handle))))
+        .spawn(move || runtime.block_on(run(worker, rx, recovery, finished)))?;
+    let push = Push {
+        tx: Some(tx),
+        outbox: Some(outbox),
+    };
+    Ok((push, PushThread(Some(handle))))
 }
 
 #[derive(Serialize)]
@@ -214,34 +313,129 @@ struct Answer {
     rejected: Vec<String>,
 }
 
-async fn run(mut rx: mpsc::Receiver<Queued>, uri: hyper::Uri, store: Store, writer: Writer) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let mut tasks = tokio::task::JoinSet::new();
-    while let Some((user, notice)) = rx.recv().await {
-        while tasks.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+/// What the push thread works with.
+struct Worker {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: hyper::Uri,
+    store: Store,
+    writer: Writer,
+    permits: Arc<tokio::sync::Semaphore>,
+    tasks: tokio::task::JoinSet<()>,
+    /// `push_preview`.
+    preview: bool,
+}
+
+impl Worker {
+    /// Sends `notice` to `user`'s devices, if it has any, once fewer than
+    /// [`MAX_IN_FLIGHT`] requests are under way.
+    async fn dispatch(&mut self, user: u64, notice: Arc<Notice>) {
+        while self.tasks.try_join_next().is_some() {}
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
         };
         // A fast local read on this thread, not a shard's.
-        let regs = match live_registrations(&store, user) {
-            Ok(r) if r.is_empty() => continue,
+        let regs = match live_registrations(&self.store, user) {
+            Ok(r) if r.is_empty() => return,
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(cause = %e, "reading push registrations failed");
-                continue;
+                return;
             }
         };
-        let (client, uri, writer) = (client.clone(), uri.clone(), writer.clone());
-        tasks.spawn(async move {
+        let (client, uri, writer) = (self.client.clone(), self.uri.clone(), self.writer.clone());
+        self.tasks.spawn(async move {
             let _permit = permit;
             deliver(&client, &uri, &writer, user, &notice, &regs).await;
         });
     }
-    // Stopping: what is in flight gets a bounded time, the rest is dropped.
-    let drain = async { while tasks.join_next().await.is_some() {} };
+
+    /// Notifies the recipients of the messages left in the outbox by the
+    /// previous run.
+    async fn recover(&mut self, outbox: &Outbox) {
+        let entries = match self.store.push_outbox(OUTBOX_RECOVERY_MAX) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(cause = %e, "reading the push outbox failed");
+                return;
+            }
+        };
+        if !entries.is_empty() {
+            tracing::info!(
+                messages = entries.len(),
+                "resuming unfinished push notifications"
+            );
+        }
+        let oldest = now_ms().saturating_sub(OUTBOX_MAX_AGE.as_millis() as u64);
+        for (conversation, seq) in entries {
+            // Dropping the ticket without sending deletes the entry.
+            let ticket = outbox.ticket(conversation, seq);
+            let found = self.store.message(conversation, seq).and_then(|m| {
+                let c = self.store.conversation(conversation)?;
+                let members = self.store.members(conversation)?;
+                Ok(m.zip(c).map(|(m, c)| (m, c, members)))
+            });
+            let (message, record, members) = match found {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "reading an outbox message failed");
+                    ticket.keep();
+                    continue;
+                }
+            };
+            if message.sent_at_ms < oldest {
+                continue;
+            }
+            let notice = Notice::of(&message, record.kind, &record.title, self.preview);
+            let Some(mut notice) = notice else {
+                continue;
+            };
+            notice.outbox = Some(ticket);
+            let notice = Arc::new(notice);
+            for (user, _) in members {
+                if user != message.sender_id {
+                    self.dispatch(user, notice.clone()).await;
+                }
+            }
+        }
+    }
+}
+
+async fn run(
+    mut worker: Worker,
+    mut rx: mpsc::Receiver<Queued>,
+    outbox: Outbox,
+    finished: mpsc::Receiver<[u8; 16]>,
+) {
+    let deletes = tokio::spawn(forget_finished(finished, worker.writer.clone()));
+    worker.recover(&outbox).await;
+    while let Some((user, notice)) = rx.recv().await {
+        worker.dispatch(user, notice).await;
+    }
+    // Stopping: what is in flight gets a bounded time; the rest, and the
+    // outbox entries of everything unfinished, wait for the next start.
+    let drain = async { while worker.tasks.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    outbox.stopping.store(true, Ordering::Release);
+    drop((worker, rx, outbox));
+    let _ = tokio::time::timeout(Duration::from_secs(5), deletes).await;
+}
+
+/// Deletes the outbox entries of finished notifications, many per write.
+async fn forget_finished(mut finished: mpsc::Receiver<[u8; 16]>, writer: Writer) {
+    let mut keys = Vec::new();
+    while finished.recv_many(&mut keys, 1024).await > 0 {
+        let mut batch = Batch::with_capacity(keys.len());
+        for key in keys.drain(..) {
+            batch.delete(Ks::PushOutbox, key.to_vec());
+        }
+        let n = batch.len();
+        if let Err(e) = writer.write(batch).await {
+            tracing::warn!(cause = %e, "clearing the push outbox failed");
+            return;
+        }
+        metrics::counter!("chatd_push_outbox_cleared_total").increment(n as u64);
+    }
 }
 
 /// The user's registrations whose session is still valid.

@@ -7,7 +7,11 @@
 //! is answered with the original ack; keys it has forgotten are looked up in
 //! the store by the owner before [`Sequencer::assign`] is called.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use hashbrown::{Equivalent, HashMap};
 
 use chat_protocol::MessageId;
 
@@ -40,7 +44,27 @@ pub enum Admission {
     },
 }
 
-type Key = (u64, String);
+/// `(sender, client_msg_id)`. The id is shared with the eviction order, so
+/// a remembered key costs one allocation.
+type Key = (u64, Rc<str>);
+
+/// A borrowed [`Key`] for lookups that allocate nothing. Hashes exactly as a
+/// `Key` does (a tuple hashes its fields in order).
+#[derive(Clone, Copy)]
+struct KeyRef<'a>(u64, &'a str);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
 
 /// Sequence state of one conversation.
 #[derive(Debug)]
@@ -48,18 +72,21 @@ pub struct Sequencer {
     last_seq: u64,
     durable_seq: u64,
     keys: HashMap<Key, Assigned>,
-    order: VecDeque<Key>,
+    /// Keys oldest first, with their seqs.
+    order: VecDeque<(u64, Key)>,
     capacity: usize,
 }
 
 impl Sequencer {
     /// State of a conversation whose highest stored seq is `last_seq`,
-    /// remembering at most `capacity` idempotency keys in memory.
+    /// remembering `capacity` idempotency keys in memory, plus any whose
+    /// message is not yet durable: the store cannot answer for those, so
+    /// they are never forgotten before their commit.
     pub fn new(last_seq: u64, capacity: usize) -> Self {
         Self {
             last_seq,
             durable_seq: last_seq,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
@@ -78,12 +105,12 @@ impl Sequencer {
     /// Whether the ack for `(sender, client_msg_id)` is known without a
     /// store lookup.
     pub fn knows(&self, sender: u64, client_msg_id: &str) -> bool {
-        self.keys.contains_key(&(sender, client_msg_id.to_owned()))
+        self.keys.contains_key(&KeyRef(sender, client_msg_id))
     }
 
     /// Records a key found in the store (so already durable).
     pub fn remember(&mut self, sender: u64, client_msg_id: &str, original: Assigned) {
-        self.insert((sender, client_msg_id.to_owned()), original);
+        self.insert(sender, client_msg_id, original);
     }
 
     /// Admits a send. `client_msg_id` is `None` for system messages, which
@@ -96,7 +123,7 @@ impl Sequencer {
         ids: &mut MessageIdGenerator,
     ) -> Admission {
         if let Some(cmid) = client_msg_id {
-            if let Some(original) = self.keys.get(&(sender, cmid.to_owned())) {
+            if let Some(original) = self.keys.get(&KeyRef(sender, cmid)) {
                 return Admission::Duplicate {
                     original: *original,
                     durable: original.seq <= self.durable_seq,
@@ -110,7 +137,7 @@ impl Sequencer {
             sent_at_ms: now_ms,
         };
         if let Some(cmid) = client_msg_id {
-            self.insert((sender, cmid.to_owned()), assigned);
+            self.insert(sender, cmid, assigned);
         }
         Admission::New(assigned)
     }
@@ -118,14 +145,29 @@ impl Sequencer {
     /// Everything up to `seq` has been committed.
     pub fn mark_durable(&mut self, seq: u64) {
         self.durable_seq = self.durable_seq.max(seq);
+        self.evict();
     }
 
-    fn insert(&mut self, key: Key, value: Assigned) {
-        if self.keys.insert(key.clone(), value).is_none() {
-            self.order.push_back(key);
+    fn insert(&mut self, sender: u64, cmid: &str, value: Assigned) {
+        if let Some(known) = self.keys.get_mut(&KeyRef(sender, cmid)) {
+            *known = value;
+            return;
         }
+        let key: Key = (sender, Rc::from(cmid));
+        self.order.push_back((value.seq, key.clone()));
+        self.keys.insert(key, value);
+        self.evict();
+    }
+
+    /// Forgets the oldest keys beyond the capacity whose messages are
+    /// durable.
+    fn evict(&mut self) {
         while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
+            match self.order.front() {
+                Some((seq, _)) if *seq <= self.durable_seq => {}
+                _ => return,
+            }
+            if let Some((_, old)) = self.order.pop_front() {
                 self.keys.remove(&old);
             }
         }
@@ -191,8 +233,13 @@ mod tests {
         for k in ["a", "b", "c"] {
             s.assign(1, Some(k), 1, &mut ids);
         }
-        assert!(!s.knows(1, "a"), "capacity 2 evicts the oldest key");
-        assert!(s.knows(1, "c"));
+        assert!(
+            s.knows(1, "a"),
+            "a key is kept beyond the capacity until its message is durable"
+        );
+        s.mark_durable(3);
+        assert!(!s.knows(1, "a"), "capacity 2 evicts the oldest durable key");
+        assert!(s.knows(1, "b") && s.knows(1, "c"));
         let original = Assigned {
             seq: 1,
             message_id: MessageId(5),

@@ -57,14 +57,44 @@ pub struct ServerHandle {
     cert_path: Option<std::path::PathBuf>,
 }
 
+/// Fails if any socket already holds `addr`: another of this server's
+/// listeners or another process. SO_REUSEPORT, which lets every shard bind
+/// the same address, would otherwise let a second listener of the same user
+/// join the first silently and receive part of its connections. The probe
+/// is never listened on, so it leaves nothing behind; a TCP probe sets
+/// SO_REUSEADDR so that connections of an earlier run still in TIME_WAIT do
+/// not count as a holder (a listening socket still does).
+fn ensure_unclaimed(addr: SocketAddr, kind: Type) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), kind, None)?;
+    if kind == Type::STREAM {
+        probe.set_reuse_address(true)?;
+    }
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                "address already in use (by another listener of this configuration or another process)",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// One socket per shard on the same address: the first binds `addr` (port
-/// 0 picks a port), the others bind the address the first got.
+/// 0 picks a port), the others bind the address the first got. `kind` is
+/// the socket type, for the check that nothing else holds `addr`.
 fn per_shard<T>(
     addr: SocketAddr,
+    kind: Type,
     nr_shards: usize,
     bind: impl Fn(SocketAddr) -> std::io::Result<T>,
     local: impl Fn(&T) -> std::io::Result<SocketAddr>,
 ) -> Result<(SocketAddr, Vec<T>), StartError> {
+    ensure_unclaimed(addr, kind).map_err(io(format!("binding {addr}")))?;
     let first = bind(addr).map_err(io(format!("binding {addr}")))?;
     let bound = local(&first).map_err(io("reading the bound address"))?;
     let mut all = vec![first];
@@ -77,6 +107,7 @@ fn per_shard<T>(
 /// Per-shard sockets of an optional listener.
 fn optional_per_shard<T>(
     addr: Option<SocketAddr>,
+    kind: Type,
     nr_shards: usize,
     bind: impl Fn(SocketAddr) -> std::io::Result<T>,
     local: impl Fn(&T) -> std::io::Result<SocketAddr>,
@@ -84,7 +115,7 @@ fn optional_per_shard<T>(
     match addr {
         None => Ok((None, (0..nr_shards).map(|_| None).collect())),
         Some(addr) => {
-            let (bound, all) = per_shard(addr, nr_shards, bind, local)?;
+            let (bound, all) = per_shard(addr, kind, nr_shards, bind, local)?;
             Ok((Some(bound), all.into_iter().map(Some).collect()))
         }
     }
@@ -124,16 +155,37 @@ impl ServerHandle {
         let nr_shards = config.nr_shards();
 
         let tcp_local = |l: &std::net::TcpListener| l.local_addr();
-        let (tcp_addr, listeners) =
-            per_shard(config.tcp_listen, nr_shards, reuseport_listener, tcp_local)?;
-        let (http_addr, http_listeners) =
-            per_shard(config.http_listen, nr_shards, reuseport_listener, tcp_local)?;
-        let (tls_addr, tls_listeners) =
-            optional_per_shard(config.tls_listen, nr_shards, reuseport_listener, tcp_local)?;
-        let (wss_addr, wss_listeners) =
-            optional_per_shard(config.wss_listen, nr_shards, reuseport_listener, tcp_local)?;
+        let (tcp_addr, listeners) = per_shard(
+            config.tcp_listen,
+            Type::STREAM,
+            nr_shards,
+            reuseport_listener,
+            tcp_local,
+        )?;
+        let (http_addr, http_listeners) = per_shard(
+            config.http_listen,
+            Type::STREAM,
+            nr_shards,
+            reuseport_listener,
+            tcp_local,
+        )?;
+        let (tls_addr, tls_listeners) = optional_per_shard(
+            config.tls_listen,
+            Type::STREAM,
+            nr_shards,
+            reuseport_listener,
+            tcp_local,
+        )?;
+        let (wss_addr, wss_listeners) = optional_per_shard(
+            config.wss_listen,
+            Type::STREAM,
+            nr_shards,
+            reuseport_listener,
+            tcp_local,
+        )?;
         let (quic_addr, quic_sockets) = optional_per_shard(
             config.quic_listen,
+            Type::DGRAM,
             nr_shards,
             crate::transport::quic::reuseport_socket,
             |s: &std::net::UdpSocket| s.local_addr(),
@@ -161,6 +213,7 @@ impl ServerHandle {
         let (push, push_thread) = crate::push::start(
             config.push_gateway_url.as_deref(),
             config.push_queue,
+            config.push_preview,
             store.clone(),
             writer.clone(),
         )

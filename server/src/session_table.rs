@@ -7,14 +7,14 @@
 //! reconnects, so one slow reader never holds up a fan-out or grows memory.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chat_protocol::ErrorCode;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::reply;
 
@@ -89,11 +89,76 @@ impl CloseSignal {
     }
 }
 
+/// A session's outbound frames, in order, from the shard to its writer
+/// task. Used on the shard thread only. It is bounded by [`enqueue`]
+/// (`session_queue_frames`, `session_queue_bytes`) and holds no memory
+/// while empty: the writer frees its storage whenever it drains it.
+#[derive(Debug, Default)]
+pub struct FrameQueue {
+    frames: RefCell<VecDeque<Outbound>>,
+    /// Wakes the writer when a frame is queued.
+    ready: Notify,
+    /// The writer is gone: frames queued now would never be taken.
+    closed: Cell<bool>,
+}
+
+impl FrameQueue {
+    fn len(&self) -> usize {
+        self.frames.borrow().len()
+    }
+
+    /// Queues `frame`; false if the writer is gone.
+    fn push(&self, frame: Outbound) -> bool {
+        if self.closed.get() {
+            return false;
+        }
+        self.frames.borrow_mut().push_back(frame);
+        self.ready.notify_one();
+        true
+    }
+}
+
+/// The writer's end of a [`FrameQueue`]. Dropping it closes the queue and
+/// drops what is left in it.
+#[derive(Debug)]
+pub struct FrameReceiver(Rc<FrameQueue>);
+
+impl FrameReceiver {
+    /// The next frame, if one is queued.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut frames = self.0.frames.borrow_mut();
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > 0 {
+            *frames = VecDeque::new();
+        }
+        frame
+    }
+
+    /// Waits for the next frame. Cancel-safe: a frame is taken only when
+    /// it is returned.
+    pub async fn recv(&self) -> Outbound {
+        loop {
+            if let Some(frame) = self.try_recv() {
+                return frame;
+            }
+            self.0.ready.notified().await;
+        }
+    }
+}
+
+impl Drop for FrameReceiver {
+    fn drop(&mut self) {
+        self.0.closed.set(true);
+        *self.0.frames.borrow_mut() = VecDeque::new();
+    }
+}
+
 /// What the shard keeps per session.
 #[derive(Debug)]
 pub struct SessionHandle {
     user: Cell<Option<u64>>,
-    tx: mpsc::Sender<Outbound>,
+    queue: Rc<FrameQueue>,
+    max_frames: usize,
     /// Permits for requests being processed; a reply returns one.
     pub inflight: Arc<Semaphore>,
     /// Bytes queued towards the socket; the writer subtracts what it takes.
@@ -112,24 +177,29 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Registers a new connection, returning its id and handle.
+    /// Registers a new connection, returning its id, its handle and the
+    /// receiving end of its queue of at most `max_frames` frames and
+    /// `max_bytes` bytes.
     pub fn insert(
         &mut self,
-        tx: mpsc::Sender<Outbound>,
+        max_frames: usize,
         inflight: usize,
         max_bytes: usize,
-    ) -> (u64, Rc<SessionHandle>) {
+    ) -> (u64, Rc<SessionHandle>, FrameReceiver) {
         self.next_id += 1;
+        let queue = Rc::new(FrameQueue::default());
+        let rx = FrameReceiver(queue.clone());
         let handle = Rc::new(SessionHandle {
             user: Cell::new(None),
-            tx,
+            queue,
+            max_frames: max_frames.max(1),
             inflight: Arc::new(Semaphore::new(inflight)),
             queued_bytes: Rc::new(Cell::new(0)),
             max_bytes,
             signal: Rc::new(CloseSignal::default()),
         });
         self.sessions.insert(self.next_id, handle.clone());
-        (self.next_id, handle)
+        (self.next_id, handle, rx)
     }
 
     /// The session logged in as `user`: it now receives the user's pushes.
@@ -268,38 +338,28 @@ impl SessionHandle {
     /// More than half of the frame or byte bound is used: shed ephemeral
     /// frames.
     fn half_full(&self) -> bool {
-        self.tx.capacity() * 2 < self.tx.max_capacity()
-            || self.queued_bytes.get() * 2 > self.max_bytes
+        self.queue.len() * 2 > self.max_frames || self.queued_bytes.get() * 2 > self.max_bytes
     }
 }
 
 fn enqueue(s: &SessionHandle, frame: Bytes, ephemeral: bool) {
     let len = frame.len();
-    let over_bytes = s.queued_bytes.get() + len > s.max_bytes;
-    let sent = if over_bytes {
-        Err(mpsc::error::TrySendError::Full(Outbound {
-            frame,
-            ephemeral,
-        }))
-    } else {
-        s.tx.try_send(Outbound { frame, ephemeral })
-    };
-    match sent {
-        Ok(()) => s.queued_bytes.set(s.queued_bytes.get() + len),
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            if s.signal.get().is_none() {
-                metrics::counter!("chatd_slow_consumers_total").increment(1);
-            }
-            s.signal.close(Close {
-                frame: Some(reply::error(
-                    0,
-                    ErrorCode::SlowConsumer,
-                    "outbound queue full; reconnect and sync",
-                )),
-                flush_first: false,
-                reason: CloseReason::Error(ErrorCode::SlowConsumer),
-            });
+    if s.queued_bytes.get() + len <= s.max_bytes && s.queue.len() < s.max_frames {
+        if s.queue.push(Outbound { frame, ephemeral }) {
+            s.queued_bytes.set(s.queued_bytes.get() + len);
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
+        return;
     }
+    if s.signal.get().is_none() {
+        metrics::counter!("chatd_slow_consumers_total").increment(1);
+    }
+    s.signal.close(Close {
+        frame: Some(reply::error(
+            0,
+            ErrorCode::SlowConsumer,
+            "outbound queue full; reconnect and sync",
+        )),
+        flush_first: false,
+        reason: CloseReason::Error(ErrorCode::SlowConsumer),
+    });
 }

@@ -311,9 +311,13 @@ impl Shard {
                 continue;
             }
             self.committing.set(true);
-            let mut batch = Batch::new();
-            let mut effects = Vec::new();
-            let mut queued_at = Vec::new();
+            // Sized up front: growing a batch of a thousand writes by
+            // doubling costs more in page faults than the writes themselves.
+            let ops = entries.iter().map(|(_, e)| e.batch.len()).sum();
+            let nr_effects = entries.iter().map(|(_, e)| e.effects.len()).sum();
+            let mut batch = Batch::with_capacity(ops);
+            let mut effects = Vec::with_capacity(nr_effects);
+            let mut queued_at = Vec::with_capacity(entries.len());
             for (at, e) in entries {
                 if !e.batch.is_empty() {
                     queued_at.push(at);
@@ -451,6 +455,18 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Serves) {
                         }
                     },
                 };
+                if let Serves::Tcp = serves {
+                    // Spawned without the other listeners' states around
+                    // it: the task of a TCP session is only as large as
+                    // the session needs.
+                    let (rd, wr) = stream.into_split();
+                    let session = serve_stream(shard.clone(), rd, wr, peer, "tcp");
+                    tokio::task::spawn_local(async move {
+                        session.await;
+                        drop(slot);
+                    });
+                    continue;
+                }
                 let session = serve_accepted(shard.clone(), stream, peer, serves.clone());
                 tokio::task::spawn_local(async move {
                     session.await;
@@ -479,27 +495,36 @@ async fn serve_accepted(
             let (rd, wr) = stream.into_split();
             serve_stream(shard, rd, wr, peer, "tcp").await;
         }
+        // The other arms are boxed: a task is as large as its largest
+        // state, and a plain TCP session should not carry the space of a
+        // TLS handshake or an HTTP connection while it idles.
         Serves::Tls(acceptor) => {
-            if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
-                let (rd, wr) = tokio::io::split(tls);
-                serve_stream(shard, rd, wr, peer, "tls").await;
-            }
+            Box::pin(async move {
+                if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
+                    let (rd, wr) = tokio::io::split(tls);
+                    serve_stream(shard, rd, wr, peer, "tls").await;
+                }
+            })
+            .await
         }
         Serves::Http => {
             let p = crate::http::Peer {
                 addr: Some(peer.ip()),
                 ws_transport: "ws",
             };
-            crate::http::serve(shard, stream, p).await;
+            Box::pin(crate::http::serve(shard, stream, p)).await;
         }
         Serves::Https(acceptor) => {
-            if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
-                let p = crate::http::Peer {
-                    addr: Some(peer.ip()),
-                    ws_transport: "wss",
-                };
-                crate::http::serve(shard, tls, p).await;
-            }
+            Box::pin(async move {
+                if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
+                    let p = crate::http::Peer {
+                        addr: Some(peer.ip()),
+                        ws_transport: "wss",
+                    };
+                    crate::http::serve(shard, tls, p).await;
+                }
+            })
+            .await
         }
     }
 }

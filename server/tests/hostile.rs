@@ -156,6 +156,7 @@ impl Pick<'_> {
                 }),
                 ciphertext: vec![7; self.rng.random_range(0..100)].into(),
                 reply_to_seq: self.seq(),
+                first_attempt: self.rng.random_bool(0.5),
             }),
             14..=15 => C::GetHistory(pb::GetHistory {
                 conversation_id: self.id(),

@@ -73,3 +73,37 @@ async fn slow_consumer(edit: impl FnOnce(&mut chatd::Config)) {
     assert!(closed.is_ok(), "slow consumer was not disconnected");
     server.stop().await;
 }
+
+/// A listener address someone already holds is refused at start, whether
+/// the holder is another server or another listener of the same
+/// configuration: SO_REUSEPORT would otherwise let both accept on it and
+/// split the connections between them.
+#[tokio::test]
+async fn a_listener_address_already_held_is_refused_at_start() {
+    let running = TestServer::start();
+    let expect_in_use = |config: chatd::Config| match chatd::ServerHandle::start(config) {
+        Err(e @ chatd::StartError::Io { .. }) => {
+            assert!(e.to_string().contains("already in use"), "{e}")
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("started on an address that is already held"),
+    };
+
+    let dir = tempfile::tempdir().expect("dir");
+    let mut second = chatd::Config::for_tests(dir.path());
+    second.tcp_listen = running.addr;
+    expect_in_use(second);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let mut twice = chatd::Config::for_tests(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    twice.tls_listen = Some(port);
+    twice.wss_listen = Some(port);
+    expect_in_use(twice);
+
+    // The running server was not disturbed.
+    let _alice = Raw::register(running.addr, "alice").await;
+    running.stop().await;
+}

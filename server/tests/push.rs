@@ -8,8 +8,10 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chat_protocol::pb::{self, PresenceStatus, client_frame::Body as C, server_frame::Body as S};
+use common::process::Chatd;
 use common::{Raw, TestServer, WAIT};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -23,6 +25,8 @@ struct Gateway {
     url: String,
     requests: mpsc::UnboundedReceiver<Value>,
     reject: Arc<Mutex<Vec<String>>>,
+    /// While set, requests are recorded and never answered.
+    hang: Arc<AtomicBool>,
 }
 
 impl Gateway {
@@ -34,16 +38,21 @@ impl Gateway {
         let (tx, requests) = mpsc::unbounded_channel();
         let reject = Arc::new(Mutex::new(Vec::<String>::new()));
         let rejecting = reject.clone();
+        let hang = Arc::new(AtomicBool::new(false));
+        let hanging = hang.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (tx, reject) = (tx.clone(), rejecting.clone());
+                let (tx, reject, hang) = (tx.clone(), rejecting.clone(), hanging.clone());
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (tx, reject) = (tx.clone(), reject.clone());
+                        let (tx, reject, hang) = (tx.clone(), reject.clone(), hang.clone());
                         async move {
                             let body = req.into_body().collect().await.expect("body").to_bytes();
                             let json: Value = serde_json::from_slice(&body).expect("JSON");
                             let _ = tx.send(json);
+                            if hang.load(Ordering::SeqCst) {
+                                std::future::pending::<()>().await;
+                            }
                             let answer = serde_json::json!({ "rejected": *reject.lock() });
                             Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
                                 answer.to_string(),
@@ -61,6 +70,7 @@ impl Gateway {
             url,
             requests,
             reject,
+            hang,
         }
     }
 
@@ -250,4 +260,56 @@ async fn push_tokens_are_validated_and_previews_can_be_turned_off() {
     let r = gateway.next().await;
     assert_eq!(r["notification"]["preview"], "");
     server.stop().await;
+}
+
+/// A notification under way when the server is killed is sent after the
+/// restart (from the outbox written with the message); one the gateway has
+/// taken is not sent again.
+#[tokio::test]
+async fn notifications_unfinished_at_a_crash_are_sent_after_the_restart() {
+    let mut gateway = Gateway::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut chatd = Chatd::start(
+        dir.path(),
+        &format!("shards = 1\npush_gateway_url = \"{}\"", gateway.url),
+    );
+    let mut alice = Raw::register(chatd.addr, "alice").await;
+    let mut bob_phone = Raw::register(chatd.addr, "bob").await;
+    let bob = bob_phone.user_id;
+    register_push(&mut bob_phone, "bob-phone").await;
+    let direct = alice.create_direct(bob).await;
+    drop(bob_phone);
+    await_offline(&mut alice, bob).await;
+
+    // Taken by the gateway: its outbox entry goes.
+    let taken = alice.send_text(direct, "m1", "first").await;
+    assert_eq!(gateway.next().await["notification"]["seq"], taken.seq);
+    for _ in 0..400 {
+        if chatd.metric("chatd_push_outbox_cleared_total").await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(chatd.metric("chatd_push_outbox_cleared_total").await, 1.0);
+
+    // The gateway hangs: the notification is under way when the server dies.
+    gateway.hang.store(true, Ordering::SeqCst);
+    let pending = alice.send_text(direct, "m2", "second").await;
+    assert_eq!(gateway.next().await["notification"]["seq"], pending.seq);
+    chatd.kill();
+    gateway.hang.store(false, Ordering::SeqCst);
+    chatd.spawn();
+    chatd.wait_listening().await;
+
+    let again = gateway.next().await;
+    assert_eq!(again["user_id"], bob);
+    assert_eq!(again["notification"]["seq"], pending.seq);
+    assert_eq!(again["notification"]["preview"], "second");
+    assert_eq!(tokens(&again), ["bob-phone"]);
+
+    // Nothing else was left over: the next notification is a new message's.
+    let mut alice = Raw::login(chatd.addr, "alice").await;
+    let next = alice.send_text(direct, "m3", "third").await;
+    assert_eq!(gateway.next().await["notification"]["seq"], next.seq);
+    chatd.kill();
 }

@@ -50,19 +50,23 @@ pub struct OwnerRequest {
     pub conversation: u64,
     /// What to do.
     pub op: OwnerOp,
-    /// The idempotency key was already looked up in the store.
+    /// The idempotency key was already looked up in the store, or needs no
+    /// lookup (`SendMessage.first_attempt`).
     checked: bool,
 }
 
 impl OwnerRequest {
     /// A request from `user` at `origin`.
     pub fn new(origin: Origin, user: u64, conversation: u64, op: OwnerOp) -> Self {
+        // The first transmission of a key cannot have an earlier copy in
+        // the store; memory is still checked (`Sequencer::assign`).
+        let checked = matches!(&op, OwnerOp::Send(m) if m.first_attempt);
         Self {
             origin,
             user,
             conversation,
             op,
-            checked: false,
+            checked,
         }
     }
 
@@ -227,8 +231,10 @@ impl std::fmt::Debug for Owned {
 /// senders still remembered (others see counts with GetReceipts).
 const RECENT_SENDERS: usize = 256;
 
-/// Idempotency keys remembered per loaded conversation.
-const KEYS_PER_CONVERSATION_FACTOR: usize = 16;
+/// Idempotency keys remembered per loaded conversation, per unit of
+/// `recent_messages`. Retransmissions (`first_attempt` false) of older keys
+/// are found in the store; a small map stays in cache on the send path.
+const KEYS_PER_CONVERSATION_FACTOR: usize = 1;
 
 impl Owned {
     /// Ownership state seeded with recovered last seqs.
@@ -639,7 +645,8 @@ impl Shard {
                         &conv.record.title,
                         c.push_preview,
                     );
-                    if let Some(notice) = notice {
+                    if let Some(mut notice) = notice {
+                        notice.outbox = self.ctx.push.stage(id, a.seq, &mut batch);
                         effects.push(Effect::Notify(conv.recipients(), Arc::new(notice)));
                     }
                 }

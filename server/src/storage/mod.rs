@@ -87,6 +87,8 @@ pub enum Ks {
     Idempotency,
     /// `last_seen`
     LastSeen,
+    /// `push_outbox`
+    PushOutbox,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -105,6 +107,7 @@ pub struct Store {
     messages: Keyspace,
     idempotency: Keyspace,
     last_seen: Keyspace,
+    push_outbox: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,12 +130,50 @@ fn u64_value(keyspace: &'static str, bytes: &[u8]) -> Result<u64> {
     })
 }
 
+/// Nice value of fjall's background threads.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the scheduling priority of fjall's worker threads (memtable
+/// flushes and compactions) to [`BACKGROUND_NICE`].
+///
+/// Nothing waits on those threads directly, but when they share a core with
+/// the shards and the storage writer, a flush holding the core for tens of
+/// milliseconds delays every acknowledgement queued behind it. At a lower
+/// priority they run on the CPU time the latency-critical threads leave;
+/// under sustained overload fjall's own write stall then slows the writer
+/// until they catch up, so nothing grows without bound.
+fn background_threads_yield() {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != "fjall:worker" {
+                continue;
+            }
+            let tid = task.file_name().to_str().and_then(|t| t.parse().ok());
+            let Some(tid) = tid.and_then(rustix::process::Pid::from_raw) else {
+                continue;
+            };
+            // A thread that exited in the meantime only makes this fail.
+            match rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
+                Ok(()) => tracing::debug!(tid = tid.as_raw_nonzero(), "storage worker yields"),
+                Err(e) => {
+                    tracing::debug!(cause = %e, "could not lower a storage worker's priority")
+                }
+            }
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store under `dir`, replaying its journal.
     pub fn open(dir: &Path) -> Result<Self> {
         let db = Database::builder(dir).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
-        Ok(Self {
+        let store = Self {
             users: ks("users")?,
             usernames: ks("usernames")?,
             tokens: ks("tokens")?,
@@ -144,8 +185,11 @@ impl Store {
             messages: ks("messages")?,
             idempotency: ks("idempotency")?,
             last_seen: ks("last_seen")?,
+            push_outbox: ks("push_outbox")?,
             db,
-        })
+        };
+        background_threads_yield();
+        Ok(store)
     }
 
     pub(crate) fn keyspace(&self, ks: Ks) -> &Keyspace {
@@ -161,6 +205,7 @@ impl Store {
             Ks::Messages => &self.messages,
             Ks::Idempotency => &self.idempotency,
             Ks::LastSeen => &self.last_seen,
+            Ks::PushOutbox => &self.push_outbox,
         }
     }
 
@@ -276,6 +321,27 @@ impl Store {
             let (k, v) = kv.into_inner()?;
             if let Some(conversation) = keys::pair_second(&k) {
                 out.push((conversation, decode("user_conversations", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One message.
+    pub fn message(&self, conversation: u64, seq: u64) -> Result<Option<pb::Message>> {
+        match self.messages.get(keys::message(conversation, seq))? {
+            Some(v) => Ok(Some(decode("messages", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` messages whose push notifications were not finished,
+    /// as `(conversation, seq)`, oldest conversation first.
+    pub fn push_outbox(&self, limit: usize) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.push_outbox.iter().take(limit) {
+            let key = kv.key()?;
+            if let (Some(c), Some(s)) = (keys::first(&key), keys::pair_second(&key)) {
+                out.push((c, s));
             }
         }
         Ok(out)

@@ -48,6 +48,18 @@ impl Batch {
         self.ops.push(Op::Delete(ks, key.into()));
     }
 
+    /// An empty batch with room for `ops` writes.
+    pub fn with_capacity(ops: usize) -> Self {
+        Self {
+            ops: Vec::with_capacity(ops),
+        }
+    }
+
+    /// Number of writes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
     /// Whether the batch holds nothing.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()

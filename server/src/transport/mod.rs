@@ -16,14 +16,11 @@
 //!   rustls configurations of the TLS, WSS and QUIC listeners.
 
 use std::cell::Cell;
-use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::session_table::{CloseReason, CloseSignal, FrameReceiver, Outbound};
 use chat_protocol::{ErrorCode, pb};
-use tokio::sync::mpsc;
-
-use crate::session_table::{CloseReason, CloseSignal, Outbound};
 
 pub mod quic;
 pub mod stream;
@@ -93,12 +90,14 @@ pub struct Capabilities {
 /// error after it can be read.
 pub async fn write_loop(
     mut sink: impl FrameSink,
-    mut rx: mpsc::Receiver<Outbound>,
+    rx: FrameReceiver,
     signal: Rc<CloseSignal>,
     queued: Rc<Cell<usize>>,
     grace: Duration,
 ) {
-    let mut batch: Vec<Outbound> = Vec::new();
+    // The task holds only what waiting for a frame needs: the states of a
+    // write and of the close are boxed while they run, and the batch is
+    // freed after each write, so an idle session's writer stays small.
     let mut stream_intact = true;
     loop {
         let frame = tokio::select! {
@@ -106,30 +105,28 @@ pub async fn write_loop(
             f = rx.recv() => f,
             _ = signal.closed() => break,
         };
-        let Some(frame) = frame else { break };
-        batch.clear();
+        let mut batch = Vec::new();
         let mut bytes = frame.frame.len();
         batch.push(frame);
         while bytes < WRITE_COALESCE {
             match rx.try_recv() {
-                Ok(f) => {
+                Some(f) => {
                     bytes += f.frame.len();
                     batch.push(f);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         queued.set(queued.get().saturating_sub(bytes));
-        let done = {
-            let mut write = pin!(sink.send(&batch));
-            tokio::select! {
-                r = &mut write => r.is_ok(),
-                _ = signal.closed() => {
-                    if !signal.get().is_some_and(|c| c.flush_first) {
-                        while rx.try_recv().is_ok() {}
-                    }
-                    matches!(tokio::time::timeout(grace, &mut write).await, Ok(Ok(())))
+        let mut write = Box::pin(sink.send(&batch));
+        let done = tokio::select! {
+            r = &mut write => r.is_ok(),
+            _ = signal.closed() => {
+                if !signal.get().is_some_and(|c| c.flush_first) {
+                    while rx.try_recv().is_some() {}
                 }
+                let rest = Box::pin(tokio::time::timeout(grace, &mut write));
+                matches!(rest.await, Ok(Ok(())))
             }
         };
         if !done {
@@ -137,11 +134,24 @@ pub async fn write_loop(
             break;
         }
     }
+    Box::pin(close_sink(sink, rx, &signal, stream_intact, grace)).await;
+}
+
+/// Writes the closing frames (what is queued, if the close is graceful,
+/// then the close frame) and finishes the connection, each step bounded by
+/// `grace`.
+async fn close_sink(
+    mut sink: impl FrameSink,
+    rx: FrameReceiver,
+    signal: &CloseSignal,
+    stream_intact: bool,
+    grace: Duration,
+) {
     let close = signal.get();
     if let (true, Some(close)) = (stream_intact, &close) {
-        batch.clear();
+        let mut batch = Vec::new();
         if close.flush_first {
-            while let Ok(f) = rx.try_recv() {
+            while let Some(f) = rx.try_recv() {
                 batch.push(f);
             }
         }
@@ -155,6 +165,7 @@ pub async fn write_loop(
             let _ = tokio::time::timeout(grace, sink.send(&batch)).await;
         }
     }
+    drop(rx);
     let reason = close.map_or(CloseReason::Normal, |c| c.reason);
     let _ = tokio::time::timeout(grace, sink.finish(reason)).await;
 }

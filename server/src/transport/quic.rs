@@ -52,12 +52,23 @@ const RECEIVE_WINDOW: u32 = 1 << 20;
 /// 10 MB; a slow consumer should hit the session queue bound instead.
 const SEND_WINDOW: u64 = 2 << 20;
 
+/// Receive and send buffer asked for on each shard's UDP socket, in bytes.
+/// With the kernel's default (about 200 KiB) a burst of handshakes (1,200
+/// byte Initial packets) from a few hundred clients overflows it, and each
+/// dropped packet costs its client a retransmission timeout.
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// Binds a UDP socket with SO_REUSEPORT, so that every shard's endpoint
 /// can share the port.
 pub fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Every QUIC connection of the shard shares this socket: room for
+    // bursts from many clients at once (the kernel caps the request at
+    // net.core.rmem_max / wmem_max).
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
