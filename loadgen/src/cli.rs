@@ -105,6 +105,16 @@ pub enum Target {
 pub enum Transport {
     /// chat/1 over plain TCP.
     Tcp,
+    /// chat/1 over TLS (ALPN `chat/1`).
+    Tls,
+    /// chat/1 over QUIC: one bidirectional stream per session; many
+    /// sessions share each UDP socket.
+    Quic,
+    /// WebSocket at `/ws` on the HTTP listener: one binary message per
+    /// frame.
+    Ws,
+    /// WebSocket over TLS at `/ws` on the HTTPS listener.
+    Wss,
 }
 
 /// Options every scenario takes.
@@ -112,13 +122,26 @@ pub enum Transport {
 pub struct Common {
     #[arg(long, value_enum, default_value_t = Target::Chatd)]
     pub target: Target,
-    /// chatd transport (TLS, QUIC and WebSocket are not in loadgen yet).
+    /// chatd transport (Redis and NATS: `tcp` only). A started chatd gets
+    /// the listener it needs on a free port.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
     /// Use a server that is already running at this address instead of
-    /// starting one (no server CPU or memory readings then).
+    /// starting one (no server CPU or memory readings then): the address
+    /// of the `--transport` listener.
     #[arg(long)]
     pub server: Option<SocketAddr>,
+    /// With `--server` over tls, quic or wss: the certificate (PEM) to
+    /// trust, e.g. chatd's generated `data_dir/tls/cert.pem`.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// The name the server's certificate must be valid for.
+    #[arg(long, default_value = "localhost")]
+    pub tls_name: String,
+    /// QUIC: UDP sockets loadgen spreads its connections over (the server
+    /// picks a shard per client address and port).
+    #[arg(long, default_value_t = crate::transport::QUIC_ENDPOINTS)]
+    pub quic_endpoints: usize,
     /// The chatd binary to start (default: `chatd` beside loadgen, else on
     /// PATH).
     #[arg(long)]

@@ -1,16 +1,16 @@
 //! Sockets: connecting from a chosen loopback source address, a batching
-//! writer fed through an [`Outbox`], and a reader loop feeding a decoder.
+//! writer fed through an [`Outbox`], and a reader loop feeding a decoder
+//! (over any transport: [`crate::transport`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
+use crate::transport::{Reader, Writer};
 use crate::wire::{Decoder, Event};
 
 /// Connects to `addr`, from `source` if given (another 127.0.0.x address
@@ -69,12 +69,12 @@ impl Outbox {
 }
 
 /// Writes what the outbox collects until it is closed or the socket fails.
-pub async fn writer(mut w: OwnedWriteHalf, outbox: Rc<Outbox>) -> anyhow::Result<()> {
+pub async fn writer(mut w: Writer, outbox: Rc<Outbox>) -> anyhow::Result<()> {
     let mut spare = Vec::new();
     loop {
         if outbox.buf.borrow().is_empty() {
             if outbox.closed.get() {
-                let _ = w.shutdown().await;
+                w.shutdown().await;
                 return Ok(());
             }
             outbox.notify.notified().await;
@@ -89,7 +89,7 @@ pub async fn writer(mut w: OwnedWriteHalf, outbox: Rc<Outbox>) -> anyhow::Result
 /// Reads and decodes until the peer closes; hands every event to
 /// `on_event`. Returns `Ok` on a clean close.
 pub async fn reader(
-    mut r: OwnedReadHalf,
+    mut r: Reader,
     mut decoder: Box<dyn Decoder>,
     mut on_event: impl FnMut(Event),
 ) -> anyhow::Result<()> {

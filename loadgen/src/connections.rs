@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
 
-use crate::cli::{Common, Target};
+use crate::cli::{Common, Target, Transport};
 use crate::conn;
 use crate::procstat;
 use crate::scenario::{self, Server};
@@ -16,57 +16,81 @@ use crate::session::{self, ChatSession};
 use crate::setup::bounded;
 use crate::stats::{Latency, Report, ServerUsage};
 
-/// Pings every session, then reads each pong in turn; returns how many
-/// answered, and records for each the time since the sweep started (so the
-/// largest is the time to check every session).
+/// Pings sent before their pongs are read, in a sweep: a burst of tens of
+/// thousands of QUIC datagrams at once overflows UDP socket buffers and
+/// costs retransmissions.
+const SWEEP_WINDOW: usize = 1024;
+
+/// Pings every session, [`SWEEP_WINDOW`] at a time, reading each pong in
+/// turn; returns how many answered, and records for each the time since
+/// the sweep started (so the largest is the time to check every session).
 async fn ping_all(sessions: &mut [ChatSession], nonce: u64, rtt: &mut Latency) -> usize {
     let started = Instant::now();
-    let mut written = Vec::with_capacity(sessions.len());
-    for s in sessions.iter_mut() {
-        written.push(s.send(C::Ping(pb::Ping { nonce })).await.is_ok());
-    }
     let mut alive = 0;
-    for (s, ok) in sessions.iter_mut().zip(written) {
-        if !ok {
-            continue;
+    for chunk in sessions.chunks_mut(SWEEP_WINDOW) {
+        let mut written = Vec::with_capacity(chunk.len());
+        for s in chunk.iter_mut() {
+            written.push(s.send(C::Ping(pb::Ping { nonce })).await.is_ok());
         }
-        let answered = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match s.next_frame().await {
-                    Ok(Some(f)) if matches!(f.body, Some(S::Pong(_))) => return true,
-                    Ok(Some(_)) => {}
-                    _ => return false,
-                }
+        for (s, ok) in chunk.iter_mut().zip(written) {
+            if !ok {
+                continue;
             }
-        })
-        .await
-        .unwrap_or(false);
-        if answered {
-            alive += 1;
-            rtt.record_ns(started.elapsed().as_nanos() as u64);
+            let answered = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match s.next_frame().await {
+                        Ok(Some(f)) if matches!(f.body, Some(S::Pong(_))) => return true,
+                        Ok(Some(_)) => {}
+                        _ => return false,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false);
+            if answered {
+                alive += 1;
+                rtt.record_ns(started.elapsed().as_nanos() as u64);
+            }
         }
     }
     alive
+}
+
+/// The heartbeat interval the server announced (at least 1 s).
+fn heartbeat_of(sessions: &[ChatSession]) -> Duration {
+    Duration::from_millis(u64::from(
+        sessions
+            .first()
+            .map_or(15_000, |s| s.heartbeat_ms)
+            .max(1000),
+    ))
 }
 
 pub async fn run(count: usize, concurrency: usize, common: &Common) -> anyhow::Result<Report> {
     if common.target != Target::Chatd {
         bail!("the connections scenario measures chatd sessions; use --target chatd");
     }
+    // QUIC sessions share a few UDP sockets; every other transport takes
+    // a file descriptor per session.
+    let quic = common.transport == Transport::Quic;
     let limit = procstat::raise_nofile_limit();
-    if (count as u64) + 64 > limit {
+    if !quic && (count as u64) + 64 > limit {
         bail!(
             "{count} connections need more open files than this process may have ({limit}); \
-             raise the hard limit (ulimit -Hn) or open fewer"
+             raise the hard limit (ulimit -Hn), open fewer, or use --transport quic"
         );
     }
     let server = Server::start(common)?;
     let pid = server.pid();
-    let addr = server.addr;
+    let dialer = server.dialer.clone();
     let prefix = session::run_prefix();
-    // Each connection of both phases holds a source port (the first phase's
-    // in TIME_WAIT): about 28,000 per source address.
-    let sources = common.source_addrs.max((2 * count).div_ceil(25_000));
+    // Each TCP connection of both phases holds a source port (the first
+    // phase's in TIME_WAIT): about 28,000 per source address.
+    let sources = if quic {
+        1
+    } else {
+        common.source_addrs.max((2 * count).div_ceil(25_000))
+    };
     // Accounts first, on short-lived connections, so that what the store
     // keeps per account (memtables, caches) is in the baseline and the
     // difference below is the sessions alone.
@@ -74,8 +98,9 @@ pub async fn run(count: usize, concurrency: usize, common: &Common) -> anyhow::R
     let tokens = bounded(count, concurrency, |i| {
         let name = format!("{prefix}c{i}");
         let progress = progress.clone();
+        let dialer = dialer.clone();
         async move {
-            let mut s = ChatSession::connect(addr, conn::source_addr(i, sources)).await?;
+            let mut s = ChatSession::connect(&dialer, conn::source_addr(i, sources)).await?;
             s.register(&name).await?;
             progress.inc(1);
             Ok(s.token)
@@ -86,44 +111,62 @@ pub async fn run(count: usize, concurrency: usize, common: &Common) -> anyhow::R
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = pid.and_then(procstat::memory);
     let cpu_before = pid.and_then(procstat::cpu_seconds);
+    let own_cpu_before = procstat::cpu_seconds(std::process::id());
     let tokens = std::rc::Rc::new(tokens);
+    // Opened in chunks; when opening takes longer than half a heartbeat
+    // interval, the sessions already open are pinged between chunks so
+    // that none reaches the server's idle timeout before the hold starts.
+    // Those sweeps are not counted in the time to open.
+    let chunk = concurrency.max(1) * 16;
+    let mut sessions: Vec<ChatSession> = Vec::with_capacity(count);
+    let mut sweep_seconds = 0.0;
+    let mut nonce = 0;
     let opened_at = Instant::now();
-    let mut sessions = bounded(count, concurrency, |i| {
-        let tokens = tokens.clone();
-        let progress = progress.clone();
-        async move {
-            let mut s = ChatSession::connect(addr, conn::source_addr(i, sources)).await?;
-            match s
-                .request(C::Resume(pb::Resume {
-                    session_token: tokens[i].clone(),
-                    device: None,
-                    cursors: vec![],
-                }))
-                .await?
-            {
-                S::ResumeOk(_) => {}
-                other => bail!("expected ResumeOk, got {other:?}"),
+    let mut last_sweep = opened_at;
+    while sessions.len() < count {
+        let first = sessions.len();
+        let batch = bounded(chunk.min(count - first), concurrency, |k| {
+            let i = first + k;
+            let tokens = tokens.clone();
+            let progress = progress.clone();
+            let dialer = dialer.clone();
+            async move {
+                let mut s = ChatSession::connect(&dialer, conn::source_addr(i, sources)).await?;
+                match s
+                    .request(C::Resume(pb::Resume {
+                        session_token: tokens[i].clone(),
+                        device: None,
+                        cursors: vec![],
+                    }))
+                    .await?
+                {
+                    S::ResumeOk(_) => {}
+                    other => bail!("expected ResumeOk, got {other:?}"),
+                }
+                progress.inc(1);
+                Ok(s)
             }
-            progress.inc(1);
-            Ok(s)
+        })
+        .await
+        .map_err(|e| server.context(e))?;
+        sessions.extend(batch);
+        if last_sweep.elapsed() >= heartbeat_of(&sessions) / 2 && sessions.len() < count {
+            let t = Instant::now();
+            nonce += 1;
+            ping_all(&mut sessions, nonce, &mut Latency::default()).await;
+            sweep_seconds += t.elapsed().as_secs_f64();
+            last_sweep = Instant::now();
         }
-    })
-    .await
-    .map_err(|e| server.context(e))?;
-    let open_seconds = opened_at.elapsed().as_secs_f64();
+    }
+    let open_seconds = opened_at.elapsed().as_secs_f64() - sweep_seconds;
     progress.finish_and_clear();
-    let heartbeat = Duration::from_millis(u64::from(
-        sessions
-            .first()
-            .map_or(15_000, |s| s.heartbeat_ms)
-            .max(1000),
-    ));
+    let heartbeat = heartbeat_of(&sessions);
 
     // Hold them for the measured duration, heartbeating at half the
     // announced interval (the server closes sessions silent for three).
     let mut rtt = Latency::default();
     let hold_until = Instant::now() + Duration::from_secs_f64(common.duration);
-    let mut nonce = 1;
+    nonce += 1;
     let mut alive = ping_all(&mut sessions, nonce, &mut rtt).await;
     while Instant::now() < hold_until {
         let next = (Instant::now() + heartbeat / 2).min(hold_until);
@@ -133,6 +176,7 @@ pub async fn run(count: usize, concurrency: usize, common: &Common) -> anyhow::R
     }
     let after = pid.and_then(procstat::memory);
     let cpu_after = pid.and_then(procstat::cpu_seconds);
+    let own_cpu_after = procstat::cpu_seconds(std::process::id());
 
     let mut report = scenario::base_report("connections", common, &server);
     report.users = count;
@@ -144,8 +188,15 @@ pub async fn run(count: usize, concurrency: usize, common: &Common) -> anyhow::R
     let extra = &mut report.extra;
     extra.insert("sessions".into(), count.into());
     extra.insert("alive_at_end".into(), alive.into());
-    extra.insert("source_addresses".into(), sources.into());
+    if !quic {
+        extra.insert("source_addresses".into(), sources.into());
+    }
     extra.insert("open_seconds".into(), open_seconds.into());
+    if let (Some(b), Some(a)) = (own_cpu_before, own_cpu_after) {
+        // Opening and holding: near the wall time means loadgen was the
+        // limit.
+        extra.insert("loadgen_cpu_seconds".into(), (a - b).into());
+    }
     extra.insert(
         "sessions_opened_per_second".into(),
         (count as f64 / open_seconds).into(),

@@ -379,7 +379,7 @@ pub async fn run(
         if c.sends {
             send_conn[c.user] = i;
         }
-        let (r, w) = c.stream.into_split();
+        let (r, w) = (c.link.reader, c.link.writer);
         let outbox = Rc::new(Outbox::default());
         outboxes.push(outbox.clone());
         tasks.push(tokio::task::spawn_local(conn::writer(w, outbox)));

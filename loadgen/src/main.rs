@@ -13,7 +13,8 @@
 //!   [`fanout`]: the `direct`, `group` and `channel` load and its checks;
 //!   [`connections`], [`sync`]: the other two scenarios;
 //! - [`wire`]: chat/1, RESP and NATS encoders and decoders; [`conn`]:
-//!   sockets, batching writer, reader loop; [`session`]: request/reply
+//!   sockets, batching writer, reader loop; [`transport`]: TCP, TLS,
+//!   QUIC and WebSocket connections; [`session`]: request/reply
 //!   chat/1 sessions; [`payload`]: the header every message carries;
 //! - [`stats`]: HDR histograms and the report; [`procstat`]: CPU and memory
 //!   from `/proc`, limits and pinning; [`markdown`]: BENCHMARKS.md;
@@ -33,6 +34,7 @@ mod setup;
 mod spawn;
 mod stats;
 mod sync;
+mod transport;
 mod wire;
 
 use anyhow::Context as _;

@@ -1,21 +1,23 @@
 //! Runs a messaging scenario end to end: start (or reach) the target, set
 //! up, load, and turn the outcome into a [`Report`].
 
-use std::net::SocketAddr;
+use std::rc::Rc;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
-use crate::cli::Common;
+use crate::cli::{Common, Target, Transport};
 use crate::fanout;
 use crate::procstat;
 use crate::setup::{self, Plan};
 use crate::spawn::{self, Spawned};
 use crate::stats::{Report, ServerUsage};
+use crate::transport::Dialer;
 
 /// The server under test: started here or given with `--server`.
 pub struct Server {
     pub spawned: Option<Spawned>,
-    pub addr: SocketAddr,
+    /// Opens connections over the run's transport.
+    pub dialer: Rc<Dialer>,
 }
 
 impl Server {
@@ -30,19 +32,32 @@ impl Server {
     }
 
     fn start_unpinned(common: &Common) -> anyhow::Result<Self> {
-        match common.server {
-            Some(addr) => Ok(Self {
-                spawned: None,
-                addr,
-            }),
+        if common.target != Target::Chatd && common.transport != Transport::Tcp {
+            bail!("Redis and NATS are reached over tcp only");
+        }
+        let (spawned, addr, cert) = match common.server {
+            Some(addr) => (None, addr, common.ca_cert.clone()),
             None => {
                 let s = spawn::start(common)?;
-                Ok(Self {
-                    addr: s.addr,
-                    spawned: Some(s),
-                })
+                let cert = common.ca_cert.clone().or_else(|| s.cert.clone());
+                let addr = s.transport_addr;
+                (Some(s), addr, cert)
             }
-        }
+        };
+        let ca_pem = match &cert {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+            None => None,
+        };
+        let dialer = Dialer::new(
+            common.transport,
+            addr,
+            ca_pem.as_deref(),
+            &common.tls_name,
+            common.quic_endpoints,
+        )?;
+        Ok(Self { spawned, dialer })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -72,10 +87,14 @@ pub fn base_report(scenario: &str, common: &Common, server: &Server) -> Report {
     Report {
         scenario: scenario.into(),
         target: format!("{:?}", common.target).to_lowercase(),
-        label: common
-            .label
-            .clone()
-            .unwrap_or_else(|| format!("{scenario}-{:?}", common.target).to_lowercase()),
+        transport: format!("{:?}", common.transport).to_lowercase(),
+        label: common.label.clone().unwrap_or_else(|| {
+            let name = format!("{scenario}-{:?}", common.target).to_lowercase();
+            match common.transport {
+                Transport::Tcp => name,
+                t => format!("{name}-{t:?}").to_lowercase(),
+            }
+        }),
         args: std::env::args().collect(),
         server_command: server.command(),
         payload_bytes: common.payload,
@@ -101,7 +120,7 @@ pub fn base_report(scenario: &str, common: &Common, server: &Server) -> Report {
 pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::Result<Report> {
     let server = Server::start(common)?;
     let pid = server.pid();
-    let ready = setup::prepare(&plan, common, server.addr)
+    let ready = setup::prepare(&plan, common, &server)
         .await
         .context("setting the run up")
         .map_err(|e| server.context(e))?;

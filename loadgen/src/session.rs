@@ -2,14 +2,12 @@
 //! (register, create conversations, subscribe) and for the `connections` and
 //! `sync` scenarios. The load itself goes through [`crate::conn`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
-use crate::conn;
+use crate::transport::{Dialer, Link};
 use crate::wire::chat::{self, ChatDecoder};
 
 /// Password of every loadgen account.
@@ -17,7 +15,7 @@ pub const PASSWORD: &str = "loadgen password";
 
 /// An open chat/1 connection past `Hello`.
 pub struct ChatSession {
-    pub stream: TcpStream,
+    pub link: Link,
     pub decoder: ChatDecoder,
     next_rid: u64,
     pub user_id: u64,
@@ -28,10 +26,10 @@ pub struct ChatSession {
 
 impl ChatSession {
     /// Connects and says Hello.
-    pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Self> {
-        let stream = conn::connect(addr, source).await?;
+    pub async fn connect(dialer: &Dialer, source: Option<IpAddr>) -> anyhow::Result<Self> {
+        let link = dialer.connect(source).await?;
         let mut s = Self {
-            stream,
+            link,
             decoder: ChatDecoder::default(),
             next_rid: 1,
             user_id: 0,
@@ -59,8 +57,14 @@ impl ChatSession {
         self.next_rid += 1;
         let mut out = Vec::new();
         chat::encode(&mut out, rid, body);
-        self.stream.write_all(&out).await?;
+        self.write(&out).await?;
         Ok(rid)
+    }
+
+    /// Writes encoded frames.
+    pub async fn write(&mut self, frames: &[u8]) -> anyhow::Result<()> {
+        self.link.writer.write_all(frames).await?;
+        Ok(())
     }
 
     /// The next frame from the server (`None` when it closed).
@@ -71,7 +75,7 @@ impl ChatSession {
             }
             let buf = crate::wire::Decoder::buffer(&mut self.decoder);
             buf.reserve(16 * 1024);
-            if self.stream.read_buf(buf).await? == 0 {
+            if self.link.reader.read_buf(buf).await? == 0 {
                 return Ok(None);
             }
         }
@@ -123,9 +127,10 @@ impl ChatSession {
         }
     }
 
-    /// Hands the socket and anything already buffered to the load phase.
-    pub fn into_parts(self) -> (TcpStream, Box<dyn crate::wire::Decoder>) {
-        (self.stream, Box::new(self.decoder))
+    /// Hands the connection and anything already buffered to the load
+    /// phase.
+    pub fn into_parts(self) -> (Link, Box<dyn crate::wire::Decoder>) {
+        (self.link, Box::new(self.decoder))
     }
 }
 

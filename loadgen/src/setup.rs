@@ -3,17 +3,16 @@
 //! connections and, for each sending stream, where its messages go.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use anyhow::{Context as _, bail};
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
 
 use crate::cli::{Common, Target};
 use crate::conn;
+use crate::scenario::Server;
 use crate::session::{self, ChatSession};
+use crate::transport::{Dialer, Link};
 use crate::wire::{self, Decoder, Event};
 
 /// What kind of conversations a plan makes.
@@ -99,7 +98,7 @@ pub enum Dest {
 /// One open connection of a user.
 pub struct Conn {
     pub user: usize,
-    pub stream: TcpStream,
+    pub link: Link,
     pub decoder: Box<dyn Decoder>,
     /// Whether the user's messages are sent on this connection.
     pub sends: bool,
@@ -143,21 +142,23 @@ where
     Ok(out)
 }
 
-/// Sets `plan` up on the target at `addr`.
-pub async fn prepare(plan: &Plan, common: &Common, addr: SocketAddr) -> anyhow::Result<Ready> {
+/// Sets `plan` up on `server`.
+pub async fn prepare(plan: &Plan, common: &Common, server: &Server) -> anyhow::Result<Ready> {
+    let dialer = server.dialer.clone();
     match common.target {
-        Target::Chatd => prepare_chatd(plan, common, addr).await,
-        Target::Redis | Target::Nats => prepare_pubsub(plan, common, addr).await,
+        Target::Chatd => prepare_chatd(plan, common, dialer).await,
+        Target::Redis | Target::Nats => prepare_pubsub(plan, common, dialer).await,
     }
 }
 
-async fn prepare_chatd(plan: &Plan, common: &Common, addr: SocketAddr) -> anyhow::Result<Ready> {
+async fn prepare_chatd(plan: &Plan, common: &Common, dialer: Rc<Dialer>) -> anyhow::Result<Ready> {
     let prefix = session::run_prefix();
     let sources = common.source_addrs;
     let mut sessions = bounded(plan.users, 64, |i| {
         let name = format!("{prefix}u{i}");
+        let dialer = dialer.clone();
         async move {
-            let mut s = ChatSession::connect(addr, conn::source_addr(i, sources)).await?;
+            let mut s = ChatSession::connect(&dialer, conn::source_addr(i, sources)).await?;
             s.register(&name).await?;
             Ok(s)
         }
@@ -222,10 +223,10 @@ async fn prepare_chatd(plan: &Plan, common: &Common, addr: SocketAddr) -> anyhow
         .into_iter()
         .enumerate()
         .map(|(user, s)| {
-            let (stream, decoder) = s.into_parts();
+            let (link, decoder) = s.into_parts();
             Conn {
                 user,
-                stream,
+                link,
                 decoder,
                 sends: true,
             }
@@ -276,11 +277,10 @@ fn subjects(plan: &Plan) -> (Vec<Vec<Rc<str>>>, Vec<Dest>) {
 
 /// Reads events until `done` says so.
 async fn read_until(
-    stream: &mut TcpStream,
+    link: &mut Link,
     decoder: &mut dyn Decoder,
     mut done: impl FnMut(&Event) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
-    use tokio::io::AsyncReadExt as _;
     loop {
         while let Some(ev) = decoder.next_event()? {
             if let Event::Error { text, .. } = &ev {
@@ -292,30 +292,31 @@ async fn read_until(
         }
         let buf = decoder.buffer();
         buf.reserve(16 * 1024);
-        if stream.read_buf(buf).await? == 0 {
+        if link.reader.read_buf(buf).await? == 0 {
             bail!("server closed the connection during setup");
         }
     }
 }
 
-async fn prepare_pubsub(plan: &Plan, common: &Common, addr: SocketAddr) -> anyhow::Result<Ready> {
+async fn prepare_pubsub(plan: &Plan, common: &Common, dialer: Rc<Dialer>) -> anyhow::Result<Ready> {
     let (listens, dests) = subjects(plan);
     let listens = Rc::new(listens);
     let target = common.target;
     let sources = common.source_addrs;
     let per_user = bounded(plan.users, 64, |u| {
         let listens = listens.clone();
+        let dialer = dialer.clone();
         async move {
             let source = conn::source_addr(u, sources);
             let mut conns = Vec::new();
             match target {
                 Target::Redis => {
-                    let mut sub = conn::connect(addr, source).await?;
+                    let mut sub = dialer.connect(source).await?;
                     let mut out = Vec::new();
                     for s in &listens[u] {
                         wire::resp::encode_command(&mut out, &[b"SUBSCRIBE", s.as_bytes()]);
                     }
-                    sub.write_all(&out).await?;
+                    sub.writer.write_all(&out).await?;
                     let mut decoder: Box<dyn Decoder> = Box::<wire::resp::RespDecoder>::default();
                     let mut confirmed = 0;
                     let want = listens[u].len();
@@ -326,26 +327,26 @@ async fn prepare_pubsub(plan: &Plan, common: &Common, addr: SocketAddr) -> anyho
                     .await?;
                     conns.push(Conn {
                         user: u,
-                        stream: sub,
+                        link: sub,
                         decoder,
                         sends: false,
                     });
-                    let publish = conn::connect(addr, source).await?;
+                    let publish = dialer.connect(source).await?;
                     conns.push(Conn {
                         user: u,
-                        stream: publish,
+                        link: publish,
                         decoder: Box::<wire::resp::RespDecoder>::default(),
                         sends: true,
                     });
                 }
                 Target::Nats => {
-                    let mut c = conn::connect(addr, source).await?;
+                    let mut c = dialer.connect(source).await?;
                     let mut out = wire::nats::CONNECT.to_vec();
                     for (sid, s) in listens[u].iter().enumerate() {
                         wire::nats::encode_sub(&mut out, s, sid as u64 + 1);
                     }
                     out.extend_from_slice(b"PING\r\n");
-                    c.write_all(&out).await?;
+                    c.writer.write_all(&out).await?;
                     let mut decoder: Box<dyn Decoder> = Box::<wire::nats::NatsDecoder>::default();
                     let mut pongs = 0;
                     read_until(&mut c, decoder.as_mut(), |ev| {
@@ -357,7 +358,7 @@ async fn prepare_pubsub(plan: &Plan, common: &Common, addr: SocketAddr) -> anyho
                     .await?;
                     conns.push(Conn {
                         user: u,
-                        stream: c,
+                        link: c,
                         decoder,
                         sends: true,
                     });

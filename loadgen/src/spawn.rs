@@ -9,15 +9,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::cli::{Common, Target};
+use crate::cli::{Common, Target, Transport};
 
 /// A running server that this process started; killed on drop.
 pub struct Spawned {
     child: Child,
     /// Its process id (for CPU and memory readings).
     pub pid: u32,
-    /// Where clients connect.
+    /// Where clients connect (chatd: its plain TCP listener).
     pub addr: SocketAddr,
+    /// chatd: the listener of the transport the run uses (`addr` for TCP).
+    pub transport_addr: SocketAddr,
+    /// chatd: the certificate it generated for TLS, QUIC and wss.
+    pub cert: Option<PathBuf>,
     /// chatd's HTTP listener (`/metrics`).
     pub http: Option<SocketAddr>,
     /// The command line, for the report.
@@ -59,8 +63,39 @@ fn program(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Free loopback ports for a child server, all different: each stays bound
+/// until the set is dropped (just before the child starts), so the kernel
+/// cannot hand the same port out twice.
+#[derive(Default)]
+struct FreePorts {
+    held: Vec<socket2::Socket>,
+}
+
+impl FreePorts {
+    fn tcp(&mut self) -> anyhow::Result<u16> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        self.held.push(l.into());
+        Ok(port)
+    }
+
+    fn udp(&mut self) -> anyhow::Result<u16> {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = s.local_addr()?.port();
+        self.held.push(s.into());
+        Ok(port)
+    }
+
+    /// The port the spawned chatd's `transport` listener gets (the TCP
+    /// listener's `port` for TCP, the HTTP listener's for ws).
+    fn transport(&mut self, transport: Transport, port: u16, http: u16) -> anyhow::Result<u16> {
+        Ok(match transport {
+            Transport::Tcp => port,
+            Transport::Ws => http,
+            Transport::Quic => self.udp()?,
+            Transport::Tls | Transport::Wss => self.tcp()?,
+        })
+    }
 }
 
 /// The chatd binary: `--chatd-bin`, else `chatd` beside this executable,
@@ -82,11 +117,28 @@ fn chatd_bin(common: &Common) -> PathBuf {
 /// thousands of accounts, so password hashing is cheap, and the send rate
 /// limits, which exist to stop abusive clients, are off; durability is the
 /// default (`sync`: fsync before every ack) unless `--durability` says
-/// otherwise.
-pub fn chatd_config(common: &Common, port: u16, http: u16, dir: &std::path::Path) -> String {
+/// otherwise. Of the TLS, QUIC and wss listeners only the one the run's
+/// transport needs is on, at `transport_port`.
+pub fn chatd_config(
+    common: &Common,
+    port: u16,
+    http: u16,
+    transport_port: u16,
+    dir: &std::path::Path,
+) -> String {
+    let listen = |t: Transport| {
+        if common.transport == t {
+            format!("\"127.0.0.1:{transport_port}\"")
+        } else {
+            "\"off\"".to_owned()
+        }
+    };
     format!(
         "tcp_listen = \"127.0.0.1:{port}\"\n\
          http_listen = \"127.0.0.1:{http}\"\n\
+         tls_listen = {}\n\
+         quic_listen = {}\n\
+         wss_listen = {}\n\
          data_dir = \"{}\"\n\
          shards = {}\n\
          durability = \"{}\"\n\
@@ -96,6 +148,9 @@ pub fn chatd_config(common: &Common, port: u16, http: u16, dir: &std::path::Path
          rate_user_per_sec = 0\n\
          max_sessions_per_user = 100000\n\
          login_failures_per_address = 1000000\n",
+        listen(Transport::Tls),
+        listen(Transport::Quic),
+        listen(Transport::Wss),
         dir.join("data").display(),
         common.shards,
         common.durability,
@@ -103,17 +158,52 @@ pub fn chatd_config(common: &Common, port: u16, http: u16, dir: &std::path::Path
 }
 
 /// Starts the target given by `common` and waits until it accepts
-/// connections.
+/// connections. The ports are picked here and handed to the child, so
+/// another process may take one in between; chatd then refuses to start
+/// ("already in use") and is started again on new ports, up to 3 times.
 pub fn start(common: &Common) -> anyhow::Result<Spawned> {
+    let mut attempt = 1;
+    loop {
+        match start_once(common) {
+            Err(e) if attempt < 3 && e.is::<PortTaken>() => {
+                eprintln!("attempt {attempt}: {e:#}; starting again on other ports");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The child found one of the picked ports held by someone else.
+#[derive(Debug)]
+struct PortTaken(String);
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a picked port was taken:\n{}", self.0)
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+fn start_once(common: &Common) -> anyhow::Result<Spawned> {
     let dir = tempfile::Builder::new().prefix("loadgen-").tempdir()?;
-    let port = free_port()?;
+    let mut ports = FreePorts::default();
+    let port = ports.tcp()?;
     let mut http = None;
+    let mut transport_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cert = None;
     let (program, args): (PathBuf, Vec<String>) = match common.target {
         Target::Chatd => {
-            let h = free_port()?;
+            let h = ports.tcp()?;
             http = Some(SocketAddr::from(([127, 0, 0, 1], h)));
             let config = dir.path().join("chatd.toml");
-            std::fs::write(&config, chatd_config(common, port, h, dir.path()))?;
+            let t = ports.transport(common.transport, port, h)?;
+            transport_addr = SocketAddr::from(([127, 0, 0, 1], t));
+            if common.transport != Transport::Tcp && common.transport != Transport::Ws {
+                cert = Some(dir.path().join("data").join("tls").join("cert.pem"));
+            }
+            std::fs::write(&config, chatd_config(common, port, h, t, dir.path()))?;
             (
                 chatd_bin(common),
                 vec!["--config".into(), config.display().to_string()],
@@ -162,6 +252,7 @@ pub fn start(common: &Common) -> anyhow::Result<Spawned> {
     cmd.args(&args);
     let command = format!("{:?}", cmd);
     let log = std::fs::File::create(dir.path().join("server.log"))?;
+    drop(ports);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -173,20 +264,30 @@ pub fn start(common: &Common) -> anyhow::Result<Spawned> {
         pid: child.id(),
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        transport_addr,
+        cert,
         http,
         command,
         dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if std::net::TcpStream::connect(spawned.addr).is_ok() {
+        // The certificate is written after the listeners are bound: wait
+        // for all of it too.
+        let cert_ready = spawned.cert.as_ref().is_none_or(|c| {
+            std::fs::read_to_string(c).is_ok_and(|t| t.contains("-----END CERTIFICATE-----"))
+        });
+        if cert_ready && std::net::TcpStream::connect(spawned.addr).is_ok() {
             break;
         }
         if let Some(status) = spawned.child.try_wait()? {
+            let log = spawned.log_tail();
+            if log.contains("already in use") {
+                return Err(PortTaken(log).into());
+            }
             bail!(
-                "{} exited with {status} before listening:\n{}",
+                "{} exited with {status} before listening:\n{log}",
                 program.display(),
-                spawned.log_tail()
             );
         }
         if Instant::now() > deadline {

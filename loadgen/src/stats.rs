@@ -98,11 +98,19 @@ impl From<Memory> for MemoryJson {
     }
 }
 
+/// Reports written before loadgen had other transports were over TCP.
+fn tcp() -> String {
+    "tcp".into()
+}
+
 /// The JSON report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: String,
     pub target: String,
+    /// How loadgen reached the target (`tcp`, `tls`, `quic`, `ws`, `wss`).
+    #[serde(default = "tcp")]
+    pub transport: String,
     pub label: String,
     /// The loadgen arguments.
     pub args: Vec<String>,
@@ -137,8 +145,8 @@ impl Report {
     /// The human summary.
     pub fn print(&self) {
         println!(
-            "\n== {} / {} ({}) ==",
-            self.scenario, self.target, self.label
+            "\n== {} / {} over {} ({}) ==",
+            self.scenario, self.target, self.transport, self.label
         );
         println!(
             "users {}  recipients/msg {}  payload {} B  rate {}  window {}  measured {:.1} s",

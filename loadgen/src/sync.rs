@@ -30,7 +30,6 @@ async fn send_burst(
     count: usize,
     payload_size: usize,
 ) -> anyhow::Result<u64> {
-    use tokio::io::AsyncWriteExt as _;
     const WINDOW: usize = 128;
     let mut last_seq = 0;
     let mut sent = 0;
@@ -55,7 +54,7 @@ async fn send_burst(
             sent += 1;
         }
         if !out.is_empty() {
-            s.stream.write_all(&out).await?;
+            s.write(&out).await?;
         }
         let frame = s
             .next_frame()
@@ -76,14 +75,14 @@ async fn send_burst(
 /// Reconnects with `token`, resumes from `cursor` and fetches up to
 /// `last`; returns the session and the messages in the order received.
 async fn catch_up(
-    addr: std::net::SocketAddr,
+    dialer: &crate::transport::Dialer,
     source: Option<std::net::IpAddr>,
     token: String,
     conv: u64,
     cursor: u64,
     last: u64,
 ) -> anyhow::Result<(ChatSession, Vec<pb::Message>)> {
-    let mut s = ChatSession::connect(addr, source).await?;
+    let mut s = ChatSession::connect(dialer, source).await?;
     let mut got = Vec::new();
     let mut result = match s
         .request(C::Resume(pb::Resume {
@@ -139,14 +138,15 @@ pub async fn run(
         bail!("the sync scenario needs stored messages; only chatd keeps them");
     }
     let server = Server::start(common)?;
-    let addr = server.addr;
+    let dialer = server.dialer.clone();
     let pairs = users / 2;
     let prefix = session::run_prefix();
     let sources = common.source_addrs;
     let mut sessions = bounded(pairs * 2, 64, |i| {
         let name = format!("{prefix}s{i}");
+        let dialer = dialer.clone();
         async move {
-            let mut s = ChatSession::connect(addr, conn::source_addr(i, sources)).await?;
+            let mut s = ChatSession::connect(&dialer, conn::source_addr(i, sources)).await?;
             s.register(&name).await?;
             Ok(s)
         }
@@ -229,10 +229,11 @@ pub async fn run(
         ));
         let results = bounded(pairs, 64, |p| {
             let jobs = jobs.clone();
+            let dialer = dialer.clone();
             async move {
                 let t = Instant::now();
                 let (s, got) = catch_up(
-                    addr,
+                    &dialer,
                     conn::source_addr(2 * p + 1, sources),
                     jobs.3[p].clone(),
                     jobs.0[p],

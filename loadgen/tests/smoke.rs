@@ -131,3 +131,75 @@ fn sync_returns_exactly_the_missed_messages() {
     // 3 pairs × 250 × 2 rounds, more than one Sync page each time.
     assert_eq!(delivered(&r), 1500);
 }
+
+#[test]
+fn direct_over_every_transport() {
+    for transport in ["tls", "quic", "ws", "wss"] {
+        let r = run(&[
+            "direct",
+            "--transport",
+            transport,
+            "--users",
+            "6",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+        ]);
+        assert!(delivered(&r) > 0, "{transport} delivered nothing");
+        assert_eq!(r["transport"], transport);
+        assert_eq!(r["label"], format!("direct-chatd-{transport}"));
+    }
+}
+
+#[test]
+fn idle_connections_over_every_transport() {
+    for transport in ["tls", "quic", "ws", "wss"] {
+        let r = run(&[
+            "connections",
+            "--transport",
+            transport,
+            "--connections",
+            "20",
+            "--duration",
+            "1",
+        ]);
+        assert_eq!(r["transport"], transport);
+        assert_eq!(r["extra"]["alive_at_end"], 20, "{transport}: {r}");
+    }
+}
+
+#[test]
+fn sync_over_quic_and_wss() {
+    for transport in ["quic", "wss"] {
+        let r = run(&[
+            "sync",
+            "--transport",
+            transport,
+            "--users",
+            "4",
+            "--missed",
+            "120",
+            "--rounds",
+            "1",
+        ]);
+        assert_eq!(delivered(&r), 240, "{transport}");
+    }
+}
+
+#[test]
+fn pubsub_targets_refuse_other_transports() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "direct",
+            "--target",
+            "redis",
+            "--transport",
+            "quic",
+            "--quiet",
+        ])
+        .output()
+        .expect("running loadgen");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("tcp only"));
+}

@@ -25,6 +25,8 @@ pub fn encode_send(out: &mut Vec<u8>, request_id: u64, conversation_id: u64, tex
         conversation_id,
         client_msg_id: format!("lg-{request_id}"),
         text: String::from_utf8_lossy(text).into_owned(),
+        // Every id is fresh and sent once, as client-lib does for new sends.
+        first_attempt: true,
         ..Default::default()
     });
     encode(out, request_id, body);
