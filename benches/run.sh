@@ -9,7 +9,8 @@
 #   quick: shorter runs and smaller sweeps (a check of the machinery).
 # Environment: SERVER_CPUS (default 1) and LOADGEN_CPU (default 0) pin the
 # server and loadgen to different cores; CONNECTIONS (default: as many as the
-# open-files limit allows, at most 50000).
+# open-files limit allows, at most 50000); QUIC_CONNECTIONS (default 50000:
+# QUIC sessions share UDP sockets, so the open-files limit does not apply).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,6 +111,12 @@ done
 run "direct-max-chatd-buffered" direct --users 100 --window 32 --durability buffered
 run "direct-rate20000-chatd-buffered" direct --users 100 --rate 20000 --window 1000 --durability buffered
 
+# direct at 20,000 msg/s over chatd's other transports (plain TCP is
+# direct-rate20000-chatd above).
+for tr in tls quic ws wss; do
+    run "direct-rate20000-chatd-$tr" direct --transport "$tr" --users 100 --rate 20000 --window 1000
+done
+
 # group: 500 members online, one sender.
 for r in $group_rates; do
     for t in $targets; do
@@ -138,6 +145,10 @@ ulimit -n "$limit" 2>/dev/null || true
 conns="${CONNECTIONS:-$(( limit - 1000 < 50000 ? limit - 1000 : 50000 ))}"
 [ "$mode" = quick ] && conns=$(( conns < 2000 ? conns : 2000 ))
 run "connections" connections --connections "$conns" --source-addrs 4 --concurrency 256
+# The same over QUIC, where every session shares a few UDP sockets: 50,000.
+quic_conns="${QUIC_CONNECTIONS:-50000}"
+[ "$mode" = quick ] && quic_conns=$(( quic_conns < 2000 ? quic_conns : 2000 ))
+run "connections-quic" connections --transport quic --connections "$quic_conns" --concurrency 256
 
 # criterion micro-benchmarks (same build profile as the release binaries).
 echo "== criterion"
