@@ -36,7 +36,7 @@ async fn spawn_chatd(dir: &std::path::Path) -> (Process, SocketAddr) {
     std::fs::write(
         &config,
         format!(
-            "tcp_listen = \"{addr}\"\nhttp_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nargon2_memory_kib = 64\nargon2_iterations = 1\nheartbeat_interval_ms = 600000\n",
+            "tcp_listen = \"{addr}\"\nhttp_listen = \"127.0.0.1:0\"\ntls_listen = \"off\"\nquic_listen = \"off\"\nwss_listen = \"off\"\ndata_dir = \"{}\"\nargon2_memory_kib = 64\nargon2_iterations = 1\nheartbeat_interval_ms = 600000\n",
             dir.join("data").display()
         ),
     )

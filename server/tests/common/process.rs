@@ -29,8 +29,9 @@ fn logged_addr(line: &str, key: &str) -> Option<SocketAddr> {
 }
 
 impl Chatd {
-    /// Starts `chatd` on ports of its choosing with cheap password hashing,
-    /// no send rate limits, data in `dir/data`, and the TOML lines `extra`.
+    /// Starts `chatd` on ports of its choosing (plain TCP and HTTP only)
+    /// with cheap password hashing, no send rate limits, data in
+    /// `dir/data`, and the TOML lines `extra`.
     /// Restarts reuse the ports, so that clients reconnect to the address
     /// they know.
     pub fn start(dir: &Path, extra: &str) -> Self {
@@ -39,7 +40,9 @@ impl Chatd {
             std::fs::write(
                 &config,
                 format!(
-                    "tcp_listen = \"{tcp}\"\nhttp_listen = \"{http}\"\ndata_dir = \"{}\"\n\
+                    "tcp_listen = \"{tcp}\"\nhttp_listen = \"{http}\"\n\
+                     tls_listen = \"off\"\nquic_listen = \"off\"\nwss_listen = \"off\"\n\
+                     data_dir = \"{}\"\n\
                      argon2_memory_kib = 64\nargon2_iterations = 1\n\
                      rate_connection_per_sec = 0\nrate_user_per_sec = 0\n{extra}\n",
                     dir.join("data").display()
