@@ -13,7 +13,7 @@ fn bench(c: &mut Criterion) {
     let mut table = SessionTable::default();
     let mut queues = Vec::new();
     for user in 1..=MEMBERS {
-        let (id, _handle, rx) = table.insert(1024, 256, 4 << 20);
+        let (id, _handle, rx) = table.insert(1024, 4 << 20, 256, 4);
         table.authenticate(id, user);
         queues.push(rx);
     }
@@ -26,7 +26,9 @@ fn bench(c: &mut Criterion) {
             let n = table.deliver(black_box(&users), &frame, false);
             // The connections' writers take the frames off the queues.
             for q in &queues {
-                while q.try_recv().is_some() {}
+                while let Some(f) = q.try_recv() {
+                    q.taken(f.frame.len());
+                }
             }
             n
         })

@@ -67,8 +67,6 @@ struct Conn {
     peer: Option<IpAddr>,
     /// Send rate of this connection.
     bucket: RefCell<TokenBucket>,
-    /// Store-backed replies being built ([`STORE_READS_PER_SESSION`]).
-    reads: Arc<tokio::sync::Semaphore>,
     /// What the transport offers beyond frames (QUIC datagrams).
     caps: Capabilities,
 }
@@ -97,31 +95,30 @@ pub async fn refuse(mut sink: impl FrameSink) {
 
 /// Serves one connection until it closes. `transport` names it in metrics
 /// (`tcp`, `tls`, `quic`, `ws`, `wss`).
-pub async fn serve(
+///
+/// The session is registered when this is called; the future returned
+/// holds only what an idle session needs while it waits (the session, its
+/// frame source and the writer's handle): every connection's task is this
+/// large for as long as the connection lives.
+pub fn serve(
     shard: Rc<Shard>,
     source: impl FrameSource,
     sink: impl FrameSink + 'static,
     peer: Option<IpAddr>,
     caps: Capabilities,
     transport: &'static str,
-) {
+) -> impl Future<Output = ()> {
     metrics::counter!("chatd_connections_accepted_total", "transport" => transport).increment(1);
     let config = &shard.ctx.config;
     let (id, handle, rx) = shard.sessions.borrow_mut().insert(
         config.session_queue_frames,
-        config.session_inflight_requests.max(1),
         config.session_queue_bytes.max(config.max_frame_bytes),
+        config.session_inflight_requests.max(1),
+        STORE_READS_PER_SESSION,
     );
-    let sessions_gauge = metrics::gauge!("chatd_sessions", "shard" => shard.id.to_string());
-    sessions_gauge.set(shard.sessions.borrow().len() as f64);
+    set_sessions_gauge(&shard);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let writer = tokio::task::spawn_local(crate::transport::write_loop(
-        sink,
-        rx,
-        handle.signal.clone(),
-        handle.queued_bytes.clone(),
-        grace,
-    ));
+    let writer = tokio::task::spawn_local(crate::transport::write_loop(sink, rx, grace));
     let conn = Rc::new(Conn {
         shard: shard.clone(),
         id,
@@ -134,16 +131,22 @@ pub async fn serve(
             config.rate_connection_burst,
             std::time::Instant::now(),
         )),
-        reads: Arc::new(tokio::sync::Semaphore::new(STORE_READS_PER_SESSION)),
         caps,
     });
-    conn.read_loop(source).await;
-    let _ = writer.await;
-    // Boxed, like the request handlers: run once, at the end.
-    Box::pin(conn.signed_off()).await;
-    shard.sessions.borrow_mut().remove(id);
-    sessions_gauge.set(shard.sessions.borrow().len() as f64);
-    tracing::debug!("session closed");
+    async move {
+        conn.read_loop(source).await;
+        let _ = writer.await;
+        // Boxed, like the request handlers: run once, at the end.
+        Box::pin(conn.signed_off()).await;
+        conn.shard.sessions.borrow_mut().remove(conn.id);
+        set_sessions_gauge(&conn.shard);
+        tracing::debug!("session closed");
+    }
+}
+
+fn set_sessions_gauge(shard: &Shard) {
+    metrics::gauge!("chatd_sessions", "shard" => shard.id.to_string())
+        .set(shard.sessions.borrow().len() as f64);
 }
 
 impl Conn {
@@ -176,7 +179,7 @@ impl Conn {
         let config = &self.ctx().config;
         let hello_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
         let idle = config.idle_timeout();
-        let signal = self.handle.signal.clone();
+        let signal = &self.handle.signal;
         // The idle timer runs from the last complete frame, not the last
         // byte: a frame trickled a byte at a time does not keep a
         // connection (and its partial frame buffer) alive.
@@ -405,7 +408,7 @@ impl Conn {
             return;
         };
         // A permit per request being processed; the reply gives it back.
-        match self.handle.inflight.clone().acquire_owned().await {
+        match self.handle.inflight.acquire().await {
             Ok(permit) => permit.forget(),
             Err(_) => return,
         }
@@ -667,11 +670,10 @@ impl Conn {
     fn spawn_read(&self, rid: u64, f: impl FnOnce(&Context) -> Handled + Send + 'static) {
         let shard = self.shard.clone();
         let session = self.id;
-        let reads = self.reads.clone();
-        let signal = self.handle.signal.clone();
+        let handle = self.handle.clone();
         tokio::task::spawn_local(async move {
-            let _permit = reads.acquire_owned().await;
-            if signal.get().is_some() {
+            let _permit = handle.reads.acquire().await;
+            if handle.signal.get().is_some() {
                 // Closing: nobody will read the reply; only free the permit.
                 shard.sessions.borrow().reply(session, Bytes::new());
                 return;

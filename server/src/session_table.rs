@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use chat_protocol::ErrorCode;
@@ -118,15 +117,26 @@ impl FrameQueue {
     }
 }
 
-/// The writer's end of a [`FrameQueue`]. Dropping it closes the queue and
-/// drops what is left in it.
+/// The writer's end of a session's [`FrameQueue`]. Dropping it closes the
+/// queue and drops what is left in it.
 #[derive(Debug)]
-pub struct FrameReceiver(Rc<FrameQueue>);
+pub struct FrameReceiver(Rc<SessionHandle>);
 
 impl FrameReceiver {
+    /// The session's close signal.
+    pub fn signal(&self) -> &CloseSignal {
+        &self.0.signal
+    }
+
+    /// The writer took `bytes` of queued frames off the queue.
+    pub fn taken(&self, bytes: usize) {
+        let queued = &self.0.queued_bytes;
+        queued.set(queued.get().saturating_sub(bytes));
+    }
+
     /// The next frame, if one is queued.
     pub fn try_recv(&self) -> Option<Outbound> {
-        let mut frames = self.0.frames.borrow_mut();
+        let mut frames = self.0.queue.frames.borrow_mut();
         let frame = frames.pop_front();
         if frames.is_empty() && frames.capacity() > 0 {
             *frames = VecDeque::new();
@@ -141,31 +151,34 @@ impl FrameReceiver {
             if let Some(frame) = self.try_recv() {
                 return frame;
             }
-            self.0.ready.notified().await;
+            self.0.queue.ready.notified().await;
         }
     }
 }
 
 impl Drop for FrameReceiver {
     fn drop(&mut self) {
-        self.0.closed.set(true);
-        *self.0.frames.borrow_mut() = VecDeque::new();
+        self.0.queue.closed.set(true);
+        *self.0.queue.frames.borrow_mut() = VecDeque::new();
     }
 }
 
-/// What the shard keeps per session.
+/// What the shard keeps per session: one allocation, shared by the
+/// session's reader, its writer and the table.
 #[derive(Debug)]
 pub struct SessionHandle {
     user: Cell<Option<u64>>,
-    queue: Rc<FrameQueue>,
+    queue: FrameQueue,
     max_frames: usize,
     /// Permits for requests being processed; a reply returns one.
-    pub inflight: Arc<Semaphore>,
+    pub inflight: Semaphore,
+    /// Permits for store-backed replies being built.
+    pub reads: Semaphore,
     /// Bytes queued towards the socket; the writer subtracts what it takes.
-    pub queued_bytes: Rc<Cell<usize>>,
+    queued_bytes: Cell<usize>,
     max_bytes: usize,
     /// Closes the session.
-    pub signal: Rc<CloseSignal>,
+    pub signal: CloseSignal,
 }
 
 /// Sessions of one shard.
@@ -179,27 +192,28 @@ pub struct SessionTable {
 impl SessionTable {
     /// Registers a new connection, returning its id, its handle and the
     /// receiving end of its queue of at most `max_frames` frames and
-    /// `max_bytes` bytes.
+    /// `max_bytes` bytes. `inflight` and `reads` are the session's permits
+    /// for requests and for store-backed replies in progress.
     pub fn insert(
         &mut self,
         max_frames: usize,
-        inflight: usize,
         max_bytes: usize,
+        inflight: usize,
+        reads: usize,
     ) -> (u64, Rc<SessionHandle>, FrameReceiver) {
         self.next_id += 1;
-        let queue = Rc::new(FrameQueue::default());
-        let rx = FrameReceiver(queue.clone());
         let handle = Rc::new(SessionHandle {
             user: Cell::new(None),
-            queue,
+            queue: FrameQueue::default(),
             max_frames: max_frames.max(1),
-            inflight: Arc::new(Semaphore::new(inflight)),
-            queued_bytes: Rc::new(Cell::new(0)),
+            inflight: Semaphore::new(inflight),
+            reads: Semaphore::new(reads),
+            queued_bytes: Cell::new(0),
             max_bytes,
-            signal: Rc::new(CloseSignal::default()),
+            signal: CloseSignal::default(),
         });
         self.sessions.insert(self.next_id, handle.clone());
-        (self.next_id, handle, rx)
+        (self.next_id, handle.clone(), FrameReceiver(handle))
     }
 
     /// The session logged in as `user`: it now receives the user's pushes.

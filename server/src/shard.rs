@@ -548,13 +548,13 @@ async fn tls_accept(
 }
 
 /// A session over a length-prefixed byte stream (TCP or TLS).
-async fn serve_stream(
+fn serve_stream(
     shard: Rc<Shard>,
     rd: impl tokio::io::AsyncRead + Unpin + 'static,
     wr: impl tokio::io::AsyncWrite + Unpin + 'static,
     peer: std::net::SocketAddr,
     transport: &'static str,
-) {
+) -> impl Future<Output = ()> {
     use crate::transport::stream::{StreamSink, StreamSource};
     let max = shard.ctx.config.max_frame_bytes;
     let span = tracing::debug_span!("session", shard = shard.id, %peer, transport);
@@ -567,7 +567,6 @@ async fn serve_stream(
         transport,
     )
     .instrument(span)
-    .await;
 }
 
 /// Runs shard `id` on the current thread until shutdown completes.

@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::session_table::{CloseReason, CloseSignal, FrameReceiver, Outbound};
+use crate::session_table::{CloseReason, FrameReceiver, Outbound};
 use chat_protocol::{ErrorCode, pb};
 
 pub mod quic;
@@ -88,17 +88,12 @@ pub struct Capabilities {
 /// `grace`; a slow consumer's close drops what is queued at once and gives
 /// the write in progress `grace` to complete, so that the SLOW_CONSUMER
 /// error after it can be read.
-pub async fn write_loop(
-    mut sink: impl FrameSink,
-    rx: FrameReceiver,
-    signal: Rc<CloseSignal>,
-    queued: Rc<Cell<usize>>,
-    grace: Duration,
-) {
+pub async fn write_loop(mut sink: impl FrameSink, rx: FrameReceiver, grace: Duration) {
     // The task holds only what waiting for a frame needs: the states of a
     // write and of the close are boxed while they run, and the batch is
     // freed after each write, so an idle session's writer stays small.
     let mut stream_intact = true;
+    let signal = rx.signal();
     loop {
         let frame = tokio::select! {
             biased;
@@ -117,7 +112,7 @@ pub async fn write_loop(
                 None => break,
             }
         }
-        queued.set(queued.get().saturating_sub(bytes));
+        rx.taken(bytes);
         let mut write = Box::pin(sink.send(&batch));
         let done = tokio::select! {
             r = &mut write => r.is_ok(),
@@ -134,7 +129,7 @@ pub async fn write_loop(
             break;
         }
     }
-    Box::pin(close_sink(sink, rx, &signal, stream_intact, grace)).await;
+    Box::pin(close_sink(sink, rx, stream_intact, grace)).await;
 }
 
 /// Writes the closing frames (what is queued, if the close is graceful,
@@ -143,11 +138,10 @@ pub async fn write_loop(
 async fn close_sink(
     mut sink: impl FrameSink,
     rx: FrameReceiver,
-    signal: &CloseSignal,
     stream_intact: bool,
     grace: Duration,
 ) {
-    let close = signal.get();
+    let close = rx.signal().get();
     if let (true, Some(close)) = (stream_intact, &close) {
         let mut batch = Vec::new();
         if close.flush_first {
