@@ -168,11 +168,18 @@ fn background_threads_yield() {
     }
 }
 
+/// The size at which a keyspace's memtable is sealed and flushed to disk.
+pub const MEMTABLE_BYTES: u64 = 16 << 20;
+
 impl Store {
     /// Opens (or creates) the store under `dir`, replaying its journal.
     pub fn open(dir: &Path) -> Result<Self> {
         let db = Database::builder(dir).open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let ks = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+        };
         let store = Self {
             users: ks("users")?,
             usernames: ks("usernames")?,
