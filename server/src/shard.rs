@@ -455,23 +455,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Serves) {
                         }
                     },
                 };
-                if let Serves::Tcp = serves {
-                    // Spawned without the other listeners' states around
-                    // it: the task of a TCP session is only as large as
-                    // the session needs.
-                    let (rd, wr) = stream.into_split();
-                    let session = serve_stream(shard.clone(), rd, wr, peer, "tcp");
-                    tokio::task::spawn_local(async move {
-                        session.await;
-                        drop(slot);
-                    });
-                    continue;
-                }
-                let session = serve_accepted(shard.clone(), stream, peer, serves.clone());
-                tokio::task::spawn_local(async move {
-                    session.await;
-                    drop(slot);
-                });
+                spawn_session(shard.clone(), stream, peer, &serves, slot);
             }
             // Out of file descriptors and similar: back off briefly
             // rather than spin.
@@ -483,39 +467,47 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Serves) {
     }
 }
 
-async fn serve_accepted(
+/// Spawns the task serving an accepted connection, holding `slot` until it
+/// ends. Each kind of listener spawns its own future, so that a task is only
+/// as large as its transport's session needs: a plain TCP session does not
+/// carry the space of a TLS handshake or an HTTP connection while it idles.
+fn spawn_session(
     shard: Rc<Shard>,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    serves: Serves,
+    serves: &Serves,
+    slot: Option<ConnectionSlot>,
 ) {
+    fn spawn(session: impl Future<Output = ()> + 'static, slot: Option<ConnectionSlot>) {
+        tokio::task::spawn_local(async move {
+            session.await;
+            drop(slot);
+        });
+    }
     let handshake = Duration::from_millis(shard.ctx.config.handshake_timeout_ms);
-    match serves {
+    match serves.clone() {
         Serves::Tcp => {
             let (rd, wr) = stream.into_split();
-            serve_stream(shard, rd, wr, peer, "tcp").await;
+            spawn(serve_stream(shard, rd, wr, peer, "tcp"), slot);
         }
-        // The other arms are boxed: a task is as large as its largest
-        // state, and a plain TCP session should not carry the space of a
-        // TLS handshake or an HTTP connection while it idles.
-        Serves::Tls(acceptor) => {
-            Box::pin(async move {
+        Serves::Tls(acceptor) => spawn(
+            async move {
                 if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
                     let (rd, wr) = tokio::io::split(tls);
                     serve_stream(shard, rd, wr, peer, "tls").await;
                 }
-            })
-            .await
-        }
+            },
+            slot,
+        ),
         Serves::Http => {
             let p = crate::http::Peer {
                 addr: Some(peer.ip()),
                 ws_transport: "ws",
             };
-            Box::pin(crate::http::serve(shard, stream, p)).await;
+            spawn(crate::http::serve(shard, stream, p), slot);
         }
-        Serves::Https(acceptor) => {
-            Box::pin(async move {
+        Serves::Https(acceptor) => spawn(
+            async move {
                 if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
                     let p = crate::http::Peer {
                         addr: Some(peer.ip()),
@@ -523,9 +515,9 @@ async fn serve_accepted(
                     };
                     crate::http::serve(shard, tls, p).await;
                 }
-            })
-            .await
-        }
+            },
+            slot,
+        ),
     }
 }
 
