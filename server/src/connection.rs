@@ -284,12 +284,18 @@ impl Conn {
                 self.push(reply::answer(rid, Ok(S::Welcome(welcome))));
             }
             C::Register(r) => {
+                let Ok(_hashing) = self.ctx().password_hashing.acquire().await else {
+                    return;
+                };
                 let res = blocking(self.ctx(), move |c| accounts::register(c, &r)).await;
                 let res = res.and_then(|ok| self.authenticated(ok));
                 self.answer_auth(rid, res.map(S::AuthOk));
             }
             C::Login(l) => {
                 let peer = self.peer;
+                let Ok(_hashing) = self.ctx().password_hashing.acquire().await else {
+                    return;
+                };
                 let res = blocking(self.ctx(), move |c| accounts::login(c, &l, peer)).await;
                 let res = res.and_then(|ok| self.authenticated(ok));
                 self.answer_auth(rid, res.map(S::AuthOk));

@@ -44,6 +44,11 @@ pub struct Context {
     pub media: crate::media::Media,
     /// Queue to the push thread.
     pub push: crate::push::Push,
+    /// Password hashes (Register, Login) computed at once: one per core.
+    /// Each holds `argon2_memory_kib` and a blocking thread for tens of
+    /// milliseconds; a flood of logins waits here instead of taking every
+    /// blocking thread (which store reads need) and gigabytes of memory.
+    pub password_hashing: tokio::sync::Semaphore,
 }
 
 impl Context {

@@ -14,6 +14,11 @@
 //! | `chatd_storage_batch_jobs` | histogram | jobs per group commit |
 //! | `chatd_storage_batch_ops` | histogram | records (puts and deletes) written per group commit |
 //! | `chatd_storage_queue_depth` | gauge | jobs waiting for the writer |
+//! | `chatd_storage_stalls_total` | counter | times the writer waited for memtables to be flushed |
+//! | `chatd_storage_stall_seconds` | histogram | length of those waits |
+//! | `chatd_store_write_buffer_bytes` | gauge | bytes in the store's memtables (writes wait above 128 MiB) |
+//! | `chatd_store_flushes_pending` | gauge | sealed memtables waiting for their flush |
+//! | `chatd_store_journal_files` | gauge | journal files kept until their memtables are flushed |
 //! | `chatd_mesh_queue_depth{shard}` | gauge | messages waiting in rings towards a shard |
 //! | `chatd_ephemeral_shed_total` | counter | typing/presence frames dropped for busy sessions |
 //! | `chatd_slow_consumers_total` | counter | sessions closed with SLOW_CONSUMER |
@@ -31,6 +36,10 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// How often recorded histogram samples are folded into their buckets
+/// whether or not `/metrics` is scraped.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -57,6 +66,20 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 });
             let handle = builder.ok()?.install_recorder().ok()?;
             describe();
+            let upkeep = handle.clone();
+            // Histogram samples are kept until they are folded into their
+            // buckets; a server nobody scrapes would keep every one of them.
+            let spawned = std::thread::Builder::new()
+                .name("chatd-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(cause = %e, "no metrics upkeep thread; histograms grow until scraped");
+            }
             Some(handle)
         })
         .as_ref()
@@ -115,6 +138,26 @@ fn describe() {
     describe_gauge!(
         "chatd_storage_queue_depth",
         "jobs waiting for the storage writer"
+    );
+    describe_counter!(
+        "chatd_storage_stalls_total",
+        "times the storage writer waited for memtables to be flushed"
+    );
+    describe_histogram!(
+        "chatd_storage_stall_seconds",
+        "length of the storage writer's waits for flushes"
+    );
+    describe_gauge!(
+        "chatd_store_write_buffer_bytes",
+        "bytes in the store's memtables, all keyspaces"
+    );
+    describe_gauge!(
+        "chatd_store_flushes_pending",
+        "sealed memtables waiting for their flush"
+    );
+    describe_gauge!(
+        "chatd_store_journal_files",
+        "journal files kept until their memtables are flushed"
     );
     describe_gauge!(
         "chatd_mesh_queue_depth",

@@ -62,6 +62,17 @@ const MAX_KEY_BYTES: usize = u16::MAX as usize;
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// Sampled state of the store's background work.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreGauges {
+    /// Bytes in memtables, active and sealed, all keyspaces.
+    pub write_buffer_bytes: u64,
+    /// Sealed memtables waiting for their flush.
+    pub flushes_pending: usize,
+    /// Journal files kept (each holds writes of a memtable not yet flushed).
+    pub journal_files: usize,
+}
+
 /// Names a keyspace in a [`writer::Batch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ks {
@@ -171,10 +182,23 @@ fn background_threads_yield() {
 /// The size at which a keyspace's memtable is sealed and flushed to disk.
 pub const MEMTABLE_BYTES: u64 = 16 << 20;
 
+/// Bytes fjall's memtables may hold, all keyspaces together, before the
+/// storage writer stops committing until some are flushed (128 MiB). While
+/// fjall's workers keep up, the two busy keyspaces (messages, idempotency)
+/// hold an active and at most a sealed memtable each, about half of this.
+pub const WRITE_BUFFER_LIMIT: u64 = 8 * MEMTABLE_BYTES;
+
 impl Store {
     /// Opens (or creates) the store under `dir`, replaying its journal.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = Database::builder(dir).open()?;
+        // At least two workers: fjall's first worker then only seals and
+        // flushes memtables and never sits in a long compaction while they
+        // pile up. (fjall sizes the pool by the CPUs the process may use,
+        // which is one when chatd is pinned to a core.)
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let db = Database::builder(dir)
+            .worker_threads(cores.clamp(2, 4))
+            .open()?;
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
@@ -218,6 +242,15 @@ impl Store {
 
     pub(crate) fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// What the store holds in memory and owes the disk, for `/metrics`.
+    pub fn gauges(&self) -> StoreGauges {
+        StoreGauges {
+            write_buffer_bytes: self.db.write_buffer_size(),
+            flushes_pending: self.db.outstanding_flushes(),
+            journal_files: self.db.journal_count(),
+        }
     }
 
     /// A user's record.

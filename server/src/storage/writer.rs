@@ -5,9 +5,13 @@
 //! writes it as one fjall batch with one fsync, and only then completes each
 //! job's reply. So a message is acknowledged only after its batch is
 //! durable, and under load one fsync covers many messages.
+//!
+//! After each commit the writer holds back while fjall's memtables hold more
+//! than [`super::WRITE_BUFFER_LIMIT`] bytes (see [`hold_back`]): that is what
+//! bounds the store's memory when its background workers fall behind.
 
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
@@ -171,6 +175,7 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
                 for job in jobs.drain(..) {
                     let _ = job.done.send(Ok(()));
                 }
+                hold_back(&store);
             }
             Err(e) => {
                 // fjall poisons itself after a failed fsync; nothing written
@@ -191,6 +196,53 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
         }
     }
 }
+
+/// Waits while fjall's memtables (active and sealed, all keyspaces) hold more
+/// than [`super::WRITE_BUFFER_LIMIT`] bytes.
+///
+/// fjall seals a memtable and flushes it on its worker threads, and it stops
+/// writers when a keyspace has 4 sealed memtables waiting. But sealing is
+/// itself a job for those workers: when they get little CPU (they run at a
+/// lower priority than the shards, see [`super::BACKGROUND_NICE`], and
+/// the machine may be saturated), the active memtable grows past its size
+/// without ever being sealed, and nothing inside fjall stops it. Sleeping
+/// here gives the workers the CPU to seal and flush; meanwhile jobs wait in
+/// the bounded queue and senders see backpressure.
+fn hold_back(store: &Store) {
+    let db = store.database();
+    if db.write_buffer_size() <= super::WRITE_BUFFER_LIMIT {
+        return;
+    }
+    let started = Instant::now();
+    // Memtables of a store created with larger ones can exceed the limit
+    // without being due for a flush; then nothing would ever bring the
+    // size down. So the writer waits only while there is flush work to wait
+    // for, or the size is still going down.
+    let mut checkpoint = (Instant::now(), db.write_buffer_size());
+    loop {
+        let bytes = db.write_buffer_size();
+        if bytes <= super::WRITE_BUFFER_LIMIT {
+            break;
+        }
+        if checkpoint.0.elapsed() >= STALL_PROGRESS_WINDOW {
+            if bytes >= checkpoint.1 && db.outstanding_flushes() == 0 {
+                tracing::warn!(
+                    bytes,
+                    "memtables above the write buffer limit and no flush due; writing on"
+                );
+                break;
+            }
+            checkpoint = (Instant::now(), bytes);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    metrics::counter!("chatd_storage_stalls_total").increment(1);
+    metrics::histogram!("chatd_storage_stall_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// How long [`hold_back`] waits for the memtables to shrink or a flush to be
+/// queued before it concludes that none is coming.
+const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(500);
 
 fn commit(store: &Store, mode: PersistMode, jobs: &[Job]) -> Result<()> {
     let mut batch = store.database().batch().durability(Some(mode));
