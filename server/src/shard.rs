@@ -565,6 +565,13 @@ fn serve_stream(
     .instrument(span)
 }
 
+/// Threads of a shard's blocking pool, which runs its store reads, password
+/// hashes (at most one per core at once, see `Context::password_hashing`)
+/// and other blocking calls. Reads are bounded per session; beyond this many
+/// at once they queue. Each thread that has run holds its stack and its
+/// allocator cache until it has been idle for 10 s.
+const BLOCKING_THREADS: usize = 16;
+
 /// Runs shard `id` on the current thread until shutdown completes.
 pub fn run(
     id: ShardId,
@@ -574,7 +581,7 @@ pub fn run(
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(64)
+        .max_blocking_threads(BLOCKING_THREADS)
         .thread_name(format!("chatd-shard-{id}-blocking"))
         .build()?;
     let local = tokio::task::LocalSet::new();
