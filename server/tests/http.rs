@@ -59,6 +59,12 @@ async fn health_and_metrics_are_served() {
     // Group commit: records per commit are counted (at least one per message).
     assert!(value(&metrics, "chatd_storage_batch_ops_sum") >= 5.0);
     assert!(metrics.contains("chatd_sessions{shard="));
+    // The store's background state: the messages above are in a memtable,
+    // written through a journal, with nothing asking the writer to wait.
+    assert!(value(&metrics, "chatd_store_write_buffer_bytes") > 0.0);
+    assert!(value(&metrics, "chatd_store_journal_files") >= 1.0);
+    assert!(metrics.contains("chatd_store_flushes_pending"));
+    assert_eq!(value(&metrics, "chatd_storage_stalls_total"), 0.0);
     assert_eq!(get(server.http_addr, "/nope").await.0, 404);
     server.stop().await;
 }
