@@ -188,6 +188,12 @@ pub const MEMTABLE_BYTES: u64 = 16 << 20;
 /// hold an active and at most a sealed memtable each, about half of this.
 pub const WRITE_BUFFER_LIMIT: u64 = 8 * MEMTABLE_BYTES;
 
+/// Bytes of memtables above which the storage writer waits for flushes
+/// whatever else it sees (768 MiB): every keyspace's memtable at the
+/// largest size any chatd store was created with (64 MiB, fjall's default,
+/// before [`MEMTABLE_BYTES`]) is less, so above it a flush is always due.
+pub const WRITE_BUFFER_HARD_LIMIT: u64 = 12 * (64 << 20);
+
 impl Store {
     /// Opens (or creates) the store under `dir`, replaying its journal.
     pub fn open(dir: &Path) -> Result<Self> {

@@ -214,30 +214,73 @@ fn hold_back(store: &Store) {
         return;
     }
     let started = Instant::now();
-    // Memtables of a store created with larger ones can exceed the limit
-    // without being due for a flush; then nothing would ever bring the
-    // size down. So the writer waits only while there is flush work to wait
-    // for, or the size is still going down.
     let mut checkpoint = (Instant::now(), db.write_buffer_size());
     loop {
         let bytes = db.write_buffer_size();
-        if bytes <= super::WRITE_BUFFER_LIMIT {
-            break;
-        }
-        if checkpoint.0.elapsed() >= STALL_PROGRESS_WINDOW {
-            if bytes >= checkpoint.1 && db.outstanding_flushes() == 0 {
+        let progress = if checkpoint.0.elapsed() >= STALL_PROGRESS_WINDOW {
+            let p = Some(Progress {
+                shrank: bytes < checkpoint.1,
+                flush_due: db.outstanding_flushes() > 0,
+            });
+            checkpoint = (Instant::now(), bytes);
+            p
+        } else {
+            None
+        };
+        match stall(bytes, progress) {
+            Stall::Wait => thread::sleep(Duration::from_millis(1)),
+            Stall::Done => break,
+            Stall::NothingDue => {
                 tracing::warn!(
                     bytes,
                     "memtables above the write buffer limit and no flush due; writing on"
                 );
                 break;
             }
-            checkpoint = (Instant::now(), bytes);
         }
-        thread::sleep(Duration::from_millis(1));
     }
     metrics::counter!("chatd_storage_stalls_total").increment(1);
     metrics::histogram!("chatd_storage_stall_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// What happened to the memtables over the last [`STALL_PROGRESS_WINDOW`].
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// They hold fewer bytes than at the start of the window.
+    shrank: bool,
+    /// A sealed memtable is queued for its flush.
+    flush_due: bool,
+}
+
+/// The writer's decision in [`hold_back`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// Keep waiting for flushes.
+    Wait,
+    /// Under the limit: write on.
+    Done,
+    /// Over the limit with nothing due: write on, and say so.
+    NothingDue,
+}
+
+/// Decides whether the writer keeps waiting, with memtables holding `bytes`
+/// and, at the end of a window, what changed during it.
+///
+/// Memtables of a store created with larger ones (fjall keeps a keyspace's
+/// memtable size from its creation) can exceed the limit without being due
+/// for a flush; then nothing would ever bring the size down. So below
+/// [`super::WRITE_BUFFER_HARD_LIMIT`] the writer waits only while a flush is
+/// due or the size is going down; above it, always.
+fn stall(bytes: u64, progress: Option<Progress>) -> Stall {
+    if bytes <= super::WRITE_BUFFER_LIMIT {
+        return Stall::Done;
+    }
+    match progress {
+        Some(p) if !p.shrank && !p.flush_due && bytes < super::WRITE_BUFFER_HARD_LIMIT => {
+            Stall::NothingDue
+        }
+        _ => Stall::Wait,
+    }
 }
 
 /// How long [`hold_back`] waits for the memtables to shrink or a flush to be
@@ -256,4 +299,46 @@ fn commit(store: &Store, mode: PersistMode, jobs: &[Job]) -> Result<()> {
     }
     batch.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{WRITE_BUFFER_HARD_LIMIT, WRITE_BUFFER_LIMIT};
+    use super::{Progress, Stall, stall};
+
+    const STUCK: Progress = Progress {
+        shrank: false,
+        flush_due: false,
+    };
+
+    #[test]
+    fn under_the_limit_writes_on() {
+        assert_eq!(stall(WRITE_BUFFER_LIMIT, None), Stall::Done);
+        assert_eq!(stall(0, Some(STUCK)), Stall::Done);
+    }
+
+    #[test]
+    fn over_the_limit_waits_while_flushes_are_due_or_memory_shrinks() {
+        let over = WRITE_BUFFER_LIMIT + 1;
+        assert_eq!(stall(over, None), Stall::Wait);
+        let due = Progress {
+            shrank: false,
+            flush_due: true,
+        };
+        assert_eq!(stall(over, Some(due)), Stall::Wait);
+        let shrinking = Progress {
+            shrank: true,
+            flush_due: false,
+        };
+        assert_eq!(stall(over, Some(shrinking)), Stall::Wait);
+    }
+
+    #[test]
+    fn over_the_limit_with_nothing_due_writes_on_below_the_hard_limit_only() {
+        assert_eq!(
+            stall(WRITE_BUFFER_LIMIT + 1, Some(STUCK)),
+            Stall::NothingDue
+        );
+        assert_eq!(stall(WRITE_BUFFER_HARD_LIMIT, Some(STUCK)), Stall::Wait);
+    }
 }
