@@ -202,13 +202,18 @@ impl Default for Config {
     }
 }
 
+/// CPUs this process may run on (its affinity mask), at least 1.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl Config {
     /// Number of shards to run: `shards`, or the available cores if 0.
     pub fn nr_shards(&self) -> usize {
         if self.shards > 0 {
             self.shards
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            cores()
         }
     }
 

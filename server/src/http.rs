@@ -71,7 +71,7 @@ async fn route(
             respond(status, "application/json", body)
         }
         (&Method::GET, "/metrics") => {
-            shard.sample_gauges();
+            shard.sample_gauges().await;
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

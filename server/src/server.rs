@@ -237,9 +237,7 @@ impl ServerHandle {
             user_sessions: Mutex::new(crate::limits::SessionCounter::default()),
             media,
             push,
-            password_hashing: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, usize::from),
-            ),
+            password_hashing: tokio::sync::Semaphore::new(crate::config::cores()),
             config,
         });
         let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];

@@ -382,13 +382,17 @@ impl Shard {
         }
     }
 
-    /// Updates the gauges that are sampled rather than counted.
-    pub fn sample_gauges(&self) {
+    /// Updates the gauges that are sampled rather than counted. The store's
+    /// are read on the blocking pool: fjall holds the journal list's lock
+    /// while it deletes journal files.
+    pub async fn sample_gauges(&self) {
         metrics::gauge!("chatd_storage_queue_depth").set(self.ctx.writer.queue_depth() as f64);
-        let store = self.ctx.store.gauges();
-        metrics::gauge!("chatd_store_write_buffer_bytes").set(store.write_buffer_bytes as f64);
-        metrics::gauge!("chatd_store_flushes_pending").set(store.flushes_pending as f64);
-        metrics::gauge!("chatd_store_journal_files").set(store.journal_files as f64);
+        let store = self.ctx.store.clone();
+        if let Ok(g) = tokio::task::spawn_blocking(move || store.gauges()).await {
+            metrics::gauge!("chatd_store_write_buffer_bytes").set(g.write_buffer_bytes as f64);
+            metrics::gauge!("chatd_store_flushes_pending").set(g.flushes_pending as f64);
+            metrics::gauge!("chatd_store_journal_files").set(g.journal_files as f64);
+        }
         for dst in 0..self.ctx.nr_shards() {
             metrics::gauge!("chatd_mesh_queue_depth", "shard" => dst.to_string())
                 .set(self.ctx.mesh.depth(dst) as f64);

@@ -201,9 +201,8 @@ impl Store {
         // flushes memtables and never sits in a long compaction while they
         // pile up. (fjall sizes the pool by the CPUs the process may use,
         // which is one when chatd is pinned to a core.)
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let db = Database::builder(dir)
-            .worker_threads(cores.clamp(2, 4))
+            .worker_threads(crate::config::cores().clamp(2, 4))
             .open()?;
         let ks = |name: &str| {
             db.keyspace(name, || {
@@ -251,6 +250,7 @@ impl Store {
     }
 
     /// What the store holds in memory and owes the disk, for `/metrics`.
+    /// Blocks while fjall rotates or deletes journal files.
     pub fn gauges(&self) -> StoreGauges {
         StoreGauges {
             write_buffer_bytes: self.db.write_buffer_size(),

@@ -214,19 +214,17 @@ fn hold_back(store: &Store) {
         return;
     }
     let started = Instant::now();
-    let mut checkpoint = (Instant::now(), db.write_buffer_size());
+    let (mut window_start, mut window_bytes) = (started, db.write_buffer_size());
     loop {
         let bytes = db.write_buffer_size();
-        let progress = if checkpoint.0.elapsed() >= STALL_PROGRESS_WINDOW {
-            let p = Some(Progress {
-                shrank: bytes < checkpoint.1,
+        let mut progress = None;
+        if window_start.elapsed() >= STALL_PROGRESS_WINDOW {
+            progress = Some(Progress {
+                shrank: bytes < window_bytes,
                 flush_due: db.outstanding_flushes() > 0,
             });
-            checkpoint = (Instant::now(), bytes);
-            p
-        } else {
-            None
-        };
+            (window_start, window_bytes) = (Instant::now(), bytes);
+        }
         match stall(bytes, progress) {
             Stall::Wait => thread::sleep(Duration::from_millis(1)),
             Stall::Done => break,
