@@ -91,6 +91,14 @@ profile() {
     fi
 }
 
+# The disk first, while nothing else runs: what one append and fdatasync
+# costs (the floor of every chatd ack with durability = sync), alone and
+# beside bulk writes like a store flush. On the server's CPU.
+echo "== disk"
+disk_secs=$([ "$mode" = quick ] && echo 2 || echo 5)
+echo "taskset -c $server_cpus $loadgen disk --duration $disk_secs --json $out/disk.json" >>"$commands"
+taskset -c "$server_cpus" "$loadgen" disk --duration "$disk_secs" --json "$out/disk.json" | tee "$out/disk.txt"
+
 targets="chatd redis nats"
 
 # direct: 50 pairs, as fast as a window of 32 per sender allows, then a rate sweep.
@@ -171,6 +179,13 @@ notes="$out/notes.md"
     echo "nats:    $(nats-server --version | head -1)"
     echo "load:    $load_before at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end (1/5/15-minute load averages)"
     echo "nofile:  $(ulimit -Hn) (hard open-files limit)"
+    echo '```'
+    echo
+    echo "Disk (\`loadgen disk\`, on the server's CPU, before any other run, in the temporary directory"
+    echo "where loadgen keeps each chatd's data):"
+    echo
+    echo '```'
+    cat "$out/disk.txt"
     echo '```'
     echo
     if awk -v l="${load_before%% *}" 'BEGIN { exit !(l > 1.5) }'; then

@@ -70,6 +70,30 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// How long a small write and its `fdatasync` take on the disk, and the
+    /// CPU they cost: in a file laid out like fjall's journal (alone and
+    /// beside bulk writes like a store flush), a growing file, and a file
+    /// written in full beforehand.
+    Disk {
+        /// Directory on the disk to measure (a temporary directory is
+        /// made in it and removed). Default: the system's temporary
+        /// directory, where loadgen puts the chatd it starts.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Bytes per write.
+        #[arg(long, default_value_t = 4096)]
+        block: usize,
+        /// Bytes the bulk writer writes and fsyncs each second in the
+        /// second phase (16 MiB: one flushed memtable).
+        #[arg(long, default_value_t = 16 << 20)]
+        bulk: usize,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Writes BENCHMARKS.md (tables and SVG plots) from JSON reports.
     Report {
         /// Directory of `*.json` reports written with `--json`.

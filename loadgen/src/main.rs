@@ -18,11 +18,13 @@
 //!   chat/1 sessions; [`payload`]: the header every message carries;
 //! - [`stats`]: HDR histograms and the report; [`procstat`]: CPU and memory
 //!   from `/proc`, limits and pinning; [`markdown`]: BENCHMARKS.md;
-//!   [`progress`]: the progress bar.
+//!   [`progress`]: the progress bar; [`disk`]: `loadgen disk`, what a
+//!   synced write costs on this machine.
 
 mod cli;
 mod conn;
 mod connections;
+mod disk;
 mod fanout;
 mod markdown;
 mod payload;
@@ -53,6 +55,25 @@ fn main() -> anyhow::Result<()> {
     } = &cli.command
     {
         return markdown::write(input, output, notes.as_deref(), appendix.as_deref());
+    }
+    if let Command::Disk {
+        dir,
+        duration,
+        block,
+        bulk,
+        json,
+    } = &cli.command
+    {
+        let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+        let duration = std::time::Duration::try_from_secs_f64(*duration)
+            .context("--duration must be a non-negative number of seconds")?;
+        let report = disk::probe(&dir, duration, (*block).max(1), *bulk)?;
+        disk::print(&report);
+        if let Some(path) = json {
+            let text = serde_json::to_string_pretty(&report)?;
+            std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+        }
+        return Ok(());
     }
     procstat::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -102,7 +123,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             sync::run(users.max(2), missed, rounds.max(1), &common).await?,
             common,
         ),
-        Command::Report { .. } => return Ok(()),
+        Command::Report { .. } | Command::Disk { .. } => return Ok(()),
     };
     scenario::finish(&report, &common)?;
     if !report.verification.ok {

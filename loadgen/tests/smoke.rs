@@ -203,3 +203,48 @@ fn pubsub_targets_refuse_other_transports() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("tcp only"));
 }
+
+#[test]
+fn disk_probe_measures_every_phase() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("disk.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["disk", "--duration", "0.3", "--bulk", "1048576", "--dir"])
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("running loadgen");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("json");
+    let phases = report["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "journal",
+            "journal, beside bulk writes",
+            "append",
+            "written"
+        ]
+    );
+    for phase in phases {
+        assert!(
+            phase["latency"]["count"].as_u64().unwrap_or(0) > 0,
+            "{phase}"
+        );
+        assert!(phase["latency"]["p50_us"].as_f64().unwrap_or(0.0) > 0.0);
+    }
+    // The scratch directory is gone; only the report is left.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("disk.json")]);
+}
