@@ -38,13 +38,16 @@ common=(--quiet --server-cpus "$server_cpus" --cpu "$loadgen_cpu" --shards 1 --d
 commands="$out/commands.txt"
 : >"$commands"
 
-# run LABEL ARGS...: one loadgen run, its summary and JSON kept.
+# run LABEL ARGS...: one loadgen run, its summary and JSON kept. A run whose
+# checks fail (loadgen exits non-zero after writing its report) stays in the
+# tables, marked FAILED with what failed; the other runs go on.
 run() {
     local label=$1
     shift
     echo "$loadgen $* ${common[*]} --label $label --json $out/json/$label.json" >>"$commands"
     echo "== $label"
-    "$loadgen" "$@" "${common[@]}" --label "$label" --json "$out/json/$label.json" | tee "$out/$label.txt"
+    "$loadgen" "$@" "${common[@]}" --label "$label" --json "$out/json/$label.json" | tee "$out/$label.txt" \
+        || echo "== $label: loadgen exited with an error (see above)"
 }
 
 # profile LABEL ARGS...: like run, with `perf record` on the chatd process
@@ -72,7 +75,7 @@ profile() {
         perf record -F 499 --call-graph dwarf,16384 -p "$pid" -o "$out/profiles/$label.data" \
             -- sleep 2 >/dev/null 2>&1 || true
     fi
-    wait "$lg"
+    wait "$lg" || echo "== $label: loadgen exited with an error (see below)"
     cat "$out/$label.txt"
     local data="$out/profiles/$label.data"
     if [ -f "$data" ]; then

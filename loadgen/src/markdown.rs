@@ -90,11 +90,36 @@ fn rate(r: &Report) -> String {
     }
 }
 
-fn verdict(r: &Report) -> &'static str {
+/// "ok", or what failed: the checks that did not hold and the first error
+/// the run saw (a session the server closed, say).
+fn verdict(r: &Report) -> String {
     if r.verification.ok {
-        "ok"
+        return "ok".to_owned();
+    }
+    let v = &r.verification;
+    let mut what = Vec::new();
+    for (n, name) in [
+        (v.missing, "missing"),
+        (v.duplicates, "duplicated"),
+        (v.out_of_order, "out of order"),
+        (v.unknown, "unknown"),
+    ] {
+        if n > 0 {
+            what.push(format!("{} {name}", num(n as f64)));
+        }
+    }
+    if r.errors > 0 {
+        let first = r
+            .error_samples
+            .first()
+            .map(|e| format!(", first: {}", e.replace('|', "/")))
+            .unwrap_or_default();
+        what.push(format!("{} errors{first}", r.errors));
+    }
+    if what.is_empty() {
+        "**FAILED**".to_owned()
     } else {
-        "**FAILED**"
+        format!("**FAILED** ({})", what.join("; "))
     }
 }
 
