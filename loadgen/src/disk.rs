@@ -34,7 +34,7 @@ const BULK_CHUNK: usize = 64 << 10;
 
 /// Size of the journal-like and written files (fjall's journal files are
 /// created at 64 MiB).
-const FILE_BYTES: u64 = 64 << 20;
+pub const FILE_BYTES: u64 = 64 << 20;
 
 /// One phase: latency of each sync and CPU per write and sync.
 #[derive(Debug, Serialize)]

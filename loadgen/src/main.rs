@@ -67,7 +67,10 @@ fn main() -> anyhow::Result<()> {
         let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
         let duration = std::time::Duration::try_from_secs_f64(*duration)
             .context("--duration must be a non-negative number of seconds")?;
-        let report = disk::probe(&dir, duration, (*block).max(1), *bulk)?;
+        if *block == 0 || *block as u64 > disk::FILE_BYTES {
+            anyhow::bail!("--block must be 1 to {} bytes", disk::FILE_BYTES);
+        }
+        let report = disk::probe(&dir, duration, *block, *bulk)?;
         disk::print(&report);
         if let Some(path) = json {
             let text = serde_json::to_string_pretty(&report)?;
