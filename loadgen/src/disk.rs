@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::{Seek as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -161,7 +161,7 @@ fn phase(
 }
 
 /// A new file at `path` laid out as `layout`, positioned at its start.
-fn open(path: &PathBuf, layout: Layout) -> anyhow::Result<File> {
+fn open(path: &Path, layout: Layout) -> anyhow::Result<File> {
     let mut file = File::create_new(path).with_context(|| format!("create {}", path.display()))?;
     match layout {
         Layout::Append => {}
@@ -170,13 +170,7 @@ fn open(path: &PathBuf, layout: Layout) -> anyhow::Result<File> {
             file.sync_all().context("fsync")?;
         }
         Layout::Written => {
-            let zeros = vec![0_u8; BULK_CHUNK];
-            let mut left = FILE_BYTES;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                file.write_all(&zeros[..n]).context("fill")?;
-                left -= n as u64;
-            }
+            fill(&mut file, FILE_BYTES, 0, &AtomicBool::new(false))?;
             file.sync_all().context("fsync")?;
             file.rewind().context("rewind")?;
         }
@@ -184,18 +178,25 @@ fn open(path: &PathBuf, layout: Layout) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// Writes `len` bytes of `byte` to `file` in [`BULK_CHUNK`] writes, or
+/// fewer once `stop` is set.
+fn fill(file: &mut File, len: u64, byte: u8, stop: &AtomicBool) -> anyhow::Result<()> {
+    let chunk = vec![byte; BULK_CHUNK];
+    let mut left = len;
+    while left > 0 && !stop.load(Ordering::Relaxed) {
+        let n = left.min(BULK_CHUNK as u64) as usize;
+        file.write_all(&chunk[..n]).context("write")?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 /// Writes `bulk` bytes and `fsync`s them once per second until `stop`.
 fn bulk_writes(path: &Path, bulk: usize, stop: &AtomicBool) -> anyhow::Result<()> {
-    let chunk = vec![0xa5_u8; BULK_CHUNK];
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let mut file = File::create(path).with_context(|| format!("create {}", path.display()))?;
-        let mut left = bulk;
-        while left > 0 && !stop.load(Ordering::Relaxed) {
-            let n = left.min(chunk.len());
-            file.write_all(&chunk[..n]).context("bulk write")?;
-            left -= n;
-        }
+        fill(&mut file, bulk as u64, 0xa5, stop)?;
         file.sync_all().context("bulk fsync")?;
         drop(file);
         let rest = Duration::from_secs(1).saturating_sub(started.elapsed());

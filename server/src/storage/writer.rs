@@ -210,11 +210,12 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
 /// the bounded queue and senders see backpressure.
 fn hold_back(store: &Store) {
     let db = store.database();
-    if db.write_buffer_size() <= super::WRITE_BUFFER_LIMIT {
+    let mut window_bytes = db.write_buffer_size();
+    if stall(window_bytes, None) == Stall::Done {
         return;
     }
     let started = Instant::now();
-    let (mut window_start, mut window_bytes) = (started, db.write_buffer_size());
+    let mut window_start = started;
     loop {
         let bytes = db.write_buffer_size();
         let mut progress = None;
