@@ -10,7 +10,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path()).expect("store");
+    let store = Store::open(&dir.path().join("store"), &dir.path().join("log")).expect("store");
     let (writer, thread) = Writer::start(store, Durability::Sync, 16_384).expect("writer");
     let value = vec![b'x'; 160];
     let mut seq = 0u64;

@@ -140,7 +140,7 @@ impl ServerHandle {
     pub fn start(config: Config) -> Result<Self, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
-        let store = Store::open(&config.data_dir.join("store"))?;
+        let store = Store::open(&config.data_dir.join("store"), &config.data_dir.join("log"))?;
         let recovered = store.all_last_seqs()?;
         let last_user_id = store.max_user_id()?;
         let last_conversation_id = store.max_conversation_id()?;

@@ -326,12 +326,12 @@ impl Shard {
                 effects.extend(e.effects);
             }
             let result = if batch.is_empty() {
-                Ok(())
+                Ok(0)
             } else {
                 self.ctx.writer.write(batch).await
             };
             match result {
-                Ok(()) => {
+                Ok(commit) => {
                     let ack_latency = metrics::histogram!("chatd_write_ack_seconds");
                     for at in queued_at {
                         ack_latency.record(at.elapsed().as_secs_f64());
@@ -341,7 +341,9 @@ impl Shard {
                         match effect {
                             Effect::Durable { conversation, seq } => {
                                 stored.increment(1);
-                                self.owned.borrow_mut().mark_durable(conversation, seq);
+                                self.owned
+                                    .borrow_mut()
+                                    .mark_durable(conversation, seq, commit);
                             }
                             Effect::Reply(origin, frame) => self.reply(origin, frame).await,
                             Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,

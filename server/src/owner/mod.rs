@@ -246,10 +246,10 @@ impl Owned {
         }
     }
 
-    /// The commit of everything up to `seq` finished.
-    pub fn mark_durable(&mut self, conversation: u64, seq: u64) {
+    /// Storage commit `commit` made everything up to `seq` durable.
+    pub fn mark_durable(&mut self, conversation: u64, seq: u64, commit: u64) {
         if let Some(Slot::Ready(c)) = self.slots.get_mut(&conversation) {
-            c.seq.mark_durable(seq);
+            c.seq.mark_durable(seq, commit);
         }
     }
 
@@ -411,9 +411,10 @@ impl Shard {
                     .filter_map(|r| r.idempotency_key().map(|(s, k)| (s, k.to_owned())))
                     .collect();
                 let covered = conv.queue.len();
+                let applied_through = conv.seq.forgotten_commit();
                 conv.checking = true;
                 drop(owned);
-                self.lookup(id, keys, covered);
+                self.lookup(id, keys, covered, applied_through);
                 return;
             }
             let Some(req) = conv.queue.pop_front() else {
@@ -425,14 +426,22 @@ impl Shard {
         }
     }
 
-    fn lookup(self: &Rc<Self>, id: u64, keys: Vec<(u64, String)>, covered: usize) {
+    /// Looks the keys up in the store, once it holds `applied_through`
+    /// (the commit of the newest key the sequencer forgot).
+    fn lookup(
+        self: &Rc<Self>,
+        id: u64,
+        keys: Vec<(u64, String)>,
+        covered: usize,
+        applied_through: u64,
+    ) {
         let shard = self.clone();
         tokio::task::spawn_local(async move {
             let ctx = shard.ctx.clone();
             let found = tokio::task::spawn_blocking(move || {
                 let mut found = Vec::new();
                 for (sender, cmid) in keys {
-                    if let Some(rec) = ctx.store.idempotency(id, sender, &cmid)? {
+                    if let Some(rec) = ctx.store.idempotency(applied_through, id, sender, &cmid)? {
                         found.push((sender, cmid, rec));
                     }
                 }

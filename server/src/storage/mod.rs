@@ -21,14 +21,17 @@
 //! | `idempotency` | conversation ‖ sender ‖ client_msg_id | [`IdempotencyRecord`] |
 
 pub mod keys;
+pub mod log;
 pub mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chat_protocol::pb;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use prost::Message;
 
+use self::writer::Progress;
 use crate::records::{
     ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
     UserConversationRecord, UserRecord,
@@ -42,6 +45,9 @@ pub enum StorageError {
     /// fjall reported an error (I/O, corruption, poisoned after a failed fsync).
     #[error("store: {0}")]
     Fjall(#[from] fjall::Error),
+    /// Reading or writing the commit log failed.
+    #[error("commit log: {0}")]
+    Log(#[from] std::io::Error),
     /// A stored record does not decode.
     #[error("corrupt record in {keyspace}: {detail}")]
     Corrupt {
@@ -102,11 +108,37 @@ pub enum Ks {
     PushOutbox,
 }
 
-/// Handles to the database and its keyspaces. Cheap to clone; safe to use
-/// from any thread.
+impl Ks {
+    const ALL: [Ks; 12] = [
+        Ks::Users,
+        Ks::Usernames,
+        Ks::Tokens,
+        Ks::UserTokens,
+        Ks::Conversations,
+        Ks::Members,
+        Ks::UserConversations,
+        Ks::Direct,
+        Ks::Messages,
+        Ks::Idempotency,
+        Ks::LastSeen,
+        Ks::PushOutbox,
+    ];
+
+    /// The keyspace's code in the commit log: its position in [`Ks::ALL`].
+    /// Codes are part of the log's format; new keyspaces go at the end.
+    pub fn code(self) -> u8 {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0) as u8
+    }
+
+    /// The keyspace with log code `code`.
+    pub fn from_code(code: u8) -> Option<Ks> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+}
+
+/// The keyspaces, one per kind of record.
 #[derive(Clone)]
-pub struct Store {
-    db: Database,
+struct Keyspaces {
     users: Keyspace,
     usernames: Keyspace,
     tokens: Keyspace,
@@ -119,6 +151,20 @@ pub struct Store {
     idempotency: Keyspace,
     last_seen: Keyspace,
     push_outbox: Keyspace,
+}
+
+/// Handles to the database and its keyspaces. Cheap to clone; safe to use
+/// from any thread.
+///
+/// Every read first waits until fjall holds every commit acknowledged
+/// before it (see [`writer::Progress`]): a write is acknowledged once it is
+/// in the commit log, and reaches fjall a moment later.
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    ks: Keyspaces,
+    log_dir: PathBuf,
+    progress: Arc<Progress>,
 }
 
 impl std::fmt::Debug for Store {
@@ -195,8 +241,10 @@ pub const WRITE_BUFFER_LIMIT: u64 = 8 * MEMTABLE_BYTES;
 pub const WRITE_BUFFER_HARD_LIMIT: u64 = 12 * (64 << 20);
 
 impl Store {
-    /// Opens (or creates) the store under `dir`, replaying its journal.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the store: fjall's database in `dir`, the commit
+    /// log in `log_dir`. Replays the commit log into fjall, persists fjall,
+    /// then deletes the segments replayed.
+    pub fn open(dir: &Path, log_dir: &Path) -> Result<Self> {
         // At least two workers: fjall's first worker then only seals and
         // flushes memtables and never sits in a long compaction while they
         // pile up. (fjall sizes the pool by the CPUs the process may use,
@@ -209,7 +257,7 @@ impl Store {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
             })
         };
-        let store = Self {
+        let keyspaces = Keyspaces {
             users: ks("users")?,
             usernames: ks("usernames")?,
             tokens: ks("tokens")?,
@@ -222,26 +270,79 @@ impl Store {
             idempotency: ks("idempotency")?,
             last_seen: ks("last_seen")?,
             push_outbox: ks("push_outbox")?,
-            db,
         };
+        let mut store = Self {
+            db,
+            ks: keyspaces,
+            log_dir: log_dir.to_path_buf(),
+            progress: Arc::new(Progress::new(0)),
+        };
+        let replayed = log::replay(log_dir, |batch| store.apply(&batch))?;
+        if replayed.commits > 0 {
+            tracing::info!(commits = replayed.commits, "commit log replayed");
+        }
+        store.db.persist(fjall::PersistMode::SyncAll)?;
+        for segment in &replayed.segments {
+            std::fs::remove_file(segment)?;
+        }
+        if !replayed.segments.is_empty() {
+            log::sync_dir(log_dir)?;
+        }
+        store.progress = Arc::new(Progress::new(replayed.next_commit));
         background_threads_yield();
         Ok(store)
     }
 
+    /// Writes `batch` into fjall's memtables and journal buffer, without a
+    /// sync: the commit log holds it durably already.
+    pub(crate) fn apply(&self, batch: &writer::Batch) -> Result<()> {
+        let mut b = self.db.batch().durability(None);
+        for op in batch.ops() {
+            match op {
+                writer::Op::Put(ks, k, v) => {
+                    b.insert(self.keyspace(*ks), k.as_slice(), v.as_slice())
+                }
+                writer::Op::Delete(ks, k) => b.remove(self.keyspace(*ks), k.as_slice()),
+            }
+        }
+        b.commit()?;
+        Ok(())
+    }
+
+    /// The keyspaces, once fjall holds every commit acknowledged so far.
+    fn read(&self) -> Result<&Keyspaces> {
+        self.progress.settle()?;
+        Ok(&self.ks)
+    }
+
+    /// The keyspaces, once fjall holds commit `commit` and those before.
+    fn read_through(&self, commit: u64) -> Result<&Keyspaces> {
+        self.progress.wait_applied(commit)?;
+        Ok(&self.ks)
+    }
+
+    pub(crate) fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    pub(crate) fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
     pub(crate) fn keyspace(&self, ks: Ks) -> &Keyspace {
         match ks {
-            Ks::Users => &self.users,
-            Ks::Usernames => &self.usernames,
-            Ks::Tokens => &self.tokens,
-            Ks::UserTokens => &self.user_tokens,
-            Ks::Conversations => &self.conversations,
-            Ks::Members => &self.members,
-            Ks::UserConversations => &self.user_conversations,
-            Ks::Direct => &self.direct,
-            Ks::Messages => &self.messages,
-            Ks::Idempotency => &self.idempotency,
-            Ks::LastSeen => &self.last_seen,
-            Ks::PushOutbox => &self.push_outbox,
+            Ks::Users => &self.ks.users,
+            Ks::Usernames => &self.ks.usernames,
+            Ks::Tokens => &self.ks.tokens,
+            Ks::UserTokens => &self.ks.user_tokens,
+            Ks::Conversations => &self.ks.conversations,
+            Ks::Members => &self.ks.members,
+            Ks::UserConversations => &self.ks.user_conversations,
+            Ks::Direct => &self.ks.direct,
+            Ks::Messages => &self.ks.messages,
+            Ks::Idempotency => &self.ks.idempotency,
+            Ks::LastSeen => &self.ks.last_seen,
+            Ks::PushOutbox => &self.ks.push_outbox,
         }
     }
 
@@ -261,7 +362,8 @@ impl Store {
 
     /// A user's record.
     pub fn user(&self, user: u64) -> Result<Option<UserRecord>> {
-        self.users
+        self.read()?
+            .users
             .get(keys::id(user))?
             .map(|v| decode("users", &v))
             .transpose()
@@ -272,7 +374,8 @@ impl Store {
         if username.len() > MAX_KEY_BYTES {
             return Ok(None);
         }
-        self.usernames
+        self.read()?
+            .usernames
             .get(username.as_bytes())?
             .map(|v| u64_value("usernames", &v))
             .transpose()
@@ -280,7 +383,8 @@ impl Store {
 
     /// A session token's record, by the token's hash.
     pub fn token(&self, hash: &[u8]) -> Result<Option<TokenRecord>> {
-        self.tokens
+        self.read()?
+            .tokens
             .get(hash)?
             .map(|v| decode("tokens", &v))
             .transpose()
@@ -289,7 +393,7 @@ impl Store {
     /// Hashes of every token of `user` (for "log out everywhere").
     pub fn tokens_of(&self, user: u64) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        for kv in self.user_tokens.prefix(keys::id(user)) {
+        for kv in self.read()?.user_tokens.prefix(keys::id(user)) {
             let k = kv.key()?;
             if let Some(hash) = k.get(8..) {
                 out.push(hash.to_vec());
@@ -301,7 +405,7 @@ impl Store {
     /// The push registrations of `user`'s sessions: (token hash, record).
     pub fn push_registrations(&self, user: u64) -> Result<Vec<(Vec<u8>, PushRegistration)>> {
         let mut out = Vec::new();
-        for kv in self.user_tokens.prefix(keys::id(user)) {
+        for kv in self.read()?.user_tokens.prefix(keys::id(user)) {
             let (k, v) = kv.into_inner()?;
             let Some(hash) = k.get(8..) else { continue };
             let reg: PushRegistration = decode("user_tokens", &v)?;
@@ -314,7 +418,8 @@ impl Store {
 
     /// A conversation's record.
     pub fn conversation(&self, conversation: u64) -> Result<Option<ConversationRecord>> {
-        self.conversations
+        self.read()?
+            .conversations
             .get(keys::id(conversation))?
             .map(|v| decode("conversations", &v))
             .transpose()
@@ -322,7 +427,8 @@ impl Store {
 
     /// The existing direct conversation of two users.
     pub fn direct(&self, a: u64, b: u64) -> Result<Option<u64>> {
-        self.direct
+        self.read()?
+            .direct
             .get(keys::direct(a, b))?
             .map(|v| u64_value("direct", &v))
             .transpose()
@@ -331,7 +437,7 @@ impl Store {
     /// Every member of a conversation with their record.
     pub fn members(&self, conversation: u64) -> Result<Vec<(u64, MemberRecord)>> {
         let mut out = Vec::new();
-        for kv in self.members.prefix(keys::id(conversation)) {
+        for kv in self.read()?.members.prefix(keys::id(conversation)) {
             let (k, v) = kv.into_inner()?;
             if let Some(user) = keys::pair_second(&k) {
                 out.push((user, decode("members", &v)?));
@@ -342,7 +448,8 @@ impl Store {
 
     /// One member's record.
     pub fn member(&self, conversation: u64, user: u64) -> Result<Option<MemberRecord>> {
-        self.members
+        self.read()?
+            .members
             .get(keys::pair(conversation, user))?
             .map(|v| decode("members", &v))
             .transpose()
@@ -354,7 +461,8 @@ impl Store {
         user: u64,
         conversation: u64,
     ) -> Result<Option<UserConversationRecord>> {
-        self.user_conversations
+        self.read()?
+            .user_conversations
             .get(keys::pair(user, conversation))?
             .map(|v| decode("user_conversations", &v))
             .transpose()
@@ -363,7 +471,7 @@ impl Store {
     /// Every conversation of a user with the user's cursors.
     pub fn user_conversations(&self, user: u64) -> Result<Vec<(u64, UserConversationRecord)>> {
         let mut out = Vec::new();
-        for kv in self.user_conversations.prefix(keys::id(user)) {
+        for kv in self.read()?.user_conversations.prefix(keys::id(user)) {
             let (k, v) = kv.into_inner()?;
             if let Some(conversation) = keys::pair_second(&k) {
                 out.push((conversation, decode("user_conversations", &v)?));
@@ -374,7 +482,11 @@ impl Store {
 
     /// One message.
     pub fn message(&self, conversation: u64, seq: u64) -> Result<Option<pb::Message>> {
-        match self.messages.get(keys::message(conversation, seq))? {
+        match self
+            .read()?
+            .messages
+            .get(keys::message(conversation, seq))?
+        {
             Some(v) => Ok(Some(decode("messages", &v)?)),
             None => Ok(None),
         }
@@ -384,7 +496,7 @@ impl Store {
     /// as `(conversation, seq)`, oldest conversation first.
     pub fn push_outbox(&self, limit: usize) -> Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();
-        for kv in self.push_outbox.iter().take(limit) {
+        for kv in self.read()?.push_outbox.iter().take(limit) {
             let key = kv.key()?;
             if let (Some(c), Some(s)) = (keys::first(&key), keys::pair_second(&key)) {
                 out.push((c, s));
@@ -400,7 +512,7 @@ impl Store {
 
     /// Highest seq stored for a conversation (0 if none).
     pub fn last_seq(&self, conversation: u64) -> Result<u64> {
-        match self.messages.prefix(keys::id(conversation)).next() {
+        match self.read()?.messages.prefix(keys::id(conversation)).next() {
             Some(kv) => Ok(keys::message_seq(&kv.key()?).unwrap_or(0)),
             None => Ok(0),
         }
@@ -415,11 +527,12 @@ impl Store {
     ) -> Result<Vec<pb::Message>> {
         let mut out = Vec::with_capacity(limit.min(256));
         let iter = if before_seq == 0 {
-            self.messages.prefix(keys::id(conversation))
+            self.read()?.messages.prefix(keys::id(conversation))
         } else if before_seq == 1 {
             return Ok(out);
         } else {
-            self.messages
+            self.read()?
+                .messages
                 .range(keys::message(conversation, before_seq - 1)..=keys::message(conversation, 1))
         };
         for kv in iter.take(limit) {
@@ -440,6 +553,7 @@ impl Store {
             return Ok(out);
         }
         let iter = self
+            .read()?
             .messages
             .range(
                 keys::message(conversation, u64::MAX)..=keys::message(conversation, after_seq + 1),
@@ -451,9 +565,14 @@ impl Store {
         Ok(out)
     }
 
-    /// The original ack of an earlier send with the same idempotency key.
+    /// The original ack of an earlier send with the same idempotency key,
+    /// once fjall holds commit `applied_through` and those before (not
+    /// every commit acknowledged so far, as other reads wait for: the
+    /// conversation's owner knows which commit holds the newest key it no
+    /// longer remembers, and this lookup is on the path of every send).
     pub fn idempotency(
         &self,
+        applied_through: u64,
         conversation: u64,
         sender: u64,
         client_msg_id: &str,
@@ -461,7 +580,8 @@ impl Store {
         if client_msg_id.len() > MAX_KEY_BYTES - 16 {
             return Ok(None);
         }
-        self.idempotency
+        self.read_through(applied_through)?
+            .idempotency
             .get(keys::idempotency(conversation, sender, client_msg_id))?
             .map(|v| decode("idempotency", &v))
             .transpose()
@@ -470,6 +590,7 @@ impl Store {
     /// When the user's last session ended (0 if never recorded).
     pub fn last_seen(&self, user: u64) -> Result<u64> {
         Ok(self
+            .read()?
             .last_seen
             .get(keys::id(user))?
             .and_then(|v| keys::first(&v))
@@ -478,12 +599,12 @@ impl Store {
 
     /// Highest user id in use (0 if none).
     pub fn max_user_id(&self) -> Result<u64> {
-        Self::max_key(&self.users)
+        Self::max_key(&self.read()?.users)
     }
 
     /// Highest conversation id in use (0 if none).
     pub fn max_conversation_id(&self) -> Result<u64> {
-        Self::max_key(&self.conversations)
+        Self::max_key(&self.read()?.conversations)
     }
 
     fn max_key(ks: &Keyspace) -> Result<u64> {
@@ -496,7 +617,7 @@ impl Store {
     /// Every conversation id with its last seq, for recovery at start-up.
     pub fn all_last_seqs(&self) -> Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();
-        for kv in self.conversations.iter() {
+        for kv in self.read()?.conversations.iter() {
             let key = kv.key()?;
             if let Some(conversation) = keys::first(&key) {
                 out.push((conversation, self.last_seq(conversation)?));

@@ -1,38 +1,61 @@
-//! The storage writer: one thread that group-commits every write.
+//! The storage writer: one thread that group-commits every write, and one
+//! that applies the commits to fjall.
 //!
 //! Shards and account handlers send [`Batch`]es through a bounded queue.
-//! The thread takes whatever is queued (up to [`MAX_JOBS_PER_COMMIT`]),
-//! writes it as one fjall batch with one fsync, and only then completes each
-//! job's reply. So a message is acknowledged only after its batch is
-//! durable, and under load one fsync covers many messages.
+//! The writer thread takes whatever is queued (up to
+//! [`MAX_JOBS_PER_COMMIT`]), appends it to the commit log as one record
+//! with one `fdatasync` ([`super::log`]), and only then completes each
+//! job's reply. So a write is acknowledged only after it is durable, and
+//! under load one sync covers many writes.
 //!
-//! After each commit the writer holds back while fjall's memtables hold more
-//! than [`super::WRITE_BUFFER_LIMIT`] bytes (see [`hold_back`]): that is what
-//! bounds the store's memory when its background workers fall behind.
+//! The commit then goes to the apply thread, which writes it into fjall
+//! without a sync of its own. Reads wait until fjall holds every commit
+//! acknowledged before them ([`Progress`]), so nobody reads an older state
+//! than one already acknowledged. Commits waiting to be applied are bounded
+//! by [`MAX_UNAPPLIED_BYTES`]; beyond it the writer waits.
+//!
+//! After each commit it applies, the apply thread holds back while fjall's
+//! memtables hold more than [`super::WRITE_BUFFER_LIMIT`] bytes (see
+//! [`hold_back`]): that is what bounds the store's memory when its
+//! background workers fall behind. When a log segment is sealed, the apply
+//! thread persists fjall (one sync of its journal) and deletes the segment.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
+use super::log::{Log, Sealed};
 use super::{Ks, Result, StorageError, Store};
 use crate::config::Durability;
 
 /// Jobs folded into one commit at most. Bounds the latency of the first job
 /// of a turn behind a large backlog; 1024 jobs of typical messages is well
-/// under a megabyte of journal.
+/// under a megabyte of log.
 pub const MAX_JOBS_PER_COMMIT: usize = 1024;
+
+/// Bytes of keys and values acknowledged but not yet in fjall, at most
+/// (32 MiB). Beyond it the writer waits for the apply thread.
+pub const MAX_UNAPPLIED_BYTES: u64 = 32 << 20;
+
+/// Commits queued to the apply thread, at most.
+const APPLY_QUEUE: usize = 4096;
 
 /// Writes that become durable together or not at all.
 #[derive(Debug, Default)]
 pub struct Batch {
-    ops: Vec<Op>,
+    pub(super) ops: Vec<Op>,
 }
 
+/// One write of a [`Batch`].
 #[derive(Debug)]
-enum Op {
+pub enum Op {
+    /// Sets a key.
     Put(Ks, Vec<u8>, Vec<u8>),
+    /// Removes a key.
     Delete(Ks, Vec<u8>),
 }
 
@@ -73,11 +96,135 @@ impl Batch {
     pub fn extend(&mut self, other: Batch) {
         self.ops.extend(other.ops);
     }
+
+    /// The writes, in order.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Bytes of keys and values.
+    fn bytes(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(_, k, v) => k.len() + v.len(),
+                Op::Delete(_, k) => k.len(),
+            } as u64)
+            .sum()
+    }
+}
+
+/// How far the commit log and fjall have come. Shared by the writer, the
+/// apply thread and every reader of the store.
+#[derive(Debug)]
+pub struct Progress {
+    /// The last commit durable in the log (and so acknowledged).
+    committed: AtomicU64,
+    /// The last commit fjall holds.
+    applied: AtomicU64,
+    state: Mutex<ApplyState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ApplyState {
+    unapplied_bytes: u64,
+    failed: bool,
+}
+
+impl Progress {
+    /// Nothing pending; the next commit is `next_commit`.
+    pub(super) fn new(next_commit: u64) -> Self {
+        let last = next_commit.saturating_sub(1);
+        Self {
+            committed: AtomicU64::new(last),
+            applied: AtomicU64::new(last),
+            state: Mutex::new(ApplyState::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn next_commit(&self) -> u64 {
+        self.committed.load(Ordering::Acquire) + 1
+    }
+
+    /// Waits until fjall holds every commit acknowledged so far.
+    pub(super) fn settle(&self) -> Result<()> {
+        self.wait_applied(self.committed.load(Ordering::Acquire))
+    }
+
+    /// Waits until fjall holds commit `commit` and those before it.
+    pub(super) fn wait_applied(&self, commit: u64) -> Result<()> {
+        if self.applied.load(Ordering::Acquire) >= commit {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut state = self.state.lock();
+        loop {
+            if self.applied.load(Ordering::Acquire) >= commit {
+                metrics::histogram!("chatd_storage_read_wait_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if state.failed {
+                return Err(StorageError::WriterStopped);
+            }
+            self.changed.wait(&mut state);
+        }
+    }
+
+    /// Commits acknowledged but not yet in fjall.
+    pub fn unapplied(&self) -> u64 {
+        self.committed.load(Ordering::Acquire) - self.applied.load(Ordering::Acquire)
+    }
+
+    fn failed(&self) -> bool {
+        self.state.lock().failed
+    }
+
+    /// Counts `bytes` as waiting for the apply thread, first waiting while
+    /// more than [`MAX_UNAPPLIED_BYTES`] wait already.
+    fn reserve(&self, bytes: u64) -> Result<()> {
+        let mut state = self.state.lock();
+        let started = Instant::now();
+        while state.unapplied_bytes > 0 && state.unapplied_bytes + bytes > MAX_UNAPPLIED_BYTES {
+            if state.failed {
+                return Err(StorageError::WriterStopped);
+            }
+            self.changed.wait(&mut state);
+        }
+        if state.failed {
+            return Err(StorageError::WriterStopped);
+        }
+        state.unapplied_bytes += bytes;
+        let waited = started.elapsed();
+        if waited > Duration::from_micros(100) {
+            metrics::histogram!("chatd_storage_apply_wait_seconds").record(waited.as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn committed(&self, commit: u64) {
+        self.committed.store(commit, Ordering::Release);
+    }
+
+    fn applied(&self, commit: u64, bytes: u64) {
+        let mut state = self.state.lock();
+        state.unapplied_bytes = state.unapplied_bytes.saturating_sub(bytes);
+        self.applied.store(commit, Ordering::Release);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn fail(&self) {
+        self.state.lock().failed = true;
+        self.changed.notify_all();
+    }
 }
 
 struct Job {
     batch: Batch,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<u64>>,
 }
 
 /// Handle to the writer thread. Cloning shares the queue.
@@ -87,7 +234,8 @@ pub struct Writer {
 }
 
 /// Joins the writer thread; it exits once every [`Writer`] is dropped and
-/// the queue is drained.
+/// the queue is drained, after the apply thread has brought fjall up to
+/// date and persisted it.
 #[derive(Debug)]
 pub struct WriterThread(thread::JoinHandle<()>);
 
@@ -99,22 +247,36 @@ impl WriterThread {
 }
 
 impl Writer {
-    /// Starts the writer thread with a queue of `capacity` jobs.
+    /// Starts the writer thread with a queue of `capacity` jobs, and the
+    /// apply thread. The store must have been opened (its log replayed) by
+    /// [`Store::open`] and not be written by another writer.
     pub fn start(
         store: Store,
         durability: Durability,
         capacity: usize,
     ) -> std::io::Result<(Self, WriterThread)> {
+        let log = Log::open(store.log_dir(), store.progress().next_commit())?;
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (apply_tx, apply_rx) = crossbeam::channel::bounded(APPLY_QUEUE);
+        let applier = {
+            let store = store.clone();
+            thread::Builder::new()
+                .name("chatd-apply".into())
+                .spawn(move || apply_loop(&store, &apply_rx))?
+        };
         let handle = thread::Builder::new()
             .name("chatd-storage".into())
-            .spawn(move || run(store, durability, rx))?;
+            .spawn(move || {
+                run(&store, log, durability, rx, &apply_tx);
+                drop(apply_tx);
+                let _ = applier.join();
+            })?;
         Ok((Self { tx }, WriterThread(handle)))
     }
 
     /// Commits `batch` durably (per the durability mode). Waits for queue
-    /// space, then for the commit.
-    pub async fn write(&self, batch: Batch) -> Result<()> {
+    /// space, then for the commit. Returns the commit's number.
+    pub async fn write(&self, batch: Batch) -> Result<u64> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job { batch, done })
@@ -124,7 +286,7 @@ impl Writer {
     }
 
     /// [`Writer::write`] for code already on a blocking thread.
-    pub fn write_blocking(&self, batch: Batch) -> Result<()> {
+    pub fn write_blocking(&self, batch: Batch) -> Result<u64> {
         let (done, wait) = oneshot::channel();
         self.tx
             .blocking_send(Job { batch, done })
@@ -139,11 +301,27 @@ impl Writer {
     }
 }
 
-fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
-    let mode = match durability {
-        Durability::Sync => PersistMode::SyncData,
-        Durability::Buffered => PersistMode::Buffer,
-    };
+/// Work for the apply thread, in log order.
+enum Apply {
+    /// Write a commit into fjall.
+    Commit {
+        commit: u64,
+        batches: Vec<Batch>,
+        bytes: u64,
+    },
+    /// Persist fjall, then delete a log segment.
+    Checkpoint(Sealed),
+}
+
+fn run(
+    store: &Store,
+    mut log: Log,
+    durability: Durability,
+    mut rx: mpsc::Receiver<Job>,
+    apply: &crossbeam::channel::Sender<Apply>,
+) {
+    let sync = durability == Durability::Sync;
+    let progress = store.progress();
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut failed = false;
     while let Some(first) = rx.blocking_recv() {
@@ -154,11 +332,13 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        failed = failed || progress.failed();
         let started = Instant::now();
         let result = if failed {
             Err(StorageError::WriterStopped)
         } else {
-            commit(&store, mode, &jobs)
+            log.append(jobs.iter().flat_map(|j| j.batch.ops.iter()), sync)
+                .map_err(StorageError::Log)
         };
         let ops: usize = jobs.iter().map(|j| j.batch.ops.len()).sum();
         metrics::histogram!("chatd_storage_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -171,15 +351,35 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
             "commit"
         );
         match result {
-            Ok(()) => {
-                for job in jobs.drain(..) {
-                    let _ = job.done.send(Ok(()));
+            Ok((commit, sealed)) => {
+                progress.committed(commit);
+                let mut batches = Vec::with_capacity(jobs.len());
+                let mut bytes = 0;
+                for Job { batch, done } in jobs.drain(..) {
+                    let _ = done.send(Ok(commit));
+                    bytes += batch.bytes();
+                    batches.push(batch);
                 }
-                hold_back(&store);
+                let queued = progress.reserve(bytes).is_ok()
+                    && apply
+                        .send(Apply::Commit {
+                            commit,
+                            batches,
+                            bytes,
+                        })
+                        .is_ok()
+                    && sealed.is_none_or(|s| apply.send(Apply::Checkpoint(s)).is_ok());
+                if !queued {
+                    // The apply thread failed: the log holds this commit and
+                    // the next start replays it, but nothing later can be
+                    // read back, so nothing later is acknowledged.
+                    failed = true;
+                }
             }
             Err(e) => {
-                // fjall poisons itself after a failed fsync; nothing written
-                // from here on could be trusted, so every later job fails too.
+                // After a failed write or sync the log's tail is unknown:
+                // nothing written from here on could be trusted, so every
+                // later job fails too.
                 if !failed {
                     tracing::error!(cause = %e, "storage commit failed; refusing further writes");
                 }
@@ -190,11 +390,70 @@ fn run(store: Store, durability: Durability, mut rx: mpsc::Receiver<Job>) {
             }
         }
     }
+    let last = log.close();
     if !failed {
-        if let Err(e) = store.database().persist(PersistMode::SyncAll) {
-            tracing::error!(cause = %e, "final persist failed");
+        let _ = apply.send(Apply::Checkpoint(last));
+    }
+}
+
+fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
+    let progress = store.progress();
+    let mut failed = false;
+    for work in rx.iter() {
+        if failed {
+            continue;
+        }
+        match work {
+            Apply::Commit {
+                commit,
+                batches,
+                bytes,
+            } => {
+                let started = Instant::now();
+                let result = batches.iter().try_for_each(|b| store.apply(b));
+                metrics::histogram!("chatd_storage_apply_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if let Err(e) = result {
+                    tracing::error!(cause = %e, commit, "applying a commit to the store failed");
+                    failed = true;
+                    progress.fail();
+                    continue;
+                }
+                progress.applied(commit, bytes);
+                hold_back(store);
+            }
+            Apply::Checkpoint(sealed) => {
+                if let Err(e) = checkpoint(store, &sealed) {
+                    tracing::error!(cause = %e, "persisting the store failed");
+                    failed = true;
+                    progress.fail();
+                }
+            }
         }
     }
+}
+
+/// Persists fjall (everything applied so far, which includes every commit
+/// of `sealed`), then deletes the segment.
+fn checkpoint(store: &Store, sealed: &Sealed) -> Result<()> {
+    let started = Instant::now();
+    store.database().persist(PersistMode::SyncAll)?;
+    metrics::histogram!("chatd_storage_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+    match std::fs::remove_file(&sealed.path) {
+        Ok(()) => {
+            if let Some(dir) = sealed.path.parent() {
+                super::log::sync_dir(dir)?;
+            }
+        }
+        // Replaying it again at the next start is harmless; say so.
+        Err(e) => tracing::warn!(
+            cause = %e,
+            segment = %sealed.path.display(),
+            last_commit = sealed.last_commit,
+            "could not delete a persisted log segment"
+        ),
+    }
+    Ok(())
 }
 
 /// Waits while fjall's memtables (active and sealed, all keyspaces) hold more
@@ -220,7 +479,7 @@ fn hold_back(store: &Store) {
         let bytes = db.write_buffer_size();
         let mut progress = None;
         if window_start.elapsed() >= STALL_PROGRESS_WINDOW {
-            progress = Some(Progress {
+            progress = Some(FlushProgress {
                 shrank: bytes < window_bytes,
                 flush_due: db.outstanding_flushes() > 0,
             });
@@ -244,7 +503,7 @@ fn hold_back(store: &Store) {
 
 /// What happened to the memtables over the last [`STALL_PROGRESS_WINDOW`].
 #[derive(Debug, Clone, Copy)]
-struct Progress {
+struct FlushProgress {
     /// They hold fewer bytes than at the start of the window.
     shrank: bool,
     /// A sealed memtable is queued for its flush.
@@ -270,7 +529,7 @@ enum Stall {
 /// for a flush; then nothing would ever bring the size down. So below
 /// [`super::WRITE_BUFFER_HARD_LIMIT`] the writer waits only while a flush is
 /// due or the size is going down; above it, always.
-fn stall(bytes: u64, progress: Option<Progress>) -> Stall {
+fn stall(bytes: u64, progress: Option<FlushProgress>) -> Stall {
     if bytes <= super::WRITE_BUFFER_LIMIT {
         return Stall::Done;
     }
@@ -286,26 +545,12 @@ fn stall(bytes: u64, progress: Option<Progress>) -> Stall {
 /// queued before it concludes that none is coming.
 const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(500);
 
-fn commit(store: &Store, mode: PersistMode, jobs: &[Job]) -> Result<()> {
-    let mut batch = store.database().batch().durability(Some(mode));
-    for job in jobs {
-        for op in &job.batch.ops {
-            match op {
-                Op::Put(ks, k, v) => batch.insert(store.keyspace(*ks), k.as_slice(), v.as_slice()),
-                Op::Delete(ks, k) => batch.remove(store.keyspace(*ks), k.as_slice()),
-            }
-        }
-    }
-    batch.commit()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{WRITE_BUFFER_HARD_LIMIT, WRITE_BUFFER_LIMIT};
-    use super::{Progress, Stall, stall};
+    use super::{FlushProgress, Stall, stall};
 
-    const STUCK: Progress = Progress {
+    const STUCK: FlushProgress = FlushProgress {
         shrank: false,
         flush_due: false,
     };
@@ -320,12 +565,12 @@ mod tests {
     fn over_the_limit_waits_while_flushes_are_due_or_memory_shrinks() {
         let over = WRITE_BUFFER_LIMIT + 1;
         assert_eq!(stall(over, None), Stall::Wait);
-        let due = Progress {
+        let due = FlushProgress {
             shrank: false,
             flush_due: true,
         };
         assert_eq!(stall(over, Some(due)), Stall::Wait);
-        let shrinking = Progress {
+        let shrinking = FlushProgress {
             shrank: true,
             flush_due: false,
         };

@@ -1,0 +1,567 @@
+//! The commit log: what makes an acknowledged write durable.
+//!
+//! The storage writer appends each group commit to the log as one record
+//! and syncs it before it acknowledges any job of the commit. fjall is
+//! brought up to date from the same commit afterwards, on another thread
+//! and without a sync of its own (see [`super::writer`]), so fjall's pauses
+//! stay out of the time to an ack: an insert waits behind a memtable
+//! rotation or a version change after a flush or compaction, each of which
+//! writes and syncs files under a lock that every insert takes.
+//!
+//! The log lives in `data_dir/log`, one file per segment, named by the
+//! commit number of its first record (20 digits, `.log`). A segment is
+//! written in full with zeros and synced before its first record, so a sync
+//! after a record persists data only, never a block allocation or a new
+//! file size; a helper thread keeps the next one ready. Segments start at
+//! [`FIRST_SEGMENT_BYTES`] and double up to [`MAX_SEGMENT_BYTES`]. A record
+//! never spans two segments; one larger than a segment gets an empty segment
+//! to itself, which grows.
+//!
+//! A record:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | length of the body, little-endian |
+//! | 4 | CRC-32 of the body, little-endian |
+//! | 8 | body: commit number, little-endian |
+//! | … | body: the operations, in order |
+//!
+//! An operation is a kind (1 put, 2 delete), a keyspace code
+//! ([`Ks::code`]), the key's length (4 bytes, little-endian) and the key,
+//! then for a put the value's length and the value.
+//!
+//! [`replay`] reads the segments in order of their first commit. A segment
+//! ends at a zero length, a record running past the end of the file, a
+//! checksum that does not match or a commit number out of sequence: what
+//! follows is the tail of a commit whose sync never finished, which was
+//! never acknowledged. Once fjall has persisted everything in a segment
+//! (the writer's apply thread calls fjall's `persist` when a segment is
+//! sealed), the segment is deleted.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use crossbeam::channel;
+
+use super::writer::{Batch, Op};
+use super::{Ks, Result, StorageError};
+
+/// Size of the first segment after start-up (1 MiB): a server that writes
+/// little zero-fills little.
+pub const FIRST_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Largest size segments grow to (16 MiB). At 20,000 messages a second a
+/// segment lasts about four seconds.
+pub const MAX_SEGMENT_BYTES: u64 = 16 << 20;
+
+const HEADER_BYTES: usize = 8;
+const COMMIT_BYTES: usize = 8;
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
+const SEGMENT_SUFFIX: &str = ".log";
+const SPARE_SUFFIX: &str = ".tmp";
+const DAMAGED_SUFFIX: &str = ".damaged";
+
+/// A segment the log has finished writing. It may be deleted once fjall
+/// has persisted every commit up to `last_commit`.
+#[derive(Debug)]
+pub struct Sealed {
+    /// Its file.
+    pub path: PathBuf,
+    /// The commit of its last record.
+    pub last_commit: u64,
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    written: u64,
+    capacity: u64,
+}
+
+/// A zero-filled, synced file waiting to become a segment.
+struct Spare {
+    file: File,
+    path: PathBuf,
+    capacity: u64,
+}
+
+/// The log, open for appending. Owned by the storage writer thread.
+pub struct Log {
+    dir: PathBuf,
+    current: Segment,
+    next_commit: u64,
+    record: Vec<u8>,
+    spares: Option<channel::Receiver<io::Result<Spare>>>,
+    preparer: Option<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("segment", &self.current.path)
+            .field("next_commit", &self.next_commit)
+            .finish()
+    }
+}
+
+impl Log {
+    /// Starts a log in `dir` whose first record will be commit
+    /// `next_commit`. Segments left in `dir` must have been replayed and
+    /// removed before; spare files left by an earlier run are deleted.
+    pub fn open(dir: &Path, next_commit: u64) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.to_string_lossy().ends_with(SPARE_SUFFIX) {
+                fs::remove_file(&path)?;
+            }
+        }
+        let (tx, rx) = channel::bounded(0);
+        let preparer = {
+            let dir = dir.to_path_buf();
+            thread::Builder::new()
+                .name("chatd-log-prep".into())
+                .spawn(move || prepare(&dir, &tx))?
+        };
+        let first = recv_spare(&rx)?;
+        let current = activate(dir, first, next_commit)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            current,
+            next_commit,
+            record: Vec::with_capacity(64 << 10),
+            spares: Some(rx),
+            preparer: Some(preparer),
+        })
+    }
+
+    /// The commit number the next record gets.
+    pub fn next_commit(&self) -> u64 {
+        self.next_commit
+    }
+
+    /// Appends `ops` as one record, synced with `fdatasync` if `sync`.
+    /// Returns its commit number and, if the record started a new segment,
+    /// the one it sealed.
+    pub fn append<'a>(
+        &mut self,
+        ops: impl IntoIterator<Item = &'a Op>,
+        sync: bool,
+    ) -> io::Result<(u64, Option<Sealed>)> {
+        let commit = self.next_commit;
+        encode(&mut self.record, commit, ops);
+        let len = self.record.len() as u64;
+        let mut sealed = None;
+        if self.current.written > 0 && self.current.written + len > self.current.capacity {
+            let spare = match &self.spares {
+                Some(rx) => recv_spare(rx)?,
+                None => return Err(io::Error::other("log closed")),
+            };
+            let next = activate(&self.dir, spare, commit)?;
+            let old = std::mem::replace(&mut self.current, next);
+            sealed = Some(Sealed {
+                path: old.path,
+                last_commit: commit - 1,
+            });
+        }
+        self.current
+            .file
+            .write_all_at(&self.record, self.current.written)?;
+        if sync {
+            self.current.file.sync_data()?;
+        }
+        self.current.written += len;
+        self.next_commit += 1;
+        Ok((commit, sealed))
+    }
+
+    /// Stops the helper thread (deleting its spare) and returns the current
+    /// segment, to be deleted once fjall has persisted it.
+    pub fn close(mut self) -> Sealed {
+        self.spares = None;
+        if let Some(preparer) = self.preparer.take() {
+            let _ = preparer.join();
+        }
+        Sealed {
+            path: self.current.path.clone(),
+            last_commit: self.next_commit.saturating_sub(1),
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.spares = None;
+        if let Some(preparer) = self.preparer.take() {
+            let _ = preparer.join();
+        }
+    }
+}
+
+fn recv_spare(rx: &channel::Receiver<io::Result<Spare>>) -> io::Result<Spare> {
+    rx.recv()
+        .map_err(|_| io::Error::other("log segment preparer stopped"))?
+}
+
+/// Renames a spare to the segment starting at `first` and makes the name
+/// durable before anything is written to it.
+fn activate(dir: &Path, spare: Spare, first: u64) -> io::Result<Segment> {
+    let path = dir.join(format!("{first:020}{SEGMENT_SUFFIX}"));
+    fs::rename(&spare.path, &path)?;
+    sync_dir(dir)?;
+    metrics::counter!("chatd_log_segments_total").increment(1);
+    Ok(Segment {
+        file: spare.file,
+        path,
+        written: 0,
+        capacity: spare.capacity,
+    })
+}
+
+/// The helper thread: keeps one zero-filled segment ready, each twice the
+/// size of the one before up to [`MAX_SEGMENT_BYTES`]. Exits (deleting an
+/// unused spare) when the log is closed, or after reporting an error.
+fn prepare(dir: &Path, tx: &channel::Sender<io::Result<Spare>>) {
+    let mut capacity = FIRST_SEGMENT_BYTES;
+    for n in 0u64.. {
+        let spare = zero_filled(&dir.join(format!("spare-{n}{SPARE_SUFFIX}")), capacity);
+        let failed = spare.is_err();
+        if let Err(channel::SendError(unused)) = tx.send(spare) {
+            if let Ok(s) = unused {
+                let _ = fs::remove_file(s.path);
+            }
+            return;
+        }
+        if failed {
+            return;
+        }
+        capacity = (capacity * 2).min(MAX_SEGMENT_BYTES);
+    }
+}
+
+fn zero_filled(path: &Path, capacity: u64) -> io::Result<Spare> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = capacity;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64);
+        file.write_all(zeros.get(..n as usize).unwrap_or(&zeros))?;
+        left -= n;
+    }
+    file.sync_all()?;
+    Ok(Spare {
+        file,
+        path: path.to_path_buf(),
+        capacity,
+    })
+}
+
+/// Makes renames and deletions in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes the record of commit `commit` holding `ops` into `buf`.
+fn encode<'a>(buf: &mut Vec<u8>, commit: u64, ops: impl IntoIterator<Item = &'a Op>) {
+    buf.clear();
+    buf.extend_from_slice(&[0; HEADER_BYTES]);
+    buf.extend_from_slice(&commit.to_le_bytes());
+    for op in ops {
+        let (kind, ks, key, value) = match op {
+            Op::Put(ks, k, v) => (PUT, ks, k, Some(v)),
+            Op::Delete(ks, k) => (DELETE, ks, k, None),
+        };
+        buf.push(kind);
+        buf.push(ks.code());
+        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(key);
+        if let Some(v) = value {
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            buf.extend_from_slice(v);
+        }
+    }
+    let body = buf.get(HEADER_BYTES..).unwrap_or_default();
+    // Length in the low four bytes, checksum in the high four: both
+    // little-endian, as the table above says.
+    let header = u64::from(body.len() as u32) | u64::from(crc32fast::hash(body)) << 32;
+    if let Some(h) = buf.get_mut(..HEADER_BYTES) {
+        h.copy_from_slice(&header.to_le_bytes());
+    }
+}
+
+/// The next record of a segment: its body and the offset after it, or
+/// `None` where the segment's records end.
+fn next_record(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes(header.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header.get(4..)?.try_into().ok()?);
+    if len < COMMIT_BYTES {
+        return None;
+    }
+    let start = at + HEADER_BYTES;
+    let body = bytes.get(start..start.checked_add(len)?)?;
+    (crc32fast::hash(body) == crc).then_some((body, start + len))
+}
+
+fn corrupt(detail: String) -> StorageError {
+    StorageError::Corrupt {
+        keyspace: "log",
+        detail,
+    }
+}
+
+/// Splits a record's body into its commit number and operations.
+fn decode(body: &[u8]) -> Result<(u64, Batch)> {
+    let (commit, mut rest) = body
+        .split_at_checked(COMMIT_BYTES)
+        .ok_or_else(|| corrupt("record shorter than its commit number".into()))?;
+    let commit = u64::from_le_bytes(commit.try_into().unwrap_or_default());
+    let mut batch = Batch::new();
+    while !rest.is_empty() {
+        let (kind, ks, tail) = match rest {
+            [kind, ks, tail @ ..] => (*kind, *ks, tail),
+            _ => return Err(corrupt(format!("commit {commit}: truncated operation"))),
+        };
+        let ks = Ks::from_code(ks)
+            .ok_or_else(|| corrupt(format!("commit {commit}: unknown keyspace {ks}")))?;
+        let (key, tail) =
+            take_sized(tail).ok_or_else(|| corrupt(format!("commit {commit}: truncated key")))?;
+        rest = match kind {
+            PUT => {
+                let (value, tail) = take_sized(tail)
+                    .ok_or_else(|| corrupt(format!("commit {commit}: truncated value")))?;
+                batch.put(ks, key, value);
+                tail
+            }
+            DELETE => {
+                batch.delete(ks, key);
+                tail
+            }
+            other => {
+                return Err(corrupt(format!(
+                    "commit {commit}: unknown operation {other}"
+                )));
+            }
+        };
+    }
+    Ok((commit, batch))
+}
+
+fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = bytes.split_at_checked(4)?;
+    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+    rest.split_at_checked(len)
+}
+
+/// What [`replay`] found.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The commit number that follows the last one replayed (1 for an
+    /// empty log).
+    pub next_commit: u64,
+    /// Records replayed.
+    pub commits: u64,
+    /// The segments replayed: delete them once fjall has persisted.
+    pub segments: Vec<PathBuf>,
+}
+
+/// Hands every commit in the log under `dir` to `apply`, oldest first.
+///
+/// If a segment does not start where the one before ended (a segment lost
+/// or damaged on disk), replay stops there: the commits after a gap cannot
+/// be applied without the ones missing. Those segments are renamed with
+/// `.damaged` appended, kept for an operator, and reported as an error in
+/// the server's log.
+pub fn replay(dir: &Path, mut apply: impl FnMut(Batch) -> Result<()>) -> Result<Replayed> {
+    let mut segments = Vec::new();
+    if dir.exists() {
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some(first) = name
+                .strip_suffix(SEGMENT_SUFFIX)
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                segments.push((first, path));
+            }
+        }
+    }
+    segments.sort();
+    let mut next: Option<u64> = None;
+    let mut commits = 0;
+    let mut replayed = Vec::with_capacity(segments.len());
+    let mut rest = segments.into_iter();
+    while let Some((first, path)) = rest.next() {
+        if next.is_some_and(|n| n != first) {
+            tracing::error!(
+                expected = next,
+                found = first,
+                segment = %path.display(),
+                "commit log has a gap; commits after it are not replayed"
+            );
+            for p in std::iter::once(path).chain(rest.map(|(_, p)| p)) {
+                let mut damaged = p.clone().into_os_string();
+                damaged.push(DAMAGED_SUFFIX);
+                fs::rename(&p, damaged)?;
+            }
+            break;
+        }
+        let bytes = fs::read(&path)?;
+        let mut expected = first;
+        let mut at = 0;
+        while let Some((body, after)) = next_record(&bytes, at) {
+            let (commit, batch) = decode(body)?;
+            if commit != expected {
+                break;
+            }
+            apply(batch)?;
+            commits += 1;
+            expected += 1;
+            at = after;
+        }
+        next = Some(expected);
+        replayed.push(path);
+    }
+    Ok(Replayed {
+        next_commit: next.unwrap_or(1),
+        commits,
+        segments: replayed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: u8) -> Batch {
+        let mut b = Batch::new();
+        b.put(Ks::Messages, vec![n; 3], vec![n; 100]);
+        b.delete(Ks::Idempotency, vec![n]);
+        b
+    }
+
+    fn replay_all(dir: &Path) -> (Replayed, Vec<Batch>) {
+        let mut seen = Vec::new();
+        let r = replay(dir, |b| {
+            seen.push(b);
+            Ok(())
+        })
+        .expect("replay");
+        (r, seen)
+    }
+
+    #[test]
+    fn records_round_trip_across_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), 7).expect("open");
+        let mut sealed = Vec::new();
+        // Each record is about 64 KiB: the 1 MiB first segment fills.
+        let big = vec![9u8; 64 << 10];
+        for n in 0..40u8 {
+            let mut b = batch(n);
+            b.put(Ks::Users, vec![n], big.clone());
+            let (commit, s) = log.append(b.ops.iter(), true).expect("append");
+            assert_eq!(commit, 7 + u64::from(n));
+            sealed.extend(s);
+        }
+        assert!(
+            !sealed.is_empty(),
+            "40 records of 64 KiB fill a 1 MiB segment"
+        );
+        let last = log.close();
+        assert_eq!(last.last_commit, 46);
+        let (r, seen) = replay_all(dir.path());
+        assert_eq!(r.next_commit, 47);
+        assert_eq!(r.commits, 40);
+        assert_eq!(r.segments.len(), sealed.len() + 1);
+        assert_eq!(seen.len(), 40);
+        for (n, b) in seen.iter().enumerate() {
+            assert_eq!(b.len(), 3);
+            match &b.ops[0] {
+                Op::Put(Ks::Messages, k, v) => {
+                    assert_eq!(k, &vec![n as u8; 3]);
+                    assert_eq!(v.len(), 100);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| n.ends_with(SEGMENT_SUFFIX)),
+            "no spare is left behind: {names:?}"
+        );
+    }
+
+    #[test]
+    fn a_torn_or_stale_tail_ends_the_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), 1).expect("open");
+        for n in 0..3 {
+            log.append(batch(n).ops.iter(), true).expect("append");
+        }
+        let seg = log.close().path;
+        let bytes = fs::read(&seg).expect("read");
+        let (_, second) = next_record(&bytes, 0).expect("first record");
+        let (_, third) = next_record(&bytes, second).expect("second record");
+
+        // A flipped bit in the third record: two commits replay.
+        let mut torn = bytes.clone();
+        torn[third + HEADER_BYTES + 20] ^= 1;
+        fs::write(&seg, &torn).expect("write");
+        let (r, seen) = replay_all(dir.path());
+        assert_eq!((r.commits, seen.len(), r.next_commit), (2, 2, 3));
+
+        // A valid record from an older use of the file (commit 1 again)
+        // after commit 2: it is not the commit expected, replay stops.
+        let mut stale = bytes.clone();
+        let first_record = bytes[..second].to_vec();
+        stale.splice(third..third + first_record.len(), first_record);
+        fs::write(&seg, &stale).expect("write");
+        let (r, _) = replay_all(dir.path());
+        assert_eq!(r.commits, 2);
+    }
+
+    #[test]
+    fn a_gap_between_segments_stops_replay_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), 1).expect("open");
+        log.append(batch(1).ops.iter(), true).expect("append");
+        let first = log.close().path;
+        let mut log = Log::open(dir.path(), 5).expect("open");
+        log.append(batch(5).ops.iter(), true).expect("append");
+        let later = log.close().path;
+        let (r, seen) = replay_all(dir.path());
+        assert_eq!((r.commits, seen.len(), r.next_commit), (1, 1, 2));
+        assert_eq!(r.segments, vec![first]);
+        assert!(!later.exists());
+        let mut damaged = later.into_os_string();
+        damaged.push(DAMAGED_SUFFIX);
+        assert!(PathBuf::from(damaged).exists());
+    }
+
+    #[test]
+    fn a_corrupt_operation_in_a_valid_record_is_an_error() {
+        let mut body = 3u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&[PUT, 200, 0, 0, 0, 0]);
+        assert!(decode(&body).is_err(), "unknown keyspace");
+        let mut body = 3u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&[PUT, Ks::Users.code(), 9, 0, 0, 0, 1]);
+        assert!(decode(&body).is_err(), "key runs past the record");
+        let mut body = 3u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&[7, Ks::Users.code(), 0, 0, 0, 0]);
+        assert!(decode(&body).is_err(), "unknown operation");
+    }
+}
