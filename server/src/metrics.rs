@@ -10,11 +10,17 @@
 //! | `chatd_messages_stored_total` | counter | messages and system events committed |
 //! | `chatd_deliveries_total` | counter | frames queued to sessions by fan-out |
 //! | `chatd_write_ack_seconds` | histogram | owner admission to durable ack |
-//! | `chatd_storage_commit_seconds` | histogram | one group commit, fsync included |
+//! | `chatd_storage_commit_seconds` | histogram | one group commit: commit log append, fdatasync included |
 //! | `chatd_storage_batch_jobs` | histogram | jobs per group commit |
 //! | `chatd_storage_batch_ops` | histogram | records (puts and deletes) written per group commit |
 //! | `chatd_storage_queue_depth` | gauge | jobs waiting for the writer |
-//! | `chatd_storage_stalls_total` | counter | times the writer waited for memtables to be flushed |
+//! | `chatd_storage_apply_seconds` | histogram | one commit written into fjall by the apply thread |
+//! | `chatd_storage_unapplied_commits` | gauge | commits acknowledged but not yet in fjall |
+//! | `chatd_storage_apply_wait_seconds` | histogram | writer waits for the apply thread (over 32 MiB unapplied) |
+//! | `chatd_storage_read_wait_seconds` | histogram | reads waiting for fjall to hold what was acknowledged before them |
+//! | `chatd_storage_checkpoint_seconds` | histogram | fjall persisted before a log segment is deleted |
+//! | `chatd_log_segments_total` | counter | commit log segments started |
+//! | `chatd_storage_stalls_total` | counter | times the apply thread waited for memtables to be flushed |
 //! | `chatd_storage_stall_seconds` | histogram | length of those waits |
 //! | `chatd_store_write_buffer_bytes` | gauge | bytes in the store's memtables (writes wait above 128 MiB) |
 //! | `chatd_store_flushes_pending` | gauge | sealed memtables waiting for their flush |
@@ -128,7 +134,7 @@ fn describe() {
     describe_histogram!("chatd_write_ack_seconds", "owner admission to durable ack");
     describe_histogram!(
         "chatd_storage_commit_seconds",
-        "one group commit including fsync"
+        "one group commit: commit log append including fdatasync"
     );
     describe_histogram!("chatd_storage_batch_jobs", "jobs per group commit");
     describe_histogram!(
@@ -139,13 +145,34 @@ fn describe() {
         "chatd_storage_queue_depth",
         "jobs waiting for the storage writer"
     );
+    describe_histogram!(
+        "chatd_storage_apply_seconds",
+        "one commit written into fjall by the apply thread"
+    );
+    describe_gauge!(
+        "chatd_storage_unapplied_commits",
+        "commits acknowledged but not yet in fjall"
+    );
+    describe_histogram!(
+        "chatd_storage_apply_wait_seconds",
+        "storage writer waits for the apply thread"
+    );
+    describe_histogram!(
+        "chatd_storage_read_wait_seconds",
+        "reads waiting for fjall to hold what was acknowledged before them"
+    );
+    describe_histogram!(
+        "chatd_storage_checkpoint_seconds",
+        "fjall persisted before a commit log segment is deleted"
+    );
+    describe_counter!("chatd_log_segments_total", "commit log segments started");
     describe_counter!(
         "chatd_storage_stalls_total",
-        "times the storage writer waited for memtables to be flushed"
+        "times the apply thread waited for memtables to be flushed"
     );
     describe_histogram!(
         "chatd_storage_stall_seconds",
-        "length of the storage writer's waits for flushes"
+        "length of the apply thread's waits for flushes"
     );
     describe_gauge!(
         "chatd_store_write_buffer_bytes",

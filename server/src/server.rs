@@ -138,6 +138,8 @@ impl ServerHandle {
     /// listeners and starts the shards. Returns once connections are
     /// accepted.
     pub fn start(config: Config) -> Result<Self, StartError> {
+        // First, so that opening the store (replaying its log) is counted.
+        crate::metrics::install();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("store"), &config.data_dir.join("log"))?;
@@ -197,7 +199,6 @@ impl ServerHandle {
             None
         };
         let cert_path = tls.as_ref().map(|t| t.cert_path.clone());
-        crate::metrics::install();
         let base_url = config
             .public_http_url
             .clone()

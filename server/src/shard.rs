@@ -394,6 +394,7 @@ impl Shard {
             metrics::gauge!("chatd_store_write_buffer_bytes").set(g.write_buffer_bytes as f64);
             metrics::gauge!("chatd_store_flushes_pending").set(g.flushes_pending as f64);
             metrics::gauge!("chatd_store_journal_files").set(g.journal_files as f64);
+            metrics::gauge!("chatd_storage_unapplied_commits").set(g.unapplied_commits as f64);
         }
         for dst in 0..self.ctx.nr_shards() {
             metrics::gauge!("chatd_mesh_queue_depth", "shard" => dst.to_string())

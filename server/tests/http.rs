@@ -65,6 +65,10 @@ async fn health_and_metrics_are_served() {
     assert!(value(&metrics, "chatd_store_journal_files") >= 1.0);
     assert!(metrics.contains("chatd_store_flushes_pending"));
     assert_eq!(value(&metrics, "chatd_storage_stalls_total"), 0.0);
+    // Every commit went through the commit log and on into fjall.
+    assert!(value(&metrics, "chatd_log_segments_total") >= 1.0);
+    assert!(value(&metrics, "chatd_storage_apply_seconds_count") >= 1.0);
+    assert!(metrics.contains("chatd_storage_unapplied_commits"));
     assert_eq!(get(server.http_addr, "/nope").await.0, 404);
     server.stop().await;
 }

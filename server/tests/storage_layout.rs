@@ -1,5 +1,6 @@
 //! Locks the on-disk layout documented in the README ("Storage layout"):
 //! a store written by the server is read back here with fjall directly.
+//! (The commit log's format is covered in `server/src/storage/log.rs`.)
 
 mod common;
 
@@ -16,6 +17,14 @@ async fn keyspaces_and_keys_are_as_documented() {
     let conv = alice.create_direct(bob.user_id).await;
     let ack = alice.send_text(conv, "k1", "on disk").await;
     let data = server.stop_keeping_data().await;
+
+    // A clean stop leaves everything in fjall: the commit log's segments
+    // were persisted and deleted.
+    let left: Vec<_> = std::fs::read_dir(data.path().join("log"))
+        .expect("log directory")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "commit log left behind: {left:?}");
 
     let db = Database::builder(data.path().join("store"))
         .open()

@@ -1,8 +1,10 @@
-//! Durable state in fjall, an embedded LSM store.
+//! Durable state: a commit log ([`log`]) that makes writes durable, and
+//! fjall, an embedded LSM store, that holds and indexes them.
 //!
 //! Every call here blocks (disk reads, fsync): shard threads never call it
 //! directly. Reads run on the runtime's blocking pool; writes go through the
-//! single [`writer::Writer`] thread, which group-commits them.
+//! single [`writer::Writer`] thread, which group-commits them to the log and
+//! hands them to an apply thread that writes them into fjall.
 //!
 //! Keyspaces (README, "Storage layout"):
 //!
@@ -77,6 +79,8 @@ pub struct StoreGauges {
     pub flushes_pending: usize,
     /// Journal files kept (each holds writes of a memtable not yet flushed).
     pub journal_files: usize,
+    /// Commits acknowledged (in the commit log) but not yet in fjall.
+    pub unapplied_commits: u64,
 }
 
 /// Names a keyspace in a [`writer::Batch`].
@@ -197,8 +201,8 @@ pub const BACKGROUND_NICE: i32 = 10;
 /// the shards and the storage writer, a flush holding the core for tens of
 /// milliseconds delays every acknowledgement queued behind it. At a lower
 /// priority they run on the CPU time the latency-critical threads leave;
-/// under sustained overload fjall's own write stall then slows the writer
-/// until they catch up, so nothing grows without bound.
+/// under sustained overload fjall's own write stall then slows the apply
+/// thread until they catch up, so nothing grows without bound.
 fn background_threads_yield() {
     #[cfg(target_os = "linux")]
     {
@@ -229,12 +233,12 @@ fn background_threads_yield() {
 pub const MEMTABLE_BYTES: u64 = 16 << 20;
 
 /// Bytes fjall's memtables may hold, all keyspaces together, before the
-/// storage writer stops committing until some are flushed (128 MiB). While
+/// apply thread stops writing into them until some are flushed (128 MiB). While
 /// fjall's workers keep up, the two busy keyspaces (messages, idempotency)
 /// hold an active and at most a sealed memtable each, about half of this.
 pub const WRITE_BUFFER_LIMIT: u64 = 8 * MEMTABLE_BYTES;
 
-/// Bytes of memtables above which the storage writer waits for flushes
+/// Bytes of memtables above which the apply thread waits for flushes
 /// whatever else it sees (768 MiB): every keyspace's memtable at the
 /// largest size any chatd store was created with (64 MiB, fjall's default,
 /// before [`MEMTABLE_BYTES`]) is less, so above it a flush is always due.
@@ -357,6 +361,7 @@ impl Store {
             write_buffer_bytes: self.db.write_buffer_size(),
             flushes_pending: self.db.outstanding_flushes(),
             journal_files: self.db.journal_count(),
+            unapplied_commits: self.progress.unapplied(),
         }
     }
 

@@ -465,8 +465,9 @@ fn checkpoint(store: &Store, sealed: &Sealed) -> Result<()> {
 /// lower priority than the shards, see [`super::BACKGROUND_NICE`], and
 /// the machine may be saturated), the active memtable grows past its size
 /// without ever being sealed, and nothing inside fjall stops it. Sleeping
-/// here gives the workers the CPU to seal and flush; meanwhile jobs wait in
-/// the bounded queue and senders see backpressure.
+/// here (on the apply thread) gives the workers the CPU to seal and flush;
+/// meanwhile commits wait for it up to [`MAX_UNAPPLIED_BYTES`], then jobs
+/// wait in the writer's bounded queue and senders see backpressure.
 fn hold_back(store: &Store) {
     let db = store.database();
     let mut window_bytes = db.write_buffer_size();
@@ -521,13 +522,13 @@ enum Stall {
     NothingDue,
 }
 
-/// Decides whether the writer keeps waiting, with memtables holding `bytes`
+/// Decides whether the apply thread keeps waiting, with memtables holding `bytes`
 /// and, at the end of a window, what changed during it.
 ///
 /// Memtables of a store created with larger ones (fjall keeps a keyspace's
 /// memtable size from its creation) can exceed the limit without being due
 /// for a flush; then nothing would ever bring the size down. So below
-/// [`super::WRITE_BUFFER_HARD_LIMIT`] the writer waits only while a flush is
+/// [`super::WRITE_BUFFER_HARD_LIMIT`] it waits only while a flush is
 /// due or the size is going down; above it, always.
 fn stall(bytes: u64, progress: Option<FlushProgress>) -> Stall {
     if bytes <= super::WRITE_BUFFER_LIMIT {
@@ -547,8 +548,73 @@ const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
     use super::super::{WRITE_BUFFER_HARD_LIMIT, WRITE_BUFFER_LIMIT};
-    use super::{FlushProgress, Stall, stall};
+    use super::{FlushProgress, MAX_UNAPPLIED_BYTES, Progress, Stall, stall};
+
+    /// Runs `wait` on another thread; returns whether it finished within
+    /// 50 ms after `release` ran (and not before).
+    fn blocks_until(wait: impl FnOnce() + Send + 'static, release: impl FnOnce()) -> bool {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let waiter = std::thread::spawn(move || {
+            wait();
+            flag.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let early = done.load(Ordering::SeqCst);
+        release();
+        waiter.join().expect("waiter");
+        !early && done.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_read_waits_until_fjall_holds_what_was_acknowledged() {
+        let p = Arc::new(Progress::new(5));
+        p.settle()
+            .expect("nothing pending after a start at commit 5");
+        p.committed(5);
+        p.committed(6);
+        assert_eq!(p.unapplied(), 2);
+        p.wait_applied(4).expect("older commits are in fjall");
+        let reader = p.clone();
+        assert!(blocks_until(
+            move || reader.settle().expect("settled"),
+            || {
+                p.applied(5, 0);
+                p.applied(6, 0);
+            }
+        ));
+    }
+
+    #[test]
+    fn a_failed_apply_thread_fails_waiting_reads_and_writes() {
+        let p = Arc::new(Progress::new(1));
+        p.committed(1);
+        let reader = p.clone();
+        assert!(blocks_until(
+            move || assert!(reader.settle().is_err()),
+            || p.fail()
+        ));
+    }
+
+    #[test]
+    fn the_writer_waits_while_too_much_is_unapplied() {
+        let p = Arc::new(Progress::new(1));
+        p.reserve(MAX_UNAPPLIED_BYTES).expect("room");
+        p.committed(1);
+        let writer = p.clone();
+        assert!(blocks_until(
+            move || writer.reserve(1).expect("room again"),
+            || p.applied(1, MAX_UNAPPLIED_BYTES)
+        ));
+        // One commit larger than the bound still goes when nothing waits.
+        let q = Progress::new(1);
+        q.reserve(2 * MAX_UNAPPLIED_BYTES).expect("alone");
+    }
 
     const STUCK: FlushProgress = FlushProgress {
         shrank: false,
