@@ -197,7 +197,7 @@ notes="$out/notes.md"
         echo
     fi
     echo "Layout: every server is pinned to CPU $server_cpus (\`taskset\`), loadgen to CPU $loadgen_cpu;"
-    echo "chatd runs one shard (plus its storage writer thread) with \`durability = sync\`."
+    echo "chatd runs one shard (plus its storage writer and apply threads) with \`durability = sync\`."
     echo "Mode: $mode ($duration s measured after $warmup s of warm-up per run)."
     echo
     echo "Reproduce: \`bash benches/run.sh\` (needs \`redis-server\`, \`nats-server\`, optionally \`perf\`)."

@@ -73,7 +73,7 @@ pub enum Command {
     /// How long a small write and its `fdatasync` take on the disk, and the
     /// CPU they cost: in a file laid out like fjall's journal (alone and
     /// beside bulk writes like a store flush), a growing file, and a file
-    /// written in full beforehand.
+    /// written in full beforehand (as chatd's commit log segments are).
     Disk {
         /// Directory on the disk to measure (a temporary directory is
         /// made in it and removed). Default: the system's temporary

@@ -3,7 +3,8 @@
 //! chatd acknowledgement with `durability = sync`.
 //!
 //! Each phase writes `block` bytes and calls `fdatasync`, over and over, as
-//! chatd's storage writer does once per group commit:
+//! chatd's storage writer does once per group commit (into its commit log;
+//! fjall's journal took the syncs before):
 //!
 //! - **journal**: into a file sized with `set_len` to 64 MiB and never
 //!   written before, the way fjall creates its journal files (the size is
@@ -13,8 +14,8 @@
 //!   the store's workers write a flushed memtable or a compaction's output;
 //! - **append**: appending to a file that grows with every write;
 //! - **written**: overwriting a file written to its full size beforehand,
-//!   where the sync persists only the data: what a journal that recycles
-//!   or zero-fills its files would pay.
+//!   where the sync persists only the data: what chatd's commit log pays,
+//!   whose segments are zero-filled before use.
 
 use std::fs::File;
 use std::io::{Seek as _, Write as _};
