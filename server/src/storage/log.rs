@@ -553,6 +553,14 @@ mod tests {
     }
 
     #[test]
+    fn every_keyspace_has_its_own_code() {
+        for ks in Ks::ALL {
+            assert_eq!(Ks::from_code(ks.code()), Some(ks));
+        }
+        assert_eq!(Ks::from_code(Ks::ALL.len() as u8), None);
+    }
+
+    #[test]
     fn a_corrupt_operation_in_a_valid_record_is_an_error() {
         let mut body = 3u64.to_le_bytes().to_vec();
         body.extend_from_slice(&[PUT, 200, 0, 0, 0, 0]);

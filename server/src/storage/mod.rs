@@ -83,36 +83,40 @@ pub struct StoreGauges {
     pub unapplied_commits: u64,
 }
 
-/// Names a keyspace in a [`writer::Batch`].
+/// Names a keyspace in a [`writer::Batch`]. The discriminant is the
+/// keyspace's code in the commit log: part of the log's format, so new
+/// keyspaces take new numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Ks {
     /// `users`
-    Users,
+    Users = 0,
     /// `usernames`
-    Usernames,
+    Usernames = 1,
     /// `tokens`
-    Tokens,
+    Tokens = 2,
     /// `user_tokens`
-    UserTokens,
+    UserTokens = 3,
     /// `conversations`
-    Conversations,
+    Conversations = 4,
     /// `members`
-    Members,
+    Members = 5,
     /// `user_conversations`
-    UserConversations,
+    UserConversations = 6,
     /// `direct`
-    Direct,
+    Direct = 7,
     /// `messages`
-    Messages,
+    Messages = 8,
     /// `idempotency`
-    Idempotency,
+    Idempotency = 9,
     /// `last_seen`
-    LastSeen,
+    LastSeen = 10,
     /// `push_outbox`
-    PushOutbox,
+    PushOutbox = 11,
 }
 
 impl Ks {
+    /// Every keyspace.
     const ALL: [Ks; 12] = [
         Ks::Users,
         Ks::Usernames,
@@ -128,15 +132,14 @@ impl Ks {
         Ks::PushOutbox,
     ];
 
-    /// The keyspace's code in the commit log: its position in [`Ks::ALL`].
-    /// Codes are part of the log's format; new keyspaces go at the end.
+    /// The keyspace's code in the commit log.
     pub fn code(self) -> u8 {
-        Self::ALL.iter().position(|k| *k == self).unwrap_or(0) as u8
+        self as u8
     }
 
     /// The keyspace with log code `code`.
     pub fn from_code(code: u8) -> Option<Ks> {
-        Self::ALL.get(usize::from(code)).copied()
+        Self::ALL.iter().copied().find(|k| k.code() == code)
     }
 }
 
@@ -281,7 +284,7 @@ impl Store {
             log_dir: log_dir.to_path_buf(),
             progress: Arc::new(Progress::new(0)),
         };
-        let replayed = log::replay(log_dir, |batch| store.apply(&batch))?;
+        let replayed = log::replay(log_dir, |batch| store.apply(std::slice::from_ref(&batch)))?;
         if replayed.commits > 0 {
             tracing::info!(commits = replayed.commits, "commit log replayed");
         }
@@ -297,11 +300,12 @@ impl Store {
         Ok(store)
     }
 
-    /// Writes `batch` into fjall's memtables and journal buffer, without a
-    /// sync: the commit log holds it durably already.
-    pub(crate) fn apply(&self, batch: &writer::Batch) -> Result<()> {
+    /// Writes one commit's `batches` into fjall's memtables and journal
+    /// buffer, as one fjall batch and without a sync: the commit log holds
+    /// them durably already.
+    pub(crate) fn apply(&self, batches: &[writer::Batch]) -> Result<()> {
         let mut b = self.db.batch().durability(None);
-        for op in batch.ops() {
+        for op in batches.iter().flat_map(|batch| batch.ops()) {
             match op {
                 writer::Op::Put(ks, k, v) => {
                     b.insert(self.keyspace(*ks), k.as_slice(), v.as_slice())

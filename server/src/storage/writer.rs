@@ -374,6 +374,7 @@ fn run(
                     // the next start replays it, but nothing later can be
                     // read back, so nothing later is acknowledged.
                     failed = true;
+                    progress.fail();
                 }
             }
             Err(e) => {
@@ -398,6 +399,8 @@ fn run(
 
 fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
     let progress = store.progress();
+    // Readers wait for this thread: if it panics, they must hear of it.
+    let _guard = FailOnPanic(progress);
     let mut failed = false;
     for work in rx.iter() {
         if failed {
@@ -410,7 +413,7 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                 bytes,
             } => {
                 let started = Instant::now();
-                let result = batches.iter().try_for_each(|b| store.apply(b));
+                let result = store.apply(&batches);
                 metrics::histogram!("chatd_storage_apply_seconds")
                     .record(started.elapsed().as_secs_f64());
                 if let Err(e) = result {
@@ -429,6 +432,17 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                     progress.fail();
                 }
             }
+        }
+    }
+}
+
+/// Marks the store failed if the apply thread unwinds.
+struct FailOnPanic<'a>(&'a Progress);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.fail();
         }
     }
 }
