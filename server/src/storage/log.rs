@@ -4,9 +4,9 @@
 //! and syncs it before it acknowledges any job of the commit. fjall is
 //! brought up to date from the same commit afterwards, on another thread
 //! and without a sync of its own (see [`super::writer`]), so fjall's pauses
-//! stay out of the time to an ack: an insert waits behind a memtable
-//! rotation or a version change after a flush or compaction, each of which
-//! writes and syncs files under a lock that every insert takes.
+//! stay out of the time to an ack: after a flush or a compaction fjall
+//! writes and syncs the tree's new version file under a lock that every
+//! insert takes, and inserts wait for it.
 //!
 //! The log lives in `data_dir/log`, one file per segment, named by the
 //! commit number of its first record (20 digits, `.log`). A segment is
