@@ -162,9 +162,7 @@ impl Sequencer {
         // (keys remembered later get higher seqs): this keeps `commits` no
         // longer than `order`.
         let oldest = self.order.front().map_or(u64::MAX, |(s, _)| *s);
-        while self.commits.len() > 1 && self.commits.front().is_some_and(|(s, _)| *s < oldest) {
-            self.commits.pop_front();
-        }
+        self.drop_marks_below(oldest);
         if self.order.is_empty() {
             self.commits.clear();
         }
@@ -193,6 +191,13 @@ impl Sequencer {
         self.evict();
     }
 
+    /// Drops the durability marks below `seq`, keeping the newest.
+    fn drop_marks_below(&mut self, seq: u64) {
+        while self.commits.len() > 1 && self.commits.front().is_some_and(|(s, _)| *s < seq) {
+            self.commits.pop_front();
+        }
+    }
+
     /// Forgets the oldest keys beyond the capacity whose messages are
     /// durable.
     fn evict(&mut self) {
@@ -203,10 +208,7 @@ impl Sequencer {
             }
             if let Some((seq, old)) = self.order.pop_front() {
                 self.keys.remove(&old);
-                while self.commits.len() > 1 && self.commits.front().is_some_and(|(s, _)| *s < seq)
-                {
-                    self.commits.pop_front();
-                }
+                self.drop_marks_below(seq);
                 // The first mark at or above `seq` made it durable (a key
                 // found in the store has none; any later mark is then a
                 // conservative bound).

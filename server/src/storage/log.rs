@@ -180,13 +180,10 @@ impl Log {
         Ok((commit, sealed))
     }
 
-    /// Stops the helper thread (deleting its spare) and returns the current
-    /// segment, to be deleted once fjall has persisted it.
-    pub fn close(mut self) -> Sealed {
-        self.spares = None;
-        if let Some(preparer) = self.preparer.take() {
-            let _ = preparer.join();
-        }
+    /// Returns the current segment, to be deleted once fjall has persisted
+    /// it. The log is dropped here, which stops the helper thread (deleting
+    /// its spare).
+    pub fn close(self) -> Sealed {
         Sealed {
             path: self.current.path.clone(),
             last_commit: self.next_commit.saturating_sub(1),
