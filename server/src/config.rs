@@ -134,15 +134,47 @@ pub struct Config {
     /// holds one 64 KiB chunk in memory. Default 64.
     pub media_transfers: usize,
     /// Push gateway that receives notifications for users with no connected
-    /// device, as `http://host:port/path` (see `push.rs` for the request).
-    /// Default none: no notifications.
+    /// device, as `https://host[:port]/path` or `http://host[:port]/path`
+    /// (see `push.rs` for the request). Default none: no notifications.
     pub push_gateway_url: Option<String>,
+    /// Certificates (PEM) an `https://` gateway's certificate may chain to,
+    /// besides the webpki roots (Mozilla's list): a private CA, or the
+    /// gateway's own self-signed certificate. Default none.
+    pub push_gateway_ca: Option<PathBuf>,
+    /// Secret sent with every gateway request as `Authorization: Bearer
+    /// <token>`, so that the gateway can refuse requests that are not
+    /// chatd's. Over `http://` it travels in clear text. Default none.
+    pub push_gateway_token: Option<Secret>,
     /// Notifications queued towards the gateway; beyond, new ones are
     /// dropped (the messages are stored either way). Default 4,096.
     pub push_queue: usize,
     /// Whether notifications carry the start of the message text. Default
     /// true; never for end-to-end encrypted messages.
     pub push_preview: bool,
+}
+
+/// A configured secret: read from the file like any string, never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// A listen address, or `"off"` (or an empty string) for none.
@@ -196,6 +228,8 @@ impl Default for Config {
             media_url_ttl_secs: 3600,
             media_transfers: 64,
             push_gateway_url: None,
+            push_gateway_ca: None,
+            push_gateway_token: None,
             push_queue: 4096,
             push_preview: true,
         }
@@ -259,5 +293,15 @@ mod tests {
         let d = Config::default();
         assert_eq!(d.tls_listen.map(|a| a.port()), Some(7401));
         assert!(toml::from_str::<Config>("tls_listen = \"nonsense\"").is_err());
+    }
+
+    #[test]
+    fn secrets_are_read_but_never_printed() {
+        let c: Config = toml::from_str("push_gateway_token = \"hunter2\"").unwrap();
+        assert_eq!(
+            c.push_gateway_token.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

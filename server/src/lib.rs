@@ -52,5 +52,5 @@ pub mod storage;
 pub mod transport;
 pub mod web;
 
-pub use config::{Config, Durability};
+pub use config::{Config, Durability, Secret};
 pub use server::{ServerHandle, StartError};

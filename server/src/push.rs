@@ -32,7 +32,10 @@
 //! a notification may arrive twice after a crash, never zero times unless
 //! the queue overflowed (counted) or the gateway kept failing.
 //!
-//! The gateway request (`Content-Type: application/json`):
+//! The gateway is `https://` (verified against the webpki roots plus
+//! `push_gateway_ca`) or `http://`. The request (`Content-Type:
+//! application/json`, and `Authorization: Bearer <push_gateway_token>` when
+//! one is configured):
 //!
 //! ```json
 //! {"notification": {"user_id": 2, "conversation_id": 7, "conversation_kind": "direct",
@@ -43,6 +46,7 @@
 //!
 //! A 2xx answer may carry `{"rejected": ["token", …]}`.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -50,6 +54,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chat_protocol::{ErrorCode, pb};
 use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderValue;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -57,6 +63,11 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::Config;
+use crate::Secret;
 use crate::accounts::token_hash;
 use crate::context::{Context, now_ms};
 use crate::records::PushRegistration;
@@ -242,30 +253,18 @@ impl PushThread {
 }
 
 /// Starts the push thread if a gateway is configured.
-pub fn start(
-    gateway: Option<&str>,
-    queue: usize,
-    preview: bool,
-    store: Store,
-    writer: Writer,
-) -> std::io::Result<(Push, PushThread)> {
-    let Some(gateway) = gateway else {
+pub fn start(config: &Config, store: Store, writer: Writer) -> std::io::Result<(Push, PushThread)> {
+    let Some(url) = config.push_gateway_url.as_deref() else {
         return Ok((Push::disabled(), PushThread(None)));
     };
-    let uri: hyper::Uri = gateway.parse().map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("push_gateway_url {gateway:?}: {e}"),
-        )
-    })?;
-    if uri.scheme_str() != Some("http") {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "push_gateway_url must be an http:// URL",
-        ));
-    }
-    let (tx, rx) = mpsc::channel(queue.max(1));
-    let (done, finished) = mpsc::channel(queue.max(1));
+    let gateway = Gateway::new(
+        url,
+        config.push_gateway_ca.as_deref(),
+        config.push_gateway_token.as_ref(),
+    )?;
+    let queue = config.push_queue.max(1);
+    let (tx, rx) = mpsc::channel(queue);
+    let (done, finished) = mpsc::channel(queue);
     let outbox = Outbox {
         done,
         stopping: Arc::new(AtomicBool::new(false)),
@@ -274,13 +273,12 @@ pub fn start(
         .enable_all()
         .build()?;
     let worker = Worker {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        uri,
+        gateway: Arc::new(gateway),
         store,
         writer,
         permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         tasks: tokio::task::JoinSet::new(),
-        preview,
+        preview: config.push_preview,
     };
     let recovery = outbox.clone();
     let handle = std::thread::Builder::new()
@@ -291,6 +289,92 @@ pub fn start(
         outbox: Some(outbox),
     };
     Ok((push, PushThread(Some(handle))))
+}
+
+/// The gateway and how chatd reaches it: plain HTTP, or HTTPS verified
+/// against the webpki roots plus `push_gateway_ca`.
+struct Gateway {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: hyper::Uri,
+    /// `Bearer <push_gateway_token>`, marked sensitive.
+    authorization: Option<HeaderValue>,
+    /// Whether the last notification failed every try: the first failure
+    /// after a success is logged, the rest only counted.
+    failing: AtomicBool,
+}
+
+impl Gateway {
+    fn new(url: &str, ca: Option<&Path>, token: Option<&Secret>) -> std::io::Result<Self> {
+        let invalid =
+            |detail: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, detail);
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| invalid(format!("push_gateway_url {url:?}: {e}")))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") => {
+                let loopback = uri.host().is_some_and(|h| {
+                    h == "localhost"
+                        || h.trim_matches(['[', ']'])
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                });
+                if token.is_some() && !loopback {
+                    tracing::warn!(
+                        "push_gateway_token is sent in clear text to an http:// gateway on another host; use https://"
+                    );
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "push_gateway_url must be an https:// or http:// URL".into(),
+                ));
+            }
+        }
+        let authorization = token
+            .map(|t| {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .map_err(|_| invalid("push_gateway_token must be printable ASCII".into()))?;
+                v.set_sensitive(true);
+                Ok::<_, std::io::Error>(v)
+            })
+            .transpose()?;
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = ca {
+            let bad = |e: &dyn std::fmt::Display| {
+                invalid(format!("push_gateway_ca {}: {e}", path.display()))
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(&e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))?;
+            if certs.is_empty() {
+                return Err(bad(&"no certificate found"));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(&e))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(format!("push gateway TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            uri,
+            authorization,
+            failing: AtomicBool::new(false),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -315,8 +399,7 @@ struct Answer {
 
 /// What the push thread works with.
 struct Worker {
-    client: Client<HttpConnector, Full<Bytes>>,
-    uri: hyper::Uri,
+    gateway: Arc<Gateway>,
     store: Store,
     writer: Writer,
     permits: Arc<tokio::sync::Semaphore>,
@@ -342,10 +425,10 @@ impl Worker {
                 return;
             }
         };
-        let (client, uri, writer) = (self.client.clone(), self.uri.clone(), self.writer.clone());
+        let (gateway, writer) = (self.gateway.clone(), self.writer.clone());
         self.tasks.spawn(async move {
             let _permit = permit;
-            deliver(&client, &uri, &writer, user, &notice, &regs).await;
+            deliver(&gateway, &writer, user, &notice, &regs).await;
         });
     }
 
@@ -457,8 +540,7 @@ fn live_registrations(
 }
 
 async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    uri: &hyper::Uri,
+    gateway: &Gateway,
     writer: &Writer,
     user: u64,
     notice: &Notice,
@@ -482,12 +564,20 @@ async fn deliver(
     let body = Bytes::from(body);
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=ATTEMPTS {
-        let req = hyper::Request::post(uri.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body.clone()));
-        let Ok(req) = req else { return };
+        let mut req = hyper::Request::post(gateway.uri.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = &gateway.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, auth.clone());
+        }
+        let Ok(req) = req.body(Full::new(body.clone())) else {
+            return;
+        };
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let resp = client.request(req).await.map_err(|e| e.to_string())?;
+            let resp = gateway
+                .client
+                .request(req)
+                .await
+                .map_err(|e| error_chain(&e))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -499,26 +589,51 @@ async fn deliver(
         })
         .await
         .unwrap_or_else(|_| Err("timed out".into()));
-        match outcome {
+        let cause = match outcome {
             Ok((status, bytes)) if status.is_success() => {
                 metrics::counter!("chatd_push_sent_total").increment(1);
+                if gateway.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("push gateway reachable again");
+                }
                 let answer: Answer = serde_json::from_slice(&bytes).unwrap_or_default();
                 forget_rejected(writer, user, regs, &answer.rejected).await;
                 return;
             }
             Ok((status, _)) if status.is_client_error() => {
                 tracing::warn!(%status, "push gateway refused a notification");
-                break;
+                metrics::counter!("chatd_push_failed_total").increment(1);
+                return;
             }
-            Ok((status, _)) => tracing::debug!(%status, attempt, "push gateway failed"),
-            Err(e) => tracing::debug!(cause = %e, attempt, "push gateway unreachable"),
+            Ok((status, _)) => format!("answered {status}"),
+            Err(e) => e,
+        };
+        tracing::debug!(%cause, attempt, "push gateway request failed");
+        if attempt == ATTEMPTS {
+            if !gateway.failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    %cause,
+                    "push gateway failing; notifications failed from now on are counted in chatd_push_failed_total"
+                );
+            }
+            break;
         }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay *= 5;
-        }
+        tokio::time::sleep(delay).await;
+        delay *= 5;
     }
     metrics::counter!("chatd_push_failed_total").increment(1);
+}
+
+/// An error and its sources, as one line: a failed connection says why
+/// (refused, a certificate not trusted, ...).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 async fn forget_rejected(

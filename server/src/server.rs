@@ -211,14 +211,8 @@ impl ServerHandle {
             config.media_transfers,
         )
         .map_err(io("opening the media directory"))?;
-        let (push, push_thread) = crate::push::start(
-            config.push_gateway_url.as_deref(),
-            config.push_queue,
-            config.push_preview,
-            store.clone(),
-            writer.clone(),
-        )
-        .map_err(io("starting the push thread"))?;
+        let (push, push_thread) = crate::push::start(&config, store.clone(), writer.clone())
+            .map_err(io("starting the push thread"))?;
 
         let (shutdown, _) = watch::channel(false);
         let ctx = Arc::new(Context {

@@ -8,7 +8,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chat_protocol::pb::{self, PresenceStatus, client_frame::Body as C, server_frame::Body as S};
 use common::process::Chatd;
@@ -19,51 +19,115 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-/// A push gateway: every request's JSON goes to the channel; the answer
-/// rejects the tokens in `reject`.
+/// A push gateway: every request's JSON (and its `Authorization` header)
+/// goes to the channel; the answer rejects the tokens in `reject`.
 struct Gateway {
     url: String,
-    requests: mpsc::UnboundedReceiver<Value>,
+    requests: mpsc::UnboundedReceiver<(Option<String>, Value)>,
     reject: Arc<Mutex<Vec<String>>>,
     /// While set, requests are recorded and never answered.
     hang: Arc<AtomicBool>,
+    /// TLS handshakes that failed (HTTPS gateways only).
+    failed_handshakes: Arc<AtomicUsize>,
+}
+
+/// What every connection of a gateway shares.
+#[derive(Clone)]
+struct Recorder {
+    tx: mpsc::UnboundedSender<(Option<String>, Value)>,
+    reject: Arc<Mutex<Vec<String>>>,
+    hang: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn serve<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let this = self.clone();
+                async move {
+                    let auth = req
+                        .headers()
+                        .get(hyper::header::AUTHORIZATION)
+                        .map(|v| v.to_str().expect("ASCII").to_owned());
+                    let body = req.into_body().collect().await.expect("body").to_bytes();
+                    let json: Value = serde_json::from_slice(&body).expect("JSON");
+                    let _ = this.tx.send((auth, json));
+                    if this.hang.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    let answer = serde_json::json!({ "rejected": *this.reject.lock() });
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        answer.to_string(),
+                    ))))
+                }
+            });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+        );
+    }
 }
 
 impl Gateway {
+    /// A plain HTTP gateway.
     async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// An HTTPS gateway with a self-signed certificate for 127.0.0.1; the
+    /// certificate's PEM is returned for chatd to trust.
+    async fn start_https() -> (Self, String) {
+        let issued =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+        let key = rustls_pki_types::PrivateKeyDer::try_from(issued.signing_key.serialize_der())
+            .expect("key");
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![issued.cert.der().clone()], key)
+        .expect("TLS config");
+        let gateway = Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))).await;
+        (gateway, issued.cert.pem())
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("http://{}/push", listener.local_addr().expect("addr"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/push", listener.local_addr().expect("addr"));
         let (tx, requests) = mpsc::unbounded_channel();
-        let reject = Arc::new(Mutex::new(Vec::<String>::new()));
-        let rejecting = reject.clone();
-        let hang = Arc::new(AtomicBool::new(false));
-        let hanging = hang.clone();
+        let recorder = Recorder {
+            tx,
+            reject: Arc::new(Mutex::new(Vec::new())),
+            hang: Arc::new(AtomicBool::new(false)),
+        };
+        let (reject, hang) = (recorder.reject.clone(), recorder.hang.clone());
+        let failed_handshakes = Arc::new(AtomicUsize::new(0));
+        let failed = failed_handshakes.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (tx, reject, hang) = (tx.clone(), rejecting.clone(), hanging.clone());
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (tx, reject, hang) = (tx.clone(), reject.clone(), hang.clone());
-                        async move {
-                            let body = req.into_body().collect().await.expect("body").to_bytes();
-                            let json: Value = serde_json::from_slice(&body).expect("JSON");
-                            let _ = tx.send(json);
-                            if hang.load(Ordering::SeqCst) {
-                                std::future::pending::<()>().await;
+                let recorder = recorder.clone();
+                match &tls {
+                    None => recorder.serve(stream),
+                    Some(acceptor) => {
+                        let (acceptor, failed) = (acceptor.clone(), failed.clone());
+                        tokio::spawn(async move {
+                            match acceptor.accept(stream).await {
+                                Ok(stream) => recorder.serve(stream),
+                                Err(_) => {
+                                    failed.fetch_add(1, Ordering::SeqCst);
+                                }
                             }
-                            let answer = serde_json::json!({ "rejected": *reject.lock() });
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                                answer.to_string(),
-                            ))))
-                        }
-                    },
-                );
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
+                        });
+                    }
+                }
             }
         });
         Self {
@@ -71,10 +135,15 @@ impl Gateway {
             requests,
             reject,
             hang,
+            failed_handshakes,
         }
     }
 
     async fn next(&mut self) -> Value {
+        self.next_with_auth().await.1
+    }
+
+    async fn next_with_auth(&mut self) -> (Option<String>, Value) {
         tokio::time::timeout(WAIT, self.requests.recv())
             .await
             .expect("a notification in time")
@@ -312,4 +381,87 @@ async fn notifications_unfinished_at_a_crash_are_sent_after_the_restart() {
     let next = alice.send_text(direct, "m3", "third").await;
     assert_eq!(gateway.next().await["notification"]["seq"], next.seq);
     chatd.kill();
+}
+
+/// Registers Alice and Bob, whose phone registers for push and goes
+/// offline; returns Alice's connection and their direct chat.
+async fn alice_and_offline_bob(addr: std::net::SocketAddr) -> (Raw, u64) {
+    let mut alice = Raw::register(addr, "alice").await;
+    let mut bob = Raw::register(addr, "bob").await;
+    register_push(&mut bob, "bob-phone").await;
+    let bob_id = bob.user_id;
+    let direct = alice.create_direct(bob_id).await;
+    drop(bob);
+    await_offline(&mut alice, bob_id).await;
+    (alice, direct)
+}
+
+/// An `https://` gateway is verified against the configured certificate
+/// and gets the configured token; one chatd does not trust gets nothing,
+/// and the failure is counted.
+#[tokio::test]
+async fn https_gateways_are_verified_and_given_the_token() {
+    let (mut gateway, cert) = Gateway::start_https().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = dir.path().join("gateway.pem");
+    std::fs::write(&ca, &cert).expect("write");
+    let mut config = chatd::Config::for_tests(dir.path().join("data"));
+    config.push_gateway_url = Some(gateway.url.clone());
+    config.push_gateway_ca = Some(ca);
+    config.push_gateway_token = Some(chatd::Secret::from("s3cret".to_owned()));
+    let server = TestServer::start_with(dir, config);
+    let (mut alice, direct) = alice_and_offline_bob(server.addr).await;
+    let ack = alice.send_text(direct, "d1", "over TLS").await;
+    let (auth, request) = gateway.next_with_auth().await;
+    assert_eq!(auth.as_deref(), Some("Bearer s3cret"));
+    assert_eq!(request["notification"]["seq"], ack.seq);
+    assert_eq!(tokens(&request), ["bob-phone"]);
+    assert_eq!(gateway.failed_handshakes.load(Ordering::SeqCst), 0);
+    server.stop().await;
+
+    // Without the certificate configured, chatd refuses the gateway's.
+    let (mut gateway, _) = Gateway::start_https().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut chatd = Chatd::start(
+        dir.path(),
+        &format!("shards = 1\npush_gateway_url = \"{}\"", gateway.url),
+    );
+    let (mut alice, direct) = alice_and_offline_bob(chatd.addr).await;
+    alice.send_text(direct, "d1", "not for strangers").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while chatd.metric("chatd_push_failed_total").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no failure counted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(chatd.metric("chatd_push_sent_total").await, 0.0);
+    assert!(gateway.requests.try_recv().is_err(), "nothing was sent");
+    // The gateway may see the last refusal a moment after chatd counts it.
+    let tries = chatd::push::ATTEMPTS as usize;
+    while gateway.failed_handshakes.load(Ordering::SeqCst) < tries {
+        assert!(tokio::time::Instant::now() < deadline, "handshakes missing");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        gateway.failed_handshakes.load(Ordering::SeqCst),
+        tries,
+        "one refused handshake per try"
+    );
+    chatd.kill();
+}
+
+#[test]
+fn gateway_settings_are_checked_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.push_gateway_url = Some("ftp://127.0.0.1/push".into());
+    let err = chatd::ServerHandle::start(config.clone()).expect_err("bad scheme");
+    assert!(err.to_string().contains("https:// or http://"), "{err}");
+    config.push_gateway_url = Some("https://127.0.0.1/push".into());
+    config.push_gateway_ca = Some(dir.path().join("missing.pem"));
+    let err = chatd::ServerHandle::start(config.clone()).expect_err("missing CA file");
+    assert!(err.to_string().contains("push_gateway_ca"), "{err}");
+    config.push_gateway_ca = None;
+    config.push_gateway_token = Some(chatd::Secret::from("line\nbreak".to_owned()));
+    let err = chatd::ServerHandle::start(config).expect_err("bad token");
+    assert!(err.to_string().contains("push_gateway_token"), "{err}");
 }
