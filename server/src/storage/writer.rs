@@ -124,6 +124,9 @@ pub struct Progress {
     applied: AtomicU64,
     state: Mutex<ApplyState>,
     changed: Condvar,
+    /// Held by a test to stop the apply thread before its next commit.
+    #[cfg(test)]
+    apply_gate: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +144,8 @@ impl Progress {
             applied: AtomicU64::new(last),
             state: Mutex::new(ApplyState::default()),
             changed: Condvar::new(),
+            #[cfg(test)]
+            apply_gate: Mutex::new(()),
         }
     }
 
@@ -412,6 +417,8 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                 batches,
                 bytes,
             } => {
+                #[cfg(test)]
+                drop(progress.apply_gate.lock());
                 let started = Instant::now();
                 let result = store.apply(&batches);
                 metrics::histogram!("chatd_storage_apply_seconds")
@@ -566,8 +573,12 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
-    use super::super::{WRITE_BUFFER_HARD_LIMIT, WRITE_BUFFER_LIMIT};
-    use super::{FlushProgress, MAX_UNAPPLIED_BYTES, Progress, Stall, stall};
+    use chat_protocol::pb;
+    use prost::Message as _;
+
+    use super::super::{Store, WRITE_BUFFER_HARD_LIMIT, WRITE_BUFFER_LIMIT, keys};
+    use super::{Batch, FlushProgress, Ks, MAX_UNAPPLIED_BYTES, Progress, Stall, Writer, stall};
+    use crate::config::Durability;
 
     /// Runs `wait` on another thread; returns whether it finished within
     /// 50 ms after `release` ran (and not before).
@@ -628,6 +639,94 @@ mod tests {
         // One commit larger than the bound still goes when nothing waits.
         let q = Progress::new(1);
         q.reserve(2 * MAX_UNAPPLIED_BYTES).expect("alone");
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).expect("copy");
+            }
+        }
+    }
+
+    /// The log segments in `dir` (not the spare files made ready for them).
+    fn segments(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .expect("log dir")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".log"))
+            .collect()
+    }
+
+    fn message(seq: u64) -> pb::Message {
+        pb::Message {
+            conversation_id: 1,
+            seq,
+            // 8 KiB each: the commits below fill more than one segment.
+            text: format!("{seq:08}").repeat(1024),
+            ..Default::default()
+        }
+    }
+
+    /// The apply thread is stopped while hundreds of commits are
+    /// acknowledged: they are in the log only, across several segments.
+    /// A copy of the data taken then (what a killed process leaves) opens
+    /// with every one of them, and the replayed log is gone.
+    #[test]
+    fn commits_the_store_never_got_are_replayed_from_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store_dir, log_dir) = (dir.path().join("store"), dir.path().join("log"));
+        let store = Store::open(&store_dir, &log_dir).expect("open");
+        let (writer, thread) = Writer::start(store.clone(), Durability::Sync, 64).expect("start");
+        let write = |seq: u64| {
+            let mut b = Batch::new();
+            b.put(
+                Ks::Messages,
+                keys::message(1, seq).to_vec(),
+                message(seq).encode_to_vec(),
+            );
+            writer.write_blocking(b).expect("acknowledged")
+        };
+        let applied: u64 = 10;
+        for seq in 1..=applied {
+            write(seq);
+        }
+        assert!(store.message(1, applied).expect("read").is_some());
+        let last: u64 = 400;
+        let gate = store.progress().apply_gate.lock();
+        for seq in applied + 1..=last {
+            write(seq);
+        }
+        assert_eq!(store.progress().unapplied(), last - applied);
+        assert!(segments(&log_dir).len() >= 2, "{:?}", segments(&log_dir));
+
+        let crashed = tempfile::tempdir().expect("tempdir");
+        let (crashed_store, crashed_log) =
+            (crashed.path().join("store"), crashed.path().join("log"));
+        copy_dir(&store_dir, &crashed_store);
+        copy_dir(&log_dir, &crashed_log);
+        drop(gate);
+        drop(writer);
+        thread.join();
+
+        let recovered = Store::open(&crashed_store, &crashed_log).expect("replay");
+        for seq in 1..=last {
+            let got = recovered.message(1, seq).expect("read");
+            assert!(
+                got.as_ref() == Some(&message(seq)),
+                "seq {seq}: {:?}",
+                got.map(|m| (m.seq, m.text.len()))
+            );
+        }
+        assert_eq!(recovered.message(1, last + 1).expect("read"), None);
+        assert_eq!(recovered.progress().unapplied(), 0);
+        let left = segments(&crashed_log);
+        assert!(left.is_empty(), "replayed segments are deleted: {left:?}");
     }
 
     const STUCK: FlushProgress = FlushProgress {
