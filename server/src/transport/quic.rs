@@ -109,7 +109,7 @@ pub async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
         };
         let peer = incoming.remote_address();
         let span = tracing::debug_span!("session", shard = shard.id, %peer, transport = "quic");
-        let session = handshake(shard.clone(), incoming).instrument(span);
+        let session = handshake(shard.clone(), Box::new(incoming)).instrument(span);
         tokio::task::spawn_local(async move {
             session.await;
             drop(slot);
@@ -117,14 +117,18 @@ pub async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
     }
 }
 
-async fn handshake(shard: Rc<Shard>, incoming: quinn::Incoming) {
+/// Completes the handshake, then serves the session. The handshake's state
+/// (the client's first packets, the TLS exchange, the timer) is about 2 KiB
+/// and lives in a separate allocation freed once it is done, so an
+/// established session keeps only what serving it needs.
+async fn handshake(shard: Rc<Shard>, incoming: Box<quinn::Incoming>) {
     let peer = incoming.remote_address();
     let timeout = Duration::from_millis(shard.ctx.config.handshake_timeout_ms);
-    let accepted = tokio::time::timeout(timeout, async {
+    let accepted = Box::pin(tokio::time::timeout(timeout, async move {
         let conn = incoming.accept()?.await?;
         let (send, recv) = conn.accept_bi().await?;
         Ok::<_, quinn::ConnectionError>((conn, send, recv))
-    })
+    }))
     .await;
     let (conn, send, recv) = match accepted {
         Ok(Ok(parts)) => parts,
