@@ -144,10 +144,19 @@ fn main() -> anyhow::Result<()> {
     signals.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = stopping.wait_for(|&s| s) => {}
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = stopping.wait_for(|&s| s) => break,
+                // SIGHUP: a renewed certificate; the outcome is logged.
+                _ = hangup.recv() => {
+                    if let Ok(false) = server.reload_tls() {
+                        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
+                    }
+                }
+            }
         }
         Ok::<(), std::io::Error>(())
     })?;

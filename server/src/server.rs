@@ -55,6 +55,7 @@ pub struct ServerHandle {
     quic_addr: Option<SocketAddr>,
     wss_addr: Option<SocketAddr>,
     cert_path: Option<std::path::PathBuf>,
+    certificates: Option<Arc<crate::transport::tls::Certificates>>,
 }
 
 /// Fails if any socket already holds `addr`: another of this server's
@@ -199,6 +200,7 @@ impl ServerHandle {
             None
         };
         let cert_path = tls.as_ref().map(|t| t.cert_path.clone());
+        let certificates = tls.as_ref().map(|t| t.certificates.clone());
         let base_url = config
             .public_http_url
             .clone()
@@ -291,6 +293,7 @@ impl ServerHandle {
             quic_addr,
             wss_addr,
             cert_path,
+            certificates,
         })
     }
 
@@ -324,6 +327,27 @@ impl ServerHandle {
     /// generated certificate add this file to their trusted roots.
     pub fn cert_path(&self) -> Option<&std::path::Path> {
         self.cert_path.as_deref()
+    }
+
+    /// Reads the TLS certificate and key files again (`tls_cert` and
+    /// `tls_key`, or the generated pair): TLS, WebSocket-over-TLS and QUIC
+    /// handshakes from now on present them, and established sessions go on.
+    /// On error the certificate in use stays. Returns whether a TLS-based
+    /// listener is running (without one there is nothing to reload).
+    pub fn reload_tls(&self) -> Result<bool, crate::transport::tls::TlsError> {
+        let Some(certificates) = &self.certificates else {
+            return Ok(false);
+        };
+        match certificates.reload() {
+            Ok(()) => {
+                tracing::info!("TLS certificate reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "reloading the TLS certificate failed; the previous one stays in use");
+                Err(e)
+            }
+        }
     }
 
     /// Resolves once a shutdown has begun, whoever began it (a storage

@@ -7,11 +7,19 @@
 //! start and reused afterwards: good for development, where a client trusts
 //! that file; production configures a real certificate. rustls runs with
 //! the `ring` provider.
+//!
+//! Every configuration asks [`Certificates`] for the certificate at each
+//! handshake, so [`Certificates::reload`] (`SIGHUP` to the `chatd` binary)
+//! replaces it without a restart: a renewed certificate is presented from
+//! the next handshake on, and established sessions go on undisturbed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -62,6 +70,56 @@ pub struct TlsSetup {
     pub quic: Arc<quinn::crypto::rustls::QuicServerConfig>,
     /// The certificate file in use (generated or configured).
     pub cert_path: PathBuf,
+    /// The certificate every configuration presents, reloadable.
+    pub certificates: Arc<Certificates>,
+}
+
+/// The certificate and key presented at each handshake, read from their
+/// files at start and again by [`Certificates::reload`].
+pub struct Certificates {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    fn open(cert_path: PathBuf, key_path: PathBuf) -> Result<Self, TlsError> {
+        let current = RwLock::new(Arc::new(certified(&cert_path, &key_path)?));
+        Ok(Self {
+            cert_path,
+            key_path,
+            current,
+        })
+    }
+
+    /// Reads the certificate and key files again; handshakes from now on
+    /// present them. If they cannot be read, or the key does not match the
+    /// certificate, the one in use stays and the error says why.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = certified(&self.cert_path, &self.key_path)?;
+        *self.current.write() = Arc::new(fresh);
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().clone())
+    }
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The chain and key from their PEM files, checked to belong together.
+fn certified(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let (certs, key) = load(cert, key)?;
+    Ok(CertifiedKey::from_der(certs, key, &provider())?)
 }
 
 impl std::fmt::Debug for TlsSetup {
@@ -145,12 +203,12 @@ fn load(
 /// Loads (or generates) the certificate and builds every configuration.
 pub fn setup(config: &Config) -> Result<TlsSetup, TlsError> {
     let (cert_path, key_path) = ensure_files(config)?;
-    let (certs, key) = load(&cert_path, &key_path)?;
+    let certificates = Arc::new(Certificates::open(cert_path.clone(), key_path)?);
     let server = |alpn: &[u8]| -> Result<rustls::ServerConfig, TlsError> {
         let mut c = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(certs.clone(), key.clone_key())?;
+            .with_cert_resolver(certificates.clone());
         c.alpn_protocols = vec![alpn.to_vec()];
         Ok(c)
     };
@@ -159,7 +217,7 @@ pub fn setup(config: &Config) -> Result<TlsSetup, TlsError> {
     let mut quic = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(certificates.clone());
     quic.alpn_protocols = vec![chat_protocol::ALPN.to_vec()];
     // 0-RTT data could be replayed; chat/1 requests are not all idempotent.
     quic.max_early_data_size = 0;
@@ -170,5 +228,6 @@ pub fn setup(config: &Config) -> Result<TlsSetup, TlsError> {
         https,
         quic: Arc::new(quic),
         cert_path,
+        certificates,
     })
 }

@@ -12,6 +12,10 @@ pub struct Chatd {
     config: PathBuf,
     pub addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The TLS listener, when `extra` turns it on.
+    pub tls_addr: Option<SocketAddr>,
+    /// The first run's log lines (`CHATD_LOG=error,chatd::server=info`).
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 /// The `127.0.0.1:PORT` following `key=` in a log line (which may hold
@@ -29,19 +33,24 @@ fn logged_addr(line: &str, key: &str) -> Option<SocketAddr> {
 }
 
 impl Chatd {
-    /// Starts `chatd` on ports of its choosing (plain TCP and HTTP only)
-    /// with cheap password hashing, no send rate limits, data in
-    /// `dir/data`, and the TOML lines `extra`.
+    /// Starts `chatd` on ports of its choosing (plain TCP and HTTP; the
+    /// other listeners are off unless `extra` sets them) with cheap
+    /// password hashing, no send rate limits, data in `dir/data`, and the
+    /// TOML lines `extra`.
     /// Restarts reuse the ports, so that clients reconnect to the address
     /// they know.
     pub fn start(dir: &Path, extra: &str) -> Self {
         let config = dir.join("chatd.toml");
+        let off: String = ["tls_listen", "quic_listen", "wss_listen"]
+            .iter()
+            .filter(|key| !extra.contains(*key))
+            .map(|key| format!("{key} = \"off\"\n"))
+            .collect();
         let write_config = |tcp: &str, http: &str| {
             std::fs::write(
                 &config,
                 format!(
-                    "tcp_listen = \"{tcp}\"\nhttp_listen = \"{http}\"\n\
-                     tls_listen = \"off\"\nquic_listen = \"off\"\nwss_listen = \"off\"\n\
+                    "tcp_listen = \"{tcp}\"\nhttp_listen = \"{http}\"\n{off}\
                      data_dir = \"{}\"\n\
                      argon2_memory_kib = 64\nargon2_iterations = 1\n\
                      rate_connection_per_sec = 0\nrate_user_per_sec = 0\n{extra}\n",
@@ -60,28 +69,55 @@ impl Chatd {
             .expect("start chatd");
         // The log line "listening tcp_addr=… http_addr=…" names the ports.
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, log) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                if line.contains("listening") {
-                    let _ = tx.send(line);
-                }
+                let _ = tx.send(line);
             }
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("chatd reports its addresses");
-        let addr = logged_addr(&line, "tcp_addr").expect("tcp address logged");
-        let http_addr = logged_addr(&line, "http_addr").expect("http address logged");
-        write_config(&addr.to_string(), &http_addr.to_string());
-        Self {
+        let mut this = Self {
             child: Some(child),
-            config,
-            addr,
-            http_addr,
+            config: config.clone(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_addr: None,
+            log,
+        };
+        let line = this.wait_log("listening");
+        this.addr = logged_addr(&line, "tcp_addr").expect("tcp address logged");
+        this.http_addr = logged_addr(&line, "http_addr").expect("http address logged");
+        // The `tls=Some(…)` field alone: `tls=None` names no address.
+        this.tls_addr = line
+            .find("tls")
+            .and_then(|at| line.get(at..))
+            .and_then(|field| field.split(' ').next())
+            .and_then(|field| logged_addr(field, "tls"));
+        write_config(&this.addr.to_string(), &this.http_addr.to_string());
+        this
+    }
+
+    /// The next line of the first run's log that contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .log
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
         }
+    }
+
+    /// Sends SIGHUP.
+    pub fn hangup(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
     }
 
     /// Starts the process again (after [`Chatd::kill`]) on the same data.
