@@ -60,15 +60,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prost::Message as _;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-
-use crate::Config;
-use crate::Secret;
 use crate::accounts::token_hash;
+use crate::config::{Config, Secret};
 use crate::context::{Context, now_ms};
 use crate::records::PushRegistration;
 use crate::reply::Refusal;
