@@ -178,6 +178,18 @@ impl Client {
         Ok(())
     }
 
+    /// Replaces the password. The user's other sessions are ended and their
+    /// tokens revoked; this session and its token go on. A wrong
+    /// `current` is [`Error::Server`] with `INVALID_CREDENTIALS`.
+    pub async fn change_password(&self, current: &str, new: &str) -> Result<()> {
+        self.call(C::ChangePassword(pb::ChangePassword {
+            current_password: current.into(),
+            new_password: new.into(),
+        }))
+        .await?;
+        Ok(())
+    }
+
     // ---- conversations -----------------------------------------------------
 
     /// The direct conversation with `other`, created if needed.

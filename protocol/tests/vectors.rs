@@ -118,6 +118,17 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             client(4, C::Logout(Logout { all_devices: false })),
         ),
         (
+            "client_change_password",
+            "Change the password",
+            client(
+                9,
+                C::ChangePassword(ChangePassword {
+                    current_password: "correct horse".into(),
+                    new_password: "battery staple".into(),
+                }),
+            ),
+        ),
+        (
             "client_resume",
             "Resume with a token and one cursor",
             client(

@@ -74,16 +74,10 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
     if !valid_username(&req.username) {
         return Err(invalid("username must be 3-32 characters of a-z 0-9 _ . -"));
     }
-    if !(8..=256).contains(&req.password.len()) {
-        return Err(invalid("password must be 8-256 bytes"));
-    }
     if req.display_name.chars().count() > 64 {
         return Err(invalid("display name longer than 64 characters"));
     }
-    let password_hash = hasher(ctx)?
-        .hash_password(req.password.as_bytes())
-        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("hashing: {e}")))?
-        .to_string();
+    let password_hash = new_hash(ctx, &req.password)?;
     let display_name = if req.display_name.is_empty() {
         req.username.clone()
     } else {
@@ -131,18 +125,43 @@ pub fn login(ctx: &Context, req: &pb::Login, peer: Option<IpAddr>) -> Result<pb:
     } else {
         ""
     };
-    if let Err(wait) = ctx.logins.lock().check(name, peer, now) {
-        return Err(Refusal::new(
-            ErrorCode::TooManyLoginAttempts,
-            "too many failed logins; wait",
-        )
-        .retry_after(wait.as_millis().min(u128::from(u32::MAX)) as u32));
-    }
+    ctx.logins.lock().check(name, peer, now).map_err(too_many)?;
     let result = check_password(ctx, req);
     if matches!(&result, Err(r) if r.code == ErrorCode::InvalidCredentials) {
         ctx.logins.lock().failed(name, peer, now);
     }
     result
+}
+
+/// The refusal of a login (or password change) while the failed-login
+/// limits hold, for `wait` more.
+fn too_many(wait: std::time::Duration) -> Refusal {
+    Refusal::new(
+        ErrorCode::TooManyLoginAttempts,
+        "too many failed logins; wait",
+    )
+    .retry_after(wait.as_millis().min(u128::from(u32::MAX)) as u32)
+}
+
+/// Whether `password` matches the stored argon2 `hash`.
+fn verify(hash: &str, password: &str) -> Result<bool, Refusal> {
+    let parsed = PasswordHash::new(hash)
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("stored hash: {e}")))?;
+    Ok(Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok())
+}
+
+/// The argon2id hash of a new password, checked against the rules of
+/// Register.
+fn new_hash(ctx: &Context, password: &str) -> Result<String, Refusal> {
+    if !(8..=256).contains(&password.len()) {
+        return Err(invalid("password must be 8-256 bytes"));
+    }
+    Ok(hasher(ctx)?
+        .hash_password(password.as_bytes())
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("hashing: {e}")))?
+        .to_string())
 }
 
 fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
@@ -162,12 +181,7 @@ fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal>
         let _ = hasher(ctx)?.hash_password(req.password.as_bytes());
         return Err(refused());
     };
-    let parsed = PasswordHash::new(&record.password_hash)
-        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("stored hash: {e}")))?;
-    if Argon2::default()
-        .verify_password(req.password.as_bytes(), &parsed)
-        .is_err()
-    {
+    if !verify(&record.password_hash, &req.password)? {
         return Err(refused());
     }
     let mut batch = Batch::new();
@@ -206,14 +220,67 @@ pub fn logout(ctx: &Context, user: u64, token: Option<&str>, all: bool) -> Resul
         token.map(|t| token_hash(t).to_vec()).into_iter().collect()
     };
     for hash in hashes {
-        let mut index = keys::id(user).to_vec();
-        index.extend_from_slice(&hash);
-        batch.delete(Ks::UserTokens, index);
-        batch.delete(Ks::Tokens, hash);
+        revoke(&mut batch, user, hash);
     }
     if !batch.is_empty() {
         ctx.writer.write_blocking(batch)?;
     }
+    Ok(())
+}
+
+/// Adds the deletion of a token (by its hash) and its index entry, which
+/// holds the device's push registration.
+fn revoke(batch: &mut Batch, user: u64, hash: Vec<u8>) {
+    let mut index = keys::id(user).to_vec();
+    index.extend_from_slice(&hash);
+    batch.delete(Ks::UserTokens, index);
+    batch.delete(Ks::Tokens, hash);
+}
+
+/// Replaces the password of `user`, whose session holds `token`, and
+/// revokes every other token of the user. A wrong `current_password`
+/// counts as a failed login for the username and `peer`.
+pub fn change_password(
+    ctx: &Context,
+    user: u64,
+    token: Option<&str>,
+    req: &pb::ChangePassword,
+    peer: Option<IpAddr>,
+) -> Result<(), Refusal> {
+    let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
+    let checked = ctx.store.user(user)?.ok_or_else(not_found)?;
+    let now = Instant::now();
+    let name = checked.username.as_str();
+    ctx.logins.lock().check(name, peer, now).map_err(too_many)?;
+    if !verify(&checked.password_hash, &req.current_password)? {
+        ctx.logins.lock().failed(name, peer, now);
+        return Err(Refusal::new(
+            ErrorCode::InvalidCredentials,
+            "wrong current password",
+        ));
+    }
+    let password_hash = new_hash(ctx, &req.new_password)?;
+    let kept = token.map(|t| token_hash(t).to_vec());
+    // The record is read again and written under the catalog lock, which
+    // every change to a user record takes, so that a concurrent profile
+    // change cannot write the old hash back.
+    let _guard = ctx.catalog.lock();
+    let mut record = ctx.store.user(user)?.ok_or_else(not_found)?;
+    if record.password_hash != checked.password_hash {
+        return Err(Refusal::new(
+            ErrorCode::InvalidCredentials,
+            "the password was changed meanwhile",
+        ));
+    }
+    record.password_hash = password_hash;
+    let mut batch = Batch::new();
+    batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
+    for hash in ctx.store.tokens_of(user)? {
+        if kept.as_ref() != Some(&hash) {
+            revoke(&mut batch, user, hash);
+        }
+    }
+    ctx.writer.write_blocking(batch)?;
     Ok(())
 }
 
@@ -241,6 +308,9 @@ pub fn update_profile(
     if req.display_name.chars().count() > 64 {
         return Err(invalid("display name longer than 64 characters"));
     }
+    // Read-modify-write of the record: under the catalog lock, as every
+    // change to a user record.
+    let _guard = ctx.catalog.lock();
     let mut record = ctx
         .store
         .user(user)?

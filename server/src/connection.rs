@@ -340,7 +340,7 @@ impl Conn {
                     // Their tokens are revoked; so are the sessions.
                     let frame =
                         reply::error(0, ErrorCode::TokenInvalid, "logged out on all devices");
-                    self.shard.end_user(user, frame).await;
+                    self.shard.end_user(user, frame, None).await;
                 }
                 self.push(reply::answer(rid, res.map(|()| S::Done(pb::Done {}))));
             }
@@ -581,6 +581,34 @@ impl Conn {
                         .sessions
                         .borrow()
                         .reply(session, reply::answer(rid, result.map(S::Profile)));
+                });
+            }
+            C::ChangePassword(p) => {
+                let shard = self.shard.clone();
+                let (session, peer) = (self.id, self.peer);
+                let token = self.token.borrow().clone();
+                tokio::task::spawn_local(async move {
+                    let Ok(_hashing) = shard.ctx.password_hashing.acquire().await else {
+                        return;
+                    };
+                    let result = blocking(&shard.ctx, move |ctx| {
+                        accounts::change_password(ctx, user, token.as_deref(), &p, peer)
+                    })
+                    .await;
+                    if result.is_ok() {
+                        // Their tokens are revoked; so are the sessions.
+                        let frame = reply::error(
+                            0,
+                            ErrorCode::TokenInvalid,
+                            "the password was changed on another device",
+                        );
+                        shard.end_user(user, frame, Some(session)).await;
+                    }
+                    let done = result.map(|()| S::Done(pb::Done {}));
+                    shard
+                        .sessions
+                        .borrow()
+                        .reply(session, reply::answer(rid, done));
                 });
             }
             C::SetPresence(p) => {

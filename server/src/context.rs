@@ -30,7 +30,8 @@ pub struct Context {
     pub last_user_id: AtomicU64,
     /// Highest conversation id handed out.
     pub last_conversation_id: AtomicU64,
-    /// Serialises check-then-write of unique names and direct pairs.
+    /// Serialises check-then-write of unique names and direct pairs, and
+    /// read-modify-write of user records. Taken on blocking threads only.
     pub catalog: Mutex<()>,
     /// Flips to `true` when the server starts shutting down.
     pub shutdown: watch::Sender<bool>,

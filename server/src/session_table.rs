@@ -319,13 +319,13 @@ impl SessionTable {
         n
     }
 
-    /// Closes every session of `user` on this shard gracefully with `frame`
-    /// (Logout on all devices).
-    pub fn close_user(&self, user: u64, frame: &Bytes) {
+    /// Closes every session of `user` on this shard but `spared` gracefully
+    /// with `frame` (Logout on all devices, ChangePassword).
+    pub fn close_user(&self, user: u64, frame: &Bytes, spared: Option<u64>) {
         let Some(ids) = self.by_user.get(&user) else {
             return;
         };
-        for id in ids {
+        for id in ids.iter().filter(|&&id| Some(id) != spared) {
             if let Some(s) = self.sessions.get(id) {
                 s.signal.close(Close {
                     frame: Some(frame.clone()),

@@ -227,11 +227,11 @@ impl Shard {
     }
 
     /// Closes every authenticated session of `user` on every shard, after
-    /// `frame`.
-    pub async fn end_user(&self, user: u64, frame: Bytes) {
+    /// `frame`, except session `spared` of this shard.
+    pub async fn end_user(&self, user: u64, frame: Bytes, spared: Option<u64>) {
         for dst in 0..self.ctx.nr_shards() {
             if dst == self.id {
-                self.sessions.borrow().close_user(user, &frame);
+                self.sessions.borrow().close_user(user, &frame, spared);
             } else {
                 let msg = ShardMsg::EndUser {
                     user,
@@ -285,7 +285,9 @@ impl Shard {
             ShardMsg::Presence(op) => self.apply_presence(op),
             ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
             ShardMsg::PushCheck { users, notice } => self.offer_push(&users, &notice),
-            ShardMsg::EndUser { user, frame } => self.sessions.borrow().close_user(user, &frame),
+            ShardMsg::EndUser { user, frame } => {
+                self.sessions.borrow().close_user(user, &frame, None);
+            }
         }
     }
 

@@ -13,6 +13,10 @@ use common::{Raw, TestServer, error_code};
 fn every_request(conv: u64, target: u64) -> Vec<C> {
     vec![
         C::Logout(pb::Logout { all_devices: false }),
+        C::ChangePassword(pb::ChangePassword {
+            current_password: "password123".into(),
+            new_password: "taken over".into(),
+        }),
         C::GetProfile(pb::GetProfile {
             user_id: target,
             username: String::new(),
@@ -599,6 +603,23 @@ async fn channel_subscribers_cannot_manage_the_channel() {
     w.server.stop().await;
 }
 
+/// `c` is told `TOKEN_INVALID` and closed, and its token no longer
+/// resumes.
+async fn assert_ended_and_revoked(addr: std::net::SocketAddr, mut c: Raw) {
+    let mut last = None;
+    while let Some(f) = c.read_frame().await {
+        if let Some(S::Error(e)) = f.body {
+            assert_eq!(f.request_id, 0);
+            last = ErrorCode::try_from(e.code).ok();
+        }
+    }
+    assert_eq!(last, Some(ErrorCode::TokenInvalid));
+    assert_eq!(
+        error_code(&resume(addr, &c.token).await),
+        ErrorCode::TokenInvalid
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_everywhere_ends_the_other_sessions_too() {
     let mut w = world(|_| {}).await;
@@ -624,19 +645,8 @@ async fn logging_out_everywhere_ends_the_other_sessions_too() {
         .request(C::Logout(pb::Logout { all_devices: true }))
         .await;
     assert!(matches!(r, S::Done(_)));
-    for mut c in others {
-        let mut last = None;
-        while let Some(f) = c.read_frame().await {
-            if let Some(S::Error(e)) = f.body {
-                assert_eq!(f.request_id, 0);
-                last = ErrorCode::try_from(e.code).ok();
-            }
-        }
-        assert_eq!(last, Some(ErrorCode::TokenInvalid));
-        assert_eq!(
-            error_code(&resume(addr, &c.token).await),
-            ErrorCode::TokenInvalid
-        );
+    for c in others {
+        assert_ended_and_revoked(addr, c).await;
     }
     // The app is told, tries to resume, is refused, and stops.
     let mut disconnects = 0;
@@ -654,5 +664,74 @@ async fn logging_out_everywhere_ends_the_other_sessions_too() {
     // Bob's sessions are untouched.
     let pong = w.bob.request(C::Ping(pb::Ping { nonce: 1 })).await;
     assert!(matches!(pong, S::Pong(_)));
+    w.server.stop().await;
+}
+
+/// Login with `password` on a new connection: its reply.
+async fn login_reply(addr: std::net::SocketAddr, username: &str, password: &str) -> S {
+    let mut c = Raw::connect(addr).await;
+    c.request(C::Login(pb::Login {
+        username: username.into(),
+        password: password.into(),
+        device: None,
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_password_ends_the_other_sessions_and_keeps_this_one() {
+    let mut w = world(|c| c.login_failures_per_username = 3).await;
+    let addr = w.server.addr;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(Raw::login(addr, "alice").await);
+    }
+    let change = |current: &str, new: &str| {
+        C::ChangePassword(pb::ChangePassword {
+            current_password: current.into(),
+            new_password: new.into(),
+        })
+    };
+    // A new password that Register would refuse is refused.
+    let r = w.alice.request(change("password123", "short")).await;
+    assert_eq!(error_code(&r), ErrorCode::InvalidArgument);
+    // A wrong current password is refused and counts as a failed login.
+    let r = w.alice.request(change("guess1234", "new password")).await;
+    assert_eq!(error_code(&r), ErrorCode::InvalidCredentials);
+
+    let r = w.alice.request(change("password123", "new password")).await;
+    assert!(matches!(r, S::Done(_)), "{r:?}");
+    // Every other session is told and closed, and its token is revoked.
+    for c in others {
+        assert_ended_and_revoked(addr, c).await;
+    }
+    // This session goes on, and its token still resumes.
+    let pong = w.alice.request(C::Ping(pb::Ping { nonce: 1 })).await;
+    assert!(matches!(pong, S::Pong(_)));
+    let group = w.alice.history(w.group, 0, 0, 10).await;
+    assert!(matches!(group, S::MessagePage(_)), "{group:?}");
+    assert!(matches!(resume(addr, &w.alice.token).await, S::ResumeOk(_)));
+    // Only the new password logs in.
+    assert_eq!(
+        error_code(&login_reply(addr, "alice", "password123").await),
+        ErrorCode::InvalidCredentials
+    );
+    assert!(matches!(
+        login_reply(addr, "alice", "new password").await,
+        S::AuthOk(_)
+    ));
+    // Bob's sessions are untouched.
+    let pong = w.bob.request(C::Ping(pb::Ping { nonce: 1 })).await;
+    assert!(matches!(pong, S::Pong(_)));
+
+    // Guessing through a session hits the failed-login limit (3 per
+    // username here; one wrong password above and one wrong login count).
+    let r = w.alice.request(change("guess5678", "other password")).await;
+    assert_eq!(error_code(&r), ErrorCode::InvalidCredentials);
+    let r = w
+        .alice
+        .request(change("new password", "other password"))
+        .await;
+    assert_eq!(error_code(&r), ErrorCode::TooManyLoginAttempts);
     w.server.stop().await;
 }

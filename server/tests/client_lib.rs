@@ -263,3 +263,34 @@ async fn presence_watches_are_renewed_after_a_restart_and_the_typed_api_covers_t
     bob.leave(channel).await.expect("leave");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_password_changed_through_the_client_is_the_one_that_logs_in() {
+    let server = TestServer::start();
+    let (phone, _phone_events) = connect(&server).await;
+    phone
+        .register("dana", "first password", "Dana")
+        .await
+        .expect("register");
+    let err = phone
+        .change_password("not the password", "second password")
+        .await
+        .expect_err("wrong current password");
+    assert_eq!(
+        err.code(),
+        Some(chat_client::pb::ErrorCode::InvalidCredentials)
+    );
+    phone
+        .change_password("first password", "second password")
+        .await
+        .expect("changed");
+    let (laptop, _laptop_events) = connect(&server).await;
+    assert!(laptop.login("dana", "first password").await.is_err());
+    laptop
+        .login("dana", "second password")
+        .await
+        .expect("the new password logs in");
+    laptop.close().await;
+    phone.close().await;
+    server.stop().await;
+}

@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..28) {
+        match self.rng.random_range(0..29) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -207,6 +207,10 @@ impl Pick<'_> {
             }),
             26 => C::UnsubscribeChannel(pb::UnsubscribeChannel {
                 conversation_id: self.id(),
+            }),
+            27 => C::ChangePassword(pb::ChangePassword {
+                current_password: self.text(),
+                new_password: self.text(),
             }),
             _ => C::Ping(pb::Ping { nonce: self.seq() }),
         }

@@ -43,6 +43,7 @@
       F(15, "get_profile", "GetProfile", BODY),
       F(16, "update_profile", "UpdateProfile", BODY),
       F(17, "register_push_token", "RegisterPushToken", BODY),
+      F(18, "change_password", "ChangePassword", BODY),
       F(20, "create_conversation", "CreateConversation", BODY),
       F(21, "add_members", "AddMembers", BODY),
       F(22, "remove_member", "RemoveMember", BODY),
@@ -123,6 +124,7 @@
       F(4, "profile", "Profile"),
     ],
     Logout: [F(1, "all_devices", "bool")],
+    ChangePassword: [F(1, "current_password", "string"), F(2, "new_password", "string")],
     Resume: [
       F(1, "session_token", "string"),
       F(2, "device", "DeviceInfo"),
