@@ -660,6 +660,43 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     )
     .await;
 
+    // Changing the password: a wrong current password is refused with a
+    // message; the right one is confirmed, and then only the new password
+    // logs in.
+    click(&alice, "#password-box summary").await;
+    fill(&alice, "#current-password", "not her password").await;
+    fill(&alice, "#new-password", "a longer secret").await;
+    click(&alice, "#password-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "the wrong current password is refused",
+        "document.getElementById('password-result').textContent === \
+         'The current password is wrong.'",
+    )
+    .await;
+    fill(&alice, "#current-password", "password123").await;
+    fill(&alice, "#new-password", "a longer secret").await;
+    click(&alice, "#password-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "the change is confirmed",
+        "document.getElementById('password-result').textContent.startsWith('Password changed.')",
+    )
+    .await;
+    click(&alice, "#logout-btn").await;
+    fill(&alice, "#username", "alice").await;
+    fill(&alice, "#password", "a longer secret").await;
+    click(&alice, "#login-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "the new password logs her in",
+        "!document.getElementById('app').hidden",
+    )
+    .await;
+
     eprintln!(
         "screenshots: {} {} {} {}",
         alice_shot.display(),

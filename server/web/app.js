@@ -518,6 +518,8 @@
   }
 
   function forgetLogin() {
+    $("password-result").textContent = "";
+    $("password-box").open = false;
     store.set("token", null);
     store.set("cursors", null);
     state.me = null;
@@ -1456,6 +1458,27 @@
       $("group-box").open = false;
     } catch (e) {
       toast("Could not create the group: " + e.message);
+    }
+  });
+
+  $("change-password").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const result = $("password-result");
+    result.textContent = "";
+    try {
+      await request("change_password", {
+        current_password: $("current-password").value,
+        new_password: $("new-password").value,
+      });
+      $("current-password").value = "";
+      $("new-password").value = "";
+      result.textContent = "Password changed. Your other devices were signed out.";
+    } catch (e) {
+      if (e instanceof ChatError && e.code === E.ErrorCode.INVALID_CREDENTIALS) {
+        result.textContent = "The current password is wrong.";
+      } else {
+        result.textContent = "Could not change the password: " + e.message;
+      }
     }
   });
 
