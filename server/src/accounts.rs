@@ -187,6 +187,16 @@ fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal>
     let mut batch = Batch::new();
     let (token, expires) = issue_token(ctx, user, device_id(req.device.as_ref()), &mut batch);
     ctx.writer.write_blocking(batch)?;
+    // A password change that stored its hash after the check above may
+    // have listed the user's tokens before this one was written: the token
+    // is withdrawn, as the change would have revoked it.
+    let current = ctx.store.user(user)?.map(|r| r.password_hash);
+    if current.as_deref() != Some(record.password_hash.as_str()) {
+        let mut batch = Batch::new();
+        revoke(&mut batch, user, token_hash(&token).to_vec());
+        ctx.writer.write_blocking(batch)?;
+        return Err(refused());
+    }
     Ok(pb::AuthOk {
         user_id: user,
         session_token: token,
@@ -275,12 +285,21 @@ pub fn change_password(
     record.password_hash = password_hash;
     let mut batch = Batch::new();
     batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
+    ctx.writer.write_blocking(batch)?;
+    drop(_guard);
+    // The tokens are listed only once the new hash is stored: a login that
+    // checked the old password either wrote its token before this listing
+    // (revoked here) or reads the new hash after writing it (and withdraws
+    // it, `check_password`).
+    let mut batch = Batch::new();
     for hash in ctx.store.tokens_of(user)? {
         if kept.as_ref() != Some(&hash) {
             revoke(&mut batch, user, hash);
         }
     }
-    ctx.writer.write_blocking(batch)?;
+    if !batch.is_empty() {
+        ctx.writer.write_blocking(batch)?;
+    }
     Ok(())
 }
 

@@ -381,7 +381,32 @@ impl Conn {
             delta: 1,
         };
         tokio::task::spawn_local(async move { shard.presence_op(op).await });
+        self.recheck_token(ok.user_id, ok.session_token.clone());
         Ok(ok)
+    }
+
+    /// Closes this session if its token turns out revoked. Logout on all
+    /// devices and ChangePassword revoke tokens, then close the sessions
+    /// registered as the user's; a session whose token was checked before
+    /// the revocation but that registered after that close is found here,
+    /// since this check reads the store after the registration.
+    fn recheck_token(&self, user: u64, token: String) {
+        let shard = self.shard.clone();
+        let session = self.id;
+        tokio::task::spawn_local(async move {
+            let found = blocking(&shard.ctx, move |ctx| {
+                Ok(ctx.store.token(&accounts::token_hash(&token))?.is_some())
+            })
+            .await;
+            if let Ok(false) = found {
+                let frame =
+                    reply::error(0, ErrorCode::TokenInvalid, "the session token was revoked");
+                shard
+                    .sessions
+                    .borrow()
+                    .close_revoked(session, &frame, Some(user));
+            }
+        });
     }
 
     /// The session stopped being a user's (logout or close): it no longer

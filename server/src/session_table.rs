@@ -325,14 +325,21 @@ impl SessionTable {
         let Some(ids) = self.by_user.get(&user) else {
             return;
         };
-        for id in ids.iter().filter(|&&id| Some(id) != spared) {
-            if let Some(s) = self.sessions.get(id) {
-                s.signal.close(Close {
-                    frame: Some(frame.clone()),
-                    flush_first: true,
-                    reason: CloseReason::Error(ErrorCode::TokenInvalid),
-                });
-            }
+        for &id in ids.iter().filter(|&&id| Some(id) != spared) {
+            self.close_revoked(id, frame, None);
+        }
+    }
+
+    /// Closes session `id` gracefully with `frame`: its token is revoked.
+    /// With `user`, only while the session is still logged in as `user`.
+    pub fn close_revoked(&self, id: u64, frame: &Bytes, user: Option<u64>) {
+        let session = self.sessions.get(&id);
+        if let Some(s) = session.filter(|s| user.is_none() || s.user.get() == user) {
+            s.signal.close(Close {
+                frame: Some(frame.clone()),
+                flush_first: true,
+                reason: CloseReason::Error(ErrorCode::TokenInvalid),
+            });
         }
     }
 
