@@ -14,11 +14,12 @@ use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::time::Instant;
 
+use crate::config::Config;
 use crate::context::{Context, now_ms};
 use crate::records::{TokenRecord, UserRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
-use crate::storage::{Ks, keys};
+use crate::storage::{Ks, StorageError, Store, keys};
 
 /// Usernames: 3 to 32 of `a-z 0-9 _ . -` (`spec/messages.md`, "Register").
 pub fn valid_username(name: &str) -> bool {
@@ -28,14 +29,9 @@ pub fn valid_username(name: &str) -> bool {
         })
 }
 
-fn hasher(ctx: &Context) -> Result<Argon2<'static>, Refusal> {
-    let params = Params::new(
-        ctx.config.argon2_memory_kib,
-        ctx.config.argon2_iterations,
-        1,
-        None,
-    )
-    .map_err(|e| Refusal::new(ErrorCode::Internal, format!("argon2 parameters: {e}")))?;
+fn hasher(config: &Config) -> Result<Argon2<'static>, Refusal> {
+    let params = Params::new(config.argon2_memory_kib, config.argon2_iterations, 1, None)
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("argon2 parameters: {e}")))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -77,7 +73,7 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
     if req.display_name.chars().count() > 64 {
         return Err(invalid("display name longer than 64 characters"));
     }
-    let password_hash = new_hash(ctx, &req.password)?;
+    let password_hash = new_hash(&ctx.config, &req.password)?;
     let display_name = if req.display_name.is_empty() {
         req.username.clone()
     } else {
@@ -154,11 +150,11 @@ fn verify(hash: &str, password: &str) -> Result<bool, Refusal> {
 
 /// The argon2id hash of a new password, checked against the rules of
 /// Register.
-fn new_hash(ctx: &Context, password: &str) -> Result<String, Refusal> {
+pub(crate) fn new_hash(config: &Config, password: &str) -> Result<String, Refusal> {
     if !(8..=256).contains(&password.len()) {
         return Err(invalid("password must be 8-256 bytes"));
     }
-    Ok(hasher(ctx)?
+    Ok(hasher(config)?
         .hash_password(password.as_bytes())
         .map_err(|e| Refusal::new(ErrorCode::Internal, format!("hashing: {e}")))?
         .to_string())
@@ -178,7 +174,7 @@ fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal>
     let Some((user, record)) = found else {
         // Spend the same time as a real check so that timing does not tell
         // which usernames exist.
-        let _ = hasher(ctx)?.hash_password(req.password.as_bytes());
+        let _ = hasher(&ctx.config)?.hash_password(req.password.as_bytes());
         return Err(refused());
     };
     if !verify(&record.password_hash, &req.password)? {
@@ -269,7 +265,7 @@ pub fn change_password(
             "wrong current password",
         ));
     }
-    let password_hash = new_hash(ctx, &req.new_password)?;
+    let password_hash = new_hash(&ctx.config, &req.new_password)?;
     let kept = token.map(|t| token_hash(t).to_vec());
     // The record is read again and written under the catalog lock, which
     // every change to a user record takes, so that a concurrent profile
@@ -292,15 +288,29 @@ pub fn change_password(
     // (revoked here) or reads the new hash after writing it (and withdraws
     // it, `check_password`).
     let mut batch = Batch::new();
-    for hash in ctx.store.tokens_of(user)? {
-        if kept.as_ref() != Some(&hash) {
-            revoke(&mut batch, user, hash);
-        }
-    }
+    revoke_all(&ctx.store, user, kept.as_deref(), &mut batch)?;
     if !batch.is_empty() {
         ctx.writer.write_blocking(batch)?;
     }
     Ok(())
+}
+
+/// Adds the revocation of every token of `user` but `kept` (a token hash)
+/// to `batch`; returns how many.
+pub(crate) fn revoke_all(
+    store: &Store,
+    user: u64,
+    kept: Option<&[u8]>,
+    batch: &mut Batch,
+) -> Result<usize, StorageError> {
+    let mut revoked = 0;
+    for hash in store.tokens_of(user)? {
+        if kept != Some(hash.as_slice()) {
+            revoke(batch, user, hash);
+            revoked += 1;
+        }
+    }
+    Ok(revoked)
 }
 
 /// A user's public profile, by id or username.

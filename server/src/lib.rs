@@ -28,6 +28,7 @@
 )]
 
 pub mod accounts;
+pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod connection;

@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Args {
     /// TOML configuration file; keys are the field names of the README's
     /// configuration table.
-    #[arg(long, env = "CHATD_CONFIG")]
+    #[arg(long, env = "CHATD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Plain TCP listen address.
     #[arg(long, env = "CHATD_TCP_LISTEN")]
@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, env = "CHATD_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// Data directory.
-    #[arg(long, env = "CHATD_DATA_DIR")]
+    #[arg(long, env = "CHATD_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Shard threads (0 = one per core).
     #[arg(long, env = "CHATD_SHARDS")]
@@ -49,6 +49,21 @@ struct Args {
     /// `sync` (fsync before ack) or `buffered` (survives a process crash only).
     #[arg(long, env = "CHATD_DURABILITY", value_parser = parse_durability)]
     durability: Option<Durability>,
+    /// Without a command, chatd runs the server.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Operator commands, run with the server stopped, on its configuration.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Sets a user's password, read as one line from standard input, and
+    /// signs the user out on every device (e.g. `printf '%s\n' "$PASSWORD"
+    /// | chatd set-password alice --config chatd.toml`).
+    SetPassword {
+        /// The user's username.
+        username: String,
+    },
 }
 
 /// A listen address or `off`.
@@ -133,6 +148,19 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.durability {
         config.durability = v;
+    }
+
+    if let Some(Command::SetPassword { username }) = &args.command {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the new password from standard input")?;
+        let password = line.strip_suffix('\n').unwrap_or(&line);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        let revoked = chatd::admin::set_password(&config, username, password)
+            .with_context(|| format!("setting the password of {username:?}"))?;
+        println!("password of {username:?} set; {revoked} session token(s) revoked");
+        return Ok(());
     }
 
     let server = ServerHandle::start(config).context("starting chatd")?;

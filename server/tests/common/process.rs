@@ -113,6 +113,30 @@ impl Chatd {
         }
     }
 
+    /// Runs `chatd ARGS --config <this server's file>` to completion with
+    /// `stdin` as its standard input.
+    pub fn command(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("CHATD_LOG", "error")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run chatd");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("chatd output")
+    }
+
     /// Sends SIGHUP.
     pub fn hangup(&self) {
         let pid = self.child.as_ref().expect("running").id();
