@@ -496,6 +496,19 @@ impl Client {
 
     // ---- messages ------------------------------------------------------------
 
+    /// Deletes a message for everyone: its content is dropped from the
+    /// store, and a MESSAGE_DELETED system message reaches every member.
+    /// The sender may delete their own messages; in a group or channel an
+    /// owner or admin may delete anyone's.
+    pub async fn delete_message(&self, conversation: ConversationId, seq: u64) -> Result<()> {
+        self.call(C::DeleteMessage(pb::DeleteMessage {
+            conversation_id: conversation.0,
+            seq,
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Sends a text message; see [`Client::send`].
     pub async fn send_text(&self, conversation: ConversationId, text: &str) -> Result<pb::SendAck> {
         self.send(pb::SendMessage {

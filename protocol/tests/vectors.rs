@@ -118,6 +118,17 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             client(4, C::Logout(Logout { all_devices: false })),
         ),
         (
+            "client_delete_message",
+            "Delete seq 3 of conversation 9 for everyone",
+            client(
+                31,
+                C::DeleteMessage(DeleteMessage {
+                    conversation_id: 9,
+                    seq: 3,
+                }),
+            ),
+        ),
+        (
             "client_change_password",
             "Change the password",
             client(
@@ -696,6 +707,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                         user_ids: vec![4],
                         role: Role::Member as i32,
                         title: String::new(),
+                        target_seq: 0,
                     }),
                 }),
             ),

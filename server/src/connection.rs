@@ -549,6 +549,32 @@ impl Conn {
                     }
                 });
             }
+            C::DeleteMessage(d) => {
+                // The message is read here, on the blocking pool; its owner
+                // decides who may delete it.
+                let shard = self.shard.clone();
+                tokio::task::spawn_local(async move {
+                    let (conversation, seq) = (d.conversation_id, d.seq);
+                    let read = blocking(&shard.ctx, move |c| {
+                        Ok(c.store.message(conversation, seq)?)
+                    })
+                    .await;
+                    match read {
+                        Ok(target) => {
+                            let op = OwnerOp::DeleteMessage {
+                                seq,
+                                target: target.map(Box::new),
+                            };
+                            let req = OwnerRequest::new(origin, user, conversation, op);
+                            shard.to_owner(req).await;
+                        }
+                        Err(r) => shard
+                            .sessions
+                            .borrow()
+                            .reply(origin.session, reply::answer(rid, Err(r))),
+                    }
+                });
+            }
             C::CreateConversation(c) => {
                 self.spawn_read(rid, move |ctx| {
                     catalog::create(ctx, user, &c).map(S::Conversation)

@@ -17,6 +17,10 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             current_password: "password123".into(),
             new_password: "taken over".into(),
         }),
+        C::DeleteMessage(pb::DeleteMessage {
+            conversation_id: conv,
+            seq: 1,
+        }),
         C::GetProfile(pb::GetProfile {
             user_id: target,
             username: String::new(),
@@ -126,6 +130,7 @@ fn conversation_requests(conv: u64, target: u64) -> Vec<C> {
                     | C::TransferOwnership(_)
                     | C::GetConversation(_)
                     | C::SendMessage(_)
+                    | C::DeleteMessage(_)
                     | C::GetHistory(_)
                     | C::MarkDelivered(_)
                     | C::MarkRead(_)

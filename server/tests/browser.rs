@@ -516,6 +516,39 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     expected.extend((1..=BACKLOG).map(|i| format!("backlog {i}")));
     assert_eq!(texts, expected, "whole history, once each, in order");
 
+    // Bob deletes his message for everyone with its Delete button: his page
+    // shows it deleted, with a line saying so, and the store has no text.
+    js(
+        &bob,
+        "Array.from(document.querySelectorAll('#messages .message.mine'))\
+           .find(li => li.querySelector('.text').textContent === 'Hi Alice! Bob here.')\
+           .querySelector('button.delete').click();",
+        vec![],
+    )
+    .await;
+    wait_for(
+        &bob,
+        "bob",
+        "his message shows as deleted",
+        "Array.from(document.querySelectorAll('#messages .message.deleted .text'))\
+           .some(e => e.textContent === 'This message was deleted') && \
+         Array.from(document.querySelectorAll('#messages .message.system'))\
+           .some(e => e.textContent === 'Bob deleted a message')",
+    )
+    .await;
+    match phone.history(conversation, 0, 0, 200).await {
+        S::MessagePage(page) => {
+            let his: Vec<_> = page
+                .messages
+                .iter()
+                .filter(|m| m.deleted)
+                .map(|m| (m.seq, m.text.clone()))
+                .collect();
+            assert_eq!(his, vec![(2, String::new())], "only Bob's message, emptied");
+        }
+        other => panic!("history: {other:?}"),
+    }
+
     // Errors are shown, not swallowed: a chat with a user who does not exist.
     fill(&bob, "#direct-username", "nobody").await;
     click(&bob, "#direct-btn").await;

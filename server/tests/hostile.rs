@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..29) {
+        match self.rng.random_range(0..30) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -211,6 +211,10 @@ impl Pick<'_> {
             27 => C::ChangePassword(pb::ChangePassword {
                 current_password: self.text(),
                 new_password: self.text(),
+            }),
+            28 => C::DeleteMessage(pb::DeleteMessage {
+                conversation_id: self.id(),
+                seq: self.seq(),
             }),
             _ => C::Ping(pb::Ping { nonce: self.seq() }),
         }

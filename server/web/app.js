@@ -774,7 +774,19 @@
       c.lastMessage = m;
       c.lastActivity = Math.max(c.lastActivity, m.sent_at_ms);
     }
-    if (m.kind === E.MessageKind.SYSTEM && live) {
+    const deletes = m.kind === E.MessageKind.SYSTEM && m.system &&
+      m.system.kind === E.SystemEventKind.MESSAGE_DELETED;
+    if (deletes) {
+      // The message it names is gone for everyone: drop its content here.
+      const target = c.messages.get(m.system.target_seq);
+      if (target) {
+        target.deleted = true;
+        target.text = "";
+        target.media = undefined;
+        target.ciphertext = new Uint8Array(0);
+      }
+    }
+    if (m.kind === E.MessageKind.SYSTEM && live && !deletes) {
       // Membership or title changed: reload the conversation's metadata.
       request("get_conversation", { conversation_id: c.id })
         .then((f) => {
@@ -1140,6 +1152,8 @@
         return actor + " renamed the conversation to “" + s.title + "”";
       case K.OWNERSHIP_TRANSFERRED:
         return actor + " handed ownership to " + users;
+      case K.MESSAGE_DELETED:
+        return actor + " deleted a message";
       default:
         return actor + " changed the conversation";
     }
@@ -1150,6 +1164,7 @@
     if (!m) return "";
     if (m.kind === E.MessageKind.SYSTEM) return systemText(m);
     const who = state.me && String(m.sender_id) === String(state.me.user_id) ? "You: " : "";
+    if (m.deleted) return who + "[deleted]";
     if (m.text) return who + m.text;
     if (m.media) return who + "[attachment]";
     if (m.ciphertext && m.ciphertext.length) return who + "[encrypted]";
@@ -1342,10 +1357,24 @@
         let text = m.text;
         if (!text && m.media) text = "[attachment]";
         if (!text && m.ciphertext && m.ciphertext.length) text = "[encrypted message]";
+        if (m.deleted) {
+          li.classList.add("deleted");
+          text = "This message was deleted";
+        }
         li.append(el("span", "text", text));
         if (m.timeText === undefined) m.timeText = formatTime(m.sent_at_ms);
         const meta = el("span", "meta", m.timeText + (mine ? " " + statusText(c, m) : ""));
         li.append(meta);
+        if (mine && !m.deleted) {
+          const del = el("button", "delete", "Delete");
+          del.type = "button";
+          del.title = "Delete for everyone";
+          del.addEventListener("click", () => {
+            request("delete_message", { conversation_id: c.id, seq: m.seq })
+              .catch((e) => toast("Could not delete the message: " + e.message));
+          });
+          li.append(del);
+        }
       }
       ol.append(li);
     }

@@ -60,6 +60,7 @@
       F(34, "mark_read", "MarkRead", BODY),
       F(35, "get_receipts", "GetReceipts", BODY),
       F(36, "request_upload", "RequestUpload", BODY),
+      F(37, "delete_message", "DeleteMessage", BODY),
       F(40, "typing", "Typing", BODY),
       F(41, "set_presence", "SetPresence", BODY),
       F(42, "subscribe_presence", "SubscribePresence", BODY),
@@ -235,6 +236,7 @@
       F(10, "ciphertext", "bytes"),
       F(11, "reply_to_seq", "uint64"),
       F(12, "system", "SystemEvent"),
+      F(13, "deleted", "bool"),
     ],
     SystemEvent: [
       F(1, "kind", "enum"),
@@ -242,7 +244,9 @@
       F(3, "user_ids", "uint64", R),
       F(4, "role", "enum"),
       F(5, "title", "string"),
+      F(6, "target_seq", "uint64"),
     ],
+    DeleteMessage: [F(1, "conversation_id", "uint64"), F(2, "seq", "uint64")],
     MessagePush: [F(1, "message", "Message")],
     GetHistory: [
       F(1, "conversation_id", "uint64"),
@@ -345,6 +349,7 @@
       ROLE_CHANGED: 5,
       TITLE_CHANGED: 6,
       OWNERSHIP_TRANSFERRED: 7,
+      MESSAGE_DELETED: 8,
     },
     ReceiptKind: { RECEIPT_KIND_UNSPECIFIED: 0, DELIVERED: 1, READ: 2 },
     PresenceStatus: {

@@ -374,13 +374,18 @@ impl Shard {
     }
 }
 
-fn system_event(kind: system_event::Kind, actor: u64, user_ids: Vec<u64>) -> pb::SystemEvent {
+pub(super) fn system_event(
+    kind: system_event::Kind,
+    actor: u64,
+    user_ids: Vec<u64>,
+) -> pb::SystemEvent {
     pb::SystemEvent {
         kind: kind as i32,
         actor_id: actor,
         user_ids,
         role: Role::Unspecified as i32,
         title: String::new(),
+        target_seq: 0,
     }
 }
 

@@ -112,6 +112,14 @@ pub enum OwnerOp {
     SubscribeChannel,
     /// UnsubscribeChannel.
     UnsubscribeChannel,
+    /// DeleteMessage, with the message as the store held it when the
+    /// request was read (none: no such seq).
+    DeleteMessage {
+        /// The message's seq.
+        seq: u64,
+        /// The stored message.
+        target: Option<Box<pb::Message>>,
+    },
 }
 
 /// A loaded conversation on its owner shard.
@@ -523,6 +531,17 @@ impl Shard {
             OwnerOp::Typing(active) => return self.typing(id, conv, origin, req.user, active),
             OwnerOp::SubscribeChannel => self.subscribe(id, conv, req.user),
             OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, req.user),
+            OwnerOp::DeleteMessage { seq, target } => {
+                let result = self.delete_message(id, conv, req.user, seq, target);
+                return match result {
+                    Ok(mut pending) => {
+                        let done = reply::answer(origin.request_id, Ok(Body::Done(pb::Done {})));
+                        pending.effects.push(Effect::Reply(origin, done));
+                        pending
+                    }
+                    Err(r) => refusal_entry(origin, r.code, &r.message),
+                };
+            }
         };
         match result {
             Ok(mut pending) => {
@@ -622,6 +641,7 @@ impl Shard {
                     ciphertext: msg.ciphertext,
                     reply_to_seq: msg.reply_to_seq,
                     system: None,
+                    deleted: false,
                 };
                 let mut batch = Batch::new();
                 let idem = IdempotencyRecord {
@@ -662,6 +682,62 @@ impl Shard {
                 Pending { batch, effects }
             }
         }
+    }
+
+    /// Deletes a user message for everyone: its stored record loses its
+    /// content and is marked deleted, and a MESSAGE_DELETED system message
+    /// tells the members. The sender may delete their own messages; in a
+    /// group or channel an owner or admin may delete anyone's. A message
+    /// already deleted is answered as done, with nothing written.
+    fn delete_message(
+        &self,
+        id: u64,
+        conv: &mut Conv,
+        user: u64,
+        seq: u64,
+        target: Option<Box<pb::Message>>,
+    ) -> Result<Pending, Refusal> {
+        let role = conv.role(user).ok_or_else(|| {
+            Refusal::new(ErrorCode::NotAMember, "not a member of this conversation")
+        })?;
+        let mut target =
+            target.ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no message with this seq"))?;
+        if target.kind != MessageKind::User as i32 {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "only user messages can be deleted",
+            ));
+        }
+        let admin = conv.record.kind != ConversationKind::Direct as i32
+            && matches!(role, Role::Owner | Role::Admin);
+        if target.sender_id != user && !admin {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only the sender, or an admin of a group or channel, deletes a message",
+            ));
+        }
+        let mut batch = Batch::new();
+        if target.deleted {
+            return Ok(Pending {
+                batch,
+                effects: Vec::new(),
+            });
+        }
+        target.text.clear();
+        target.media = None;
+        target.ciphertext.clear();
+        target.deleted = true;
+        batch.put(
+            Ks::Messages,
+            keys::message(id, seq).to_vec(),
+            target.encode_to_vec(),
+        );
+        let mut event =
+            membership::system_event(pb::system_event::Kind::MessageDeleted, user, Vec::new());
+        event.target_seq = seq;
+        let recipients = conv.recipients();
+        let (_, effects) = self.system_message(id, conv, user, event, recipients, &mut batch);
+        Ok(Pending { batch, effects })
     }
 
     /// Adds the message to `batch` and returns its encoded push.
