@@ -104,6 +104,16 @@ async fn the_sender_or_a_group_admin_deletes_a_message_for_everyone() {
     );
     assert!(stored(&mut carol, group, carols).await.deleted);
 
+    // Two deletes of one message sent together (both may read it before
+    // either is written) tell the members once.
+    let twice = bob.send_text(group, "b3", "oops").await.seq;
+    let first = bob.send(delete(group, twice)).await;
+    let second = bob.send(delete(group, twice)).await;
+    assert!(matches!(bob.reply(first).await, S::Done(_)));
+    assert!(matches!(bob.reply(second).await, S::Done(_)));
+    let next = bob.send_text(group, "b4", "next").await.seq;
+    assert_eq!(next, twice + 2, "one MESSAGE_DELETED between");
+
     // In a direct chat only the sender deletes.
     let direct = alice.create_direct(bob.user_id).await;
     let hers = alice.send_text(direct, "d1", "hello").await.seq;

@@ -143,6 +143,10 @@ pub(super) struct Conv {
     /// first, at most [`RECENT_SENDERS`]: whom to tell about receipts in
     /// groups too large to tell everyone.
     recent_senders: VecDeque<(u64, u64)>,
+    /// Seqs deleted by this owner, newest last, at most
+    /// [`RECENT_DELETIONS`]: a second DeleteMessage that read the message
+    /// before the first one's write is answered without a second event.
+    recent_deletions: VecDeque<u64>,
 }
 
 impl Conv {
@@ -238,6 +242,10 @@ impl std::fmt::Debug for Owned {
 /// large groups; a read that moves past older messages notifies only the
 /// senders still remembered (others see counts with GetReceipts).
 const RECENT_SENDERS: usize = 256;
+
+/// Deleted seqs remembered per loaded conversation (see
+/// `Conv::recent_deletions`); older ones are found deleted in the store.
+const RECENT_DELETIONS: usize = 64;
 
 /// Idempotency keys remembered per loaded conversation, per unit of
 /// `recent_messages`. Retransmissions (`first_attempt` false) of older keys
@@ -378,6 +386,7 @@ impl Shard {
                     dirty_cursors: HashSet::new(),
                     typing: receipts::Typing::default(),
                     recent_senders: VecDeque::new(),
+                    recent_deletions: VecDeque::new(),
                 };
                 conv.members_changed();
                 owned.slots.insert(id, Slot::Ready(Box::new(conv)));
@@ -717,12 +726,16 @@ impl Shard {
             ));
         }
         let mut batch = Batch::new();
-        if target.deleted {
+        if target.deleted || conv.recent_deletions.contains(&seq) {
             return Ok(Pending {
                 batch,
                 effects: Vec::new(),
             });
         }
+        if conv.recent_deletions.len() == RECENT_DELETIONS {
+            conv.recent_deletions.pop_front();
+        }
+        conv.recent_deletions.push_back(seq);
         target.text.clear();
         target.media = None;
         target.ciphertext.clear();
