@@ -517,63 +517,28 @@ impl Conn {
                 self.shard.to_owner(req).await;
             }
             C::AddMembers(a) => {
-                let shard = self.shard.clone();
-                tokio::task::spawn_local(async move {
-                    let ids = a.user_ids.clone();
-                    let checked = blocking(&shard.ctx, move |c| {
-                        for &u in &ids {
-                            if c.store.user(u)?.is_none() {
-                                return Err(Refusal::new(
-                                    ErrorCode::NotFound,
-                                    format!("no user {u}"),
-                                ));
-                            }
+                let ids = a.user_ids.clone();
+                let check = move |c: &Context| {
+                    for &u in &ids {
+                        if c.store.user(u)?.is_none() {
+                            return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
                         }
-                        Ok(())
-                    })
-                    .await;
-                    match checked {
-                        Ok(()) => {
-                            let req = OwnerRequest::new(
-                                origin,
-                                user,
-                                a.conversation_id,
-                                OwnerOp::AddMembers(a.user_ids),
-                            );
-                            shard.to_owner(req).await;
-                        }
-                        Err(r) => shard
-                            .sessions
-                            .borrow()
-                            .reply(origin.session, reply::answer(rid, Err(r))),
                     }
-                });
+                    Ok(())
+                };
+                let op = |()| OwnerOp::AddMembers(a.user_ids);
+                self.read_then_owner(origin, user, a.conversation_id, check, op);
             }
             C::DeleteMessage(d) => {
-                // The message is read here, on the blocking pool; its owner
-                // decides who may delete it.
-                let shard = self.shard.clone();
-                tokio::task::spawn_local(async move {
-                    let (conversation, seq) = (d.conversation_id, d.seq);
-                    let read = blocking(&shard.ctx, move |c| {
-                        Ok(c.store.message(conversation, seq)?)
-                    })
-                    .await;
-                    match read {
-                        Ok(target) => {
-                            let op = OwnerOp::DeleteMessage {
-                                seq,
-                                target: target.map(Box::new),
-                            };
-                            let req = OwnerRequest::new(origin, user, conversation, op);
-                            shard.to_owner(req).await;
-                        }
-                        Err(r) => shard
-                            .sessions
-                            .borrow()
-                            .reply(origin.session, reply::answer(rid, Err(r))),
-                    }
-                });
+                // The message is read here; its owner decides who may
+                // delete it.
+                let (conversation, seq) = (d.conversation_id, d.seq);
+                let read = move |c: &Context| Ok(c.store.message(conversation, seq)?);
+                let op = move |target: Option<pb::Message>| OwnerOp::DeleteMessage {
+                    seq,
+                    target: target.map(Box::new),
+                };
+                self.read_then_owner(origin, user, conversation, read, op);
             }
             C::CreateConversation(c) => {
                 self.spawn_read(rid, move |ctx| {
@@ -752,6 +717,32 @@ impl Conn {
     }
 
     /// Runs a store-backed request on the blocking pool and replies.
+    /// Runs `read` on the blocking pool (a storage read the owner shard must
+    /// not do), then hands the conversation's owner the operation `op`
+    /// builds from its result; a refused read is the reply.
+    fn read_then_owner<T: Send + 'static>(
+        &self,
+        origin: Origin,
+        user: u64,
+        conversation: u64,
+        read: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
+        op: impl FnOnce(T) -> OwnerOp + 'static,
+    ) {
+        let shard = self.shard.clone();
+        tokio::task::spawn_local(async move {
+            match blocking(&shard.ctx, read).await {
+                Ok(value) => {
+                    let req = OwnerRequest::new(origin, user, conversation, op(value));
+                    shard.to_owner(req).await;
+                }
+                Err(r) => shard
+                    .sessions
+                    .borrow()
+                    .reply(origin.session, reply::answer(origin.request_id, Err(r))),
+            }
+        });
+    }
+
     fn spawn_read(&self, rid: u64, f: impl FnOnce(&Context) -> Handled + Send + 'static) {
         let shard = self.shard.clone();
         let session = self.id;
