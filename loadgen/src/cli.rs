@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-/// Load generator for chatd, with Redis and NATS pub/sub as comparison
-/// targets for the same workloads.
+/// Load generator for chatd, with Redis and NATS pub/sub, Redis streams,
+/// NATS JetStream and ejabberd as comparison targets for the same
+/// workloads.
 #[derive(Debug, Parser)]
 #[command(version)]
 pub struct Cli {
@@ -113,7 +114,7 @@ pub enum Command {
 
 /// The server being measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// chatd over chat/1: every message stored before it is acknowledged.
     Chatd,
@@ -121,6 +122,37 @@ pub enum Target {
     Redis,
     /// NATS core pub/sub: nothing stored.
     Nats,
+    /// Redis streams: `XADD` per message into an append-only file synced
+    /// on every write (`appendfsync always`); recipients `XREAD BLOCK`.
+    RedisStreams,
+    /// NATS JetStream: a file-storage stream synced on every write
+    /// (`sync_interval: always`); publishes acknowledged by the server,
+    /// push consumers deliver. Needs nats-server 2.10 or newer.
+    NatsJetstream,
+    /// ejabberd over XMPP client-to-server: one-to-one `<message>`
+    /// stanzas, archived (mod_mam) in SQLite; stream management acks.
+    /// `direct` only.
+    Ejabberd,
+}
+
+impl Target {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Chatd => "chatd",
+            Target::Redis => "redis",
+            Target::Nats => "nats",
+            Target::RedisStreams => "redis-streams",
+            Target::NatsJetstream => "nats-jetstream",
+            Target::Ejabberd => "ejabberd",
+        }
+    }
+
+    /// Whether the server answers each send (NATS core publishes get no
+    /// reply).
+    pub fn acks(self) -> bool {
+        self != Target::Nats
+    }
 }
 
 /// How loadgen reaches chatd.
@@ -146,7 +178,7 @@ pub enum Transport {
 pub struct Common {
     #[arg(long, value_enum, default_value_t = Target::Chatd)]
     pub target: Target,
-    /// chatd transport (Redis and NATS: `tcp` only). A started chatd gets
+    /// chatd transport (the other targets: `tcp` only). A started chatd gets
     /// the listener it needs on a free port.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
@@ -170,6 +202,12 @@ pub struct Common {
     /// PATH).
     #[arg(long)]
     pub chatd_bin: Option<PathBuf>,
+    /// The nats-server binary for `nats` and `nats-jetstream` (default:
+    /// the first `nats-server` on `PATH` or in the system directories;
+    /// for `nats-jetstream` the first of those new enough for
+    /// `sync_interval`).
+    #[arg(long)]
+    pub nats_bin: Option<PathBuf>,
     /// chatd shard threads when loadgen starts it (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub shards: usize,

@@ -92,7 +92,7 @@ impl Run {
     /// Sends `n` messages of stream `s` stamped `sent_ns`.
     fn send(&mut self, s: usize, n: usize, sent_ns: u64) {
         let payload_size = self.payload;
-        let acked = self.target != Target::Nats;
+        let acked = self.target.acks();
         let in_window = self.in_window(sent_ns);
         let stream = &mut self.streams[s];
         let outbox = self.outboxes[stream.conn].clone();
@@ -121,7 +121,18 @@ impl Run {
                         &mut frames,
                         &[b"PUBLISH", subject.as_bytes(), &text],
                     ),
-                    _ => wire::nats::encode_pub(&mut frames, subject, &text),
+                    Target::RedisStreams => {
+                        wire::resp::encode_xadd(&mut frames, subject.as_bytes(), &text)
+                    }
+                    Target::NatsJetstream => {
+                        wire::jetstream::encode_publish(&mut frames, subject, &text)
+                    }
+                    Target::Ejabberd => {
+                        wire::xmpp::encode_message(&mut frames, subject, rid, &text)
+                    }
+                    Target::Nats | Target::Chatd => {
+                        wire::nats::encode_pub(&mut frames, subject, &text)
+                    }
                 },
             }
             if recipients > 0 {
@@ -130,6 +141,10 @@ impl Run {
             if acked {
                 self.unacked[conn].push_back((rid, sent_ns));
             }
+        }
+        if self.target == Target::Ejabberd {
+            // XMPP acks only what is asked for: one request per batch.
+            wire::xmpp::encode_ack_request(&mut frames);
         }
         self.text = text;
         self.sent_total += n as u64;
@@ -173,7 +188,9 @@ impl Run {
                     .and_then(|i| q.remove(i)),
             }
         } else {
-            // PUBLISH replies come in order.
+            // The other targets ack in send order: PUBLISH and XADD
+            // replies, JetStream publish acks (awaited in order), XMPP
+            // stream management counts.
             q.pop_front()
         };
         match entry {

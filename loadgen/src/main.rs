@@ -1,4 +1,5 @@
-//! `loadgen`: drives chatd (or Redis / NATS pub/sub for comparison) with
+//! `loadgen`: drives chatd (or, for comparison, Redis and NATS pub/sub and
+//! the durable peers Redis streams, NATS JetStream and ejabberd) with
 //! the scenarios of `cli::Command`, checks every delivered message, and
 //! prints a human summary and optionally a JSON report. `loadgen report`
 //! turns a directory of JSON reports into BENCHMARKS.md.
@@ -9,10 +10,14 @@
 //!
 //! - [`cli`]: the command line; [`scenario`]: starting the target and
 //!   building reports; [`spawn`]: the server as a child process;
+//!   [`peers`]: how each comparison server is configured;
 //! - [`setup`]: accounts, conversations and subscriptions per target;
 //!   [`fanout`]: the `direct`, `group` and `channel` load and its checks;
 //!   [`connections`], [`sync`]: the other two scenarios;
-//! - [`wire`]: chat/1, RESP and NATS encoders and decoders; [`conn`]:
+//! - [`jetstream`]: the JetStream target through async-nats; [`xmpp`]:
+//!   XMPP sessions with ejabberd;
+//! - [`wire`]: chat/1, RESP, NATS, JetStream and XMPP encoders and
+//!   decoders; [`conn`]:
 //!   sockets, batching writer, reader loop; [`transport`]: TCP, TLS,
 //!   QUIC and WebSocket connections; [`session`]: request/reply
 //!   chat/1 sessions; [`payload`]: the header every message carries;
@@ -26,8 +31,10 @@ mod conn;
 mod connections;
 mod disk;
 mod fanout;
+mod jetstream;
 mod markdown;
 mod payload;
+mod peers;
 mod procstat;
 mod progress;
 mod scenario;
@@ -38,6 +45,7 @@ mod stats;
 mod sync;
 mod transport;
 mod wire;
+mod xmpp;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -83,6 +91,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("runtime")?;
+    // Entered for as long as the LocalSet lives: tasks still in it are
+    // dropped with it, and async-nats clients spawn a task when dropped.
+    let _context = runtime.enter();
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, run(cli.command))
 }

@@ -33,7 +33,7 @@ impl Server {
 
     fn start_unpinned(common: &Common) -> anyhow::Result<Self> {
         if common.target != Target::Chatd && common.transport != Transport::Tcp {
-            bail!("Redis and NATS are reached over tcp only");
+            bail!("{} is reached over tcp only", common.target.name());
         }
         let (spawned, addr, cert) = match common.server {
             Some(addr) => (None, addr, common.ca_cert.clone()),
@@ -86,10 +86,10 @@ impl Server {
 pub fn base_report(scenario: &str, common: &Common, server: &Server) -> Report {
     Report {
         scenario: scenario.into(),
-        target: format!("{:?}", common.target).to_lowercase(),
+        target: common.target.name().into(),
         transport: format!("{:?}", common.transport).to_lowercase(),
         label: common.label.clone().unwrap_or_else(|| {
-            let name = format!("{scenario}-{:?}", common.target).to_lowercase();
+            let name = format!("{scenario}-{}", common.target.name());
             match common.transport {
                 Transport::Tcp => name,
                 t => format!("{name}-{t:?}").to_lowercase(),

@@ -1,6 +1,8 @@
 //! Setting a messaging run up on each target: accounts and conversations on
-//! chatd; subscriptions on Redis and NATS. The result is a set of open
-//! connections and, for each sending stream, where its messages go.
+//! chatd; subscriptions on Redis and NATS; readers of Redis streams (here),
+//! JetStream consumers ([`crate::jetstream`]) and XMPP sessions
+//! ([`crate::xmpp`]). The result is a set of open connections and, for
+//! each sending stream, where its messages go.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -91,7 +93,7 @@ impl Plan {
 pub enum Dest {
     /// A chat/1 conversation id.
     Chat(u64),
-    /// A Redis channel or NATS subject.
+    /// A Redis channel or stream key, a NATS subject or an XMPP JID.
     Subject(Rc<str>),
 }
 
@@ -148,6 +150,12 @@ pub async fn prepare(plan: &Plan, common: &Common, server: &Server) -> anyhow::R
     match common.target {
         Target::Chatd => prepare_chatd(plan, common, dialer).await,
         Target::Redis | Target::Nats => prepare_pubsub(plan, common, dialer).await,
+        Target::RedisStreams => prepare_streams(plan, common, dialer).await,
+        Target::NatsJetstream => crate::jetstream::prepare(plan, dialer.addr()).await,
+        Target::Ejabberd => {
+            let ctl = server.spawned.as_ref().and_then(|s| s.ejabberd.as_ref());
+            crate::xmpp::prepare(plan, dialer, ctl).await
+        }
     }
 }
 
@@ -242,8 +250,10 @@ async fn prepare_chatd(plan: &Plan, common: &Common, dialer: Rc<Dialer>) -> anyh
 /// Redis and NATS: in a direct plan every user listens on its own channel
 /// (`lg.u<user>`) and senders publish to their partner's, the design the
 /// issue names; in groups and channels the members listen on the
-/// conversation's channel (`lg.c<conv>`), one publish per message.
-fn subjects(plan: &Plan) -> (Vec<Vec<Rc<str>>>, Vec<Dest>) {
+/// conversation's channel (`lg.c<conv>`), one publish per message. Redis
+/// streams and JetStream use the same names for their streams and
+/// subjects.
+pub fn subjects(plan: &Plan) -> (Vec<Vec<Rc<str>>>, Vec<Dest>) {
     let conv_of = plan.conv_of_user();
     let conv_subject: Vec<Rc<str>> = (0..plan.convs.len())
         .map(|c| Rc::from(format!("lg.c{c}")))
@@ -363,7 +373,7 @@ async fn prepare_pubsub(plan: &Plan, common: &Common, dialer: Rc<Dialer>) -> any
                         sends: true,
                     });
                 }
-                Target::Chatd => bail!("chatd is not a pub/sub target"),
+                other => bail!("{} is not a pub/sub target", other.name()),
             }
             Ok(conns)
         }
@@ -371,6 +381,56 @@ async fn prepare_pubsub(plan: &Plan, common: &Common, dialer: Rc<Dialer>) -> any
     .await?;
     Ok(Ready {
         conns: per_user.into_iter().flatten().collect(),
+        dests,
+        conv_base: HashMap::new(),
+    })
+}
+
+/// Redis streams: one stream per listening subject of [`subjects`]; each
+/// user has a publishing connection (`XADD`, whose reply is the ack) and a
+/// reading one, whose first `XREAD` starts at the stream's beginning, so
+/// that no entry is missed however the first `XADD`s and it interleave.
+async fn prepare_streams(
+    plan: &Plan,
+    common: &Common,
+    dialer: Rc<Dialer>,
+) -> anyhow::Result<Ready> {
+    let (listens, dests) = subjects(plan);
+    let listens = Rc::new(listens);
+    let sources = common.source_addrs;
+    let per_user = bounded(plan.users, 64, |u| {
+        let listens = listens.clone();
+        let dialer = dialer.clone();
+        async move {
+            let source = conn::source_addr(u, sources);
+            let key = listens[u]
+                .first()
+                .context("a user without a stream")?
+                .clone();
+            let decoder = wire::resp::StreamReader::new(key.as_bytes());
+            let mut read = dialer.connect(source).await?;
+            read.writer.write_all(&decoder.first_read()).await?;
+            let publish = dialer.connect(source).await?;
+            Ok([
+                Conn {
+                    user: u,
+                    link: read,
+                    decoder: Box::new(decoder),
+                    sends: false,
+                },
+                Conn {
+                    user: u,
+                    link: publish,
+                    decoder: Box::<wire::resp::RespDecoder>::default(),
+                    sends: true,
+                },
+            ])
+        }
+    })
+    .await?;
+    let conns = per_user.into_iter().flatten().collect();
+    Ok(Ready {
+        conns,
         dests,
         conv_base: HashMap::new(),
     })

@@ -1,6 +1,8 @@
 //! Starting the server under test as a child process: chatd with a fresh
-//! data directory, or Redis / NATS from Debian's packages, each on free
-//! loopback ports and optionally pinned to CPUs with `taskset`.
+//! data directory, or a comparison server ([`crate::peers`]), each in its
+//! own temporary directory, on free loopback ports, optionally pinned to
+//! CPUs with `taskset`, and killed when the run ends. Its process id is
+//! what CPU and memory are read from.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -26,6 +28,9 @@ pub struct Spawned {
     pub http: Option<SocketAddr>,
     /// The command line, for the report.
     pub command: String,
+    /// ejabberd: how to run `ejabberdctl` against it.
+    pub ejabberd: Option<crate::peers::EjabberdCtl>,
+    logs: Vec<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -39,16 +44,21 @@ impl Drop for Spawned {
 impl Spawned {
     /// The last lines the server logged.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        let mut out = Vec::new();
+        for path in std::iter::once(self.dir.path().join("server.log")).chain(self.logs.clone()) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push(lines[lines.len().saturating_sub(20)..].join("\n"));
+        }
+        out.retain(|t| !t.is_empty());
+        out.join("\n")
     }
 }
 
 /// `name` on `PATH`, else in the system directories Debian installs
 /// servers to (`nats-server` lives in `/usr/sbin`, which not every `PATH`
 /// holds).
-fn program(name: &str) -> PathBuf {
+pub fn program(name: &str) -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
@@ -67,12 +77,12 @@ fn program(name: &str) -> PathBuf {
 /// until the set is dropped (just before the child starts), so the kernel
 /// cannot hand the same port out twice.
 #[derive(Default)]
-struct FreePorts {
+pub struct FreePorts {
     held: Vec<socket2::Socket>,
 }
 
 impl FreePorts {
-    fn tcp(&mut self) -> anyhow::Result<u16> {
+    pub fn tcp(&mut self) -> anyhow::Result<u16> {
         let l = TcpListener::bind("127.0.0.1:0")?;
         let port = l.local_addr()?.port();
         self.held.push(l.into());
@@ -186,61 +196,89 @@ impl std::fmt::Display for PortTaken {
 
 impl std::error::Error for PortTaken {}
 
+/// How to start one target: the program, its arguments and environment,
+/// and what the run needs to know about it afterwards. Built per target
+/// (chatd here, the comparison servers in [`crate::peers`]) inside the
+/// run's temporary directory, with ports from [`FreePorts`].
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Where clients connect; the server is ready when it accepts here.
+    pub port: u16,
+    pub transport_addr: Option<SocketAddr>,
+    pub cert: Option<PathBuf>,
+    pub http: Option<SocketAddr>,
+    /// ejabberd: how to run `ejabberdctl` against it.
+    pub ejabberd: Option<crate::peers::EjabberdCtl>,
+    /// Log files the server writes itself, besides its stdout and stderr.
+    pub logs: Vec<PathBuf>,
+}
+
+impl Launch {
+    /// `program args`, listening for clients on `port`.
+    pub fn new(program: PathBuf, args: Vec<String>, port: u16) -> Self {
+        Self {
+            program,
+            args,
+            env: Vec::new(),
+            port,
+            transport_addr: None,
+            cert: None,
+            http: None,
+            ejabberd: None,
+            logs: Vec::new(),
+        }
+    }
+}
+
+fn chatd_launch(
+    common: &Common,
+    ports: &mut FreePorts,
+    dir: &std::path::Path,
+) -> anyhow::Result<Launch> {
+    let port = ports.tcp()?;
+    let h = ports.tcp()?;
+    let config = dir.join("chatd.toml");
+    let t = ports.transport(common.transport, port, h)?;
+    std::fs::write(&config, chatd_config(common, port, h, t, dir))?;
+    let mut launch = Launch::new(
+        chatd_bin(common),
+        vec!["--config".into(), config.display().to_string()],
+        port,
+    );
+    launch.http = Some(SocketAddr::from(([127, 0, 0, 1], h)));
+    launch.transport_addr = Some(SocketAddr::from(([127, 0, 0, 1], t)));
+    if common.transport != Transport::Tcp && common.transport != Transport::Ws {
+        launch.cert = Some(dir.join("data").join("tls").join("cert.pem"));
+    }
+    launch.env.push(("CHATD_LOG".into(), "warn".into()));
+    Ok(launch)
+}
+
 fn start_once(common: &Common) -> anyhow::Result<Spawned> {
     let dir = tempfile::Builder::new().prefix("loadgen-").tempdir()?;
     let mut ports = FreePorts::default();
-    let port = ports.tcp()?;
-    let mut http = None;
-    let mut transport_addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut cert = None;
-    let (program, args): (PathBuf, Vec<String>) = match common.target {
-        Target::Chatd => {
-            let h = ports.tcp()?;
-            http = Some(SocketAddr::from(([127, 0, 0, 1], h)));
-            let config = dir.path().join("chatd.toml");
-            let t = ports.transport(common.transport, port, h)?;
-            transport_addr = SocketAddr::from(([127, 0, 0, 1], t));
-            if common.transport != Transport::Tcp && common.transport != Transport::Ws {
-                cert = Some(dir.path().join("data").join("tls").join("cert.pem"));
-            }
-            std::fs::write(&config, chatd_config(common, port, h, t, dir.path()))?;
-            (
-                chatd_bin(common),
-                vec!["--config".into(), config.display().to_string()],
-            )
-        }
-        Target::Redis => (
-            program("redis-server"),
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir.path().display().to_string(),
-                "--loglevel",
-                "warning",
-                "--maxclients",
-                "100000",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ),
-        Target::Nats => (
-            program("nats-server"),
-            vec![
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ],
-        ),
+    let launch = match common.target {
+        Target::Chatd => chatd_launch(common, &mut ports, dir.path())?,
+        Target::Redis => crate::peers::redis(&mut ports, dir.path(), false)?,
+        Target::RedisStreams => crate::peers::redis(&mut ports, dir.path(), true)?,
+        Target::Nats => crate::peers::nats(common, &mut ports)?,
+        Target::NatsJetstream => crate::peers::nats_jetstream(common, &mut ports, dir.path())?,
+        Target::Ejabberd => crate::peers::ejabberd(&mut ports, dir.path())?,
     };
+    let Launch {
+        program,
+        args,
+        env,
+        port,
+        transport_addr,
+        cert,
+        http,
+        ejabberd,
+        logs,
+    } = launch;
+    let transport_addr = transport_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)));
     let mut cmd = match &common.server_cpus {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -256,7 +294,7 @@ fn start_once(common: &Common) -> anyhow::Result<Spawned> {
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .env("CHATD_LOG", "warn");
+        .envs(env);
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
@@ -268,6 +306,8 @@ fn start_once(common: &Common) -> anyhow::Result<Spawned> {
         cert,
         http,
         command,
+        ejabberd,
+        logs,
         dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -282,7 +322,8 @@ fn start_once(common: &Common) -> anyhow::Result<Spawned> {
         }
         if let Some(status) = spawned.child.try_wait()? {
             let log = spawned.log_tail();
-            if log.contains("already in use") {
+            let lower = log.to_lowercase();
+            if lower.contains("already in use") || lower.contains("eaddrinuse") {
                 return Err(PortTaken(log).into());
             }
             bail!(

@@ -62,6 +62,9 @@ pub enum Reader {
     Stream(Box<dyn AsyncRead + Unpin>),
     /// One frame body per binary message.
     Ws(SplitStream<Ws>),
+    /// A JetStream client's deliveries and publish acks
+    /// ([`crate::jetstream`]).
+    Js(Box<crate::jetstream::JsReader>),
 }
 
 /// The sending half of a connection.
@@ -70,6 +73,8 @@ pub enum Writer {
     Stream(Box<dyn AsyncWrite + Unpin>),
     /// One frame body per binary message.
     Ws(SplitSink<Ws, Message>),
+    /// Publishes through a JetStream client ([`crate::jetstream`]).
+    Js(Box<crate::jetstream::JsWriter>),
 }
 
 /// An open connection of any transport.
@@ -114,6 +119,7 @@ impl Reader {
                     Some(Err(e)) => return Err(std::io::Error::other(e)),
                 }
             },
+            Reader::Js(js) => js.read_buf(buf).await,
         }
     }
 }
@@ -146,6 +152,7 @@ impl Writer {
                 }
                 sink.flush().await.map_err(std::io::Error::other)
             }
+            Writer::Js(js) => js.write_all(bytes).await,
         }
     }
 
@@ -158,6 +165,7 @@ impl Writer {
             Writer::Ws(sink) => {
                 let _ = sink.close().await;
             }
+            Writer::Js(_) => {}
         }
     }
 }
@@ -291,6 +299,11 @@ impl Dialer {
             quic_config,
             next_endpoint: Cell::new(0),
         }))
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Opens a connection, from `source` for the TCP-based transports

@@ -1,10 +1,12 @@
-//! The three wire protocols loadgen speaks, each as an encoder for the
+//! The wire protocols loadgen speaks, each as an encoder for the
 //! frames it sends and a streaming decoder that turns received bytes into
 //! [`Event`]s. The scenario code above them is the same for every target.
 
 pub mod chat;
+pub mod jetstream;
 pub mod nats;
 pub mod resp;
+pub mod xmpp;
 
 use bytes::BytesMut;
 
@@ -13,9 +15,11 @@ use crate::payload::Header;
 /// Something a connection received that the scenario cares about.
 #[derive(Debug)]
 pub enum Event {
-    /// The server accepted a send: chat/1 `SendAck` (tag = request id) or a
-    /// Redis `PUBLISH` reply (tag = number of subscribers that got it; the
-    /// replies come in send order).
+    /// The server accepted a send: chat/1 `SendAck` (tag = request id), or
+    /// the next send of the connection acknowledged (replies in send
+    /// order): a Redis `PUBLISH` reply (tag = number of subscribers that
+    /// got it) or `XADD` reply, a JetStream publish ack, one send of an
+    /// XMPP `<a h/>` (tag 0).
     Ack { tag: u64 },
     /// A message for this connection. `conv`/`seq` are the chat/1
     /// conversation and sequence number (0 for targets without them).
