@@ -204,9 +204,9 @@ pub struct Common {
     pub chatd_bin: Option<PathBuf>,
     /// The nats-server binary for `nats` and `nats-jetstream` (default:
     /// the first `nats-server` on `PATH` or in the system directories;
-    /// for `nats-jetstream` the first of those new enough for
-    /// `sync_interval`).
-    #[arg(long)]
+    /// for `nats-jetstream` the first of those, or of the one pip
+    /// installs, new enough for `sync_interval`).
+    #[arg(long, env = "LOADGEN_NATS_BIN")]
     pub nats_bin: Option<PathBuf>,
     /// chatd shard threads when loadgen starts it (0 = one per core).
     #[arg(long, default_value_t = 0)]

