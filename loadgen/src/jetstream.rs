@@ -4,6 +4,9 @@
 //! (`group`, `channel`), and publishes that count as sent once JetStream
 //! acknowledges them (stored, and with `sync_interval: always` synced).
 //!
+//! Consumers are ephemeral, acknowledge nothing and keep their state in
+//! memory: the messages are durable, a consumer's position is not.
+//!
 //! A user's connection is a [`Link`] like every other target's: the
 //! writer half ([`JsWriter`]) publishes the records that
 //! [`wire::jetstream::encode_publish`] made, the reader half
@@ -173,6 +176,11 @@ pub async fn prepare(plan: &Plan, addr: std::net::SocketAddr) -> anyhow::Result<
                     deliver_policy: DeliverPolicy::All,
                     // Kept for the whole run even if a client stalls.
                     inactive_threshold: Duration::from_secs(300),
+                    // The messages are durable in the file stream; this
+                    // live reader's position is not (it is ephemeral, like
+                    // a session's cursor). On file storage 500 consumers
+                    // rewrite their state files for every message.
+                    memory_storage: true,
                     ..Default::default()
                 })
                 .await
