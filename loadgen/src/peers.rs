@@ -66,7 +66,20 @@ pub fn redis(ports: &mut FreePorts, dir: &Path, durable: bool) -> anyhow::Result
     } else {
         args.extend(["--appendonly", "no"].map(String::from));
     }
-    Ok(Launch::new(program("redis-server"), args, port))
+    let bin = program("redis-server");
+    let mut launch = Launch::new(bin.clone(), args, port);
+    launch.version = version_of(&bin);
+    Ok(launch)
+}
+
+/// The first line `bin --version` prints.
+fn version_of(bin: &Path) -> Option<String> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_owned())
 }
 
 /// NATS core (any nats-server): nothing stored.
@@ -76,8 +89,8 @@ pub fn nats(common: &Common, ports: &mut FreePorts) -> anyhow::Result<Launch> {
         .nats_bin
         .clone()
         .unwrap_or_else(|| program("nats-server"));
-    Ok(Launch::new(
-        bin,
+    let mut launch = Launch::new(
+        bin.clone(),
         vec![
             "-a".into(),
             "127.0.0.1".into(),
@@ -85,7 +98,9 @@ pub fn nats(common: &Common, ports: &mut FreePorts) -> anyhow::Result<Launch> {
             port.to_string(),
         ],
         port,
-    ))
+    );
+    launch.version = version_of(&bin);
+    Ok(launch)
 }
 
 /// The oldest nats-server that has `jetstream { sync_interval: always }`.
@@ -115,11 +130,13 @@ pub fn nats_jetstream(
             store.display()
         ),
     )?;
-    Ok(Launch::new(
-        bin,
+    let mut launch = Launch::new(
+        bin.clone(),
         vec!["-c".into(), config.display().to_string()],
         port,
-    ))
+    );
+    launch.version = version_of(&bin).map(|v| format!("{v} ({})", bin.display()));
+    Ok(launch)
 }
 
 /// `v2.9.10` in `nats-server: v2.9.10` as (2, 9).
@@ -223,22 +240,24 @@ impl EjabberdCtl {
 /// Where Debian installs ejabberd's Erlang application
 /// (`/usr/lib/<arch>/ejabberd-<version>`): the directory to put in
 /// `ERL_LIBS`, or `None` if it is among Erlang's own libraries.
-fn ejabberd_libs() -> anyhow::Result<Option<PathBuf>> {
-    let has_app = |d: &Path, prefix: &str| -> bool {
-        std::fs::read_dir(d).is_ok_and(|entries| {
-            entries.flatten().any(|e| {
-                e.file_name().to_string_lossy().starts_with(prefix)
-                    && e.path().join("ebin").join("ejabberd.app").is_file()
-            })
+/// Also returns the application's directory name (`ejabberd-23.01-1`).
+fn ejabberd_libs() -> anyhow::Result<(Option<PathBuf>, String)> {
+    let app = |d: &Path| -> Option<String> {
+        std::fs::read_dir(d).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name.starts_with("ejabberd-") && e.path().join("ebin").join("ejabberd.app").is_file())
+                .then_some(name)
         })
     };
-    if has_app(Path::new("/usr/lib/erlang/lib"), "ejabberd") {
-        return Ok(None);
+    if let Some(name) = app(Path::new("/usr/lib/erlang/lib")) {
+        return Ok((None, name));
     }
     for entry in std::fs::read_dir("/usr/lib")?.flatten() {
         let d = entry.path();
-        if d.is_dir() && has_app(&d, "ejabberd-") {
-            return Ok(Some(d));
+        if d.is_dir() {
+            if let Some(name) = app(&d) {
+                return Ok((Some(d), name));
+            }
         }
     }
     bail!("ejabberd is not installed (apt-get install ejabberd erlang-p1-sqlite3)")
@@ -249,7 +268,7 @@ fn ejabberd_libs() -> anyhow::Result<Option<PathBuf>> {
 /// whose CPU is measured) with a generated configuration, spool and log
 /// directory in `dir`.
 pub fn ejabberd(ports: &mut FreePorts, dir: &Path) -> anyhow::Result<Launch> {
-    let libs = ejabberd_libs()?;
+    let (libs, app) = ejabberd_libs()?;
     let sqlite = std::fs::read_dir("/usr/lib/erlang/lib")
         .map(|d| {
             d.flatten()
@@ -342,6 +361,7 @@ pub fn ejabberd(ports: &mut FreePorts, dir: &Path) -> anyhow::Result<Launch> {
     }
     launch.env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     launch.logs = vec![logs.join("error.log")];
+    launch.version = Some(app);
     launch.ejabberd = Some(EjabberdCtl {
         program: program("ejabberdctl"),
         args: vec![

@@ -164,6 +164,9 @@ pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::R
             (c / outcome.measured_seconds).into(),
         );
     }
+    if let Some(v) = server.spawned.as_ref().and_then(|s| s.version.clone()) {
+        report.extra.insert("server_version".into(), v.into());
+    }
     if let Some(m) = server.metrics() {
         report.extra.insert("server_metrics".into(), m.into());
     }

@@ -30,6 +30,8 @@ pub struct Spawned {
     pub command: String,
     /// ejabberd: how to run `ejabberdctl` against it.
     pub ejabberd: Option<crate::peers::EjabberdCtl>,
+    /// The server's version (the comparison servers).
+    pub version: Option<String>,
     logs: Vec<PathBuf>,
     dir: tempfile::TempDir,
 }
@@ -213,6 +215,8 @@ pub struct Launch {
     pub ejabberd: Option<crate::peers::EjabberdCtl>,
     /// Log files the server writes itself, besides its stdout and stderr.
     pub logs: Vec<PathBuf>,
+    /// The server's version, for the report.
+    pub version: Option<String>,
 }
 
 impl Launch {
@@ -228,6 +232,7 @@ impl Launch {
             http: None,
             ejabberd: None,
             logs: Vec::new(),
+            version: None,
         }
     }
 }
@@ -277,6 +282,7 @@ fn start_once(common: &Common) -> anyhow::Result<Spawned> {
         http,
         ejabberd,
         logs,
+        version,
     } = launch;
     let transport_addr = transport_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], port)));
     let mut cmd = match &common.server_cpus {
@@ -308,6 +314,7 @@ fn start_once(common: &Common) -> anyhow::Result<Spawned> {
         command,
         ejabberd,
         logs,
+        version,
         dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
