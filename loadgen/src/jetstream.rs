@@ -35,7 +35,8 @@ use crate::wire;
 const STREAM: &str = "LG";
 
 /// Publishes handed from a user's writer to its reader, whose acks are
-/// awaited in order. Bounded; senders' windows keep it far below this.
+/// awaited in order. Bounded; senders' windows keep it far below this,
+/// and so the acks awaited (at most one window's worth per sender).
 const ACK_QUEUE: usize = 4096;
 
 /// How long a publish may wait for its ack (async-nats's default is 5 s;

@@ -23,6 +23,10 @@ const REGISTER_CONCURRENCY: usize = 4;
 /// The resource every session binds.
 const RESOURCE: &str = "loadgen";
 
+/// Longest one session may take to log in (a server that stops answering
+/// fails the run instead of hanging it).
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A session being set up.
 struct XmppSession {
     link: Link,
@@ -196,8 +200,11 @@ pub async fn prepare(
         let prefix = prefix.clone();
         async move {
             let source = crate::conn::source_addr(u, source_addrs);
-            let s = XmppSession::log_in(&dialer, source, &username(&prefix, u))
+            let name = username(&prefix, u);
+            let login = XmppSession::log_in(&dialer, source, &name);
+            let s = tokio::time::timeout(LOGIN_TIMEOUT, login)
                 .await
+                .with_context(|| format!("user {u} not logged in within 30 s"))?
                 .with_context(|| format!("logging user {u} in"))?;
             Ok(Conn {
                 user: u,
