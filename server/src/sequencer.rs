@@ -75,11 +75,6 @@ pub struct Sequencer {
     /// Keys oldest first, with their seqs.
     order: VecDeque<(u64, Key)>,
     capacity: usize,
-    /// `(seq, commit)`: the storage commit that made everything up to
-    /// `seq` durable, ascending, for the seqs of remembered keys.
-    commits: VecDeque<(u64, u64)>,
-    /// The storage commit that holds the newest key forgotten.
-    forgotten_commit: u64,
 }
 
 impl Sequencer {
@@ -94,8 +89,6 @@ impl Sequencer {
             keys: HashMap::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
-            commits: VecDeque::new(),
-            forgotten_commit: 0,
         }
     }
 
@@ -149,35 +142,12 @@ impl Sequencer {
         Admission::New(assigned)
     }
 
-    /// Everything up to `seq` has been committed, by storage commit
-    /// `commit` (commit numbers grow with seqs).
-    pub fn mark_durable(&mut self, seq: u64, commit: u64) {
+    /// Everything up to `seq` has been committed. A key forgotten from
+    /// here on is found in the store, which indexes it before its commit is
+    /// acknowledged.
+    pub fn mark_durable(&mut self, seq: u64) {
         self.durable_seq = self.durable_seq.max(seq);
-        match self.commits.back_mut() {
-            Some((s, c)) if *c == commit => *s = (*s).max(seq),
-            _ => self.commits.push_back((seq, commit)),
-        }
         self.evict();
-        // Marks below the oldest remembered key are never asked for again
-        // (keys remembered later get higher seqs): this keeps `commits` no
-        // longer than `order`.
-        let oldest = self.order.front().map_or(u64::MAX, |(s, _)| *s);
-        self.drop_marks_below(oldest);
-        if self.order.is_empty() {
-            self.commits.clear();
-        }
-        // Dropping more is safe: a key's lookup then waits for a later
-        // commit than its own.
-        while self.commits.len() > self.capacity {
-            self.commits.pop_front();
-        }
-    }
-
-    /// The storage commit a lookup of a key this sequencer does not know
-    /// must wait for: the one holding the newest key it has forgotten. Keys
-    /// it never knew were stored before the conversation was loaded.
-    pub fn forgotten_commit(&self) -> u64 {
-        self.forgotten_commit
     }
 
     fn insert(&mut self, sender: u64, cmid: &str, value: Assigned) {
@@ -191,13 +161,6 @@ impl Sequencer {
         self.evict();
     }
 
-    /// Drops the durability marks below `seq`, keeping the newest.
-    fn drop_marks_below(&mut self, seq: u64) {
-        while self.commits.len() > 1 && self.commits.front().is_some_and(|(s, _)| *s < seq) {
-            self.commits.pop_front();
-        }
-    }
-
     /// Forgets the oldest keys beyond the capacity whose messages are
     /// durable.
     fn evict(&mut self) {
@@ -206,17 +169,8 @@ impl Sequencer {
                 Some((seq, _)) if *seq <= self.durable_seq => {}
                 _ => return,
             }
-            if let Some((seq, old)) = self.order.pop_front() {
+            if let Some((_, old)) = self.order.pop_front() {
                 self.keys.remove(&old);
-                self.drop_marks_below(seq);
-                // The first mark at or above `seq` made it durable (a key
-                // found in the store has none; any later mark is then a
-                // conservative bound).
-                if let Some((s, commit)) = self.commits.front() {
-                    if *s >= seq {
-                        self.forgotten_commit = self.forgotten_commit.max(*commit);
-                    }
-                }
             }
         }
     }
@@ -259,7 +213,7 @@ mod tests {
                 durable: false
             }
         );
-        s.mark_durable(1, 1);
+        s.mark_durable(1);
         assert_eq!(
             s.assign(7, Some("x"), 30, &mut ids),
             Admission::Duplicate {
@@ -285,7 +239,7 @@ mod tests {
             s.knows(1, "a"),
             "a key is kept beyond the capacity until its message is durable"
         );
-        s.mark_durable(3, 2);
+        s.mark_durable(3);
         assert!(!s.knows(1, "a"), "capacity 2 evicts the oldest durable key");
         assert!(s.knows(1, "b") && s.knows(1, "c"));
         let original = Assigned {
@@ -298,41 +252,5 @@ mod tests {
             s.assign(1, Some("a"), 2, &mut ids),
             Admission::Duplicate { original: o, .. } if o == original
         ));
-    }
-
-    #[test]
-    fn a_lookup_waits_for_the_commit_of_the_newest_forgotten_key() {
-        let mut ids = MessageIdGenerator::new(0);
-        let mut s = Sequencer::new(0, 2);
-        assert_eq!(s.forgotten_commit(), 0, "nothing forgotten yet");
-        // Seqs 1 and 2 durable in commit 10, seq 3 in commit 11, 4 and 5
-        // in commit 12.
-        for (k, seq, commit) in [
-            ("a", 1, 0),
-            ("b", 2, 10),
-            ("c", 3, 11),
-            ("d", 4, 0),
-            ("e", 5, 12),
-        ] {
-            s.assign(1, Some(k), 1, &mut ids);
-            if commit > 0 {
-                s.mark_durable(seq, commit);
-            }
-        }
-        // Capacity 2: a, b and c are forgotten; c was stored by commit 11.
-        assert!(!s.knows(1, "c") && s.knows(1, "d"));
-        assert_eq!(s.forgotten_commit(), 11);
-        // Another key and commit: d (commit 12) goes.
-        s.assign(1, Some("f"), 1, &mut ids);
-        s.mark_durable(6, 13);
-        assert_eq!(s.forgotten_commit(), 12);
-        assert!(s.commits.len() <= 2, "marks are pruned with their keys");
-        // Messages without keys leave no marks behind once no key is left.
-        let mut quiet = Sequencer::new(0, 2);
-        for seq in 1..100 {
-            quiet.assign(1, None, 1, &mut ids);
-            quiet.mark_durable(seq, seq);
-        }
-        assert!(quiet.commits.is_empty());
     }
 }

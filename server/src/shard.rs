@@ -333,7 +333,7 @@ impl Shard {
                 self.ctx.writer.write(batch).await
             };
             match result {
-                Ok(commit) => {
+                Ok(_) => {
                     let ack_latency = metrics::histogram!("chatd_write_ack_seconds");
                     for at in queued_at {
                         ack_latency.record(at.elapsed().as_secs_f64());
@@ -343,9 +343,7 @@ impl Shard {
                         match effect {
                             Effect::Durable { conversation, seq } => {
                                 stored.increment(1);
-                                self.owned
-                                    .borrow_mut()
-                                    .mark_durable(conversation, seq, commit);
+                                self.owned.borrow_mut().mark_durable(conversation, seq);
                             }
                             Effect::Reply(origin, frame) => self.reply(origin, frame).await,
                             Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,

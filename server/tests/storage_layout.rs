@@ -18,14 +18,6 @@ async fn keyspaces_and_keys_are_as_documented() {
     let ack = alice.send_text(conv, "k1", "on disk").await;
     let data = server.stop_keeping_data().await;
 
-    // A clean stop leaves everything in fjall: the commit log's segments
-    // were persisted and deleted.
-    let left: Vec<_> = std::fs::read_dir(data.path().join("log"))
-        .expect("log directory")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert!(left.is_empty(), "commit log left behind: {left:?}");
-
     let db = Database::builder(data.path().join("store"))
         .open()
         .expect("open");
@@ -34,17 +26,42 @@ async fn keyspaces_and_keys_are_as_documented() {
             .expect("keyspace")
     };
 
+    // Messages live in the commit log's segments; `message_index` says
+    // where: segment (its first commit), offset, length, little-endian.
     let mut key = conv.to_be_bytes().to_vec();
     key.extend_from_slice(&(!ack.seq).to_be_bytes());
-    let stored = ks("messages")
+    let loc = ks("message_index")
         .get(&key)
         .expect("read")
-        .expect("message under conversation ‖ !seq");
-    let m = pb::Message::decode(&*stored).expect("chat.v1.Message");
+        .expect("index entry under conversation ‖ !seq");
+    assert_eq!(loc.len(), 20);
+    let le = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let (segment, offset) = (le(&loc[..8]), le(&loc[8..16]) as usize);
+    let len = u32::from_le_bytes(loc[16..20].try_into().expect("4 bytes")) as usize;
+    let file = std::fs::read(data.path().join("log").join(format!("{segment:020}.log")))
+        .expect("the segment named by its first commit");
+    let m = pb::Message::decode(&file[offset..offset + len]).expect("chat.v1.Message");
     assert_eq!(
         (m.seq, m.text.as_str(), m.message_id),
         (1, "on disk", ack.message_id)
     );
+    // A clean stop indexed every segment: nothing is left to replay.
+    let indexed = ks("meta")
+        .get("indexed_through")
+        .expect("read")
+        .expect("indexed_through");
+    let mut last_segment = 0;
+    for e in std::fs::read_dir(data.path().join("log")).expect("log directory") {
+        let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+        if let Some(first) = name
+            .strip_suffix(".log")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            last_segment = last_segment.max(first);
+        }
+    }
+    assert!(last_segment > 0, "the log keeps its segments");
+    assert!(u64::from_be_bytes((*indexed).try_into().expect("8 bytes")) >= last_segment);
 
     let id = ks("usernames")
         .get("alice")

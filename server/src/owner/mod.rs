@@ -262,10 +262,10 @@ impl Owned {
         }
     }
 
-    /// Storage commit `commit` made everything up to `seq` durable.
-    pub fn mark_durable(&mut self, conversation: u64, seq: u64, commit: u64) {
+    /// Everything up to `seq` is durable.
+    pub fn mark_durable(&mut self, conversation: u64, seq: u64) {
         if let Some(Slot::Ready(c)) = self.slots.get_mut(&conversation) {
-            c.seq.mark_durable(seq, commit);
+            c.seq.mark_durable(seq);
         }
     }
 
@@ -428,10 +428,9 @@ impl Shard {
                     .filter_map(|r| r.idempotency_key().map(|(s, k)| (s, k.to_owned())))
                     .collect();
                 let covered = conv.queue.len();
-                let applied_through = conv.seq.forgotten_commit();
                 conv.checking = true;
                 drop(owned);
-                self.lookup(id, keys, covered, applied_through);
+                self.lookup(id, keys, covered);
                 return;
             }
             let Some(req) = conv.queue.pop_front() else {
@@ -443,22 +442,15 @@ impl Shard {
         }
     }
 
-    /// Looks the keys up in the store, once it holds `applied_through`
-    /// (the commit of the newest key the sequencer forgot).
-    fn lookup(
-        self: &Rc<Self>,
-        id: u64,
-        keys: Vec<(u64, String)>,
-        covered: usize,
-        applied_through: u64,
-    ) {
+    /// Looks the keys up in the store.
+    fn lookup(self: &Rc<Self>, id: u64, keys: Vec<(u64, String)>, covered: usize) {
         let shard = self.clone();
         tokio::task::spawn_local(async move {
             let ctx = shard.ctx.clone();
             let found = tokio::task::spawn_blocking(move || {
                 let mut found = Vec::new();
                 for (sender, cmid) in keys {
-                    if let Some(rec) = ctx.store.idempotency(applied_through, id, sender, &cmid)? {
+                    if let Some(rec) = ctx.store.idempotency(id, sender, &cmid)? {
                         found.push((sender, cmid, rec));
                     }
                 }

@@ -71,13 +71,30 @@ const DAMAGED_SUFFIX: &str = ".damaged";
 pub struct Sealed {
     /// Its file.
     pub path: PathBuf,
+    /// The commit of its first record: the segment's name and its id in
+    /// message locations ([`super::segments::Loc`]).
+    pub first_commit: u64,
     /// The commit of its last record.
     pub last_commit: u64,
+    /// Bytes of records; what follows is unused zeros.
+    pub end: u64,
+}
+
+/// Where [`Log::append`] put a record.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    /// The record's commit number.
+    pub commit: u64,
+    /// The segment holding it (the commit of the segment's first record).
+    pub segment: u64,
+    /// Offset of the record in the segment's file.
+    pub at: u64,
 }
 
 struct Segment {
     file: File,
     path: PathBuf,
+    first: u64,
     written: u64,
     capacity: u64,
 }
@@ -95,6 +112,7 @@ pub struct Log {
     current: Segment,
     next_commit: u64,
     record: Vec<u8>,
+    values: Vec<u32>,
     spares: Option<channel::Receiver<io::Result<Spare>>>,
     preparer: Option<thread::JoinHandle<()>>,
 }
@@ -135,6 +153,7 @@ impl Log {
             current,
             next_commit,
             record: Vec::with_capacity(64 << 10),
+            values: Vec::with_capacity(1024),
             spares: Some(rx),
             preparer: Some(preparer),
         })
@@ -146,15 +165,16 @@ impl Log {
     }
 
     /// Appends `ops` as one record, synced with `fdatasync` if `sync`.
-    /// Returns its commit number and, if the record started a new segment,
-    /// the one it sealed.
+    /// Returns where it went and, if the record started a new segment, the
+    /// one it sealed. [`Log::value_offsets`] then gives the place of each
+    /// put's value in the record.
     pub fn append<'a>(
         &mut self,
         ops: impl IntoIterator<Item = &'a Op>,
         sync: bool,
-    ) -> io::Result<(u64, Option<Sealed>)> {
+    ) -> io::Result<(Appended, Option<Sealed>)> {
         let commit = self.next_commit;
-        encode(&mut self.record, commit, ops);
+        encode(&mut self.record, &mut self.values, commit, ops);
         let len = self.record.len() as u64;
         let mut sealed = None;
         if self.current.written > 0 && self.current.written + len > self.current.capacity {
@@ -164,29 +184,48 @@ impl Log {
             };
             let next = activate(&self.dir, spare, commit)?;
             let old = std::mem::replace(&mut self.current, next);
-            sealed = Some(Sealed {
-                path: old.path,
-                last_commit: commit - 1,
-            });
+            sealed = Some(old.seal(commit - 1));
         }
-        self.current
-            .file
-            .write_all_at(&self.record, self.current.written)?;
+        let at = self.current.written;
+        self.current.file.write_all_at(&self.record, at)?;
         if sync {
             self.current.file.sync_data()?;
         }
         self.current.written += len;
         self.next_commit += 1;
-        Ok((commit, sealed))
+        let appended = Appended {
+            commit,
+            segment: self.current.first,
+            at,
+        };
+        Ok((appended, sealed))
     }
 
-    /// Returns the current segment, to be deleted once fjall has persisted
-    /// it. The log is dropped here, which stops the helper thread (deleting
-    /// its spare).
+    /// Offsets, from the start of the record last appended, of the values
+    /// of its puts, in the order of the operations.
+    pub fn value_offsets(&self) -> &[u32] {
+        &self.values
+    }
+
+    /// Seals the current segment. The log is dropped here, which stops the
+    /// helper thread (deleting its spare).
     pub fn close(self) -> Sealed {
         Sealed {
             path: self.current.path.clone(),
+            first_commit: self.current.first,
             last_commit: self.next_commit.saturating_sub(1),
+            end: self.current.written,
+        }
+    }
+}
+
+impl Segment {
+    fn seal(self, last_commit: u64) -> Sealed {
+        Sealed {
+            path: self.path,
+            first_commit: self.first,
+            last_commit,
+            end: self.written,
         }
     }
 }
@@ -205,16 +244,22 @@ fn recv_spare(rx: &channel::Receiver<io::Result<Spare>>) -> io::Result<Spare> {
         .map_err(|_| io::Error::other("log segment preparer stopped"))?
 }
 
+/// The file name of the segment whose first record is commit `first`.
+pub fn segment_name(first: u64) -> String {
+    format!("{first:020}{SEGMENT_SUFFIX}")
+}
+
 /// Renames a spare to the segment starting at `first` and makes the name
 /// durable before anything is written to it.
 fn activate(dir: &Path, spare: Spare, first: u64) -> io::Result<Segment> {
-    let path = dir.join(format!("{first:020}{SEGMENT_SUFFIX}"));
+    let path = dir.join(segment_name(first));
     fs::rename(&spare.path, &path)?;
     sync_dir(dir)?;
     metrics::counter!("chatd_log_segments_total").increment(1);
     Ok(Segment {
         file: spare.file,
         path,
+        first,
         written: 0,
         capacity: spare.capacity,
     })
@@ -269,8 +314,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes the record of commit `commit` holding `ops` into `buf`.
-fn encode<'a>(buf: &mut Vec<u8>, commit: u64, ops: impl IntoIterator<Item = &'a Op>) {
+/// The offset of each put's value in the record goes to `values`.
+fn encode<'a>(
+    buf: &mut Vec<u8>,
+    values: &mut Vec<u32>,
+    commit: u64,
+    ops: impl IntoIterator<Item = &'a Op>,
+) {
     buf.clear();
+    values.clear();
     buf.extend_from_slice(&[0; HEADER_BYTES]);
     buf.extend_from_slice(&commit.to_le_bytes());
     for op in ops {
@@ -284,6 +336,7 @@ fn encode<'a>(buf: &mut Vec<u8>, commit: u64, ops: impl IntoIterator<Item = &'a 
         buf.extend_from_slice(key);
         if let Some(v) = value {
             buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            values.push(buf.len() as u32);
             buf.extend_from_slice(v);
         }
     }
@@ -317,8 +370,11 @@ fn corrupt(detail: String) -> StorageError {
     }
 }
 
-/// Splits a record's body into its commit number and operations.
-fn decode(body: &[u8]) -> Result<(u64, Batch)> {
+/// Splits a record's body into its commit number and operations; the
+/// offset of each put's value from the start of the record goes to
+/// `values`, as [`Log::value_offsets`] has them.
+fn decode(body: &[u8], values: &mut Vec<u32>) -> Result<(u64, Batch)> {
+    values.clear();
     let (commit, mut rest) = body
         .split_at_checked(COMMIT_BYTES)
         .ok_or_else(|| corrupt("record shorter than its commit number".into()))?;
@@ -337,6 +393,7 @@ fn decode(body: &[u8]) -> Result<(u64, Batch)> {
             PUT => {
                 let (value, tail) = take_sized(tail)
                     .ok_or_else(|| corrupt(format!("commit {commit}: truncated value")))?;
+                values.push((HEADER_BYTES + body.len() - tail.len() - value.len()) as u32);
                 batch.put(ks, key, value);
                 tail
             }
@@ -363,23 +420,48 @@ fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 /// What [`replay`] found.
 #[derive(Debug)]
 pub struct Replayed {
-    /// The commit number that follows the last one replayed (1 for an
-    /// empty log).
+    /// The commit number that follows the last one in the log (the one
+    /// after `after` if nothing followed it).
     pub next_commit: u64,
     /// Records replayed.
     pub commits: u64,
-    /// The segments replayed: delete them once fjall has persisted.
-    pub segments: Vec<PathBuf>,
 }
 
-/// Hands every commit in the log under `dir` to `apply`, oldest first.
+/// What [`replay`] hands its caller, in log order.
+#[derive(Debug)]
+pub enum Replay {
+    /// A record.
+    Record {
+        /// The segment holding it (the commit of its first record).
+        segment: u64,
+        /// The record's offset in the segment's file.
+        at: u64,
+        /// Its operations.
+        batch: Batch,
+        /// Offsets of its puts' values from `at`, as
+        /// [`Log::value_offsets`] has them.
+        values: Vec<u32>,
+    },
+    /// The end of a segment's records. The segment will not be appended
+    /// to again: the log starts a new one when it opens.
+    End(Sealed),
+}
+
+/// Hands every commit after commit `after` in the log under `dir` to
+/// `visit`, oldest first, with the end of each segment. Segments whose
+/// records all come before `after` are left alone (they must end at a
+/// segment boundary: the commit before a segment's first).
 ///
 /// If a segment does not start where the one before ended (a segment lost
 /// or damaged on disk), replay stops there: the commits after a gap cannot
 /// be applied without the ones missing. Those segments are renamed with
 /// `.damaged` appended, kept for an operator, and reported as an error in
 /// the server's log.
-pub fn replay(dir: &Path, mut apply: impl FnMut(Batch) -> Result<()>) -> Result<Replayed> {
+pub fn replay(
+    dir: &Path,
+    after: u64,
+    mut visit: impl FnMut(Replay) -> Result<()>,
+) -> Result<Replayed> {
     let mut segments = Vec::new();
     if dir.exists() {
         for entry in fs::read_dir(dir)? {
@@ -389,15 +471,18 @@ pub fn replay(dir: &Path, mut apply: impl FnMut(Batch) -> Result<()>) -> Result<
                 .strip_suffix(SEGMENT_SUFFIX)
                 .and_then(|s| s.parse::<u64>().ok())
             {
-                segments.push((first, path));
+                if first > after {
+                    segments.push((first, path));
+                }
             }
         }
     }
     segments.sort();
-    let mut next: Option<u64> = None;
+    // With nothing replayed before, the log may start anywhere.
+    let mut next: Option<u64> = (after > 0).then_some(after + 1);
     let mut commits = 0;
-    let mut replayed = Vec::with_capacity(segments.len());
     let mut rest = segments.into_iter();
+    let mut values = Vec::new();
     while let Some((first, path)) = rest.next() {
         if next.is_some_and(|n| n != first) {
             tracing::error!(
@@ -417,22 +502,31 @@ pub fn replay(dir: &Path, mut apply: impl FnMut(Batch) -> Result<()>) -> Result<
         let mut expected = first;
         let mut at = 0;
         while let Some((body, after)) = next_record(&bytes, at) {
-            let (commit, batch) = decode(body)?;
+            let (commit, batch) = decode(body, &mut values)?;
             if commit != expected {
                 break;
             }
-            apply(batch)?;
+            visit(Replay::Record {
+                segment: first,
+                at: at as u64,
+                batch,
+                values: values.clone(),
+            })?;
             commits += 1;
             expected += 1;
             at = after;
         }
+        visit(Replay::End(Sealed {
+            path,
+            first_commit: first,
+            last_commit: expected - 1,
+            end: at as u64,
+        }))?;
         next = Some(expected);
-        replayed.push(path);
     }
     Ok(Replayed {
         next_commit: next.unwrap_or(1),
         commits,
-        segments: replayed,
     })
 }
 
@@ -447,13 +541,23 @@ mod tests {
         b
     }
 
-    fn replay_all(dir: &Path) -> (Replayed, Vec<Batch>) {
-        let mut seen = Vec::new();
-        let r = replay(dir, |b| {
-            seen.push(b);
+    /// Everything after commit `after`: the replay, the batches and the
+    /// segments ended.
+    fn replay_after(dir: &Path, after: u64) -> (Replayed, Vec<Batch>, Vec<Sealed>) {
+        let (mut seen, mut ends) = (Vec::new(), Vec::new());
+        let r = replay(dir, after, |event| {
+            match event {
+                Replay::Record { batch, .. } => seen.push(batch),
+                Replay::End(s) => ends.push(s),
+            }
             Ok(())
         })
         .expect("replay");
+        (r, seen, ends)
+    }
+
+    fn replay_all(dir: &Path) -> (Replayed, Vec<Batch>) {
+        let (r, seen, _) = replay_after(dir, 0);
         (r, seen)
     }
 
@@ -467,8 +571,17 @@ mod tests {
         for n in 0..40u8 {
             let mut b = batch(n);
             b.put(Ks::Users, vec![n], big.clone());
-            let (commit, s) = log.append(b.ops.iter(), true).expect("append");
-            assert_eq!(commit, 7 + u64::from(n));
+            let (appended, s) = log.append(b.ops.iter(), true).expect("append");
+            assert_eq!(appended.commit, 7 + u64::from(n));
+            // The values of the puts are where the log says they are.
+            let file = fs::read(dir.path().join(segment_name(appended.segment))).expect("read");
+            let at = appended.at as usize;
+            let [first, second] = log.value_offsets() else {
+                panic!("two puts: {:?}", log.value_offsets());
+            };
+            let value = |off: &u32, len| &file[at + *off as usize..at + *off as usize + len];
+            assert_eq!(value(first, 100), &[n; 100][..]);
+            assert_eq!(value(second, big.len()), &big[..]);
             sealed.extend(s);
         }
         assert!(
@@ -477,11 +590,25 @@ mod tests {
         );
         let last = log.close();
         assert_eq!(last.last_commit, 46);
-        let (r, seen) = replay_all(dir.path());
+        let (r, seen, ends) = replay_after(dir.path(), 0);
         assert_eq!(r.next_commit, 47);
         assert_eq!(r.commits, 40);
-        assert_eq!(r.segments.len(), sealed.len() + 1);
+        assert_eq!(ends.len(), sealed.len() + 1);
+        assert_eq!(
+            ends.iter()
+                .map(|s| (s.first_commit, s.last_commit, s.end))
+                .collect::<Vec<_>>(),
+            sealed
+                .iter()
+                .chain([&last])
+                .map(|s| (s.first_commit, s.last_commit, s.end))
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(seen.len(), 40);
+        // From the end of the first segment on, only the later ones.
+        let (r, later, _) = replay_after(dir.path(), sealed[0].last_commit);
+        assert_eq!(r.next_commit, 47);
+        assert_eq!(later.len() as u64, 46 - sealed[0].last_commit);
         for (n, b) in seen.iter().enumerate() {
             assert_eq!(b.len(), 3);
             match &b.ops[0] {
@@ -540,13 +667,31 @@ mod tests {
         let mut log = Log::open(dir.path(), 5).expect("open");
         log.append(batch(5).ops.iter(), true).expect("append");
         let later = log.close().path;
-        let (r, seen) = replay_all(dir.path());
+        let (r, seen, ends) = replay_after(dir.path(), 0);
         assert_eq!((r.commits, seen.len(), r.next_commit), (1, 1, 2));
-        assert_eq!(r.segments, vec![first]);
+        assert_eq!(
+            ends.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            vec![&first]
+        );
         assert!(!later.exists());
         let mut damaged = later.into_os_string();
         damaged.push(DAMAGED_SUFFIX);
         assert!(PathBuf::from(damaged).exists());
+    }
+
+    #[test]
+    fn after_an_indexed_segment_the_next_must_follow_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), 1).expect("open");
+        log.append(batch(1).ops.iter(), true).expect("append");
+        log.close();
+        // Commits 1..=3 were indexed, but the segment of 4 is missing.
+        let mut log = Log::open(dir.path(), 5).expect("open");
+        log.append(batch(5).ops.iter(), true).expect("append");
+        let later = log.close().path;
+        let (r, seen, _) = replay_after(dir.path(), 3);
+        assert_eq!((r.commits, seen.len(), r.next_commit), (0, 0, 4));
+        assert!(!later.exists(), "kept aside as damaged");
     }
 
     #[test]
@@ -561,12 +706,15 @@ mod tests {
     fn a_corrupt_operation_in_a_valid_record_is_an_error() {
         let mut body = 3u64.to_le_bytes().to_vec();
         body.extend_from_slice(&[PUT, 200, 0, 0, 0, 0]);
-        assert!(decode(&body).is_err(), "unknown keyspace");
+        assert!(decode(&body, &mut Vec::new()).is_err(), "unknown keyspace");
         let mut body = 3u64.to_le_bytes().to_vec();
         body.extend_from_slice(&[PUT, Ks::Users.code(), 9, 0, 0, 0, 1]);
-        assert!(decode(&body).is_err(), "key runs past the record");
+        assert!(
+            decode(&body, &mut Vec::new()).is_err(),
+            "key runs past the record"
+        );
         let mut body = 3u64.to_le_bytes().to_vec();
         body.extend_from_slice(&[7, Ks::Users.code(), 0, 0, 0, 0]);
-        assert!(decode(&body).is_err(), "unknown operation");
+        assert!(decode(&body, &mut Vec::new()).is_err(), "unknown operation");
     }
 }

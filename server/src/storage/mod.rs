@@ -1,5 +1,6 @@
-//! Durable state: a commit log ([`log`]) that makes writes durable, and
-//! fjall, an embedded LSM store, that holds and indexes them.
+//! Durable state: a commit log ([`log`]) that makes writes durable and
+//! keeps the messages ([`segments`]), and fjall, an embedded LSM store,
+//! that holds everything else and indexes the messages.
 //!
 //! Every call here blocks (disk reads, fsync): shard threads never call it
 //! directly. Reads run on the runtime's blocking pool; writes go through the
@@ -18,12 +19,14 @@
 //! | `members` | conversation ‖ user | [`MemberRecord`] |
 //! | `user_conversations` | user ‖ conversation | [`UserConversationRecord`] |
 //! | `direct` | min user ‖ max user | conversation id |
-//! | `messages` | conversation ‖ !seq | `pb::Message` |
+//! | `message_index` | conversation ‖ !seq | [`segments::Loc`] of a `pb::Message` in the log |
 //! | `last_seen` | user id | Unix ms when the user's last session ended |
 //! | `idempotency` | conversation ‖ sender ‖ client_msg_id | [`IdempotencyRecord`] |
+//! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 
 pub mod keys;
 pub mod log;
+pub mod segments;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +36,8 @@ use chat_protocol::pb;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use prost::Message;
 
+use self::log::{Replay, Sealed};
+use self::segments::{Files, Loc, Recent, SegmentIndex};
 use self::writer::Progress;
 use crate::records::{
     ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
@@ -154,10 +159,11 @@ struct Keyspaces {
     members: Keyspace,
     user_conversations: Keyspace,
     direct: Keyspace,
-    messages: Keyspace,
+    message_index: Keyspace,
     idempotency: Keyspace,
     last_seen: Keyspace,
     push_outbox: Keyspace,
+    meta: Keyspace,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -172,6 +178,8 @@ pub struct Store {
     ks: Keyspaces,
     log_dir: PathBuf,
     progress: Arc<Progress>,
+    recent: Arc<Recent>,
+    files: Arc<Files>,
 }
 
 impl std::fmt::Debug for Store {
@@ -184,6 +192,13 @@ fn decode<M: Message + Default>(keyspace: &'static str, bytes: &[u8]) -> Result<
     M::decode(bytes).map_err(|e| StorageError::Corrupt {
         keyspace,
         detail: e.to_string(),
+    })
+}
+
+fn location(bytes: &[u8]) -> Result<Loc> {
+    Loc::decode(bytes).ok_or_else(|| StorageError::Corrupt {
+        keyspace: "message_index",
+        detail: "expected a 20-byte location".into(),
     })
 }
 
@@ -247,10 +262,38 @@ pub const WRITE_BUFFER_LIMIT: u64 = 8 * MEMTABLE_BYTES;
 /// before [`MEMTABLE_BYTES`]) is less, so above it a flush is always due.
 pub const WRITE_BUFFER_HARD_LIMIT: u64 = 12 * (64 << 20);
 
+/// The keyspace that held whole messages before they lived in the log.
+const LEGACY_MESSAGES: &str = "messages";
+
+/// The `meta` key of the last commit indexed.
+const INDEXED_THROUGH: &[u8] = b"indexed_through";
+
+/// Messages per commit when moving a legacy store's messages into the log.
+const MIGRATION_BATCH: usize = 1024;
+
+/// Cuts a segment that will not be appended to again down to its records,
+/// or deletes it if it holds none.
+fn finish_segment(sealed: &Sealed) -> Result<()> {
+    if sealed.end == 0 {
+        match std::fs::remove_file(&sealed.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => return Ok(()),
+        }
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(&sealed.path)?;
+    if file.metadata()?.len() > sealed.end {
+        file.set_len(sealed.end)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store: fjall's database in `dir`, the commit
-    /// log in `log_dir`. Replays the commit log into fjall, persists fjall,
-    /// then deletes the segments replayed.
+    /// log in `log_dir`. Replays the commits that fjall has not indexed
+    /// and persisted (those after `indexed_through`), indexes their
+    /// segments and persists fjall; moves messages of a store written
+    /// before messages lived in the log into it ([`Store::migrate`]).
     pub fn open(dir: &Path, log_dir: &Path) -> Result<Self> {
         // At least two workers: fjall's first worker then only seals and
         // flushes memtables and never sits in a long compaction while they
@@ -259,6 +302,7 @@ impl Store {
         let db = Database::builder(dir)
             .worker_threads(crate::config::cores().clamp(2, 4))
             .open()?;
+        let legacy = db.keyspace_exists(LEGACY_MESSAGES);
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
@@ -273,31 +317,160 @@ impl Store {
             members: ks("members")?,
             user_conversations: ks("user_conversations")?,
             direct: ks("direct")?,
-            messages: ks("messages")?,
+            message_index: ks("message_index")?,
             idempotency: ks("idempotency")?,
             last_seen: ks("last_seen")?,
             push_outbox: ks("push_outbox")?,
+            meta: ks("meta")?,
         };
         let mut store = Self {
             db,
             ks: keyspaces,
             log_dir: log_dir.to_path_buf(),
             progress: Arc::new(Progress::new(0)),
+            recent: Arc::new(Recent::new(0)),
+            files: Arc::new(Files::new(log_dir)),
         };
-        let replayed = log::replay(log_dir, |batch| store.apply(std::slice::from_ref(&batch)))?;
+        let indexed = store.indexed_through()?;
+        let mut index = SegmentIndex::default();
+        let replayed = log::replay(log_dir, indexed, |event| match event {
+            Replay::Record {
+                segment,
+                at,
+                batch,
+                values,
+            } => {
+                let rest = segments::route(batch.ops, &values, segment, at, &mut index);
+                store.apply(std::slice::from_ref(&rest))
+            }
+            Replay::End(sealed) => {
+                let done = std::mem::take(&mut index);
+                store.recover_segment(&sealed, &done)
+            }
+        })?;
         if replayed.commits > 0 {
             tracing::info!(commits = replayed.commits, "commit log replayed");
+            store.mark_indexed(replayed.next_commit - 1)?;
         }
-        store.db.persist(fjall::PersistMode::SyncAll)?;
-        for segment in &replayed.segments {
-            std::fs::remove_file(segment)?;
+        let mut next_commit = replayed.next_commit;
+        if legacy {
+            next_commit = store.migrate(next_commit)?;
         }
-        if !replayed.segments.is_empty() {
-            log::sync_dir(log_dir)?;
-        }
-        store.progress = Arc::new(Progress::new(replayed.next_commit));
+        store.progress = Arc::new(Progress::new(next_commit));
+        store.recent = Arc::new(Recent::new(next_commit));
         background_threads_yield();
         Ok(store)
+    }
+
+    /// A segment found at start-up, all of whose commits are now applied:
+    /// indexes it, and cuts off the zeros after its records (or deletes it
+    /// if it holds none).
+    fn recover_segment(&self, sealed: &Sealed, index: &SegmentIndex) -> Result<()> {
+        self.ingest(index)?;
+        finish_segment(sealed)
+    }
+
+    /// Moves the messages of a store written before messages lived in the
+    /// log (a `messages` keyspace holding them) into the log, starting at
+    /// commit `next_commit`, indexes them and drops the old keyspace.
+    /// Returns the commit after the last one written.
+    fn migrate(&self, next_commit: u64) -> Result<u64> {
+        let old = self
+            .db
+            .keyspace(LEGACY_MESSAGES, KeyspaceCreateOptions::default)?;
+        let mut log = log::Log::open(&self.log_dir, next_commit)?;
+        let mut index = SegmentIndex::default();
+        let mut batch = writer::Batch::new();
+        let mut moved = 0u64;
+        let mut entries = old.iter();
+        loop {
+            let next = entries.next();
+            let done = next.is_none();
+            if let Some(kv) = next {
+                let (k, v) = kv.into_inner()?;
+                batch.put(Ks::Messages, k.to_vec(), v.to_vec());
+                moved += 1;
+            }
+            if batch.len() >= MIGRATION_BATCH || (done && !batch.is_empty()) {
+                let (appended, sealed) = log.append(batch.ops(), true)?;
+                if let Some(sealed) = sealed {
+                    self.ingest(&std::mem::take(&mut index))?;
+                    finish_segment(&sealed)?;
+                    self.mark_indexed(sealed.last_commit)?;
+                }
+                let ops = std::mem::take(&mut batch).ops;
+                let values = log.value_offsets();
+                segments::route(ops, values, appended.segment, appended.at, &mut index);
+            }
+            if done {
+                break;
+            }
+        }
+        drop(entries);
+        let last = log.close();
+        self.ingest(&index)?;
+        finish_segment(&last)?;
+        if last.last_commit >= next_commit {
+            self.mark_indexed(last.last_commit)?;
+        }
+        self.db.delete_keyspace(old)?;
+        tracing::info!(
+            messages = moved,
+            "messages moved from the store into the log"
+        );
+        Ok(last.last_commit + 1)
+    }
+
+    /// The last commit whose segment fjall has indexed and persisted (0 if
+    /// none).
+    fn indexed_through(&self) -> Result<u64> {
+        Ok(self
+            .ks
+            .meta
+            .get(INDEXED_THROUGH)?
+            .and_then(|v| keys::first(&v))
+            .unwrap_or(0))
+    }
+
+    /// Records that fjall indexes every segment through commit `commit`
+    /// and persists fjall (with everything applied to it so far).
+    fn mark_indexed(&self, commit: u64) -> Result<()> {
+        self.ks.meta.insert(INDEXED_THROUGH, keys::id(commit))?;
+        self.db.persist(fjall::PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Writes a segment's index entries into fjall, each keyspace's as one
+    /// sorted run. Durable when it returns (fjall syncs ingested tables).
+    fn ingest(&self, index: &SegmentIndex) -> Result<()> {
+        if !index.messages.is_empty() {
+            let mut run = self.ks.message_index.start_ingestion()?;
+            for (key, loc) in &index.messages {
+                run.write(key.as_slice(), loc.encode().as_slice())?;
+            }
+            run.finish()?;
+        }
+        if !index.idempotency.is_empty() {
+            let mut sorted: Vec<_> = index.idempotency.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut run = self.ks.idempotency.start_ingestion()?;
+            for (key, value) in sorted {
+                run.write(key.as_slice(), value.as_slice())?;
+            }
+            run.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Once every commit of the sealed segment is applied: indexes it in
+    /// fjall, records it as indexed, persists fjall, and lets the segment's
+    /// recent entries go.
+    pub(crate) fn checkpoint(&self, sealed: &Sealed, index: &SegmentIndex) -> Result<()> {
+        self.ingest(index)?;
+        finish_segment(sealed)?;
+        self.mark_indexed(sealed.last_commit)?;
+        self.recent.retire(sealed.first_commit);
+        Ok(())
     }
 
     /// Writes one commit's `batches` into fjall's memtables and journal
@@ -323,18 +496,16 @@ impl Store {
         Ok(&self.ks)
     }
 
-    /// The keyspaces, once fjall holds commit `commit` and those before.
-    fn read_through(&self, commit: u64) -> Result<&Keyspaces> {
-        self.progress.wait_applied(commit)?;
-        Ok(&self.ks)
-    }
-
     pub(crate) fn progress(&self) -> &Arc<Progress> {
         &self.progress
     }
 
     pub(crate) fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    pub(crate) fn recent(&self) -> &Arc<Recent> {
+        &self.recent
     }
 
     pub(crate) fn keyspace(&self, ks: Ks) -> &Keyspace {
@@ -347,7 +518,7 @@ impl Store {
             Ks::Members => &self.ks.members,
             Ks::UserConversations => &self.ks.user_conversations,
             Ks::Direct => &self.ks.direct,
-            Ks::Messages => &self.ks.messages,
+            Ks::Messages => &self.ks.message_index,
             Ks::Idempotency => &self.ks.idempotency,
             Ks::LastSeen => &self.ks.last_seen,
             Ks::PushOutbox => &self.ks.push_outbox,
@@ -490,15 +661,61 @@ impl Store {
     }
 
     /// One message.
+    ///
+    /// Messages are read without waiting for the apply thread: the writer
+    /// indexes a message before it acknowledges it.
     pub fn message(&self, conversation: u64, seq: u64) -> Result<Option<pb::Message>> {
-        match self
-            .read()?
-            .messages
-            .get(keys::message(conversation, seq))?
-        {
-            Some(v) => Ok(Some(decode("messages", &v)?)),
-            None => Ok(None),
+        let key = keys::message(conversation, seq);
+        let loc = match self.recent.message(&key) {
+            Some(loc) => Some(loc),
+            None => self
+                .ks
+                .message_index
+                .get(key)?
+                .map(|v| location(&v))
+                .transpose()?,
+        };
+        loc.map(|loc| self.read_message(loc)).transpose()
+    }
+
+    /// The message at `loc` in the log.
+    fn read_message(&self, loc: Loc) -> Result<pb::Message> {
+        decode("messages", &self.files.read(loc)?)
+    }
+
+    /// Up to `limit` messages with keys in `from..=to`: the smallest keys
+    /// (newest seqs) first, or the largest (oldest) first if `backwards`.
+    fn message_range(
+        &self,
+        from: [u8; 16],
+        to: [u8; 16],
+        limit: usize,
+        backwards: bool,
+    ) -> Result<Vec<pb::Message>> {
+        // Recent segments first: an entry ingested into fjall is retired
+        // from them only afterwards, so nothing is missed in between.
+        let mut found = std::collections::BTreeMap::new();
+        self.recent.messages(from, to, limit, backwards, &mut found);
+        let range = self.ks.message_index.range(from..=to);
+        let indexed: Box<dyn Iterator<Item = fjall::Guard>> = if backwards {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for kv in indexed.take(limit) {
+            let (k, v) = kv.into_inner()?;
+            if let Ok(key) = <[u8; 16]>::try_from(&*k) {
+                if let std::collections::btree_map::Entry::Vacant(e) = found.entry(key) {
+                    e.insert(location(&v)?);
+                }
+            }
         }
+        let locs: Vec<Loc> = if backwards {
+            found.into_values().rev().take(limit).collect()
+        } else {
+            found.into_values().take(limit).collect()
+        };
+        locs.into_iter().map(|loc| self.read_message(loc)).collect()
     }
 
     /// Up to `limit` messages whose push notifications were not finished,
@@ -521,10 +738,12 @@ impl Store {
 
     /// Highest seq stored for a conversation (0 if none).
     pub fn last_seq(&self, conversation: u64) -> Result<u64> {
-        match self.read()?.messages.prefix(keys::id(conversation)).next() {
-            Some(kv) => Ok(keys::message_seq(&kv.key()?).unwrap_or(0)),
-            None => Ok(0),
-        }
+        let recent = self.recent.last_seq(conversation).unwrap_or(0);
+        let indexed = match self.ks.message_index.prefix(keys::id(conversation)).next() {
+            Some(kv) => keys::message_seq(&kv.key()?).unwrap_or(0),
+            None => 0,
+        };
+        Ok(recent.max(indexed))
     }
 
     /// Up to `limit` messages with seq < `before_seq` (all if 0), newest first.
@@ -534,20 +753,16 @@ impl Store {
         before_seq: u64,
         limit: usize,
     ) -> Result<Vec<pb::Message>> {
-        let mut out = Vec::with_capacity(limit.min(256));
-        let iter = if before_seq == 0 {
-            self.read()?.messages.prefix(keys::id(conversation))
-        } else if before_seq == 1 {
-            return Ok(out);
-        } else {
-            self.read()?
-                .messages
-                .range(keys::message(conversation, before_seq - 1)..=keys::message(conversation, 1))
-        };
-        for kv in iter.take(limit) {
-            out.push(decode("messages", &kv.value()?)?);
+        if before_seq == 1 {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let newest = before_seq.wrapping_sub(1);
+        self.message_range(
+            keys::message(conversation, newest),
+            keys::message(conversation, 1),
+            limit,
+            false,
+        )
     }
 
     /// Up to `limit` messages with seq > `after_seq`, oldest first.
@@ -557,31 +772,22 @@ impl Store {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<pb::Message>> {
-        let mut out = Vec::with_capacity(limit.min(256));
         if after_seq == u64::MAX {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let iter = self
-            .read()?
-            .messages
-            .range(
-                keys::message(conversation, u64::MAX)..=keys::message(conversation, after_seq + 1),
-            )
-            .rev();
-        for kv in iter.take(limit) {
-            out.push(decode("messages", &kv.value()?)?);
-        }
-        Ok(out)
+        self.message_range(
+            keys::message(conversation, u64::MAX),
+            keys::message(conversation, after_seq + 1),
+            limit,
+            true,
+        )
     }
 
-    /// The original ack of an earlier send with the same idempotency key,
-    /// once fjall holds commit `applied_through` and those before (not
-    /// every commit acknowledged so far, as other reads wait for: the
-    /// conversation's owner knows which commit holds the newest key it no
-    /// longer remembers, and this lookup is on the path of every send).
+    /// The original ack of an earlier send with the same idempotency key.
+    /// Like messages, the keys are indexed before their commit is
+    /// acknowledged; this lookup waits for nothing.
     pub fn idempotency(
         &self,
-        applied_through: u64,
         conversation: u64,
         sender: u64,
         client_msg_id: &str,
@@ -589,9 +795,13 @@ impl Store {
         if client_msg_id.len() > MAX_KEY_BYTES - 16 {
             return Ok(None);
         }
-        self.read_through(applied_through)?
+        let key = keys::idempotency(conversation, sender, client_msg_id);
+        if let Some(v) = self.recent.idempotency(&key) {
+            return decode("idempotency", &v).map(Some);
+        }
+        self.ks
             .idempotency
-            .get(keys::idempotency(conversation, sender, client_msg_id))?
+            .get(key)?
             .map(|v| decode("idempotency", &v))
             .transpose()
     }
@@ -633,5 +843,57 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(conversation: u64, seq: u64) -> pb::Message {
+        pb::Message {
+            conversation_id: conversation,
+            seq,
+            text: format!("message {seq}"),
+            ..Default::default()
+        }
+    }
+
+    /// A store written before messages lived in the log kept them in a
+    /// `messages` keyspace; opening it moves them into the log, once.
+    #[test]
+    fn messages_of_an_older_store_move_into_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store_dir, log_dir) = (dir.path().join("store"), dir.path().join("log"));
+        {
+            let db = Database::builder(&store_dir).open().expect("open");
+            let old = db
+                .keyspace(LEGACY_MESSAGES, KeyspaceCreateOptions::default)
+                .expect("keyspace");
+            for conversation in 1..=3 {
+                for seq in 1..=1500 {
+                    old.insert(
+                        keys::message(conversation, seq),
+                        message(conversation, seq).encode_to_vec(),
+                    )
+                    .expect("insert");
+                }
+            }
+            db.persist(fjall::PersistMode::SyncAll).expect("persist");
+        }
+        for _ in 0..2 {
+            let store = Store::open(&store_dir, &log_dir).expect("open");
+            assert!(!store.db.keyspace_exists(LEGACY_MESSAGES));
+            for conversation in 1..=3 {
+                assert_eq!(store.last_seq(conversation).expect("read"), 1500);
+                let page = store.messages_after(conversation, 700, 50).expect("page");
+                assert!(page.iter().map(|m| m.seq).eq(701..=750));
+                assert_eq!(
+                    store.message(conversation, 1).expect("read"),
+                    Some(message(conversation, 1))
+                );
+            }
+            assert_eq!(store.indexed_through().expect("marker"), 5);
+        }
     }
 }

@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fjall::PersistMode;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::log::{Log, Sealed};
+use super::segments::{self, SegmentIndex};
 use super::{Ks, Result, StorageError, Store};
 use crate::config::Durability;
 
@@ -314,9 +314,14 @@ enum Apply {
         batches: Vec<Batch>,
         bytes: u64,
     },
-    /// Persist fjall, then delete a log segment.
-    Checkpoint(Sealed),
+    /// Index a sealed segment in fjall and persist it.
+    Checkpoint(Sealed, std::sync::Arc<SegmentIndex>),
 }
+
+/// Sealed segments waiting for their index to be written into fjall, at
+/// most. Their entries are held in memory meanwhile; beyond it the writer
+/// waits.
+pub const MAX_SEALED_SEGMENTS: usize = 4;
 
 fn run(
     store: &Store,
@@ -327,6 +332,7 @@ fn run(
 ) {
     let sync = durability == Durability::Sync;
     let progress = store.progress();
+    let recent = store.recent();
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut failed = false;
     while let Some(first) = rx.blocking_recv() {
@@ -356,24 +362,37 @@ fn run(
             "commit"
         );
         match result {
-            Ok((commit, sealed)) => {
-                progress.committed(commit);
-                let mut batches = Vec::with_capacity(jobs.len());
-                let mut bytes = 0;
-                for Job { batch, done } in jobs.drain(..) {
-                    let _ = done.send(Ok(commit));
-                    bytes += batch.bytes();
-                    batches.push(batch);
+            Ok((appended, sealed)) => {
+                let commit = appended.commit;
+                let mut queued = true;
+                if let Some(sealed) = sealed {
+                    let index = recent.seal(appended.segment);
+                    wait_for_ingestion(store);
+                    queued = apply.send(Apply::Checkpoint(sealed, index)).is_ok();
                 }
-                let queued = progress.reserve(bytes).is_ok()
+                // Messages and idempotency keys go to the segment's index
+                // before anything is acknowledged; the rest to fjall.
+                let values = log.value_offsets();
+                let ops = jobs
+                    .iter_mut()
+                    .flat_map(|j| std::mem::take(&mut j.batch.ops));
+                let rest = recent.add(appended.segment, |index| {
+                    segments::route(ops, values, appended.segment, appended.at, index)
+                });
+                progress.committed(commit);
+                for Job { done, .. } in jobs.drain(..) {
+                    let _ = done.send(Ok(commit));
+                }
+                let bytes = rest.bytes();
+                queued = queued
+                    && progress.reserve(bytes).is_ok()
                     && apply
                         .send(Apply::Commit {
                             commit,
-                            batches,
+                            batches: vec![rest],
                             bytes,
                         })
-                        .is_ok()
-                    && sealed.is_none_or(|s| apply.send(Apply::Checkpoint(s)).is_ok());
+                        .is_ok();
                 if !queued {
                     // The apply thread failed: the log holds this commit and
                     // the next start replays it, but nothing later can be
@@ -398,8 +417,22 @@ fn run(
     }
     let last = log.close();
     if !failed {
-        let _ = apply.send(Apply::Checkpoint(last));
+        let index = recent.seal(0);
+        let _ = apply.send(Apply::Checkpoint(last, index));
     }
+}
+
+/// Waits while more than [`MAX_SEALED_SEGMENTS`] sealed segments wait for
+/// the apply thread to index them (or until it failed).
+fn wait_for_ingestion(store: &Store) {
+    if store.recent().sealed() <= MAX_SEALED_SEGMENTS {
+        return;
+    }
+    let started = Instant::now();
+    while store.recent().sealed() > MAX_SEALED_SEGMENTS && !store.progress().failed() {
+        thread::sleep(Duration::from_millis(1));
+    }
+    metrics::histogram!("chatd_storage_index_wait_seconds").record(started.elapsed().as_secs_f64());
 }
 
 fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
@@ -432,8 +465,12 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                 progress.applied(commit, bytes);
                 hold_back(store);
             }
-            Apply::Checkpoint(sealed) => {
-                if let Err(e) = checkpoint(store, &sealed) {
+            Apply::Checkpoint(sealed, index) => {
+                let started = Instant::now();
+                let result = store.checkpoint(&sealed, &index);
+                metrics::histogram!("chatd_storage_checkpoint_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if let Err(e) = result {
                     tracing::error!(cause = %e, "persisting the store failed");
                     failed = true;
                     progress.fail();
@@ -452,29 +489,6 @@ impl Drop for FailOnPanic<'_> {
             self.0.fail();
         }
     }
-}
-
-/// Persists fjall (everything applied so far, which includes every commit
-/// of `sealed`), then deletes the segment.
-fn checkpoint(store: &Store, sealed: &Sealed) -> Result<()> {
-    let started = Instant::now();
-    store.database().persist(PersistMode::SyncAll)?;
-    metrics::histogram!("chatd_storage_checkpoint_seconds").record(started.elapsed().as_secs_f64());
-    match std::fs::remove_file(&sealed.path) {
-        Ok(()) => {
-            if let Some(dir) = sealed.path.parent() {
-                super::log::sync_dir(dir)?;
-            }
-        }
-        // Replaying it again at the next start is harmless; say so.
-        Err(e) => tracing::warn!(
-            cause = %e,
-            segment = %sealed.path.display(),
-            last_commit = sealed.last_commit,
-            "could not delete a persisted log segment"
-        ),
-    }
-    Ok(())
 }
 
 /// Waits while fjall's memtables (active and sealed, all keyspaces) hold more
@@ -674,9 +688,9 @@ mod tests {
     }
 
     /// The apply thread is stopped while hundreds of commits are
-    /// acknowledged: they are in the log only, across several segments.
-    /// A copy of the data taken then (what a killed process leaves) opens
-    /// with every one of them, and the replayed log is gone.
+    /// acknowledged: their segments are not indexed in fjall. A copy of
+    /// the data taken then (what a killed process leaves) opens with every
+    /// one of them.
     #[test]
     fn commits_the_store_never_got_are_replayed_from_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -697,6 +711,7 @@ mod tests {
             write(seq);
         }
         assert!(store.message(1, applied).expect("read").is_some());
+        store.progress().settle().expect("applied");
         let last: u64 = 400;
         let gate = store.progress().apply_gate.lock();
         for seq in applied + 1..=last {
@@ -704,6 +719,8 @@ mod tests {
         }
         assert_eq!(store.progress().unapplied(), last - applied);
         assert!(segments(&log_dir).len() >= 2, "{:?}", segments(&log_dir));
+        // Messages are readable at once: the writer indexed them.
+        assert_eq!(store.message(1, last).expect("read"), Some(message(last)));
 
         let crashed = tempfile::tempdir().expect("tempdir");
         let (crashed_store, crashed_log) =
@@ -725,8 +742,20 @@ mod tests {
         }
         assert_eq!(recovered.message(1, last + 1).expect("read"), None);
         assert_eq!(recovered.progress().unapplied(), 0);
-        let left = segments(&crashed_log);
-        assert!(left.is_empty(), "replayed segments are deleted: {left:?}");
+        assert_eq!(recovered.recent().sealed(), 0, "all indexed in fjall");
+        assert_eq!(
+            recovered.indexed_through().expect("marker"),
+            recovered.progress().next_commit() - 1
+        );
+        // The segments are the message store: they stay, and the store
+        // opens again with every message, replaying nothing.
+        assert!(segments(&crashed_log).len() >= 2);
+        drop(recovered);
+        let again = Store::open(&crashed_store, &crashed_log).expect("reopen");
+        assert_eq!(again.last_seq(1).expect("read"), last);
+        let page = again.messages_before(1, 0, 1000).expect("page");
+        assert_eq!(page.len() as u64, last);
+        assert!(page.iter().rev().map(|m| m.seq).eq(1..=last));
     }
 
     const STUCK: FlushProgress = FlushProgress {

@@ -1,0 +1,360 @@
+//! Messages live in the commit log's segments, where the storage writer
+//! wrote them once; fjall holds only an index to them.
+//!
+//! A message put ([`Ks::Messages`]) in a commit is not copied into fjall:
+//! the writer notes where its value sits in the log ([`Loc`]) in an index
+//! of the segment it went to ([`SegmentIndex`]), before it acknowledges
+//! the commit. Idempotency keys ([`Ks::Idempotency`]) go to the same
+//! index. When a segment is sealed, the apply thread writes its index into
+//! fjall in one sorted run (fjall's ingestion: no memtable, no journal),
+//! then records the segment's last commit as indexed and persists
+//! ([`super::Store::checkpoint`]). Until then readers find the entries in
+//! [`Recent`], which holds the indexes of the current segment and of the
+//! sealed ones not yet ingested.
+//!
+//! A message is written to disk once (in the log) and its index entry once
+//! (in a table, then in compactions of small tables); fjall never journals,
+//! flushes or compacts message bodies.
+//!
+//! Messages are never removed from a segment: deleting a message for
+//! everyone stores a redacted version under the same key, and the index
+//! points to the newest. The original bytes stay in their segment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::writer::{Batch, Op};
+use super::{Ks, Result, StorageError, keys};
+
+/// Where a message's encoded bytes are in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// The segment (the commit of its first record).
+    pub segment: u64,
+    /// Offset of the bytes in the segment's file.
+    pub offset: u64,
+    /// Their length.
+    pub len: u32,
+}
+
+impl Loc {
+    /// Bytes of an encoded location: segment, offset, length, all
+    /// little-endian.
+    pub const BYTES: usize = 20;
+
+    /// The location as stored in the `message_index` keyspace.
+    pub fn encode(&self) -> [u8; Self::BYTES] {
+        let mut b = [0u8; Self::BYTES];
+        b[..8].copy_from_slice(&self.segment.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// A location stored by [`Loc::encode`].
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        Some(Self {
+            segment: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+            offset: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
+            len: u32::from_le_bytes(b.get(16..20)?.try_into().ok()?),
+        })
+    }
+}
+
+/// The index entries of one segment.
+#[derive(Debug, Default)]
+pub struct SegmentIndex {
+    /// `messages` key (conversation ‖ !seq) → location, in key order.
+    pub messages: BTreeMap<[u8; 16], Loc>,
+    /// `idempotency` key → [`crate::records::IdempotencyRecord`].
+    pub idempotency: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl SegmentIndex {
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.messages.len() + self.idempotency.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sorts one commit's operations: message and idempotency puts go to
+/// `index` (the values of messages stay where the record put them, at
+/// `at` + `values[i]` in `segment`), everything else into the returned
+/// batch, for fjall.
+///
+/// `values` holds the offsets of the puts' values, one per put in order
+/// ([`super::log::Log::value_offsets`]).
+pub fn route(
+    ops: impl IntoIterator<Item = Op>,
+    values: &[u32],
+    segment: u64,
+    at: u64,
+    index: &mut SegmentIndex,
+) -> Batch {
+    let mut rest = Batch::new();
+    let mut puts = values.iter();
+    for op in ops {
+        let value_at = match &op {
+            Op::Put(..) => puts.next().copied(),
+            Op::Delete(..) => None,
+        };
+        match op {
+            Op::Put(Ks::Messages, key, value) => {
+                let key: Option<[u8; 16]> = key.as_slice().try_into().ok();
+                if let (Some(key), Some(offset)) = (key, value_at) {
+                    let loc = Loc {
+                        segment,
+                        offset: at + u64::from(offset),
+                        len: value.len() as u32,
+                    };
+                    index.messages.insert(key, loc);
+                }
+            }
+            Op::Put(Ks::Idempotency, key, value) => {
+                index.idempotency.insert(key, value);
+            }
+            other => rest.ops.push(other),
+        }
+    }
+    rest
+}
+
+/// Index entries fjall does not hold yet: those of the current segment
+/// and of sealed segments waiting for their ingestion, newest first.
+#[derive(Debug)]
+pub struct Recent {
+    inner: RwLock<RecentInner>,
+}
+
+#[derive(Debug, Default)]
+struct RecentInner {
+    /// The segment being written and its entries so far.
+    current: (u64, SegmentIndex),
+    /// Sealed segments, oldest first.
+    sealed: Vec<(u64, Arc<SegmentIndex>)>,
+}
+
+impl RecentInner {
+    /// The indexes, newest first.
+    fn newest_first(&self) -> impl Iterator<Item = &SegmentIndex> {
+        std::iter::once(&self.current.1).chain(self.sealed.iter().rev().map(|(_, i)| &**i))
+    }
+}
+
+impl Recent {
+    /// Nothing recent; `segment` is the one being written.
+    pub fn new(segment: u64) -> Self {
+        Self {
+            inner: RwLock::new(RecentInner {
+                current: (segment, SegmentIndex::default()),
+                sealed: Vec::new(),
+            }),
+        }
+    }
+
+    /// Adds entries of the current segment, `segment`.
+    pub fn add(&self, segment: u64, f: impl FnOnce(&mut SegmentIndex) -> Batch) -> Batch {
+        let mut inner = self.inner.write();
+        debug_assert_eq!(inner.current.0, segment, "entries of a sealed segment");
+        f(&mut inner.current.1)
+    }
+
+    /// Seals the current segment: its entries stay readable here until
+    /// [`Recent::retire`]; `next` becomes the current segment. Returns the
+    /// sealed entries, for their ingestion.
+    pub fn seal(&self, next: u64) -> Arc<SegmentIndex> {
+        let mut inner = self.inner.write();
+        let (segment, index) =
+            std::mem::replace(&mut inner.current, (next, SegmentIndex::default()));
+        let index = Arc::new(index);
+        inner.sealed.push((segment, index.clone()));
+        index
+    }
+
+    /// Forgets a sealed segment's entries once fjall holds them.
+    pub fn retire(&self, segment: u64) {
+        self.inner.write().sealed.retain(|(s, _)| *s != segment);
+    }
+
+    /// Sealed segments waiting for their ingestion.
+    pub fn sealed(&self) -> usize {
+        self.inner.read().sealed.len()
+    }
+
+    /// The newest location of a message, if a recent segment has it.
+    pub fn message(&self, key: &[u8; 16]) -> Option<Loc> {
+        let inner = self.inner.read();
+        inner
+            .newest_first()
+            .find_map(|i| i.messages.get(key).copied())
+    }
+
+    /// The record of an idempotency key, if a recent segment has it.
+    pub fn idempotency(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let inner = self.inner.read();
+        inner
+            .newest_first()
+            .find_map(|i| i.idempotency.get(key).cloned())
+    }
+
+    /// Up to `limit` message locations with keys in `from..=to`, the
+    /// smallest keys first (or the largest, if `backwards`), into `out`
+    /// unless `out` has the key already. Newer segments win.
+    pub fn messages(
+        &self,
+        from: [u8; 16],
+        to: [u8; 16],
+        limit: usize,
+        backwards: bool,
+        out: &mut BTreeMap<[u8; 16], Loc>,
+    ) {
+        let inner = self.inner.read();
+        for index in inner.newest_first() {
+            let range = index.messages.range(from..=to);
+            let found: Box<dyn Iterator<Item = (&[u8; 16], &Loc)>> = if backwards {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            for (k, loc) in found.take(limit) {
+                out.entry(*k).or_insert(*loc);
+            }
+        }
+    }
+
+    /// The newest seq of `conversation` in recent segments.
+    pub fn last_seq(&self, conversation: u64) -> Option<u64> {
+        let inner = self.inner.read();
+        let (from, to) = (
+            keys::message(conversation, u64::MAX),
+            keys::message(conversation, 0),
+        );
+        inner
+            .newest_first()
+            .filter_map(|i| i.messages.range(from..=to).next())
+            .filter_map(|(k, _)| keys::message_seq(k))
+            .max()
+    }
+}
+
+/// Open segment files for reading, by segment.
+#[derive(Debug)]
+pub struct Files {
+    dir: PathBuf,
+    open: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+/// Segment files kept open for reads, at most. Past it one is closed
+/// (reopened when needed).
+pub const OPEN_SEGMENTS: usize = 64;
+
+impl Files {
+    /// Segments in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn file(&self, segment: u64) -> Result<Arc<File>> {
+        if let Some(f) = self.open.lock().get(&segment) {
+            return Ok(f.clone());
+        }
+        let path = self.dir.join(super::log::segment_name(segment));
+        let file = Arc::new(File::open(&path).map_err(|e| StorageError::Corrupt {
+            keyspace: "log",
+            detail: format!("segment {} of an indexed message: {e}", path.display()),
+        })?);
+        let mut open = self.open.lock();
+        if open.len() >= OPEN_SEGMENTS {
+            if let Some(k) = open.keys().next().copied() {
+                open.remove(&k);
+            }
+        }
+        open.insert(segment, file.clone());
+        Ok(file)
+    }
+
+    /// The bytes at `loc`.
+    pub fn read(&self, loc: Loc) -> Result<Vec<u8>> {
+        let file = self.file(loc.segment)?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_round_trip() {
+        let loc = Loc {
+            segment: 7,
+            offset: 1 << 33,
+            len: 300,
+        };
+        assert_eq!(Loc::decode(&loc.encode()), Some(loc));
+        assert_eq!(Loc::decode(&[0; 19]), None);
+    }
+
+    #[test]
+    fn messages_and_idempotency_keys_go_to_the_index() {
+        let mut b = Batch::new();
+        b.put(Ks::Users, vec![1], vec![2]);
+        b.put(Ks::Messages, keys::message(5, 1).to_vec(), vec![9; 10]);
+        b.put(Ks::Idempotency, vec![3], vec![4]);
+        b.delete(Ks::Users, vec![1]);
+        let mut index = SegmentIndex::default();
+        let rest = route(b.ops, &[20, 40, 60], 3, 1000, &mut index);
+        assert_eq!(rest.len(), 2);
+        assert_eq!(
+            index.messages.get(&keys::message(5, 1)),
+            Some(&Loc {
+                segment: 3,
+                offset: 1040,
+                len: 10
+            })
+        );
+        assert_eq!(index.idempotency.get(&vec![3]), Some(&vec![4]));
+    }
+
+    #[test]
+    fn newer_segments_win_and_sealed_ones_stay_readable_until_retired() {
+        let recent = Recent::new(1);
+        let key = keys::message(1, 1);
+        let at = |segment, offset| Loc {
+            segment,
+            offset,
+            len: 1,
+        };
+        recent.add(1, |i| {
+            i.messages.insert(key, at(1, 10));
+            Batch::new()
+        });
+        let sealed = recent.seal(2);
+        assert_eq!(sealed.messages.len(), 1);
+        assert_eq!(recent.message(&key), Some(at(1, 10)));
+        recent.add(2, |i| {
+            i.messages.insert(key, at(2, 20));
+            Batch::new()
+        });
+        assert_eq!(recent.message(&key), Some(at(2, 20)));
+        assert_eq!(recent.last_seq(1), Some(1));
+        recent.retire(1);
+        assert_eq!(recent.sealed(), 0);
+        assert_eq!(recent.message(&key), Some(at(2, 20)));
+    }
+}
