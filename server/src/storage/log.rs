@@ -34,9 +34,16 @@
 //! ends at a zero length, a record running past the end of the file, a
 //! checksum that does not match or a commit number out of sequence: what
 //! follows is the tail of a commit whose sync never finished, which was
-//! never acknowledged. Once fjall has persisted everything in a segment
-//! (the writer's apply thread calls fjall's `persist` when a segment is
-//! sealed), the segment is deleted.
+//! never acknowledged.
+//!
+//! Segments are never deleted: they are where the messages live
+//! ([`super::segments`]). When a segment is sealed, the apply thread
+//! ingests its message index into fjall, persists fjall and then records
+//! the segment's last commit as `indexed_through` in the `meta` keyspace.
+//! Recovery replays only the segments after that marker, so a restart
+//! reads the log written since the last sealed segment, not all of it. The
+//! segment after the marker must begin with the next commit; one that
+//! does not means a segment is missing and the store refuses to open.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -65,8 +72,9 @@ const SEGMENT_SUFFIX: &str = ".log";
 const SPARE_SUFFIX: &str = ".tmp";
 const DAMAGED_SUFFIX: &str = ".damaged";
 
-/// A segment the log has finished writing. It may be deleted once fjall
-/// has persisted every commit up to `last_commit`.
+/// A segment the log has finished writing. Its index may be ingested into
+/// fjall and marked as indexed once fjall holds every commit up to
+/// `last_commit`.
 #[derive(Debug)]
 pub struct Sealed {
     /// Its file.
