@@ -5,6 +5,7 @@
 //! lock serialises only registrations and conversation creation, on
 //! blocking threads.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -26,6 +27,8 @@ pub struct Context {
     pub writer: Writer,
     /// Shard-to-shard rings.
     pub mesh: Mesh,
+    /// Which shards may hold each user's sessions (fan-out targets).
+    pub directory: Arc<crate::directory::Directory>,
     /// Highest user id handed out.
     pub last_user_id: AtomicU64,
     /// Highest conversation id handed out.

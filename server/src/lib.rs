@@ -9,7 +9,8 @@
 //!
 //! - [`shard`]: one thread per core with a current-thread runtime, its own
 //!   SO_REUSEPORT listeners and QUIC endpoint, and its own sessions;
-//!   [`mesh`]: bounded rings between shards.
+//!   [`mesh`]: bounded rings between shards; [`directory`]: which shards
+//!   hold a user's sessions, so fan-outs go only there.
 //! - [`owner`]: every conversation is owned by one shard whose
 //!   [`sequencer`] alone assigns its seqs.
 //! - [`storage`]: fjall keyspaces and the group-committing writer thread;
@@ -33,6 +34,7 @@ pub mod catalog;
 pub mod config;
 pub mod connection;
 pub mod context;
+pub mod directory;
 pub mod http;
 pub mod idgen;
 pub mod limits;

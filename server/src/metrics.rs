@@ -9,6 +9,7 @@
 //! | `chatd_messages_in_total` | counter | SendMessage requests received |
 //! | `chatd_messages_stored_total` | counter | messages and system events committed |
 //! | `chatd_deliveries_total` | counter | frames queued to sessions by fan-out |
+//! | `chatd_fanout_shards_skipped_total` | counter | shards a fan-out skipped: none of its users has a session there |
 //! | `chatd_write_ack_seconds` | histogram | owner admission to durable ack |
 //! | `chatd_storage_commit_seconds` | histogram | one group commit: commit log append, fdatasync included |
 //! | `chatd_storage_batch_jobs` | histogram | jobs per group commit |
@@ -18,7 +19,7 @@
 //! | `chatd_storage_unapplied_commits` | gauge | commits acknowledged but not yet in fjall |
 //! | `chatd_storage_apply_wait_seconds` | histogram | writer waits for the apply thread (over 32 MiB unapplied) |
 //! | `chatd_storage_read_wait_seconds` | histogram | reads waiting for fjall to hold what was acknowledged before them |
-//! | `chatd_storage_checkpoint_seconds` | histogram | fjall persisted before a log segment is deleted |
+//! | `chatd_storage_checkpoint_seconds` | histogram | a sealed log segment's index ingested into fjall, persisted and marked indexed |
 //! | `chatd_log_segments_total` | counter | commit log segments started |
 //! | `chatd_storage_stalls_total` | counter | times the apply thread waited for memtables to be flushed |
 //! | `chatd_storage_stall_seconds` | histogram | length of those waits |
@@ -131,6 +132,10 @@ fn describe() {
         "chatd_deliveries_total",
         "frames queued to sessions by fan-out"
     );
+    describe_counter!(
+        "chatd_fanout_shards_skipped_total",
+        "shards a fan-out skipped because none of its users has a session there"
+    );
     describe_histogram!("chatd_write_ack_seconds", "owner admission to durable ack");
     describe_histogram!(
         "chatd_storage_commit_seconds",
@@ -163,7 +168,7 @@ fn describe() {
     );
     describe_histogram!(
         "chatd_storage_checkpoint_seconds",
-        "fjall persisted before a commit log segment is deleted"
+        "a sealed log segment's index ingested into fjall, persisted and marked indexed"
     );
     describe_counter!("chatd_log_segments_total", "commit log segments started");
     describe_counter!(

@@ -219,6 +219,7 @@ impl ServerHandle {
         let (shutdown, _) = watch::channel(false);
         let ctx = Arc::new(Context {
             mesh: Mesh::new(nr_shards, config.mesh_ring_capacity),
+            directory: Arc::new(crate::directory::Directory::new(nr_shards)),
             store,
             writer,
             last_user_id: AtomicU64::new(last_user_id),

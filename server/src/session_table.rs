@@ -10,11 +10,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chat_protocol::ErrorCode;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::directory::{Directory, Local};
+use crate::mesh::ShardId;
 use crate::reply;
 
 /// How a session ends.
@@ -182,14 +185,29 @@ pub struct SessionHandle {
 }
 
 /// Sessions of one shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionTable {
     next_id: u64,
     sessions: HashMap<u64, Rc<SessionHandle>>,
     by_user: HashMap<u64, Vec<u64>>,
+    /// Where fan-outs look for the shards with a user's sessions.
+    directory: Arc<Directory>,
+    /// This shard's part of `directory`.
+    online: Local,
 }
 
 impl SessionTable {
+    /// The sessions of `shard`, none yet.
+    pub fn new(shard: ShardId, directory: Arc<Directory>) -> Self {
+        Self {
+            next_id: 0,
+            sessions: HashMap::new(),
+            by_user: HashMap::new(),
+            directory,
+            online: Local::new(shard),
+        }
+    }
+
     /// Registers a new connection, returning its id, its handle and the
     /// receiving end of its queue of at most `max_frames` frames and
     /// `max_bytes` bytes. `inflight` and `reads` are the session's permits
@@ -220,7 +238,11 @@ impl SessionTable {
     pub fn authenticate(&mut self, id: u64, user: u64) {
         if let Some(s) = self.sessions.get(&id) {
             s.user.set(Some(user));
-            self.by_user.entry(user).or_default().push(id);
+            let ids = self.by_user.entry(user).or_default();
+            if ids.is_empty() {
+                self.online.online(&self.directory, user);
+            }
+            ids.push(id);
         }
     }
 
@@ -245,6 +267,7 @@ impl SessionTable {
             list.retain(|&s| s != id);
             if list.is_empty() {
                 self.by_user.remove(&user);
+                self.online.offline(&self.directory, user);
             }
         }
     }

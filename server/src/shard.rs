@@ -188,7 +188,7 @@ impl Shard {
         let recent = ctx.config.recent_messages;
         Self {
             id,
-            sessions: RefCell::new(SessionTable::default()),
+            sessions: RefCell::new(SessionTable::new(id, ctx.directory.clone())),
             owned: RefCell::new(Owned::new(recovered, recent)),
             ids: RefCell::new(MessageIdGenerator::new(id as u16)),
             cursor_dirty: RefCell::new(std::collections::HashSet::new()),
@@ -242,9 +242,15 @@ impl Shard {
         }
     }
 
-    /// Pushes `frame` to every session of `users` on every shard.
+    /// Pushes `frame` to every session of `users`, on the shards that may
+    /// hold one ([`crate::directory`]).
     pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes, ephemeral: bool) {
+        let targets = self.ctx.directory.shards_of(&users);
         for dst in 0..self.ctx.nr_shards() {
+            if targets.is_some_and(|t| !t.contains(dst)) {
+                metrics::counter!("chatd_fanout_shards_skipped_total").increment(1);
+                continue;
+            }
             if dst == self.id {
                 let n = self.sessions.borrow().deliver(&users, &frame, ephemeral);
                 metrics::counter!("chatd_deliveries_total").increment(n as u64);

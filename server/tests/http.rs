@@ -72,3 +72,56 @@ async fn health_and_metrics_are_served() {
     assert_eq!(get(server.http_addr, "/nope").await.0, 404);
     server.stop().await;
 }
+
+/// Fan-outs go only to the shards that hold a recipient's session: with
+/// four shards, a direct chat's two users are on at most two, so every
+/// message skips at least two shards; a group spread over the shards still
+/// reaches every member, including one who reconnects (and so may move to
+/// another shard).
+#[tokio::test]
+async fn fanouts_skip_shards_without_recipients_and_reach_every_session() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.shards = 4;
+    let server = TestServer::start_with(dir, config);
+    let skipped = |m: &str| value(m, "chatd_fanout_shards_skipped_total");
+
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut bob = Raw::register(server.addr, "bob").await;
+    let direct = alice.create_direct(bob.user_id).await;
+    let before = skipped(&get(server.http_addr, "/metrics").await.1);
+    for i in 0..5 {
+        alice.send_text(direct, &format!("d{i}"), "hi").await;
+    }
+    for _ in 0..5 {
+        bob.next_message().await;
+        alice.next_message().await;
+    }
+    let after = skipped(&get(server.http_addr, "/metrics").await.1);
+    assert!(after - before >= 10.0, "skipped {before} then {after}");
+
+    let mut members = Vec::new();
+    for i in 0..8 {
+        members.push(Raw::register(server.addr, &format!("member{i}")).await);
+    }
+    let ids: Vec<u64> = members.iter().map(|m| m.user_id).collect();
+    let group = alice.create_group("spread", &ids).await;
+    // One member reconnects: its old shard stops holding it, its new one
+    // (possibly another) starts.
+    drop(members.remove(0));
+    members.insert(0, Raw::login(server.addr, "member0").await);
+    for i in 0..3 {
+        alice.send_text(group, &format!("g{i}"), "all").await;
+    }
+    for member in &mut members {
+        let mut texts = Vec::new();
+        while texts.len() < 3 {
+            let m = member.next_message().await;
+            if m.conversation_id == group && m.text == "all" {
+                texts.push(m.seq);
+            }
+        }
+        assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+    }
+    server.stop().await;
+}
