@@ -1,9 +1,12 @@
 //! Frame codec throughput: encode and decode of a typical 100-byte text
-//! message push, the frame the server writes most often.
+//! message push, the frame the server writes most often; and what the
+//! owner makes of each new message (its stored encoding and its push),
+//! encoding the message twice or building the push around the stored bytes.
 
 use chat_protocol::codec::{self, DEFAULT_MAX_FRAME_BYTES};
 use chat_protocol::pb::{self, server_frame::Body};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message as _;
 use std::hint::black_box;
 
 fn push_frame() -> pb::ServerFrame {
@@ -39,6 +42,29 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("decode_message_push", |b| {
         b.iter(|| codec::decode::<pb::ServerFrame>(black_box(&bytes), DEFAULT_MAX_FRAME_BYTES))
+    });
+    group.finish();
+
+    let Some(Body::MessagePush(pb::MessagePush { message: Some(m) })) = push_frame().body else {
+        return;
+    };
+    let mut group = c.benchmark_group("stage_message");
+    group.bench_function("encode_twice", |b| {
+        b.iter(|| {
+            let m = black_box(&m);
+            let stored = m.encode_to_vec();
+            let push = chatd::reply::push(Body::MessagePush(pb::MessagePush {
+                message: Some(m.clone()),
+            }));
+            (stored, push)
+        })
+    });
+    group.bench_function("push_around_stored", |b| {
+        b.iter(|| {
+            let stored = black_box(&m).encode_to_vec();
+            let push = chatd::reply::message_push(&stored);
+            (stored, push)
+        })
     });
     group.finish();
 }

@@ -95,10 +95,66 @@ pub fn error_with_retry(
         .unwrap_or_default()
 }
 
+/// `ServerFrame.body`'s field number for `MessagePush` and
+/// `MessagePush.message`'s (`protocol/proto/chat.proto`).
+const MESSAGE_PUSH_FIELD: u32 = 40;
+const PUSHED_MESSAGE_FIELD: u32 = 1;
+
+/// The push of a message whose protobuf encoding is `message`: the frame
+/// [`push`] makes of `Body::MessagePush`, byte for byte, built around the
+/// encoding the store keeps instead of encoding the message a second time.
+pub fn message_push(message: &[u8]) -> Bytes {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let inner =
+        key_len(PUSHED_MESSAGE_FIELD) + encoded_len_varint(message.len() as u64) + message.len();
+    let frame = key_len(MESSAGE_PUSH_FIELD) + encoded_len_varint(inner as u64) + inner;
+    if frame > chat_protocol::DEFAULT_MAX_FRAME_BYTES {
+        return error(0, ErrorCode::Internal, "push exceeds the frame limit");
+    }
+    let mut out = Vec::with_capacity(encoded_len_varint(frame as u64) + frame);
+    encode_varint(frame as u64, &mut out);
+    encode_key(MESSAGE_PUSH_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(inner as u64, &mut out);
+    encode_key(PUSHED_MESSAGE_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(message.len() as u64, &mut out);
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
 /// A push (request_id 0).
 pub fn push(body: Body) -> Bytes {
     encode(&pb::ServerFrame {
         request_id: 0,
         body: Some(body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn a_message_push_built_around_the_stored_encoding_is_the_encoded_push() {
+        for text_len in [0, 1, 100, 200, 20_000] {
+            let m = pb::Message {
+                conversation_id: 7,
+                seq: 300,
+                message_id: 1 << 40,
+                sender_id: 9,
+                sent_at_ms: 1_700_000_000_000,
+                client_msg_id: "c-1".into(),
+                text: "x".repeat(text_len),
+                ..Default::default()
+            };
+            let expected = push(Body::MessagePush(pb::MessagePush {
+                message: Some(m.clone()),
+            }));
+            assert_eq!(
+                message_push(&m.encode_to_vec()),
+                expected,
+                "text of {text_len} bytes"
+            );
+        }
+    }
 }

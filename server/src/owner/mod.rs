@@ -747,15 +747,19 @@ impl Shard {
 
     /// Adds the message to `batch` and returns its encoded push.
     fn stage_message(&self, id: u64, m: &pb::Message, batch: &mut Batch) -> Bytes {
-        batch.put(
-            Ks::Messages,
-            keys::message(id, m.seq).to_vec(),
-            m.encode_to_vec(),
-        );
-        let mut pushed = m.clone();
-        self.ctx.media.sign_message(&mut pushed, now_ms());
-        reply::push(Body::MessagePush(pb::MessagePush {
-            message: Some(pushed),
-        }))
+        let stored = m.encode_to_vec();
+        // A push carries the stored message as it is, unless it has media,
+        // whose download URL is signed for the moment of the push.
+        let frame = if m.media.is_none() {
+            reply::message_push(&stored)
+        } else {
+            let mut pushed = m.clone();
+            self.ctx.media.sign_message(&mut pushed, now_ms());
+            reply::push(Body::MessagePush(pb::MessagePush {
+                message: Some(pushed),
+            }))
+        };
+        batch.put(Ks::Messages, keys::message(id, m.seq).to_vec(), stored);
+        frame
     }
 }
