@@ -10,7 +10,7 @@ use std::hint::black_box;
 const MEMBERS: u64 = 500;
 
 fn bench(c: &mut Criterion) {
-    let mut table = SessionTable::default();
+    let mut table = SessionTable::new(0, std::sync::Arc::new(chatd::directory::Directory::new(1)));
     let mut queues = Vec::new();
     for user in 1..=MEMBERS {
         let (id, _handle, rx) = table.insert(1024, 4 << 20, 256, 4);
