@@ -86,9 +86,10 @@ impl ShardSet {
 /// The shared table.
 #[derive(Debug)]
 pub struct Directory {
-    nr_shards: usize,
     /// Words per slot (`⌈nr_shards / 64⌉`); empty when the directory is off.
     words: usize,
+    /// Every shard: a fan-out whose slots cover it stops reading.
+    full: ShardSet,
     bits: Box<[AtomicU64]>,
 }
 
@@ -102,8 +103,8 @@ impl Directory {
         };
         let bits = (0..SLOTS * words).map(|_| AtomicU64::new(0)).collect();
         Self {
-            nr_shards,
             words,
+            full: ShardSet::all(nr_shards),
             bits,
         }
     }
@@ -115,7 +116,6 @@ impl Directory {
             return None;
         }
         let mut set = ShardSet::default();
-        let full = ShardSet::all(self.nr_shards);
         for &user in users {
             let base = slot(user) * self.words;
             for (w, out) in set.0.iter_mut().enumerate().take(self.words) {
@@ -123,7 +123,7 @@ impl Directory {
                     *out |= bits.load(Ordering::Acquire);
                 }
             }
-            if set == full {
+            if set == self.full {
                 break;
             }
         }
