@@ -7,7 +7,9 @@
 //! reconnects, so one slow reader never holds up a fan-out or grows memory.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;

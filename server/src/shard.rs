@@ -15,7 +15,9 @@
 //!   connection's own task, bounded by `handshake_timeout_ms`.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,13 +134,13 @@ pub struct Shard {
     /// Send rate per user with sessions on this shard.
     pub user_buckets: RefCell<HashMap<u64, crate::limits::TokenBucket>>,
     /// Owned conversations where someone is typing.
-    pub typing_active: RefCell<std::collections::HashSet<u64>>,
+    pub typing_active: RefCell<hashbrown::HashSet<u64>>,
     /// Presence of the users this shard keeps.
     pub presence: RefCell<crate::presence::PresenceTable>,
     /// Which local sessions watch which users' presence.
     pub interest: RefCell<crate::presence::Interest>,
     /// Owned conversations with receipt cursors not yet written.
-    pub cursor_dirty: RefCell<std::collections::HashSet<u64>>,
+    pub cursor_dirty: RefCell<hashbrown::HashSet<u64>>,
     /// Entries waiting for the commit loop.
     /// With the time each entry was queued, for `chatd_write_ack_seconds`.
     pipeline: RefCell<VecDeque<(Instant, Pending)>>,
@@ -191,8 +193,8 @@ impl Shard {
             sessions: RefCell::new(SessionTable::new(id, ctx.directory.clone())),
             owned: RefCell::new(Owned::new(recovered, recent)),
             ids: RefCell::new(MessageIdGenerator::new(id as u16)),
-            cursor_dirty: RefCell::new(std::collections::HashSet::new()),
-            typing_active: RefCell::new(std::collections::HashSet::new()),
+            cursor_dirty: RefCell::new(hashbrown::HashSet::new()),
+            typing_active: RefCell::new(hashbrown::HashSet::new()),
             user_buckets: RefCell::new(HashMap::new()),
             presence: RefCell::new(crate::presence::PresenceTable::default()),
             interest: RefCell::new(crate::presence::Interest::default()),

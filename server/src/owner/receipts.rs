@@ -14,7 +14,7 @@
 //! Typing is never stored. Events are debounced per member and go to the
 //! other members' sessions as shed-first ephemeral frames.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::time::Duration;
 
 use chat_protocol::ErrorCode;

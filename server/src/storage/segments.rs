@@ -20,7 +20,9 @@
 //! everyone stores a redacted version under the same key, and the index
 //! points to the newest. The original bytes stay in their segment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
