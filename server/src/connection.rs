@@ -451,7 +451,7 @@ impl Conn {
         let owner = |conversation, op| OwnerRequest::new(origin, user, conversation, op);
         match body {
             C::SendMessage(m) => {
-                metrics::counter!("chatd_messages_in_total").increment(1);
+                self.shard.counters.messages_in.increment(1);
                 if let Err(wait) = self.take_send_token(user) {
                     let ms = wait.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
                     let r =

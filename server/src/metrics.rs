@@ -92,6 +92,49 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Handles of the metrics the send path updates for every message. A
+/// `counter!` looks its key up in the registry (hashing the name and
+/// labels) on every call; a shard resolves these once, after [`install`],
+/// and then each update is one atomic add.
+#[derive(Clone)]
+pub struct PerMessage {
+    /// `chatd_messages_in_total`.
+    pub messages_in: metrics::Counter,
+    /// `chatd_deliveries_total`.
+    pub deliveries: metrics::Counter,
+    /// `chatd_fanout_shards_skipped_total`.
+    pub fanout_shards_skipped: metrics::Counter,
+    /// `chatd_messages_stored_total`.
+    pub messages_stored: metrics::Counter,
+    /// `chatd_write_ack_seconds`.
+    pub write_ack: metrics::Histogram,
+}
+
+impl PerMessage {
+    /// Resolves the handles in the installed recorder.
+    pub fn new() -> Self {
+        Self {
+            messages_in: metrics::counter!("chatd_messages_in_total"),
+            deliveries: metrics::counter!("chatd_deliveries_total"),
+            fanout_shards_skipped: metrics::counter!("chatd_fanout_shards_skipped_total"),
+            messages_stored: metrics::counter!("chatd_messages_stored_total"),
+            write_ack: metrics::histogram!("chatd_write_ack_seconds"),
+        }
+    }
+}
+
+impl Default for PerMessage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for PerMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerMessage").finish_non_exhaustive()
+    }
+}
+
 /// The text exposition of every metric.
 pub fn render() -> String {
     match HANDLE.get() {

@@ -151,6 +151,8 @@ pub struct Shard {
     /// session enters `sessions` only once its task runs, which a burst of
     /// accepts would outrun).
     pub connections: std::cell::Cell<usize>,
+    /// Metric handles of the per-message path.
+    pub counters: crate::metrics::PerMessage,
 }
 
 /// One of the shard's `max_connections_per_shard` slots, given back when
@@ -193,6 +195,7 @@ impl Shard {
             sessions: RefCell::new(SessionTable::new(id, ctx.directory.clone())),
             owned: RefCell::new(Owned::new(recovered, recent)),
             ids: RefCell::new(MessageIdGenerator::new(id as u16)),
+            counters: crate::metrics::PerMessage::new(),
             cursor_dirty: RefCell::new(hashbrown::HashSet::new()),
             typing_active: RefCell::new(hashbrown::HashSet::new()),
             user_buckets: RefCell::new(HashMap::new()),
@@ -250,12 +253,12 @@ impl Shard {
         let targets = self.ctx.directory.shards_of(&users);
         for dst in 0..self.ctx.nr_shards() {
             if targets.is_some_and(|t| !t.contains(dst)) {
-                metrics::counter!("chatd_fanout_shards_skipped_total").increment(1);
+                self.counters.fanout_shards_skipped.increment(1);
                 continue;
             }
             if dst == self.id {
                 let n = self.sessions.borrow().deliver(&users, &frame, ephemeral);
-                metrics::counter!("chatd_deliveries_total").increment(n as u64);
+                self.counters.deliveries.increment(n as u64);
             } else {
                 let msg = ShardMsg::Deliver {
                     users: users.clone(),
@@ -288,7 +291,7 @@ impl Shard {
                 ephemeral,
             } => {
                 let n = self.sessions.borrow().deliver(&users, &frame, ephemeral);
-                metrics::counter!("chatd_deliveries_total").increment(n as u64);
+                self.counters.deliveries.increment(n as u64);
             }
             ShardMsg::Presence(op) => self.apply_presence(op),
             ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
@@ -342,11 +345,11 @@ impl Shard {
             };
             match result {
                 Ok(_) => {
-                    let ack_latency = metrics::histogram!("chatd_write_ack_seconds");
+                    let ack_latency = &self.counters.write_ack;
                     for at in queued_at {
                         ack_latency.record(at.elapsed().as_secs_f64());
                     }
-                    let stored = metrics::counter!("chatd_messages_stored_total");
+                    let stored = &self.counters.messages_stored;
                     for effect in effects {
                         match effect {
                             Effect::Durable { conversation, seq } => {
