@@ -1,0 +1,75 @@
+//! A real chatd for the foreign-language scenarios, and the generated
+//! module next to the built library.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use chatd::config::Config;
+use chatd::server::ServerHandle;
+
+/// A chatd on 127.0.0.1 with free ports and a temporary data directory.
+pub struct Server {
+    handle: Option<ServerHandle>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let handle = ServerHandle::start(Config::for_tests(dir.path())).expect("start chatd");
+        Self {
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    /// The `tcp://` URL of the server.
+    pub fn url(&self) -> String {
+        let handle = self.handle.as_ref().expect("running");
+        format!("tcp://{}", handle.tcp_addr())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown();
+        }
+    }
+}
+
+/// The built cdylib of this crate.
+pub fn library() -> PathBuf {
+    let lib = PathBuf::from(env!("CARGO_BIN_EXE_uniffi-bindgen"))
+        .with_file_name(format!("{}chat_client_ffi", std::env::consts::DLL_PREFIX))
+        .with_extension(std::env::consts::DLL_EXTENSION);
+    assert!(lib.exists(), "{} was not built", lib.display());
+    lib
+}
+
+/// A temporary directory holding the committed binding source `source`
+/// (relative to `bindings/`) and the library it loads from its own
+/// directory.
+pub fn module_dir(source: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bindings")
+        .join(source);
+    let name = src.file_name().expect("file name");
+    std::fs::copy(&src, dir.path().join(name)).expect("copy binding source");
+    let lib = library();
+    std::fs::copy(&lib, dir.path().join(lib.file_name().expect("file name")))
+        .expect("copy library");
+    dir
+}
+
+/// Fails with the program's output unless it exited successfully.
+pub fn check(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "scenario failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
