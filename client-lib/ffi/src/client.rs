@@ -479,8 +479,9 @@ impl ChatClient {
     }
 
     /// Closes the connection and stops reconnecting; the listener gets
-    /// `Ended` once the queued events are delivered.
-    pub async fn close(&self) {
+    /// `Ended` once the queued events are delivered. (Not `close`: Kotlin
+    /// objects are `AutoCloseable`, whose `close` frees the Rust object.)
+    pub async fn shutdown(&self) {
         let c = self.client.clone();
         // The only failure is a runtime that could not start, and then
         // there is nothing to close.

@@ -564,8 +564,6 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password() != 42513:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_close() != 12070:
-        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_create_channel() != 37232:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_create_direct() != 26406:
@@ -636,6 +634,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_title() != 174:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_shutdown() != 22835:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_subscribe_channel() != 38788:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_sync() != 65239:
@@ -701,9 +701,6 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.restype
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password.restype = ctypes.c_uint16
-_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_close.argtypes = (
-)
-_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_close.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_create_channel.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_create_channel.restype = ctypes.c_uint16
@@ -809,6 +806,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_role.restype = 
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_title.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_title.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_shutdown.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_shutdown.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_subscribe_channel.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_subscribe_channel.restype = ctypes.c_uint16
@@ -866,10 +866,6 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_change_password.argtypes 
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_change_password.restype = ctypes.c_uint64
-_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_close.argtypes = (
-    ctypes.c_uint64,
-)
-_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_close.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_create_channel.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1070,6 +1066,10 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_title.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_title.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_shutdown.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_shutdown.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_subscribe_channel.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -5146,12 +5146,6 @@ class ChatClientProtocol(typing.Protocol):
         Changes the password.
 """
         raise NotImplementedError
-    async def close(self, ) -> None:
-        """
-        Closes the connection and stops reconnecting; the listener gets
-        `Ended` once the queued events are delivered.
-"""
-        raise NotImplementedError
     async def create_channel(self, title: str) -> Conversation:
         """
         Creates a channel with this user as owner.
@@ -5336,6 +5330,13 @@ class ChatClientProtocol(typing.Protocol):
         Changes a group's or channel's title.
 """
         raise NotImplementedError
+    async def shutdown(self, ) -> None:
+        """
+        Closes the connection and stops reconnecting; the listener gets
+        `Ended` once the queued events are delivered. (Not `close`: Kotlin
+        objects are `AutoCloseable`, whose `close` frees the Rust object.)
+"""
+        raise NotImplementedError
     async def subscribe_channel(self, channel_id: int) -> None:
         """
         Subscribes to a channel; its messages are delivered from the start.
@@ -5455,24 +5456,6 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_change_password(*_uniffi_lowered_args),
-            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
-            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
-            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
-            _uniffi_lift_return,
-            _uniffi_error_converter,
-        )
-    async def close(self, ) -> None:
-        """
-        Closes the connection and stops reconnecting; the listener gets
-        `Ended` once the queued events are delivered.
-"""
-        _uniffi_lowered_args = (
-            self._uniffi_clone_handle(),
-        )
-        _uniffi_lift_return = lambda val: None
-        _uniffi_error_converter = None
-        return await _uniffi_rust_call_async(
-            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_close(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
@@ -6245,6 +6228,25 @@ class ChatClient(ChatClientProtocol):
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def shutdown(self, ) -> None:
+        """
+        Closes the connection and stops reconnecting; the listener gets
+        `Ended` once the queued events are delivered. (Not `close`: Kotlin
+        objects are `AutoCloseable`, whose `close` frees the Rust object.)
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_shutdown(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )

@@ -623,12 +623,6 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func changePassword(current: String, new: String) async throws 
     
     /**
-     * Closes the connection and stops reconnecting; the listener gets
-     * `Ended` once the queued events are delivered.
-     */
-    func close() async 
-    
-    /**
      * Creates a channel with this user as owner.
      */
     func createChannel(title: String) async throws  -> Conversation
@@ -813,6 +807,13 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func setTitle(conversationId: UInt64, title: String) async throws  -> Conversation
     
     /**
+     * Closes the connection and stops reconnecting; the listener gets
+     * `Ended` once the queued events are delivered. (Not `close`: Kotlin
+     * objects are `AutoCloseable`, whose `close` frees the Rust object.)
+     */
+    func shutdown() async 
+    
+    /**
      * Subscribes to a channel; its messages are delivered from the start.
      */
     func subscribeChannel(channelId: UInt64) async throws 
@@ -955,27 +956,6 @@ open func changePassword(current: String, new: String)async throws   {
             freeFunc: ffi_chat_client_ffi_rust_future_free_void,
             liftFunc: { $0 },
             errorHandler: FfiConverterTypeClientError_lift
-        )
-}
-    
-    /**
-     * Closes the connection and stops reconnecting; the listener gets
-     * `Ended` once the queued events are delivered.
-     */
-open func close()async   {
-    return
-        try!  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_chat_client_ffi_fn_method_chatclient_close(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
-            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
-            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
-            liftFunc: { $0 },
-            errorHandler: nil
-            
         )
 }
     
@@ -1633,6 +1613,28 @@ open func setTitle(conversationId: UInt64, title: String)async throws  -> Conver
             freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeConversation_lift,
             errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Closes the connection and stops reconnecting; the listener gets
+     * `Ended` once the queued events are delivered. (Not `close`: Kotlin
+     * objects are `AutoCloseable`, whose `close` frees the Rust object.)
+     */
+open func shutdown()async   {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_shutdown(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: nil
+            
         )
 }
     
@@ -6507,9 +6509,6 @@ private let initializationResult: InitializationResult = {
     if (uniffi_chat_client_ffi_checksum_method_chatclient_change_password() != 42513) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_chat_client_ffi_checksum_method_chatclient_close() != 12070) {
-        return InitializationResult.apiChecksumMismatch
-    }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_create_channel() != 37232) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6613,6 +6612,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_set_title() != 174) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_shutdown() != 22835) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_subscribe_channel() != 38788) {

@@ -279,11 +279,6 @@ uint64_t uniffi_chat_client_ffi_fn_method_chatclient_add_members(uint64_t ptr, u
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_change_password(uint64_t ptr, RustBuffer current, RustBuffer new
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_CLOSE
-uint64_t uniffi_chat_client_ffi_fn_method_chatclient_close(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_CREATE_CHANNEL
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_CREATE_CHANNEL
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_create_channel(uint64_t ptr, RustBuffer title
@@ -457,6 +452,11 @@ uint64_t uniffi_chat_client_ffi_fn_method_chatclient_set_role(uint64_t ptr, uint
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_SET_TITLE
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_SET_TITLE
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_set_title(uint64_t ptr, uint64_t conversation_id, RustBuffer title
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_SHUTDOWN
+uint64_t uniffi_chat_client_ffi_fn_method_chatclient_shutdown(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_SUBSCRIBE_CHANNEL
@@ -829,12 +829,6 @@ uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_change_password(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_CLOSE
-uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_close(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_CREATE_CHANNEL
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_CREATE_CHANNEL
 uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_create_channel(void
@@ -1042,6 +1036,12 @@ uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_set_role(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_SET_TITLE
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_SET_TITLE
 uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_set_title(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_SHUTDOWN
+uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_shutdown(void
     
 );
 #endif

@@ -85,7 +85,7 @@ async def main():
     cursor = await bob.cursor(conv)
     assert cursor == first.seq, cursor
     bob_handle.cancel()
-    await bob.close()
+    await bob.shutdown()
     missed = [await alice.send_text(conv, text) for text in ("while away 1", "while away 2")]
     bob, bob_inbox, bob_handle = await connected("bob-phone")
     await bob.set_cursor(conv, cursor)
@@ -124,10 +124,10 @@ async def main():
 
     # Closing ends each event stream.
     for client, inbox in ((alice, alice_inbox), (bob, bob_inbox)):
-        await client.close()
+        await client.shutdown()
         await inbox.next_where(lambda e: e.is_ended())
     carol_handle.cancel()
-    await carol.close()
+    await carol.shutdown()
     alice_handle.cancel()
     print("python scenario passed")
 

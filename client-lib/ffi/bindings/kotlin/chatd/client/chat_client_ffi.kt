@@ -712,8 +712,6 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_change_password(
     ): Int
-    external fun uniffi_chat_client_ffi_checksum_method_chatclient_close(
-    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_create_channel(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_create_direct(
@@ -784,6 +782,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_title(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_shutdown(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_subscribe_channel(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_sync(
@@ -838,8 +838,6 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_add_members(`ptr`: Long,`conversationId`: Long,`userIds`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_change_password(`ptr`: Long,`current`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,
-    ): Long
-    external fun uniffi_chat_client_ffi_fn_method_chatclient_close(`ptr`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_create_channel(`ptr`: Long,`title`: RustBuffer.ByValue,
     ): Long
@@ -910,6 +908,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_role(`ptr`: Long,`conversationId`: Long,`userId`: Long,`role`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_title(`ptr`: Long,`conversationId`: Long,`title`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_shutdown(`ptr`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_subscribe_channel(`ptr`: Long,`channelId`: Long,
     ): Long
@@ -1076,9 +1076,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password() and 0xFFFF) != 42513) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_close() and 0xFFFF) != 12070) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_create_channel() and 0xFFFF) != 37232) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1182,6 +1179,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_title() and 0xFFFF) != 174) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_shutdown() and 0xFFFF) != 22835) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_subscribe_channel() and 0xFFFF) != 38788) {
@@ -1731,12 +1731,6 @@ public interface ChatClientInterface {
     suspend fun `changePassword`(`current`: kotlin.String, `new`: kotlin.String)
     
     /**
-     * Closes the connection and stops reconnecting; the listener gets
-     * `Ended` once the queued events are delivered.
-     */
-    suspend fun `close`()
-    
-    /**
      * Creates a channel with this user as owner.
      */
     suspend fun `createChannel`(`title`: kotlin.String): Conversation
@@ -1919,6 +1913,13 @@ public interface ChatClientInterface {
      * Changes a group's or channel's title.
      */
     suspend fun `setTitle`(`conversationId`: kotlin.ULong, `title`: kotlin.String): Conversation
+    
+    /**
+     * Closes the connection and stops reconnecting; the listener gets
+     * `Ended` once the queued events are delivered. (Not `close`: Kotlin
+     * objects are `AutoCloseable`, whose `close` frees the Rust object.)
+     */
+    suspend fun `shutdown`()
     
     /**
      * Subscribes to a channel; its messages are delivered from the start.
@@ -2128,31 +2129,6 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
         
         // Error FFI converter
         ClientException.ErrorHandler,
-    )
-    }
-
-    
-    /**
-     * Closes the connection and stops reconnecting; the listener gets
-     * `Ended` once the queued events are delivered.
-     */
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `close`() {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_close(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
-        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
-        // lift function
-        { },
-        
-        // Error FFI converter
-        UniffiNullRustCallStatusErrorHandler,
     )
     }
 
@@ -3041,6 +3017,32 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
         { FfiConverterTypeConversation.lift(it) },
         // Error FFI converter
         ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Closes the connection and stops reconnecting; the listener gets
+     * `Ended` once the queued events are delivered. (Not `close`: Kotlin
+     * objects are `AutoCloseable`, whose `close` frees the Rust object.)
+     */
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `shutdown`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_shutdown(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        UniffiNullRustCallStatusErrorHandler,
     )
     }
 
