@@ -70,5 +70,5 @@ fn kotlin_scenario_against_a_real_server() {
         .env("CHATD_URL", server.url())
         .output()
         .expect("run java");
-    support::check(&output);
+    support::check_printing(&output, "kotlin scenario passed");
 }

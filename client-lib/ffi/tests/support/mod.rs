@@ -65,8 +65,14 @@ pub fn module_dir(source: &str) -> tempfile::TempDir {
 
 /// Fails with the program's output unless it exited successfully.
 pub fn check(output: &std::process::Output) {
+    check_printing(output, "");
+}
+
+/// Fails with the program's output unless it exited successfully and
+/// printed `line` (the scenario's last step).
+pub fn check_printing(output: &std::process::Output, line: &str) {
     assert!(
-        output.status.success(),
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains(line),
         "scenario failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
