@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod support;
+
 /// Every file under `root`, by path relative to it.
 fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -27,10 +29,7 @@ fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 #[test]
 fn committed_bindings_match_the_library() {
     let bindgen = PathBuf::from(env!("CARGO_BIN_EXE_uniffi-bindgen"));
-    let lib = bindgen
-        .with_file_name(format!("{}chat_client_ffi", std::env::consts::DLL_PREFIX))
-        .with_extension(std::env::consts::DLL_EXTENSION);
-    assert!(lib.exists(), "{} was not built", lib.display());
+    let lib = support::library();
     let fresh = tempfile::tempdir().expect("temp dir");
     // The same calls as generate.sh.
     for language in ["kotlin", "swift", "python"] {

@@ -38,13 +38,33 @@ impl Drop for Server {
     }
 }
 
-/// The built cdylib of this crate.
+/// The built cdylib of this crate. `cargo test` builds the crate's rlib
+/// for its tests but not always the cdylib, so a missing one is built
+/// here, once per test binary, with the profile of the running tests.
 pub fn library() -> PathBuf {
-    let lib = PathBuf::from(env!("CARGO_BIN_EXE_uniffi-bindgen"))
-        .with_file_name(format!("{}chat_client_ffi", std::env::consts::DLL_PREFIX))
-        .with_extension(std::env::consts::DLL_EXTENSION);
-    assert!(lib.exists(), "{} was not built", lib.display());
-    lib
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bindgen = PathBuf::from(env!("CARGO_BIN_EXE_uniffi-bindgen"));
+            let lib = bindgen
+                .with_file_name(format!("{}chat_client_ffi", std::env::consts::DLL_PREFIX))
+                .with_extension(std::env::consts::DLL_EXTENSION);
+            if !lib.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut cmd = std::process::Command::new(cargo);
+                cmd.args(["build", "--locked", "-p", "chat-client-ffi", "--lib"]);
+                if bindgen.parent().is_some_and(|d| d.ends_with("release")) {
+                    cmd.arg("--release");
+                }
+                let status = cmd
+                    .status()
+                    .expect("running cargo build -p chat-client-ffi");
+                assert!(status.success(), "building chat-client-ffi failed");
+            }
+            assert!(lib.exists(), "{} was not built", lib.display());
+            lib
+        })
+        .clone()
 }
 
 /// A temporary directory holding the committed binding source `source`
