@@ -12,10 +12,9 @@ use chat_protocol::{ErrorCode, pb};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
-use std::time::Instant;
 
 use crate::config::Config;
-use crate::context::{Context, now_ms};
+use crate::context::Context;
 use crate::records::{TokenRecord, UserRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
@@ -47,7 +46,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 /// Creates a token for `user`, adding its record to `batch`.
 fn issue_token(ctx: &Context, user: u64, device_id: &str, batch: &mut Batch) -> (String, u64) {
     let token = hex::encode(rand::random::<[u8; 32]>());
-    let expires_at_ms = now_ms() + ctx.config.token_ttl_secs * 1000;
+    let expires_at_ms = ctx.now_ms() + ctx.config.token_ttl_secs * 1000;
     let record = TokenRecord {
         user_id: user,
         expires_at_ms,
@@ -83,7 +82,7 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
         username: req.username.clone(),
         display_name,
         password_hash,
-        created_at_ms: now_ms(),
+        created_at_ms: ctx.now_ms(),
         hide_last_seen: false,
     };
     // Check-then-write of the unique name under the catalog lock.
@@ -113,7 +112,7 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
 /// username and per `peer` address; past the limits, attempts are refused
 /// without checking the password.
 pub fn login(ctx: &Context, req: &pb::Login, peer: Option<IpAddr>) -> Result<pb::AuthOk, Refusal> {
-    let now = Instant::now();
+    let now = ctx.config.clock.now();
     // A name that cannot exist is not kept per username (it could be up to a
     // frame long); it still counts against the address.
     let name = if valid_username(&req.username) {
@@ -205,7 +204,7 @@ fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal>
 pub fn resume(ctx: &Context, token: &str) -> Result<pb::AuthOk, Refusal> {
     let refused = || Refusal::new(ErrorCode::TokenInvalid, "unknown, expired or revoked token");
     let record = ctx.store.token(&token_hash(token))?.ok_or_else(refused)?;
-    if record.expires_at_ms <= now_ms() {
+    if record.expires_at_ms <= ctx.now_ms() {
         return Err(refused());
     }
     let user = ctx.store.user(record.user_id)?.ok_or_else(refused)?;
@@ -255,7 +254,7 @@ pub fn change_password(
 ) -> Result<(), Refusal> {
     let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
     let checked = ctx.store.user(user)?.ok_or_else(not_found)?;
-    let now = Instant::now();
+    let now = ctx.config.clock.now();
     let name = checked.username.as_str();
     ctx.logins.lock().check(name, peer, now).map_err(too_many)?;
     if !verify(&checked.password_hash, &req.current_password)? {

@@ -11,7 +11,7 @@ use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ConversationKind, Role};
 use prost::Message;
 
-use crate::context::{Context, now_ms};
+use crate::context::Context;
 use crate::records::{ConversationRecord, MemberRecord, UserConversationRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
@@ -176,7 +176,7 @@ pub fn create(
         } else {
             req.title.clone()
         },
-        created_at_ms: now_ms(),
+        created_at_ms: ctx.now_ms(),
         created_by: me,
     };
     let (my_role, other_role) = match kind {
@@ -266,7 +266,7 @@ pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::Messa
     };
     let mut has_more = messages.len() > limit;
     messages.truncate(limit);
-    ctx.media.sign_messages(&mut messages, now_ms());
+    ctx.media.sign_messages(&mut messages, ctx.now_ms());
     let (_, cut) = fit(&mut messages, REPLY_MESSAGE_BYTES, true);
     has_more |= cut;
     Ok(pb::MessagePage {
@@ -315,7 +315,7 @@ pub fn sync(
         };
         let mut truncated = messages.len() > limit || budget == 0;
         messages.truncate(limit);
-        ctx.media.sign_messages(&mut messages, now_ms());
+        ctx.media.sign_messages(&mut messages, ctx.now_ms());
         let (used, cut) = fit(&mut messages, budget, false);
         budget = if cut { 0 } else { budget - used };
         truncated |= cut;
@@ -348,7 +348,7 @@ pub fn list(
             continue;
         };
         let mut last_message = ctx.store.last_message(conversation)?;
-        ctx.media.sign_messages(last_message.as_mut(), now_ms());
+        ctx.media.sign_messages(last_message.as_mut(), ctx.now_ms());
         let last_seq = last_message.as_ref().map_or(0, |m| m.seq);
         let last_activity_ms = last_message
             .as_ref()

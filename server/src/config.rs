@@ -3,6 +3,8 @@
 //! default and unit.
 
 use serde::Deserialize;
+
+use crate::clock::Clock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -122,6 +124,11 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     /// See `argon2_memory_kib`.
     pub argon2_iterations: u32,
+    /// Source of protocol-visible time (timestamps, expiries, rate-limit
+    /// refills). Not read from files; default [`Clock::system`]. Tests
+    /// install [`Clock::manual`] and advance it instead of sleeping.
+    #[serde(skip)]
+    pub clock: Clock,
     /// Base of the media URLs handed to clients, e.g.
     /// `https://chat.example.com`. Default: `http://` and the bound HTTP
     /// listener address.
@@ -223,6 +230,7 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            clock: Clock::system(),
             public_http_url: None,
             max_media_bytes: 64 << 20,
             media_url_ttl_secs: 3600,

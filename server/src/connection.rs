@@ -18,7 +18,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::limits::TokenBucket;
@@ -129,7 +128,7 @@ pub fn serve(
         bucket: RefCell::new(TokenBucket::new(
             config.rate_connection_per_sec,
             config.rate_connection_burst,
-            std::time::Instant::now(),
+            config.clock.now(),
         )),
         caps,
     });
@@ -177,26 +176,30 @@ impl Conn {
 
     async fn read_loop(self: &Rc<Self>, mut source: impl FrameSource) {
         let config = &self.ctx().config;
-        let hello_deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
+        let clock = &config.clock;
+        let hello_deadline = clock.now() + Duration::from_millis(config.handshake_timeout_ms);
         let idle = config.idle_timeout();
         let signal = &self.handle.signal;
+        // Deadlines are clock time; a jump of a manual clock re-measures them.
+        let mut jumps = clock.jumps();
         // The idle timer runs from the last complete frame, not the last
         // byte: a frame trickled a byte at a time does not keep a
         // connection (and its partial frame buffer) alive.
-        let mut last_frame = Instant::now();
+        let mut last_frame = clock.now();
         loop {
             let greeted = !matches!(
                 self.state.borrow().phase(),
                 crate::session_state::Phase::Connecting
             );
-            let deadline = if greeted {
+            let deadline = clock.deadline(if greeted {
                 last_frame + idle
             } else {
                 hello_deadline
-            };
+            });
             let incoming = tokio::select! {
                 r = tokio::time::timeout_at(deadline, source.next()) => r,
                 _ = signal.closed() => return,
+                () = jumps.next() => continue,
             };
             match incoming {
                 Err(_) => {
@@ -217,7 +220,7 @@ impl Conn {
                     // Boxed: the request handlers' states are large, and
                     // inline they would sit in every idle session's task.
                     Box::pin(self.handle(frame)).await;
-                    last_frame = Instant::now();
+                    last_frame = clock.now();
                 }
                 Ok(Incoming::Invalid {
                     code,
@@ -574,7 +577,7 @@ impl Conn {
                 });
             }
             C::RequestUpload(r) => {
-                let ticket = self.ctx().media.ticket(&r, crate::context::now_ms());
+                let ticket = self.ctx().media.ticket(&r, self.ctx().now_ms());
                 let frame = reply::answer(rid, ticket.map(S::UploadTicket));
                 self.shard.sessions.borrow().reply(self.id, frame);
             }
@@ -671,7 +674,7 @@ impl Conn {
 
     /// One send from this connection: within its own and its user's rate?
     fn take_send_token(&self, user: u64) -> Result<(), Duration> {
-        let now = std::time::Instant::now();
+        let now = self.ctx().config.clock.now();
         self.bucket.borrow_mut().take(now)?;
         let config = &self.ctx().config;
         self.shard

@@ -86,6 +86,11 @@ impl Context {
         self.last_conversation_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Wall-clock Unix milliseconds, from the configured clock.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
     /// Whether shutdown has begun.
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
@@ -99,11 +104,4 @@ impl Context {
             self.shutdown.send_replace(true);
         }
     }
-}
-
-/// Wall-clock Unix milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

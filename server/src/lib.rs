@@ -31,6 +31,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod context;
@@ -55,5 +56,6 @@ pub mod storage;
 pub mod transport;
 pub mod web;
 
+pub use clock::Clock;
 pub use config::{Config, Durability, Secret};
 pub use server::{ServerHandle, StartError};

@@ -52,6 +52,8 @@ pub struct Media {
     base_url: String,
     url_ttl_ms: u64,
     max_bytes: u64,
+    /// Judges URL expiry on uploads and downloads.
+    clock: crate::clock::Clock,
     /// Transfers in progress, across all shards.
     pub transfers: Arc<Semaphore>,
 }
@@ -79,8 +81,15 @@ impl Media {
             base_url: base_url.trim_end_matches('/').to_string(),
             url_ttl_ms: url_ttl_secs.saturating_mul(1000),
             max_bytes,
+            clock: crate::clock::Clock::system(),
             transfers: Arc::new(Semaphore::new(transfers.max(1))),
         })
+    }
+
+    /// Judges URL expiry by `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Answers `RequestUpload` (`spec/messages.md`).
@@ -329,7 +338,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
     use http_body_util::BodyExt;
-    let q = media.check(Verb::Put, id, query, crate::context::now_ms())?;
+    let q = media.check(Verb::Put, id, query, media.clock.now_ms())?;
     let _permit = media
         .transfers
         .acquire()
@@ -385,7 +394,7 @@ where
 
 /// Opens a download; the chunks follow through the returned receiver.
 pub async fn get(media: &Media, id: &str, query: &str) -> Result<Transfer, Denied> {
-    media.check(Verb::Get, id, query, crate::context::now_ms())?;
+    media.check(Verb::Get, id, query, media.clock.now_ms())?;
     let permit = media
         .transfers
         .clone()

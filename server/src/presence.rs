@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::context::now_ms;
 use crate::mesh::ShardId;
 use crate::reply;
 use crate::shard::{Pending, Shard, ShardMsg};
@@ -317,7 +316,7 @@ impl Shard {
 
     /// Owner side: applies an op; never waits.
     pub fn apply_presence(self: &Rc<Self>, op: PresenceOp) {
-        let now = now_ms();
+        let now = self.ctx.now_ms();
         let applied = self.presence.borrow_mut().apply(op, now);
         if applied.load {
             let shard = self.clone();

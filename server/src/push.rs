@@ -66,8 +66,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::accounts::token_hash;
+use crate::clock::Clock;
 use crate::config::{Config, Secret};
-use crate::context::{Context, now_ms};
+use crate::context::Context;
 use crate::records::PushRegistration;
 use crate::reply::Refusal;
 use crate::shard::{Shard, ShardMsg};
@@ -277,6 +278,7 @@ pub fn start(config: &Config, store: Store, writer: Writer) -> std::io::Result<(
         permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         tasks: tokio::task::JoinSet::new(),
         preview: config.push_preview,
+        clock: config.clock.clone(),
     };
     let recovery = outbox.clone();
     let handle = std::thread::Builder::new()
@@ -404,6 +406,8 @@ struct Worker {
     tasks: tokio::task::JoinSet<()>,
     /// `push_preview`.
     preview: bool,
+    /// For the outbox's age limit and token expiry.
+    clock: Clock,
 }
 
 impl Worker {
@@ -415,7 +419,7 @@ impl Worker {
             return;
         };
         // A fast local read on this thread, not a shard's.
-        let regs = match live_registrations(&self.store, user) {
+        let regs = match live_registrations(&self.store, user, self.clock.now_ms()) {
             Ok(r) if r.is_empty() => return,
             Ok(r) => r,
             Err(e) => {
@@ -446,7 +450,10 @@ impl Worker {
                 "resuming unfinished push notifications"
             );
         }
-        let oldest = now_ms().saturating_sub(OUTBOX_MAX_AGE.as_millis() as u64);
+        let oldest = self
+            .clock
+            .now_ms()
+            .saturating_sub(OUTBOX_MAX_AGE.as_millis() as u64);
         for (conversation, seq) in entries {
             // Dropping the ticket without sending deletes the entry.
             let ticket = outbox.ticket(conversation, seq);
@@ -523,8 +530,8 @@ async fn forget_finished(mut finished: mpsc::Receiver<[u8; 16]>, writer: Writer)
 fn live_registrations(
     store: &Store,
     user: u64,
+    now: u64,
 ) -> Result<Vec<(Vec<u8>, PushRegistration)>, crate::storage::StorageError> {
-    let now = now_ms();
     let mut out = Vec::new();
     for (hash, reg) in store.push_registrations(user)? {
         if store

@@ -212,7 +212,8 @@ impl ServerHandle {
             config.max_media_bytes,
             config.media_transfers,
         )
-        .map_err(io("opening the media directory"))?;
+        .map_err(io("opening the media directory"))?
+        .with_clock(config.clock.clone());
         let (push, push_thread) = crate::push::start(&config, store.clone(), writer.clone())
             .map_err(io("starting the push thread"))?;
 

@@ -11,7 +11,6 @@ use prost::Message;
 
 use super::Conv;
 use crate::catalog;
-use crate::context::now_ms;
 use crate::records::{MemberRecord, UserConversationRecord};
 use crate::reply::Refusal;
 use crate::sequencer::Admission;
@@ -32,7 +31,7 @@ impl Shard {
     ) -> (u64, Vec<Effect>) {
         let a = match conv
             .seq
-            .assign(actor, None, now_ms(), &mut self.ids.borrow_mut())
+            .assign(actor, None, self.ctx.now_ms(), &mut self.ids.borrow_mut())
         {
             Admission::New(a) => a,
             // System messages carry no idempotency key and are always new.

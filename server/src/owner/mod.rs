@@ -30,7 +30,6 @@ use chat_protocol::{ErrorCode, MessageId};
 use prost::Message;
 
 use crate::catalog;
-use crate::context::now_ms;
 use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord};
 use crate::reply::{self, Refusal};
 use crate::sequencer::{Admission, Assigned, Sequencer};
@@ -611,7 +610,7 @@ impl Shard {
         let admission = conv.seq.assign(
             user,
             Some(&msg.client_msg_id),
-            now_ms(),
+            self.ctx.now_ms(),
             &mut self.ids.borrow_mut(),
         );
         match admission {
@@ -756,7 +755,7 @@ impl Shard {
             reply::message_push(&stored)
         } else {
             let mut pushed = m.clone();
-            self.ctx.media.sign_message(&mut pushed, now_ms());
+            self.ctx.media.sign_message(&mut pushed, self.ctx.now_ms());
             reply::push(Body::MessagePush(pb::MessagePush {
                 message: Some(pushed),
             }))

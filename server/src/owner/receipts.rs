@@ -22,7 +22,6 @@ use chat_protocol::pb::{self, ReceiptKind, server_frame::Body};
 use prost::Message;
 
 use super::{Conv, refusal_entry};
-use crate::context::now_ms;
 use crate::reply::{self, Refusal};
 use crate::shard::{Effect, Origin, Pending, Shard};
 use crate::storage::writer::Batch;
@@ -244,7 +243,7 @@ impl Shard {
                     user_id: user,
                     kind: kind as i32,
                     seq,
-                    at_ms: now_ms(),
+                    at_ms: self.ctx.now_ms(),
                 }));
                 effects.push(Effect::Fanout(hearing, event));
             }
@@ -265,7 +264,7 @@ impl Shard {
     ) -> Pending {
         let mut effects = vec![release(origin)];
         if conv.members.contains_key(&user) {
-            if let Some(state) = conv.typing.update(user, active, now_ms()) {
+            if let Some(state) = conv.typing.update(user, active, self.ctx.now_ms()) {
                 effects.push(typing_event(id, conv, user, state));
                 if state {
                     self.typing_active.borrow_mut().insert(id);
@@ -281,7 +280,7 @@ impl Shard {
     /// Tells the others about typing indicators that ran out.
     pub(crate) fn expire_typing(&self) {
         let ids: Vec<u64> = self.typing_active.borrow().iter().copied().collect();
-        let now = now_ms();
+        let now = self.ctx.now_ms();
         let mut effects = Vec::new();
         {
             let mut owned = self.owned.borrow_mut();
