@@ -265,8 +265,9 @@ impl Config {
     }
 
     /// Settings for tests: cheap password hashing, a given data directory,
-    /// free ports, and no send rate limits (tests of other features send in
-    /// bursts; the limits have their own tests).
+    /// free ports, no send rate limits (tests of other features send in
+    /// bursts; the limits have their own tests), and a manual clock that
+    /// tests advance through expiries instead of sleeping.
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             tcp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -280,6 +281,7 @@ impl Config {
             argon2_iterations: 1,
             rate_connection_per_sec: 0,
             rate_user_per_sec: 0,
+            clock: Clock::manual(),
             ..Self::default()
         }
     }

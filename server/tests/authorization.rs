@@ -149,10 +149,7 @@ struct World {
 }
 
 async fn world(config: impl FnOnce(&mut chatd::Config)) -> World {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut c = chatd::Config::for_tests(dir.path());
-    config(&mut c);
-    let server = TestServer::start_with(dir, c);
+    let server = TestServer::start_configured(config);
     let mut alice = Raw::register(server.addr, "alice").await;
     let bob = Raw::register(server.addr, "bob").await;
     let eve = Raw::register(server.addr, "eve").await;
@@ -382,7 +379,7 @@ async fn revoked_and_expired_tokens_are_refused() {
         ErrorCode::TokenInvalid
     );
     // A token past its lifetime is refused.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    w.server.advance(std::time::Duration::from_millis(2100));
     assert_eq!(
         error_code(&resume(addr, &w.bob.token).await),
         ErrorCode::TokenInvalid
@@ -508,7 +505,7 @@ async fn a_session_whose_resume_was_refused_can_do_nothing() {
         .await;
     assert!(matches!(r, S::Done(_)));
     let before = snapshot(&mut w.alice, w.group).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    w.server.advance(std::time::Duration::from_millis(1100));
     let expired = w.alice.token.clone();
     for token in [revoked, expired] {
         let mut c = Raw::connect(addr).await;

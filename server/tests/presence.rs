@@ -42,11 +42,8 @@ async fn presence_events(c: &mut Raw) -> Vec<pb::PresenceEvent> {
 
 #[tokio::test]
 async fn presence_follows_devices_status_and_heartbeats() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut config = chatd::Config::for_tests(dir.path());
     // Sessions silent for 3 intervals (1.5 s) are closed.
-    config.heartbeat_interval_ms = 500;
-    let server = TestServer::start_with(dir, config);
+    let server = TestServer::start_configured(|c| c.heartbeat_interval_ms = 500);
     let alice = Raw::register(server.addr, "alice").await;
     let alice_id = alice.user_id;
     drop(alice);
@@ -91,9 +88,26 @@ async fn presence_follows_devices_status_and_heartbeats() {
     await_presence(&mut bob, alice_id, PresenceStatus::Busy).await;
 
     // The laptop goes silent: closed after the heartbeat TTL, Alice is offline.
-    let silent_since = Instant::now();
-    let seen = await_presence(&mut bob, alice_id, PresenceStatus::Offline).await;
-    assert!(silent_since.elapsed() >= Duration::from_millis(1000));
+    // The clock moves in steps shorter than the TTL; Bob pings between them.
+    let clock = &server.config.clock;
+    let silent_since = clock.now();
+    let seen = loop {
+        server.advance(Duration::from_millis(250));
+        if let Some(e) = presence_events(&mut bob)
+            .await
+            .into_iter()
+            .find(|e| e.user_id == alice_id && e.status == PresenceStatus::Offline as i32)
+        {
+            break e;
+        }
+        assert!(
+            clock.now().duration_since(silent_since) < Duration::from_secs(10),
+            "no Offline for user {alice_id}"
+        );
+        // Real time for the close and the presence publication tick.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(clock.now().duration_since(silent_since) >= Duration::from_millis(1000));
     assert!(seen.last_seen_ms > offline.last_seen_ms);
     drop(laptop);
 

@@ -268,7 +268,7 @@ async fn a_typing_indicator_without_refresh_expires_by_itself() {
     let mut alice = Raw::register(server.addr, "alice").await;
     let mut bob = Raw::register(server.addr, "bob").await;
     let conv = alice.create_direct(bob.user_id).await;
-    let started = std::time::Instant::now();
+    let started = server.config.clock.now();
     alice
         .send(C::Typing(pb::Typing {
             conversation_id: conv,
@@ -281,12 +281,23 @@ async fn a_typing_indicator_without_refresh_expires_by_itself() {
     })
     .await;
     assert!(on.active);
+    server.advance(std::time::Duration::from_millis(
+        chatd::owner::TYPING_TTL_MS,
+    ));
     let off = next_matching(&mut bob, |b| match b {
         S::TypingEvent(t) => Some(*t),
         _ => None,
     })
     .await;
     assert!(!off.active, "the server ends a stale indicator itself");
-    assert!(started.elapsed().as_millis() as u64 >= chatd::owner::TYPING_TTL_MS);
+    assert!(
+        server
+            .config
+            .clock
+            .now()
+            .duration_since(started)
+            .as_millis() as u64
+            >= chatd::owner::TYPING_TTL_MS
+    );
     server.stop().await;
 }

@@ -38,6 +38,20 @@ impl TestServer {
         Self::start_with(dir, config)
     }
 
+    /// A server on [`Config::for_tests`] as changed by `edit`.
+    pub fn start_configured(edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::for_tests(dir.path());
+        edit(&mut config);
+        Self::start_with(dir, config)
+    }
+
+    /// Moves the server's (manual) clock forward: expiries and timeouts
+    /// due within `by` happen without the test sleeping through them.
+    pub fn advance(&self, by: Duration) {
+        self.config.clock.advance(by);
+    }
+
     pub fn start_with(dir: tempfile::TempDir, config: Config) -> Self {
         let handle = ServerHandle::start(config.clone()).expect("server starts");
         let addr = handle.tcp_addr();
