@@ -140,11 +140,21 @@ pub fn encode<M: Message>(msg: &M, dst: &mut impl BufMut, max: usize) -> Result<
     Ok(())
 }
 
-/// Encodes `msg` as one frame into a fresh buffer.
+/// Encodes `msg` as one frame into a fresh buffer of exactly the frame's
+/// size, so that turning it into `Bytes` reuses the allocation instead of
+/// adding a second one.
 pub fn encode_to_vec<M: Message>(msg: &M, max: usize) -> Result<Vec<u8>, FrameError> {
     let len = msg.encoded_len();
-    let mut out = Vec::with_capacity(len + MAX_VARINT_BYTES);
-    encode(msg, &mut out, max)?;
+    if len > max {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    let mut out = Vec::with_capacity(prost::encoding::encoded_len_varint(len as u64) + len);
+    prost::encoding::encode_varint(len as u64, &mut out);
+    msg.encode_raw(&mut out);
+    debug_assert_eq!(out.len(), out.capacity());
     Ok(out)
 }
 

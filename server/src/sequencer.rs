@@ -8,10 +8,10 @@
 //! the store by the owner before [`Sequencer::assign`] is called.
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
-use std::rc::Rc;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashMap;
 
 use chat_protocol::MessageId;
 
@@ -44,26 +44,26 @@ pub enum Admission {
     },
 }
 
-/// `(sender, client_msg_id)`. The id is shared with the eviction order, so
-/// a remembered key costs one allocation.
-type Key = (u64, Rc<str>);
+/// A remembered idempotency key: a 128-bit fingerprint of
+/// `(sender, client_msg_id)` from two independently seeded hashes.
+///
+/// Remembering a key costs no allocation and forgetting it no rehash of the
+/// id. Two different keys of one conversation share a fingerprint with
+/// probability 2⁻¹²⁸ per pair, far below the rate of undetected memory or
+/// disk errors; the seeds are chosen at random per process, so no client
+/// can aim for a collision, and a key the memory has forgotten is looked up
+/// in the store by its full bytes.
+type Key = u128;
 
-/// A borrowed [`Key`] for lookups that allocate nothing. Hashes exactly as a
-/// `Key` does (a tuple hashes its fields in order).
-#[derive(Clone, Copy)]
-struct KeyRef<'a>(u64, &'a str);
-
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-        self.1.hash(state);
-    }
-}
-
-impl Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, key: &Key) -> bool {
-        self.0 == key.0 && self.1 == &*key.1
-    }
+/// The fingerprint of `(sender, client_msg_id)`.
+fn fingerprint(sender: u64, client_msg_id: &str) -> Key {
+    static SEEDS: OnceLock<(
+        foldhash::quality::RandomState,
+        foldhash::quality::RandomState,
+    )> = OnceLock::new();
+    let (a, b) = SEEDS.get_or_init(Default::default);
+    let key = (sender, client_msg_id);
+    (u128::from(a.hash_one(key)) << 64) | u128::from(b.hash_one(key))
 }
 
 /// Sequence state of one conversation.
@@ -105,7 +105,7 @@ impl Sequencer {
     /// Whether the ack for `(sender, client_msg_id)` is known without a
     /// store lookup.
     pub fn knows(&self, sender: u64, client_msg_id: &str) -> bool {
-        self.keys.contains_key(&KeyRef(sender, client_msg_id))
+        self.keys.contains_key(&fingerprint(sender, client_msg_id))
     }
 
     /// Records a key found in the store (so already durable).
@@ -123,7 +123,7 @@ impl Sequencer {
         ids: &mut MessageIdGenerator,
     ) -> Admission {
         if let Some(cmid) = client_msg_id {
-            if let Some(original) = self.keys.get(&KeyRef(sender, cmid)) {
+            if let Some(original) = self.keys.get(&fingerprint(sender, cmid)) {
                 return Admission::Duplicate {
                     original: *original,
                     durable: original.seq <= self.durable_seq,
@@ -151,12 +151,12 @@ impl Sequencer {
     }
 
     fn insert(&mut self, sender: u64, cmid: &str, value: Assigned) {
-        if let Some(known) = self.keys.get_mut(&KeyRef(sender, cmid)) {
+        let key = fingerprint(sender, cmid);
+        if let Some(known) = self.keys.get_mut(&key) {
             *known = value;
             return;
         }
-        let key: Key = (sender, Rc::from(cmid));
-        self.order.push_back((value.seq, key.clone()));
+        self.order.push_back((value.seq, key));
         self.keys.insert(key, value);
         self.evict();
     }
