@@ -19,7 +19,8 @@
 //! | `members` | conversation ‖ user | [`MemberRecord`] |
 //! | `user_conversations` | user ‖ conversation | [`UserConversationRecord`] |
 //! | `direct` | min user ‖ max user | conversation id |
-//! | `message_index` | conversation ‖ !seq | [`segments::Loc`] of a `pb::Message` in the log |
+//! | `message_runs` | conversation ‖ !highest seq | a conversation's new messages in one segment: [`segments::Run`] |
+//! | `message_index` | conversation ‖ !seq | [`segments::Loc`] of a newer version of a message (a deletion), or of a message indexed before runs; wins over a run |
 //! | `last_seen` | user id | Unix ms when the user's last session ended |
 //! | `idempotency` | conversation ‖ sender ‖ client_msg_id | [`IdempotencyRecord`] |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
@@ -37,7 +38,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use prost::Message;
 
 use self::log::{Replay, Sealed};
-use self::segments::{Files, Loc, Recent, SegmentIndex};
+use self::segments::{Files, Loc, Recent, Run, SegmentIndex};
 use self::writer::Progress;
 use crate::records::{
     ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
@@ -159,6 +160,7 @@ struct Keyspaces {
     members: Keyspace,
     user_conversations: Keyspace,
     direct: Keyspace,
+    message_runs: Keyspace,
     message_index: Keyspace,
     idempotency: Keyspace,
     last_seen: Keyspace,
@@ -192,6 +194,13 @@ fn decode<M: Message + Default>(keyspace: &'static str, bytes: &[u8]) -> Result<
     M::decode(bytes).map_err(|e| StorageError::Corrupt {
         keyspace,
         detail: e.to_string(),
+    })
+}
+
+fn run(bytes: &[u8]) -> Result<Run<'_>> {
+    Run::decode(bytes).ok_or_else(|| StorageError::Corrupt {
+        keyspace: "message_runs",
+        detail: format!("a run of {} bytes", bytes.len()),
     })
 }
 
@@ -317,6 +326,7 @@ impl Store {
             members: ks("members")?,
             user_conversations: ks("user_conversations")?,
             direct: ks("direct")?,
+            message_runs: ks("message_runs")?,
             message_index: ks("message_index")?,
             idempotency: ks("idempotency")?,
             last_seen: ks("last_seen")?,
@@ -442,10 +452,50 @@ impl Store {
 
     /// Writes a segment's index entries into fjall, each keyspace's as one
     /// sorted run. Durable when it returns (fjall syncs ingested tables).
+    ///
+    /// A conversation's messages with seqs above what fjall held for it
+    /// before this segment become one `message_runs` entry; a message put
+    /// again (a deletion's redacted version) becomes a `message_index`
+    /// entry, which readers prefer to the run holding the original.
     fn ingest(&self, index: &SegmentIndex) -> Result<()> {
-        if !index.messages.is_empty() {
+        let mut runs: Vec<([u8; 16], Vec<u8>)> = Vec::new();
+        let mut newer: Vec<([u8; 16], Loc)> = Vec::new();
+        let mut fresh: Vec<(u64, Loc)> = Vec::new();
+        let mut entries = index.messages.iter().peekable();
+        while let Some((key, loc)) = entries.next() {
+            let Some(conversation) = keys::first(key) else {
+                continue;
+            };
+            let indexed = self.indexed_last_seq(conversation, loc.segment)?;
+            fresh.clear();
+            let mut group = std::iter::once((key, loc)).chain(std::iter::from_fn(|| {
+                entries.next_if(|(k, _)| keys::first(*k) == Some(conversation))
+            }));
+            // Keys sort by descending seq within a conversation.
+            for (key, loc) in &mut group {
+                match keys::message_seq(key) {
+                    Some(seq) if seq > indexed => fresh.push((seq, *loc)),
+                    _ => newer.push((*key, *loc)),
+                }
+            }
+            if let Some(&(highest, loc)) = fresh.first() {
+                fresh.reverse();
+                runs.push((
+                    keys::message(conversation, highest),
+                    Run::encode(loc.segment, &fresh),
+                ));
+            }
+        }
+        if !runs.is_empty() {
+            let mut run = self.ks.message_runs.start_ingestion()?;
+            for (key, value) in &runs {
+                run.write(key.as_slice(), value.as_slice())?;
+            }
+            run.finish()?;
+        }
+        if !newer.is_empty() {
             let mut run = self.ks.message_index.start_ingestion()?;
-            for (key, loc) in &index.messages {
+            for (key, loc) in &newer {
                 run.write(key.as_slice(), loc.encode().as_slice())?;
             }
             run.finish()?;
@@ -460,6 +510,24 @@ impl Store {
             run.finish()?;
         }
         Ok(())
+    }
+
+    /// The highest seq of `conversation` that fjall indexes from segments
+    /// before `segment` (a segment ingested again after a crash does not
+    /// count itself).
+    fn indexed_last_seq(&self, conversation: u64, segment: u64) -> Result<u64> {
+        let mut last = match self.ks.message_index.prefix(keys::id(conversation)).next() {
+            Some(kv) => keys::message_seq(&kv.key()?).unwrap_or(0),
+            None => 0,
+        };
+        for kv in self.ks.message_runs.prefix(keys::id(conversation)) {
+            let (k, v) = kv.into_inner()?;
+            if run(&v)?.segment() < segment {
+                last = last.max(keys::message_seq(&k).unwrap_or(0));
+                break;
+            }
+        }
+        Ok(last)
     }
 
     /// Once every commit of the sealed segment is applied: indexes it in
@@ -666,7 +734,7 @@ impl Store {
     /// indexes a message before it acknowledges it.
     pub fn message(&self, conversation: u64, seq: u64) -> Result<Option<pb::Message>> {
         let key = keys::message(conversation, seq);
-        let loc = match self.recent.message(&key) {
+        let mut loc = match self.recent.message(&key) {
             Some(loc) => Some(loc),
             None => self
                 .ks
@@ -675,6 +743,18 @@ impl Store {
                 .map(|v| location(&v))
                 .transpose()?,
         };
+        if loc.is_none() {
+            // The run holding `seq` is the one with the lowest highest seq
+            // not below it.
+            let holding = self
+                .ks
+                .message_runs
+                .range(keys::message(conversation, u64::MAX)..=key)
+                .next_back();
+            if let Some(kv) = holding {
+                loc = run(&kv.value()?)?.find(seq);
+            }
+        }
         loc.map(|loc| self.read_message(loc)).transpose()
     }
 
@@ -683,21 +763,33 @@ impl Store {
         decode("messages", &self.files.read(loc)?)
     }
 
-    /// Up to `limit` messages with keys in `from..=to`: the smallest keys
-    /// (newest seqs) first, or the largest (oldest) first if `backwards`.
+    /// Up to `limit` messages of `conversation` with seqs in `lo..=hi`:
+    /// the newest first, or the oldest first if `oldest_first`.
+    ///
+    /// Each source (recent segments, `message_index`, `message_runs`) gives
+    /// its first `limit` in that order; where two hold a seq, the recent
+    /// segments win over fjall and `message_index` over a run, since each
+    /// holds the newer version.
     fn message_range(
         &self,
-        from: [u8; 16],
-        to: [u8; 16],
+        conversation: u64,
+        lo: u64,
+        hi: u64,
         limit: usize,
-        backwards: bool,
+        oldest_first: bool,
     ) -> Result<Vec<pb::Message>> {
+        // Keys sort newest first, so the newest message has the smallest.
+        let (from, to) = (
+            keys::message(conversation, hi),
+            keys::message(conversation, lo),
+        );
         // Recent segments first: an entry ingested into fjall is retired
         // from them only afterwards, so nothing is missed in between.
         let mut found = std::collections::BTreeMap::new();
-        self.recent.messages(from, to, limit, backwards, &mut found);
+        self.recent
+            .messages(from, to, limit, oldest_first, &mut found);
         let range = self.ks.message_index.range(from..=to);
-        let indexed: Box<dyn Iterator<Item = fjall::Guard>> = if backwards {
+        let indexed: Box<dyn Iterator<Item = fjall::Guard>> = if oldest_first {
             Box::new(range.rev())
         } else {
             Box::new(range)
@@ -710,12 +802,80 @@ impl Store {
                 }
             }
         }
-        let locs: Vec<Loc> = if backwards {
+        self.runs_between(conversation, lo, hi, limit, oldest_first, &mut found)?;
+        let locs: Vec<Loc> = if oldest_first {
             found.into_values().rev().take(limit).collect()
         } else {
             found.into_values().take(limit).collect()
         };
         locs.into_iter().map(|loc| self.read_message(loc)).collect()
+    }
+
+    /// The first `limit` messages of `conversation` with seqs in `lo..=hi`
+    /// that `message_runs` holds, in the order `message_range` asks for,
+    /// into `found` unless it has the key already.
+    fn runs_between(
+        &self,
+        conversation: u64,
+        lo: u64,
+        hi: u64,
+        limit: usize,
+        oldest_first: bool,
+        found: &mut std::collections::BTreeMap<[u8; 16], Loc>,
+    ) -> Result<()> {
+        let all = keys::message(conversation, u64::MAX);
+        // Runs are keyed by their highest seq: the ones that can hold seqs
+        // of `lo..=hi` are those whose highest seq is at least `lo`, and
+        // going through them from the highest, the first that holds
+        // nothing above `lo` is the last needed.
+        let runs: Box<dyn Iterator<Item = fjall::Guard>> = if oldest_first {
+            Box::new(
+                self.ks
+                    .message_runs
+                    .range(all..=keys::message(conversation, lo))
+                    .rev(),
+            )
+        } else {
+            // The run holding `hi` (highest seq above it), then those
+            // whose highest seq is in the range.
+            let holding_hi = match hi.checked_add(1) {
+                Some(above) => self
+                    .ks
+                    .message_runs
+                    .range(all..=keys::message(conversation, above))
+                    .next_back(),
+                None => None,
+            };
+            Box::new(
+                holding_hi.into_iter().chain(
+                    self.ks
+                        .message_runs
+                        .range(keys::message(conversation, hi)..=keys::message(conversation, lo)),
+                ),
+            )
+        };
+        let mut taken = 0;
+        for kv in runs {
+            let value = kv.value()?;
+            let run = run(&value)?;
+            let within = run.between(lo, hi);
+            let within: Box<dyn Iterator<Item = (u64, Loc)>> = if oldest_first {
+                Box::new(within)
+            } else {
+                Box::new(within.rev())
+            };
+            for (seq, loc) in within {
+                found.entry(keys::message(conversation, seq)).or_insert(loc);
+                taken += 1;
+                if taken == limit {
+                    return Ok(());
+                }
+            }
+            if (oldest_first && run.min_seq() > hi) || (!oldest_first && run.min_seq() <= lo) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Up to `limit` messages whose push notifications were not finished,
@@ -739,11 +899,7 @@ impl Store {
     /// Highest seq stored for a conversation (0 if none).
     pub fn last_seq(&self, conversation: u64) -> Result<u64> {
         let recent = self.recent.last_seq(conversation).unwrap_or(0);
-        let indexed = match self.ks.message_index.prefix(keys::id(conversation)).next() {
-            Some(kv) => keys::message_seq(&kv.key()?).unwrap_or(0),
-            None => 0,
-        };
-        Ok(recent.max(indexed))
+        Ok(recent.max(self.indexed_last_seq(conversation, u64::MAX)?))
     }
 
     /// Up to `limit` messages with seq < `before_seq` (all if 0), newest first.
@@ -757,12 +913,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let newest = before_seq.wrapping_sub(1);
-        self.message_range(
-            keys::message(conversation, newest),
-            keys::message(conversation, 1),
-            limit,
-            false,
-        )
+        self.message_range(conversation, 1, newest, limit, false)
     }
 
     /// Up to `limit` messages with seq > `after_seq`, oldest first.
@@ -775,12 +926,7 @@ impl Store {
         if after_seq == u64::MAX {
             return Ok(Vec::new());
         }
-        self.message_range(
-            keys::message(conversation, u64::MAX),
-            keys::message(conversation, after_seq + 1),
-            limit,
-            true,
-        )
+        self.message_range(conversation, after_seq + 1, u64::MAX, limit, true)
     }
 
     /// The original ack of an earlier send with the same idempotency key.

@@ -6,19 +6,25 @@
 //! of the segment it went to ([`SegmentIndex`]), before it acknowledges
 //! the commit. Idempotency keys ([`Ks::Idempotency`]) go to the same
 //! index. When a segment is sealed, the apply thread writes its index into
-//! fjall in one sorted run (fjall's ingestion: no memtable, no journal),
-//! then records the segment's last commit as indexed and persists
-//! ([`super::Store::checkpoint`]). Until then readers find the entries in
-//! [`Recent`], which holds the indexes of the current segment and of the
-//! sealed ones not yet ingested.
+//! fjall in one sorted run per keyspace (fjall's ingestion: no memtable,
+//! no journal), then records the segment's last commit as indexed and
+//! persists ([`super::Store::checkpoint`]). Until then readers find the
+//! entries in [`Recent`], which holds the indexes of the current segment
+//! and of the sealed ones not yet ingested.
 //!
-//! A message is written to disk once (in the log) and its index entry once
-//! (in a table, then in compactions of small tables); fjall never journals,
-//! flushes or compacts message bodies.
+//! In fjall, a conversation's new messages of one segment are one entry
+//! ([`Run`], in `message_runs`), so a busy conversation costs fjall a few
+//! entries per segment rather than one per message. Seqs only grow, so
+//! the runs of a conversation cover disjoint seq ranges. A message is
+//! written to disk once (in the log) and its location once (in a run, then
+//! in compactions of small tables); fjall never journals, flushes or
+//! compacts message bodies.
 //!
 //! Messages are never removed from a segment: deleting a message for
-//! everyone stores a redacted version under the same key, and the index
-//! points to the newest. The original bytes stay in their segment.
+//! everyone stores a redacted version under the same key, which the
+//! ingestion finds at or below the seqs fjall held before and indexes on
+//! its own in `message_index`; readers prefer that entry to the run. The
+//! original bytes stay in their segment.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +71,132 @@ impl Loc {
             offset: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
             len: u32::from_le_bytes(b.get(16..20)?.try_into().ok()?),
         })
+    }
+}
+
+/// A conversation's new messages in one segment: the value of a
+/// `message_runs` entry (key conversation ‖ !highest seq). The segment
+/// (8 bytes), then per message, in ascending seq: seq (8), offset (8),
+/// length (4), all little-endian.
+///
+/// One entry per conversation and segment instead of one per message
+/// keeps fjall's work at ingestion and in compactions to a few entries
+/// for a busy conversation, whatever its rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    segment: u64,
+    entries: &'a [u8],
+}
+
+impl<'a> Run<'a> {
+    const HEADER: usize = 8;
+    const ENTRY: usize = 20;
+
+    /// Encodes the run of `segment` holding `entries` (seq, location), in
+    /// ascending seq.
+    pub fn encode(segment: u64, entries: &[(u64, Loc)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::HEADER + entries.len() * Self::ENTRY);
+        out.extend_from_slice(&segment.to_le_bytes());
+        for (seq, loc) in entries {
+            debug_assert_eq!(loc.segment, segment);
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&loc.offset.to_le_bytes());
+            out.extend_from_slice(&loc.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// A run stored by [`Run::encode`].
+    pub fn decode(b: &'a [u8]) -> Option<Self> {
+        let segment = u64::from_le_bytes(b.get(..Self::HEADER)?.try_into().ok()?);
+        let entries = &b[Self::HEADER..];
+        if entries.is_empty() || entries.len() % Self::ENTRY != 0 {
+            return None;
+        }
+        Some(Self { segment, entries })
+    }
+
+    /// The segment holding the run's messages.
+    pub fn segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// Messages in the run (at least one).
+    pub fn len(&self) -> usize {
+        self.entries.len() / Self::ENTRY
+    }
+
+    /// Never: a run holds at least one message.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The `i`th message, as (seq, location).
+    fn get(&self, i: usize) -> (u64, Loc) {
+        let e = &self.entries[i * Self::ENTRY..(i + 1) * Self::ENTRY];
+        let word = |r: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(&e[r]);
+            u64::from_le_bytes(b)
+        };
+        let loc = Loc {
+            segment: self.segment,
+            offset: word(8..16),
+            len: word(16..20) as u32,
+        };
+        (word(0..8), loc)
+    }
+
+    /// Lowest seq in the run.
+    pub fn min_seq(&self) -> u64 {
+        self.get(0).0
+    }
+
+    /// Where message `seq` is, if the run holds it.
+    pub fn find(&self, seq: u64) -> Option<Loc> {
+        // Seqs are dense, so the position is usually known; a binary search
+        // covers any run that is not.
+        let first = self.min_seq();
+        if let Some(i) = seq.checked_sub(first).and_then(|d| usize::try_from(d).ok()) {
+            if i < self.len() && self.get(i).0 == seq {
+                return Some(self.get(i).1);
+            }
+        }
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (s, loc) = self.get(mid);
+            match s.cmp(&seq) {
+                std::cmp::Ordering::Equal => return Some(loc),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    /// The messages with seqs in `lo..=hi`, ascending.
+    pub fn between(&self, lo: u64, hi: u64) -> impl DoubleEndedIterator<Item = (u64, Loc)> + '_ {
+        let start = self.lower_bound(lo);
+        let end = match hi.checked_add(1) {
+            Some(after) => self.lower_bound(after),
+            None => self.len(),
+        };
+        (start..end.max(start)).map(|i| self.get(i))
+    }
+
+    /// Position of the first message with seq ≥ `seq`.
+    fn lower_bound(&self, seq: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.get(mid).0 < seq {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 }
 
@@ -310,6 +442,39 @@ mod tests {
         };
         assert_eq!(Loc::decode(&loc.encode()), Some(loc));
         assert_eq!(Loc::decode(&[0; 19]), None);
+    }
+
+    #[test]
+    fn runs_find_their_messages_dense_or_not() {
+        let at = |offset| Loc {
+            segment: 9,
+            offset,
+            len: 3,
+        };
+        let dense: Vec<(u64, Loc)> = (5..=9).map(|s| (s, at(s * 10))).collect();
+        let bytes = Run::encode(9, &dense);
+        let run = Run::decode(&bytes).expect("decodes");
+        assert_eq!((run.segment(), run.len(), run.min_seq()), (9, 5, 5));
+        assert_eq!(run.find(7), Some(at(70)));
+        assert_eq!(run.find(4), None);
+        assert_eq!(run.find(10), None);
+        let seqs =
+            |it: &mut dyn Iterator<Item = (u64, Loc)>| it.map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(&mut run.between(6, 8)), vec![6, 7, 8]);
+        assert_eq!(
+            seqs(&mut run.between(0, u64::MAX).rev()),
+            vec![9, 8, 7, 6, 5]
+        );
+        assert_eq!(seqs(&mut run.between(10, 20)), Vec::<u64>::new());
+        let sparse = vec![(2, at(1)), (4, at(2)), (9, at(3))];
+        let bytes = Run::encode(9, &sparse);
+        let run = Run::decode(&bytes).expect("decodes");
+        assert_eq!(run.find(4), Some(at(2)));
+        assert_eq!(run.find(9), Some(at(3)));
+        assert_eq!(run.find(3), None);
+        assert_eq!(seqs(&mut run.between(3, 9)), vec![4, 9]);
+        assert!(Run::decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(Run::decode(&9u64.to_le_bytes()).is_none());
     }
 
     #[test]
