@@ -47,6 +47,25 @@ pub fn idempotency(conversation: u64, sender: u64, client_msg_id: &str) -> Vec<u
     k
 }
 
+/// `idempotency` key as the index holds it: conversation ‖ sender ‖ the
+/// XXH3-128 digest of client_msg_id (big-endian). Fixed-size, so a
+/// segment's keys sort and store without an allocation each. Two ids of
+/// one sender in one conversation share a digest with probability 2⁻¹²⁸;
+/// a sender who built such a pair on purpose only has their own second
+/// send answered as a retry of the first.
+pub fn idempotency_digest(conversation: u64, sender: u64, client_msg_id: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&pair(conversation, sender));
+    k[16..].copy_from_slice(&xxhash_rust::xxh3::xxh3_128(client_msg_id).to_be_bytes());
+    k
+}
+
+/// The indexed form ([`idempotency_digest`]) of an [`idempotency`] key.
+pub fn idempotency_indexed(key: &[u8]) -> Option<[u8; 32]> {
+    let (conversation, sender) = (first(key)?, pair_second(key)?);
+    Some(idempotency_digest(conversation, sender, &key[16..]))
+}
+
 /// `direct` key: the two users of a direct conversation, smaller id first.
 pub fn direct(a: u64, b: u64) -> [u8; 16] {
     pair(a.min(b), a.max(b))

@@ -22,7 +22,7 @@
 //! | `message_runs` | conversation ‖ !highest seq | a conversation's new messages in one segment: [`segments::Run`] |
 //! | `message_index` | conversation ‖ !seq | [`segments::Loc`] of a newer version of a message (a deletion), or of a message indexed before runs; wins over a run |
 //! | `last_seen` | user id | Unix ms when the user's last session ended |
-//! | `idempotency` | conversation ‖ sender ‖ client_msg_id | [`IdempotencyRecord`] |
+//! | `idempotency` | conversation ‖ sender ‖ XXH3-128(client_msg_id) ([`keys::idempotency_digest`]; conversation ‖ sender ‖ client_msg_id in stores written before) | [`IdempotencyRecord`] |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 
 pub mod keys;
@@ -502,9 +502,17 @@ impl Store {
         }
         if !index.idempotency.is_empty() {
             let mut sorted: Vec<_> = index.idempotency.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            sorted.sort_unstable_by_key(|(k, _)| **k);
             let mut run = self.ks.idempotency.start_ingestion()?;
-            for (key, value) in sorted {
+            let mut value = Vec::new();
+            for (key, record) in sorted {
+                value.clear();
+                record
+                    .encode(&mut value)
+                    .map_err(|e| StorageError::Corrupt {
+                        keyspace: "idempotency",
+                        detail: e.to_string(),
+                    })?;
                 run.write(key.as_slice(), value.as_slice())?;
             }
             run.finish()?;
@@ -938,16 +946,22 @@ impl Store {
         sender: u64,
         client_msg_id: &str,
     ) -> Result<Option<IdempotencyRecord>> {
+        let indexed = keys::idempotency_digest(conversation, sender, client_msg_id.as_bytes());
+        if let Some(record) = self.recent.idempotency(&indexed) {
+            return Ok(Some(record));
+        }
+        if let Some(v) = self.ks.idempotency.get(indexed)? {
+            return decode("idempotency", &v).map(Some);
+        }
+        // A store written before keys were indexed by digest holds the
+        // full key.
         if client_msg_id.len() > MAX_KEY_BYTES - 16 {
             return Ok(None);
         }
-        let key = keys::idempotency(conversation, sender, client_msg_id);
-        if let Some(v) = self.recent.idempotency(&key) {
-            return decode("idempotency", &v).map(Some);
-        }
+        let legacy = keys::idempotency(conversation, sender, client_msg_id);
         self.ks
             .idempotency
-            .get(key)?
+            .get(legacy)?
             .map(|v| decode("idempotency", &v))
             .transpose()
     }

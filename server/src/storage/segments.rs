@@ -36,8 +36,11 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use prost::Message as _;
+
 use super::writer::{Batch, Op};
 use super::{Ks, Result, StorageError, keys};
+use crate::records::IdempotencyRecord;
 
 /// Where a message's encoded bytes are in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,8 +208,9 @@ impl<'a> Run<'a> {
 pub struct SegmentIndex {
     /// `messages` key (conversation ‖ !seq) → location, in key order.
     pub messages: BTreeMap<[u8; 16], Loc>,
-    /// `idempotency` key → [`crate::records::IdempotencyRecord`].
-    pub idempotency: HashMap<Vec<u8>, Vec<u8>>,
+    /// `idempotency` key, indexed form ([`keys::idempotency_digest`]) →
+    /// the original ack.
+    pub idempotency: HashMap<[u8; 32], IdempotencyRecord>,
 }
 
 impl SegmentIndex {
@@ -255,7 +259,16 @@ pub fn route(
                 }
             }
             Op::Put(Ks::Idempotency, key, value) => {
-                index.idempotency.insert(key, value);
+                // The log keeps the full key; the index its digest form. A
+                // put that is not a well-formed key and record (none the
+                // server writes) goes to fjall as it is.
+                let record = IdempotencyRecord::decode(value.as_slice());
+                match (keys::idempotency_indexed(&key), record) {
+                    (Some(indexed), Ok(record)) => {
+                        index.idempotency.insert(indexed, record);
+                    }
+                    _ => rest.ops.push(Op::Put(Ks::Idempotency, key, value)),
+                }
             }
             other => rest.ops.push(other),
         }
@@ -333,8 +346,9 @@ impl Recent {
             .find_map(|i| i.messages.get(key).copied())
     }
 
-    /// The record of an idempotency key, if a recent segment has it.
-    pub fn idempotency(&self, key: &[u8]) -> Option<Vec<u8>> {
+    /// The record of an idempotency key (indexed form), if a recent
+    /// segment has it.
+    pub fn idempotency(&self, key: &[u8; 32]) -> Option<IdempotencyRecord> {
         let inner = self.inner.read();
         inner
             .newest_first()
@@ -482,11 +496,22 @@ mod tests {
         let mut b = Batch::new();
         b.put(Ks::Users, vec![1], vec![2]);
         b.put(Ks::Messages, keys::message(5, 1).to_vec(), vec![9; 10]);
+        let idem = IdempotencyRecord {
+            seq: 1,
+            message_id: 2,
+            sent_at_ms: 3,
+        };
+        b.put(
+            Ks::Idempotency,
+            keys::idempotency(5, 6, "c-1"),
+            idem.encode_to_vec(),
+        );
+        // Not a key the server writes: fjall gets it as it is.
         b.put(Ks::Idempotency, vec![3], vec![4]);
         b.delete(Ks::Users, vec![1]);
         let mut index = SegmentIndex::default();
-        let rest = route(b.ops, &[20, 40, 60], 3, 1000, &mut index);
-        assert_eq!(rest.len(), 2);
+        let rest = route(b.ops, &[20, 40, 60, 80, 100], 3, 1000, &mut index);
+        assert_eq!(rest.len(), 3);
         assert_eq!(
             index.messages.get(&keys::message(5, 1)),
             Some(&Loc {
@@ -495,7 +520,13 @@ mod tests {
                 len: 10
             })
         );
-        assert_eq!(index.idempotency.get(&vec![3]), Some(&vec![4]));
+        assert_eq!(
+            index
+                .idempotency
+                .get(&keys::idempotency_digest(5, 6, b"c-1")),
+            Some(&idem)
+        );
+        assert_eq!(index.idempotency.len(), 1);
     }
 
     #[test]
