@@ -26,18 +26,20 @@ async fn keyspaces_and_keys_are_as_documented() {
             .expect("keyspace")
     };
 
-    // Messages live in the commit log's segments; `message_index` says
-    // where: segment (its first commit), offset, length, little-endian.
+    // Messages live in the commit log's segments; `message_runs` says
+    // where: under conversation ‖ !highest seq, the segment (its first
+    // commit), then per message its seq, offset and length, little-endian.
     let mut key = conv.to_be_bytes().to_vec();
     key.extend_from_slice(&(!ack.seq).to_be_bytes());
-    let loc = ks("message_index")
+    let run = ks("message_runs")
         .get(&key)
         .expect("read")
-        .expect("index entry under conversation ‖ !seq");
-    assert_eq!(loc.len(), 20);
+        .expect("run under conversation ‖ !highest seq");
+    assert_eq!(run.len(), 8 + 20, "one message");
     let le = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    let (segment, offset) = (le(&loc[..8]), le(&loc[8..16]) as usize);
-    let len = u32::from_le_bytes(loc[16..20].try_into().expect("4 bytes")) as usize;
+    let (segment, seq, offset) = (le(&run[..8]), le(&run[8..16]), le(&run[16..24]) as usize);
+    let len = u32::from_le_bytes(run[24..28].try_into().expect("4 bytes")) as usize;
+    assert_eq!(seq, ack.seq);
     let file = std::fs::read(data.path().join("log").join(format!("{segment:020}.log")))
         .expect("the segment named by its first commit");
     let m = pb::Message::decode(&file[offset..offset + len]).expect("chat.v1.Message");
@@ -45,6 +47,8 @@ async fn keyspaces_and_keys_are_as_documented() {
         (m.seq, m.text.as_str(), m.message_id),
         (1, "on disk", ack.message_id)
     );
+    // Nothing was put twice, so no newer version is indexed on its own.
+    assert!(ks("message_index").get(&key).expect("read").is_none());
     // A clean stop indexed every segment: nothing is left to replay.
     let indexed = ks("meta")
         .get("indexed_through")
@@ -91,8 +95,9 @@ async fn keyspaces_and_keys_are_as_documented() {
     uc.extend_from_slice(&conv.to_be_bytes());
     assert!(ks("user_conversations").get(&uc).expect("read").is_some());
 
+    // conversation ‖ sender ‖ XXH3-128 of client_msg_id, big-endian.
     let mut idem = conv.to_be_bytes().to_vec();
     idem.extend_from_slice(&alice.user_id.to_be_bytes());
-    idem.extend_from_slice(b"k1");
+    idem.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(b"k1").to_be_bytes());
     assert!(ks("idempotency").get(&idem).expect("read").is_some());
 }

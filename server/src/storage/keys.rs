@@ -63,7 +63,7 @@ pub fn idempotency_digest(conversation: u64, sender: u64, client_msg_id: &[u8]) 
 /// The indexed form ([`idempotency_digest`]) of an [`idempotency`] key.
 pub fn idempotency_indexed(key: &[u8]) -> Option<[u8; 32]> {
     let (conversation, sender) = (first(key)?, pair_second(key)?);
-    Some(idempotency_digest(conversation, sender, &key[16..]))
+    Some(idempotency_digest(conversation, sender, key.get(16..)?))
 }
 
 /// `direct` key: the two users of a direct conversation, smaller id first.

@@ -112,7 +112,7 @@ impl<'a> Run<'a> {
     /// A run stored by [`Run::encode`].
     pub fn decode(b: &'a [u8]) -> Option<Self> {
         let segment = u64::from_le_bytes(b.get(..Self::HEADER)?.try_into().ok()?);
-        let entries = &b[Self::HEADER..];
+        let entries = b.get(Self::HEADER..)?;
         if entries.is_empty() || entries.len() % Self::ENTRY != 0 {
             return None;
         }
@@ -136,18 +136,27 @@ impl<'a> Run<'a> {
 
     /// The `i`th message, as (seq, location).
     fn get(&self, i: usize) -> (u64, Loc) {
-        let e = &self.entries[i * Self::ENTRY..(i + 1) * Self::ENTRY];
-        let word = |r: std::ops::Range<usize>| {
-            let mut b = [0u8; 8];
-            b[..r.len()].copy_from_slice(&e[r]);
-            u64::from_le_bytes(b)
+        // `decode` checked that the entries are whole; `i` is below `len`.
+        let e = self
+            .entries
+            .chunks_exact(Self::ENTRY)
+            .nth(i)
+            .unwrap_or(&[0; Self::ENTRY]);
+        let u64_at = |at: usize| {
+            e.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
         };
+        let len = e
+            .get(16..20)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
         let loc = Loc {
             segment: self.segment,
-            offset: word(8..16),
-            len: word(16..20) as u32,
+            offset: u64_at(8),
+            len,
         };
-        (word(0..8), loc)
+        (u64_at(0), loc)
     }
 
     /// Lowest seq in the run.
