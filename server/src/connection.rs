@@ -21,12 +21,13 @@ use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
 
 use crate::context::Context;
 use crate::limits::TokenBucket;
+use crate::owner::Origin;
 use crate::owner::{OwnerOp, OwnerRequest};
 use crate::presence::{MAX_PRESENCE_SUBSCRIPTIONS, PresenceOp};
 use crate::reply::{self, Handled, Refusal};
 use crate::session_state::{SessionState, Verdict};
 use crate::session_table::{Close, CloseReason, Outbound, SessionHandle};
-use crate::shard::{Origin, Shard};
+use crate::shard::Shard;
 use crate::transport::{Capabilities, FrameSink, FrameSource, Incoming};
 use crate::{accounts, catalog};
 

@@ -45,7 +45,7 @@ pub struct Context {
     /// Sessions per user (taken at login, released at close).
     pub user_sessions: Mutex<crate::limits::SessionCounter>,
     /// Media URL signing and files.
-    pub media: crate::media::Media,
+    pub media: Arc<crate::media::Media>,
     /// Queue to the push thread.
     pub push: crate::push::Push,
     /// Password hashes (Register, Login) computed at once: one per core.

@@ -19,8 +19,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::mesh::ShardId;
+use crate::owner::Pending;
 use crate::reply;
-use crate::shard::{Pending, Shard, ShardMsg};
+use crate::shard::{Shard, ShardMsg};
 use crate::storage::writer::Batch;
 use crate::storage::{Ks, keys};
 use chat_protocol::pb::{self, PresenceStatus, server_frame::Body};

@@ -234,7 +234,7 @@ impl ServerHandle {
                 std::time::Duration::from_secs(60),
             )),
             user_sessions: Mutex::new(crate::limits::SessionCounter::default()),
-            media,
+            media: Arc::new(media),
             push,
             password_hashing: tokio::sync::Semaphore::new(crate::config::cores()),
             config,

@@ -29,23 +29,11 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::context::Context;
-use crate::idgen::MessageIdGenerator;
 use crate::mesh::ShardId;
-use crate::owner::{Owned, OwnerRequest};
-use crate::reply;
+use crate::owner::{Effect, Loaded, Origin, Output, Owner, OwnerRequest, Pending};
+use crate::reply::{self, Refusal};
 use crate::session_table::SessionTable;
 use crate::storage::writer::Batch;
-
-/// Where a request came from, so the owner can route its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    /// Shard holding the session.
-    pub shard: ShardId,
-    /// Session id on that shard.
-    pub session: u64,
-    /// The request's id, echoed in the reply.
-    pub request_id: u64,
-}
 
 /// What travels between shards.
 #[derive(Debug)]
@@ -90,35 +78,6 @@ pub enum ShardMsg {
     },
 }
 
-/// What happens once a pipeline entry's writes are durable.
-#[derive(Debug)]
-pub enum Effect {
-    /// Everything up to `seq` of `conversation` is durable.
-    Durable {
-        /// Conversation.
-        conversation: u64,
-        /// Highest seq in the batch.
-        seq: u64,
-    },
-    /// Send a reply.
-    Reply(Origin, Bytes),
-    /// Push to every session of these users, on every shard.
-    Fanout(Arc<[u64]>, Bytes),
-    /// Like `Fanout`, but shed first under pressure (typing, presence).
-    Ephemeral(Arc<[u64]>, Bytes),
-    /// Push notifications for the recipients with no connected session.
-    Notify(Arc<[u64]>, Arc<crate::push::Notice>),
-}
-
-/// Writes and their consequences, committed in order.
-#[derive(Debug, Default)]
-pub struct Pending {
-    /// Writes of this entry.
-    pub batch: Batch,
-    /// Applied after the writes are durable, in order.
-    pub effects: Vec<Effect>,
-}
-
 /// One shard's state.
 pub struct Shard {
     /// This shard's index.
@@ -127,20 +86,14 @@ pub struct Shard {
     pub ctx: Arc<Context>,
     /// Connected sessions.
     pub sessions: RefCell<SessionTable>,
-    /// Conversations this shard owns.
-    pub owned: RefCell<Owned>,
-    /// Message ids for messages this shard sequences.
-    pub ids: RefCell<MessageIdGenerator>,
+    /// Conversations this shard owns (sans-IO; driven by `drive_owner`).
+    pub owner: RefCell<Owner>,
     /// Send rate per user with sessions on this shard.
     pub user_buckets: RefCell<HashMap<u64, crate::limits::TokenBucket>>,
-    /// Owned conversations where someone is typing.
-    pub typing_active: RefCell<hashbrown::HashSet<u64>>,
     /// Presence of the users this shard keeps.
     pub presence: RefCell<crate::presence::PresenceTable>,
     /// Which local sessions watch which users' presence.
     pub interest: RefCell<crate::presence::Interest>,
-    /// Owned conversations with receipt cursors not yet written.
-    pub cursor_dirty: RefCell<hashbrown::HashSet<u64>>,
     /// Entries waiting for the commit loop.
     /// With the time each entry was queued, for `chatd_write_ack_seconds`.
     pipeline: RefCell<VecDeque<(Instant, Pending)>>,
@@ -189,15 +142,20 @@ impl std::fmt::Debug for Shard {
 
 impl Shard {
     fn new(id: ShardId, ctx: Arc<Context>, recovered: HashMap<u64, u64>) -> Self {
-        let recent = ctx.config.recent_messages;
+        let c = &ctx.config;
+        let rules = crate::owner::Rules {
+            max_message_bytes: c.max_message_bytes,
+            max_group_members: c.max_group_members,
+            push_preview: c.push_preview,
+            push: ctx.push.clone(),
+            media: ctx.media.clone(),
+        };
+        let owner = Owner::new(id as u16, recovered, c.recent_messages, rules);
         Self {
             id,
             sessions: RefCell::new(SessionTable::new(id, ctx.directory.clone())),
-            owned: RefCell::new(Owned::new(recovered, recent)),
-            ids: RefCell::new(MessageIdGenerator::new(id as u16)),
+            owner: RefCell::new(owner),
             counters: crate::metrics::PerMessage::new(),
-            cursor_dirty: RefCell::new(hashbrown::HashSet::new()),
-            typing_active: RefCell::new(hashbrown::HashSet::new()),
             user_buckets: RefCell::new(HashMap::new()),
             presence: RefCell::new(crate::presence::PresenceTable::default()),
             interest: RefCell::new(crate::presence::Interest::default()),
@@ -216,6 +174,79 @@ impl Shard {
             .borrow_mut()
             .push_back((Instant::now(), pending));
         self.pipeline_ready.notify_one();
+    }
+
+    /// Accepts a request for a conversation this shard owns.
+    pub fn enqueue_owned(self: &Rc<Self>, req: OwnerRequest) {
+        let now = self.ctx.now_ms();
+        self.owner.borrow_mut().handle_request(now, req);
+        self.drive_owner();
+    }
+
+    /// Carries out the owner's outputs in order: entries go to the commit
+    /// loop, store reads to the blocking pool, whose answers go back to the
+    /// owner.
+    fn drive_owner(self: &Rc<Self>) {
+        loop {
+            let Some(output) = self.owner.borrow_mut().poll_output() else {
+                return;
+            };
+            match output {
+                Output::Commit(pending) => self.commit(pending),
+                Output::Load {
+                    conversation,
+                    recovered_seq,
+                } => {
+                    let shard = self.clone();
+                    tokio::task::spawn_local(async move {
+                        let store = shard.ctx.store.clone();
+                        let loaded = off_thread(move || {
+                            let Some(record) = store.conversation(conversation)? else {
+                                return Ok(None);
+                            };
+                            let members = store.members(conversation)?;
+                            let last_seq = match recovered_seq {
+                                Some(s) => s,
+                                None => store.last_seq(conversation)?,
+                            };
+                            Ok(Some(Loaded {
+                                record,
+                                members,
+                                last_seq,
+                            }))
+                        })
+                        .await;
+                        let now = shard.ctx.now_ms();
+                        let mut owner = shard.owner.borrow_mut();
+                        owner.handle_loaded(now, conversation, loaded);
+                        drop(owner);
+                        shard.drive_owner();
+                    });
+                }
+                Output::LookUp { conversation, keys } => {
+                    let shard = self.clone();
+                    tokio::task::spawn_local(async move {
+                        let store = shard.ctx.store.clone();
+                        let found = off_thread(move || {
+                            let mut found = Vec::new();
+                            for (sender, cmid) in keys {
+                                if let Some(rec) = store.idempotency(conversation, sender, &cmid)? {
+                                    found.push((sender, cmid, rec));
+                                }
+                            }
+                            Ok(found)
+                        })
+                        .await;
+                        let now = shard.ctx.now_ms();
+                        shard
+                            .owner
+                            .borrow_mut()
+                            .handle_keys(now, conversation, found);
+                        shard.drive_owner();
+                    });
+                }
+            }
+        }
     }
 
     /// Routes a reply to the session that asked.
@@ -354,9 +385,13 @@ impl Shard {
                         match effect {
                             Effect::Durable { conversation, seq } => {
                                 stored.increment(1);
-                                self.owned.borrow_mut().mark_durable(conversation, seq);
+                                let mut owner = self.owner.borrow_mut();
+                                owner.handle_durable(conversation, seq);
                             }
                             Effect::Reply(origin, frame) => self.reply(origin, frame).await,
+                            // An empty frame returns the request's permit
+                            // without sending anything.
+                            Effect::Release(origin) => self.reply(origin, Bytes::new()).await,
                             Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,
                             Effect::Ephemeral(users, frame) => {
                                 self.fanout(users, frame, true).await;
@@ -371,7 +406,7 @@ impl Shard {
                     tracing::error!(shard = self.id, cause = %e, "commit failed");
                     self.ctx.fail();
                     for effect in effects {
-                        if let Effect::Reply(origin, _) = effect {
+                        if let Effect::Reply(origin, _) | Effect::Release(origin) = effect {
                             let frame = reply::error(
                                 origin.request_id,
                                 ErrorCode::StorageFailure,
@@ -390,8 +425,9 @@ impl Shard {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.flush_cursors();
-            self.expire_typing();
+            let now = self.ctx.now_ms();
+            self.owner.borrow_mut().handle_tick(now);
+            self.drive_owner();
         }
     }
 
@@ -425,6 +461,15 @@ impl Shard {
             idle.await;
         }
     }
+}
+
+/// Runs a blocking store read on the shard's blocking pool.
+async fn off_thread<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())))
 }
 
 /// The sockets a shard accepts on, bound with SO_REUSEPORT.
@@ -666,7 +711,8 @@ pub fn run(
             reconnect_after_ms: 1000,
         }));
         let drained = async {
-            shard.flush_cursors();
+            shard.owner.borrow_mut().flush_cursors();
+            shard.drive_owner();
             shard.pipeline_drained().await;
             shard.sessions.borrow().close_all(goaway);
             while !shard.sessions.borrow().is_empty() {

@@ -9,19 +9,19 @@ use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ConversationKind, MessageKind, Role, system_event};
 use prost::Message;
 
-use super::Conv;
+use super::{Conv, Env};
+use super::{Effect, Pending};
 use crate::catalog;
 use crate::records::{MemberRecord, UserConversationRecord};
 use crate::reply::Refusal;
 use crate::sequencer::Admission;
-use crate::shard::{Effect, Pending, Shard};
 use crate::storage::writer::Batch;
 use crate::storage::{Ks, keys};
 
-impl Shard {
+impl Env {
     /// Appends a system message; `recipients` are who hear about it.
     pub(super) fn system_message(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -29,10 +29,7 @@ impl Shard {
         recipients: Arc<[u64]>,
         batch: &mut Batch,
     ) -> (u64, Vec<Effect>) {
-        let a = match conv
-            .seq
-            .assign(actor, None, self.ctx.now_ms(), &mut self.ids.borrow_mut())
-        {
+        let a = match conv.seq.assign(actor, None, self.now_ms, &mut self.ids) {
             Admission::New(a) => a,
             // System messages carry no idempotency key and are always new.
             Admission::Duplicate { original, .. } => original,
@@ -61,7 +58,7 @@ impl Shard {
     }
 
     pub(super) fn add_members(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -82,7 +79,7 @@ impl Shard {
         if new.is_empty() {
             return Ok(Pending::default());
         }
-        if conv.members.len() + new.len() > self.ctx.config.max_group_members {
+        if conv.members.len() + new.len() > self.rules.max_group_members {
             return Err(Refusal::new(
                 ErrorCode::MemberLimit,
                 "group member limit reached",
@@ -121,7 +118,7 @@ impl Shard {
     }
 
     pub(super) fn remove_member(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -140,7 +137,12 @@ impl Shard {
         Ok(self.drop_member(id, conv, actor, target, system_event::Kind::MemberRemoved))
     }
 
-    pub(super) fn leave(&self, id: u64, conv: &mut Conv, actor: u64) -> Result<Pending, Refusal> {
+    pub(super) fn leave(
+        &mut self,
+        id: u64,
+        conv: &mut Conv,
+        actor: u64,
+    ) -> Result<Pending, Refusal> {
         let role = conv.role(actor).ok_or_else(|| {
             Refusal::new(ErrorCode::NotAMember, "not a member of this conversation")
         })?;
@@ -162,7 +164,7 @@ impl Shard {
     /// Removes `target`; the system message still reaches it, as its last
     /// message of the conversation (`spec/states.md`).
     pub(super) fn drop_member(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -183,7 +185,7 @@ impl Shard {
     }
 
     pub(super) fn set_role(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -222,7 +224,7 @@ impl Shard {
     }
 
     pub(super) fn transfer(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -245,7 +247,7 @@ impl Shard {
     }
 
     pub(super) fn change_roles(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -271,7 +273,7 @@ impl Shard {
     }
 
     pub(super) fn update_title(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         actor: u64,
@@ -296,12 +298,12 @@ impl Shard {
     }
 }
 
-impl Shard {
+impl Env {
     /// SubscribeChannel: the user becomes a SUBSCRIBER and receives live
     /// pushes from now on; earlier posts are read from history. No system
     /// message is written, so a channel's sequence holds its posts only.
     pub(super) fn subscribe(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         user: u64,
@@ -342,7 +344,7 @@ impl Shard {
     /// UnsubscribeChannel: live pushes stop; admins leave with
     /// LeaveConversation instead.
     pub(super) fn unsubscribe(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         user: u64,

@@ -1,16 +1,32 @@
 //! The owner side of conversations: sequencing sends and membership changes.
 //!
-//! Each conversation is owned by one shard (`Context::shard_for`). Requests
-//! for it are queued per conversation and applied strictly in arrival order:
-//! a conversation is loaded from the store on first use, idempotency keys the
-//! sequencer has forgotten are looked up in the store (in one batch for
-//! everything queued), and only then does the sequencer assign seqs. Every
-//! outcome becomes a [`Pending`] entry for the shard's commit loop, so acks,
-//! refusals and pushes leave in the order the requests arrived and only after
-//! the writes they depend on are durable.
+//! Each conversation is owned by one shard (`Context::shard_for`), and on it
+//! by one [`Owner`]. The owner is sans-IO, like the protocol crate: the
+//! shell (`crate::shard`) hands it inputs (`handle_request`, the store's
+//! answers in `handle_loaded` and `handle_keys`, `handle_durable`,
+//! `handle_tick`), each with the time, and takes its outputs from
+//! `poll_output` in order: store reads to run ([`Output::Load`],
+//! [`Output::LookUp`]) and entries to commit ([`Output::Commit`]).
+//!
+//! Requests for a conversation are queued and applied strictly in arrival
+//! order: a conversation is loaded from the store on first use, idempotency
+//! keys the sequencer has forgotten are looked up in the store (in one batch
+//! for everything queued), and only then does the sequencer assign seqs.
+//! Every outcome becomes a [`Pending`] entry for the shard's commit loop, so
+//! acks, refusals and pushes leave in the order the requests arrived and
+//! only after the writes they depend on are durable.
+//!
+//! `sim` (tests) drives an owner with virtual time and an in-memory store,
+//! so the rules (roles, idempotency, receipts, the delete race) are
+//! deterministic unit tests.
 
+mod effect;
 mod membership;
 mod receipts;
+#[cfg(test)]
+mod sim;
+
+pub use effect::{Effect, Origin, Pending};
 
 pub use receipts::{
     CURSOR_FLUSH_INTERVAL, RECEIPT_EVENTS_MAX_MEMBERS, TYPING_DEBOUNCE_MS, TYPING_TTL_MS,
@@ -19,7 +35,6 @@ pub use receipts::{
 use std::collections::VecDeque;
 
 use hashbrown::{HashMap, HashSet};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,10 +45,10 @@ use chat_protocol::{ErrorCode, MessageId};
 use prost::Message;
 
 use crate::catalog;
+use crate::idgen::MessageIdGenerator;
 use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord};
 use crate::reply::{self, Refusal};
 use crate::sequencer::{Admission, Assigned, Sequencer};
-use crate::shard::{Effect, Origin, Pending, Shard};
 use crate::storage::writer::Batch;
 use crate::storage::{Ks, keys};
 
@@ -134,8 +149,9 @@ pub(super) struct Conv {
     recipients: Option<Arc<[u64]>>,
     pub(super) seq: Sequencer,
     queue: VecDeque<OwnerRequest>,
-    /// A store lookup of idempotency keys is under way.
-    checking: bool,
+    /// A store lookup of idempotency keys is under way for the first this
+    /// many queued requests.
+    checking: Option<usize>,
     /// Members whose cursors changed since the last cursor flush.
     pub(super) dirty_cursors: HashSet<u64>,
     /// Who is typing (`receipts.rs`).
@@ -223,20 +239,89 @@ enum Slot {
     Ready(Box<Conv>),
 }
 
-/// Conversations owned by one shard.
-pub struct Owned {
+/// The conversations one shard owns, with the rules that change them.
+pub struct Owner {
     slots: HashMap<u64, Slot>,
     /// Last seqs recovered from the store at start-up.
     recovered: HashMap<u64, u64>,
     key_capacity: usize,
+    env: Env,
+    /// Outputs not yet taken by the shell, oldest first.
+    out: VecDeque<Output>,
 }
 
-impl std::fmt::Debug for Owned {
+impl std::fmt::Debug for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Owned")
+        f.debug_struct("Owner")
             .field("conversations", &self.slots.len())
             .finish()
     }
+}
+
+/// What the owner asks its shell to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Read the conversation from the store (its last seq too, unless
+    /// `recovered_seq` has it) and answer with [`Owner::handle_loaded`].
+    Load {
+        /// Conversation.
+        conversation: u64,
+        /// Its last seq as recovered at start-up.
+        recovered_seq: Option<u64>,
+    },
+    /// Look these `(sender, client_msg_id)` keys up in the store and answer
+    /// with [`Owner::handle_keys`].
+    LookUp {
+        /// Conversation.
+        conversation: u64,
+        /// The keys.
+        keys: Vec<(u64, String)>,
+    },
+    /// Commit the writes, then carry out the effects, in order.
+    Commit(Pending),
+}
+
+/// A conversation as the store holds it, for [`Owner::handle_loaded`].
+#[derive(Debug)]
+pub struct Loaded {
+    /// Its record.
+    pub record: ConversationRecord,
+    /// Its members.
+    pub members: Vec<(u64, MemberRecord)>,
+    /// Its last seq.
+    pub last_seq: u64,
+}
+
+/// An idempotency key found in the store: sender, client_msg_id, record.
+pub type FoundKey = (u64, String, IdempotencyRecord);
+
+/// What the owner's rules need besides the conversation: limits, handles
+/// for media URLs and push notifications.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// `max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// `max_group_members`.
+    pub max_group_members: usize,
+    /// `push_preview`.
+    pub push_preview: bool,
+    /// Push notifications (outbox entries staged with the message).
+    pub push: crate::push::Push,
+    /// Signs media download URLs in pushed messages.
+    pub media: Arc<crate::media::Media>,
+}
+
+/// What the rules of every conversation share: the limits, the message id
+/// generator, the time of the input being handled, and which conversations
+/// have typing indicators or cursors to write.
+struct Env {
+    rules: Rules,
+    ids: MessageIdGenerator,
+    now_ms: u64,
+    /// Conversations where someone is typing.
+    typing_active: HashSet<u64>,
+    /// Conversations with receipt cursors not yet written.
+    cursor_dirty: HashSet<u64>,
 }
 
 /// Recent senders remembered per loaded conversation, for receipt events in
@@ -253,20 +338,27 @@ const RECENT_DELETIONS: usize = 64;
 /// are found in the store; a small map stays in cache on the send path.
 const KEYS_PER_CONVERSATION_FACTOR: usize = 1;
 
-impl Owned {
-    /// Ownership state seeded with recovered last seqs.
-    pub fn new(recovered: HashMap<u64, u64>, recent_messages: usize) -> Self {
+impl Owner {
+    /// The owner of shard `generator`'s conversations, seeded with the last
+    /// seqs recovered at start-up.
+    pub fn new(
+        generator: u16,
+        recovered: HashMap<u64, u64>,
+        recent_messages: usize,
+        rules: Rules,
+    ) -> Self {
         Self {
             slots: HashMap::new(),
             recovered,
             key_capacity: recent_messages.max(16) * KEYS_PER_CONVERSATION_FACTOR,
-        }
-    }
-
-    /// Everything up to `seq` is durable.
-    pub fn mark_durable(&mut self, conversation: u64, seq: u64) {
-        if let Some(Slot::Ready(c)) = self.slots.get_mut(&conversation) {
-            c.seq.mark_durable(seq);
+            env: Env {
+                rules,
+                ids: MessageIdGenerator::new(generator),
+                now_ms: 0,
+                typing_active: HashSet::new(),
+                cursor_dirty: HashSet::new(),
+            },
+            out: VecDeque::new(),
         }
     }
 
@@ -277,31 +369,20 @@ impl Owned {
         }
     }
 
-    /// Number of conversations loaded.
+    /// Number of conversations loaded or loading.
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// Whether none is loaded.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 }
 
-struct Loaded {
-    record: ConversationRecord,
-    members: Vec<(u64, MemberRecord)>,
-    last_seq: u64,
-}
-
 pub(super) fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
-    Pending {
-        batch: Batch::new(),
-        effects: vec![Effect::Reply(
-            origin,
-            reply::error(origin.request_id, code, message),
-        )],
-    }
+    let refusal = reply::error(origin.request_id, code, message);
+    Pending::effects(vec![Effect::Reply(origin, refusal)])
 }
 
 fn ack_frame(
@@ -324,100 +405,131 @@ fn ack_frame(
     )
 }
 
-impl Shard {
-    /// Accepts a request for a conversation this shard owns.
-    pub fn enqueue_owned(self: &Rc<Self>, req: OwnerRequest) {
+impl Owner {
+    /// Takes a request for a conversation this shard owns.
+    pub fn handle_request(&mut self, now_ms: u64, req: OwnerRequest) {
+        self.env.now_ms = now_ms;
         let id = req.conversation;
-        let mut owned = self.owned.borrow_mut();
-        match owned.slots.get_mut(&id) {
+        match self.slots.get_mut(&id) {
             Some(Slot::Loading(q)) => q.push_back(req),
             Some(Slot::Ready(c)) => {
                 c.queue.push_back(req);
-                drop(owned);
                 self.pump(id);
             }
             None => {
-                owned.slots.insert(id, Slot::Loading(VecDeque::from([req])));
-                let last_seq = owned.recovered.get(&id).copied();
-                drop(owned);
-                self.load(id, last_seq);
+                self.slots.insert(id, Slot::Loading(VecDeque::from([req])));
+                let recovered_seq = self.recovered.get(&id).copied();
+                self.out.push_back(Output::Load {
+                    conversation: id,
+                    recovered_seq,
+                });
             }
         }
     }
 
-    fn load(self: &Rc<Self>, id: u64, recovered: Option<u64>) {
-        let shard = self.clone();
-        tokio::task::spawn_local(async move {
-            let ctx = shard.ctx.clone();
-            let loaded = tokio::task::spawn_blocking(move || -> Result<Option<Loaded>, Refusal> {
-                let Some(record) = ctx.store.conversation(id)? else {
-                    return Ok(None);
-                };
-                let members = ctx.store.members(id)?;
-                let last_seq = match recovered {
-                    Some(s) => s,
-                    None => ctx.store.last_seq(id)?,
-                };
-                Ok(Some(Loaded {
-                    record,
-                    members,
-                    last_seq,
-                }))
-            })
-            .await
-            .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())));
-            shard.loaded(id, loaded);
-        });
-    }
-
-    fn loaded(self: &Rc<Self>, id: u64, loaded: Result<Option<Loaded>, Refusal>) {
-        let mut owned = self.owned.borrow_mut();
-        let Some(Slot::Loading(queue)) = owned.slots.remove(&id) else {
+    /// The store's answer to [`Output::Load`]: the conversation, `None` if
+    /// it does not exist.
+    pub fn handle_loaded(&mut self, now_ms: u64, id: u64, loaded: Result<Option<Loaded>, Refusal>) {
+        self.env.now_ms = now_ms;
+        let Some(Slot::Loading(queue)) = self.slots.remove(&id) else {
             return;
         };
         match loaded {
             Ok(Some(l)) => {
-                let mut conv = Conv {
+                let conv = Conv {
                     record: l.record,
                     members: l.members.into_iter().collect(),
                     recipients: None,
-                    seq: Sequencer::new(l.last_seq, owned.key_capacity),
+                    seq: Sequencer::new(l.last_seq, self.key_capacity),
                     queue,
-                    checking: false,
+                    checking: None,
                     dirty_cursors: HashSet::new(),
                     typing: receipts::Typing::default(),
                     recent_senders: VecDeque::new(),
                     recent_deletions: VecDeque::new(),
                 };
-                conv.members_changed();
-                owned.slots.insert(id, Slot::Ready(Box::new(conv)));
-                drop(owned);
+                self.slots.insert(id, Slot::Ready(Box::new(conv)));
                 self.pump(id);
             }
             Ok(None) | Err(_) => {
-                drop(owned);
                 let (code, message) = match loaded {
                     Err(r) => (r.code, r.message),
                     _ => (ErrorCode::NotFound, "no such conversation".to_owned()),
                 };
                 for req in queue {
-                    self.commit(refusal_entry(req.origin, code, &message));
+                    let refused = refusal_entry(req.origin, code, &message);
+                    self.out.push_back(Output::Commit(refused));
                 }
             }
         }
     }
 
+    /// The store's answer to [`Output::LookUp`]: the records of the keys it
+    /// holds (keys it does not hold are new).
+    pub fn handle_keys(&mut self, now_ms: u64, id: u64, found: Result<Vec<FoundKey>, Refusal>) {
+        self.env.now_ms = now_ms;
+        let Some(Slot::Ready(conv)) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(covered) = conv.checking.take() else {
+            return;
+        };
+        match found {
+            Ok(found) => {
+                for (sender, cmid, rec) in found {
+                    let original = Assigned {
+                        seq: rec.seq,
+                        message_id: MessageId(rec.message_id),
+                        sent_at_ms: rec.sent_at_ms,
+                    };
+                    conv.seq.remember(sender, &cmid, original);
+                }
+                for req in conv.queue.iter_mut().take(covered) {
+                    req.checked = true;
+                }
+            }
+            Err(failed) => {
+                tracing::error!(conversation = id, ?failed, "idempotency lookup failed");
+                for req in conv.queue.drain(..covered.min(conv.queue.len())) {
+                    self.out.push_back(Output::Commit(refusal_entry(
+                        req.origin,
+                        ErrorCode::StorageFailure,
+                        "storage failure; retry",
+                    )));
+                }
+            }
+        }
+        self.pump(id);
+    }
+
+    /// Everything up to `seq` of `conversation` is durable.
+    pub fn handle_durable(&mut self, conversation: u64, seq: u64) {
+        if let Some(Slot::Ready(c)) = self.slots.get_mut(&conversation) {
+            c.seq.mark_durable(seq);
+        }
+    }
+
+    /// Time passed: typing indicators that ran out are withdrawn, and
+    /// changed receipt cursors are written. The shell calls this every
+    /// [`CURSOR_FLUSH_INTERVAL`].
+    pub fn handle_tick(&mut self, now_ms: u64) {
+        self.env.now_ms = now_ms;
+        self.flush_cursors();
+        self.expire_typing();
+    }
+
+    /// The next thing for the shell to do, in the order it must be done.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
     /// Applies queued requests of conversation `id` until the queue is empty
     /// or a store lookup is needed first.
-    fn pump(self: &Rc<Self>, id: u64) {
-        loop {
-            let mut owned = self.owned.borrow_mut();
-            let Some(Slot::Ready(conv)) = owned.slots.get_mut(&id) else {
-                return;
-            };
-            if conv.checking {
-                return;
-            }
+    fn pump(&mut self, id: u64) {
+        let Some(Slot::Ready(conv)) = self.slots.get_mut(&id) else {
+            return;
+        };
+        while conv.checking.is_none() {
             let Some(front) = conv.queue.front() else {
                 return;
             };
@@ -428,75 +540,24 @@ impl Shard {
                     .filter(|r| conv.needs_lookup(r))
                     .filter_map(|r| r.idempotency_key().map(|(s, k)| (s, k.to_owned())))
                     .collect();
-                let covered = conv.queue.len();
-                conv.checking = true;
-                drop(owned);
-                self.lookup(id, keys, covered);
+                conv.checking = Some(conv.queue.len());
+                self.out.push_back(Output::LookUp {
+                    conversation: id,
+                    keys,
+                });
                 return;
             }
             let Some(req) = conv.queue.pop_front() else {
                 return;
             };
-            let pending = self.apply(id, conv, req);
-            drop(owned);
-            self.commit(pending);
+            let pending = self.env.apply(id, conv, req);
+            self.out.push_back(Output::Commit(pending));
         }
     }
+}
 
-    /// Looks the keys up in the store.
-    fn lookup(self: &Rc<Self>, id: u64, keys: Vec<(u64, String)>, covered: usize) {
-        let shard = self.clone();
-        tokio::task::spawn_local(async move {
-            let ctx = shard.ctx.clone();
-            let found = tokio::task::spawn_blocking(move || {
-                let mut found = Vec::new();
-                for (sender, cmid) in keys {
-                    if let Some(rec) = ctx.store.idempotency(id, sender, &cmid)? {
-                        found.push((sender, cmid, rec));
-                    }
-                }
-                Ok::<_, crate::storage::StorageError>(found)
-            })
-            .await;
-            let mut owned = shard.owned.borrow_mut();
-            let Some(Slot::Ready(conv)) = owned.slots.get_mut(&id) else {
-                return;
-            };
-            conv.checking = false;
-            match found {
-                Ok(Ok(found)) => {
-                    for (sender, cmid, rec) in found {
-                        let original = Assigned {
-                            seq: rec.seq,
-                            message_id: MessageId(rec.message_id),
-                            sent_at_ms: rec.sent_at_ms,
-                        };
-                        conv.seq.remember(sender, &cmid, original);
-                    }
-                    for req in conv.queue.iter_mut().take(covered) {
-                        req.checked = true;
-                    }
-                    drop(owned);
-                    shard.pump(id);
-                }
-                failed => {
-                    tracing::error!(conversation = id, ?failed, "idempotency lookup failed");
-                    let refused: Vec<OwnerRequest> = conv.queue.drain(..covered).collect();
-                    drop(owned);
-                    for req in refused {
-                        shard.commit(refusal_entry(
-                            req.origin,
-                            ErrorCode::StorageFailure,
-                            "storage failure; retry",
-                        ));
-                    }
-                    shard.pump(id);
-                }
-            }
-        });
-    }
-
-    fn apply(&self, id: u64, conv: &mut Conv, req: OwnerRequest) -> Pending {
+impl Env {
+    fn apply(&mut self, id: u64, conv: &mut Conv, req: OwnerRequest) -> Pending {
         let origin = req.origin;
         let result = match req.op {
             OwnerOp::Send(msg) => return self.apply_send(id, conv, origin, req.user, msg),
@@ -522,13 +583,8 @@ impl Shard {
             }
             OwnerOp::GetReceipts(seq) => {
                 let result = receipts::counts(id, conv, req.user, seq).map(Body::ReceiptCounts);
-                return Pending {
-                    batch: Batch::new(),
-                    effects: vec![Effect::Reply(
-                        origin,
-                        reply::answer(origin.request_id, result),
-                    )],
-                };
+                let answer = reply::answer(origin.request_id, result);
+                return Pending::effects(vec![Effect::Reply(origin, answer)]);
             }
             OwnerOp::Typing(active) => return self.typing(id, conv, origin, req.user, active),
             OwnerOp::SubscribeChannel => self.subscribe(id, conv, req.user),
@@ -564,7 +620,7 @@ impl Shard {
     }
 
     fn apply_send(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         origin: Origin,
@@ -600,28 +656,22 @@ impl Shard {
         if size == 0 {
             return refusal_entry(origin, ErrorCode::InvalidArgument, "empty message");
         }
-        if size > self.ctx.config.max_message_bytes {
+        if size > self.rules.max_message_bytes {
             return refusal_entry(
                 origin,
                 ErrorCode::MessageTooLarge,
                 "message exceeds max_message_bytes",
             );
         }
-        let admission = conv.seq.assign(
-            user,
-            Some(&msg.client_msg_id),
-            self.ctx.now_ms(),
-            &mut self.ids.borrow_mut(),
-        );
+        let admission = conv
+            .seq
+            .assign(user, Some(&msg.client_msg_id), self.now_ms, &mut self.ids);
         match admission {
             // A retry of a send still being committed is answered after that
             // commit, because this entry goes behind it in the pipeline.
             Admission::Duplicate { original, .. } => {
                 let frame = ack_frame(origin.request_id, id, &msg.client_msg_id, original, true);
-                Pending {
-                    batch: Batch::new(),
-                    effects: vec![Effect::Reply(origin, frame)],
-                }
+                Pending::effects(vec![Effect::Reply(origin, frame)])
             }
             Admission::New(a) => {
                 conv.sent(a.seq, user);
@@ -668,16 +718,15 @@ impl Shard {
                     ),
                     Effect::Fanout(conv.recipients(), push),
                 ];
-                if self.ctx.push.enabled() {
-                    let c = &self.ctx.config;
+                if self.rules.push.enabled() {
                     let notice = crate::push::Notice::of(
                         &stored,
                         conv.record.kind,
                         &conv.record.title,
-                        c.push_preview,
+                        self.rules.push_preview,
                     );
                     if let Some(mut notice) = notice {
-                        notice.outbox = self.ctx.push.stage(id, a.seq, &mut batch);
+                        notice.outbox = self.rules.push.stage(id, a.seq, &mut batch);
                         effects.push(Effect::Notify(conv.recipients(), Arc::new(notice)));
                     }
                 }
@@ -692,7 +741,7 @@ impl Shard {
     /// group or channel an owner or admin may delete anyone's. A message
     /// already deleted is answered as done, with nothing written.
     fn delete_message(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         user: u64,
@@ -755,7 +804,7 @@ impl Shard {
             reply::message_push(&stored)
         } else {
             let mut pushed = m.clone();
-            self.ctx.media.sign_message(&mut pushed, self.ctx.now_ms());
+            self.rules.media.sign_message(&mut pushed, self.now_ms);
             reply::push(Body::MessagePush(pb::MessagePush {
                 message: Some(pushed),
             }))

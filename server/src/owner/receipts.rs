@@ -21,9 +21,8 @@ use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ReceiptKind, server_frame::Body};
 use prost::Message;
 
-use super::{Conv, refusal_entry};
+use super::{Conv, Effect, Env, Origin, Output, Owner, Pending, Slot, refusal_entry};
 use crate::reply::{self, Refusal};
-use crate::shard::{Effect, Origin, Pending, Shard};
 use crate::storage::writer::Batch;
 use crate::storage::{Ks, keys};
 
@@ -124,14 +123,9 @@ fn typing_event(id: u64, conv: &Conv, user: u64, active: bool) -> Effect {
     Effect::Ephemeral(others, event)
 }
 
-fn release(origin: Origin) -> Effect {
-    // An empty frame returns the request's permit without sending anything.
-    Effect::Reply(origin, bytes::Bytes::new())
-}
-
 fn done(origin: Origin) -> Effect {
     if origin.request_id == 0 {
-        release(origin)
+        Effect::Release(origin)
     } else {
         Effect::Reply(
             origin,
@@ -173,10 +167,10 @@ pub(super) fn counts(
     })
 }
 
-impl Shard {
+impl Env {
     /// MarkDelivered / MarkRead.
     pub(super) fn advance_cursor(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         origin: Origin,
@@ -220,7 +214,7 @@ impl Shard {
                 );
                 conv.dirty_cursors.remove(&user);
             } else if conv.dirty_cursors.insert(user) {
-                self.cursor_dirty.borrow_mut().insert(id);
+                self.cursor_dirty.insert(id);
             }
             // Small conversations: every member hears. Larger groups: the
             // reader's own devices and the senders of the messages the
@@ -243,7 +237,7 @@ impl Shard {
                     user_id: user,
                     kind: kind as i32,
                     seq,
-                    at_ms: self.ctx.now_ms(),
+                    at_ms: self.now_ms,
                 }));
                 effects.push(Effect::Fanout(hearing, event));
             }
@@ -255,84 +249,77 @@ impl Shard {
     /// Typing: forwarded to the other members unless it repeats the last
     /// forwarded state within the debounce interval.
     pub(super) fn typing(
-        &self,
+        &mut self,
         id: u64,
         conv: &mut Conv,
         origin: Origin,
         user: u64,
         active: bool,
     ) -> Pending {
-        let mut effects = vec![release(origin)];
+        let mut effects = vec![Effect::Release(origin)];
         if conv.members.contains_key(&user) {
-            if let Some(state) = conv.typing.update(user, active, self.ctx.now_ms()) {
+            if let Some(state) = conv.typing.update(user, active, self.now_ms) {
                 effects.push(typing_event(id, conv, user, state));
                 if state {
-                    self.typing_active.borrow_mut().insert(id);
+                    self.typing_active.insert(id);
                 }
             }
         }
-        Pending {
-            batch: Batch::new(),
-            effects,
-        }
+        Pending::effects(effects)
     }
+}
 
+impl Owner {
     /// Tells the others about typing indicators that ran out.
-    pub(crate) fn expire_typing(&self) {
-        let ids: Vec<u64> = self.typing_active.borrow().iter().copied().collect();
-        let now = self.ctx.now_ms();
+    pub(super) fn expire_typing(&mut self) {
+        let now = self.env.now_ms;
         let mut effects = Vec::new();
-        {
-            let mut owned = self.owned.borrow_mut();
-            for id in ids {
-                let Some(conv) = owned.ready_mut(id) else {
-                    self.typing_active.borrow_mut().remove(&id);
-                    continue;
-                };
-                for user in conv.typing.expire(now) {
-                    effects.push(typing_event(id, conv, user, false));
-                }
-                if conv.typing.is_empty() {
-                    self.typing_active.borrow_mut().remove(&id);
-                }
+        let mut idle = Vec::new();
+        for &id in &self.env.typing_active {
+            let Some(Slot::Ready(conv)) = self.slots.get_mut(&id) else {
+                idle.push(id);
+                continue;
+            };
+            for user in conv.typing.expire(now) {
+                effects.push(typing_event(id, conv, user, false));
             }
+            if conv.typing.is_empty() {
+                idle.push(id);
+            }
+        }
+        for id in idle {
+            self.env.typing_active.remove(&id);
         }
         if !effects.is_empty() {
-            self.commit(Pending {
-                batch: Batch::new(),
-                effects,
-            });
+            self.out
+                .push_back(Output::Commit(Pending::effects(effects)));
         }
     }
 
     /// Writes the changed cursors of every conversation that has some.
-    pub(crate) fn flush_cursors(&self) {
-        let ids: Vec<u64> = self.cursor_dirty.borrow_mut().drain().collect();
-        if ids.is_empty() {
+    pub fn flush_cursors(&mut self) {
+        if self.env.cursor_dirty.is_empty() {
             return;
         }
         let mut batch = Batch::new();
-        {
-            let mut owned = self.owned.borrow_mut();
-            for id in ids {
-                let Some(conv) = owned.ready_mut(id) else {
-                    continue;
-                };
-                for user in conv.dirty_cursors.drain() {
-                    if let Some(m) = conv.members.get(&user) {
-                        batch.put(
-                            Ks::Members,
-                            keys::pair(id, user).to_vec(),
-                            m.encode_to_vec(),
-                        );
-                    }
+        for id in std::mem::take(&mut self.env.cursor_dirty) {
+            let Some(conv) = self.ready_mut(id) else {
+                continue;
+            };
+            for user in conv.dirty_cursors.drain() {
+                if let Some(m) = conv.members.get(&user) {
+                    batch.put(
+                        Ks::Members,
+                        keys::pair(id, user).to_vec(),
+                        m.encode_to_vec(),
+                    );
                 }
             }
         }
-        self.commit(Pending {
+        self.out.push_back(Output::Commit(Pending {
             batch,
             effects: Vec::new(),
-        });
+        }));
     }
 }
 
