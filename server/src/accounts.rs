@@ -9,7 +9,6 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 use chat_protocol::{ErrorCode, pb};
-use prost::Message;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
@@ -18,7 +17,7 @@ use crate::context::Context;
 use crate::records::{TokenRecord, UserRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
-use crate::storage::{Ks, StorageError, Store, keys};
+use crate::storage::{StorageError, Store};
 
 /// Usernames: 3 to 32 of `a-z 0-9 _ . -` (`spec/messages.md`, "Register").
 pub fn valid_username(name: &str) -> bool {
@@ -53,10 +52,7 @@ fn issue_token(ctx: &Context, user: u64, device_id: &str, batch: &mut Batch) -> 
         device_id: device_id.to_owned(),
     };
     let hash = token_hash(&token);
-    batch.put(Ks::Tokens, hash.to_vec(), record.encode_to_vec());
-    let mut index = keys::id(user).to_vec();
-    index.extend_from_slice(&hash);
-    batch.put(Ks::UserTokens, index, Vec::new());
+    batch.put_token(&hash, &record);
     (token, expires_at_ms)
 }
 
@@ -92,12 +88,8 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
     }
     let user = ctx.next_user_id();
     let mut batch = Batch::new();
-    batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
-    batch.put(
-        Ks::Usernames,
-        req.username.as_bytes().to_vec(),
-        keys::id(user).to_vec(),
-    );
+    batch.put_user(user, &record);
+    batch.put_username(&req.username, user);
     let (token, expires) = issue_token(ctx, user, device_id(req.device.as_ref()), &mut batch);
     ctx.writer.write_blocking(batch)?;
     Ok(pb::AuthOk {
@@ -236,10 +228,7 @@ pub fn logout(ctx: &Context, user: u64, token: Option<&str>, all: bool) -> Resul
 /// Adds the deletion of a token (by its hash) and its index entry, which
 /// holds the device's push registration.
 fn revoke(batch: &mut Batch, user: u64, hash: Vec<u8>) {
-    let mut index = keys::id(user).to_vec();
-    index.extend_from_slice(&hash);
-    batch.delete(Ks::UserTokens, index);
-    batch.delete(Ks::Tokens, hash);
+    batch.revoke_token(user, &hash);
 }
 
 /// Replaces the password of `user`, whose session holds `token`, and
@@ -279,7 +268,7 @@ pub fn change_password(
     }
     record.password_hash = password_hash;
     let mut batch = Batch::new();
-    batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
+    batch.put_user(user, &record);
     ctx.writer.write_blocking(batch)?;
     drop(_guard);
     // The tokens are listed only once the new hash is stored: a login that
@@ -348,7 +337,7 @@ pub fn update_profile(
     }
     record.hide_last_seen = req.hide_last_seen;
     let mut batch = Batch::new();
-    batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
+    batch.put_user(user, &record);
     ctx.writer.write_blocking(batch)?;
     Ok(record.profile(user))
 }

@@ -5,8 +5,7 @@
 use crate::accounts;
 use crate::config::Config;
 use crate::storage::writer::{Batch, Writer};
-use crate::storage::{Ks, StorageError, Store, keys};
-use prost::Message as _;
+use crate::storage::{StorageError, Store};
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +43,7 @@ pub fn set_password(config: &Config, username: &str, password: &str) -> Result<u
         record.password_hash =
             accounts::new_hash(config, password).map_err(|r| AdminError::Refused(r.message))?;
         let mut batch = Batch::new();
-        batch.put(Ks::Users, keys::id(user).to_vec(), record.encode_to_vec());
+        batch.put_user(user, &record);
         let revoked = accounts::revoke_all(&store, user, None, &mut batch)?;
         writer.write_blocking(batch)?;
         Ok(revoked)

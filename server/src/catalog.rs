@@ -15,7 +15,6 @@ use crate::context::Context;
 use crate::records::{ConversationRecord, MemberRecord, UserConversationRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
-use crate::storage::{Ks, keys};
 
 /// Default and largest history page (`spec/README.md`, "Limits").
 pub const HISTORY_PAGE_DEFAULT: u32 = 50;
@@ -197,34 +196,16 @@ pub fn create(
     }
     let id = ctx.next_conversation_id();
     let mut batch = Batch::new();
-    batch.put(
-        Ks::Conversations,
-        keys::id(id).to_vec(),
-        record.encode_to_vec(),
-    );
+    batch.put_conversation(id, &record);
     for &(user, role) in &members {
         let m = MemberRecord {
             role,
             ..Default::default()
         };
-        batch.put(
-            Ks::Members,
-            keys::pair(id, user).to_vec(),
-            m.encode_to_vec(),
-        );
-        let uc = UserConversationRecord::default();
-        batch.put(
-            Ks::UserConversations,
-            keys::pair(user, id).to_vec(),
-            uc.encode_to_vec(),
-        );
+        batch.add_member(id, user, &m);
     }
     if let (ConversationKind::Direct, Some(&other)) = (kind, others.first()) {
-        batch.put(
-            Ks::Direct,
-            keys::direct(me, other).to_vec(),
-            keys::id(id).to_vec(),
-        );
+        batch.put_direct(me, other, id);
     }
     ctx.writer.write_blocking(batch)?;
     Ok(view(id, &record, &members, 0, me))

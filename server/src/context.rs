@@ -26,7 +26,7 @@ pub struct Context {
     /// Queue to the storage writer.
     pub writer: Writer,
     /// Shard-to-shard rings.
-    pub mesh: Mesh,
+    pub mesh: Mesh<crate::shard_msg::ShardMsg>,
     /// Which shards may hold each user's sessions (fan-out targets).
     pub directory: Arc<crate::directory::Directory>,
     /// Highest user id handed out.

@@ -52,6 +52,7 @@ pub mod server;
 pub mod session_state;
 pub mod session_table;
 pub mod shard;
+pub mod shard_msg;
 pub mod storage;
 pub mod transport;
 pub mod web;

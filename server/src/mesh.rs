@@ -1,4 +1,5 @@
-//! Bounded lock-free rings between shards.
+//! Bounded lock-free rings between shards, generic over what they carry
+//! (the server's shards carry [`ShardMsg`](crate::shard_msg::ShardMsg)).
 //!
 //! One ring per ordered pair of shards (`src → dst`), each bounded by
 //! `mesh_ring_capacity`. A sender whose ring is full waits for the receiver
@@ -10,8 +11,6 @@ use std::pin::pin;
 use crossbeam::queue::ArrayQueue;
 use tokio::sync::Notify;
 
-use crate::shard::ShardMsg;
-
 /// Index of a shard, `0..nr_shards`.
 pub type ShardId = usize;
 
@@ -20,17 +19,17 @@ pub const DRAIN_PER_RING: usize = 256;
 
 /// The rings and their wake-ups.
 #[derive(Debug)]
-pub struct Mesh {
+pub struct Mesh<T> {
     nr_shards: usize,
     /// `rings[src * nr_shards + dst]`.
-    rings: Vec<ArrayQueue<ShardMsg>>,
+    rings: Vec<ArrayQueue<T>>,
     /// Wakes the receiving shard: `data[dst]`.
     data: Vec<Notify>,
     /// Wakes senders waiting for room: `space[src * nr_shards + dst]`.
     space: Vec<Notify>,
 }
 
-impl Mesh {
+impl<T> Mesh<T> {
     /// A mesh of `nr_shards²` rings of `capacity` messages each.
     pub fn new(nr_shards: usize, capacity: usize) -> Self {
         let n = nr_shards * nr_shards;
@@ -52,7 +51,7 @@ impl Mesh {
     }
 
     /// Sends `msg` from `src` to `dst`, waiting while the ring is full.
-    pub async fn send(&self, src: ShardId, dst: ShardId, mut msg: ShardMsg) {
+    pub async fn send(&self, src: ShardId, dst: ShardId, mut msg: T) {
         let i = self.index(src, dst);
         let (Some(ring), Some(space), Some(data)) =
             (self.rings.get(i), self.space.get(i), self.data.get(dst))
@@ -77,7 +76,7 @@ impl Mesh {
 
     /// Takes up to [`DRAIN_PER_RING`] messages from every ring into `dst`,
     /// handing each to `handle`. Returns how many were taken. Never waits.
-    pub fn drain(&self, dst: ShardId, mut handle: impl FnMut(ShardMsg)) -> usize {
+    pub fn drain(&self, dst: ShardId, mut handle: impl FnMut(T)) -> usize {
         let mut taken = 0;
         for src in 0..self.nr_shards {
             let i = self.index(src, dst);
@@ -111,7 +110,7 @@ impl Mesh {
     pub fn depth(&self, dst: ShardId) -> usize {
         (0..self.nr_shards)
             .filter_map(|src| self.rings.get(self.index(src, dst)))
-            .map(ArrayQueue::len)
+            .map(|r| r.len())
             .sum()
     }
 }

@@ -21,9 +21,9 @@ use std::time::Duration;
 use crate::mesh::ShardId;
 use crate::owner::Pending;
 use crate::reply;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::Shard;
+use crate::shard_msg::ShardMsg;
 use crate::storage::writer::Batch;
-use crate::storage::{Ks, keys};
 use chat_protocol::pb::{self, PresenceStatus, server_frame::Body};
 
 /// Presence changes are gathered this long before they are published.
@@ -32,51 +32,7 @@ pub const PRESENCE_COALESCE: Duration = Duration::from_millis(100);
 /// Users one session may watch at once.
 pub const MAX_PRESENCE_SUBSCRIPTIONS: usize = 1_000;
 
-/// A presence change sent to a user's owner shard.
-#[derive(Debug, Clone, Copy)]
-pub enum PresenceOp {
-    /// A session of `user` authenticated (+1) or ended (-1).
-    Session {
-        /// The user.
-        user: u64,
-        /// +1 or -1.
-        delta: i32,
-    },
-    /// SetPresence.
-    Status {
-        /// The user.
-        user: u64,
-        /// The chosen status.
-        status: PresenceStatus,
-    },
-    /// UpdateProfile changed last-seen visibility.
-    Hide {
-        /// The user.
-        user: u64,
-        /// Whether last seen is hidden.
-        hide: bool,
-    },
-    /// A shard gained (`on`) or lost its first/last interested session.
-    Subscribe {
-        /// The watched user.
-        user: u64,
-        /// The watching shard.
-        shard: ShardId,
-        /// Gained or lost.
-        on: bool,
-    },
-}
-
-impl PresenceOp {
-    fn user(&self) -> u64 {
-        match *self {
-            PresenceOp::Session { user, .. }
-            | PresenceOp::Status { user, .. }
-            | PresenceOp::Hide { user, .. }
-            | PresenceOp::Subscribe { user, .. } => user,
-        }
-    }
-}
+pub use crate::shard_msg::PresenceOp;
 
 #[derive(Debug)]
 struct UserPresence {
@@ -337,11 +293,7 @@ impl Shard {
         }
         if let Some(at) = applied.went_offline_at {
             let mut batch = Batch::new();
-            batch.put(
-                Ks::LastSeen,
-                keys::id(op.user()).to_vec(),
-                at.to_be_bytes().to_vec(),
-            );
+            batch.put_last_seen(op.user(), at);
             self.commit(Pending {
                 batch,
                 effects: Vec::new(),

@@ -59,7 +59,6 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use prost::Message as _;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
@@ -71,9 +70,10 @@ use crate::config::{Config, Secret};
 use crate::context::Context;
 use crate::records::PushRegistration;
 use crate::reply::Refusal;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::Shard;
+use crate::shard_msg::ShardMsg;
 use crate::storage::writer::{Batch, Writer};
-use crate::storage::{Ks, Store, keys};
+use crate::storage::{Store, keys};
 
 /// Gateway requests in flight at once.
 pub const MAX_IN_FLIGHT: usize = 16;
@@ -215,11 +215,7 @@ impl Push {
     /// and returns the ticket that deletes it, when notifications are on.
     pub fn stage(&self, conversation: u64, seq: u64, batch: &mut Batch) -> Option<OutboxTicket> {
         let outbox = self.outbox.as_ref()?;
-        batch.put(
-            Ks::PushOutbox,
-            keys::pair(conversation, seq).to_vec(),
-            Vec::new(),
-        );
+        batch.put_outbox(conversation, seq);
         Some(outbox.ticket(conversation, seq))
     }
 
@@ -515,7 +511,7 @@ async fn forget_finished(mut finished: mpsc::Receiver<[u8; 16]>, writer: Writer)
     while finished.recv_many(&mut keys, 1024).await > 0 {
         let mut batch = Batch::with_capacity(keys.len());
         for key in keys.drain(..) {
-            batch.delete(Ks::PushOutbox, key.to_vec());
+            batch.delete_outbox(key);
         }
         let n = batch.len();
         if let Err(e) = writer.write(batch).await {
@@ -651,7 +647,7 @@ async fn forget_rejected(
     for (hash, reg) in regs {
         if rejected.contains(&reg.token) {
             // The session stays; only its push address goes.
-            batch.put(Ks::UserTokens, index_key(user, hash), Vec::new());
+            batch.set_push_registration(user, hash, None);
         }
     }
     if !batch.is_empty() {
@@ -659,12 +655,6 @@ async fn forget_rejected(
             tracing::warn!(cause = %e, "forgetting rejected push tokens failed");
         }
     }
-}
-
-fn index_key(user: u64, hash: &[u8]) -> Vec<u8> {
-    let mut key = keys::id(user).to_vec();
-    key.extend_from_slice(hash);
-    key
 }
 
 /// Answers `RegisterPushToken` (`spec/messages.md`): the device holding
@@ -702,7 +692,7 @@ pub fn register(
     let mut batch = Batch::new();
     for (hash, reg) in ctx.store.push_registrations(user)? {
         if reg.token == req.token && hash != mine {
-            batch.put(Ks::UserTokens, index_key(user, &hash), Vec::new());
+            batch.set_push_registration(user, &hash, None);
         }
     }
     let reg = PushRegistration {
@@ -710,7 +700,7 @@ pub fn register(
         token: req.token.clone(),
         device_id,
     };
-    batch.put(Ks::UserTokens, index_key(user, &mine), reg.encode_to_vec());
+    batch.set_push_registration(user, &mine, Some(&reg));
     ctx.writer.write_blocking(batch)?;
     Ok(())
 }

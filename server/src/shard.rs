@@ -33,50 +33,8 @@ use crate::mesh::ShardId;
 use crate::owner::{Effect, Loaded, Origin, Output, Owner, OwnerRequest, Pending};
 use crate::reply::{self, Refusal};
 use crate::session_table::SessionTable;
+use crate::shard_msg::ShardMsg;
 use crate::storage::writer::Batch;
-
-/// What travels between shards.
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// A conversation operation for the owner shard.
-    Request(Box<OwnerRequest>),
-    /// The owner's reply to a session's request.
-    Reply {
-        /// Session on the receiving shard.
-        session: u64,
-        /// Encoded ServerFrame.
-        frame: Bytes,
-    },
-    /// A push for every session of these users on the receiving shard.
-    Deliver {
-        /// Recipients.
-        users: Arc<[u64]>,
-        /// Encoded ServerFrame (shared, encoded once).
-        frame: Bytes,
-        /// Typing or presence: dropped for sessions that are falling behind.
-        ephemeral: bool,
-    },
-    /// A presence change for the user's presence shard.
-    Presence(crate::presence::PresenceOp),
-    /// Published presence states for the watching sessions of this shard.
-    PresenceEvents(Vec<chat_protocol::pb::PresenceEvent>),
-    /// Recipients of a message whose presence this shard keeps: notify
-    /// those with no connected session.
-    PushCheck {
-        /// Users kept by the receiving shard.
-        users: Vec<u64>,
-        /// The notification.
-        notice: Arc<crate::push::Notice>,
-    },
-    /// Close every session of this user on the receiving shard with
-    /// `frame` (Logout on all devices).
-    EndUser {
-        /// The user.
-        user: u64,
-        /// Encoded Error frame sent before the close.
-        frame: Bytes,
-    },
-}
 
 /// One shard's state.
 pub struct Shard {

@@ -7,16 +7,14 @@ use std::sync::Arc;
 
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ConversationKind, MessageKind, Role, system_event};
-use prost::Message;
 
 use super::{Conv, Env};
 use super::{Effect, Pending};
 use crate::catalog;
-use crate::records::{MemberRecord, UserConversationRecord};
+use crate::records::MemberRecord;
 use crate::reply::Refusal;
 use crate::sequencer::Admission;
 use crate::storage::writer::Batch;
-use crate::storage::{Ks, keys};
 
 impl Env {
     /// Appends a system message; `recipients` are who hear about it.
@@ -102,17 +100,7 @@ impl Env {
         let (seq, effects) = self.system_message(id, conv, actor, event, hearing, &mut batch);
         debug_assert_eq!(seq, joined_seq);
         for &u in &new {
-            batch.put(
-                Ks::Members,
-                keys::pair(id, u).to_vec(),
-                member.encode_to_vec(),
-            );
-            let uc = UserConversationRecord { joined_seq: seq };
-            batch.put(
-                Ks::UserConversations,
-                keys::pair(u, id).to_vec(),
-                uc.encode_to_vec(),
-            );
+            batch.add_member(id, u, &member);
         }
         Ok(Pending { batch, effects })
     }
@@ -179,8 +167,7 @@ impl Env {
         let mut batch = Batch::new();
         let event = system_event(kind, actor, vec![target]);
         let (_, effects) = self.system_message(id, conv, actor, event, hearing, &mut batch);
-        batch.delete(Ks::Members, keys::pair(id, target).to_vec());
-        batch.delete(Ks::UserConversations, keys::pair(target, id).to_vec());
+        batch.remove_member(id, target);
         Pending { batch, effects }
     }
 
@@ -258,11 +245,7 @@ impl Env {
         for &(user, role) in changes {
             if let Some(m) = conv.members.get_mut(&user) {
                 m.role = role as i32;
-                batch.put(
-                    Ks::Members,
-                    keys::pair(id, user).to_vec(),
-                    m.encode_to_vec(),
-                );
+                batch.put_member(id, user, m);
             }
         }
         let mut event = system_event(kind, actor, vec![changes.first().map_or(0, |c| c.0)]);
@@ -285,11 +268,7 @@ impl Env {
         }
         conv.record.title = title.clone();
         let mut batch = Batch::new();
-        batch.put(
-            Ks::Conversations,
-            keys::id(id).to_vec(),
-            conv.record.encode_to_vec(),
-        );
+        batch.put_conversation(id, &conv.record);
         let mut event = system_event(system_event::Kind::TitleChanged, actor, Vec::new());
         event.title = title;
         let hearing = conv.recipients();
@@ -322,19 +301,7 @@ impl Env {
         conv.members.insert(user, member);
         conv.members_changed();
         let mut batch = Batch::new();
-        batch.put(
-            Ks::Members,
-            keys::pair(id, user).to_vec(),
-            member.encode_to_vec(),
-        );
-        let uc = UserConversationRecord {
-            joined_seq: member.joined_seq,
-        };
-        batch.put(
-            Ks::UserConversations,
-            keys::pair(user, id).to_vec(),
-            uc.encode_to_vec(),
-        );
+        batch.add_member(id, user, &member);
         Ok(Pending {
             batch,
             effects: Vec::new(),
@@ -366,8 +333,7 @@ impl Env {
         conv.members_changed();
         conv.dirty_cursors.remove(&user);
         let mut batch = Batch::new();
-        batch.delete(Ks::Members, keys::pair(id, user).to_vec());
-        batch.delete(Ks::UserConversations, keys::pair(user, id).to_vec());
+        batch.remove_member(id, user);
         Ok(Pending {
             batch,
             effects: Vec::new(),

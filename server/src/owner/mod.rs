@@ -50,7 +50,6 @@ use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord};
 use crate::reply::{self, Refusal};
 use crate::sequencer::{Admission, Assigned, Sequencer};
 use crate::storage::writer::Batch;
-use crate::storage::{Ks, keys};
 
 /// Longest `client_msg_id`, in bytes.
 pub const CLIENT_MSG_ID_MAX: usize = 64;
@@ -701,11 +700,7 @@ impl Env {
                     message_id: a.message_id.0,
                     sent_at_ms: a.sent_at_ms,
                 };
-                batch.put(
-                    Ks::Idempotency,
-                    keys::idempotency(id, user, &msg.client_msg_id),
-                    idem.encode_to_vec(),
-                );
+                batch.put_idempotency(id, user, &msg.client_msg_id, &idem);
                 let push = self.stage_message(id, &stored, &mut batch);
                 let mut effects = vec![
                     Effect::Durable {
@@ -782,11 +777,7 @@ impl Env {
         target.media = None;
         target.ciphertext.clear();
         target.deleted = true;
-        batch.put(
-            Ks::Messages,
-            keys::message(id, seq).to_vec(),
-            target.encode_to_vec(),
-        );
+        batch.put_message(id, seq, target.encode_to_vec());
         let mut event =
             membership::system_event(pb::system_event::Kind::MessageDeleted, user, Vec::new());
         event.target_seq = seq;
@@ -809,7 +800,7 @@ impl Env {
                 message: Some(pushed),
             }))
         };
-        batch.put(Ks::Messages, keys::message(id, m.seq).to_vec(), stored);
+        batch.put_message(id, m.seq, stored);
         frame
     }
 }

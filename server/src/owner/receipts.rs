@@ -19,12 +19,10 @@ use std::time::Duration;
 
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ReceiptKind, server_frame::Body};
-use prost::Message;
 
 use super::{Conv, Effect, Env, Origin, Output, Owner, Pending, Slot, refusal_entry};
 use crate::reply::{self, Refusal};
 use crate::storage::writer::Batch;
-use crate::storage::{Ks, keys};
 
 /// Cursor changes are written at most this often per conversation.
 pub const CURSOR_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -207,11 +205,7 @@ impl Env {
         let mut batch = Batch::new();
         if moved {
             if kind == ReceiptKind::Read {
-                batch.put(
-                    Ks::Members,
-                    keys::pair(id, user).to_vec(),
-                    m.encode_to_vec(),
-                );
+                batch.put_member(id, user, m);
                 conv.dirty_cursors.remove(&user);
             } else if conv.dirty_cursors.insert(user) {
                 self.cursor_dirty.insert(id);
@@ -308,11 +302,7 @@ impl Owner {
             };
             for user in conv.dirty_cursors.drain() {
                 if let Some(m) = conv.members.get(&user) {
-                    batch.put(
-                        Ks::Members,
-                        keys::pair(id, user).to_vec(),
-                        m.encode_to_vec(),
-                    );
+                    batch.put_member(id, user, m);
                 }
             }
         }

@@ -16,6 +16,7 @@ use prost::Message;
 use super::*;
 use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord};
 use crate::storage::writer::Op;
+use crate::storage::{Ks, keys};
 
 /// Idempotency keys the simulated owner remembers per conversation.
 const KEYS_REMEMBERED: usize = 16;

@@ -28,6 +28,7 @@
 pub mod keys;
 pub mod log;
 pub mod segments;
+pub mod write;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

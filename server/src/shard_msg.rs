@@ -1,0 +1,101 @@
+//! What shards send each other over the [`Mesh`](crate::mesh::Mesh):
+//! values only. A leaf among the server's modules: it names the requests,
+//! replies and pushes that cross shards, and nothing here reaches a shard,
+//! the store or a socket.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chat_protocol::pb::PresenceStatus;
+
+use crate::mesh::ShardId;
+use crate::owner::OwnerRequest;
+
+/// What travels between shards.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A conversation operation for the owner shard.
+    Request(Box<OwnerRequest>),
+    /// The owner's reply to a session's request.
+    Reply {
+        /// Session on the receiving shard.
+        session: u64,
+        /// Encoded ServerFrame.
+        frame: Bytes,
+    },
+    /// A push for every session of these users on the receiving shard.
+    Deliver {
+        /// Recipients.
+        users: Arc<[u64]>,
+        /// Encoded ServerFrame (shared, encoded once).
+        frame: Bytes,
+        /// Typing or presence: dropped for sessions that are falling behind.
+        ephemeral: bool,
+    },
+    /// A presence change for the user's presence shard.
+    Presence(PresenceOp),
+    /// Published presence states for the watching sessions of this shard.
+    PresenceEvents(Vec<chat_protocol::pb::PresenceEvent>),
+    /// Recipients of a message whose presence this shard keeps: notify
+    /// those with no connected session.
+    PushCheck {
+        /// Users kept by the receiving shard.
+        users: Vec<u64>,
+        /// The notification.
+        notice: Arc<crate::push::Notice>,
+    },
+    /// Close every session of this user on the receiving shard with
+    /// `frame` (Logout on all devices).
+    EndUser {
+        /// The user.
+        user: u64,
+        /// Encoded Error frame sent before the close.
+        frame: Bytes,
+    },
+}
+
+/// A presence change sent to a user's owner shard.
+#[derive(Debug, Clone, Copy)]
+pub enum PresenceOp {
+    /// A session of `user` authenticated (+1) or ended (-1).
+    Session {
+        /// The user.
+        user: u64,
+        /// +1 or -1.
+        delta: i32,
+    },
+    /// SetPresence.
+    Status {
+        /// The user.
+        user: u64,
+        /// The chosen status.
+        status: PresenceStatus,
+    },
+    /// UpdateProfile changed last-seen visibility.
+    Hide {
+        /// The user.
+        user: u64,
+        /// Whether last seen is hidden.
+        hide: bool,
+    },
+    /// A shard gained (`on`) or lost its first/last interested session.
+    Subscribe {
+        /// The watched user.
+        user: u64,
+        /// The watching shard.
+        shard: ShardId,
+        /// Gained or lost.
+        on: bool,
+    },
+}
+
+impl PresenceOp {
+    pub(crate) fn user(&self) -> u64 {
+        match *self {
+            PresenceOp::Session { user, .. }
+            | PresenceOp::Status { user, .. }
+            | PresenceOp::Hide { user, .. }
+            | PresenceOp::Subscribe { user, .. } => user,
+        }
+    }
+}

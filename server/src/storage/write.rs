@@ -1,0 +1,135 @@
+//! The typed write side of the store: one [`Batch`] method per record
+//! kind, so each record's keys, keyspaces and encoding are spelled out once
+//! and every module that writes one says what it writes, not how.
+//!
+//! Reads are [`Store`](super::Store)'s methods; the layout of each keyspace
+//! is in the `storage` module's docs and `keys`.
+
+use prost::Message;
+
+use super::writer::Batch;
+use super::{Ks, keys};
+use crate::records::{
+    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
+    UserConversationRecord, UserRecord,
+};
+
+impl Batch {
+    /// A user's account record.
+    pub fn put_user(&mut self, user: u64, record: &UserRecord) {
+        self.put(Ks::Users, keys::id(user), record.encode_to_vec());
+    }
+
+    /// The index from a username to its user.
+    pub fn put_username(&mut self, username: &str, user: u64) {
+        self.put(Ks::Usernames, username.as_bytes(), keys::id(user));
+    }
+
+    /// A session token (by its hash) and the user's index entry for it,
+    /// with no push registration yet.
+    pub fn put_token(&mut self, hash: &[u8], record: &TokenRecord) {
+        self.put(Ks::Tokens, hash, record.encode_to_vec());
+        self.set_push_registration(record.user_id, hash, None);
+    }
+
+    /// Removes a token (by its hash) and its index entry, which holds the
+    /// device's push registration.
+    pub fn revoke_token(&mut self, user: u64, hash: &[u8]) {
+        self.delete(Ks::UserTokens, token_index(user, hash));
+        self.delete(Ks::Tokens, hash);
+    }
+
+    /// Where the device holding token `hash` of `user` gets push
+    /// notifications; `None`: nowhere (the session stays).
+    pub fn set_push_registration(
+        &mut self,
+        user: u64,
+        hash: &[u8],
+        registration: Option<&PushRegistration>,
+    ) {
+        let value = registration.map(Message::encode_to_vec).unwrap_or_default();
+        self.put(Ks::UserTokens, token_index(user, hash), value);
+    }
+
+    /// A conversation's record.
+    pub fn put_conversation(&mut self, id: u64, record: &ConversationRecord) {
+        self.put(Ks::Conversations, keys::id(id), record.encode_to_vec());
+    }
+
+    /// The unique direct conversation of `a` and `b`.
+    pub fn put_direct(&mut self, a: u64, b: u64, conversation: u64) {
+        self.put(Ks::Direct, keys::direct(a, b), keys::id(conversation));
+    }
+
+    /// A new member: their record in the conversation and the
+    /// conversation in their list, joined at `member.joined_seq`.
+    pub fn add_member(&mut self, conversation: u64, user: u64, member: &MemberRecord) {
+        self.put_member(conversation, user, member);
+        let listed = UserConversationRecord {
+            joined_seq: member.joined_seq,
+        };
+        self.put(
+            Ks::UserConversations,
+            keys::pair(user, conversation),
+            listed.encode_to_vec(),
+        );
+    }
+
+    /// A member's changed role or receipt cursors.
+    pub fn put_member(&mut self, conversation: u64, user: u64, member: &MemberRecord) {
+        self.put(
+            Ks::Members,
+            keys::pair(conversation, user),
+            member.encode_to_vec(),
+        );
+    }
+
+    /// A member leaves: both sides of [`add_member`](Self::add_member).
+    pub fn remove_member(&mut self, conversation: u64, user: u64) {
+        self.delete(Ks::Members, keys::pair(conversation, user));
+        self.delete(Ks::UserConversations, keys::pair(user, conversation));
+    }
+
+    /// A message, already encoded (the push reuses the encoding).
+    pub fn put_message(&mut self, conversation: u64, seq: u64, encoded: Vec<u8>) {
+        self.put(Ks::Messages, keys::message(conversation, seq), encoded);
+    }
+
+    /// The ack of `sender`'s send with `client_msg_id`, for retries.
+    pub fn put_idempotency(
+        &mut self,
+        conversation: u64,
+        sender: u64,
+        client_msg_id: &str,
+        record: &IdempotencyRecord,
+    ) {
+        self.put(
+            Ks::Idempotency,
+            keys::idempotency(conversation, sender, client_msg_id),
+            record.encode_to_vec(),
+        );
+    }
+
+    /// When `user` was last online, in Unix milliseconds.
+    pub fn put_last_seen(&mut self, user: u64, at_ms: u64) {
+        self.put(Ks::LastSeen, keys::id(user), at_ms.to_be_bytes());
+    }
+
+    /// A push notification of message `seq` of `conversation` not yet
+    /// handed to the gateway.
+    pub fn put_outbox(&mut self, conversation: u64, seq: u64) {
+        self.put(Ks::PushOutbox, keys::pair(conversation, seq), Vec::new());
+    }
+
+    /// A push notification handed to the gateway (or given up), by its key.
+    pub fn delete_outbox(&mut self, key: [u8; 16]) {
+        self.delete(Ks::PushOutbox, key);
+    }
+}
+
+/// `user_tokens` key: user ‖ token hash.
+pub fn token_index(user: u64, hash: &[u8]) -> Vec<u8> {
+    let mut key = keys::id(user).to_vec();
+    key.extend_from_slice(hash);
+    key
+}
