@@ -175,7 +175,7 @@ async fn memory_stays_flat_while_clients_that_never_read_ask_for_more() {
     for _ in 0..10 {
         for c in &mut lazy {
             use tokio::io::AsyncWriteExt;
-            let write = c.stream.write_all(&page);
+            let write = c.wire.stream.write_all(&page);
             if let Ok(Ok(())) =
                 tokio::time::timeout(std::time::Duration::from_millis(200), write).await
             {
@@ -184,13 +184,11 @@ async fn memory_stays_flat_while_clients_that_never_read_ask_for_more() {
             peak = peak.max(chatd.rss_kib());
         }
     }
-    for _ in 0..100 {
+    common::poll_for(std::time::Duration::from_secs(5), async || {
         peak = peak.max(chatd.rss_kib());
-        if chatd.metric("chatd_slow_consumers_total").await >= LAZY as f64 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        (chatd.metric("chatd_slow_consumers_total").await >= LAZY as f64).then_some(())
+    })
+    .await;
     eprintln!(
         "rss baseline {baseline} KiB, peak {peak} KiB (+{} KiB); {asked} pages of 800 KiB asked for",
         peak - baseline

@@ -6,63 +6,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
+use common::process::Chatd;
 use common::{Raw, error_code};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn spawn_chatd(dir: &std::path::Path) -> (Process, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let config = dir.join("chatd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "tcp_listen = \"{addr}\"\nhttp_listen = \"127.0.0.1:0\"\ntls_listen = \"off\"\nquic_listen = \"off\"\nwss_listen = \"off\"\ndata_dir = \"{}\"\nargon2_memory_kib = 64\nargon2_iterations = 1\nheartbeat_interval_ms = 600000\n",
-            dir.join("data").display()
-        ),
-    )
-    .expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-        .arg("--config")
-        .arg(&config)
-        .env("CHATD_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start chatd");
-    let process = Process(child);
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return (process, addr);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("chatd did not start listening on {addr}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_reaches_10_000_subscribed_sessions() {
     const SUBSCRIBERS: usize = 10_000;
     let dir = tempfile::tempdir().expect("dir");
-    let (_server, addr) = spawn_chatd(dir.path()).await;
+    let server = Chatd::start(dir.path(), "heartbeat_interval_ms = 600000");
+    let addr = server.addr;
     let mut admin = Raw::register(addr, "admin").await;
     let channel = match admin
         .request(C::CreateConversation(pb::CreateConversation {

@@ -94,12 +94,13 @@ impl Observed {
     /// Waits until the stream yielded FIN in `conv`, then returns what it
     /// yielded there.
     async fn seen_until_fin(&self, conv: ConversationId) -> Vec<(u64, String)> {
-        for _ in 0..1200 {
+        let done = common::poll_for(Duration::from_secs(60), async || {
             let seen = self.seen_in(conv);
-            if seen.iter().any(|(_, t)| t == FIN) {
-                return seen;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            seen.iter().any(|(_, t)| t == FIN).then_some(seen)
+        })
+        .await;
+        if let Some(seen) = done {
+            return seen;
         }
         let seen = self.seen_in(conv);
         panic!(

@@ -63,7 +63,7 @@ async fn slow_consumer(edit: impl FnOnce(&mut chatd::Config)) {
     let mut sink = vec![0u8; 1 << 20];
     let closed = tokio::time::timeout(common::WAIT, async {
         loop {
-            match lazy.stream.read(&mut sink).await {
+            match lazy.wire.stream.read(&mut sink).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }

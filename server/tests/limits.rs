@@ -77,8 +77,7 @@ async fn a_user_may_hold_only_so_many_sessions() {
     );
     drop(_second);
     // The freed slot can be used again (the server notices the close).
-    let mut again = None;
-    for _ in 0..50 {
+    common::wait_until("a login after the window", async || {
         let mut c = Raw::connect(server.addr).await;
         let r = c
             .request(C::Login(pb::Login {
@@ -87,13 +86,9 @@ async fn a_user_may_hold_only_so_many_sessions() {
                 device: None,
             }))
             .await;
-        if matches!(r, S::AuthOk(_)) {
-            again = Some(c);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(again.is_some());
+        matches!(r, S::AuthOk(_))
+    })
+    .await;
     server.stop().await;
 }
 
@@ -244,8 +239,7 @@ async fn connections_beyond_the_per_shard_limit_get_server_busy() {
     }
     assert!(busy >= 14, "{busy} of 20 refused");
     // Slots are free again once those connections are gone.
-    let mut later = None;
-    for _ in 0..50 {
+    let _later = common::wait_for("a slot to come free", async || {
         let mut c = Raw::connect_bare(server.addr).await;
         let reply = c
             .request(C::Hello(pb::Hello {
@@ -253,12 +247,8 @@ async fn connections_beyond_the_per_shard_limit_get_server_busy() {
                 ..Default::default()
             }))
             .await;
-        if matches!(reply, S::Welcome(_)) {
-            later = Some(c);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(later.is_some(), "no slot came free");
+        matches!(reply, S::Welcome(_)).then_some(c)
+    })
+    .await;
     server.stop().await;
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_protocol::pb::{self, PresenceStatus, client_frame::Body as C, server_frame::Body as S};
 use common::{Raw, TestServer};
@@ -11,20 +11,21 @@ use common::{Raw, TestServer};
 /// Pings (keeping `c` alive) until a presence event for `user` with
 /// `status` arrives; returns it.
 async fn await_presence(c: &mut Raw, user: u64, status: PresenceStatus) -> pb::PresenceEvent {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("{status:?} for user {user}");
+    common::wait_for(&what, async || {
         let pong = c.request(C::Ping(pb::Ping { nonce: 0 })).await;
         assert!(matches!(pong, S::Pong(_)));
+        let mut found = None;
         while let Some(f) = c.pushes.pop_front() {
             if let Some(S::PresenceEvent(e)) = f.body {
-                if e.user_id == user && e.status == status as i32 {
-                    return e;
+                if found.is_none() && e.user_id == user && e.status == status as i32 {
+                    found = Some(e);
                 }
             }
         }
-        assert!(Instant::now() < deadline, "no {status:?} for user {user}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        found
+    })
+    .await
 }
 
 /// Every presence event `c` holds right now (after a round trip).

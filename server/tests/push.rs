@@ -353,12 +353,10 @@ async fn notifications_unfinished_at_a_crash_are_sent_after_the_restart() {
     // Taken by the gateway: its outbox entry goes.
     let taken = alice.send_text(direct, "m1", "first").await;
     assert_eq!(gateway.next().await["notification"]["seq"], taken.seq);
-    for _ in 0..400 {
-        if chatd.metric("chatd_push_outbox_cleared_total").await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    common::wait_until("the outbox entry cleared", async || {
+        chatd.metric("chatd_push_outbox_cleared_total").await >= 1.0
+    })
+    .await;
     assert_eq!(chatd.metric("chatd_push_outbox_cleared_total").await, 1.0);
 
     // The gateway hangs: the notification is under way when the server dies.
@@ -428,19 +426,18 @@ async fn https_gateways_are_verified_and_given_the_token() {
     );
     let (mut alice, direct) = alice_and_offline_bob(chatd.addr).await;
     alice.send_text(direct, "d1", "not for strangers").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while chatd.metric("chatd_push_failed_total").await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no failure counted");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    common::wait_until("a push failure counted", async || {
+        chatd.metric("chatd_push_failed_total").await >= 1.0
+    })
+    .await;
     assert_eq!(chatd.metric("chatd_push_sent_total").await, 0.0);
     assert!(gateway.requests.try_recv().is_err(), "nothing was sent");
     // The gateway may see the last refusal a moment after chatd counts it.
     let tries = chatd::push::ATTEMPTS as usize;
-    while gateway.failed_handshakes.load(Ordering::SeqCst) < tries {
-        assert!(tokio::time::Instant::now() < deadline, "handshakes missing");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    common::wait_until("every handshake at the gateway", async || {
+        gateway.failed_handshakes.load(Ordering::SeqCst) >= tries
+    })
+    .await;
     assert_eq!(
         gateway.failed_handshakes.load(Ordering::SeqCst),
         tries,

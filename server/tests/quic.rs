@@ -5,188 +5,23 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
+use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
-use chat_protocol::{ErrorCode, FrameDecoder, codec};
+use common::wire::Quic;
 use common::{Raw, TestServer, WAIT};
 use prost::Message as _;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-
-/// A chat/1 session over QUIC, frame by frame.
-struct QuicRaw {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
-    next_id: u64,
-    pushes: Vec<pb::ServerFrame>,
-    user_id: u64,
-    _endpoint: quinn::Endpoint,
-}
-
-fn client_config(server: &TestServer) -> quinn::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    let path = server.cert_path.as_ref().expect("certificate");
-    for cert in CertificateDer::pem_file_iter(path).expect("pem") {
-        roots.add(cert.expect("cert")).expect("root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"chat/1".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    quinn::ClientConfig::new(Arc::new(crypto))
-}
-
-impl QuicRaw {
-    async fn connect_bare(server: &TestServer) -> Self {
-        let addr = server.quic_addr.expect("quic enabled");
-        let endpoint =
-            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("endpoint");
-        let conn = endpoint
-            .connect_with(client_config(server), addr, "localhost")
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (send, recv) = conn.open_bi().await.expect("stream");
-        Self {
-            conn,
-            send,
-            recv,
-            decoder: FrameDecoder::new(chat_protocol::DEFAULT_MAX_FRAME_BYTES),
-            next_id: 0,
-            pushes: Vec::new(),
-            user_id: 0,
-            _endpoint: endpoint,
-        }
-    }
-
-    /// Connects and says Hello with `capabilities`; returns Welcome's.
-    async fn connect(server: &TestServer, capabilities: &[&str]) -> (Self, Vec<String>) {
-        let mut c = Self::connect_bare(server).await;
-        let welcome = c
-            .request(C::Hello(pb::Hello {
-                protocol_version: 1,
-                client_name: "quic-test".into(),
-                capabilities: capabilities.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            }))
-            .await;
-        let S::Welcome(w) = welcome else {
-            panic!("{welcome:?}")
-        };
-        (c, w.capabilities)
-    }
-
-    async fn register(server: &TestServer, name: &str, capabilities: &[&str]) -> Self {
-        let (mut c, _) = Self::connect(server, capabilities).await;
-        match c
-            .request(C::Register(pb::Register {
-                username: name.into(),
-                password: "password123".into(),
-                ..Default::default()
-            }))
-            .await
-        {
-            S::AuthOk(ok) => c.user_id = ok.user_id,
-            other => panic!("register: {other:?}"),
-        }
-        c
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        self.send.write_all(bytes).await.expect("write");
-    }
-
-    async fn send(&mut self, body: C) -> u64 {
-        self.next_id += 1;
-        let frame = pb::ClientFrame {
-            request_id: self.next_id,
-            body: Some(body),
-        };
-        let bytes = codec::encode_to_vec(&frame, usize::MAX).expect("encode");
-        self.write(&bytes).await;
-        self.next_id
-    }
-
-    /// The next frame on the stream; `None` once the server finished it.
-    async fn read_frame(&mut self) -> Option<pb::ServerFrame> {
-        loop {
-            if let Some(f) = self
-                .decoder
-                .next_frame::<pb::ServerFrame>()
-                .expect("valid frame")
-            {
-                return Some(f);
-            }
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout(WAIT, self.recv.read(&mut buf))
-                .await
-                .expect("timed out waiting for a frame");
-            match n {
-                Ok(Some(n)) => self.decoder.extend(&buf[..n]),
-                _ => return None,
-            }
-        }
-    }
-
-    async fn request(&mut self, body: C) -> S {
-        let rid = self.send(body).await;
-        loop {
-            let f = self.read_frame().await.expect("open");
-            if f.request_id == rid {
-                return f.body.expect("body");
-            }
-            self.pushes.push(f);
-        }
-    }
-
-    /// Reads to the end of the stream: the last Error code, then the
-    /// connection's close code.
-    async fn closed_with(&mut self) -> (Option<ErrorCode>, Option<u64>) {
-        let mut code = None;
-        while let Some(f) = self.read_frame().await {
-            if let Some(S::Error(e)) = f.body {
-                code = ErrorCode::try_from(e.code).ok();
-            }
-        }
-        let reason = tokio::time::timeout(WAIT, self.conn.closed())
-            .await
-            .expect("connection closes");
-        let app = match reason {
-            quinn::ConnectionError::ApplicationClosed(a) => Some(a.error_code.into_inner()),
-            _ => None,
-        };
-        (code, app)
-    }
-
-    /// The next datagram, decoded.
-    async fn datagram(&mut self) -> pb::ServerFrame {
-        let d = tokio::time::timeout(WAIT, self.conn.read_datagram())
-            .await
-            .expect("timed out waiting for a datagram")
-            .expect("datagram");
-        pb::ServerFrame::decode(d).expect("one frame body per datagram")
-    }
-}
 
 #[tokio::test]
 async fn garbage_on_the_session_stream_gets_the_spec_error() {
     let server = TestServer::start();
     let mut a = Raw::register(server.addr, "alice").await;
-    let mut b = QuicRaw::register(&server, "bob", &[]).await;
+    let mut b = Raw::register_quic(&server, "bob", &[]).await;
     let conv = a.create_direct(b.user_id).await;
 
     // Undecodable body: MALFORMED_FRAME, then the connection closes with
     // that code as QUIC application error.
-    let (mut garbage, _) = QuicRaw::connect(&server, &[]).await;
-    garbage.write(&[0x03, 0x92, 0x03, 0x05]).await;
+    let (mut garbage, _) = Raw::connect_quic(&server, &[]).await;
+    garbage.write_bytes(&[0x03, 0x92, 0x03, 0x05]).await;
     assert_eq!(
         garbage.closed_with().await,
         (
@@ -196,8 +31,8 @@ async fn garbage_on_the_session_stream_gets_the_spec_error() {
     );
 
     // A length prefix over the limit: FRAME_TOO_LARGE before any body.
-    let mut huge = QuicRaw::connect_bare(&server).await;
-    huge.write(&[0x81, 0x80, 0x40]).await;
+    let mut huge = Raw::over(Quic::open(&server).await);
+    huge.write_bytes(&[0x81, 0x80, 0x40]).await;
     assert_eq!(
         huge.closed_with().await,
         (
@@ -228,7 +63,7 @@ async fn garbage_on_the_session_stream_gets_the_spec_error() {
             }
         }
     }
-    let (mut fresh, _) = QuicRaw::connect(&server, &[]).await;
+    let (mut fresh, _) = Raw::connect_quic(&server, &[]).await;
     assert!(matches!(
         fresh.request(C::Ping(pb::Ping { nonce: 3 })).await,
         S::Pong(pb::Pong { nonce: 3 })
@@ -240,10 +75,10 @@ async fn garbage_on_the_session_stream_gets_the_spec_error() {
 async fn typing_travels_as_datagrams_when_both_sides_support_them() {
     let server = TestServer::start();
     // The server announces the capability on QUIC...
-    let (_probe, caps) = QuicRaw::connect(&server, &["datagrams"]).await;
+    let (_probe, caps) = Raw::connect_quic(&server, &["datagrams"]).await;
     assert_eq!(caps, vec!["datagrams".to_owned()]);
-    let mut with = QuicRaw::register(&server, "dora", &["datagrams"]).await;
-    let mut without = QuicRaw::register(&server, "steve", &[]).await;
+    let mut with = Raw::register_quic(&server, "dora", &["datagrams"]).await;
+    let mut without = Raw::register_quic(&server, "steve", &[]).await;
     let mut typist = Raw::register(server.addr, "tina").await;
     let conv = typist
         .create_group("g", &[with.user_id, without.user_id])
@@ -256,7 +91,7 @@ async fn typing_travels_as_datagrams_when_both_sides_support_them() {
         }))
         .await;
     // ...and sends TypingEvent as a datagram to the client that asked...
-    let f = with.datagram().await;
+    let f = with.wire.datagram().await;
     match f.body {
         Some(S::TypingEvent(t)) => {
             assert_eq!(
@@ -283,7 +118,8 @@ async fn typing_travels_as_datagrams_when_both_sides_support_them() {
             active: true,
         })),
     };
-    with.conn
+    with.wire
+        .conn
         .send_datagram(typing.encode_to_vec().into())
         .expect("datagram");
     loop {
@@ -296,7 +132,8 @@ async fn typing_travels_as_datagrams_when_both_sides_support_them() {
         }
     }
     // Garbage datagrams are dropped; the session goes on.
-    with.conn
+    with.wire
+        .conn
         .send_datagram(vec![0xff, 0x00, 0x13].into())
         .expect("datagram");
     assert!(matches!(
@@ -331,8 +168,8 @@ async fn a_silent_quic_client_is_closed_with_idle_timeout() {
     config.handshake_timeout_ms = 300;
     let server = TestServer::start_with(dir, config);
     // The stream exists once its first byte is sent; Hello never follows.
-    let mut silent = QuicRaw::connect_bare(&server).await;
-    silent.write(&[0x07]).await;
+    let mut silent = Raw::over(Quic::open(&server).await);
+    silent.write_bytes(&[0x07]).await;
     assert_eq!(
         silent.closed_with().await,
         (
@@ -351,7 +188,7 @@ async fn a_quic_client_that_stops_reading_is_disconnected() {
     config.shutdown_grace_ms = 500;
     let server = TestServer::start_with(dir, config);
     let mut alice = Raw::register(server.addr, "alice").await;
-    let lazy = QuicRaw::register(&server, "lazy", &[]).await;
+    let lazy = Raw::register_quic(&server, "lazy", &[]).await;
     let mut carol = Raw::register(server.addr, "carol").await;
     let conv = alice
         .create_group("g", &[lazy.user_id, carol.user_id])
@@ -363,7 +200,7 @@ async fn a_quic_client_that_stops_reading_is_disconnected() {
         alice.send_text(conv, &i.to_string(), &body).await;
         assert_eq!(carol.next_message().await.seq, i + 1);
     }
-    let reason = tokio::time::timeout(WAIT, lazy.conn.closed())
+    let reason = tokio::time::timeout(WAIT, lazy.wire.conn.closed())
         .await
         .expect("the slow client was not disconnected");
     match reason {

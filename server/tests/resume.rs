@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use chat_client::{Client, ClientOptions, ConversationId, Event, Events, UserId};
 use common::TestServer;
+
+/// How long the client library gets to reconnect and catch up.
+const RESUME_WAIT: Duration = Duration::from_secs(30);
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -168,24 +171,17 @@ impl Log {
 
     /// Waits until the log holds `n` messages of `conv` and returns them.
     async fn wait_messages(&self, conv: ConversationId, n: usize) -> Vec<(u64, String)> {
-        for _ in 0..600 {
+        let got = common::poll_for(RESUME_WAIT, async || {
             let got = self.messages(conv);
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("only {} of {n} messages arrived", self.messages(conv).len());
+            (got.len() >= n).then_some(got)
+        })
+        .await;
+        got.unwrap_or_else(|| panic!("only {} of {n} messages arrived", self.messages(conv).len()))
     }
 
     async fn wait_for(&self, what: &str, f: impl Fn(&Event) -> bool) {
-        for _ in 0..600 {
-            if self.count(&f) > 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no {what} event");
+        let seen = common::poll_for(RESUME_WAIT, async || (self.count(&f) > 0).then_some(())).await;
+        assert!(seen.is_some(), "no {what} event");
     }
 }
 

@@ -115,7 +115,7 @@ async fn a_frame_trickled_after_login_does_not_keep_the_session_alive() {
     let bytes = chat_protocol::codec::encode_to_vec(&frame, 1 << 20).expect("encode");
     let mut cut_off = false;
     for b in bytes.iter().take(200) {
-        if tokio::io::AsyncWriteExt::write_all(&mut slow.stream, &[*b])
+        if tokio::io::AsyncWriteExt::write_all(&mut slow.wire.stream, &[*b])
             .await
             .is_err()
         {

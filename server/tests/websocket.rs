@@ -5,159 +5,20 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
+use common::wire::WebSocket;
 use common::{Raw, TestServer, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-
-type Ws = WebSocketStream<TcpStream>;
-
-async fn open(addr: SocketAddr, origin: Option<&str>) -> Result<Ws, String> {
-    let mut req = format!("ws://{addr}/ws")
-        .into_client_request()
-        .expect("request");
-    if let Some(o) = origin {
-        req.headers_mut()
-            .insert("origin", o.parse().expect("header value"));
-    }
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tokio_tungstenite::client_async(req, tcp)
-        .await
-        .map(|(ws, _)| ws)
-        .map_err(|e| e.to_string())
-}
-
-/// A chat/1 session over a WebSocket.
-struct WsClient {
-    ws: Ws,
-    next_id: u64,
-    pushes: Vec<pb::ServerFrame>,
-    user_id: u64,
-}
-
-impl WsClient {
-    async fn connect(addr: SocketAddr) -> Self {
-        let ws = open(addr, None).await.expect("upgrade");
-        let mut c = Self {
-            ws,
-            next_id: 0,
-            pushes: Vec::new(),
-            user_id: 0,
-        };
-        let hello = c
-            .request(C::Hello(pb::Hello {
-                protocol_version: 1,
-                client_name: "ws-test".into(),
-                ..Default::default()
-            }))
-            .await;
-        assert!(matches!(hello, S::Welcome(_)), "{hello:?}");
-        c
-    }
-
-    async fn register(addr: SocketAddr, name: &str) -> Self {
-        let mut c = Self::connect(addr).await;
-        match c
-            .request(C::Register(pb::Register {
-                username: name.into(),
-                password: "password123".into(),
-                ..Default::default()
-            }))
-            .await
-        {
-            S::AuthOk(ok) => c.user_id = ok.user_id,
-            other => panic!("register: {other:?}"),
-        }
-        c
-    }
-
-    async fn send(&mut self, body: C) -> u64 {
-        self.next_id += 1;
-        let frame = pb::ClientFrame {
-            request_id: self.next_id,
-            body: Some(body),
-        };
-        self.ws
-            .send(Message::Binary(frame.encode_to_vec().into()))
-            .await
-            .expect("send");
-        self.next_id
-    }
-
-    /// The next chat frame; `Err` with the close frame's code when the
-    /// server closes.
-    async fn next_frame(&mut self) -> Result<pb::ServerFrame, Option<CloseCode>> {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for a message");
-            match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    return Ok(pb::ServerFrame::decode(b).expect("one frame per message"));
-                }
-                Some(Ok(Message::Close(c))) => return Err(c.map(|c| c.code)),
-                Some(Ok(Message::Text(t))) => panic!("text message from the server: {t}"),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(None),
-            }
-        }
-    }
-
-    async fn request(&mut self, body: C) -> S {
-        let rid = self.send(body).await;
-        if let Some(i) = self.pushes.iter().position(|f| f.request_id == rid) {
-            return self.pushes.remove(i).body.expect("body");
-        }
-        loop {
-            let f = self.next_frame().await.expect("open");
-            if f.request_id == rid {
-                return f.body.expect("body");
-            }
-            self.pushes.push(f);
-        }
-    }
-
-    async fn next_message(&mut self) -> pb::Message {
-        loop {
-            let f = if self.pushes.is_empty() {
-                self.next_frame().await.expect("open")
-            } else {
-                self.pushes.remove(0)
-            };
-            if let Some(S::MessagePush(p)) = f.body {
-                return p.message.expect("message");
-            }
-        }
-    }
-
-    /// Reads until the close frame: the last Error code and the close code.
-    async fn closed_with(&mut self) -> (Option<ErrorCode>, Option<CloseCode>) {
-        let mut code = None;
-        loop {
-            match self.next_frame().await {
-                Ok(f) => {
-                    if let Some(S::Error(e)) = f.body {
-                        code = ErrorCode::try_from(e.code).ok();
-                    }
-                }
-                Err(close) => return (code, close),
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn messages_cross_between_websocket_and_tcp() {
     let server = TestServer::start();
-    let mut ws = WsClient::register(server.http_addr, "wendy").await;
+    let mut ws = Raw::register_ws(server.http_addr, "wendy").await;
     let mut tcp = Raw::register(server.addr, "tom").await;
     let conv = match ws
         .request(C::CreateConversation(pb::CreateConversation {
@@ -186,12 +47,13 @@ async fn messages_cross_between_websocket_and_tcp() {
     assert_eq!(m.sender_id, tcp.user_id);
 
     // A WebSocket ping is answered with a pong carrying the same payload.
-    ws.ws
+    ws.wire
+        .ws
         .send(Message::Ping(Bytes::from_static(b"hi")))
         .await
         .expect("ping");
     loop {
-        match tokio::time::timeout(WAIT, ws.ws.next())
+        match tokio::time::timeout(WAIT, ws.wire.ws.next())
             .await
             .expect("pong")
         {
@@ -215,12 +77,13 @@ async fn messages_cross_between_websocket_and_tcp() {
 async fn bad_messages_get_the_spec_error_and_close_code() {
     let server = TestServer::start();
     let mut a = Raw::register(server.addr, "alice").await;
-    let mut b = WsClient::register(server.http_addr, "bob").await;
+    let mut b = Raw::register_ws(server.http_addr, "bob").await;
     let conv = a.create_direct(b.user_id).await;
 
     // Text message: MALFORMED_FRAME, close 1003.
-    let mut text = WsClient::connect(server.http_addr).await;
-    text.ws
+    let mut text = Raw::connect_ws(server.http_addr).await;
+    text.wire
+        .ws
         .send(Message::text("{\"hello\":1}"))
         .await
         .expect("send");
@@ -233,8 +96,9 @@ async fn bad_messages_get_the_spec_error_and_close_code() {
     );
 
     // Undecodable body: MALFORMED_FRAME, close 1002.
-    let mut garbage = WsClient::connect(server.http_addr).await;
+    let mut garbage = Raw::connect_ws(server.http_addr).await;
     garbage
+        .wire
         .ws
         .send(Message::Binary(Bytes::from_static(&[0x92, 0x03, 0x05])))
         .await
@@ -245,23 +109,24 @@ async fn bad_messages_get_the_spec_error_and_close_code() {
     );
 
     // Over max_frame_bytes: FRAME_TOO_LARGE, close 1009.
-    let mut huge = WsClient::connect(server.http_addr).await;
+    let mut huge = Raw::connect_ws(server.http_addr).await;
     let big = vec![0u8; server.config.max_frame_bytes + 1];
     // The server may close before the whole message is written.
-    let _ = huge.ws.send(Message::Binary(big.into())).await;
+    let _ = huge.wire.ws.send(Message::Binary(big.into())).await;
     assert_eq!(
         huge.closed_with().await,
         (Some(ErrorCode::FrameTooLarge), Some(CloseCode::Size))
     );
 
     // A frame with no body: UNKNOWN_MESSAGE, and the session goes on.
-    let mut empty = WsClient::connect(server.http_addr).await;
+    let mut empty = Raw::connect_ws(server.http_addr).await;
     empty
+        .wire
         .ws
         .send(Message::Binary(Bytes::from_static(&[0x08, 0x07])))
         .await
         .expect("send");
-    let f = empty.next_frame().await.expect("still open");
+    let f = empty.read_frame().await.expect("still open");
     assert_eq!(f.request_id, 7);
     assert!(matches!(f.body, Some(S::Error(e)) if e.code == ErrorCode::UnknownMessage as i32));
     assert!(matches!(
@@ -281,9 +146,9 @@ async fn foreign_origins_are_refused() {
     let server = TestServer::start();
     let addr = server.http_addr;
     let same = format!("http://{addr}");
-    assert!(open(addr, Some(&same)).await.is_ok());
-    assert!(open(addr, None).await.is_ok());
-    let refused = open(addr, Some("http://evil.example")).await;
+    assert!(WebSocket::open(addr, Some(&same)).await.is_ok());
+    assert!(WebSocket::open(addr, None).await.is_ok());
+    let refused = WebSocket::open(addr, Some("http://evil.example")).await;
     let Err(err) = refused else {
         panic!("a foreign origin was let in")
     };
@@ -294,12 +159,12 @@ async fn foreign_origins_are_refused() {
     config.ws_allowed_origins = vec!["https://app.example".into()];
     let server2 = TestServer::start_with(dir, config);
     assert!(
-        open(server2.http_addr, Some("https://app.example"))
+        WebSocket::open(server2.http_addr, Some("https://app.example"))
             .await
             .is_ok()
     );
     assert!(
-        open(server2.http_addr, Some("https://other.example"))
+        WebSocket::open(server2.http_addr, Some("https://other.example"))
             .await
             .is_err()
     );
@@ -385,13 +250,10 @@ async fn a_silent_websocket_client_is_closed_with_idle_timeout() {
     let mut config = chatd::Config::for_tests(dir.path());
     config.handshake_timeout_ms = 200;
     let server = TestServer::start_with(dir, config);
-    let ws = open(server.http_addr, None).await.expect("upgrade");
-    let mut silent = WsClient {
-        ws,
-        next_id: 0,
-        pushes: Vec::new(),
-        user_id: 0,
-    };
+    let ws = WebSocket::open(server.http_addr, None)
+        .await
+        .expect("upgrade");
+    let mut silent = Raw::over(ws);
     assert_eq!(
         silent.closed_with().await,
         (Some(ErrorCode::IdleTimeout), Some(CloseCode::Policy))
@@ -407,7 +269,7 @@ async fn a_websocket_client_that_stops_reading_is_disconnected() {
     config.shutdown_grace_ms = 500;
     let server = TestServer::start_with(dir, config);
     let mut alice = Raw::register(server.addr, "alice").await;
-    let mut lazy = WsClient::register(server.http_addr, "lazy").await;
+    let mut lazy = Raw::register_ws(server.http_addr, "lazy").await;
     let mut carol = Raw::register(server.addr, "carol").await;
     let conv = alice
         .create_group("g", &[lazy.user_id, carol.user_id])
@@ -420,7 +282,7 @@ async fn a_websocket_client_that_stops_reading_is_disconnected() {
     }
     // Reading now finds the end of the connection after what was sent.
     let mut frames = 0;
-    while lazy.next_frame().await.is_ok() {
+    while lazy.read_frame().await.is_some() {
         frames += 1;
     }
     assert!(frames < 300, "the slow client was not disconnected");

@@ -13,9 +13,46 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub mod process;
+pub mod wire;
 
-/// How long a test waits for any single frame.
+pub use wire::Wire;
+
+/// How long a test waits for any single frame, or for a condition.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// How often [`wait_for`] asks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Asks `probe` every [`POLL`] until it returns a value, for at most
+/// [`WAIT`]; panics naming `what` if it never does. The one place tests
+/// wait for something that happens in the background (a metric, a
+/// presence change, a slot coming free).
+pub async fn wait_for<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    match poll_for(WAIT, probe).await {
+        Some(v) => v,
+        None => panic!("waited {WAIT:?} for {what}"),
+    }
+}
+
+/// Asks `probe` every [`POLL`] until it returns a value or `limit` has
+/// passed (then `None`, for a caller with more to say than [`wait_for`]).
+pub async fn poll_for<T>(limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_for`] a condition.
+pub async fn wait_until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    wait_for(what, async || cond().await.then_some(())).await
+}
 
 /// A server and its data directory, restartable on the same data.
 pub struct TestServer {
@@ -107,10 +144,10 @@ impl TestServer {
     }
 }
 
-/// A client that writes and reads raw frames.
-pub struct Raw {
-    pub stream: TcpStream,
-    decoder: FrameDecoder,
+/// A client that writes and reads raw frames over any transport
+/// ([`Wire`]): TCP by default, [`wire::WebSocket`] or [`wire::Quic`].
+pub struct Raw<W: Wire = Tcp> {
+    pub wire: W,
     next_id: u64,
     /// Frames received while waiting for something else.
     pub pushes: VecDeque<pb::ServerFrame>,
@@ -118,7 +155,38 @@ pub struct Raw {
     pub token: String,
 }
 
-impl Raw {
+/// Plain TCP: length-prefixed frames on one byte stream.
+pub struct Tcp {
+    pub stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl Wire for Tcp {
+    async fn write_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    async fn read_frame(&mut self) -> Option<pb::ServerFrame> {
+        loop {
+            if let Some(f) = self
+                .decoder
+                .next_frame::<pb::ServerFrame>()
+                .expect("valid server frame")
+            {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(self.decoder.buffer_mut()))
+                .await
+                .expect("timed out waiting for a frame")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+impl Raw<Tcp> {
     /// Connects without saying Hello.
     pub async fn connect_bare(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
@@ -128,48 +196,23 @@ impl Raw {
     /// Wraps a connected stream, without saying Hello.
     pub fn from_stream(stream: TcpStream) -> Self {
         stream.set_nodelay(true).expect("nodelay");
-        Self {
+        Self::over(Tcp {
             stream,
             decoder: FrameDecoder::new(chat_protocol::DEFAULT_MAX_FRAME_BYTES),
-            next_id: 0,
-            pushes: VecDeque::new(),
-            user_id: 0,
-            token: String::new(),
-        }
+        })
     }
 
     /// Connects and completes Hello.
     pub async fn connect(addr: SocketAddr) -> Self {
         let mut c = Self::connect_bare(addr).await;
-        let welcome = c
-            .request(C::Hello(pb::Hello {
-                protocol_version: 1,
-                client_name: "test".into(),
-                ..Default::default()
-            }))
-            .await;
-        assert!(matches!(welcome, S::Welcome(_)), "{welcome:?}");
+        c.hello(&[]).await;
         c
     }
 
     /// Connects, says Hello and registers `username`.
     pub async fn register(addr: SocketAddr, username: &str) -> Self {
         let mut c = Self::connect(addr).await;
-        match c
-            .request(C::Register(pb::Register {
-                username: username.into(),
-                password: "password123".into(),
-                display_name: String::new(),
-                device: None,
-            }))
-            .await
-        {
-            S::AuthOk(ok) => {
-                c.user_id = ok.user_id;
-                c.token = ok.session_token;
-            }
-            other => panic!("register {username}: {other:?}"),
-        }
+        c.register_as(username).await;
         c
     }
 
@@ -192,9 +235,58 @@ impl Raw {
         }
         c
     }
+}
 
+impl<W: Wire> Raw<W> {
+    /// A session on `wire` that has not said Hello.
+    pub fn over(wire: W) -> Self {
+        Self {
+            wire,
+            next_id: 0,
+            pushes: VecDeque::new(),
+            user_id: 0,
+            token: String::new(),
+        }
+    }
+
+    /// Says Hello with `capabilities`; returns the Welcome.
+    pub async fn hello(&mut self, capabilities: &[&str]) -> pb::Welcome {
+        let welcome = self
+            .request(C::Hello(pb::Hello {
+                protocol_version: 1,
+                client_name: "test".into(),
+                capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            }))
+            .await;
+        match welcome {
+            S::Welcome(w) => w,
+            other => panic!("hello: {other:?}"),
+        }
+    }
+
+    /// Registers `username` (after Hello) and keeps its id and token.
+    pub async fn register_as(&mut self, username: &str) {
+        match self
+            .request(C::Register(pb::Register {
+                username: username.into(),
+                password: "password123".into(),
+                display_name: String::new(),
+                device: None,
+            }))
+            .await
+        {
+            S::AuthOk(ok) => {
+                self.user_id = ok.user_id;
+                self.token = ok.session_token;
+            }
+            other => panic!("register {username}: {other:?}"),
+        }
+    }
+
+    /// Writes raw bytes, as a client would put them on the transport.
     pub async fn write_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
+        self.wire.write_bytes(bytes).await;
     }
 
     /// Sends a frame and returns its request id.
@@ -206,28 +298,13 @@ impl Raw {
             body: Some(body),
         };
         let bytes = codec::encode_to_vec(&frame, usize::MAX).expect("encode");
-        self.write_bytes(&bytes).await;
+        self.wire.write_bytes(&bytes).await;
         rid
     }
 
-    /// Reads the next frame from the socket; `None` on EOF.
+    /// The next frame from the server; `None` once it closed.
     pub async fn read_frame(&mut self) -> Option<pb::ServerFrame> {
-        loop {
-            if let Some(f) = self
-                .decoder
-                .next_frame::<pb::ServerFrame>()
-                .expect("valid server frame")
-            {
-                return Some(f);
-            }
-            let n = tokio::time::timeout(WAIT, self.stream.read_buf(self.decoder.buffer_mut()))
-                .await
-                .expect("timed out waiting for a frame")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-        }
+        self.wire.read_frame().await
     }
 
     /// Waits for the reply to `rid`, keeping other frames aside (replies may
