@@ -38,6 +38,7 @@ pub mod context;
 pub mod directory;
 pub mod http;
 pub mod idgen;
+pub mod ingress;
 pub mod limits;
 pub mod media;
 pub mod mesh;

@@ -256,7 +256,7 @@ impl ServerHandle {
             sockets.zip(per_shard).enumerate()
         {
             let ctx = ctx.clone();
-            let listeners = crate::shard::Listeners {
+            let listeners = crate::ingress::Listeners {
                 tcp,
                 http,
                 tls: tls_l,

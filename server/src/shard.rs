@@ -10,9 +10,8 @@
 //! - the commit loop hands the owner's pending writes to the storage writer
 //!   as one batch, waits for durability, then sends acks and fan-outs in
 //!   order;
-//! - one accept loop per listener (TCP, TLS, HTTP, HTTPS, the QUIC
-//!   endpoint) takes connections until shutdown; TLS handshakes run in the
-//!   connection's own task, bounded by `handshake_timeout_ms`.
+//! - the accept loops of [`crate::ingress`] take connections until
+//!   shutdown.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -24,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat_protocol::{ErrorCode, pb};
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing::Instrument;
 
 use crate::context::Context;
 use crate::mesh::ShardId;
@@ -64,32 +61,6 @@ pub struct Shard {
     pub connections: std::cell::Cell<usize>,
     /// Metric handles of the per-message path.
     pub counters: crate::metrics::PerMessage,
-}
-
-/// One of the shard's `max_connections_per_shard` slots, given back when
-/// the connection's task ends (however it ends).
-#[derive(Debug)]
-pub struct ConnectionSlot(Rc<Shard>);
-
-impl ConnectionSlot {
-    /// Takes a slot, or `None` when the shard is at its limit (counted in
-    /// `chatd_connections_refused_total`; the caller refuses the connection).
-    pub fn take(shard: &Rc<Shard>) -> Option<Self> {
-        let c = &shard.connections;
-        if c.get() >= shard.ctx.config.max_connections_per_shard {
-            metrics::counter!("chatd_connections_refused_total").increment(1);
-            return None;
-        }
-        c.set(c.get() + 1);
-        Some(Self(shard.clone()))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let c = &self.0.connections;
-        c.set(c.get().saturating_sub(1));
-    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -430,162 +401,6 @@ async fn off_thread<T: Send + 'static>(
         .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())))
 }
 
-/// The sockets a shard accepts on, bound with SO_REUSEPORT.
-#[derive(Debug)]
-pub struct Listeners {
-    /// Plain TCP sessions.
-    pub tcp: std::net::TcpListener,
-    /// HTTP (`/health`, `/metrics`, `/ws`).
-    pub http: std::net::TcpListener,
-    /// TLS sessions, if enabled.
-    pub tls: Option<std::net::TcpListener>,
-    /// HTTPS (`wss://`), if enabled.
-    pub wss: Option<std::net::TcpListener>,
-    /// QUIC (UDP), if enabled.
-    pub quic: Option<std::net::UdpSocket>,
-    /// Certificate configurations, when any secure listener is enabled.
-    pub tls_setup: Option<crate::transport::tls::TlsSetup>,
-}
-
-/// What a TCP listener of the shard serves.
-#[derive(Clone)]
-enum Serves {
-    /// chat/1 sessions over plain TCP.
-    Tcp,
-    /// chat/1 sessions over TLS.
-    Tls(tokio_rustls::TlsAcceptor),
-    /// HTTP.
-    Http,
-    /// HTTP over TLS.
-    Https(tokio_rustls::TlsAcceptor),
-}
-
-/// Accepts on `listener` until the task is aborted at shutdown.
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serves: Serves) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                // HTTP connections take a slot only when they upgrade to a
-                // WebSocket session.
-                let slot = match serves {
-                    Serves::Http | Serves::Https(_) => None,
-                    _ => match ConnectionSlot::take(&shard) {
-                        Some(slot) => Some(slot),
-                        None => {
-                            let (_, wr) = stream.into_split();
-                            let sink = crate::transport::stream::StreamSink::new(wr);
-                            tokio::task::spawn_local(crate::connection::refuse(sink));
-                            continue;
-                        }
-                    },
-                };
-                spawn_session(shard.clone(), stream, peer, &serves, slot);
-            }
-            // Out of file descriptors and similar: back off briefly
-            // rather than spin.
-            Err(e) => {
-                tracing::warn!(shard = shard.id, cause = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Spawns the task serving an accepted connection, holding `slot` until it
-/// ends. Each kind of listener spawns its own future, so that a task is only
-/// as large as its transport's session needs: a plain TCP session does not
-/// carry the space of a TLS handshake or an HTTP connection while it idles.
-fn spawn_session(
-    shard: Rc<Shard>,
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    serves: &Serves,
-    slot: Option<ConnectionSlot>,
-) {
-    fn spawn(session: impl Future<Output = ()> + 'static, slot: Option<ConnectionSlot>) {
-        tokio::task::spawn_local(async move {
-            session.await;
-            drop(slot);
-        });
-    }
-    let handshake = Duration::from_millis(shard.ctx.config.handshake_timeout_ms);
-    match serves.clone() {
-        Serves::Tcp => {
-            let (rd, wr) = stream.into_split();
-            spawn(serve_stream(shard, rd, wr, peer, "tcp"), slot);
-        }
-        Serves::Tls(acceptor) => spawn(
-            async move {
-                if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
-                    let (rd, wr) = tokio::io::split(tls);
-                    serve_stream(shard, rd, wr, peer, "tls").await;
-                }
-            },
-            slot,
-        ),
-        Serves::Http => {
-            let p = crate::http::Peer {
-                addr: Some(peer.ip()),
-                ws_transport: "ws",
-            };
-            spawn(crate::http::serve(shard, stream, p), slot);
-        }
-        Serves::Https(acceptor) => spawn(
-            async move {
-                if let Some(tls) = tls_accept(&acceptor, stream, handshake, peer).await {
-                    let p = crate::http::Peer {
-                        addr: Some(peer.ip()),
-                        ws_transport: "wss",
-                    };
-                    crate::http::serve(shard, tls, p).await;
-                }
-            },
-            slot,
-        ),
-    }
-}
-
-/// A TLS handshake bounded by `handshake`; `None` if it failed or took too
-/// long.
-async fn tls_accept(
-    acceptor: &tokio_rustls::TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    handshake: Duration,
-    peer: std::net::SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => Some(tls),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => None,
-    }
-}
-
-/// A session over a length-prefixed byte stream (TCP or TLS).
-fn serve_stream(
-    shard: Rc<Shard>,
-    rd: impl tokio::io::AsyncRead + Unpin + 'static,
-    wr: impl tokio::io::AsyncWrite + Unpin + 'static,
-    peer: std::net::SocketAddr,
-    transport: &'static str,
-) -> impl Future<Output = ()> {
-    use crate::transport::stream::{StreamSink, StreamSource};
-    let max = shard.ctx.config.max_frame_bytes;
-    let span = tracing::debug_span!("session", shard = shard.id, %peer, transport);
-    crate::connection::serve(
-        shard,
-        StreamSource::new(rd, max),
-        StreamSink::new(wr),
-        Some(peer.ip()),
-        crate::transport::Capabilities::default(),
-        transport,
-    )
-    .instrument(span)
-}
-
 /// Threads of a shard's blocking pool, which runs its store reads, password
 /// hashes (at most one per core at once, see `Context::password_hashing`)
 /// and other blocking calls. Reads are bounded per session; beyond this many
@@ -597,7 +412,7 @@ const BLOCKING_THREADS: usize = 16;
 pub fn run(
     id: ShardId,
     ctx: Arc<Context>,
-    listeners: Listeners,
+    listeners: crate::ingress::Listeners,
     recovered: HashMap<u64, u64>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -613,51 +428,10 @@ pub fn run(
         tokio::task::spawn_local(shard.clone().commit_loop());
         tokio::task::spawn_local(shard.clone().cursor_flush_loop());
         tokio::task::spawn_local(shard.clone().presence_loop());
-        let mut accepting = Vec::new();
-        let mut listen = |l: std::net::TcpListener, serves: Serves| -> std::io::Result<()> {
-            let l = TcpListener::from_std(l)?;
-            accepting.push(tokio::task::spawn_local(accept_loop(
-                shard.clone(),
-                l,
-                serves,
-            )));
-            Ok(())
-        };
-        listen(listeners.tcp, Serves::Tcp)?;
-        listen(listeners.http, Serves::Http)?;
-        let setup = listeners.tls_setup;
-        if let (Some(l), Some(t)) = (listeners.tls, &setup) {
-            listen(l, Serves::Tls(t.chat.clone().into()))?;
-        }
-        if let (Some(l), Some(t)) = (listeners.wss, &setup) {
-            listen(l, Serves::Https(t.https.clone().into()))?;
-        }
-        let quic = match (listeners.quic, &setup) {
-            (Some(socket), Some(t)) => {
-                let endpoint = quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    Some(crate::transport::quic::server_config(
-                        t.quic.clone(),
-                        &ctx.config,
-                    )),
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )?;
-                accepting.push(tokio::task::spawn_local(
-                    crate::transport::quic::accept_loop(shard.clone(), endpoint.clone()),
-                ));
-                Some(endpoint)
-            }
-            _ => None,
-        };
+        let ingress = crate::ingress::start(&shard, listeners)?;
         let mut shutdown = ctx.shutdown.subscribe();
         let _ = shutdown.wait_for(|&s| s).await;
-        for task in &accepting {
-            task.abort();
-        }
-        if let Some(endpoint) = &quic {
-            endpoint.set_server_config(None);
-        }
+        ingress.stop_accepting();
         tracing::info!(
             shard = id,
             sessions = shard.sessions.borrow().len(),
@@ -680,11 +454,7 @@ pub fn run(
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!(shard = id, "shutdown grace period elapsed");
         }
-        if let Some(endpoint) = quic {
-            endpoint.close(quinn::VarInt::from_u32(0), b"");
-            // Lets the closing connections tell their peers.
-            let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
-        }
+        ingress.close().await;
         Ok::<(), std::io::Error>(())
     });
     runtime.shutdown_timeout(grace);

@@ -103,7 +103,7 @@ pub fn server_config(
 /// Accepts QUIC connections on this shard's endpoint until it is closed.
 pub async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
-        let Some(slot) = crate::shard::ConnectionSlot::take(&shard) else {
+        let Some(slot) = crate::ingress::ConnectionSlot::take(&shard) else {
             incoming.refuse();
             continue;
         };

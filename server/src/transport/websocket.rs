@@ -124,7 +124,7 @@ pub fn upgrade(
         tracing::debug!(?origin, "WebSocket upgrade from a foreign origin refused");
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    let Some(slot) = crate::shard::ConnectionSlot::take(&shard) else {
+    let Some(slot) = crate::ingress::ConnectionSlot::take(&shard) else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections; retry later\n",
