@@ -5,20 +5,33 @@
 //! and tools can run a server in-process; the `chatd` binary is a thin
 //! wrapper that reads the configuration and calls [`ServerHandle::start`].
 //!
-//! Architecture (see the README and `../shared/DESIGN.md`):
+//! Module map, by layer, outside in (the README's Architecture section
+//! follows one SendMessage through them):
 //!
-//! - [`shard`]: one thread per core with a current-thread runtime, its own
-//!   SO_REUSEPORT listeners and QUIC endpoint, and its own sessions;
-//!   [`mesh`]: bounded rings between shards; [`directory`]: which shards
-//!   hold a user's sessions, so fan-outs go only there.
-//! - [`owner`]: every conversation is owned by one shard whose
-//!   [`sequencer`] alone assigns its seqs.
-//! - [`storage`]: fjall keyspaces and the group-committing writer thread;
-//!   [`catalog`] and [`accounts`] are the store-backed request handlers.
-//! - [`connection`], [`session_table`], [`session_state`]: a client's
-//!   session, its bounded outbound queue and its protocol state;
-//!   [`transport`]: how frames travel over TCP, TLS, QUIC and WebSocket
-//!   (on the [`http`] listeners), and the certificates.
+//! - ingress: [`ingress`] (listeners, connection slots, accept loops),
+//!   [`transport`] (frames over TCP, TLS, QUIC and WebSocket, and the
+//!   certificates), [`http`] (health, metrics, media, the WebSocket
+//!   upgrade);
+//! - session: [`connection`] (the only place a session's frames meet the
+//!   code), [`session_state`] (the protocol's states), [`session_table`]
+//!   (each shard's sessions and their bounded outbound queues);
+//! - routes: [`routes`], one function per request by concern, and
+//!   [`routes::Request`], the owned in-flight permit that answers once;
+//!   [`catalog`] and [`accounts`] are the store-backed handlers they call;
+//! - owner: [`owner`], the sans-IO rules of conversations (inputs with the
+//!   time, outputs as values), over [`sequencer`];
+//! - shard: [`shard`], one thread per core that drives its owner and
+//!   commits in order; [`shard_msg`] what shards send each other over the
+//!   [`mesh`] (bounded rings); [`directory`] which shards hold a user's
+//!   sessions, so fan-outs go only there; [`presence`];
+//! - storage: [`storage`] (commit log, group-committing writer, fjall
+//!   keyspaces; [`storage::write`] the typed writes, [`storage::Store`] the
+//!   reads) and [`records`].
+//!
+//! Around them: [`server`] starts and stops it all from a [`Config`]
+//! ([`config`]); [`context`] holds what the shards share; [`clock`],
+//! [`limits`], [`idgen`], [`metrics`], [`media`], [`push`], [`web`] (the
+//! browser page), [`admin`] (offline operator commands).
 //!
 //! It is not a cluster: one process serves everyone.
 
@@ -48,6 +61,7 @@ pub mod presence;
 pub mod push;
 pub mod records;
 pub mod reply;
+pub mod routes;
 pub mod sequencer;
 pub mod server;
 pub mod session_state;

@@ -90,9 +90,10 @@ pub fn error_with_retry(
             retry_after_ms,
         })),
     };
-    codec::encode_to_vec(&frame, chat_protocol::DEFAULT_MAX_FRAME_BYTES)
-        .map(Bytes::from)
-        .unwrap_or_default()
+    // Error messages are short server strings: the frame is far below any
+    // frame limit, so it is encoded without the limit check (the chat/1
+    // prefix is protobuf's varint length).
+    Bytes::from(prost::Message::encode_length_delimited_to_vec(&frame))
 }
 
 /// `ServerFrame.body`'s field number for `MessagePush` and

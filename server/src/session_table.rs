@@ -308,16 +308,25 @@ impl SessionTable {
         }
     }
 
-    /// Queues the reply to a request of session `id` and frees its
-    /// in-flight permit. An empty frame only frees the permit (requests
-    /// without a reply, such as Typing).
-    pub fn reply(&self, id: u64, frame: Bytes) {
+    /// Queues the reply to a request of session `id` (none: the request
+    /// gets no answer, such as Typing) and frees its in-flight permit.
+    pub fn answer(&self, id: u64, frame: Option<Bytes>) {
         if let Some(s) = self.sessions.get(&id) {
             s.inflight.add_permits(1);
-            if !frame.is_empty() {
+            if let Some(frame) = frame {
                 enqueue(s, frame, false);
             }
         }
+    }
+
+    /// [`answer`](Self::answer) with a frame.
+    pub fn reply(&self, id: u64, frame: Bytes) {
+        self.answer(id, Some(frame));
+    }
+
+    /// [`answer`](Self::answer) without one: only frees the permit.
+    pub fn release(&self, id: u64) {
+        self.answer(id, None);
     }
 
     /// Queues `frame` to every session of every user in `users`. Ephemeral

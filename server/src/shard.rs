@@ -178,10 +178,11 @@ impl Shard {
         }
     }
 
-    /// Routes a reply to the session that asked.
-    pub async fn reply(&self, origin: Origin, frame: Bytes) {
+    /// Routes a reply to the session that asked, returning the request's
+    /// in-flight permit; `None` returns only the permit.
+    pub async fn reply(&self, origin: Origin, frame: Option<Bytes>) {
         if origin.shard == self.id {
-            self.sessions.borrow().reply(origin.session, frame);
+            self.sessions.borrow().answer(origin.session, frame);
         } else {
             let msg = ShardMsg::Reply {
                 session: origin.session,
@@ -244,7 +245,7 @@ impl Shard {
     fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Request(req) => self.enqueue_owned(*req),
-            ShardMsg::Reply { session, frame } => self.sessions.borrow().reply(session, frame),
+            ShardMsg::Reply { session, frame } => self.sessions.borrow().answer(session, frame),
             ShardMsg::Deliver {
                 users,
                 frame,
@@ -317,10 +318,8 @@ impl Shard {
                                 let mut owner = self.owner.borrow_mut();
                                 owner.handle_durable(conversation, seq);
                             }
-                            Effect::Reply(origin, frame) => self.reply(origin, frame).await,
-                            // An empty frame returns the request's permit
-                            // without sending anything.
-                            Effect::Release(origin) => self.reply(origin, Bytes::new()).await,
+                            Effect::Reply(origin, frame) => self.reply(origin, Some(frame)).await,
+                            Effect::Release(origin) => self.reply(origin, None).await,
                             Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,
                             Effect::Ephemeral(users, frame) => {
                                 self.fanout(users, frame, true).await;
@@ -341,7 +340,7 @@ impl Shard {
                                 ErrorCode::StorageFailure,
                                 "not stored; retry after reconnecting",
                             );
-                            self.reply(origin, frame).await;
+                            self.reply(origin, Some(frame)).await;
                         }
                     }
                 }

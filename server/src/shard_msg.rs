@@ -20,8 +20,9 @@ pub enum ShardMsg {
     Reply {
         /// Session on the receiving shard.
         session: u64,
-        /// Encoded ServerFrame.
-        frame: Bytes,
+        /// Encoded ServerFrame; none for a request that gets no answer,
+        /// whose in-flight permit is returned all the same.
+        frame: Option<Bytes>,
     },
     /// A push for every session of these users on the receiving shard.
     Deliver {

@@ -1,0 +1,16 @@
+//! Media: upload tickets. The bytes themselves travel over HTTP
+//! (`crate::http`, `crate::media`), never over a chat/1 session.
+
+use std::rc::Rc;
+
+use chat_protocol::pb::{self, server_frame::Body as S};
+
+use super::Request;
+use crate::connection::Conn;
+
+/// RequestUpload: a signed URL to PUT the file to.
+pub(crate) fn request_upload(conn: &Rc<Conn>, req: Request, r: pb::RequestUpload) {
+    let ctx = &conn.shard.ctx;
+    let ticket = ctx.media.ticket(&r, ctx.now_ms());
+    req.answer(ticket.map(S::UploadTicket));
+}

@@ -1,0 +1,212 @@
+//! Request routing: which code carries out each request of a session, by
+//! concern, one file each, like mini-redis's one file per command:
+//!
+//! - [`session`]: Hello, Ping, Register, Login, Resume, Logout;
+//! - [`conversations`]: creating, reading and listing conversations, their
+//!   members and roles, channel subscriptions;
+//! - [`messages`]: sends, deletes, history, sync, receipts, typing;
+//! - [`presence`]: SetPresence and presence subscriptions;
+//! - [`account`]: profiles, passwords and push tokens;
+//! - [`media`]: upload tickets.
+//!
+//! A request of an authenticated session holds one of its
+//! `session_inflight_requests` permits from the moment it is routed until
+//! it is answered: a [`Request`] owns that permit and gives it back exactly
+//! once, when it is answered, when it is handed to the conversation's owner
+//! (whose reply returns it, on whatever shard the session is), or when it
+//! is dropped unanswered.
+//!
+//! Operations on a conversation go to its owner as an [`OwnerRequest`]
+//! wherever the owner runs ([`Shard::to_owner`]); a route never needs to
+//! know where that is.
+
+pub(crate) mod account;
+pub(crate) mod conversations;
+pub(crate) mod media;
+pub(crate) mod messages;
+pub(crate) mod presence;
+pub(crate) mod session;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chat_protocol::ErrorCode;
+use chat_protocol::pb::client_frame::Body as C;
+
+use crate::connection::Conn;
+use crate::context::Context;
+use crate::owner::{Origin, OwnerOp, OwnerRequest};
+use crate::reply::{self, Handled, Refusal};
+use crate::shard::Shard;
+
+/// A request being carried out, holding one in-flight permit of its
+/// session until it is answered; see the module docs.
+#[derive(Debug)]
+pub struct Request {
+    shard: Rc<Shard>,
+    origin: Origin,
+    /// The permit is still held here (not answered, not handed off).
+    holding: bool,
+}
+
+impl Request {
+    /// Takes a permit of `conn`'s session for request `request_id`, waiting
+    /// while all are in use; `None` if the session is closing.
+    async fn take(conn: &Conn, request_id: u64) -> Option<Self> {
+        conn.handle.inflight.acquire().await.ok()?.forget();
+        Some(Self {
+            shard: conn.shard.clone(),
+            origin: Origin {
+                shard: conn.shard.id,
+                session: conn.id,
+                request_id,
+            },
+            holding: true,
+        })
+    }
+
+    /// The request's id, echoed in its answer.
+    pub fn id(&self) -> u64 {
+        self.origin.request_id
+    }
+
+    /// Answers with `result` and returns the permit.
+    pub fn answer(self, result: Handled) {
+        let frame = reply::answer(self.id(), result);
+        self.reply(frame);
+    }
+
+    /// Answers with an encoded frame and returns the permit.
+    pub fn reply(mut self, frame: Bytes) {
+        self.holding = false;
+        self.shard
+            .sessions
+            .borrow()
+            .reply(self.origin.session, frame);
+    }
+
+    /// Hands the request to its conversation's owner, whose reply (or
+    /// release) returns the permit.
+    pub fn to_owner(mut self, user: u64, conversation: u64, op: OwnerOp) -> OwnerRequest {
+        self.holding = false;
+        OwnerRequest::new(self.origin, user, conversation, op)
+    }
+}
+
+impl Drop for Request {
+    /// A request dropped unanswered (its session closing) gives its permit
+    /// back without a frame.
+    fn drop(&mut self) {
+        if self.holding {
+            self.shard.sessions.borrow().release(self.origin.session);
+        }
+    }
+}
+
+/// Routes a request of an authenticated session (`user`).
+pub(crate) async fn dispatch(conn: &Rc<Conn>, user: u64, rid: u64, body: C) {
+    let Some(req) = Request::take(conn, rid).await else {
+        return;
+    };
+    match body {
+        C::SendMessage(m) => messages::send(conn, req, user, m).await,
+        C::DeleteMessage(d) => messages::delete(conn, req, user, d),
+        C::GetHistory(h) => messages::history(conn, req, user, h),
+        C::Sync(s) => messages::sync(conn, req, user, s),
+        C::MarkRead(m) => messages::mark_read(conn, req, user, m).await,
+        C::MarkDelivered(m) => messages::mark_delivered(conn, req, user, m).await,
+        C::GetReceipts(g) => messages::receipts(conn, req, user, g).await,
+        C::Typing(t) => messages::typing(conn, req, user, t).await,
+        C::CreateConversation(c) => conversations::create(conn, req, user, c),
+        C::GetConversation(g) => conversations::get(conn, req, user, g),
+        C::ListConversations(l) => conversations::list(conn, req, user, l),
+        C::AddMembers(a) => conversations::add_members(conn, req, user, a),
+        C::RemoveMember(r) => conversations::remove_member(conn, req, user, r).await,
+        C::LeaveConversation(l) => conversations::leave(conn, req, user, l).await,
+        C::SetRole(r) => conversations::set_role(conn, req, user, r).await,
+        C::UpdateConversation(u) => conversations::update(conn, req, user, u).await,
+        C::TransferOwnership(t) => conversations::transfer(conn, req, user, t).await,
+        C::SubscribeChannel(c) => conversations::subscribe(conn, req, user, c).await,
+        C::UnsubscribeChannel(c) => conversations::unsubscribe(conn, req, user, c).await,
+        C::SetPresence(p) => presence::set(conn, req, user, p).await,
+        C::SubscribePresence(s) => presence::subscribe(conn, req, s).await,
+        C::UnsubscribePresence(s) => presence::unsubscribe(conn, req, s).await,
+        C::GetProfile(p) => account::profile(conn, req, p),
+        C::UpdateProfile(p) => account::update_profile(conn, req, user, p),
+        C::ChangePassword(p) => account::change_password(conn, req, user, p),
+        C::RegisterPushToken(p) => account::register_push_token(conn, req, user, p),
+        C::RequestUpload(r) => media::request_upload(conn, req, r),
+        _ => req.answer(Err(Refusal::new(
+            ErrorCode::UnknownMessage,
+            "not supported by this server version",
+        ))),
+    }
+}
+
+/// Runs a blocking closure on the shard's blocking pool (store reads and
+/// writes, password hashing): never on the shard thread itself.
+pub(crate) async fn blocking<T: Send + 'static>(
+    ctx: &Arc<Context>,
+    f: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || f(&ctx))
+        .await
+        .unwrap_or_else(|e| {
+            Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("handler failed: {e}"),
+            ))
+        })
+}
+
+/// Answers `req` with `read`, run on the blocking pool, at most
+/// `STORE_READS_PER_SESSION` per session at once (each answer is up to a
+/// frame; this bounds what a client that asks and never reads can pin).
+pub(crate) fn spawn_read(
+    conn: &Conn,
+    req: Request,
+    read: impl FnOnce(&Context) -> Handled + Send + 'static,
+) {
+    let ctx = conn.shard.ctx.clone();
+    let handle = conn.handle.clone();
+    tokio::task::spawn_local(async move {
+        let _permit = handle.reads.acquire().await;
+        if handle.signal.get().is_some() {
+            // Closing: nobody will read the answer; `req` returns its
+            // permit as it drops.
+            return;
+        }
+        req.answer(blocking(&ctx, read).await);
+    });
+}
+
+/// Runs `read` on the blocking pool (a store read the owner shard must
+/// not do), then hands the conversation's owner the operation `op` builds
+/// from its result; a refused read is the answer.
+pub(crate) fn read_then_owner<T: Send + 'static>(
+    conn: &Conn,
+    req: Request,
+    user: u64,
+    conversation: u64,
+    read: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
+    op: impl FnOnce(T) -> OwnerOp + 'static,
+) {
+    let shard = conn.shard.clone();
+    tokio::task::spawn_local(async move {
+        match blocking(&shard.ctx, read).await {
+            Ok(value) => {
+                let owned = req.to_owner(user, conversation, op(value));
+                shard.to_owner(owned).await;
+            }
+            Err(r) => req.answer(Err(r)),
+        }
+    });
+}
+
+/// Hands `op` on `conversation` to its owner.
+pub(crate) async fn to_owner(conn: &Conn, req: Request, user: u64, conversation: u64, op: OwnerOp) {
+    let owned = req.to_owner(user, conversation, op);
+    conn.shard.to_owner(owned).await;
+}

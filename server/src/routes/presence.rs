@@ -1,0 +1,73 @@
+//! Presence: a user's chosen status, and which users' presence a session
+//! watches. Each user's presence is kept by one shard
+//! ([`Shard::presence_op`](crate::shard::Shard)); a shard asks it once for
+//! all of its sessions that watch the user.
+
+use std::rc::Rc;
+
+use chat_protocol::ErrorCode;
+use chat_protocol::pb::{self, server_frame::Body as S};
+
+use super::Request;
+use crate::connection::Conn;
+use crate::presence::{MAX_PRESENCE_SUBSCRIPTIONS, PresenceOp};
+use crate::reply::{self, Handled, Refusal};
+
+/// SetPresence.
+pub(crate) async fn set(conn: &Rc<Conn>, req: Request, user: u64, p: pb::SetPresence) {
+    let status = pb::PresenceStatus::try_from(p.status).unwrap_or(pb::PresenceStatus::Online);
+    conn.shard
+        .presence_op(PresenceOp::Status { user, status })
+        .await;
+    req.answer(Ok(S::Done(pb::Done {})));
+}
+
+/// SubscribePresence: registers interest, then the current states follow
+/// as PresenceEvents (cached ones at once, others from the keeping shard).
+pub(crate) async fn subscribe(conn: &Rc<Conn>, req: Request, s: pb::SubscribePresence) {
+    let result = watch(conn, s.user_ids).await;
+    req.answer(result);
+}
+
+async fn watch(conn: &Conn, users: Vec<u64>) -> Handled {
+    let shard = &conn.shard;
+    let current = shard.interest.borrow().count(conn.id);
+    if current + users.len() > MAX_PRESENCE_SUBSCRIPTIONS {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("at most {MAX_PRESENCE_SUBSCRIPTIONS} presence subscriptions per session"),
+        ));
+    }
+    for watched in users {
+        let (first, cached) = shard.interest.borrow_mut().add(conn.id, watched);
+        if first {
+            let op = PresenceOp::Subscribe {
+                user: watched,
+                shard: shard.id,
+                on: true,
+            };
+            shard.presence_op(op).await;
+        } else if let Some(event) = cached {
+            let frame = reply::push(S::PresenceEvent(event));
+            shard.sessions.borrow().push_ephemeral(conn.id, frame);
+        }
+    }
+    Ok(S::Done(pb::Done {}))
+}
+
+/// UnsubscribePresence.
+pub(crate) async fn unsubscribe(conn: &Rc<Conn>, req: Request, s: pb::UnsubscribePresence) {
+    let shard = &conn.shard;
+    for watched in s.user_ids {
+        let last = shard.interest.borrow_mut().remove(conn.id, watched);
+        if last {
+            let op = PresenceOp::Subscribe {
+                user: watched,
+                shard: shard.id,
+                on: false,
+            };
+            shard.presence_op(op).await;
+        }
+    }
+    req.answer(Ok(S::Done(pb::Done {})));
+}
