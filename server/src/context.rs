@@ -42,8 +42,6 @@ pub struct Context {
     pub failed: AtomicBool,
     /// Failed logins per username and address (login path only).
     pub logins: Mutex<crate::limits::LoginLimiter>,
-    /// Sessions per user (taken at login, released at close).
-    pub user_sessions: Mutex<crate::limits::SessionCounter>,
     /// Media URL signing and files.
     pub media: Arc<crate::media::Media>,
     /// Queue to the push thread.

@@ -3,7 +3,6 @@
 //! - [`TokenBucket`]: messages per second per connection and per user.
 //! - [`LoginLimiter`]: failed logins per username and per address in a
 //!   sliding minute, to slow password guessing.
-//! - [`SessionCounter`]: sessions per user.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -130,34 +129,6 @@ fn prune<K: std::hash::Hash + Eq>(
     }
 }
 
-/// Sessions per user across the whole server.
-#[derive(Debug, Default)]
-pub struct SessionCounter {
-    counts: HashMap<u64, u32>,
-}
-
-impl SessionCounter {
-    /// Counts a new session of `user` unless it already has `max`.
-    pub fn acquire(&mut self, user: u64, max: u32) -> bool {
-        let n = self.counts.entry(user).or_insert(0);
-        if max > 0 && *n >= max {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    /// A session of `user` ended.
-    pub fn release(&mut self, user: u64) {
-        if let Some(n) = self.counts.get_mut(&user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.counts.remove(&user);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,14 +162,5 @@ mod tests {
             l.check("alice", None, t0 + Duration::from_secs(61)).is_ok(),
             "window slides"
         );
-    }
-
-    #[test]
-    fn sessions_per_user_are_capped() {
-        let mut s = SessionCounter::default();
-        assert!(s.acquire(1, 2) && s.acquire(1, 2));
-        assert!(!s.acquire(1, 2));
-        s.release(1);
-        assert!(s.acquire(1, 2));
     }
 }

@@ -97,6 +97,11 @@ pub struct Applied {
 }
 
 impl PresenceTable {
+    /// Sessions of `user` counted here (on every shard).
+    pub fn sessions(&self, user: u64) -> u32 {
+        self.users.get(&user).map_or(0, |u| u.sessions)
+    }
+
     /// Applies one op at time `now_ms`.
     pub fn apply(&mut self, op: PresenceOp, now_ms: u64) -> Applied {
         let user = op.user();
@@ -271,6 +276,35 @@ impl Shard {
         }
     }
 
+    /// Counts a new session of `user`, on the shard that keeps the user's
+    /// presence, unless the user already has `max` (0: no limit); whether
+    /// it was counted. The one count of a user's sessions across shards,
+    /// kept by one shard: no lock is shared.
+    pub async fn admit_session(self: &Rc<Self>, user: u64, max: u32) -> bool {
+        let keeper = self.ctx.shard_for_user(user);
+        if keeper == self.id {
+            return self.admit_here(user, max);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = ShardMsg::AdmitSession {
+            user,
+            max,
+            admitted: tx,
+        };
+        self.ctx.mesh.send(self.id, keeper, msg).await;
+        // Dropped only when the keeping shard is shutting down.
+        rx.await.unwrap_or(false)
+    }
+
+    /// [`admit_session`](Self::admit_session) on the keeping shard.
+    pub fn admit_here(self: &Rc<Self>, user: u64, max: u32) -> bool {
+        if max > 0 && self.presence.borrow().sessions(user) >= max {
+            return false;
+        }
+        self.apply_presence(PresenceOp::Session { user, delta: 1 });
+        true
+    }
+
     /// Owner side: applies an op; never waits.
     pub fn apply_presence(self: &Rc<Self>, op: PresenceOp) {
         let now = self.ctx.now_ms();
@@ -279,14 +313,12 @@ impl Shard {
             let shard = self.clone();
             let user = op.user();
             tokio::task::spawn_local(async move {
-                let ctx = shard.ctx.clone();
-                let found = tokio::task::spawn_blocking(move || {
-                    let last_seen = ctx.store.last_seen(user)?;
-                    let hide = ctx.store.user(user)?.is_some_and(|u| u.hide_last_seen);
-                    Ok::<_, crate::storage::StorageError>((last_seen, hide))
-                })
-                .await;
-                if let Ok(Ok((last_seen, hide))) = found {
+                let found = shard.ctx.store.off_thread(move |store| {
+                    let last_seen = store.last_seen(user)?;
+                    let hide = store.user(user)?.is_some_and(|u| u.hide_last_seen);
+                    Ok((last_seen, hide))
+                });
+                if let Ok((last_seen, hide)) = found.await {
                     shard.presence.borrow_mut().loaded(user, last_seen, hide);
                 }
             });

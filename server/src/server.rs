@@ -233,7 +233,6 @@ impl ServerHandle {
                 config.login_failures_per_address,
                 std::time::Duration::from_secs(60),
             )),
-            user_sessions: Mutex::new(crate::limits::SessionCounter::default()),
             media: Arc::new(media),
             push,
             password_hashing: tokio::sync::Semaphore::new(crate::config::cores()),

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use crate::context::Context;
 use crate::mesh::ShardId;
 use crate::owner::{Effect, Loaded, Origin, Output, Owner, OwnerRequest, Pending};
-use crate::reply::{self, Refusal};
+use crate::reply;
 use crate::session_table::SessionTable;
 use crate::shard_msg::ShardMsg;
 use crate::storage::writer::Batch;
@@ -128,23 +128,25 @@ impl Shard {
                 } => {
                     let shard = self.clone();
                     tokio::task::spawn_local(async move {
-                        let store = shard.ctx.store.clone();
-                        let loaded = off_thread(move || {
-                            let Some(record) = store.conversation(conversation)? else {
-                                return Ok(None);
-                            };
-                            let members = store.members(conversation)?;
-                            let last_seq = match recovered_seq {
-                                Some(s) => s,
-                                None => store.last_seq(conversation)?,
-                            };
-                            Ok(Some(Loaded {
-                                record,
-                                members,
-                                last_seq,
-                            }))
-                        })
-                        .await;
+                        let loaded = shard
+                            .ctx
+                            .store
+                            .off_thread(move |store| {
+                                let Some(record) = store.conversation(conversation)? else {
+                                    return Ok(None);
+                                };
+                                let members = store.members(conversation)?;
+                                let last_seq = match recovered_seq {
+                                    Some(s) => s,
+                                    None => store.last_seq(conversation)?,
+                                };
+                                Ok(Some(Loaded {
+                                    record,
+                                    members,
+                                    last_seq,
+                                }))
+                            })
+                            .await;
                         let now = shard.ctx.now_ms();
                         let mut owner = shard.owner.borrow_mut();
                         owner.handle_loaded(now, conversation, loaded);
@@ -155,17 +157,21 @@ impl Shard {
                 Output::LookUp { conversation, keys } => {
                     let shard = self.clone();
                     tokio::task::spawn_local(async move {
-                        let store = shard.ctx.store.clone();
-                        let found = off_thread(move || {
-                            let mut found = Vec::new();
-                            for (sender, cmid) in keys {
-                                if let Some(rec) = store.idempotency(conversation, sender, &cmid)? {
-                                    found.push((sender, cmid, rec));
+                        let found = shard
+                            .ctx
+                            .store
+                            .off_thread(move |store| {
+                                let mut found = Vec::new();
+                                for (sender, cmid) in keys {
+                                    if let Some(rec) =
+                                        store.idempotency(conversation, sender, &cmid)?
+                                    {
+                                        found.push((sender, cmid, rec));
+                                    }
                                 }
-                            }
-                            Ok(found)
-                        })
-                        .await;
+                                Ok(found)
+                            })
+                            .await;
                         let now = shard.ctx.now_ms();
                         shard
                             .owner
@@ -255,6 +261,13 @@ impl Shard {
                 self.counters.deliveries.increment(n as u64);
             }
             ShardMsg::Presence(op) => self.apply_presence(op),
+            ShardMsg::AdmitSession {
+                user,
+                max,
+                admitted,
+            } => {
+                let _ = admitted.send(self.admit_here(user, max));
+            }
             ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
             ShardMsg::PushCheck { users, notice } => self.offer_push(&users, &notice),
             ShardMsg::EndUser { user, frame } => {
@@ -364,8 +377,7 @@ impl Shard {
     /// while it deletes journal files.
     pub async fn sample_gauges(&self) {
         metrics::gauge!("chatd_storage_queue_depth").set(self.ctx.writer.queue_depth() as f64);
-        let store = self.ctx.store.clone();
-        if let Ok(g) = tokio::task::spawn_blocking(move || store.gauges()).await {
+        if let Ok(g) = self.ctx.store.off_thread(|store| Ok(store.gauges())).await {
             metrics::gauge!("chatd_store_write_buffer_bytes").set(g.write_buffer_bytes as f64);
             metrics::gauge!("chatd_store_flushes_pending").set(g.flushes_pending as f64);
             metrics::gauge!("chatd_store_journal_files").set(g.journal_files as f64);
@@ -389,15 +401,6 @@ impl Shard {
             idle.await;
         }
     }
-}
-
-/// Runs a blocking store read on the shard's blocking pool.
-async fn off_thread<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
-) -> Result<T, Refusal> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .unwrap_or_else(|e| Err(Refusal::new(ErrorCode::Internal, e.to_string())))
 }
 
 /// Threads of a shard's blocking pool, which runs its store reads, password

@@ -35,6 +35,17 @@ pub enum ShardMsg {
     },
     /// A presence change for the user's presence shard.
     Presence(PresenceOp),
+    /// Count a new session of a user whose presence the receiving shard
+    /// keeps, unless the user has `max` already; the answer says whether
+    /// it was counted (`Shard::admit_session`).
+    AdmitSession {
+        /// The user.
+        user: u64,
+        /// `max_sessions_per_user`.
+        max: u32,
+        /// Whether the session was counted.
+        admitted: tokio::sync::oneshot::Sender<bool>,
+    },
     /// Published presence states for the watching sessions of this shard.
     PresenceEvents(Vec<chat_protocol::pb::PresenceEvent>),
     /// Recipients of a message whose presence this shard keeps: notify

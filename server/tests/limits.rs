@@ -59,7 +59,11 @@ async fn sending_faster_than_the_rate_is_refused_with_a_retry_hint() {
 
 #[tokio::test]
 async fn a_user_may_hold_only_so_many_sessions() {
-    let server = server_with(|c| c.max_sessions_per_user = 2);
+    // Two shards: sessions land on either, and one shard keeps the count.
+    let server = server_with(|c| {
+        c.max_sessions_per_user = 2;
+        c.shards = 2;
+    });
     let _first = Raw::register(server.addr, "alice").await;
     let _second = Raw::login(server.addr, "alice").await;
     let mut third = Raw::connect(server.addr).await;
@@ -77,7 +81,7 @@ async fn a_user_may_hold_only_so_many_sessions() {
     );
     drop(_second);
     // The freed slot can be used again (the server notices the close).
-    common::wait_until("a login after the window", async || {
+    common::wait_until("a login once a session slot is free", async || {
         let mut c = Raw::connect(server.addr).await;
         let r = c
             .request(C::Login(pb::Login {

@@ -20,12 +20,12 @@
 //! wherever the owner runs ([`Shard::to_owner`]); a route never needs to
 //! know where that is.
 
-pub(crate) mod account;
-pub(crate) mod conversations;
-pub(crate) mod media;
-pub(crate) mod messages;
-pub(crate) mod presence;
-pub(crate) mod session;
+pub mod account;
+pub mod conversations;
+pub mod media;
+pub mod messages;
+pub mod presence;
+pub mod session;
 
 use std::rc::Rc;
 use std::sync::Arc;

@@ -49,7 +49,10 @@ pub(crate) async fn register(conn: &Rc<Conn>, rid: u64, r: pb::Register) {
         return;
     };
     let res = blocking(ctx, move |c| accounts::register(c, &r)).await;
-    let res = res.and_then(|ok| authenticated(conn, ok));
+    let res = match res {
+        Ok(ok) => authenticated(conn, ok).await,
+        Err(e) => Err(e),
+    };
     answer_auth(conn, rid, res.map(S::AuthOk));
 }
 
@@ -61,7 +64,10 @@ pub(crate) async fn login(conn: &Rc<Conn>, rid: u64, l: pb::Login) {
         return;
     };
     let res = blocking(ctx, move |c| accounts::login(c, &l, peer)).await;
-    let res = res.and_then(|ok| authenticated(conn, ok));
+    let res = match res {
+        Ok(ok) => authenticated(conn, ok).await,
+        Err(e) => Err(e),
+    };
     answer_auth(conn, rid, res.map(S::AuthOk));
 }
 
@@ -70,7 +76,11 @@ pub(crate) async fn resume(conn: &Rc<Conn>, rid: u64, r: pb::Resume) {
     let ctx = &conn.shard.ctx;
     let token = r.session_token.clone();
     let res = blocking(ctx, move |c| accounts::resume(c, &token)).await;
-    let res = match res.and_then(|ok| authenticated(conn, ok)) {
+    let res = match res {
+        Ok(ok) => authenticated(conn, ok).await,
+        Err(e) => Err(e),
+    };
+    let res = match res {
         Ok(auth) => {
             // Registered for pushes before the sync read, so nothing
             // committed in between is missed.
@@ -125,11 +135,11 @@ fn answer_auth(conn: &Conn, rid: u64, res: Handled) {
 }
 
 /// Records a successful login, unless the user has too many sessions;
-/// returns the reply to send.
-fn authenticated(conn: &Conn, ok: pb::AuthOk) -> Result<pb::AuthOk, Refusal> {
-    let ctx = &conn.shard.ctx;
-    let max = ctx.config.max_sessions_per_user;
-    if !ctx.user_sessions.lock().acquire(ok.user_id, max) {
+/// returns the reply to send. The session is counted (towards the limit
+/// and the user's presence) by the shard keeping the user's presence.
+async fn authenticated(conn: &Rc<Conn>, ok: pb::AuthOk) -> Result<pb::AuthOk, Refusal> {
+    let max = conn.shard.ctx.config.max_sessions_per_user;
+    if !conn.shard.admit_session(ok.user_id, max).await {
         return Err(Refusal::new(
             ErrorCode::TooManySessions,
             format!("at most {max} sessions per user"),
@@ -141,12 +151,6 @@ fn authenticated(conn: &Conn, ok: pb::AuthOk) -> Result<pb::AuthOk, Refusal> {
         .borrow_mut()
         .authenticate(conn.id, ok.user_id);
     *conn.token.borrow_mut() = Some(ok.session_token.clone());
-    let shard = conn.shard.clone();
-    let op = PresenceOp::Session {
-        user: ok.user_id,
-        delta: 1,
-    };
-    tokio::task::spawn_local(async move { shard.presence_op(op).await });
     recheck_token(conn, ok.user_id, ok.session_token.clone());
     Ok(ok)
 }
@@ -181,7 +185,6 @@ pub(crate) async fn signed_off(conn: &Conn) {
         return;
     };
     let shard = &conn.shard;
-    shard.ctx.user_sessions.lock().release(user);
     if shard.sessions.borrow().sessions_of(user) <= 1 {
         shard.user_buckets.borrow_mut().remove(&user);
     }

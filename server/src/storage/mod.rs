@@ -299,6 +299,24 @@ fn finish_segment(sealed: &Sealed) -> Result<()> {
 }
 
 impl Store {
+    /// Runs `read` on the current runtime's blocking pool: the one way
+    /// code on a shard thread reads the store, which may wait on disk.
+    /// A read that panics is an `INTERNAL` refusal.
+    pub async fn off_thread<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> std::result::Result<T, crate::reply::Refusal> + Send + 'static,
+    ) -> std::result::Result<T, crate::reply::Refusal> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::reply::Refusal::new(
+                    chat_protocol::ErrorCode::Internal,
+                    format!("store read failed: {e}"),
+                ))
+            })
+    }
+
     /// Opens (or creates) the store: fjall's database in `dir`, the commit
     /// log in `log_dir`. Replays the commits that fjall has not indexed
     /// and persisted (those after `indexed_through`), indexes their
