@@ -16,6 +16,8 @@
 //! Threading: the library runs one tokio runtime of its own ([`runtime`]);
 //! every call is executed there, whatever thread or executor the app awaits
 //! it from, and listener callbacks are made on that runtime's threads.
+//! [`shutdown_runtime`] stops it before the app exits (Python apps must
+//! call it; see [`runtime`]).
 //!
 //! Modules: [`client`] (the object and its calls), [`listener`] (events and
 //! the listener handle), [`error`] (the error enum), [`types`] (records and
@@ -37,5 +39,6 @@ pub use client::{ChatClient, connect};
 pub use error::{ClientError, ErrorCode};
 pub use listener::{ChatEvent, EventListener, ListenerHandle};
 pub use options::{ClientOptions, default_client_options};
+pub use runtime::shutdown_runtime;
 
 uniffi::setup_scaffolding!();

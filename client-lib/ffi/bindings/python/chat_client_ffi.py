@@ -560,6 +560,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_func_default_client_options() != 29530:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_func_shutdown_runtime() != 19131:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password() != 42513:
@@ -695,6 +697,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_func_connect.restype = ctypes.c_uint1
 _UniffiLib.uniffi_chat_client_ffi_checksum_func_default_client_options.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_func_default_client_options.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_func_shutdown_runtime.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_func_shutdown_runtime.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.restype = ctypes.c_uint16
@@ -854,6 +859,11 @@ _UniffiLib.uniffi_chat_client_ffi_fn_func_default_client_options.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_func_default_client_options.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_chat_client_ffi_fn_func_shutdown_runtime.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_func_shutdown_runtime.restype = None
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -6517,6 +6527,30 @@ def default_client_options() -> ClientOptions:
         *_uniffi_lowered_args,
     )
     return _uniffi_lift_return(_uniffi_ffi_result)
+def shutdown_runtime(timeout_ms: int) -> None:
+    """
+    Stops the library's runtime: every connection, listener and pending call
+    ends, and the runtime's threads are joined, waiting at most `timeout_ms`
+    for a callback that is still running to return. Calls made afterwards
+    fail with `ClientError::Internal`. Idempotent.
+
+    Call it when the app is done with every client and before the process
+    exits, after closing the clients (`shutdown`). Python apps must: see the
+    module documentation.
+"""
+    
+    _UniffiFfiConverterUInt64.check_lower(timeout_ms)
+    _uniffi_lowered_args = (
+        _UniffiFfiConverterUInt64.lower(timeout_ms),
+    )
+    _uniffi_lift_return = lambda val: None
+    _uniffi_error_converter = None
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_chat_client_ffi_fn_func_shutdown_runtime,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
 
 __all__ = [
     "InternalError",
@@ -6555,6 +6589,7 @@ __all__ = [
     "Welcome",
     "connect",
     "default_client_options",
+    "shutdown_runtime",
     "ListenerHandle",
     "ListenerHandleProtocol",
     "ChatClient",

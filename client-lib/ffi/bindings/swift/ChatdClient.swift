@@ -6481,6 +6481,23 @@ public func defaultClientOptions() -> ClientOptions  {
     )
 })
 }
+/**
+ * Stops the library's runtime: every connection, listener and pending call
+ * ends, and the runtime's threads are joined, waiting at most `timeout_ms`
+ * for a callback that is still running to return. Calls made afterwards
+ * fail with `ClientError::Internal`. Idempotent.
+ *
+ * Call it when the app is done with every client and before the process
+ * exits, after closing the clients (`shutdown`). Python apps must: see the
+ * module documentation.
+ */
+public func shutdownRuntime(timeoutMs: UInt64)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_chat_client_ffi_fn_func_shutdown_runtime(
+        FfiConverterUInt64.lower(timeoutMs),uniffiCallStatus
+    )
+}
+}
 
 private enum InitializationResult {
     case ok
@@ -6501,6 +6518,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_func_default_client_options() != 29530) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_func_shutdown_runtime() != 19131) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806) {

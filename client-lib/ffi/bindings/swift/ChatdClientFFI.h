@@ -545,6 +545,11 @@ RustBuffer uniffi_chat_client_ffi_fn_func_default_client_options(RustCallStatus 
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_FUNC_SHUTDOWN_RUNTIME
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_FUNC_SHUTDOWN_RUNTIME
+void uniffi_chat_client_ffi_fn_func_shutdown_runtime(uint64_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_FFI_CHAT_CLIENT_FFI_RUSTBUFFER_ALLOC
 #define UNIFFI_FFIDEF_FFI_CHAT_CLIENT_FFI_RUSTBUFFER_ALLOC
 RustBuffer ffi_chat_client_ffi_rustbuffer_alloc(uint64_t size, RustCallStatus *_Nonnull out_status
@@ -814,6 +819,12 @@ uint16_t uniffi_chat_client_ffi_checksum_func_connect(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_FUNC_DEFAULT_CLIENT_OPTIONS
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_FUNC_DEFAULT_CLIENT_OPTIONS
 uint16_t uniffi_chat_client_ffi_checksum_func_default_client_options(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_FUNC_SHUTDOWN_RUNTIME
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_FUNC_SHUTDOWN_RUNTIME
+uint16_t uniffi_chat_client_ffi_checksum_func_shutdown_runtime(void
     
 );
 #endif

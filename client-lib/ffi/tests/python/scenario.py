@@ -129,6 +129,9 @@ async def main():
     carol_handle.cancel()
     await carol.shutdown()
     alice_handle.cancel()
+    # Before the interpreter exits: no library thread may still be inside a
+    # Python callback when finalization starts.
+    chat.shutdown_runtime(2000)
     print("python scenario passed")
 
 

@@ -708,6 +708,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_func_default_client_options(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_func_shutdown_runtime(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_add_members(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_change_password(
@@ -945,6 +947,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_chat_client_ffi_fn_func_default_client_options(uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_chat_client_ffi_fn_func_shutdown_runtime(`timeoutMs`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun ffi_chat_client_ffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_chat_client_ffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1068,6 +1072,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_func_default_client_options() and 0xFFFF) != 29530) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_func_shutdown_runtime() and 0xFFFF) != 19131) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() and 0xFFFF) != 56806) {
@@ -7107,6 +7114,26 @@ public object FfiConverterSequenceTypeMessage: FfiConverterRustBuffer<List<Messa
 }
     )
     }
+    
+
+        /**
+         * Stops the library's runtime: every connection, listener and pending call
+         * ends, and the runtime's threads are joined, waiting at most `timeout_ms`
+         * for a callback that is still running to return. Calls made afterwards
+         * fail with `ClientError::Internal`. Idempotent.
+         *
+         * Call it when the app is done with every client and before the process
+         * exits, after closing the clients (`shutdown`). Python apps must: see the
+         * module documentation.
+         */ fun `shutdownRuntime`(`timeoutMs`: kotlin.ULong)
+        = 
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_chat_client_ffi_fn_func_shutdown_runtime(
+    
+        
+        FfiConverterULong.lower(`timeoutMs`),_status)
+}
+    
     
 
 
