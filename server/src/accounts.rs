@@ -14,6 +14,7 @@ use std::net::IpAddr;
 
 use crate::config::Config;
 use crate::context::Context;
+use crate::limits::LoginKey;
 use crate::records::{TokenRecord, UserRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
@@ -60,8 +61,10 @@ fn device_id(device: Option<&pb::DeviceInfo>) -> &str {
     device.map_or("", |d| d.device_id.as_str())
 }
 
-/// Registers a user and logs it in.
-pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal> {
+/// The record of a new account, its password hashed (milliseconds of
+/// argon2: run under the shard's hashing permit). Nothing is stored yet:
+/// [`create_account`] takes the name.
+pub fn new_account(ctx: &Context, req: &pb::Register) -> Result<UserRecord, Refusal> {
     if !valid_username(&req.username) {
         return Err(invalid("username must be 3-32 characters of a-z 0-9 _ . -"));
     }
@@ -74,23 +77,31 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
     } else {
         req.display_name.clone()
     };
-    let record = UserRecord {
+    Ok(UserRecord {
         username: req.username.clone(),
         display_name,
         password_hash,
         created_at_ms: ctx.now_ms(),
         hide_last_seen: false,
-    };
-    // Check-then-write of the unique name under the catalog lock.
-    let _guard = ctx.catalog.lock();
-    if ctx.store.user_id_by_name(&req.username)?.is_some() {
+    })
+}
+
+/// Stores the account `record` unless its username is taken, and logs it
+/// in on `device_id`. A check-then-write of the name: run only at the
+/// home of [`Key::Username`](crate::home::Key), in its lane.
+pub fn create_account(
+    ctx: &Context,
+    record: UserRecord,
+    device_id: &str,
+) -> Result<pb::AuthOk, Refusal> {
+    if ctx.store.user_id_by_name(&record.username)?.is_some() {
         return Err(Refusal::new(ErrorCode::UsernameTaken, "username taken"));
     }
     let user = ctx.next_user_id();
     let mut batch = Batch::new();
     batch.put_user(user, &record);
-    batch.put_username(&req.username, user);
-    let (token, expires) = issue_token(ctx, user, device_id(req.device.as_ref()), &mut batch);
+    batch.put_username(&record.username, user);
+    let (token, expires) = issue_token(ctx, user, device_id, &mut batch);
     ctx.writer.write_blocking(batch)?;
     Ok(pb::AuthOk {
         user_id: user,
@@ -100,29 +111,28 @@ pub fn register(ctx: &Context, req: &pb::Register) -> Result<pb::AuthOk, Refusal
     })
 }
 
-/// Checks a password and issues a token. Failed attempts are counted per
-/// username and per `peer` address; past the limits, attempts are refused
-/// without checking the password.
-pub fn login(ctx: &Context, req: &pb::Login, peer: Option<IpAddr>) -> Result<pb::AuthOk, Refusal> {
-    let now = ctx.config.clock.now();
-    // A name that cannot exist is not kept per username (it could be up to a
-    // frame long); it still counts against the address.
-    let name = if valid_username(&req.username) {
-        req.username.as_str()
+/// The device a Register or Login names, or none.
+pub fn device_of(device: Option<&pb::DeviceInfo>) -> String {
+    device_id(device).to_owned()
+}
+
+/// What a login attempt for `username` from `peer` is counted against:
+/// the username (one that cannot exist counts as the empty name: it is
+/// not kept per name, since it could be a frame long) and the address.
+pub fn login_keys(username: &str, peer: Option<IpAddr>) -> Vec<LoginKey> {
+    let name = if valid_username(username) {
+        username
     } else {
         ""
     };
-    ctx.logins.lock().check(name, peer, now).map_err(too_many)?;
-    let result = check_password(ctx, req);
-    if matches!(&result, Err(r) if r.code == ErrorCode::InvalidCredentials) {
-        ctx.logins.lock().failed(name, peer, now);
-    }
-    result
+    let mut keys = vec![LoginKey::Username(name.to_owned())];
+    keys.extend(peer.map(LoginKey::Address));
+    keys
 }
 
 /// The refusal of a login (or password change) while the failed-login
 /// limits hold, for `wait` more.
-fn too_many(wait: std::time::Duration) -> Refusal {
+pub(crate) fn too_many(wait: std::time::Duration) -> Refusal {
     Refusal::new(
         ErrorCode::TooManyLoginAttempts,
         "too many failed logins; wait",
@@ -151,7 +161,10 @@ pub(crate) fn new_hash(config: &Config, password: &str) -> Result<String, Refusa
         .to_string())
 }
 
-fn check_password(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
+/// Checks a password and issues a token (milliseconds of argon2: run under
+/// the shard's hashing permit, after the failed-login limits allowed the
+/// attempt). INVALID_CREDENTIALS is the failure the limits count.
+pub fn login(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
     let refused = || Refusal::new(ErrorCode::InvalidCredentials, "wrong username or password");
     let id = if valid_username(&req.username) {
         ctx.store.user_id_by_name(&req.username)?
@@ -231,50 +244,65 @@ fn revoke(batch: &mut Batch, user: u64, hash: Vec<u8>) {
     batch.revoke_token(user, &hash);
 }
 
-/// Replaces the password of `user`, whose session holds `token`, and
-/// revokes every other token of the user. A wrong `current_password`
-/// counts as a failed login for the username and `peer`.
-pub fn change_password(
+/// The username of `user`, which its password changes are counted
+/// against.
+pub fn username(ctx: &Context, user: u64) -> Result<String, Refusal> {
+    let record = ctx.store.user(user)?;
+    Ok(record
+        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such user"))?
+        .username)
+}
+
+/// Checks `user`'s current password and hashes the new one (milliseconds
+/// of argon2: run under the shard's hashing permit); returns the hash
+/// checked against and the new hash. A wrong current password is
+/// INVALID_CREDENTIALS, which the failed-login limits count.
+pub fn check_new_password(
     ctx: &Context,
     user: u64,
-    token: Option<&str>,
     req: &pb::ChangePassword,
-    peer: Option<IpAddr>,
-) -> Result<(), Refusal> {
+) -> Result<(String, String), Refusal> {
     let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
     let checked = ctx.store.user(user)?.ok_or_else(not_found)?;
-    let now = ctx.config.clock.now();
-    let name = checked.username.as_str();
-    ctx.logins.lock().check(name, peer, now).map_err(too_many)?;
     if !verify(&checked.password_hash, &req.current_password)? {
-        ctx.logins.lock().failed(name, peer, now);
         return Err(Refusal::new(
             ErrorCode::InvalidCredentials,
             "wrong current password",
         ));
     }
-    let password_hash = new_hash(&ctx.config, &req.new_password)?;
-    let kept = token.map(|t| token_hash(t).to_vec());
-    // The record is read again and written under the catalog lock, which
-    // every change to a user record takes, so that a concurrent profile
-    // change cannot write the old hash back.
-    let _guard = ctx.catalog.lock();
+    let new = new_hash(&ctx.config, &req.new_password)?;
+    Ok((checked.password_hash, new))
+}
+
+/// Replaces `user`'s password hash `checked` by `new`, then revokes every
+/// token of the user but `kept` (the token of the session asking). A
+/// read-modify-write of the user record: run only at the home of
+/// [`Key::User`](crate::home::Key), in its lane, as every change to a
+/// user record, so that a concurrent profile change cannot write the old
+/// hash back.
+pub fn replace_password(
+    ctx: &Context,
+    user: u64,
+    (checked, new): (String, String),
+    kept: Option<&str>,
+) -> Result<(), Refusal> {
+    let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
     let mut record = ctx.store.user(user)?.ok_or_else(not_found)?;
-    if record.password_hash != checked.password_hash {
+    if record.password_hash != checked {
         return Err(Refusal::new(
             ErrorCode::InvalidCredentials,
             "the password was changed meanwhile",
         ));
     }
-    record.password_hash = password_hash;
+    record.password_hash = new;
     let mut batch = Batch::new();
     batch.put_user(user, &record);
     ctx.writer.write_blocking(batch)?;
-    drop(_guard);
     // The tokens are listed only once the new hash is stored: a login that
     // checked the old password either wrote its token before this listing
     // (revoked here) or reads the new hash after writing it (and withdraws
-    // it, `check_password`).
+    // it, `login`).
+    let kept = kept.map(|t| token_hash(t).to_vec());
     let mut batch = Batch::new();
     revoke_all(&ctx.store, user, kept.as_deref(), &mut batch)?;
     if !batch.is_empty() {
@@ -316,7 +344,9 @@ pub fn profile(ctx: &Context, req: &pb::GetProfile) -> Result<pb::Profile, Refus
     Ok(record.profile(id))
 }
 
-/// Changes the user's display name and last-seen visibility.
+/// Changes the user's display name and last-seen visibility. A
+/// read-modify-write of the user record: run only at the home of
+/// [`Key::User`](crate::home::Key), in its lane.
 pub fn update_profile(
     ctx: &Context,
     user: u64,
@@ -325,9 +355,6 @@ pub fn update_profile(
     if req.display_name.chars().count() > 64 {
         return Err(invalid("display name longer than 64 characters"));
     }
-    // Read-modify-write of the record: under the catalog lock, as every
-    // change to a user record.
-    let _guard = ctx.catalog.lock();
     let mut record = ctx
         .store
         .user(user)?

@@ -119,9 +119,22 @@ pub fn view(
     }
 }
 
+/// The home key of a CreateConversation that would create a direct chat,
+/// which is unique per pair.
+pub fn direct_key(me: u64, req: &pb::CreateConversation) -> Option<crate::home::Key> {
+    match req.member_ids.as_slice() {
+        &[other] if req.kind == ConversationKind::Direct as i32 && other != me => {
+            Some(crate::home::Key::direct(me, other))
+        }
+        _ => None,
+    }
+}
+
 /// Creates a direct chat, group or channel (`spec/messages.md`,
 /// "CreateConversation"). A direct chat that already exists is returned
-/// instead of created again.
+/// instead of created again: run a direct chat's creation only at the home
+/// of its [`direct_key`], in its lane, which makes that check-then-write
+/// safe.
 pub fn create(
     ctx: &Context,
     me: u64,
@@ -185,8 +198,7 @@ pub fn create(
     let mut members = vec![(me, my_role as i32)];
     members.extend(others.iter().map(|&u| (u, other_role as i32)));
 
-    // Direct chats are unique per pair: check and create under the lock.
-    let _guard = (kind == ConversationKind::Direct).then(|| ctx.catalog.lock());
+    // Direct chats are unique per pair: this runs in the pair's lane.
     if kind == ConversationKind::Direct {
         if let Some(&other) = others.first() {
             if let Some(existing) = ctx.store.direct(me, other)? {

@@ -1,14 +1,13 @@
 //! State shared by every shard: configuration, the store, the writer queue,
-//! the mesh and id allocators. None of it is on the message path as a lock:
-//! the store and writer are thread-safe handles, the allocators are atomics
-//! touched only when users or conversations are created, and the catalog
-//! lock serialises only registrations and conversation creation, on
-//! blocking threads.
+//! the mesh and id allocators. None of it is a lock: the store and writer
+//! are thread-safe handles, the allocators are atomics touched only when
+//! users or conversations are created. Writes that must be serialised per
+//! key (usernames, direct pairs, user records) and failed-login counts are
+//! kept by each key's home shard ([`crate::home`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -33,24 +32,14 @@ pub struct Context {
     pub last_user_id: AtomicU64,
     /// Highest conversation id handed out.
     pub last_conversation_id: AtomicU64,
-    /// Serialises check-then-write of unique names and direct pairs, and
-    /// read-modify-write of user records. Taken on blocking threads only.
-    pub catalog: Mutex<()>,
     /// Flips to `true` when the server starts shutting down.
     pub shutdown: watch::Sender<bool>,
     /// Set after a storage failure: the server stops taking writes.
     pub failed: AtomicBool,
-    /// Failed logins per username and address (login path only).
-    pub logins: Mutex<crate::limits::LoginLimiter>,
     /// Media URL signing and files.
     pub media: Arc<crate::media::Media>,
     /// Queue to the push thread.
     pub push: crate::push::Push,
-    /// Password hashes (Register, Login) computed at once: one per core.
-    /// Each holds `argon2_memory_kib` and a blocking thread for tens of
-    /// milliseconds; a flood of logins waits here instead of taking every
-    /// blocking thread (which store reads need) and gigabytes of memory.
-    pub password_hashing: tokio::sync::Semaphore,
 }
 
 impl Context {

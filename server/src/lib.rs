@@ -49,6 +49,7 @@ pub mod config;
 pub mod connection;
 pub mod context;
 pub mod directory;
+pub mod home;
 pub mod http;
 pub mod idgen;
 pub mod ingress;

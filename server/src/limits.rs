@@ -45,71 +45,67 @@ impl TokenBucket {
     }
 }
 
+/// What failed logins are counted against: the username tried, and the
+/// address it was tried from. Each is counted on its own (on the key's home
+/// shard, [`crate::home`]), so either limit holds however attempts spread.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LoginKey {
+    /// A username (one that cannot exist is counted as the empty name).
+    Username(String),
+    /// A client address.
+    Address(IpAddr),
+}
+
 /// Failed login attempts per username and per address within a window.
 #[derive(Debug)]
 pub struct LoginLimiter {
     per_username: u32,
     per_address: u32,
     window: Duration,
-    usernames: HashMap<String, Vec<Instant>>,
-    addresses: HashMap<IpAddr, Vec<Instant>>,
+    hits: HashMap<LoginKey, Vec<Instant>>,
 }
 
-/// Entries kept at most per table; past it, expired entries are dropped
-/// and, if still full, the table is cleared (an attacker cycling through
-/// names cannot grow memory; the limit then restarts from zero).
+/// Entries kept at most; past it, expired entries are dropped and, if
+/// still full, the table is cleared (an attacker cycling through names
+/// cannot grow memory; the limit then restarts from zero).
 const LOGIN_TABLE_MAX: usize = 100_000;
 
 impl LoginLimiter {
-    /// At most `per_username` and `per_address` failures per `window`.
+    /// At most `per_username` and `per_address` failures per `window`
+    /// (0: unlimited).
     pub fn new(per_username: u32, per_address: u32, window: Duration) -> Self {
         Self {
             per_username,
             per_address,
             window,
-            usernames: HashMap::new(),
-            addresses: HashMap::new(),
+            hits: HashMap::new(),
         }
     }
 
-    /// Whether an attempt may proceed; if not, how long to wait.
-    pub fn check(
-        &mut self,
-        username: &str,
-        address: Option<IpAddr>,
-        now: Instant,
-    ) -> Result<(), Duration> {
-        let window = self.window;
-        let wait = |hits: Option<&mut Vec<Instant>>, limit: u32| -> Option<Duration> {
-            let hits = hits?;
-            hits.retain(|t| now.saturating_duration_since(*t) < window);
-            if limit > 0 && hits.len() >= limit as usize {
-                hits.first()
-                    .map(|first| window.saturating_sub(now.saturating_duration_since(*first)))
-            } else {
-                None
-            }
+    /// Whether an attempt counted against `key` may proceed; if not, how
+    /// long to wait.
+    pub fn check(&mut self, key: &LoginKey, now: Instant) -> Result<(), Duration> {
+        let limit = match key {
+            LoginKey::Username(_) => self.per_username,
+            LoginKey::Address(_) => self.per_address,
         };
-        if let Some(d) = wait(self.usernames.get_mut(username), self.per_username) {
-            return Err(d);
+        let window = self.window;
+        let Some(hits) = self.hits.get_mut(key) else {
+            return Ok(());
+        };
+        hits.retain(|t| now.saturating_duration_since(*t) < window);
+        match hits.first() {
+            Some(first) if limit > 0 && hits.len() >= limit as usize => {
+                Err(window.saturating_sub(now.saturating_duration_since(*first)))
+            }
+            _ => Ok(()),
         }
-        if let Some(d) = address.and_then(|a| wait(self.addresses.get_mut(&a), self.per_address)) {
-            return Err(d);
-        }
-        Ok(())
     }
 
-    /// Records a failed attempt.
-    pub fn failed(&mut self, username: &str, address: Option<IpAddr>, now: Instant) {
-        prune(&mut self.usernames, self.window, now);
-        self.usernames
-            .entry(username.to_owned())
-            .or_default()
-            .push(now);
-        if let Some(a) = address {
-            prune(&mut self.addresses, self.window, now);
-            self.addresses.entry(a).or_default().push(now);
-        }
+    /// Records a failed attempt against `key`.
+    pub fn failed(&mut self, key: LoginKey, now: Instant) {
+        prune(&mut self.hits, self.window, now);
+        self.hits.entry(key).or_default().push(now);
     }
 }
 
@@ -148,19 +144,23 @@ mod tests {
     #[test]
     fn failed_logins_are_limited_per_username_and_address() {
         let t0 = Instant::now();
-        let addr: Option<IpAddr> = "127.0.0.2".parse().ok();
+        let addr = LoginKey::Address(IpAddr::from([127, 0, 0, 2]));
+        let name = |n: &str| LoginKey::Username(n.to_owned());
         let mut l = LoginLimiter::new(2, 3, Duration::from_secs(60));
         for _ in 0..2 {
-            assert!(l.check("alice", addr, t0).is_ok());
-            l.failed("alice", addr, t0);
+            assert!(l.check(&name("alice"), t0).is_ok());
+            assert!(l.check(&addr, t0).is_ok());
+            l.failed(name("alice"), t0);
+            l.failed(addr.clone(), t0);
         }
-        assert!(l.check("alice", None, t0).is_err(), "username limit");
-        assert!(l.check("bob", addr, t0).is_ok());
-        l.failed("bob", addr, t0);
-        assert!(l.check("carol", addr, t0).is_err(), "address limit");
-        assert!(
-            l.check("alice", None, t0 + Duration::from_secs(61)).is_ok(),
-            "window slides"
-        );
+        assert!(l.check(&name("alice"), t0).is_err(), "username limit");
+        assert!(l.check(&name("bob"), t0).is_ok());
+        assert!(l.check(&addr, t0).is_ok());
+        l.failed(name("bob"), t0);
+        l.failed(addr.clone(), t0);
+        assert!(l.check(&addr, t0).is_err(), "address limit");
+        let later = t0 + Duration::from_secs(61);
+        assert!(l.check(&name("alice"), later).is_ok(), "window slides");
+        assert!(l.check(&addr, later).is_ok());
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread;
 
-use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
@@ -225,17 +224,10 @@ impl ServerHandle {
             writer,
             last_user_id: AtomicU64::new(last_user_id),
             last_conversation_id: AtomicU64::new(last_conversation_id),
-            catalog: Mutex::new(()),
             shutdown,
             failed: AtomicBool::new(false),
-            logins: Mutex::new(crate::limits::LoginLimiter::new(
-                config.login_failures_per_username,
-                config.login_failures_per_address,
-                std::time::Duration::from_secs(60),
-            )),
             media: Arc::new(media),
             push,
-            password_hashing: tokio::sync::Semaphore::new(crate::config::cores()),
             config,
         });
         let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];

@@ -61,6 +61,8 @@ pub struct Shard {
     pub connections: std::cell::Cell<usize>,
     /// Metric handles of the per-message path.
     pub counters: crate::metrics::PerMessage,
+    /// This shard as the home of keyed writes and login counts.
+    pub home: crate::home::Home,
 }
 
 impl std::fmt::Debug for Shard {
@@ -93,6 +95,11 @@ impl Shard {
             pipeline_idle: Notify::new(),
             committing: std::cell::Cell::new(false),
             connections: std::cell::Cell::new(0),
+            home: crate::home::Home::new(
+                c.login_failures_per_username,
+                c.login_failures_per_address,
+                crate::config::cores() / ctx.nr_shards().max(1),
+            ),
             ctx,
         }
     }
@@ -248,6 +255,17 @@ impl Shard {
         }
     }
 
+    /// Sends `msg` to the home shard of `key` ([`crate::home`]), or
+    /// handles it here if this is its home.
+    pub async fn to_home(self: &Rc<Self>, key: &crate::home::Key, msg: ShardMsg) {
+        let home = crate::home::home_of(key, self.ctx.nr_shards());
+        if home == self.id {
+            self.handle_msg(msg);
+        } else {
+            self.ctx.mesh.send(self.id, home, msg).await;
+        }
+    }
+
     fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Request(req) => self.enqueue_owned(*req),
@@ -270,6 +288,8 @@ impl Shard {
             }
             ShardMsg::PresenceEvents(events) => self.deliver_presence(&events),
             ShardMsg::PushCheck { users, notice } => self.offer_push(&users, &notice),
+            ShardMsg::Home(job) => self.home.run(job),
+            ShardMsg::Login(op) => self.home.login(op),
             ShardMsg::EndUser { user, frame } => {
                 self.sessions.borrow().close_user(user, &frame, None);
             }

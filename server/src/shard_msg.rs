@@ -56,6 +56,11 @@ pub enum ShardMsg {
         /// The notification.
         notice: Arc<crate::push::Notice>,
     },
+    /// Blocking work for a key homed on the receiving shard
+    /// ([`crate::home`]).
+    Home(crate::home::Job),
+    /// A failed-login count for a key homed on the receiving shard.
+    Login(crate::home::LoginOp),
     /// Close every session of this user on the receiving shard with
     /// `frame` (Logout on all devices).
     EndUser {

@@ -215,3 +215,30 @@ async fn connections_that_never_say_hello_are_closed() {
     assert_eq!(closed_with(&mut silent).await, Some(ErrorCode::IdleTimeout));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_username_registered_from_many_shards_at_once_is_taken_once() {
+    let server = common::TestServer::start_configured(|c| c.shards = 4);
+    let mut attempts = Vec::new();
+    for _ in 0..8 {
+        let addr = server.addr;
+        attempts.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.request(C::Register(pb::Register {
+                username: "alice".into(),
+                password: "password123".into(),
+                ..Default::default()
+            }))
+            .await
+        }));
+    }
+    let mut created = 0;
+    for attempt in attempts {
+        match attempt.await.expect("register task") {
+            S::AuthOk(_) => created += 1,
+            other => assert_eq!(error_code(&other), ErrorCode::UsernameTaken),
+        }
+    }
+    assert_eq!(created, 1);
+    server.stop().await;
+}

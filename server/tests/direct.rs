@@ -170,3 +170,26 @@ async fn direct_chats_need_exactly_one_existing_other_user() {
     assert_eq!(error_code(&reply), ErrorCode::InvalidArgument);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_direct_chat_created_from_both_sides_at_once_is_one_chat() {
+    let server = TestServer::start_configured(|c| c.shards = 4);
+    let alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let (a, b) = (alice.user_id, bob.user_id);
+    let mut creations = Vec::new();
+    for i in 0..8 {
+        let addr = server.addr;
+        let (me, other) = if i % 2 == 0 { ("alice", b) } else { ("bob", a) };
+        creations.push(tokio::spawn(async move {
+            let mut raw = Raw::login(addr, me).await;
+            raw.create_direct(other).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for c in creations {
+        ids.insert(c.await.expect("create task"));
+    }
+    assert_eq!(ids.len(), 1, "one direct chat: {ids:?}");
+    server.stop().await;
+}

@@ -256,3 +256,32 @@ async fn connections_beyond_the_per_shard_limit_get_server_busy() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn failed_logins_are_counted_once_however_connections_spread_over_shards() {
+    // Each guess on a new connection, so guesses land on several of the
+    // four shards: the username's count is kept at its home shard alone.
+    let server = server_with(|c| {
+        c.shards = 4;
+        c.login_failures_per_username = 3;
+    });
+    drop(Raw::register(server.addr, "alice").await);
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let mut guesser = Raw::connect(server.addr).await;
+        let r = guesser
+            .request(C::Login(pb::Login {
+                username: "alice".into(),
+                password: "wrong-guess".into(),
+                device: None,
+            }))
+            .await;
+        codes.push(error_code(&r));
+    }
+    let expected: Vec<ErrorCode> = [ErrorCode::InvalidCredentials; 3]
+        .into_iter()
+        .chain([ErrorCode::TooManyLoginAttempts; 5])
+        .collect();
+    assert_eq!(codes, expected);
+    server.stop().await;
+}

@@ -1,15 +1,18 @@
 //! The user's own account: profiles, password changes and push tokens.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
 
-use super::{Request, blocking, spawn_read};
+use super::{Request, at_home, blocking, login_allowed, login_failed, spawn_read, stopped};
 use crate::accounts;
 use crate::connection::Conn;
+use crate::home::Key;
 use crate::presence::PresenceOp;
-use crate::reply;
+use crate::reply::{self, Refusal};
+use crate::shard::Shard;
 
 /// GetProfile.
 pub(crate) fn profile(conn: &Rc<Conn>, req: Request, p: pb::GetProfile) {
@@ -18,12 +21,13 @@ pub(crate) fn profile(conn: &Rc<Conn>, req: Request, p: pb::GetProfile) {
     });
 }
 
-/// UpdateProfile; hiding last seen also changes what presence shows.
+/// UpdateProfile, at the home of the user's record; hiding last seen also
+/// changes what presence shows.
 pub(crate) fn update_profile(conn: &Rc<Conn>, req: Request, user: u64, p: pb::UpdateProfile) {
     let hide = p.hide_last_seen;
     let shard = conn.shard.clone();
     tokio::task::spawn_local(async move {
-        let result = blocking(&shard.ctx, move |ctx| {
+        let result = at_home(&shard, &Key::User(user), true, move |ctx| {
             accounts::update_profile(ctx, user, &p)
         })
         .await;
@@ -34,19 +38,16 @@ pub(crate) fn update_profile(conn: &Rc<Conn>, req: Request, user: u64, p: pb::Up
     });
 }
 
-/// ChangePassword: the user's other sessions end, their tokens revoked.
+/// ChangePassword: allowed and counted by the failed-login limits like a
+/// login, checked and hashed under this shard's hashing permit, stored at
+/// the home of the user's record; the user's other sessions end, their
+/// tokens revoked.
 pub(crate) fn change_password(conn: &Rc<Conn>, req: Request, user: u64, p: pb::ChangePassword) {
     let shard = conn.shard.clone();
     let (session, peer) = (conn.id, conn.peer);
     let token = conn.token.borrow().clone();
     tokio::task::spawn_local(async move {
-        let Ok(_hashing) = shard.ctx.password_hashing.acquire().await else {
-            return;
-        };
-        let result = blocking(&shard.ctx, move |ctx| {
-            accounts::change_password(ctx, user, token.as_deref(), &p, peer)
-        })
-        .await;
+        let result = change(&shard, user, token, p, peer).await;
         if result.is_ok() {
             let frame = reply::error(
                 0,
@@ -57,6 +58,33 @@ pub(crate) fn change_password(conn: &Rc<Conn>, req: Request, user: u64, p: pb::C
         }
         req.answer(result.map(|()| S::Done(pb::Done {})));
     });
+}
+
+async fn change(
+    shard: &Rc<Shard>,
+    user: u64,
+    token: Option<String>,
+    p: pb::ChangePassword,
+    peer: Option<IpAddr>,
+) -> Result<(), Refusal> {
+    let name = blocking(&shard.ctx, move |ctx| accounts::username(ctx, user)).await?;
+    let now = shard.ctx.config.clock.now();
+    let keys = accounts::login_keys(&name, peer);
+    login_allowed(shard, &keys, now).await?;
+    let hashing = shard.home.hashing.acquire().await.map_err(|_| stopped())?;
+    let hashes = blocking(&shard.ctx, move |ctx| {
+        accounts::check_new_password(ctx, user, &p)
+    })
+    .await;
+    drop(hashing);
+    if matches!(&hashes, Err(r) if r.code == ErrorCode::InvalidCredentials) {
+        login_failed(shard, keys, now).await;
+    }
+    let hashes = hashes?;
+    at_home(shard, &Key::User(user), true, move |ctx| {
+        accounts::replace_password(ctx, user, hashes, token.as_deref())
+    })
+    .await
 }
 
 /// RegisterPushToken, for the device holding this session's token.

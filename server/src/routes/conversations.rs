@@ -6,18 +6,22 @@ use std::rc::Rc;
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
 
-use super::{Request, read_then_owner, spawn_read, to_owner};
+use super::{Request, read_then_owner, spawn_at_home, spawn_read, to_owner};
 use crate::catalog;
 use crate::connection::Conn;
 use crate::context::Context;
 use crate::owner::OwnerOp;
 use crate::reply::Refusal;
 
-/// CreateConversation.
+/// CreateConversation; a direct chat, unique per pair, is created at the
+/// pair's home, in its lane.
 pub(crate) fn create(conn: &Rc<Conn>, req: Request, user: u64, c: pb::CreateConversation) {
-    spawn_read(conn, req, move |ctx| {
-        catalog::create(ctx, user, &c).map(S::Conversation)
-    });
+    let key = catalog::direct_key(user, &c);
+    let create = move |ctx: &Context| catalog::create(ctx, user, &c).map(S::Conversation);
+    match key {
+        Some(key) => spawn_at_home(conn, req, key, create),
+        None => spawn_read(conn, req, create),
+    }
 }
 
 /// GetConversation.

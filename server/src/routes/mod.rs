@@ -34,11 +34,19 @@ use bytes::Bytes;
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::client_frame::Body as C;
 
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::accounts;
 use crate::connection::Conn;
 use crate::context::Context;
+use crate::home::{Job, Key, LoginOp};
+use crate::limits::LoginKey;
 use crate::owner::{Origin, OwnerOp, OwnerRequest};
 use crate::reply::{self, Handled, Refusal};
 use crate::shard::Shard;
+use crate::shard_msg::ShardMsg;
 
 /// A request being carried out, holding one in-flight permit of its
 /// session until it is answered; see the module docs.
@@ -169,7 +177,27 @@ pub(crate) fn spawn_read(
     req: Request,
     read: impl FnOnce(&Context) -> Handled + Send + 'static,
 ) {
-    let ctx = conn.shard.ctx.clone();
+    spawn_answer(conn, req, None, read);
+}
+
+/// Like [`spawn_read`], for a check-then-write at the home of `key`, in
+/// its lane ([`at_home`]).
+pub(crate) fn spawn_at_home(
+    conn: &Conn,
+    req: Request,
+    key: Key,
+    write: impl FnOnce(&Context) -> Handled + Send + 'static,
+) {
+    spawn_answer(conn, req, Some(key), write);
+}
+
+fn spawn_answer(
+    conn: &Conn,
+    req: Request,
+    home: Option<Key>,
+    f: impl FnOnce(&Context) -> Handled + Send + 'static,
+) {
+    let shard = conn.shard.clone();
     let handle = conn.handle.clone();
     tokio::task::spawn_local(async move {
         let _permit = handle.reads.acquire().await;
@@ -178,7 +206,11 @@ pub(crate) fn spawn_read(
             // permit as it drops.
             return;
         }
-        req.answer(blocking(&ctx, read).await);
+        let answer = match home {
+            Some(key) => at_home(&shard, &key, true, f).await,
+            None => blocking(&shard.ctx, f).await,
+        };
+        req.answer(answer);
     });
 }
 
@@ -209,4 +241,63 @@ pub(crate) fn read_then_owner<T: Send + 'static>(
 pub(crate) async fn to_owner(conn: &Conn, req: Request, user: u64, conversation: u64, op: OwnerOp) {
     let owned = req.to_owner(user, conversation, op);
     conn.shard.to_owner(owned).await;
+}
+
+/// Runs blocking `f` on the home shard of `key`, holding that shard's lane
+/// when `serial` ([`crate::home`]): how check-then-write of a username, a
+/// direct pair or a user record is serialised without a shared lock.
+pub(crate) async fn at_home<T: Send + 'static>(
+    shard: &Rc<Shard>,
+    key: &Key,
+    serial: bool,
+    f: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let (tx, rx) = oneshot::channel();
+    let ctx = shard.ctx.clone();
+    let work = Box::new(move || {
+        let _ = tx.send(f(&ctx));
+    });
+    shard
+        .to_home(key, ShardMsg::Home(Job { serial, work }))
+        .await;
+    rx.await.unwrap_or_else(|_| Err(stopped()))
+}
+
+/// Whether a login attempt counted against each of `keys` may proceed,
+/// asked of each key's home shard; past a limit, TOO_MANY_LOGIN_ATTEMPTS
+/// with the wait.
+pub(crate) async fn login_allowed(
+    shard: &Rc<Shard>,
+    keys: &[LoginKey],
+    now: Instant,
+) -> Result<(), Refusal> {
+    for key in keys {
+        let (answer, rx) = oneshot::channel();
+        let op = LoginOp::Check {
+            key: key.clone(),
+            now,
+            answer,
+        };
+        shard
+            .to_home(&Key::Login(key.clone()), ShardMsg::Login(op))
+            .await;
+        if let Err(wait) = rx.await.map_err(|_| stopped())? {
+            return Err(accounts::too_many(wait));
+        }
+    }
+    Ok(())
+}
+
+/// Counts a failed login against each of `keys`, at their homes.
+pub(crate) async fn login_failed(shard: &Rc<Shard>, keys: Vec<LoginKey>, now: Instant) {
+    for key in keys {
+        let home = Key::Login(key.clone());
+        let op = LoginOp::Failed { key, now };
+        shard.to_home(&home, ShardMsg::Login(op)).await;
+    }
+}
+
+/// The answer when a home shard stopped before answering (shutdown).
+pub(super) fn stopped() -> Refusal {
+    Refusal::new(ErrorCode::ShuttingDown, "the server is stopping")
 }

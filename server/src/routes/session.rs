@@ -8,8 +8,9 @@ use std::rc::Rc;
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
 
-use super::blocking;
+use super::{at_home, blocking, login_allowed, login_failed};
 use crate::connection::{CAPABILITY_DATAGRAMS, Conn};
+use crate::home::Key;
 use crate::presence::PresenceOp;
 use crate::reply::{self, Handled, Refusal};
 use crate::session_table::CloseReason;
@@ -42,13 +43,26 @@ pub(crate) fn hello(conn: &Conn, rid: u64, hello: pb::Hello) {
     conn.push(reply::answer(rid, Ok(S::Welcome(welcome))));
 }
 
-/// Register.
+/// Register: the password is hashed here, under this shard's hashing
+/// permit; the name is taken at its home, in its lane.
 pub(crate) async fn register(conn: &Rc<Conn>, rid: u64, r: pb::Register) {
-    let ctx = &conn.shard.ctx;
-    let Ok(_hashing) = ctx.password_hashing.acquire().await else {
+    let shard = &conn.shard;
+    let Ok(hashing) = shard.home.hashing.acquire().await else {
         return;
     };
-    let res = blocking(ctx, move |c| accounts::register(c, &r)).await;
+    let device = accounts::device_of(r.device.as_ref());
+    let key = Key::Username(r.username.clone());
+    let record = blocking(&shard.ctx, move |c| accounts::new_account(c, &r)).await;
+    drop(hashing);
+    let res = match record {
+        Ok(record) => {
+            at_home(shard, &key, true, move |c| {
+                accounts::create_account(c, record, &device)
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let res = match res {
         Ok(ok) => authenticated(conn, ok).await,
         Err(e) => Err(e),
@@ -56,14 +70,25 @@ pub(crate) async fn register(conn: &Rc<Conn>, rid: u64, r: pb::Register) {
     answer_auth(conn, rid, res.map(S::AuthOk));
 }
 
-/// Login.
+/// Login: allowed by the failed-login counts of the username and address
+/// (kept at their homes), checked under this shard's hashing permit, and
+/// counted there if the password was wrong.
 pub(crate) async fn login(conn: &Rc<Conn>, rid: u64, l: pb::Login) {
-    let ctx = &conn.shard.ctx;
-    let peer = conn.peer;
-    let Ok(_hashing) = ctx.password_hashing.acquire().await else {
-        return;
+    let shard = &conn.shard;
+    let now = shard.ctx.config.clock.now();
+    let keys = accounts::login_keys(&l.username, conn.peer);
+    let res = match login_allowed(shard, &keys, now).await {
+        Ok(()) => {
+            let Ok(_hashing) = shard.home.hashing.acquire().await else {
+                return;
+            };
+            blocking(&shard.ctx, move |c| accounts::login(c, &l)).await
+        }
+        Err(e) => Err(e),
     };
-    let res = blocking(ctx, move |c| accounts::login(c, &l, peer)).await;
+    if matches!(&res, Err(r) if r.code == ErrorCode::InvalidCredentials) {
+        login_failed(shard, keys, now).await;
+    }
     let res = match res {
         Ok(ok) => authenticated(conn, ok).await,
         Err(e) => Err(e),
