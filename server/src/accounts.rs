@@ -11,13 +11,16 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use chat_protocol::{ErrorCode, pb};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::context::Context;
 use crate::limits::LoginKey;
 use crate::records::{TokenRecord, UserRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
+use crate::storage::writer::Writer;
 use crate::storage::{StorageError, Store};
 
 /// Usernames: 3 to 32 of `a-z 0-9 _ . -` (`spec/messages.md`, "Register").
@@ -28,8 +31,8 @@ pub fn valid_username(name: &str) -> bool {
         })
 }
 
-fn hasher(config: &Config) -> Result<Argon2<'static>, Refusal> {
-    let params = Params::new(config.argon2_memory_kib, config.argon2_iterations, 1, None)
+fn hasher(memory_kib: u32, iterations: u32) -> Result<Argon2<'static>, Refusal> {
+    let params = Params::new(memory_kib, iterations, 1, None)
         .map_err(|e| Refusal::new(ErrorCode::Internal, format!("argon2 parameters: {e}")))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
@@ -43,72 +46,8 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Creates a token for `user`, adding its record to `batch`.
-fn issue_token(ctx: &Context, user: u64, device_id: &str, batch: &mut Batch) -> (String, u64) {
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let expires_at_ms = ctx.now_ms() + ctx.config.token_ttl_secs * 1000;
-    let record = TokenRecord {
-        user_id: user,
-        expires_at_ms,
-        device_id: device_id.to_owned(),
-    };
-    let hash = token_hash(&token);
-    batch.put_token(&hash, &record);
-    (token, expires_at_ms)
-}
-
 fn device_id(device: Option<&pb::DeviceInfo>) -> &str {
     device.map_or("", |d| d.device_id.as_str())
-}
-
-/// The record of a new account, its password hashed (milliseconds of
-/// argon2: run under the shard's hashing permit). Nothing is stored yet:
-/// [`create_account`] takes the name.
-pub fn new_account(ctx: &Context, req: &pb::Register) -> Result<UserRecord, Refusal> {
-    if !valid_username(&req.username) {
-        return Err(invalid("username must be 3-32 characters of a-z 0-9 _ . -"));
-    }
-    if req.display_name.chars().count() > 64 {
-        return Err(invalid("display name longer than 64 characters"));
-    }
-    let password_hash = new_hash(&ctx.config, &req.password)?;
-    let display_name = if req.display_name.is_empty() {
-        req.username.clone()
-    } else {
-        req.display_name.clone()
-    };
-    Ok(UserRecord {
-        username: req.username.clone(),
-        display_name,
-        password_hash,
-        created_at_ms: ctx.now_ms(),
-        hide_last_seen: false,
-    })
-}
-
-/// Stores the account `record` unless its username is taken, and logs it
-/// in on `device_id`. A check-then-write of the name: run only at the
-/// home of [`Key::Username`](crate::home::Key), in its lane.
-pub fn create_account(
-    ctx: &Context,
-    record: UserRecord,
-    device_id: &str,
-) -> Result<pb::AuthOk, Refusal> {
-    if ctx.store.user_id_by_name(&record.username)?.is_some() {
-        return Err(Refusal::new(ErrorCode::UsernameTaken, "username taken"));
-    }
-    let user = ctx.next_user_id();
-    let mut batch = Batch::new();
-    batch.put_user(user, &record);
-    batch.put_username(&record.username, user);
-    let (token, expires) = issue_token(ctx, user, device_id, &mut batch);
-    ctx.writer.write_blocking(batch)?;
-    Ok(pb::AuthOk {
-        user_id: user,
-        session_token: token,
-        token_expires_at_ms: expires,
-        profile: Some(record.profile(user)),
-    })
 }
 
 /// The device a Register or Login names, or none.
@@ -152,163 +91,26 @@ fn verify(hash: &str, password: &str) -> Result<bool, Refusal> {
 /// The argon2id hash of a new password, checked against the rules of
 /// Register.
 pub(crate) fn new_hash(config: &Config, password: &str) -> Result<String, Refusal> {
+    hash_new(
+        &hasher(config.argon2_memory_kib, config.argon2_iterations)?,
+        password,
+    )
+}
+
+fn hash_new(hasher: &Argon2<'static>, password: &str) -> Result<String, Refusal> {
     if !(8..=256).contains(&password.len()) {
         return Err(invalid("password must be 8-256 bytes"));
     }
-    Ok(hasher(config)?
+    Ok(hasher
         .hash_password(password.as_bytes())
         .map_err(|e| Refusal::new(ErrorCode::Internal, format!("hashing: {e}")))?
         .to_string())
-}
-
-/// Checks a password and issues a token (milliseconds of argon2: run under
-/// the shard's hashing permit, after the failed-login limits allowed the
-/// attempt). INVALID_CREDENTIALS is the failure the limits count.
-pub fn login(ctx: &Context, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
-    let refused = || Refusal::new(ErrorCode::InvalidCredentials, "wrong username or password");
-    let id = if valid_username(&req.username) {
-        ctx.store.user_id_by_name(&req.username)?
-    } else {
-        None
-    };
-    let found = match id {
-        Some(id) => ctx.store.user(id)?.map(|r| (id, r)),
-        None => None,
-    };
-    let Some((user, record)) = found else {
-        // Spend the same time as a real check so that timing does not tell
-        // which usernames exist.
-        let _ = hasher(&ctx.config)?.hash_password(req.password.as_bytes());
-        return Err(refused());
-    };
-    if !verify(&record.password_hash, &req.password)? {
-        return Err(refused());
-    }
-    let mut batch = Batch::new();
-    let (token, expires) = issue_token(ctx, user, device_id(req.device.as_ref()), &mut batch);
-    ctx.writer.write_blocking(batch)?;
-    // A password change that stored its hash after the check above may
-    // have listed the user's tokens before this one was written: the token
-    // is withdrawn, as the change would have revoked it.
-    let current = ctx.store.user(user)?.map(|r| r.password_hash);
-    if current.as_deref() != Some(record.password_hash.as_str()) {
-        let mut batch = Batch::new();
-        revoke(&mut batch, user, token_hash(&token).to_vec());
-        ctx.writer.write_blocking(batch)?;
-        return Err(refused());
-    }
-    Ok(pb::AuthOk {
-        user_id: user,
-        session_token: token,
-        token_expires_at_ms: expires,
-        profile: Some(record.profile(user)),
-    })
-}
-
-/// Validates a token for Resume.
-pub fn resume(ctx: &Context, token: &str) -> Result<pb::AuthOk, Refusal> {
-    let refused = || Refusal::new(ErrorCode::TokenInvalid, "unknown, expired or revoked token");
-    let record = ctx.store.token(&token_hash(token))?.ok_or_else(refused)?;
-    if record.expires_at_ms <= ctx.now_ms() {
-        return Err(refused());
-    }
-    let user = ctx.store.user(record.user_id)?.ok_or_else(refused)?;
-    Ok(pb::AuthOk {
-        user_id: record.user_id,
-        session_token: token.to_owned(),
-        token_expires_at_ms: record.expires_at_ms,
-        profile: Some(user.profile(record.user_id)),
-    })
-}
-
-/// Revokes the session's token, or every token of the user.
-pub fn logout(ctx: &Context, user: u64, token: Option<&str>, all: bool) -> Result<(), Refusal> {
-    let mut batch = Batch::new();
-    let hashes = if all {
-        ctx.store.tokens_of(user)?
-    } else {
-        token.map(|t| token_hash(t).to_vec()).into_iter().collect()
-    };
-    for hash in hashes {
-        revoke(&mut batch, user, hash);
-    }
-    if !batch.is_empty() {
-        ctx.writer.write_blocking(batch)?;
-    }
-    Ok(())
 }
 
 /// Adds the deletion of a token (by its hash) and its index entry, which
 /// holds the device's push registration.
 fn revoke(batch: &mut Batch, user: u64, hash: Vec<u8>) {
     batch.revoke_token(user, &hash);
-}
-
-/// The username of `user`, which its password changes are counted
-/// against.
-pub fn username(ctx: &Context, user: u64) -> Result<String, Refusal> {
-    let record = ctx.store.user(user)?;
-    Ok(record
-        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such user"))?
-        .username)
-}
-
-/// Checks `user`'s current password and hashes the new one (milliseconds
-/// of argon2: run under the shard's hashing permit); returns the hash
-/// checked against and the new hash. A wrong current password is
-/// INVALID_CREDENTIALS, which the failed-login limits count.
-pub fn check_new_password(
-    ctx: &Context,
-    user: u64,
-    req: &pb::ChangePassword,
-) -> Result<(String, String), Refusal> {
-    let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
-    let checked = ctx.store.user(user)?.ok_or_else(not_found)?;
-    if !verify(&checked.password_hash, &req.current_password)? {
-        return Err(Refusal::new(
-            ErrorCode::InvalidCredentials,
-            "wrong current password",
-        ));
-    }
-    let new = new_hash(&ctx.config, &req.new_password)?;
-    Ok((checked.password_hash, new))
-}
-
-/// Replaces `user`'s password hash `checked` by `new`, then revokes every
-/// token of the user but `kept` (the token of the session asking). A
-/// read-modify-write of the user record: run only at the home of
-/// [`Key::User`](crate::home::Key), in its lane, as every change to a
-/// user record, so that a concurrent profile change cannot write the old
-/// hash back.
-pub fn replace_password(
-    ctx: &Context,
-    user: u64,
-    (checked, new): (String, String),
-    kept: Option<&str>,
-) -> Result<(), Refusal> {
-    let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
-    let mut record = ctx.store.user(user)?.ok_or_else(not_found)?;
-    if record.password_hash != checked {
-        return Err(Refusal::new(
-            ErrorCode::InvalidCredentials,
-            "the password was changed meanwhile",
-        ));
-    }
-    record.password_hash = new;
-    let mut batch = Batch::new();
-    batch.put_user(user, &record);
-    ctx.writer.write_blocking(batch)?;
-    // The tokens are listed only once the new hash is stored: a login that
-    // checked the old password either wrote its token before this listing
-    // (revoked here) or reads the new hash after writing it (and withdraws
-    // it, `login`).
-    let kept = kept.map(|t| token_hash(t).to_vec());
-    let mut batch = Batch::new();
-    revoke_all(&ctx.store, user, kept.as_deref(), &mut batch)?;
-    if !batch.is_empty() {
-        ctx.writer.write_blocking(batch)?;
-    }
-    Ok(())
 }
 
 /// Adds the revocation of every token of `user` but `kept` (a token hash)
@@ -329,44 +131,311 @@ pub(crate) fn revoke_all(
     Ok(revoked)
 }
 
-/// A user's public profile, by id or username.
-pub fn profile(ctx: &Context, req: &pb::GetProfile) -> Result<pb::Profile, Refusal> {
-    let id = if req.user_id != 0 {
-        Some(req.user_id)
-    } else if valid_username(&req.username) {
-        ctx.store.user_id_by_name(&req.username)?
-    } else {
-        None
-    };
-    let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
-    let id = id.ok_or_else(not_found)?;
-    let record = ctx.store.user(id)?.ok_or_else(not_found)?;
-    Ok(record.profile(id))
+/// The accounts handle: what registration, login, tokens and profiles
+/// need (the store, the writer, the user id allocator, the clock, the
+/// password and token settings) and nothing else; cheap to clone into a
+/// blocking closure.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    store: Store,
+    writer: Writer,
+    last_user_id: Arc<AtomicU64>,
+    clock: Clock,
+    argon2_memory_kib: u32,
+    argon2_iterations: u32,
+    token_ttl_secs: u64,
 }
 
-/// Changes the user's display name and last-seen visibility. A
-/// read-modify-write of the user record: run only at the home of
-/// [`Key::User`](crate::home::Key), in its lane.
-pub fn update_profile(
-    ctx: &Context,
-    user: u64,
-    req: &pb::UpdateProfile,
-) -> Result<pb::Profile, Refusal> {
-    if req.display_name.chars().count() > 64 {
-        return Err(invalid("display name longer than 64 characters"));
+impl Accounts {
+    /// The handle over `store` and `writer`, with the settings of
+    /// `config`; user ids continue after `last_user_id`.
+    pub fn new(config: &Config, store: Store, writer: Writer, last_user_id: u64) -> Self {
+        Self {
+            store,
+            writer,
+            last_user_id: Arc::new(AtomicU64::new(last_user_id)),
+            clock: config.clock.clone(),
+            argon2_memory_kib: config.argon2_memory_kib,
+            argon2_iterations: config.argon2_iterations,
+            token_ttl_secs: config.token_ttl_secs,
+        }
     }
-    let mut record = ctx
-        .store
-        .user(user)?
-        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such user"))?;
-    if !req.display_name.is_empty() {
-        record.display_name = req.display_name.clone();
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
-    record.hide_last_seen = req.hide_last_seen;
-    let mut batch = Batch::new();
-    batch.put_user(user, &record);
-    ctx.writer.write_blocking(batch)?;
-    Ok(record.profile(user))
+
+    /// A fresh user id.
+    fn next_user_id(&self) -> u64 {
+        self.last_user_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn hasher(&self) -> Result<Argon2<'static>, Refusal> {
+        hasher(self.argon2_memory_kib, self.argon2_iterations)
+    }
+
+    fn new_hash(&self, password: &str) -> Result<String, Refusal> {
+        hash_new(&self.hasher()?, password)
+    }
+
+    /// Creates a token for `user`, adding its record to `batch`.
+    fn issue_token(&self, user: u64, device_id: &str, batch: &mut Batch) -> (String, u64) {
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        let expires_at_ms = self.now_ms() + self.token_ttl_secs * 1000;
+        let record = TokenRecord {
+            user_id: user,
+            expires_at_ms,
+            device_id: device_id.to_owned(),
+        };
+        let hash = token_hash(&token);
+        batch.put_token(&hash, &record);
+        (token, expires_at_ms)
+    }
+
+    /// The record of a new account, its password hashed (milliseconds of
+    /// argon2: run under the shard's hashing permit). Nothing is stored yet:
+    /// [`Accounts::create_account`] takes the name.
+    pub fn new_account(&self, req: &pb::Register) -> Result<UserRecord, Refusal> {
+        if !valid_username(&req.username) {
+            return Err(invalid("username must be 3-32 characters of a-z 0-9 _ . -"));
+        }
+        if req.display_name.chars().count() > 64 {
+            return Err(invalid("display name longer than 64 characters"));
+        }
+        let password_hash = self.new_hash(&req.password)?;
+        let display_name = if req.display_name.is_empty() {
+            req.username.clone()
+        } else {
+            req.display_name.clone()
+        };
+        Ok(UserRecord {
+            username: req.username.clone(),
+            display_name,
+            password_hash,
+            created_at_ms: self.now_ms(),
+            hide_last_seen: false,
+        })
+    }
+
+    /// Stores the account `record` unless its username is taken, and logs it
+    /// in on `device_id`. A check-then-write of the name: run only at the
+    /// home of [`Key::Username`](crate::home::Key), in its lane.
+    pub fn create_account(
+        &self,
+        record: UserRecord,
+        device_id: &str,
+    ) -> Result<pb::AuthOk, Refusal> {
+        if self.store.user_id_by_name(&record.username)?.is_some() {
+            return Err(Refusal::new(ErrorCode::UsernameTaken, "username taken"));
+        }
+        let user = self.next_user_id();
+        let mut batch = Batch::new();
+        batch.put_user(user, &record);
+        batch.put_username(&record.username, user);
+        let (token, expires) = self.issue_token(user, device_id, &mut batch);
+        self.writer.write_blocking(batch)?;
+        Ok(pb::AuthOk {
+            user_id: user,
+            session_token: token,
+            token_expires_at_ms: expires,
+            profile: Some(record.profile(user)),
+        })
+    }
+
+    /// Checks a password and issues a token (milliseconds of argon2: run under
+    /// the shard's hashing permit, after the failed-login limits allowed the
+    /// attempt). INVALID_CREDENTIALS is the failure the limits count.
+    pub fn login(&self, req: &pb::Login) -> Result<pb::AuthOk, Refusal> {
+        let refused = || Refusal::new(ErrorCode::InvalidCredentials, "wrong username or password");
+        let id = if valid_username(&req.username) {
+            self.store.user_id_by_name(&req.username)?
+        } else {
+            None
+        };
+        let found = match id {
+            Some(id) => self.store.user(id)?.map(|r| (id, r)),
+            None => None,
+        };
+        let Some((user, record)) = found else {
+            // Spend the same time as a real check so that timing does not tell
+            // which usernames exist.
+            let _ = self.hasher()?.hash_password(req.password.as_bytes());
+            return Err(refused());
+        };
+        if !verify(&record.password_hash, &req.password)? {
+            return Err(refused());
+        }
+        let mut batch = Batch::new();
+        let (token, expires) = self.issue_token(user, device_id(req.device.as_ref()), &mut batch);
+        self.writer.write_blocking(batch)?;
+        // A password change that stored its hash after the check above may
+        // have listed the user's tokens before this one was written: the token
+        // is withdrawn, as the change would have revoked it.
+        let current = self.store.user(user)?.map(|r| r.password_hash);
+        if current.as_deref() != Some(record.password_hash.as_str()) {
+            let mut batch = Batch::new();
+            revoke(&mut batch, user, token_hash(&token).to_vec());
+            self.writer.write_blocking(batch)?;
+            return Err(refused());
+        }
+        Ok(pb::AuthOk {
+            user_id: user,
+            session_token: token,
+            token_expires_at_ms: expires,
+            profile: Some(record.profile(user)),
+        })
+    }
+
+    /// Validates a token for Resume.
+    pub fn resume(&self, token: &str) -> Result<pb::AuthOk, Refusal> {
+        let refused = || Refusal::new(ErrorCode::TokenInvalid, "unknown, expired or revoked token");
+        let record = self.store.token(&token_hash(token))?.ok_or_else(refused)?;
+        if record.expires_at_ms <= self.now_ms() {
+            return Err(refused());
+        }
+        let user = self.store.user(record.user_id)?.ok_or_else(refused)?;
+        Ok(pb::AuthOk {
+            user_id: record.user_id,
+            session_token: token.to_owned(),
+            token_expires_at_ms: record.expires_at_ms,
+            profile: Some(user.profile(record.user_id)),
+        })
+    }
+
+    /// Revokes the session's token, or every token of the user.
+    pub fn logout(&self, user: u64, token: Option<&str>, all: bool) -> Result<(), Refusal> {
+        let mut batch = Batch::new();
+        let hashes = if all {
+            self.store.tokens_of(user)?
+        } else {
+            token.map(|t| token_hash(t).to_vec()).into_iter().collect()
+        };
+        for hash in hashes {
+            revoke(&mut batch, user, hash);
+        }
+        if !batch.is_empty() {
+            self.writer.write_blocking(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The username of `user`, which its password changes are counted
+    /// against.
+    pub fn username(&self, user: u64) -> Result<String, Refusal> {
+        let record = self.store.user(user)?;
+        Ok(record
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such user"))?
+            .username)
+    }
+
+    /// Checks `user`'s current password and hashes the new one (milliseconds
+    /// of argon2: run under the shard's hashing permit); returns the hash
+    /// checked against and the new hash. A wrong current password is
+    /// INVALID_CREDENTIALS, which the failed-login limits count.
+    pub fn check_new_password(
+        &self,
+        user: u64,
+        req: &pb::ChangePassword,
+    ) -> Result<(String, String), Refusal> {
+        let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
+        let checked = self.store.user(user)?.ok_or_else(not_found)?;
+        if !verify(&checked.password_hash, &req.current_password)? {
+            return Err(Refusal::new(
+                ErrorCode::InvalidCredentials,
+                "wrong current password",
+            ));
+        }
+        let new = self.new_hash(&req.new_password)?;
+        Ok((checked.password_hash, new))
+    }
+
+    /// Replaces `user`'s password hash `checked` by `new`, then revokes every
+    /// token of the user but `kept` (the token of the session asking). A
+    /// read-modify-write of the user record: run only at the home of
+    /// [`Key::User`](crate::home::Key), in its lane, as every change to a
+    /// user record, so that a concurrent profile change cannot write the old
+    /// hash back.
+    pub fn replace_password(
+        &self,
+        user: u64,
+        (checked, new): (String, String),
+        kept: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
+        let mut record = self.store.user(user)?.ok_or_else(not_found)?;
+        if record.password_hash != checked {
+            return Err(Refusal::new(
+                ErrorCode::InvalidCredentials,
+                "the password was changed meanwhile",
+            ));
+        }
+        record.password_hash = new;
+        let mut batch = Batch::new();
+        batch.put_user(user, &record);
+        self.writer.write_blocking(batch)?;
+        // The tokens are listed only once the new hash is stored: a login that
+        // checked the old password either wrote its token before this listing
+        // (revoked here) or reads the new hash after writing it (and withdraws
+        // it, `login`).
+        let kept = kept.map(|t| token_hash(t).to_vec());
+        let mut batch = Batch::new();
+        revoke_all(&self.store, user, kept.as_deref(), &mut batch)?;
+        if !batch.is_empty() {
+            self.writer.write_blocking(batch)?;
+        }
+        Ok(())
+    }
+
+    /// A user's public profile, by id or username.
+    pub fn profile(&self, req: &pb::GetProfile) -> Result<pb::Profile, Refusal> {
+        let id = if req.user_id != 0 {
+            Some(req.user_id)
+        } else if valid_username(&req.username) {
+            self.store.user_id_by_name(&req.username)?
+        } else {
+            None
+        };
+        let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
+        let id = id.ok_or_else(not_found)?;
+        let record = self.store.user(id)?.ok_or_else(not_found)?;
+        Ok(record.profile(id))
+    }
+
+    /// RegisterPushToken for the device holding `session_token`
+    /// ([`crate::push::register`]).
+    pub fn register_push_token(
+        &self,
+        user: u64,
+        session_token: &str,
+        req: &pb::RegisterPushToken,
+    ) -> Result<(), Refusal> {
+        crate::push::register(&self.store, &self.writer, user, session_token, req)
+    }
+
+    /// Changes the user's display name and last-seen visibility. A
+    /// read-modify-write of the user record: run only at the home of
+    /// [`Key::User`](crate::home::Key), in its lane.
+    pub fn update_profile(
+        &self,
+        user: u64,
+        req: &pb::UpdateProfile,
+    ) -> Result<pb::Profile, Refusal> {
+        if req.display_name.chars().count() > 64 {
+            return Err(invalid("display name longer than 64 characters"));
+        }
+        let mut record = self
+            .store
+            .user(user)?
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such user"))?;
+        if !req.display_name.is_empty() {
+            record.display_name = req.display_name.clone();
+        }
+        record.hide_last_seen = req.hide_last_seen;
+        let mut batch = Batch::new();
+        batch.put_user(user, &record);
+        self.writer.write_blocking(batch)?;
+        Ok(record.profile(user))
+    }
 }
 
 #[cfg(test)]

@@ -6,28 +6,39 @@
 //! Every function here blocks; callers use the blocking pool.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ConversationKind, Role};
 use prost::Message;
 
-use crate::context::Context;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::media::Media;
 use crate::records::{ConversationRecord, MemberRecord, UserConversationRecord};
 use crate::reply::Refusal;
-use crate::storage::writer::Batch;
+use crate::storage::Store;
+use crate::storage::writer::{Batch, Writer};
 
 /// Default and largest history page (`spec/README.md`, "Limits").
 pub const HISTORY_PAGE_DEFAULT: u32 = 50;
+
 /// See [`HISTORY_PAGE_DEFAULT`].
 pub const HISTORY_PAGE_MAX: u32 = 200;
+
 /// Default and largest number of messages per conversation in a sync reply.
 pub const SYNC_PER_CONVERSATION_DEFAULT: u32 = 100;
+
 /// See [`SYNC_PER_CONVERSATION_DEFAULT`].
 pub const SYNC_PER_CONVERSATION_MAX: u32 = 1000;
+
 /// Default and largest conversation list page.
 pub const LIST_DEFAULT: u32 = 50;
+
 /// See [`LIST_DEFAULT`].
 pub const LIST_MAX: u32 = 500;
+
 /// Longest title, in characters.
 pub const TITLE_MAX_CHARS: usize = 128;
 
@@ -65,26 +76,6 @@ fn clamp(requested: u32, default: u32, max: u32) -> usize {
     } else {
         requested.min(max)
     }) as usize
-}
-
-/// Refuses a user who is not a member, telling apart a conversation that
-/// does not exist.
-pub fn require_member(
-    ctx: &Context,
-    user: u64,
-    conversation: u64,
-) -> Result<UserConversationRecord, Refusal> {
-    if let Some(m) = ctx.store.membership(user, conversation)? {
-        return Ok(m);
-    }
-    if ctx.store.conversation(conversation)?.is_some() {
-        Err(Refusal::new(
-            ErrorCode::NotAMember,
-            "not a member of this conversation",
-        ))
-    } else {
-        Err(Refusal::new(ErrorCode::NotFound, "no such conversation"))
-    }
 }
 
 /// The client-facing view of a conversation.
@@ -130,253 +121,318 @@ pub fn direct_key(me: u64, req: &pb::CreateConversation) -> Option<crate::home::
     }
 }
 
-/// Creates a direct chat, group or channel (`spec/messages.md`,
-/// "CreateConversation"). A direct chat that already exists is returned
-/// instead of created again: run a direct chat's creation only at the home
-/// of its [`direct_key`], in its lane, which makes that check-then-write
-/// safe.
-pub fn create(
-    ctx: &Context,
-    me: u64,
-    req: &pb::CreateConversation,
-) -> Result<pb::Conversation, Refusal> {
-    let kind = ConversationKind::try_from(req.kind)
-        .map_err(|_| Refusal::new(ErrorCode::InvalidArgument, "unknown conversation kind"))?;
-    if req.title.chars().count() > TITLE_MAX_CHARS {
-        return Err(Refusal::new(ErrorCode::InvalidArgument, "title too long"));
-    }
-    let mut others: Vec<u64> = Vec::new();
-    let mut seen = HashSet::new();
-    for &u in &req.member_ids {
-        if u != me && seen.insert(u) {
-            others.push(u);
-        }
-    }
-    match kind {
-        ConversationKind::Direct if others.len() != 1 || req.member_ids.len() != 1 => {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                "a direct conversation has exactly one other user",
-            ));
-        }
-        ConversationKind::Group if others.len() + 1 > ctx.config.max_group_members => {
-            return Err(Refusal::new(ErrorCode::MemberLimit, "too many members"));
-        }
-        ConversationKind::Channel if !others.is_empty() => {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                "channel subscribers join with SubscribeChannel",
-            ));
-        }
-        ConversationKind::Unspecified => {
-            return Err(Refusal::new(
-                ErrorCode::InvalidArgument,
-                "conversation kind required",
-            ));
-        }
-        _ => {}
-    }
-    for &u in &others {
-        if ctx.store.user(u)?.is_none() {
-            return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
-        }
-    }
-    let record = ConversationRecord {
-        kind: kind as i32,
-        title: if kind == ConversationKind::Direct {
-            String::new()
-        } else {
-            req.title.clone()
-        },
-        created_at_ms: ctx.now_ms(),
-        created_by: me,
-    };
-    let (my_role, other_role) = match kind {
-        ConversationKind::Direct => (Role::Member, Role::Member),
-        _ => (Role::Owner, Role::Member),
-    };
-    let mut members = vec![(me, my_role as i32)];
-    members.extend(others.iter().map(|&u| (u, other_role as i32)));
+/// The catalog handle: what creating and reading conversations needs (the
+/// store, the writer, media signing, the conversation id allocator, the
+/// clock and the group size limit) and nothing else; cheap to clone into a
+/// blocking closure.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    store: Store,
+    writer: Writer,
+    media: Arc<Media>,
+    last_conversation_id: Arc<AtomicU64>,
+    clock: Clock,
+    max_group_members: usize,
+}
 
-    // Direct chats are unique per pair: this runs in the pair's lane.
-    if kind == ConversationKind::Direct {
-        if let Some(&other) = others.first() {
-            if let Some(existing) = ctx.store.direct(me, other)? {
-                return get(ctx, me, existing);
+impl Catalog {
+    /// The handle over `store` and `writer`, with the settings of
+    /// `config`; conversation ids continue after `last_conversation_id`.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        writer: Writer,
+        media: Arc<Media>,
+        last_conversation_id: u64,
+    ) -> Self {
+        Self {
+            store,
+            writer,
+            media,
+            last_conversation_id: Arc::new(AtomicU64::new(last_conversation_id)),
+            clock: config.clock.clone(),
+            max_group_members: config.max_group_members,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// A fresh conversation id.
+    fn next_conversation_id(&self) -> u64 {
+        self.last_conversation_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Refuses a user who is not a member, telling apart a conversation that
+    /// does not exist.
+    pub fn require_member(
+        &self,
+        user: u64,
+        conversation: u64,
+    ) -> Result<UserConversationRecord, Refusal> {
+        if let Some(m) = self.store.membership(user, conversation)? {
+            return Ok(m);
+        }
+        if self.store.conversation(conversation)?.is_some() {
+            Err(Refusal::new(
+                ErrorCode::NotAMember,
+                "not a member of this conversation",
+            ))
+        } else {
+            Err(Refusal::new(ErrorCode::NotFound, "no such conversation"))
+        }
+    }
+
+    /// Creates a direct chat, group or channel (`spec/messages.md`,
+    /// "CreateConversation"). A direct chat that already exists is returned
+    /// instead of created again: run a direct chat's creation only at the home
+    /// of its [`direct_key`], in its lane, which makes that check-then-write
+    /// safe.
+    pub fn create(
+        &self,
+        me: u64,
+        req: &pb::CreateConversation,
+    ) -> Result<pb::Conversation, Refusal> {
+        let kind = ConversationKind::try_from(req.kind)
+            .map_err(|_| Refusal::new(ErrorCode::InvalidArgument, "unknown conversation kind"))?;
+        if req.title.chars().count() > TITLE_MAX_CHARS {
+            return Err(Refusal::new(ErrorCode::InvalidArgument, "title too long"));
+        }
+        let mut others: Vec<u64> = Vec::new();
+        let mut seen = HashSet::new();
+        for &u in &req.member_ids {
+            if u != me && seen.insert(u) {
+                others.push(u);
             }
         }
-    }
-    let id = ctx.next_conversation_id();
-    let mut batch = Batch::new();
-    batch.put_conversation(id, &record);
-    for &(user, role) in &members {
-        let m = MemberRecord {
-            role,
-            ..Default::default()
-        };
-        batch.add_member(id, user, &m);
-    }
-    if let (ConversationKind::Direct, Some(&other)) = (kind, others.first()) {
-        batch.put_direct(me, other, id);
-    }
-    ctx.writer.write_blocking(batch)?;
-    Ok(view(id, &record, &members, 0, me))
-}
-
-/// A conversation as stored, for a member.
-pub fn get(ctx: &Context, me: u64, conversation: u64) -> Result<pb::Conversation, Refusal> {
-    require_member(ctx, me, conversation)?;
-    let record = ctx
-        .store
-        .conversation(conversation)?
-        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such conversation"))?;
-    let members: Vec<(u64, i32)> = ctx
-        .store
-        .members(conversation)?
-        .into_iter()
-        .map(|(u, m)| (u, m.role))
-        .collect();
-    let last_seq = ctx.store.last_seq(conversation)?;
-    Ok(view(conversation, &record, &members, last_seq, me))
-}
-
-/// A page of history (`spec/messages.md`, "GetHistory").
-pub fn history(ctx: &Context, me: u64, req: &pb::GetHistory) -> Result<pb::MessagePage, Refusal> {
-    if req.before_seq != 0 && req.after_seq.is_some() {
-        return Err(Refusal::new(
-            ErrorCode::InvalidArgument,
-            "give before_seq or after_seq, not both",
-        ));
-    }
-    require_member(ctx, me, req.conversation_id)?;
-    let limit = clamp(req.limit, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX);
-    let mut messages = if let Some(after) = req.after_seq {
-        ctx.store
-            .messages_after(req.conversation_id, after, limit + 1)?
-    } else {
-        ctx.store
-            .messages_before(req.conversation_id, req.before_seq, limit + 1)?
-    };
-    let mut has_more = messages.len() > limit;
-    messages.truncate(limit);
-    ctx.media.sign_messages(&mut messages, ctx.now_ms());
-    let (_, cut) = fit(&mut messages, REPLY_MESSAGE_BYTES, true);
-    has_more |= cut;
-    Ok(pb::MessagePage {
-        conversation_id: req.conversation_id,
-        messages,
-        has_more,
-        last_seq: ctx.store.last_seq(req.conversation_id)?,
-    })
-}
-
-/// What the client missed (`spec/messages.md`, "Sync").
-pub fn sync(
-    ctx: &Context,
-    me: u64,
-    cursors: &[pb::Cursor],
-    limit: u32,
-) -> Result<pb::SyncResult, Refusal> {
-    let limit = clamp(
-        limit,
-        SYNC_PER_CONVERSATION_DEFAULT,
-        SYNC_PER_CONVERSATION_MAX,
-    );
-    let mut given: HashMap<u64, u64> = HashMap::with_capacity(cursors.len());
-    for c in cursors {
-        let e = given.entry(c.conversation_id).or_insert(0);
-        *e = (*e).max(c.seq);
-    }
-    let mut open = Vec::new();
-    for (conversation, _) in ctx.store.user_conversations(me)? {
-        let cursor = given.remove(&conversation).unwrap_or(0);
-        let last_seq = ctx.store.last_seq(conversation)?;
-        if last_seq > cursor {
-            open.push((conversation, cursor, last_seq));
+        match kind {
+            ConversationKind::Direct if others.len() != 1 || req.member_ids.len() != 1 => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidArgument,
+                    "a direct conversation has exactly one other user",
+                ));
+            }
+            ConversationKind::Group if others.len() + 1 > self.max_group_members => {
+                return Err(Refusal::new(ErrorCode::MemberLimit, "too many members"));
+            }
+            ConversationKind::Channel if !others.is_empty() => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidArgument,
+                    "channel subscribers join with SubscribeChannel",
+                ));
+            }
+            ConversationKind::Unspecified => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidArgument,
+                    "conversation kind required",
+                ));
+            }
+            _ => {}
         }
+        for &u in &others {
+            if self.store.user(u)?.is_none() {
+                return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
+            }
+        }
+        let record = ConversationRecord {
+            kind: kind as i32,
+            title: if kind == ConversationKind::Direct {
+                String::new()
+            } else {
+                req.title.clone()
+            },
+            created_at_ms: self.now_ms(),
+            created_by: me,
+        };
+        let (my_role, other_role) = match kind {
+            ConversationKind::Direct => (Role::Member, Role::Member),
+            _ => (Role::Owner, Role::Member),
+        };
+        let mut members = vec![(me, my_role as i32)];
+        members.extend(others.iter().map(|&u| (u, other_role as i32)));
+
+        // Direct chats are unique per pair: this runs in the pair's lane.
+        if kind == ConversationKind::Direct {
+            if let Some(&other) = others.first() {
+                if let Some(existing) = self.store.direct(me, other)? {
+                    return self.get(me, existing);
+                }
+            }
+        }
+        let id = self.next_conversation_id();
+        let mut batch = Batch::new();
+        batch.put_conversation(id, &record);
+        for &(user, role) in &members {
+            let m = MemberRecord {
+                role,
+                ..Default::default()
+            };
+            batch.add_member(id, user, &m);
+        }
+        if let (ConversationKind::Direct, Some(&other)) = (kind, others.first()) {
+            batch.put_direct(me, other, id);
+        }
+        self.writer.write_blocking(batch)?;
+        Ok(view(id, &record, &members, 0, me))
     }
-    let mut result = pb::SyncResult::default();
-    // Message bytes left for this reply once every gap's own fields are
-    // set aside (users in thousands of conversations); gaps past it are
-    // reported without messages (truncated) and fetched with GetHistory.
-    let mut budget = REPLY_MESSAGE_BYTES.saturating_sub(open.len() * GAP_OVERHEAD_BYTES);
-    for (conversation, cursor, last_seq) in open {
-        let mut messages = if budget > 0 {
-            ctx.store.messages_after(conversation, cursor, limit + 1)?
+
+    /// A conversation as stored, for a member.
+    pub fn get(&self, me: u64, conversation: u64) -> Result<pb::Conversation, Refusal> {
+        self.require_member(me, conversation)?;
+        let record = self
+            .store
+            .conversation(conversation)?
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such conversation"))?;
+        let members: Vec<(u64, i32)> = self
+            .store
+            .members(conversation)?
+            .into_iter()
+            .map(|(u, m)| (u, m.role))
+            .collect();
+        let last_seq = self.store.last_seq(conversation)?;
+        Ok(view(conversation, &record, &members, last_seq, me))
+    }
+
+    /// A page of history (`spec/messages.md`, "GetHistory").
+    pub fn history(&self, me: u64, req: &pb::GetHistory) -> Result<pb::MessagePage, Refusal> {
+        if req.before_seq != 0 && req.after_seq.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "give before_seq or after_seq, not both",
+            ));
+        }
+        self.require_member(me, req.conversation_id)?;
+        let limit = clamp(req.limit, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX);
+        let mut messages = if let Some(after) = req.after_seq {
+            self.store
+                .messages_after(req.conversation_id, after, limit + 1)?
         } else {
-            Vec::new()
+            self.store
+                .messages_before(req.conversation_id, req.before_seq, limit + 1)?
         };
-        let mut truncated = messages.len() > limit || budget == 0;
+        let mut has_more = messages.len() > limit;
         messages.truncate(limit);
-        ctx.media.sign_messages(&mut messages, ctx.now_ms());
-        let (used, cut) = fit(&mut messages, budget, false);
-        budget = if cut { 0 } else { budget - used };
-        truncated |= cut;
-        result.gaps.push(pb::Gap {
-            conversation_id: conversation,
-            from_seq: cursor + 1,
-            to_seq: last_seq,
+        self.media.sign_messages(&mut messages, self.now_ms());
+        let (_, cut) = fit(&mut messages, REPLY_MESSAGE_BYTES, true);
+        has_more |= cut;
+        Ok(pb::MessagePage {
+            conversation_id: req.conversation_id,
             messages,
-            truncated,
-        });
+            has_more,
+            last_seq: self.store.last_seq(req.conversation_id)?,
+        })
     }
-    // Cursors left over name conversations the user is no longer in.
-    let mut removed: Vec<u64> = given.into_keys().collect();
-    removed.sort_unstable();
-    result.removed_conversation_ids = removed;
-    Ok(result)
-}
 
-/// The user's conversations, most recently active first, with unread counts
-/// (`spec/messages.md`, "ListConversations").
-pub fn list(
-    ctx: &Context,
-    me: u64,
-    req: &pb::ListConversations,
-) -> Result<pb::ConversationList, Refusal> {
-    let limit = clamp(req.limit, LIST_DEFAULT, LIST_MAX);
-    let mut all = Vec::new();
-    for (conversation, _) in ctx.store.user_conversations(me)? {
-        let Some(record) = ctx.store.conversation(conversation)? else {
-            continue;
-        };
-        let mut last_message = ctx.store.last_message(conversation)?;
-        ctx.media.sign_messages(last_message.as_mut(), ctx.now_ms());
-        let last_seq = last_message.as_ref().map_or(0, |m| m.seq);
-        let last_activity_ms = last_message
-            .as_ref()
-            .map_or(record.created_at_ms, |m| m.sent_at_ms);
-        if req.before_activity_ms != 0 && last_activity_ms >= req.before_activity_ms {
-            continue;
+    /// What the client missed (`spec/messages.md`, "Sync").
+    pub fn sync(
+        &self,
+        me: u64,
+        cursors: &[pb::Cursor],
+        limit: u32,
+    ) -> Result<pb::SyncResult, Refusal> {
+        let limit = clamp(
+            limit,
+            SYNC_PER_CONVERSATION_DEFAULT,
+            SYNC_PER_CONVERSATION_MAX,
+        );
+        let mut given: HashMap<u64, u64> = HashMap::with_capacity(cursors.len());
+        for c in cursors {
+            let e = given.entry(c.conversation_id).or_insert(0);
+            *e = (*e).max(c.seq);
         }
-        let mine = ctx.store.member(conversation, me)?.unwrap_or_default();
-        all.push(pb::ConversationSummary {
-            conversation_id: conversation,
-            kind: record.kind,
-            title: record.title,
-            last_seq,
-            last_activity_ms,
-            last_message,
-            read_seq: mine.read_seq,
-            delivered_seq: mine.delivered_seq,
-            unread_count: last_seq.saturating_sub(mine.read_seq),
-            my_role: mine.role,
-        });
+        let mut open = Vec::new();
+        for (conversation, _) in self.store.user_conversations(me)? {
+            let cursor = given.remove(&conversation).unwrap_or(0);
+            let last_seq = self.store.last_seq(conversation)?;
+            if last_seq > cursor {
+                open.push((conversation, cursor, last_seq));
+            }
+        }
+        let mut result = pb::SyncResult::default();
+        // Message bytes left for this reply once every gap's own fields are
+        // set aside (users in thousands of conversations); gaps past it are
+        // reported without messages (truncated) and fetched with GetHistory.
+        let mut budget = REPLY_MESSAGE_BYTES.saturating_sub(open.len() * GAP_OVERHEAD_BYTES);
+        for (conversation, cursor, last_seq) in open {
+            let mut messages = if budget > 0 {
+                self.store.messages_after(conversation, cursor, limit + 1)?
+            } else {
+                Vec::new()
+            };
+            let mut truncated = messages.len() > limit || budget == 0;
+            messages.truncate(limit);
+            self.media.sign_messages(&mut messages, self.now_ms());
+            let (used, cut) = fit(&mut messages, budget, false);
+            budget = if cut { 0 } else { budget - used };
+            truncated |= cut;
+            result.gaps.push(pb::Gap {
+                conversation_id: conversation,
+                from_seq: cursor + 1,
+                to_seq: last_seq,
+                messages,
+                truncated,
+            });
+        }
+        // Cursors left over name conversations the user is no longer in.
+        let mut removed: Vec<u64> = given.into_keys().collect();
+        removed.sort_unstable();
+        result.removed_conversation_ids = removed;
+        Ok(result)
     }
-    all.sort_by(|a, b| {
-        b.last_activity_ms
-            .cmp(&a.last_activity_ms)
-            .then(b.conversation_id.cmp(&a.conversation_id))
-    });
-    let more = all.len() > limit;
-    all.truncate(limit);
-    let next_before_activity_ms = if more {
-        all.last().map_or(0, |c| c.last_activity_ms)
-    } else {
-        0
-    };
-    Ok(pb::ConversationList {
-        conversations: all,
-        next_before_activity_ms,
-    })
+
+    /// The user's conversations, most recently active first, with unread counts
+    /// (`spec/messages.md`, "ListConversations").
+    pub fn list(
+        &self,
+        me: u64,
+        req: &pb::ListConversations,
+    ) -> Result<pb::ConversationList, Refusal> {
+        let limit = clamp(req.limit, LIST_DEFAULT, LIST_MAX);
+        let mut all = Vec::new();
+        for (conversation, _) in self.store.user_conversations(me)? {
+            let Some(record) = self.store.conversation(conversation)? else {
+                continue;
+            };
+            let mut last_message = self.store.last_message(conversation)?;
+            self.media
+                .sign_messages(last_message.as_mut(), self.now_ms());
+            let last_seq = last_message.as_ref().map_or(0, |m| m.seq);
+            let last_activity_ms = last_message
+                .as_ref()
+                .map_or(record.created_at_ms, |m| m.sent_at_ms);
+            if req.before_activity_ms != 0 && last_activity_ms >= req.before_activity_ms {
+                continue;
+            }
+            let mine = self.store.member(conversation, me)?.unwrap_or_default();
+            all.push(pb::ConversationSummary {
+                conversation_id: conversation,
+                kind: record.kind,
+                title: record.title,
+                last_seq,
+                last_activity_ms,
+                last_message,
+                read_seq: mine.read_seq,
+                delivered_seq: mine.delivered_seq,
+                unread_count: last_seq.saturating_sub(mine.read_seq),
+                my_role: mine.role,
+            });
+        }
+        all.sort_by(|a, b| {
+            b.last_activity_ms
+                .cmp(&a.last_activity_ms)
+                .then(b.conversation_id.cmp(&a.conversation_id))
+        });
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next_before_activity_ms = if more {
+            all.last().map_or(0, |c| c.last_activity_ms)
+        } else {
+            0
+        };
+        Ok(pb::ConversationList {
+            conversations: all,
+            next_before_activity_ms,
+        })
+    }
 }

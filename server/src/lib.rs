@@ -17,19 +17,24 @@
 //!   (each shard's sessions and their bounded outbound queues);
 //! - routes: [`routes`], one function per request by concern, and
 //!   [`routes::Request`], the owned in-flight permit that answers once;
-//!   [`catalog`] and [`accounts`] are the store-backed handlers they call;
 //! - owner: [`owner`], the sans-IO rules of conversations (inputs with the
 //!   time, outputs as values), over [`sequencer`];
 //! - shard: [`shard`], one thread per core that drives its owner and
 //!   commits in order; [`shard_msg`] what shards send each other over the
-//!   [`mesh`] (bounded rings); [`directory`] which shards hold a user's
-//!   sessions, so fan-outs go only there; [`presence`];
+//!   [`mesh`] (bounded rings); [`placement`] which shard owns what;
+//!   [`directory`] which shards hold a user's sessions, so fan-outs go only
+//!   there; [`home`] keyed check-then-writes and login counts at a key's
+//!   home shard, instead of a lock shared by shards; [`presence`];
+//! - handles: the narrow ones a route's blocking work is given,
+//!   [`accounts::Accounts`], [`catalog::Catalog`], [`storage::Store`],
+//!   [`storage::writer::Writer`] ([`shard::Handles`] is what a shard is
+//!   built from);
 //! - storage: [`storage`] (commit log, group-committing writer, fjall
 //!   keyspaces; [`storage::write`] the typed writes, [`storage::Store`] the
 //!   reads) and [`records`].
 //!
 //! Around them: [`server`] starts and stops it all from a [`Config`]
-//! ([`config`]); [`context`] holds what the shards share; [`clock`],
+//! ([`config`]); [`lifecycle`] shutdown and storage failure; [`clock`],
 //! [`limits`], [`idgen`], [`metrics`], [`media`], [`push`], [`web`] (the
 //! browser page), [`admin`] (offline operator commands).
 //!
@@ -47,17 +52,18 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod connection;
-pub mod context;
 pub mod directory;
 pub mod home;
 pub mod http;
 pub mod idgen;
 pub mod ingress;
+pub mod lifecycle;
 pub mod limits;
 pub mod media;
 pub mod mesh;
 pub mod metrics;
 pub mod owner;
+pub mod placement;
 pub mod presence;
 pub mod push;
 pub mod records;

@@ -1,6 +1,6 @@
 //! Presence: online / away / busy / offline and last seen, sharded by user.
 //!
-//! Each user's presence is kept by one shard, `Context::shard_for_user`.
+//! Each user's presence is kept by one shard, `Placement::presence_of`.
 //! Sessions report to it when they authenticate and when they end (a
 //! session that stops heartbeating is closed after 3 heartbeat intervals,
 //! so its user goes offline within that TTL). The state is interest-based:
@@ -265,14 +265,11 @@ impl Interest {
 impl Shard {
     /// Sends a presence op to the shard keeping `user`'s presence.
     pub async fn presence_op(self: &Rc<Self>, op: PresenceOp) {
-        let owner = self.ctx.shard_for_user(op.user());
+        let owner = self.place.presence_of(op.user());
         if owner == self.id {
             self.apply_presence(op);
         } else {
-            self.ctx
-                .mesh
-                .send(self.id, owner, ShardMsg::Presence(op))
-                .await;
+            self.mesh.send(self.id, owner, ShardMsg::Presence(op)).await;
         }
     }
 
@@ -281,7 +278,7 @@ impl Shard {
     /// it was counted. The one count of a user's sessions across shards,
     /// kept by one shard: no lock is shared.
     pub async fn admit_session(self: &Rc<Self>, user: u64, max: u32) -> bool {
-        let keeper = self.ctx.shard_for_user(user);
+        let keeper = self.place.presence_of(user);
         if keeper == self.id {
             return self.admit_here(user, max);
         }
@@ -291,7 +288,7 @@ impl Shard {
             max,
             admitted: tx,
         };
-        self.ctx.mesh.send(self.id, keeper, msg).await;
+        self.mesh.send(self.id, keeper, msg).await;
         // Dropped only when the keeping shard is shutting down.
         rx.await.unwrap_or(false)
     }
@@ -307,13 +304,13 @@ impl Shard {
 
     /// Owner side: applies an op; never waits.
     pub fn apply_presence(self: &Rc<Self>, op: PresenceOp) {
-        let now = self.ctx.now_ms();
+        let now = self.config.clock.now_ms();
         let applied = self.presence.borrow_mut().apply(op, now);
         if applied.load {
             let shard = self.clone();
             let user = op.user();
             tokio::task::spawn_local(async move {
-                let found = shard.ctx.store.off_thread(move |store| {
+                let found = shard.store.off_thread(move |store| {
                     let last_seen = store.last_seen(user)?;
                     let hide = store.user(user)?.is_some_and(|u| u.hide_last_seen);
                     Ok((last_seen, hide))
@@ -343,8 +340,7 @@ impl Shard {
         if dst == self.id {
             self.deliver_presence(&events);
         } else {
-            self.ctx
-                .mesh
+            self.mesh
                 .send(self.id, dst, ShardMsg::PresenceEvents(events))
                 .await;
         }

@@ -67,7 +67,6 @@ use tokio::sync::mpsc;
 use crate::accounts::token_hash;
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
-use crate::context::Context;
 use crate::records::PushRegistration;
 use crate::reply::Refusal;
 use crate::shard::Shard;
@@ -662,7 +661,8 @@ async fn forget_rejected(
 /// or its session expires. The same device token registered by another of
 /// the user's sessions moves here.
 pub fn register(
-    ctx: &Context,
+    store: &Store,
+    writer: &Writer,
     user: u64,
     session_token: &str,
     req: &pb::RegisterPushToken,
@@ -680,7 +680,7 @@ pub fn register(
         ));
     }
     let mine = token_hash(session_token);
-    let device_id = match ctx.store.token(&mine)? {
+    let device_id = match store.token(&mine)? {
         Some(t) if t.user_id == user => t.device_id,
         _ => {
             return Err(Refusal::new(
@@ -690,7 +690,7 @@ pub fn register(
         }
     };
     let mut batch = Batch::new();
-    for (hash, reg) in ctx.store.push_registrations(user)? {
+    for (hash, reg) in store.push_registrations(user)? {
         if reg.token == req.token && hash != mine {
             batch.set_push_registration(user, &hash, None);
         }
@@ -701,7 +701,7 @@ pub fn register(
         device_id,
     };
     batch.set_push_registration(user, &mine, Some(&reg));
-    ctx.writer.write_blocking(batch)?;
+    writer.write_blocking(batch)?;
     Ok(())
 }
 
@@ -709,12 +709,12 @@ impl Shard {
     /// Hands a message's recipients (but its sender) to the shards that
     /// keep their presence, which notify those with no connected session.
     pub async fn notify_offline(&self, users: &[u64], notice: Arc<Notice>) {
-        let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); self.ctx.nr_shards()];
+        let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); self.place.nr_shards()];
         for &u in users {
             if u == notice.sender_id {
                 continue;
             }
-            if let Some(list) = per_shard.get_mut(self.ctx.shard_for_user(u)) {
+            if let Some(list) = per_shard.get_mut(self.place.presence_of(u)) {
                 list.push(u);
             }
         }
@@ -727,7 +727,7 @@ impl Shard {
             } else {
                 let notice = notice.clone();
                 let msg = ShardMsg::PushCheck { users, notice };
-                self.ctx.mesh.send(self.id, dst, msg).await;
+                self.mesh.send(self.id, dst, msg).await;
             }
         }
     }
@@ -738,7 +738,7 @@ impl Shard {
         let presence = self.presence.borrow();
         for &u in users {
             if !presence.connected(u) {
-                self.ctx.push.offer(u, notice);
+                self.push.offer(u, notice);
             }
         }
     }

@@ -3,15 +3,18 @@
 use hashbrown::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::accounts::Accounts;
+use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::context::Context;
+use crate::lifecycle::Lifecycle;
 use crate::mesh::Mesh;
+use crate::placement::Placement;
+use crate::shard::Handles;
 use crate::storage::writer::{Writer, WriterThread};
 use crate::storage::{StorageError, Store};
 
@@ -44,7 +47,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
 /// the threads running until the process exits.
 #[derive(Debug)]
 pub struct ServerHandle {
-    ctx: Arc<Context>,
+    life: Lifecycle,
     shards: Vec<thread::JoinHandle<()>>,
     writer: WriterThread,
     push: crate::push::PushThread,
@@ -216,23 +219,30 @@ impl ServerHandle {
         let (push, push_thread) = crate::push::start(&config, store.clone(), writer.clone())
             .map_err(io("starting the push thread"))?;
 
-        let (shutdown, _) = watch::channel(false);
-        let ctx = Arc::new(Context {
-            mesh: Mesh::new(nr_shards, config.mesh_ring_capacity),
+        let media = Arc::new(media);
+        let handles = Handles {
+            place: Placement::new(nr_shards),
+            mesh: Arc::new(Mesh::new(nr_shards, config.mesh_ring_capacity)),
             directory: Arc::new(crate::directory::Directory::new(nr_shards)),
+            accounts: Accounts::new(&config, store.clone(), writer.clone(), last_user_id),
+            catalog: Catalog::new(
+                &config,
+                store.clone(),
+                writer.clone(),
+                media.clone(),
+                last_conversation_id,
+            ),
             store,
             writer,
-            last_user_id: AtomicU64::new(last_user_id),
-            last_conversation_id: AtomicU64::new(last_conversation_id),
-            shutdown,
-            failed: AtomicBool::new(false),
-            media: Arc::new(media),
+            media,
             push,
-            config,
-        });
+            life: Lifecycle::new(),
+            config: Arc::new(config),
+        };
+        let life = handles.life.clone();
         let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];
         for (conversation, last_seq) in recovered {
-            if let Some(map) = per_shard.get_mut(ctx.shard_for(conversation)) {
+            if let Some(map) = per_shard.get_mut(handles.place.owner_of(conversation)) {
                 map.insert(conversation, last_seq);
             }
         }
@@ -246,7 +256,7 @@ impl ServerHandle {
         for (id, (((((tcp, http), tls_l), wss), quic), recovered)) in
             sockets.zip(per_shard).enumerate()
         {
-            let ctx = ctx.clone();
+            let handles = handles.clone();
             let listeners = crate::ingress::Listeners {
                 tcp,
                 http,
@@ -258,9 +268,10 @@ impl ServerHandle {
             let handle = thread::Builder::new()
                 .name(format!("chatd-shard-{id}"))
                 .spawn(move || {
-                    if let Err(e) = crate::shard::run(id, ctx.clone(), listeners, recovered) {
+                    let life = handles.life.clone();
+                    if let Err(e) = crate::shard::run(id, handles, listeners, recovered) {
                         tracing::error!(shard = id, cause = %e, "shard failed");
-                        ctx.shutdown.send_replace(true);
+                        life.shut_down();
                     }
                 })
                 .map_err(io("starting a shard thread"))?;
@@ -275,8 +286,11 @@ impl ServerHandle {
             nr_shards,
             "listening"
         );
+        // The writer and push threads exit once the last handle to them is
+        // gone: the shards' (when they stop) and these, dropped here.
+        drop(handles);
         Ok(Self {
-            ctx,
+            life,
             shards,
             writer: writer_thread,
             push: push_thread,
@@ -346,14 +360,12 @@ impl ServerHandle {
     /// Resolves once a shutdown has begun, whoever began it (a storage
     /// failure stops the server by itself).
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.ctx.shutdown.subscribe()
+        self.life.subscribe()
     }
 
     /// Begins a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&self) {
-        // `send_replace` stores the value even when no shard has subscribed
-        // yet (a shutdown right after start); `send` would drop it.
-        self.ctx.shutdown.send_replace(true);
+        self.life.shut_down();
     }
 
     /// Stops accepting, sends GoAway to every session, waits (bounded by
@@ -370,8 +382,8 @@ impl ServerHandle {
         for shard in self.shards {
             let _ = shard.join();
         }
-        // The push and writer threads exit once their last handles are gone.
-        drop(self.ctx);
+        // The push and writer threads exit once their last handles are
+        // gone, which they are once the shards have stopped.
         self.push.join();
         self.writer.join();
     }

@@ -25,20 +25,79 @@ use bytes::Bytes;
 use chat_protocol::{ErrorCode, pb};
 use tokio::sync::Notify;
 
-use crate::context::Context;
+use crate::accounts::Accounts;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::lifecycle::Lifecycle;
+use crate::media::Media;
+use crate::mesh::Mesh;
 use crate::mesh::ShardId;
-use crate::owner::{Effect, Loaded, Origin, Output, Owner, OwnerRequest, Pending};
-use crate::reply;
+use crate::owner::{Effect, FoundKey, Loaded, Origin, Output, Owner, OwnerRequest, Pending};
+use crate::placement::Placement;
+use crate::push::Push;
+use crate::reply::{self, Refusal};
 use crate::session_table::SessionTable;
 use crate::shard_msg::ShardMsg;
+use crate::storage::Store;
 use crate::storage::writer::Batch;
+use crate::storage::writer::Writer;
+
+/// What a shard is built from: the settings and the narrow, thread-safe
+/// handles it shares with the other shards. Each handler gets only the
+/// handle it needs (the catalog, the accounts, the store), never this.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Where conversations, users and keys live among the shards.
+    pub place: Placement,
+    /// Shard-to-shard rings.
+    pub mesh: Arc<Mesh<ShardMsg>>,
+    /// Which shards may hold each user's sessions (fan-out targets).
+    pub directory: Arc<Directory>,
+    /// Read handle to the store (reads run on blocking threads).
+    pub store: Store,
+    /// Queue to the storage writer.
+    pub writer: Writer,
+    /// Registration, login, tokens and profiles.
+    pub accounts: Accounts,
+    /// Conversation creation, history, sync and the conversation list.
+    pub catalog: Catalog,
+    /// Media URL signing and files.
+    pub media: Arc<Media>,
+    /// Queue to the push thread.
+    pub push: Push,
+    /// Shutdown and storage failure.
+    pub life: Lifecycle,
+}
 
 /// One shard's state.
 pub struct Shard {
     /// This shard's index.
     pub id: ShardId,
-    /// Shared state.
-    pub ctx: Arc<Context>,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Where conversations, users and keys live among the shards.
+    pub place: Placement,
+    /// Shard-to-shard rings.
+    pub mesh: Arc<Mesh<ShardMsg>>,
+    /// Which shards may hold each user's sessions (fan-out targets).
+    pub directory: Arc<Directory>,
+    /// Read handle to the store, for this shard's own off-thread reads.
+    pub store: Store,
+    /// Queue to the storage writer (the commit loop's).
+    pub writer: Writer,
+    /// Registration, login, tokens and profiles.
+    pub accounts: Accounts,
+    /// Conversation creation, history, sync and the conversation list.
+    pub catalog: Catalog,
+    /// Media URL signing and files.
+    pub media: Arc<Media>,
+    /// Queue to the push thread.
+    pub push: Push,
+    /// Shutdown and storage failure.
+    pub life: Lifecycle,
     /// Connected sessions.
     pub sessions: RefCell<SessionTable>,
     /// Conversations this shard owns (sans-IO; driven by `drive_owner`).
@@ -72,19 +131,19 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
-    fn new(id: ShardId, ctx: Arc<Context>, recovered: HashMap<u64, u64>) -> Self {
-        let c = &ctx.config;
+    fn new(id: ShardId, h: Handles, recovered: HashMap<u64, u64>) -> Self {
+        let c = &h.config;
         let rules = crate::owner::Rules {
             max_message_bytes: c.max_message_bytes,
             max_group_members: c.max_group_members,
             push_preview: c.push_preview,
-            push: ctx.push.clone(),
-            media: ctx.media.clone(),
+            push: h.push.clone(),
+            media: h.media.clone(),
         };
         let owner = Owner::new(id as u16, recovered, c.recent_messages, rules);
         Self {
             id,
-            sessions: RefCell::new(SessionTable::new(id, ctx.directory.clone())),
+            sessions: RefCell::new(SessionTable::new(id, h.directory.clone())),
             owner: RefCell::new(owner),
             counters: crate::metrics::PerMessage::new(),
             user_buckets: RefCell::new(HashMap::new()),
@@ -98,9 +157,19 @@ impl Shard {
             home: crate::home::Home::new(
                 c.login_failures_per_username,
                 c.login_failures_per_address,
-                crate::config::cores() / ctx.nr_shards().max(1),
+                crate::config::cores() / h.place.nr_shards(),
             ),
-            ctx,
+            config: h.config,
+            place: h.place,
+            mesh: h.mesh,
+            directory: h.directory,
+            store: h.store,
+            writer: h.writer,
+            accounts: h.accounts,
+            catalog: h.catalog,
+            media: h.media,
+            push: h.push,
+            life: h.life,
         }
     }
 
@@ -114,7 +183,7 @@ impl Shard {
 
     /// Accepts a request for a conversation this shard owns.
     pub fn enqueue_owned(self: &Rc<Self>, req: OwnerRequest) {
-        let now = self.ctx.now_ms();
+        let now = self.config.clock.now_ms();
         self.owner.borrow_mut().handle_request(now, req);
         self.drive_owner();
     }
@@ -132,63 +201,33 @@ impl Shard {
                 Output::Load {
                     conversation,
                     recovered_seq,
-                } => {
-                    let shard = self.clone();
-                    tokio::task::spawn_local(async move {
-                        let loaded = shard
-                            .ctx
-                            .store
-                            .off_thread(move |store| {
-                                let Some(record) = store.conversation(conversation)? else {
-                                    return Ok(None);
-                                };
-                                let members = store.members(conversation)?;
-                                let last_seq = match recovered_seq {
-                                    Some(s) => s,
-                                    None => store.last_seq(conversation)?,
-                                };
-                                Ok(Some(Loaded {
-                                    record,
-                                    members,
-                                    last_seq,
-                                }))
-                            })
-                            .await;
-                        let now = shard.ctx.now_ms();
-                        let mut owner = shard.owner.borrow_mut();
-                        owner.handle_loaded(now, conversation, loaded);
-                        drop(owner);
-                        shard.drive_owner();
-                    });
-                }
-                Output::LookUp { conversation, keys } => {
-                    let shard = self.clone();
-                    tokio::task::spawn_local(async move {
-                        let found = shard
-                            .ctx
-                            .store
-                            .off_thread(move |store| {
-                                let mut found = Vec::new();
-                                for (sender, cmid) in keys {
-                                    if let Some(rec) =
-                                        store.idempotency(conversation, sender, &cmid)?
-                                    {
-                                        found.push((sender, cmid, rec));
-                                    }
-                                }
-                                Ok(found)
-                            })
-                            .await;
-                        let now = shard.ctx.now_ms();
-                        shard
-                            .owner
-                            .borrow_mut()
-                            .handle_keys(now, conversation, found);
-                        shard.drive_owner();
-                    });
-                }
+                } => self.read_for_owner(
+                    move |store| load(store, conversation, recovered_seq),
+                    move |owner, now, loaded| owner.handle_loaded(now, conversation, loaded),
+                ),
+                Output::LookUp { conversation, keys } => self.read_for_owner(
+                    move |store| look_up(store, conversation, keys),
+                    move |owner, now, found| owner.handle_keys(now, conversation, found),
+                ),
             }
         }
+    }
+
+    /// Runs `read` on the blocking pool (the owner never reads the store on
+    /// the shard thread), hands its result to the owner with `answer`, and
+    /// carries out what the owner does next.
+    fn read_for_owner<T: Send + 'static>(
+        self: &Rc<Self>,
+        read: impl FnOnce(&Store) -> Result<T, Refusal> + Send + 'static,
+        answer: impl FnOnce(&mut Owner, u64, Result<T, Refusal>) + 'static,
+    ) {
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            let result = shard.store.off_thread(read).await;
+            let now = shard.config.clock.now_ms();
+            answer(&mut shard.owner.borrow_mut(), now, result);
+            shard.drive_owner();
+        });
     }
 
     /// Routes a reply to the session that asked, returning the request's
@@ -201,14 +240,14 @@ impl Shard {
                 session: origin.session,
                 frame,
             };
-            self.ctx.mesh.send(self.id, origin.shard, msg).await;
+            self.mesh.send(self.id, origin.shard, msg).await;
         }
     }
 
     /// Closes every authenticated session of `user` on every shard, after
     /// `frame`, except session `spared` of this shard.
     pub async fn end_user(&self, user: u64, frame: Bytes, spared: Option<u64>) {
-        for dst in 0..self.ctx.nr_shards() {
+        for dst in 0..self.place.nr_shards() {
             if dst == self.id {
                 self.sessions.borrow().close_user(user, &frame, spared);
             } else {
@@ -216,7 +255,7 @@ impl Shard {
                     user,
                     frame: frame.clone(),
                 };
-                self.ctx.mesh.send(self.id, dst, msg).await;
+                self.mesh.send(self.id, dst, msg).await;
             }
         }
     }
@@ -224,8 +263,8 @@ impl Shard {
     /// Pushes `frame` to every session of `users`, on the shards that may
     /// hold one ([`crate::directory`]).
     pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes, ephemeral: bool) {
-        let targets = self.ctx.directory.shards_of(&users);
-        for dst in 0..self.ctx.nr_shards() {
+        let targets = self.directory.shards_of(&users);
+        for dst in 0..self.place.nr_shards() {
             if targets.is_some_and(|t| !t.contains(dst)) {
                 self.counters.fanout_shards_skipped.increment(1);
                 continue;
@@ -239,30 +278,30 @@ impl Shard {
                     frame: frame.clone(),
                     ephemeral,
                 };
-                self.ctx.mesh.send(self.id, dst, msg).await;
+                self.mesh.send(self.id, dst, msg).await;
             }
         }
     }
 
     /// Sends a conversation operation to the shard that owns it.
     pub async fn to_owner(self: &Rc<Self>, req: OwnerRequest) {
-        let owner = self.ctx.shard_for(req.conversation());
+        let owner = self.place.owner_of(req.conversation());
         if owner == self.id {
             self.enqueue_owned(req);
         } else {
             let msg = ShardMsg::Request(Box::new(req));
-            self.ctx.mesh.send(self.id, owner, msg).await;
+            self.mesh.send(self.id, owner, msg).await;
         }
     }
 
     /// Sends `msg` to the home shard of `key` ([`crate::home`]), or
     /// handles it here if this is its home.
     pub async fn to_home(self: &Rc<Self>, key: &crate::home::Key, msg: ShardMsg) {
-        let home = crate::home::home_of(key, self.ctx.nr_shards());
+        let home = crate::home::home_of(key, self.place.nr_shards());
         if home == self.id {
             self.handle_msg(msg);
         } else {
-            self.ctx.mesh.send(self.id, home, msg).await;
+            self.mesh.send(self.id, home, msg).await;
         }
     }
 
@@ -298,9 +337,9 @@ impl Shard {
 
     async fn mesh_loop(self: Rc<Self>) {
         loop {
-            let taken = self.ctx.mesh.drain(self.id, |msg| self.handle_msg(msg));
+            let taken = self.mesh.drain(self.id, |msg| self.handle_msg(msg));
             if taken == 0 {
-                self.ctx.mesh.readable(self.id).await;
+                self.mesh.readable(self.id).await;
             } else {
                 // Let sessions and the commit loop run between turns.
                 tokio::task::yield_now().await;
@@ -335,7 +374,7 @@ impl Shard {
             let result = if batch.is_empty() {
                 Ok(0)
             } else {
-                self.ctx.writer.write(batch).await
+                self.writer.write(batch).await
             };
             match result {
                 Ok(_) => {
@@ -365,7 +404,7 @@ impl Shard {
                 }
                 Err(e) => {
                     tracing::error!(shard = self.id, cause = %e, "commit failed");
-                    self.ctx.fail();
+                    self.life.fail();
                     for effect in effects {
                         if let Effect::Reply(origin, _) | Effect::Release(origin) = effect {
                             let frame = reply::error(
@@ -386,7 +425,7 @@ impl Shard {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = self.ctx.now_ms();
+            let now = self.config.clock.now_ms();
             self.owner.borrow_mut().handle_tick(now);
             self.drive_owner();
         }
@@ -396,16 +435,16 @@ impl Shard {
     /// are read on the blocking pool: fjall holds the journal list's lock
     /// while it deletes journal files.
     pub async fn sample_gauges(&self) {
-        metrics::gauge!("chatd_storage_queue_depth").set(self.ctx.writer.queue_depth() as f64);
-        if let Ok(g) = self.ctx.store.off_thread(|store| Ok(store.gauges())).await {
+        metrics::gauge!("chatd_storage_queue_depth").set(self.writer.queue_depth() as f64);
+        if let Ok(g) = self.store.off_thread(|store| Ok(store.gauges())).await {
             metrics::gauge!("chatd_store_write_buffer_bytes").set(g.write_buffer_bytes as f64);
             metrics::gauge!("chatd_store_flushes_pending").set(g.flushes_pending as f64);
             metrics::gauge!("chatd_store_journal_files").set(g.journal_files as f64);
             metrics::gauge!("chatd_storage_unapplied_commits").set(g.unapplied_commits as f64);
         }
-        for dst in 0..self.ctx.nr_shards() {
+        for dst in 0..self.place.nr_shards() {
             metrics::gauge!("chatd_mesh_queue_depth", "shard" => dst.to_string())
-                .set(self.ctx.mesh.depth(dst) as f64);
+                .set(self.mesh.depth(dst) as f64);
         }
     }
 
@@ -423,8 +462,47 @@ impl Shard {
     }
 }
 
+/// The owner's `Output::Load`: a conversation as the store holds it, none
+/// if it does not exist. `recovered_seq` is its last seq if the commit
+/// log's recovery knows it.
+fn load(
+    store: &Store,
+    conversation: u64,
+    recovered_seq: Option<u64>,
+) -> Result<Option<Loaded>, Refusal> {
+    let Some(record) = store.conversation(conversation)? else {
+        return Ok(None);
+    };
+    let members = store.members(conversation)?;
+    let last_seq = match recovered_seq {
+        Some(s) => s,
+        None => store.last_seq(conversation)?,
+    };
+    Ok(Some(Loaded {
+        record,
+        members,
+        last_seq,
+    }))
+}
+
+/// The owner's `Output::LookUp`: which of the idempotency `keys` (sender,
+/// client_msg_id) of `conversation` the store holds.
+fn look_up(
+    store: &Store,
+    conversation: u64,
+    keys: Vec<(u64, String)>,
+) -> Result<Vec<FoundKey>, Refusal> {
+    let mut found = Vec::new();
+    for (sender, cmid) in keys {
+        if let Some(rec) = store.idempotency(conversation, sender, &cmid)? {
+            found.push((sender, cmid, rec));
+        }
+    }
+    Ok(found)
+}
+
 /// Threads of a shard's blocking pool, which runs its store reads, password
-/// hashes (at most one per core at once, see `Context::password_hashing`)
+/// hashes (at most one per core at once, see `Home::hashing`)
 /// and other blocking calls. Reads are bounded per session; beyond this many
 /// at once they queue. Each thread that has run holds its stack and its
 /// allocator cache until it has been idle for 10 s.
@@ -433,7 +511,7 @@ const BLOCKING_THREADS: usize = 16;
 /// Runs shard `id` on the current thread until shutdown completes.
 pub fn run(
     id: ShardId,
-    ctx: Arc<Context>,
+    handles: Handles,
     listeners: crate::ingress::Listeners,
     recovered: HashMap<u64, u64>,
 ) -> std::io::Result<()> {
@@ -443,15 +521,15 @@ pub fn run(
         .thread_name(format!("chatd-shard-{id}-blocking"))
         .build()?;
     let local = tokio::task::LocalSet::new();
-    let grace = Duration::from_millis(ctx.config.shutdown_grace_ms);
+    let grace = Duration::from_millis(handles.config.shutdown_grace_ms);
     let result = local.block_on(&runtime, async move {
-        let shard = Rc::new(Shard::new(id, ctx.clone(), recovered));
+        let shard = Rc::new(Shard::new(id, handles, recovered));
         tokio::task::spawn_local(shard.clone().mesh_loop());
         tokio::task::spawn_local(shard.clone().commit_loop());
         tokio::task::spawn_local(shard.clone().cursor_flush_loop());
         tokio::task::spawn_local(shard.clone().presence_loop());
         let ingress = crate::ingress::start(&shard, listeners)?;
-        let mut shutdown = ctx.shutdown.subscribe();
+        let mut shutdown = shard.life.subscribe();
         let _ = shutdown.wait_for(|&s| s).await;
         ingress.stop_accepting();
         tracing::info!(

@@ -1,6 +1,6 @@
 //! The owner side of conversations: sequencing sends and membership changes.
 //!
-//! Each conversation is owned by one shard (`Context::shard_for`), and on it
+//! Each conversation is owned by one shard (`Placement::owner_of`), and on it
 //! by one [`Owner`]. The owner is sans-IO, like the protocol crate: the
 //! shell (`crate::shard`) hands it inputs (`handle_request`, the store's
 //! answers in `handle_loaded` and `handle_keys`, `handle_durable`,

@@ -6,8 +6,8 @@ use std::rc::Rc;
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
 
-use super::{Request, at_home, blocking, login_allowed, login_failed, spawn_read, stopped};
-use crate::accounts;
+use super::{Request, at_home, blocking, password_attempt, spawn_read};
+use crate::accounts::{self, Accounts};
 use crate::connection::Conn;
 use crate::home::Key;
 use crate::presence::PresenceOp;
@@ -16,8 +16,8 @@ use crate::shard::Shard;
 
 /// GetProfile.
 pub(crate) fn profile(conn: &Rc<Conn>, req: Request, p: pb::GetProfile) {
-    spawn_read(conn, req, move |ctx| {
-        accounts::profile(ctx, &p).map(S::Profile)
+    spawn_read(conn, req, &conn.shard.accounts, move |accounts| {
+        accounts.profile(&p).map(S::Profile)
     });
 }
 
@@ -27,8 +27,9 @@ pub(crate) fn update_profile(conn: &Rc<Conn>, req: Request, user: u64, p: pb::Up
     let hide = p.hide_last_seen;
     let shard = conn.shard.clone();
     tokio::task::spawn_local(async move {
-        let result = at_home(&shard, &Key::User(user), true, move |ctx| {
-            accounts::update_profile(ctx, user, &p)
+        let accounts = &shard.accounts;
+        let result = at_home(&shard, &Key::User(user), true, accounts, move |accounts| {
+            accounts.update_profile(user, &p)
         })
         .await;
         if result.is_ok() {
@@ -67,22 +68,12 @@ async fn change(
     p: pb::ChangePassword,
     peer: Option<IpAddr>,
 ) -> Result<(), Refusal> {
-    let name = blocking(&shard.ctx, move |ctx| accounts::username(ctx, user)).await?;
-    let now = shard.ctx.config.clock.now();
+    let name = blocking(&shard.accounts, move |a| a.username(user)).await?;
     let keys = accounts::login_keys(&name, peer);
-    login_allowed(shard, &keys, now).await?;
-    let hashing = shard.home.hashing.acquire().await.map_err(|_| stopped())?;
-    let hashes = blocking(&shard.ctx, move |ctx| {
-        accounts::check_new_password(ctx, user, &p)
-    })
-    .await;
-    drop(hashing);
-    if matches!(&hashes, Err(r) if r.code == ErrorCode::InvalidCredentials) {
-        login_failed(shard, keys, now).await;
-    }
-    let hashes = hashes?;
-    at_home(shard, &Key::User(user), true, move |ctx| {
-        accounts::replace_password(ctx, user, hashes, token.as_deref())
+    let check = move |a: &Accounts| a.check_new_password(user, &p);
+    let hashes = password_attempt(shard, keys, check).await?;
+    at_home(shard, &Key::User(user), true, &shard.accounts, move |a| {
+        a.replace_password(user, hashes, token.as_deref())
     })
     .await
 }
@@ -95,7 +86,9 @@ pub(crate) fn register_push_token(
     p: pb::RegisterPushToken,
 ) {
     let token = conn.token.borrow().clone().unwrap_or_default();
-    spawn_read(conn, req, move |ctx| {
-        crate::push::register(ctx, user, &token, &p).map(|()| S::Done(pb::Done {}))
+    spawn_read(conn, req, &conn.shard.accounts, move |accounts| {
+        accounts
+            .register_push_token(user, &token, &p)
+            .map(|()| S::Done(pb::Done {}))
     });
 }

@@ -7,34 +7,35 @@ use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
 
 use super::{Request, read_then_owner, spawn_at_home, spawn_read, to_owner};
-use crate::catalog;
+use crate::catalog::{self, Catalog};
 use crate::connection::Conn;
-use crate::context::Context;
 use crate::owner::OwnerOp;
 use crate::reply::Refusal;
+use crate::storage::Store;
 
 /// CreateConversation; a direct chat, unique per pair, is created at the
 /// pair's home, in its lane.
 pub(crate) fn create(conn: &Rc<Conn>, req: Request, user: u64, c: pb::CreateConversation) {
     let key = catalog::direct_key(user, &c);
-    let create = move |ctx: &Context| catalog::create(ctx, user, &c).map(S::Conversation);
+    let create = move |catalog: &Catalog| catalog.create(user, &c).map(S::Conversation);
+    let catalog = &conn.shard.catalog;
     match key {
-        Some(key) => spawn_at_home(conn, req, key, create),
-        None => spawn_read(conn, req, create),
+        Some(key) => spawn_at_home(conn, req, key, catalog, create),
+        None => spawn_read(conn, req, catalog, create),
     }
 }
 
 /// GetConversation.
 pub(crate) fn get(conn: &Rc<Conn>, req: Request, user: u64, g: pb::GetConversation) {
-    spawn_read(conn, req, move |ctx| {
-        catalog::get(ctx, user, g.conversation_id).map(S::Conversation)
+    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+        catalog.get(user, g.conversation_id).map(S::Conversation)
     });
 }
 
 /// ListConversations.
 pub(crate) fn list(conn: &Rc<Conn>, req: Request, user: u64, l: pb::ListConversations) {
-    spawn_read(conn, req, move |ctx| {
-        catalog::list(ctx, user, &l).map(S::ConversationList)
+    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+        catalog.list(user, &l).map(S::ConversationList)
     });
 }
 
@@ -42,16 +43,17 @@ pub(crate) fn list(conn: &Rc<Conn>, req: Request, user: u64, l: pb::ListConversa
 /// owner's.
 pub(crate) fn add_members(conn: &Rc<Conn>, req: Request, user: u64, a: pb::AddMembers) {
     let ids = a.user_ids.clone();
-    let check = move |c: &Context| {
+    let check = move |store: &Store| {
         for &u in &ids {
-            if c.store.user(u)?.is_none() {
+            if store.user(u)?.is_none() {
                 return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
             }
         }
         Ok(())
     };
     let op = |()| OwnerOp::AddMembers(a.user_ids);
-    read_then_owner(conn, req, user, a.conversation_id, check, op);
+    let store = &conn.shard.store;
+    read_then_owner(conn, req, (user, a.conversation_id), store, check, op);
 }
 
 /// RemoveMember.

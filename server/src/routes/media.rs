@@ -10,7 +10,7 @@ use crate::connection::Conn;
 
 /// RequestUpload: a signed URL to PUT the file to.
 pub(crate) fn request_upload(conn: &Rc<Conn>, req: Request, r: pb::RequestUpload) {
-    let ctx = &conn.shard.ctx;
-    let ticket = ctx.media.ticket(&r, ctx.now_ms());
+    let shard = &conn.shard;
+    let ticket = shard.media.ticket(&r, shard.config.clock.now_ms());
     req.answer(ticket.map(S::UploadTicket));
 }

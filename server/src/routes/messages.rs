@@ -9,12 +9,11 @@ use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
 
 use super::{Request, read_then_owner, spawn_read, to_owner};
-use crate::catalog;
 use crate::connection::Conn;
-use crate::context::Context;
 use crate::limits::TokenBucket;
 use crate::owner::OwnerOp;
 use crate::reply::Refusal;
+use crate::storage::Store;
 
 /// SendMessage: refused with RATE_LIMITED past the connection's or the
 /// user's send rate, otherwise sequenced by the conversation's owner.
@@ -31,7 +30,7 @@ pub(crate) async fn send(conn: &Rc<Conn>, req: Request, user: u64, m: pb::SendMe
 
 /// One send from this connection: within its own and its user's rate?
 fn take_send_token(conn: &Conn, user: u64) -> Result<(), Duration> {
-    let config = &conn.shard.ctx.config;
+    let config = &conn.shard.config;
     let now = config.clock.now();
     conn.bucket.borrow_mut().take(now)?;
     conn.shard
@@ -46,26 +45,29 @@ fn take_send_token(conn: &Conn, user: u64) -> Result<(), Duration> {
 /// delete it.
 pub(crate) fn delete(conn: &Rc<Conn>, req: Request, user: u64, d: pb::DeleteMessage) {
     let (conversation, seq) = (d.conversation_id, d.seq);
-    let read = move |c: &Context| Ok(c.store.message(conversation, seq)?);
+    let read = move |store: &Store| Ok(store.message(conversation, seq)?);
     let op = move |target: Option<pb::Message>| OwnerOp::DeleteMessage {
         seq,
         target: target.map(Box::new),
     };
-    read_then_owner(conn, req, user, conversation, read, op);
+    let store = &conn.shard.store;
+    read_then_owner(conn, req, (user, conversation), store, read, op);
 }
 
 /// GetHistory.
 pub(crate) fn history(conn: &Rc<Conn>, req: Request, user: u64, h: pb::GetHistory) {
-    spawn_read(conn, req, move |ctx| {
-        catalog::history(ctx, user, &h).map(S::MessagePage)
+    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+        catalog.history(user, &h).map(S::MessagePage)
     });
 }
 
 /// Sync.
 pub(crate) fn sync(conn: &Rc<Conn>, req: Request, user: u64, s: pb::Sync) {
     metrics::counter!("chatd_syncs_total").increment(1);
-    spawn_read(conn, req, move |ctx| {
-        catalog::sync(ctx, user, &s.cursors, s.limit_per_conversation).map(S::SyncResult)
+    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+        catalog
+            .sync(user, &s.cursors, s.limit_per_conversation)
+            .map(S::SyncResult)
     });
 }
 

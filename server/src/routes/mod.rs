@@ -28,7 +28,6 @@ pub mod presence;
 pub mod session;
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use chat_protocol::ErrorCode;
@@ -38,9 +37,8 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::accounts;
+use crate::accounts::{self, Accounts};
 use crate::connection::Conn;
-use crate::context::Context;
 use crate::home::{Job, Key, LoginOp};
 use crate::limits::LoginKey;
 use crate::owner::{Origin, OwnerOp, OwnerRequest};
@@ -152,14 +150,19 @@ pub(crate) async fn dispatch(conn: &Rc<Conn>, user: u64, rid: u64, body: C) {
     }
 }
 
-/// Runs a blocking closure on the shard's blocking pool (store reads and
-/// writes, password hashing): never on the shard thread itself.
-pub(crate) async fn blocking<T: Send + 'static>(
-    ctx: &Arc<Context>,
-    f: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
-) -> Result<T, Refusal> {
-    let ctx = ctx.clone();
-    tokio::task::spawn_blocking(move || f(&ctx))
+/// Runs `f` with `handle` (a narrow handle: the catalog, the accounts,
+/// the store) on the shard's blocking pool (store reads and writes,
+/// password hashing): never on the shard thread itself.
+pub(crate) async fn blocking<H, T>(
+    handle: &H,
+    f: impl FnOnce(&H) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal>
+where
+    H: Clone + Send + 'static,
+    T: Send + 'static,
+{
+    let handle = handle.clone();
+    tokio::task::spawn_blocking(move || f(&handle))
         .await
         .unwrap_or_else(|e| {
             Err(Refusal::new(
@@ -169,70 +172,94 @@ pub(crate) async fn blocking<T: Send + 'static>(
         })
 }
 
-/// Answers `req` with `read`, run on the blocking pool, at most
-/// `STORE_READS_PER_SESSION` per session at once (each answer is up to a
-/// frame; this bounds what a client that asks and never reads can pin).
-pub(crate) fn spawn_read(
+/// Answers `req` with `read`, run with `handle` on the blocking pool, at
+/// most `STORE_READS_PER_SESSION` per session at once (each answer is up
+/// to a frame; this bounds what a client that asks and never reads can
+/// pin).
+pub(crate) fn spawn_read<H: Clone + Send + 'static>(
     conn: &Conn,
     req: Request,
-    read: impl FnOnce(&Context) -> Handled + Send + 'static,
+    handle: &H,
+    read: impl FnOnce(&H) -> Handled + Send + 'static,
 ) {
-    spawn_answer(conn, req, None, read);
+    spawn_blocking_request(conn, req, None, handle, read, answer);
 }
 
 /// Like [`spawn_read`], for a check-then-write at the home of `key`, in
 /// its lane ([`at_home`]).
-pub(crate) fn spawn_at_home(
+pub(crate) fn spawn_at_home<H: Clone + Send + 'static>(
     conn: &Conn,
     req: Request,
     key: Key,
-    write: impl FnOnce(&Context) -> Handled + Send + 'static,
+    handle: &H,
+    write: impl FnOnce(&H) -> Handled + Send + 'static,
 ) {
-    spawn_answer(conn, req, Some(key), write);
+    spawn_blocking_request(conn, req, Some(key), handle, write, answer);
 }
 
-fn spawn_answer(
+/// Runs `read` with `handle` on the blocking pool (a store read the owner
+/// shard must not do), then hands the conversation's owner the operation
+/// `op` builds from its result; a refused read is the answer.
+pub(crate) fn read_then_owner<H, T>(
+    conn: &Conn,
+    req: Request,
+    (user, conversation): (u64, u64),
+    handle: &H,
+    read: impl FnOnce(&H) -> Result<T, Refusal> + Send + 'static,
+    op: impl FnOnce(T) -> OwnerOp + 'static,
+) where
+    H: Clone + Send + 'static,
+    T: Send + 'static,
+{
+    let then = move |req: Request, read: Result<T, Refusal>| match read {
+        Ok(value) => Some(req.to_owner(user, conversation, op(value))),
+        Err(r) => {
+            req.answer(Err(r));
+            None
+        }
+    };
+    spawn_blocking_request(conn, req, None, handle, read, then);
+}
+
+/// The end of a request that is answered with what its blocking part
+/// returned.
+fn answer(req: Request, result: Handled) -> Option<OwnerRequest> {
+    req.answer(result);
+    None
+}
+
+/// Runs `f` with `handle` on the blocking pool (at the home of `home`, in
+/// its lane, if given) holding one of the session's store-read permits,
+/// then `then` on the shard with its result, which answers `req` or turns
+/// it into an operation for the conversation's owner.
+fn spawn_blocking_request<H, T>(
     conn: &Conn,
     req: Request,
     home: Option<Key>,
-    f: impl FnOnce(&Context) -> Handled + Send + 'static,
-) {
+    handle: &H,
+    f: impl FnOnce(&H) -> Result<T, Refusal> + Send + 'static,
+    then: impl FnOnce(Request, Result<T, Refusal>) -> Option<OwnerRequest> + 'static,
+) where
+    H: Clone + Send + 'static,
+    T: Send + 'static,
+{
     let shard = conn.shard.clone();
-    let handle = conn.handle.clone();
+    let session = conn.handle.clone();
+    let handle = handle.clone();
     tokio::task::spawn_local(async move {
-        let _permit = handle.reads.acquire().await;
-        if handle.signal.get().is_some() {
+        let permit = session.reads.acquire().await;
+        if session.signal.get().is_some() {
             // Closing: nobody will read the answer; `req` returns its
             // permit as it drops.
             return;
         }
-        let answer = match home {
-            Some(key) => at_home(&shard, &key, true, f).await,
-            None => blocking(&shard.ctx, f).await,
+        let result = match home {
+            Some(key) => at_home(&shard, &key, true, &handle, f).await,
+            None => blocking(&handle, f).await,
         };
-        req.answer(answer);
-    });
-}
-
-/// Runs `read` on the blocking pool (a store read the owner shard must
-/// not do), then hands the conversation's owner the operation `op` builds
-/// from its result; a refused read is the answer.
-pub(crate) fn read_then_owner<T: Send + 'static>(
-    conn: &Conn,
-    req: Request,
-    user: u64,
-    conversation: u64,
-    read: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
-    op: impl FnOnce(T) -> OwnerOp + 'static,
-) {
-    let shard = conn.shard.clone();
-    tokio::task::spawn_local(async move {
-        match blocking(&shard.ctx, read).await {
-            Ok(value) => {
-                let owned = req.to_owner(user, conversation, op(value));
-                shard.to_owner(owned).await;
-            }
-            Err(r) => req.answer(Err(r)),
+        drop(permit);
+        if let Some(owned) = then(req, result) {
+            shard.to_owner(owned).await;
         }
     });
 }
@@ -246,16 +273,21 @@ pub(crate) async fn to_owner(conn: &Conn, req: Request, user: u64, conversation:
 /// Runs blocking `f` on the home shard of `key`, holding that shard's lane
 /// when `serial` ([`crate::home`]): how check-then-write of a username, a
 /// direct pair or a user record is serialised without a shared lock.
-pub(crate) async fn at_home<T: Send + 'static>(
+pub(crate) async fn at_home<H, T>(
     shard: &Rc<Shard>,
     key: &Key,
     serial: bool,
-    f: impl FnOnce(&Context) -> Result<T, Refusal> + Send + 'static,
-) -> Result<T, Refusal> {
+    handle: &H,
+    f: impl FnOnce(&H) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal>
+where
+    H: Clone + Send + 'static,
+    T: Send + 'static,
+{
     let (tx, rx) = oneshot::channel();
-    let ctx = shard.ctx.clone();
+    let handle = handle.clone();
     let work = Box::new(move || {
-        let _ = tx.send(f(&ctx));
+        let _ = tx.send(f(&handle));
     });
     shard
         .to_home(key, ShardMsg::Home(Job { serial, work }))
@@ -263,14 +295,29 @@ pub(crate) async fn at_home<T: Send + 'static>(
     rx.await.unwrap_or_else(|_| Err(stopped()))
 }
 
-/// Whether a login attempt counted against each of `keys` may proceed,
-/// asked of each key's home shard; past a limit, TOO_MANY_LOGIN_ATTEMPTS
-/// with the wait.
-pub(crate) async fn login_allowed(
+/// A password check counted by the failed-login limits of `keys`: refused
+/// with TOO_MANY_LOGIN_ATTEMPTS while a limit holds; otherwise `check` runs
+/// with the accounts under this shard's hashing permit, and an
+/// INVALID_CREDENTIALS result counts against every key, at its home.
+pub(crate) async fn password_attempt<T: Send + 'static>(
     shard: &Rc<Shard>,
-    keys: &[LoginKey],
-    now: Instant,
-) -> Result<(), Refusal> {
+    keys: Vec<LoginKey>,
+    check: impl FnOnce(&Accounts) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let now = shard.config.clock.now();
+    login_allowed(shard, &keys, now).await?;
+    let hashing = shard.home.hashing.acquire().await.map_err(|_| stopped())?;
+    let result = blocking(&shard.accounts, check).await;
+    drop(hashing);
+    if matches!(&result, Err(r) if r.code == ErrorCode::InvalidCredentials) {
+        login_failed(shard, keys, now).await;
+    }
+    result
+}
+
+/// Whether a login attempt counted against each of `keys` may proceed,
+/// asked of each key's home shard.
+async fn login_allowed(shard: &Rc<Shard>, keys: &[LoginKey], now: Instant) -> Result<(), Refusal> {
     for key in keys {
         let (answer, rx) = oneshot::channel();
         let op = LoginOp::Check {
@@ -289,7 +336,7 @@ pub(crate) async fn login_allowed(
 }
 
 /// Counts a failed login against each of `keys`, at their homes.
-pub(crate) async fn login_failed(shard: &Rc<Shard>, keys: Vec<LoginKey>, now: Instant) {
+async fn login_failed(shard: &Rc<Shard>, keys: Vec<LoginKey>, now: Instant) {
     for key in keys {
         let home = Key::Login(key.clone());
         let op = LoginOp::Failed { key, now };

@@ -8,13 +8,14 @@ use std::rc::Rc;
 use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
 
-use super::{at_home, blocking, login_allowed, login_failed};
+use super::{at_home, blocking, password_attempt, stopped};
+use crate::accounts;
 use crate::connection::{CAPABILITY_DATAGRAMS, Conn};
 use crate::home::Key;
 use crate::presence::PresenceOp;
 use crate::reply::{self, Handled, Refusal};
 use crate::session_table::CloseReason;
-use crate::{accounts, catalog};
+use crate::shard::Shard;
 
 /// Ping: Pong with the same nonce.
 pub(crate) fn ping(conn: &Conn, rid: u64, p: pb::Ping) {
@@ -31,7 +32,7 @@ pub(crate) fn hello(conn: &Conn, rid: u64, hello: pb::Hello) {
         let wanted = hello.capabilities.iter().any(|c| c == CAPABILITY_DATAGRAMS);
         conn.caps.datagrams_on.set(wanted);
     }
-    let c = &conn.shard.ctx.config;
+    let c = &conn.shard.config;
     let welcome = pb::Welcome {
         protocol_version: chat_protocol::PROTOCOL_VERSION,
         server_name: "chatd".into(),
@@ -46,65 +47,37 @@ pub(crate) fn hello(conn: &Conn, rid: u64, hello: pb::Hello) {
 /// Register: the password is hashed here, under this shard's hashing
 /// permit; the name is taken at its home, in its lane.
 pub(crate) async fn register(conn: &Rc<Conn>, rid: u64, r: pb::Register) {
-    let shard = &conn.shard;
-    let Ok(hashing) = shard.home.hashing.acquire().await else {
-        return;
-    };
-    let device = accounts::device_of(r.device.as_ref());
-    let key = Key::Username(r.username.clone());
-    let record = blocking(&shard.ctx, move |c| accounts::new_account(c, &r)).await;
-    drop(hashing);
-    let res = match record {
-        Ok(record) => {
-            at_home(shard, &key, true, move |c| {
-                accounts::create_account(c, record, &device)
-            })
-            .await
-        }
-        Err(e) => Err(e),
-    };
-    let res = match res {
-        Ok(ok) => authenticated(conn, ok).await,
-        Err(e) => Err(e),
-    };
+    let res = authenticated(conn, new_account(&conn.shard, r).await).await;
     answer_auth(conn, rid, res.map(S::AuthOk));
 }
 
-/// Login: allowed by the failed-login counts of the username and address
-/// (kept at their homes), checked under this shard's hashing permit, and
-/// counted there if the password was wrong.
+async fn new_account(shard: &Rc<Shard>, r: pb::Register) -> Result<pb::AuthOk, Refusal> {
+    let device = accounts::device_of(r.device.as_ref());
+    let key = Key::Username(r.username.clone());
+    let hashing = shard.home.hashing.acquire().await.map_err(|_| stopped())?;
+    let record = blocking(&shard.accounts, move |a| a.new_account(&r)).await?;
+    drop(hashing);
+    at_home(shard, &key, true, &shard.accounts, move |a| {
+        a.create_account(record, &device)
+    })
+    .await
+}
+
+/// Login: a password attempt counted by the failed-login limits of the
+/// username and the address.
 pub(crate) async fn login(conn: &Rc<Conn>, rid: u64, l: pb::Login) {
-    let shard = &conn.shard;
-    let now = shard.ctx.config.clock.now();
     let keys = accounts::login_keys(&l.username, conn.peer);
-    let res = match login_allowed(shard, &keys, now).await {
-        Ok(()) => {
-            let Ok(_hashing) = shard.home.hashing.acquire().await else {
-                return;
-            };
-            blocking(&shard.ctx, move |c| accounts::login(c, &l)).await
-        }
-        Err(e) => Err(e),
-    };
-    if matches!(&res, Err(r) if r.code == ErrorCode::InvalidCredentials) {
-        login_failed(shard, keys, now).await;
-    }
-    let res = match res {
-        Ok(ok) => authenticated(conn, ok).await,
-        Err(e) => Err(e),
-    };
+    let checked = password_attempt(&conn.shard, keys, move |a| a.login(&l)).await;
+    let res = authenticated(conn, checked).await;
     answer_auth(conn, rid, res.map(S::AuthOk));
 }
 
 /// Resume: login by token, with what the session missed in `ResumeOk.sync`.
 pub(crate) async fn resume(conn: &Rc<Conn>, rid: u64, r: pb::Resume) {
-    let ctx = &conn.shard.ctx;
+    let shard = &conn.shard;
     let token = r.session_token.clone();
-    let res = blocking(ctx, move |c| accounts::resume(c, &token)).await;
-    let res = match res {
-        Ok(ok) => authenticated(conn, ok).await,
-        Err(e) => Err(e),
-    };
+    let res = blocking(&shard.accounts, move |a| a.resume(&token)).await;
+    let res = authenticated(conn, res).await;
     let res = match res {
         Ok(auth) => {
             // Registered for pushes before the sync read, so nothing
@@ -112,7 +85,7 @@ pub(crate) async fn resume(conn: &Rc<Conn>, rid: u64, r: pb::Resume) {
             metrics::counter!("chatd_resumes_total").increment(1);
             let user = auth.user_id;
             let cursors = r.cursors;
-            blocking(ctx, move |c| catalog::sync(c, user, &cursors, 0))
+            blocking(&shard.catalog, move |c| c.sync(user, &cursors, 0))
                 .await
                 .map(|sync| {
                     S::ResumeOk(pb::ResumeOk {
@@ -133,8 +106,8 @@ pub(crate) async fn logout(conn: &Rc<Conn>, rid: u64, l: pb::Logout) {
     };
     let token = conn.token.borrow_mut().take();
     let everywhere = l.all_devices;
-    let res = blocking(&conn.shard.ctx, move |c| {
-        accounts::logout(c, user, token.as_deref(), l.all_devices)
+    let res = blocking(&conn.shard.accounts, move |a| {
+        a.logout(user, token.as_deref(), l.all_devices)
     })
     .await;
     signed_off(conn).await;
@@ -159,11 +132,15 @@ fn answer_auth(conn: &Conn, rid: u64, res: Handled) {
     }
 }
 
-/// Records a successful login, unless the user has too many sessions;
-/// returns the reply to send. The session is counted (towards the limit
+/// Records a successful login (register, login or resume: `checked`),
+/// unless the user has too many sessions; returns the reply to send. The session is counted (towards the limit
 /// and the user's presence) by the shard keeping the user's presence.
-async fn authenticated(conn: &Rc<Conn>, ok: pb::AuthOk) -> Result<pb::AuthOk, Refusal> {
-    let max = conn.shard.ctx.config.max_sessions_per_user;
+async fn authenticated(
+    conn: &Rc<Conn>,
+    checked: Result<pb::AuthOk, Refusal>,
+) -> Result<pb::AuthOk, Refusal> {
+    let ok = checked?;
+    let max = conn.shard.config.max_sessions_per_user;
     if !conn.shard.admit_session(ok.user_id, max).await {
         return Err(Refusal::new(
             ErrorCode::TooManySessions,
@@ -189,8 +166,8 @@ fn recheck_token(conn: &Conn, user: u64, token: String) {
     let shard = conn.shard.clone();
     let session = conn.id;
     tokio::task::spawn_local(async move {
-        let found = blocking(&shard.ctx, move |ctx| {
-            Ok(ctx.store.token(&accounts::token_hash(&token))?.is_some())
+        let found = blocking(&shard.store, move |store| {
+            Ok(store.token(&accounts::token_hash(&token))?.is_some())
         })
         .await;
         if let Ok(false) = found {
