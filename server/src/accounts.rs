@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::limits::LoginKey;
-use crate::records::{TokenRecord, UserRecord};
+use crate::push;
+use crate::records::{PushRegistration, TokenRecord, UserRecord};
 use crate::reply::Refusal;
 use crate::storage::writer::Batch;
 use crate::storage::writer::Writer;
@@ -401,15 +402,52 @@ impl Accounts {
         Ok(record.profile(id))
     }
 
-    /// RegisterPushToken for the device holding `session_token`
-    /// ([`crate::push::register`]).
+    /// Answers `RegisterPushToken` (`spec/messages.md`): the device holding
+    /// `session_token` is notified at `req.token` from now on, until it logs out
+    /// or its session expires. The same device token registered by another of
+    /// the user's sessions moves here.
     pub fn register_push_token(
         &self,
         user: u64,
         session_token: &str,
         req: &pb::RegisterPushToken,
     ) -> Result<(), Refusal> {
-        crate::push::register(&self.store, &self.writer, user, session_token, req)
+        if !matches!(req.provider.as_str(), "apns" | "fcm" | "webpush") {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "provider must be apns, fcm or webpush",
+            ));
+        }
+        if req.token.is_empty() || req.token.len() > push::TOKEN_MAX {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                format!("token must be 1-{} bytes", push::TOKEN_MAX),
+            ));
+        }
+        let mine = token_hash(session_token);
+        let device_id = match self.store.token(&mine)? {
+            Some(t) if t.user_id == user => t.device_id,
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::TokenInvalid,
+                    "this session's token was revoked",
+                ));
+            }
+        };
+        let mut batch = Batch::new();
+        for (hash, reg) in self.store.push_registrations(user)? {
+            if reg.token == req.token && hash != mine {
+                batch.set_push_registration(user, &hash, None);
+            }
+        }
+        let reg = PushRegistration {
+            provider: req.provider.clone(),
+            token: req.token.clone(),
+            device_id,
+        };
+        batch.set_push_registration(user, &mine, Some(&reg));
+        self.writer.write_blocking(batch)?;
+        Ok(())
     }
 
     /// Changes the user's display name and last-seen visibility. A

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ConversationKind, Role};
+use chat_protocol::{ErrorCode, UserId};
 use prost::Message;
 
 use crate::clock::Clock;
@@ -115,7 +115,7 @@ pub fn view(
 pub fn direct_key(me: u64, req: &pb::CreateConversation) -> Option<crate::home::Key> {
     match req.member_ids.as_slice() {
         &[other] if req.kind == ConversationKind::Direct as i32 && other != me => {
-            Some(crate::home::Key::direct(me, other))
+            Some(crate::home::Key::direct(UserId(me), UserId(other)))
         }
         _ => None,
     }

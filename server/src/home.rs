@@ -24,6 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use chat_protocol::UserId;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::limits::{LoginKey, LoginLimiter};
@@ -35,16 +36,16 @@ pub enum Key {
     /// A username being taken (Register).
     Username(String),
     /// A user record being read, changed and written (profile, password).
-    User(u64),
+    User(UserId),
     /// The direct chat of two users (the smaller id first).
-    DirectPair(u64, u64),
+    DirectPair(UserId, UserId),
     /// A login-limit key (never a lane: failures are counted at home).
     Login(LoginKey),
 }
 
 impl Key {
     /// The direct-chat key of `a` and `b`, in either order.
-    pub fn direct(a: u64, b: u64) -> Self {
+    pub fn direct(a: UserId, b: UserId) -> Self {
         Key::DirectPair(a.min(b), a.max(b))
     }
 }
@@ -158,11 +159,14 @@ mod tests {
     #[test]
     fn keys_spread_over_shards_and_stay_put() {
         let shards: std::collections::HashSet<ShardId> =
-            (0..64).map(|u| home_of(&Key::User(u), 4)).collect();
+            (0..64).map(|u| home_of(&Key::User(UserId(u)), 4)).collect();
         assert_eq!(shards.len(), 4);
         let k = Key::Username("alice".into());
         assert_eq!(home_of(&k, 4), home_of(&k.clone(), 4));
-        assert_eq!(Key::direct(7, 3), Key::direct(3, 7));
+        assert_eq!(
+            Key::direct(UserId(7), UserId(3)),
+            Key::direct(UserId(3), UserId(7))
+        );
         assert_eq!(home_of(&k, 1), 0);
     }
 

@@ -33,6 +33,11 @@
 //!   keyspaces; [`storage::write`] the typed writes, [`storage::Store`] the
 //!   reads) and [`records`].
 //!
+//! Below the shard nothing refers back up: the owner, presence, push,
+//! accounts, catalog and storage form no import cycle. The session shell
+//! (ingress, transport, connection, routes, http) is the one place modules
+//! still refer to each other both ways.
+//!
 //! Around them: [`server`] starts and stops it all from a [`Config`]
 //! ([`config`]); [`lifecycle`] shutdown and storage failure; [`clock`],
 //! [`limits`], [`idgen`], [`metrics`], [`media`], [`push`], [`web`] (the

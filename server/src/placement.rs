@@ -2,6 +2,8 @@
 //! user's presence keeper, each key's home. Pure functions of an id and the
 //! number of shards, the same on every shard.
 
+use chat_protocol::{ConversationId, UserId};
+
 use crate::home::Key;
 use crate::mesh::ShardId;
 
@@ -25,17 +27,17 @@ impl Placement {
     }
 
     /// The shard that owns `conversation` and alone sequences it.
-    pub fn owner_of(&self, conversation: u64) -> ShardId {
+    pub fn owner_of(&self, conversation: ConversationId) -> ShardId {
         // Fibonacci hashing spreads consecutive ids evenly.
-        let h = conversation.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let h = conversation.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
         (h % self.nr_shards as u64) as ShardId
     }
 
     /// The shard that keeps `user`'s presence and counts their sessions.
-    pub fn presence_of(&self, user: u64) -> ShardId {
+    pub fn presence_of(&self, user: UserId) -> ShardId {
         // A different multiplier from `owner_of`, so that a user's presence
         // and the conversation with the same id are not tied together.
-        let h = user.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 32;
+        let h = user.get().wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 32;
         (h % self.nr_shards as u64) as ShardId
     }
 
@@ -52,10 +54,12 @@ mod tests {
     #[test]
     fn consecutive_ids_spread_over_every_shard() {
         let p = Placement::new(4);
-        let owners: std::collections::HashSet<_> = (1..=64).map(|c| p.owner_of(c)).collect();
-        let keepers: std::collections::HashSet<_> = (1..=64).map(|u| p.presence_of(u)).collect();
+        let owners: std::collections::HashSet<_> =
+            (1..=64).map(|c| p.owner_of(ConversationId(c))).collect();
+        let keepers: std::collections::HashSet<_> =
+            (1..=64).map(|u| p.presence_of(UserId(u))).collect();
         assert_eq!(owners.len(), 4);
         assert_eq!(keepers.len(), 4);
-        assert_eq!(Placement::new(0).owner_of(7), 0);
+        assert_eq!(Placement::new(0).owner_of(ConversationId(7)), 0);
     }
 }

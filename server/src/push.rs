@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_protocol::{ErrorCode, pb};
+use chat_protocol::pb;
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderValue;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -64,13 +64,9 @@ use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::accounts::token_hash;
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
 use crate::records::PushRegistration;
-use crate::reply::Refusal;
-use crate::shard::Shard;
-use crate::shard_msg::ShardMsg;
 use crate::storage::writer::{Batch, Writer};
 use crate::storage::{Store, keys};
 
@@ -83,7 +79,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Characters of message text in a preview.
 const PREVIEW_CHARS: usize = 100;
 /// Longest device token accepted.
-const TOKEN_MAX: usize = 4096;
+pub const TOKEN_MAX: usize = 4096;
 /// Unfinished notifications read back from the outbox per start.
 pub const OUTBOX_RECOVERY_MAX: usize = 10_000;
 /// Unfinished notifications older than this are dropped after a restart
@@ -652,94 +648,6 @@ async fn forget_rejected(
     if !batch.is_empty() {
         if let Err(e) = writer.write(batch).await {
             tracing::warn!(cause = %e, "forgetting rejected push tokens failed");
-        }
-    }
-}
-
-/// Answers `RegisterPushToken` (`spec/messages.md`): the device holding
-/// `session_token` is notified at `req.token` from now on, until it logs out
-/// or its session expires. The same device token registered by another of
-/// the user's sessions moves here.
-pub fn register(
-    store: &Store,
-    writer: &Writer,
-    user: u64,
-    session_token: &str,
-    req: &pb::RegisterPushToken,
-) -> Result<(), Refusal> {
-    if !matches!(req.provider.as_str(), "apns" | "fcm" | "webpush") {
-        return Err(Refusal::new(
-            ErrorCode::InvalidArgument,
-            "provider must be apns, fcm or webpush",
-        ));
-    }
-    if req.token.is_empty() || req.token.len() > TOKEN_MAX {
-        return Err(Refusal::new(
-            ErrorCode::InvalidArgument,
-            format!("token must be 1-{TOKEN_MAX} bytes"),
-        ));
-    }
-    let mine = token_hash(session_token);
-    let device_id = match store.token(&mine)? {
-        Some(t) if t.user_id == user => t.device_id,
-        _ => {
-            return Err(Refusal::new(
-                ErrorCode::TokenInvalid,
-                "this session's token was revoked",
-            ));
-        }
-    };
-    let mut batch = Batch::new();
-    for (hash, reg) in store.push_registrations(user)? {
-        if reg.token == req.token && hash != mine {
-            batch.set_push_registration(user, &hash, None);
-        }
-    }
-    let reg = PushRegistration {
-        provider: req.provider.clone(),
-        token: req.token.clone(),
-        device_id,
-    };
-    batch.set_push_registration(user, &mine, Some(&reg));
-    writer.write_blocking(batch)?;
-    Ok(())
-}
-
-impl Shard {
-    /// Hands a message's recipients (but its sender) to the shards that
-    /// keep their presence, which notify those with no connected session.
-    pub async fn notify_offline(&self, users: &[u64], notice: Arc<Notice>) {
-        let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); self.place.nr_shards()];
-        for &u in users {
-            if u == notice.sender_id {
-                continue;
-            }
-            if let Some(list) = per_shard.get_mut(self.place.presence_of(u)) {
-                list.push(u);
-            }
-        }
-        for (dst, users) in per_shard.into_iter().enumerate() {
-            if users.is_empty() {
-                continue;
-            }
-            if dst == self.id {
-                self.offer_push(&users, &notice);
-            } else {
-                let notice = notice.clone();
-                let msg = ShardMsg::PushCheck { users, notice };
-                self.mesh.send(self.id, dst, msg).await;
-            }
-        }
-    }
-
-    /// Queues notifications for those of `users` (kept by this shard) who
-    /// have no connected session.
-    pub fn offer_push(&self, users: &[u64], notice: &Arc<Notice>) {
-        let presence = self.presence.borrow();
-        for &u in users {
-            if !presence.connected(u) {
-                self.push.offer(u, notice);
-            }
         }
     }
 }

@@ -35,13 +35,6 @@ impl Refusal {
     }
 }
 
-impl From<crate::storage::StorageError> for Refusal {
-    fn from(e: crate::storage::StorageError) -> Self {
-        tracing::error!(cause = %e, "storage failure while serving a request");
-        Self::new(ErrorCode::StorageFailure, "storage failure")
-    }
-}
-
 /// Result of a request handler.
 pub type Handled = Result<Body, Refusal>;
 

@@ -4,17 +4,17 @@ use hashbrown::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
+use chat_protocol::{ConversationId, ErrorCode, pb};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::accounts::Accounts;
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
-use crate::mesh::Mesh;
-use crate::placement::Placement;
-use crate::shard::Handles;
+use crate::mesh::ShardId;
+use crate::reply;
+use crate::shard::{Handles, Shard};
 use crate::storage::writer::{Writer, WriterThread};
 use crate::storage::{StorageError, Store};
 
@@ -136,6 +136,153 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
+/// Every listener of every shard, bound, with the addresses they took and
+/// the TLS setup the secure ones share.
+struct Bound {
+    tcp_addr: SocketAddr,
+    http_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    quic_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
+    cert_path: Option<std::path::PathBuf>,
+    certificates: Option<Arc<crate::transport::tls::Certificates>>,
+    /// One set per shard.
+    listeners: Vec<crate::ingress::Listeners>,
+}
+
+/// Binds each configured listener once per shard (SO_REUSEPORT) and, if
+/// any is secure, loads or generates the certificate.
+fn bind(config: &Config, nr_shards: usize) -> Result<Bound, StartError> {
+    let tcp_local = |l: &std::net::TcpListener| l.local_addr();
+    let stream = |addr| per_shard(addr, Type::STREAM, nr_shards, reuseport_listener, tcp_local);
+    let optional_stream =
+        |addr| optional_per_shard(addr, Type::STREAM, nr_shards, reuseport_listener, tcp_local);
+    let (tcp_addr, tcp) = stream(config.tcp_listen)?;
+    let (http_addr, http) = stream(config.http_listen)?;
+    let (tls_addr, tls) = optional_stream(config.tls_listen)?;
+    let (wss_addr, wss) = optional_stream(config.wss_listen)?;
+    let (quic_addr, quic) = optional_per_shard(
+        config.quic_listen,
+        Type::DGRAM,
+        nr_shards,
+        crate::transport::quic::reuseport_socket,
+        |s: &std::net::UdpSocket| s.local_addr(),
+    )?;
+    let secure = tls_addr.is_some() || wss_addr.is_some() || quic_addr.is_some();
+    let tls_setup = if secure {
+        Some(crate::transport::tls::setup(config)?)
+    } else {
+        None
+    };
+    let cert_path = tls_setup.as_ref().map(|t| t.cert_path.clone());
+    let certificates = tls_setup.as_ref().map(|t| t.certificates.clone());
+    let listeners = tcp
+        .into_iter()
+        .zip(http)
+        .zip(tls)
+        .zip(wss)
+        .zip(quic)
+        .map(
+            |((((tcp, http), tls), wss), quic)| crate::ingress::Listeners {
+                tcp,
+                http,
+                tls,
+                wss,
+                quic,
+                tls_setup: tls_setup.clone(),
+            },
+        )
+        .collect();
+    Ok(Bound {
+        tcp_addr,
+        http_addr,
+        tls_addr,
+        quic_addr,
+        wss_addr,
+        cert_path,
+        certificates,
+        listeners,
+    })
+}
+
+/// Starts one thread per shard, each with its listeners and the recovered
+/// last seqs of the conversations it owns.
+fn spawn_shards(
+    handles: &Handles,
+    listeners: Vec<crate::ingress::Listeners>,
+    recovered: Vec<(u64, u64)>,
+) -> Result<Vec<thread::JoinHandle<()>>, StartError> {
+    let place = handles.place;
+    let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); place.nr_shards()];
+    for (conversation, last_seq) in recovered {
+        if let Some(map) = per_shard.get_mut(place.owner_of(ConversationId(conversation))) {
+            map.insert(conversation, last_seq);
+        }
+    }
+    let mut shards = Vec::with_capacity(place.nr_shards());
+    for (id, (listeners, recovered)) in listeners.into_iter().zip(per_shard).enumerate() {
+        let handles = handles.clone();
+        let handle = thread::Builder::new()
+            .name(format!("chatd-shard-{id}"))
+            .spawn(move || {
+                let life = handles.life.clone();
+                if let Err(e) = run_shard(id, handles, listeners, recovered) {
+                    tracing::error!(shard = id, cause = %e, "shard failed");
+                    life.shut_down();
+                }
+            })
+            .map_err(io("starting a shard thread"))?;
+        shards.push(handle);
+    }
+    Ok(shards)
+}
+
+/// Threads of a shard's blocking pool, which runs its store reads, password
+/// hashes (bounded per shard, see `Home::hashing`) and other blocking
+/// calls. Reads are bounded per session; beyond this many at once they
+/// queue. Each thread that has run holds its stack and its allocator cache
+/// until it has been idle for 10 s.
+const BLOCKING_THREADS: usize = 16;
+
+/// Runs shard `id` on the current thread until shutdown completes: its
+/// runtime, the shard, its ingress, and the drain at shutdown.
+fn run_shard(
+    id: ShardId,
+    handles: Handles,
+    listeners: crate::ingress::Listeners,
+    recovered: HashMap<u64, u64>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name(format!("chatd-shard-{id}-blocking"))
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let grace = Duration::from_millis(handles.config.shutdown_grace_ms);
+    let result = local.block_on(&runtime, async move {
+        let shard = Shard::start(id, handles, recovered);
+        let ingress = crate::ingress::start(&shard, listeners)?;
+        let mut shutdown = shard.life.subscribe();
+        let _ = shutdown.wait_for(|&s| s).await;
+        ingress.stop_accepting();
+        let goaway = reply::push(pb::server_frame::Body::GoAway(pb::GoAway {
+            code: ErrorCode::ShuttingDown as i32,
+            message: "server shutting down".into(),
+            reconnect_after_ms: 1000,
+        }));
+        if tokio::time::timeout(grace, shard.drain(goaway))
+            .await
+            .is_err()
+        {
+            tracing::warn!(shard = id, "shutdown grace period elapsed");
+        }
+        ingress.close().await;
+        Ok::<(), std::io::Error>(())
+    });
+    runtime.shutdown_timeout(grace);
+    result
+}
+
 impl ServerHandle {
     /// Opens the store, recovers every conversation's last seq, binds the
     /// listeners and starts the shards. Returns once connections are
@@ -158,55 +305,11 @@ impl ServerHandle {
             Writer::start(store.clone(), config.durability, config.storage_queue)
                 .map_err(io("starting the storage thread"))?;
         let nr_shards = config.nr_shards();
-
-        let tcp_local = |l: &std::net::TcpListener| l.local_addr();
-        let (tcp_addr, listeners) = per_shard(
-            config.tcp_listen,
-            Type::STREAM,
-            nr_shards,
-            reuseport_listener,
-            tcp_local,
-        )?;
-        let (http_addr, http_listeners) = per_shard(
-            config.http_listen,
-            Type::STREAM,
-            nr_shards,
-            reuseport_listener,
-            tcp_local,
-        )?;
-        let (tls_addr, tls_listeners) = optional_per_shard(
-            config.tls_listen,
-            Type::STREAM,
-            nr_shards,
-            reuseport_listener,
-            tcp_local,
-        )?;
-        let (wss_addr, wss_listeners) = optional_per_shard(
-            config.wss_listen,
-            Type::STREAM,
-            nr_shards,
-            reuseport_listener,
-            tcp_local,
-        )?;
-        let (quic_addr, quic_sockets) = optional_per_shard(
-            config.quic_listen,
-            Type::DGRAM,
-            nr_shards,
-            crate::transport::quic::reuseport_socket,
-            |s: &std::net::UdpSocket| s.local_addr(),
-        )?;
-        let secure = tls_addr.is_some() || wss_addr.is_some() || quic_addr.is_some();
-        let tls = if secure {
-            Some(crate::transport::tls::setup(&config)?)
-        } else {
-            None
-        };
-        let cert_path = tls.as_ref().map(|t| t.cert_path.clone());
-        let certificates = tls.as_ref().map(|t| t.certificates.clone());
+        let bound = bind(&config, nr_shards)?;
         let base_url = config
             .public_http_url
             .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
+            .unwrap_or_else(|| format!("http://{}", bound.http_addr));
         let media = crate::media::Media::open(
             &config.data_dir,
             base_url,
@@ -219,64 +322,20 @@ impl ServerHandle {
         let (push, push_thread) = crate::push::start(&config, store.clone(), writer.clone())
             .map_err(io("starting the push thread"))?;
 
-        let media = Arc::new(media);
-        let handles = Handles {
-            place: Placement::new(nr_shards),
-            mesh: Arc::new(Mesh::new(nr_shards, config.mesh_ring_capacity)),
-            directory: Arc::new(crate::directory::Directory::new(nr_shards)),
-            accounts: Accounts::new(&config, store.clone(), writer.clone(), last_user_id),
-            catalog: Catalog::new(
-                &config,
-                store.clone(),
-                writer.clone(),
-                media.clone(),
-                last_conversation_id,
-            ),
-            store,
-            writer,
-            media,
-            push,
-            life: Lifecycle::new(),
-            config: Arc::new(config),
-        };
+        let ids = (last_user_id, last_conversation_id);
+        let handles = Handles::new(config, store, writer, Arc::new(media), push, ids);
         let life = handles.life.clone();
-        let mut per_shard: Vec<HashMap<u64, u64>> = vec![HashMap::new(); nr_shards];
-        for (conversation, last_seq) in recovered {
-            if let Some(map) = per_shard.get_mut(handles.place.owner_of(conversation)) {
-                map.insert(conversation, last_seq);
-            }
-        }
-        let mut shards = Vec::with_capacity(nr_shards);
-        let sockets = listeners
-            .into_iter()
-            .zip(http_listeners)
-            .zip(tls_listeners)
-            .zip(wss_listeners)
-            .zip(quic_sockets);
-        for (id, (((((tcp, http), tls_l), wss), quic), recovered)) in
-            sockets.zip(per_shard).enumerate()
-        {
-            let handles = handles.clone();
-            let listeners = crate::ingress::Listeners {
-                tcp,
-                http,
-                tls: tls_l,
-                wss,
-                quic,
-                tls_setup: tls.clone(),
-            };
-            let handle = thread::Builder::new()
-                .name(format!("chatd-shard-{id}"))
-                .spawn(move || {
-                    let life = handles.life.clone();
-                    if let Err(e) = crate::shard::run(id, handles, listeners, recovered) {
-                        tracing::error!(shard = id, cause = %e, "shard failed");
-                        life.shut_down();
-                    }
-                })
-                .map_err(io("starting a shard thread"))?;
-            shards.push(handle);
-        }
+        let Bound {
+            tcp_addr,
+            http_addr,
+            tls_addr,
+            quic_addr,
+            wss_addr,
+            cert_path,
+            certificates,
+            listeners,
+        } = bound;
+        let shards = spawn_shards(&handles, listeners, recovered)?;
         tracing::info!(
             %tcp_addr,
             %http_addr,

@@ -1,6 +1,7 @@
 //! What the owner hands its shell: writes, and what to do once they are
 //! durable. A leaf of the server's modules: values only, no I/O.
 
+use chat_protocol::{ConversationId, Seq};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,9 +26,9 @@ pub enum Effect {
     /// Everything up to `seq` of `conversation` is durable.
     Durable {
         /// Conversation.
-        conversation: u64,
+        conversation: ConversationId,
         /// Highest seq in the batch.
-        seq: u64,
+        seq: Seq,
     },
     /// Answer the request from `Origin` with this frame and return its
     /// in-flight permit.

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, ConversationKind, MessageKind, Role, system_event};
+use chat_protocol::{ConversationId, ErrorCode, Seq};
 
 use super::{Conv, Env};
 use super::{Effect, Pending};
@@ -47,8 +47,8 @@ impl Env {
             a.seq,
             vec![
                 Effect::Durable {
-                    conversation: id,
-                    seq: a.seq,
+                    conversation: ConversationId(id),
+                    seq: Seq(a.seq),
                 },
                 Effect::Fanout(recipients, push),
             ],

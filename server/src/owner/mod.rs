@@ -41,7 +41,7 @@ use bytes::Bytes;
 use chat_protocol::pb::{
     self, ConversationKind, MessageKind, ReceiptKind, Role, server_frame::Body,
 };
-use chat_protocol::{ErrorCode, MessageId};
+use chat_protocol::{ConversationId, ErrorCode, MessageId, Seq, UserId};
 use prost::Message;
 
 use crate::catalog;
@@ -60,9 +60,9 @@ pub struct OwnerRequest {
     /// Where to send the reply.
     pub origin: Origin,
     /// Authenticated user making the request.
-    pub user: u64,
+    pub user: UserId,
     /// Conversation it concerns.
-    pub conversation: u64,
+    pub conversation: ConversationId,
     /// What to do.
     pub op: OwnerOp,
     /// The idempotency key was already looked up in the store, or needs no
@@ -72,7 +72,7 @@ pub struct OwnerRequest {
 
 impl OwnerRequest {
     /// A request from `user` at `origin`.
-    pub fn new(origin: Origin, user: u64, conversation: u64, op: OwnerOp) -> Self {
+    pub fn new(origin: Origin, user: UserId, conversation: ConversationId, op: OwnerOp) -> Self {
         // The first transmission of a key cannot have an earlier copy in
         // the store; memory is still checked (`Sequencer::assign`).
         let checked = matches!(&op, OwnerOp::Send(m) if m.first_attempt);
@@ -86,13 +86,13 @@ impl OwnerRequest {
     }
 
     /// The conversation this request is for.
-    pub fn conversation(&self) -> u64 {
+    pub fn conversation(&self) -> ConversationId {
         self.conversation
     }
 
     fn idempotency_key(&self) -> Option<(u64, &str)> {
         match &self.op {
-            OwnerOp::Send(m) => Some((self.user, m.client_msg_id.as_str())),
+            OwnerOp::Send(m) => Some((self.user.get(), m.client_msg_id.as_str())),
             _ => None,
         }
     }
@@ -264,17 +264,17 @@ pub enum Output {
     /// `recovered_seq` has it) and answer with [`Owner::handle_loaded`].
     Load {
         /// Conversation.
-        conversation: u64,
+        conversation: ConversationId,
         /// Its last seq as recovered at start-up.
-        recovered_seq: Option<u64>,
+        recovered_seq: Option<Seq>,
     },
     /// Look these `(sender, client_msg_id)` keys up in the store and answer
     /// with [`Owner::handle_keys`].
     LookUp {
         /// Conversation.
-        conversation: u64,
+        conversation: ConversationId,
         /// The keys.
-        keys: Vec<(u64, String)>,
+        keys: Vec<(UserId, String)>,
     },
     /// Commit the writes, then carry out the effects, in order.
     Commit(Pending),
@@ -292,7 +292,7 @@ pub struct Loaded {
 }
 
 /// An idempotency key found in the store: sender, client_msg_id, record.
-pub type FoundKey = (u64, String, IdempotencyRecord);
+pub type FoundKey = (UserId, String, IdempotencyRecord);
 
 /// What the owner's rules need besides the conversation: limits, handles
 /// for media URLs and push notifications.
@@ -408,7 +408,7 @@ impl Owner {
     /// Takes a request for a conversation this shard owns.
     pub fn handle_request(&mut self, now_ms: u64, req: OwnerRequest) {
         self.env.now_ms = now_ms;
-        let id = req.conversation;
+        let id = req.conversation.get();
         match self.slots.get_mut(&id) {
             Some(Slot::Loading(q)) => q.push_back(req),
             Some(Slot::Ready(c)) => {
@@ -417,9 +417,9 @@ impl Owner {
             }
             None => {
                 self.slots.insert(id, Slot::Loading(VecDeque::from([req])));
-                let recovered_seq = self.recovered.get(&id).copied();
+                let recovered_seq = self.recovered.get(&id).copied().map(Seq);
                 self.out.push_back(Output::Load {
-                    conversation: id,
+                    conversation: ConversationId(id),
                     recovered_seq,
                 });
             }
@@ -428,8 +428,14 @@ impl Owner {
 
     /// The store's answer to [`Output::Load`]: the conversation, `None` if
     /// it does not exist.
-    pub fn handle_loaded(&mut self, now_ms: u64, id: u64, loaded: Result<Option<Loaded>, Refusal>) {
+    pub fn handle_loaded(
+        &mut self,
+        now_ms: u64,
+        id: ConversationId,
+        loaded: Result<Option<Loaded>, Refusal>,
+    ) {
         self.env.now_ms = now_ms;
+        let id = id.get();
         let Some(Slot::Loading(queue)) = self.slots.remove(&id) else {
             return;
         };
@@ -465,8 +471,14 @@ impl Owner {
 
     /// The store's answer to [`Output::LookUp`]: the records of the keys it
     /// holds (keys it does not hold are new).
-    pub fn handle_keys(&mut self, now_ms: u64, id: u64, found: Result<Vec<FoundKey>, Refusal>) {
+    pub fn handle_keys(
+        &mut self,
+        now_ms: u64,
+        id: ConversationId,
+        found: Result<Vec<FoundKey>, Refusal>,
+    ) {
         self.env.now_ms = now_ms;
+        let id = id.get();
         let Some(Slot::Ready(conv)) = self.slots.get_mut(&id) else {
             return;
         };
@@ -481,7 +493,7 @@ impl Owner {
                         message_id: MessageId(rec.message_id),
                         sent_at_ms: rec.sent_at_ms,
                     };
-                    conv.seq.remember(sender, &cmid, original);
+                    conv.seq.remember(sender.get(), &cmid, original);
                 }
                 for req in conv.queue.iter_mut().take(covered) {
                     req.checked = true;
@@ -502,9 +514,9 @@ impl Owner {
     }
 
     /// Everything up to `seq` of `conversation` is durable.
-    pub fn handle_durable(&mut self, conversation: u64, seq: u64) {
-        if let Some(Slot::Ready(c)) = self.slots.get_mut(&conversation) {
-            c.seq.mark_durable(seq);
+    pub fn handle_durable(&mut self, conversation: ConversationId, seq: Seq) {
+        if let Some(Slot::Ready(c)) = self.slots.get_mut(&conversation.get()) {
+            c.seq.mark_durable(seq.get());
         }
     }
 
@@ -533,15 +545,15 @@ impl Owner {
                 return;
             };
             if conv.needs_lookup(front) {
-                let keys: Vec<(u64, String)> = conv
+                let keys: Vec<(UserId, String)> = conv
                     .queue
                     .iter()
                     .filter(|r| conv.needs_lookup(r))
-                    .filter_map(|r| r.idempotency_key().map(|(s, k)| (s, k.to_owned())))
+                    .filter_map(|r| r.idempotency_key().map(|(s, k)| (UserId(s), k.to_owned())))
                     .collect();
                 conv.checking = Some(conv.queue.len());
                 self.out.push_back(Output::LookUp {
-                    conversation: id,
+                    conversation: ConversationId(id),
                     keys,
                 });
                 return;
@@ -558,38 +570,32 @@ impl Owner {
 impl Env {
     fn apply(&mut self, id: u64, conv: &mut Conv, req: OwnerRequest) -> Pending {
         let origin = req.origin;
+        let user = req.user.get();
         let result = match req.op {
-            OwnerOp::Send(msg) => return self.apply_send(id, conv, origin, req.user, msg),
-            OwnerOp::AddMembers(users) => self.add_members(id, conv, req.user, users),
-            OwnerOp::RemoveMember(target) if target == req.user => self.leave(id, conv, req.user),
-            OwnerOp::RemoveMember(target) => self.remove_member(id, conv, req.user, target),
-            OwnerOp::Leave => self.leave(id, conv, req.user),
-            OwnerOp::SetRole(target, role) => self.set_role(id, conv, req.user, target, role),
-            OwnerOp::UpdateTitle(title) => self.update_title(id, conv, req.user, title),
-            OwnerOp::TransferOwnership(target) => self.transfer(id, conv, req.user, target),
+            OwnerOp::Send(msg) => return self.apply_send(id, conv, origin, user, msg),
+            OwnerOp::AddMembers(users) => self.add_members(id, conv, user, users),
+            OwnerOp::RemoveMember(target) if target == user => self.leave(id, conv, user),
+            OwnerOp::RemoveMember(target) => self.remove_member(id, conv, user, target),
+            OwnerOp::Leave => self.leave(id, conv, user),
+            OwnerOp::SetRole(target, role) => self.set_role(id, conv, user, target, role),
+            OwnerOp::UpdateTitle(title) => self.update_title(id, conv, user, title),
+            OwnerOp::TransferOwnership(target) => self.transfer(id, conv, user, target),
             OwnerOp::MarkRead(seq) => {
-                return self.advance_cursor(id, conv, origin, req.user, ReceiptKind::Read, seq);
+                return self.advance_cursor(id, conv, origin, user, ReceiptKind::Read, seq);
             }
             OwnerOp::MarkDelivered(seq) => {
-                return self.advance_cursor(
-                    id,
-                    conv,
-                    origin,
-                    req.user,
-                    ReceiptKind::Delivered,
-                    seq,
-                );
+                return self.advance_cursor(id, conv, origin, user, ReceiptKind::Delivered, seq);
             }
             OwnerOp::GetReceipts(seq) => {
-                let result = receipts::counts(id, conv, req.user, seq).map(Body::ReceiptCounts);
+                let result = receipts::counts(id, conv, user, seq).map(Body::ReceiptCounts);
                 let answer = reply::answer(origin.request_id, result);
                 return Pending::effects(vec![Effect::Reply(origin, answer)]);
             }
-            OwnerOp::Typing(active) => return self.typing(id, conv, origin, req.user, active),
-            OwnerOp::SubscribeChannel => self.subscribe(id, conv, req.user),
-            OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, req.user),
+            OwnerOp::Typing(active) => return self.typing(id, conv, origin, user, active),
+            OwnerOp::SubscribeChannel => self.subscribe(id, conv, user),
+            OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, user),
             OwnerOp::DeleteMessage { seq, target } => {
-                let result = self.delete_message(id, conv, req.user, seq, target);
+                let result = self.delete_message(id, conv, user, seq, target);
                 return match result {
                     Ok(mut pending) => {
                         let done = reply::answer(origin.request_id, Ok(Body::Done(pb::Done {})));
@@ -602,9 +608,9 @@ impl Env {
         };
         match result {
             Ok(mut pending) => {
-                let body = match conv.members.get(&req.user) {
+                let body = match conv.members.get(&user) {
                     Some(m) if m.role != Role::Subscriber as i32 => {
-                        Body::Conversation(conv.view(id, req.user))
+                        Body::Conversation(conv.view(id, user))
                     }
                     _ => Body::Done(pb::Done {}),
                 };
@@ -618,6 +624,8 @@ impl Env {
         }
     }
 
+    /// SendMessage: checked, then sequenced (or found to be a retry), then
+    /// staged with its acknowledgement, fan-out and push.
     fn apply_send(
         &mut self,
         id: u64,
@@ -626,41 +634,8 @@ impl Env {
         user: u64,
         msg: pb::SendMessage,
     ) -> Pending {
-        let Some(role) = conv.role(user) else {
-            return refusal_entry(
-                origin,
-                ErrorCode::NotAMember,
-                "not a member of this conversation",
-            );
-        };
-        if conv.record.kind == ConversationKind::Channel as i32
-            && !matches!(role, Role::Owner | Role::Admin)
-        {
-            return refusal_entry(origin, ErrorCode::Forbidden, "only channel admins post");
-        }
-        if msg.client_msg_id.is_empty() || msg.client_msg_id.len() > CLIENT_MSG_ID_MAX {
-            return refusal_entry(
-                origin,
-                ErrorCode::InvalidArgument,
-                "client_msg_id must be 1-64 bytes",
-            );
-        }
-        if let Some(media) = &msg.media {
-            if let Err(r) = crate::media::check_ref(media) {
-                return refusal_entry(origin, r.code, &r.message);
-            }
-        }
-        let media_len = msg.media.as_ref().map_or(0, Message::encoded_len);
-        let size = msg.text.len() + msg.ciphertext.len() + media_len;
-        if size == 0 {
-            return refusal_entry(origin, ErrorCode::InvalidArgument, "empty message");
-        }
-        if size > self.rules.max_message_bytes {
-            return refusal_entry(
-                origin,
-                ErrorCode::MessageTooLarge,
-                "message exceeds max_message_bytes",
-            );
+        if let Err(r) = self.check_send(conv, user, &msg) {
+            return refusal_entry(origin, r.code, &r.message);
         }
         let admission = conv
             .seq
@@ -672,62 +647,109 @@ impl Env {
                 let frame = ack_frame(origin.request_id, id, &msg.client_msg_id, original, true);
                 Pending::effects(vec![Effect::Reply(origin, frame)])
             }
-            Admission::New(a) => {
-                conv.sent(a.seq, user);
-                let stored = pb::Message {
-                    conversation_id: id,
-                    seq: a.seq,
-                    message_id: a.message_id.0,
-                    sender_id: user,
-                    sent_at_ms: a.sent_at_ms,
-                    client_msg_id: msg.client_msg_id.clone(),
-                    kind: MessageKind::User as i32,
-                    text: msg.text,
-                    // Stored without a URL; one is signed in whenever the
-                    // message is handed out (`media.rs`).
-                    media: msg.media.map(|m| pb::MediaRef {
-                        url: String::new(),
-                        ..m
-                    }),
-                    ciphertext: msg.ciphertext,
-                    reply_to_seq: msg.reply_to_seq,
-                    system: None,
-                    deleted: false,
-                };
-                let mut batch = Batch::new();
-                let idem = IdempotencyRecord {
-                    seq: a.seq,
-                    message_id: a.message_id.0,
-                    sent_at_ms: a.sent_at_ms,
-                };
-                batch.put_idempotency(id, user, &msg.client_msg_id, &idem);
-                let push = self.stage_message(id, &stored, &mut batch);
-                let mut effects = vec![
-                    Effect::Durable {
-                        conversation: id,
-                        seq: a.seq,
-                    },
-                    Effect::Reply(
-                        origin,
-                        ack_frame(origin.request_id, id, &msg.client_msg_id, a, false),
-                    ),
-                    Effect::Fanout(conv.recipients(), push),
-                ];
-                if self.rules.push.enabled() {
-                    let notice = crate::push::Notice::of(
-                        &stored,
-                        conv.record.kind,
-                        &conv.record.title,
-                        self.rules.push_preview,
-                    );
-                    if let Some(mut notice) = notice {
-                        notice.outbox = self.rules.push.stage(id, a.seq, &mut batch);
-                        effects.push(Effect::Notify(conv.recipients(), Arc::new(notice)));
-                    }
-                }
-                Pending { batch, effects }
+            Admission::New(a) => self.stage_send(id, conv, origin, user, msg, a),
+        }
+    }
+
+    /// Whether `user` may send `msg` to `conv` as it is: a member (an admin
+    /// in a channel), with a valid client_msg_id and media reference, and a
+    /// size within the limit.
+    fn check_send(&self, conv: &Conv, user: u64, msg: &pb::SendMessage) -> Result<(), Refusal> {
+        let role = conv.role(user).ok_or_else(|| {
+            Refusal::new(ErrorCode::NotAMember, "not a member of this conversation")
+        })?;
+        if conv.is_channel() && !matches!(role, Role::Owner | Role::Admin) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only channel admins post",
+            ));
+        }
+        if msg.client_msg_id.is_empty() || msg.client_msg_id.len() > CLIENT_MSG_ID_MAX {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "client_msg_id must be 1-64 bytes",
+            ));
+        }
+        if let Some(media) = &msg.media {
+            crate::media::check_ref(media)?;
+        }
+        let media_len = msg.media.as_ref().map_or(0, Message::encoded_len);
+        let size = msg.text.len() + msg.ciphertext.len() + media_len;
+        if size == 0 {
+            return Err(Refusal::new(ErrorCode::InvalidArgument, "empty message"));
+        }
+        if size > self.rules.max_message_bytes {
+            return Err(Refusal::new(
+                ErrorCode::MessageTooLarge,
+                "message exceeds max_message_bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new message, assigned `a`: the message and its idempotency record
+    /// are written; once durable, the sender gets its ack, the members the
+    /// message, and offline members a push.
+    fn stage_send(
+        &mut self,
+        id: u64,
+        conv: &mut Conv,
+        origin: Origin,
+        user: u64,
+        msg: pb::SendMessage,
+        a: Assigned,
+    ) -> Pending {
+        conv.sent(a.seq, user);
+        let ack = ack_frame(origin.request_id, id, &msg.client_msg_id, a, false);
+        let idem = IdempotencyRecord {
+            seq: a.seq,
+            message_id: a.message_id.0,
+            sent_at_ms: a.sent_at_ms,
+        };
+        let mut batch = Batch::new();
+        batch.put_idempotency(id, user, &msg.client_msg_id, &idem);
+        let stored = pb::Message {
+            conversation_id: id,
+            seq: a.seq,
+            message_id: a.message_id.0,
+            sender_id: user,
+            sent_at_ms: a.sent_at_ms,
+            client_msg_id: msg.client_msg_id,
+            kind: MessageKind::User as i32,
+            text: msg.text,
+            // Stored without a URL; one is signed in whenever the message is
+            // handed out (`media.rs`).
+            media: msg.media.map(|m| pb::MediaRef {
+                url: String::new(),
+                ..m
+            }),
+            ciphertext: msg.ciphertext,
+            reply_to_seq: msg.reply_to_seq,
+            system: None,
+            deleted: false,
+        };
+        let push = self.stage_message(id, &stored, &mut batch);
+        let mut effects = vec![
+            Effect::Durable {
+                conversation: ConversationId(id),
+                seq: Seq(a.seq),
+            },
+            Effect::Reply(origin, ack),
+            Effect::Fanout(conv.recipients(), push),
+        ];
+        if self.rules.push.enabled() {
+            let notice = crate::push::Notice::of(
+                &stored,
+                conv.record.kind,
+                &conv.record.title,
+                self.rules.push_preview,
+            );
+            if let Some(mut notice) = notice {
+                notice.outbox = self.rules.push.stage(id, a.seq, &mut batch);
+                effects.push(Effect::Notify(conv.recipients(), Arc::new(notice)));
             }
         }
+        Pending { batch, effects }
     }
 
     /// Deletes a user message for everyone: its stored record loses its

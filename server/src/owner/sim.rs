@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use chat_protocol::pb::{self, ConversationKind, Role, server_frame::Body};
-use chat_protocol::{ErrorCode, codec};
+use chat_protocol::{ConversationId, ErrorCode, Seq, UserId, codec};
 use hashbrown::HashMap;
 use prost::Message;
 
@@ -32,8 +32,8 @@ struct Pushed {
 /// A store read the owner asked for and the simulation has not answered.
 #[derive(Debug)]
 enum Read {
-    Load(u64, Option<u64>),
-    LookUp(u64, Vec<(u64, String)>),
+    Load(ConversationId, Option<Seq>),
+    LookUp(ConversationId, Vec<(UserId, String)>),
 }
 
 struct Sim {
@@ -180,7 +180,7 @@ impl Sim {
             session: user,
             request_id,
         };
-        let req = OwnerRequest::new(origin, user, conversation, op);
+        let req = OwnerRequest::new(origin, UserId(user), ConversationId(conversation), op);
         self.owner.handle_request(self.now_ms, req);
         self.drain();
     }
@@ -194,6 +194,19 @@ impl Sim {
             ..Default::default()
         };
         self.request(user, conversation, OwnerOp::Send(msg))
+    }
+
+    /// DeleteMessage of `seq` by `user`, with `target` as the route read
+    /// it from the store.
+    fn delete(
+        &mut self,
+        user: u64,
+        conversation: u64,
+        seq: u64,
+        target: Option<pb::Message>,
+    ) -> u64 {
+        let target = target.map(Box::new);
+        self.request(user, conversation, OwnerOp::DeleteMessage { seq, target })
     }
 
     /// Takes the owner's outputs until it has none, carrying out those the
@@ -284,7 +297,7 @@ impl Sim {
                 Read::Load(id, recovered) => {
                     let loaded = match &failure {
                         Some(f) => Err(f.clone()),
-                        None => Ok(self.load(id, recovered)),
+                        None => Ok(self.load(id.get(), recovered.map(Seq::get))),
                     };
                     self.owner.handle_loaded(self.now_ms, id, loaded);
                 }
@@ -294,8 +307,10 @@ impl Sim {
                         None => Ok(keys
                             .into_iter()
                             .filter_map(|(sender, cmid)| {
-                                let v = self
-                                    .get(Ks::Idempotency, &keys::idempotency(id, sender, &cmid))?;
+                                let v = self.get(
+                                    Ks::Idempotency,
+                                    &keys::idempotency(id.get(), sender.get(), &cmid),
+                                )?;
                                 let rec = IdempotencyRecord::decode(v.as_slice()).ok()?;
                                 Some((sender, cmid, rec))
                             })
@@ -651,7 +666,10 @@ fn a_forgotten_key_is_found_in_the_store_before_later_sends_are_sequenced() {
     let [Read::LookUp(conv, keys)] = &s.reads.iter().collect::<Vec<_>>()[..] else {
         panic!("one lookup: {:?}", s.reads);
     };
-    assert_eq!((*conv, keys.as_slice()), (g, &[(3, "old".to_owned())][..]));
+    assert_eq!(
+        (*conv, keys.as_slice()),
+        (ConversationId(g), &[(UserId(3), "old".to_owned())][..])
+    );
     assert!(
         !s.answered(retry) && !s.answered(behind),
         "nothing passes the lookup"
@@ -802,22 +820,8 @@ fn two_deletes_that_read_the_message_before_either_wrote_make_one_event() {
     // which a socket test cannot arrange for certain.
     let target = s.stored_message(g, 1).expect("stored");
     s.auto_commit = false;
-    let by_sender = s.request(
-        3,
-        g,
-        OwnerOp::DeleteMessage {
-            seq: 1,
-            target: Some(Box::new(target.clone())),
-        },
-    );
-    let by_admin = s.request(
-        2,
-        g,
-        OwnerOp::DeleteMessage {
-            seq: 1,
-            target: Some(Box::new(target.clone())),
-        },
-    );
+    let by_sender = s.delete(3, g, 1, Some(target.clone()));
+    let by_admin = s.delete(2, g, 1, Some(target.clone()));
     s.commit_all();
     assert!(matches!(s.answer(by_sender), Body::Done(_)));
     assert!(matches!(s.answer(by_admin), Body::Done(_)));
@@ -835,14 +839,7 @@ fn two_deletes_that_read_the_message_before_either_wrote_make_one_event() {
     // After a restart the owner no longer remembers the deletion; the
     // store's copy says it is deleted.
     s.restart();
-    let late = s.request(
-        1,
-        g,
-        OwnerOp::DeleteMessage {
-            seq: 1,
-            target: Some(Box::new(stored)),
-        },
-    );
+    let late = s.delete(1, g, 1, Some(stored));
     assert!(matches!(s.answer(late), Body::Done(_)));
     assert_eq!(s.system_events().len(), 1);
 }
@@ -852,50 +849,22 @@ fn deletes_follow_sender_and_admin_rules() {
     let mut s = Sim::new();
     let g = s.group();
     s.send(3, g, "a", true);
-    let target = s.stored_message(g, 1).map(Box::new);
-    let by_member = s.request(
-        4,
-        g,
-        OwnerOp::DeleteMessage {
-            seq: 1,
-            target: target.clone(),
-        },
-    );
+    let target = s.stored_message(g, 1);
+    let by_member = s.delete(4, g, 1, target.clone());
     assert_eq!(s.error_code(by_member), ErrorCode::Forbidden);
-    let missing = s.request(
-        3,
-        g,
-        OwnerOp::DeleteMessage {
-            seq: 7,
-            target: None,
-        },
-    );
+    let missing = s.delete(3, g, 7, None);
     assert_eq!(s.error_code(missing), ErrorCode::NotFound);
     let removed = s.request(1, g, OwnerOp::RemoveMember(4));
-    let system = s.stored_message(g, 2).map(Box::new);
+    let system = s.stored_message(g, 2);
     assert!(matches!(s.answer(removed), Body::Conversation(_)));
-    let of_system = s.request(
-        1,
-        g,
-        OwnerOp::DeleteMessage {
-            seq: 2,
-            target: system,
-        },
-    );
+    let of_system = s.delete(1, g, 2, system);
     assert_eq!(s.error_code(of_system), ErrorCode::InvalidArgument);
     let d = s.create(
         ConversationKind::Direct,
         &[(1, Role::Member), (2, Role::Member)],
     );
     s.send(1, d, "x", true);
-    let in_direct = s.request(
-        2,
-        d,
-        OwnerOp::DeleteMessage {
-            seq: 1,
-            target: s.stored_message(d, 1).map(Box::new),
-        },
-    );
+    let in_direct = s.delete(2, d, 1, s.stored_message(d, 1));
     assert_eq!(
         s.error_code(in_direct),
         ErrorCode::Forbidden,

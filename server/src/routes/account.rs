@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, server_frame::Body as S};
+use chat_protocol::{ErrorCode, UserId};
 
 use super::{Request, at_home, blocking, password_attempt, spawn_read};
 use crate::accounts::{self, Accounts};
@@ -28,9 +28,13 @@ pub(crate) fn update_profile(conn: &Rc<Conn>, req: Request, user: u64, p: pb::Up
     let shard = conn.shard.clone();
     tokio::task::spawn_local(async move {
         let accounts = &shard.accounts;
-        let result = at_home(&shard, &Key::User(user), true, accounts, move |accounts| {
-            accounts.update_profile(user, &p)
-        })
+        let result = at_home(
+            &shard,
+            &Key::User(UserId(user)),
+            true,
+            accounts,
+            move |accounts| accounts.update_profile(user, &p),
+        )
         .await;
         if result.is_ok() {
             shard.presence_op(PresenceOp::Hide { user, hide }).await;
@@ -72,9 +76,13 @@ async fn change(
     let keys = accounts::login_keys(&name, peer);
     let check = move |a: &Accounts| a.check_new_password(user, &p);
     let hashes = password_attempt(shard, keys, check).await?;
-    at_home(shard, &Key::User(user), true, &shard.accounts, move |a| {
-        a.replace_password(user, hashes, token.as_deref())
-    })
+    at_home(
+        shard,
+        &Key::User(UserId(user)),
+        true,
+        &shard.accounts,
+        move |a| a.replace_password(user, hashes, token.as_deref()),
+    )
     .await
 }
 

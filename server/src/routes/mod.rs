@@ -16,6 +16,10 @@
 //! (whose reply returns it, on whatever shard the session is), or when it
 //! is dropped unanswered.
 //!
+//! Routes are where the wire's integers become the server's typed ids
+//! ([`UserId`], [`ConversationId`]): what a route hands the owner, the
+//! placement and the homes is typed.
+//!
 //! Operations on a conversation go to its owner as an [`OwnerRequest`]
 //! wherever the owner runs ([`Shard::to_owner`]); a route never needs to
 //! know where that is.
@@ -30,8 +34,8 @@ pub mod session;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use chat_protocol::ErrorCode;
 use chat_protocol::pb::client_frame::Body as C;
+use chat_protocol::{ConversationId, ErrorCode, UserId};
 
 use std::time::Instant;
 
@@ -94,7 +98,12 @@ impl Request {
 
     /// Hands the request to its conversation's owner, whose reply (or
     /// release) returns the permit.
-    pub fn to_owner(mut self, user: u64, conversation: u64, op: OwnerOp) -> OwnerRequest {
+    pub fn to_owner(
+        mut self,
+        user: UserId,
+        conversation: ConversationId,
+        op: OwnerOp,
+    ) -> OwnerRequest {
         self.holding = false;
         OwnerRequest::new(self.origin, user, conversation, op)
     }
@@ -212,7 +221,7 @@ pub(crate) fn read_then_owner<H, T>(
     T: Send + 'static,
 {
     let then = move |req: Request, read: Result<T, Refusal>| match read {
-        Ok(value) => Some(req.to_owner(user, conversation, op(value))),
+        Ok(value) => Some(req.to_owner(UserId(user), ConversationId(conversation), op(value))),
         Err(r) => {
             req.answer(Err(r));
             None
@@ -266,7 +275,7 @@ fn spawn_blocking_request<H, T>(
 
 /// Hands `op` on `conversation` to its owner.
 pub(crate) async fn to_owner(conn: &Conn, req: Request, user: u64, conversation: u64, op: OwnerOp) {
-    let owned = req.to_owner(user, conversation, op);
+    let owned = req.to_owner(UserId(user), ConversationId(conversation), op);
     conn.shard.to_owner(owned).await;
 }
 

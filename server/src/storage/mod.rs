@@ -1025,6 +1025,15 @@ impl Store {
     }
 }
 
+/// A request that met a storage failure is refused with STORAGE_FAILURE;
+/// the cause is logged, not shown to the client.
+impl From<StorageError> for crate::reply::Refusal {
+    fn from(e: crate::storage::StorageError) -> Self {
+        tracing::error!(cause = %e, "storage failure while serving a request");
+        Self::new(chat_protocol::ErrorCode::StorageFailure, "storage failure")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

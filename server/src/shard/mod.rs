@@ -11,7 +11,17 @@
 //!   as one batch, waits for durability, then sends acks and fan-outs in
 //!   order;
 //! - the accept loops of [`crate::ingress`] take connections until
-//!   shutdown.
+//!   shutdown (the server's `run_shard` starts them beside the shard).
+//!
+//! This module's submodules are the shard's side of presence and push: they
+//! move the outputs of the sans-IO [`crate::presence`] tables and the
+//! [`crate::push`] queue between shards. Nothing below the shard (the
+//! owner, presence, push, storage) knows the shard: the server's core is
+//! free of import cycles, and only the session shell (ingress, transports,
+//! connection, routes, http) still refers back and forth.
+
+mod presence;
+mod push;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -22,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat_protocol::{ErrorCode, pb};
+use chat_protocol::{ConversationId, ErrorCode, Seq, UserId};
 use tokio::sync::Notify;
 
 use crate::accounts::Accounts;
@@ -70,6 +80,41 @@ pub struct Handles {
     pub push: Push,
     /// Shutdown and storage failure.
     pub life: Lifecycle,
+}
+
+impl Handles {
+    /// The handles over a started store, writer and push thread, for
+    /// `config`'s shards; new user and conversation ids continue after
+    /// `last_ids`.
+    pub fn new(
+        config: Config,
+        store: Store,
+        writer: Writer,
+        media: Arc<Media>,
+        push: Push,
+        (last_user_id, last_conversation_id): (u64, u64),
+    ) -> Self {
+        let nr_shards = config.nr_shards();
+        Self {
+            place: Placement::new(nr_shards),
+            mesh: Arc::new(Mesh::new(nr_shards, config.mesh_ring_capacity)),
+            directory: Arc::new(Directory::new(nr_shards)),
+            accounts: Accounts::new(&config, store.clone(), writer.clone(), last_user_id),
+            catalog: Catalog::new(
+                &config,
+                store.clone(),
+                writer.clone(),
+                media.clone(),
+                last_conversation_id,
+            ),
+            store,
+            writer,
+            media,
+            push,
+            life: Lifecycle::new(),
+            config: Arc::new(config),
+        }
+    }
 }
 
 /// One shard's state.
@@ -170,6 +215,36 @@ impl Shard {
             media: h.media,
             push: h.push,
             life: h.life,
+        }
+    }
+
+    /// Builds shard `id` on the current thread's runtime and starts its
+    /// loops (mesh, commit, cursor flush, presence); must run inside a
+    /// `LocalSet`.
+    pub fn start(id: ShardId, handles: Handles, recovered: HashMap<u64, u64>) -> Rc<Self> {
+        let shard = Rc::new(Shard::new(id, handles, recovered));
+        tokio::task::spawn_local(shard.clone().mesh_loop());
+        tokio::task::spawn_local(shard.clone().commit_loop());
+        tokio::task::spawn_local(shard.clone().cursor_flush_loop());
+        tokio::task::spawn_local(shard.clone().presence_loop());
+        shard
+    }
+
+    /// Drains the shard for shutdown: changed cursors and every queued
+    /// write are committed and answered, then each session gets `goaway`
+    /// and is closed once its queue is sent. The caller bounds the wait.
+    pub async fn drain(self: &Rc<Self>, goaway: Bytes) {
+        tracing::info!(
+            shard = self.id,
+            sessions = self.sessions.borrow().len(),
+            "draining"
+        );
+        self.owner.borrow_mut().flush_cursors();
+        self.drive_owner();
+        self.pipeline_drained().await;
+        self.sessions.borrow().close_all(goaway);
+        while !self.sessions.borrow().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -467,15 +542,16 @@ impl Shard {
 /// log's recovery knows it.
 fn load(
     store: &Store,
-    conversation: u64,
-    recovered_seq: Option<u64>,
+    conversation: ConversationId,
+    recovered_seq: Option<Seq>,
 ) -> Result<Option<Loaded>, Refusal> {
+    let conversation = conversation.get();
     let Some(record) = store.conversation(conversation)? else {
         return Ok(None);
     };
     let members = store.members(conversation)?;
     let last_seq = match recovered_seq {
-        Some(s) => s,
+        Some(s) => s.get(),
         None => store.last_seq(conversation)?,
     };
     Ok(Some(Loaded {
@@ -489,74 +565,14 @@ fn load(
 /// client_msg_id) of `conversation` the store holds.
 fn look_up(
     store: &Store,
-    conversation: u64,
-    keys: Vec<(u64, String)>,
+    conversation: ConversationId,
+    keys: Vec<(UserId, String)>,
 ) -> Result<Vec<FoundKey>, Refusal> {
     let mut found = Vec::new();
     for (sender, cmid) in keys {
-        if let Some(rec) = store.idempotency(conversation, sender, &cmid)? {
+        if let Some(rec) = store.idempotency(conversation.get(), sender.get(), &cmid)? {
             found.push((sender, cmid, rec));
         }
     }
     Ok(found)
-}
-
-/// Threads of a shard's blocking pool, which runs its store reads, password
-/// hashes (at most one per core at once, see `Home::hashing`)
-/// and other blocking calls. Reads are bounded per session; beyond this many
-/// at once they queue. Each thread that has run holds its stack and its
-/// allocator cache until it has been idle for 10 s.
-const BLOCKING_THREADS: usize = 16;
-
-/// Runs shard `id` on the current thread until shutdown completes.
-pub fn run(
-    id: ShardId,
-    handles: Handles,
-    listeners: crate::ingress::Listeners,
-    recovered: HashMap<u64, u64>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(BLOCKING_THREADS)
-        .thread_name(format!("chatd-shard-{id}-blocking"))
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    let grace = Duration::from_millis(handles.config.shutdown_grace_ms);
-    let result = local.block_on(&runtime, async move {
-        let shard = Rc::new(Shard::new(id, handles, recovered));
-        tokio::task::spawn_local(shard.clone().mesh_loop());
-        tokio::task::spawn_local(shard.clone().commit_loop());
-        tokio::task::spawn_local(shard.clone().cursor_flush_loop());
-        tokio::task::spawn_local(shard.clone().presence_loop());
-        let ingress = crate::ingress::start(&shard, listeners)?;
-        let mut shutdown = shard.life.subscribe();
-        let _ = shutdown.wait_for(|&s| s).await;
-        ingress.stop_accepting();
-        tracing::info!(
-            shard = id,
-            sessions = shard.sessions.borrow().len(),
-            "draining"
-        );
-        let goaway = reply::push(pb::server_frame::Body::GoAway(pb::GoAway {
-            code: ErrorCode::ShuttingDown as i32,
-            message: "server shutting down".into(),
-            reconnect_after_ms: 1000,
-        }));
-        let drained = async {
-            shard.owner.borrow_mut().flush_cursors();
-            shard.drive_owner();
-            shard.pipeline_drained().await;
-            shard.sessions.borrow().close_all(goaway);
-            while !shard.sessions.borrow().is_empty() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        if tokio::time::timeout(grace, drained).await.is_err() {
-            tracing::warn!(shard = id, "shutdown grace period elapsed");
-        }
-        ingress.close().await;
-        Ok::<(), std::io::Error>(())
-    });
-    runtime.shutdown_timeout(grace);
-    result
 }
