@@ -90,7 +90,7 @@ pub fn serve(
     transport: &'static str,
 ) -> impl Future<Output = ()> {
     metrics::counter!("chatd_connections_accepted_total", "transport" => transport).increment(1);
-    let config = &shard.config;
+    let config = &shard.shared.config;
     let (id, handle, rx) = shard.sessions.borrow_mut().insert(
         config.session_queue_frames,
         config.session_queue_bytes.max(config.max_frame_bytes),
@@ -155,7 +155,7 @@ impl Conn {
     }
 
     async fn read_loop(self: &Rc<Self>, mut source: impl FrameSource) {
-        let config = &self.shard.config;
+        let config = &self.shard.shared.config;
         let clock = &config.clock;
         let hello_deadline = clock.now() + Duration::from_millis(config.handshake_timeout_ms);
         let idle = config.idle_timeout();

@@ -56,7 +56,7 @@ async fn route(
                 .map(BodyExt::boxed_unsync)
         }
         (&Method::GET, "/health") => {
-            let healthy = !shard.life.failed() && !shard.life.shutting_down();
+            let healthy = !shard.shared.life.failed() && !shard.shared.life.shutting_down();
             let (status, text) = if healthy {
                 (StatusCode::OK, "ok")
             } else {
@@ -65,7 +65,7 @@ async fn route(
             let body = format!(
                 "{{\"status\":\"{text}\",\"shard\":{},\"shards\":{}}}\n",
                 shard.id,
-                shard.place.nr_shards()
+                shard.shared.place.nr_shards()
             );
             respond(status, "application/json", body)
         }
@@ -89,7 +89,7 @@ async fn route(
 async fn media(shard: &Shard, id: &str, req: Request<Incoming>) -> Response<Body> {
     use crate::media::{Denied, Transfer};
     let query = req.uri().query().unwrap_or("").to_string();
-    let media = &shard.media;
+    let media = &shard.shared.media;
     let result = match *req.method() {
         Method::PUT => crate::media::put(media, id, &query, req.into_body()).await,
         Method::GET => crate::media::get(media, id, &query).await,
@@ -122,7 +122,7 @@ pub async fn serve(
     stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     peer: Peer,
 ) {
-    let headers = std::time::Duration::from_millis(shard.config.handshake_timeout_ms);
+    let headers = std::time::Duration::from_millis(shard.shared.config.handshake_timeout_ms);
     let service = hyper::service::service_fn(move |req| route(shard.clone(), peer, req));
     // A client gets the handshake timeout to send each request's headers.
     let conn = hyper::server::conn::http1::Builder::new()

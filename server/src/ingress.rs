@@ -32,7 +32,7 @@ impl ConnectionSlot {
     /// `chatd_connections_refused_total`; the caller refuses the connection).
     pub fn take(shard: &Rc<Shard>) -> Option<Self> {
         let c = &shard.connections;
-        if c.get() >= shard.config.max_connections_per_shard {
+        if c.get() >= shard.shared.config.max_connections_per_shard {
             metrics::counter!("chatd_connections_refused_total").increment(1);
             return None;
         }
@@ -127,7 +127,7 @@ fn spawn_session(
             drop(slot);
         });
     }
-    let handshake = Duration::from_millis(shard.config.handshake_timeout_ms);
+    let handshake = Duration::from_millis(shard.shared.config.handshake_timeout_ms);
     match serves.clone() {
         Serves::Tcp => {
             let (rd, wr) = stream.into_split();
@@ -191,7 +191,7 @@ fn serve_stream(
     transport: &'static str,
 ) -> impl Future<Output = ()> {
     use crate::transport::stream::{StreamSink, StreamSource};
-    let max = shard.config.max_frame_bytes;
+    let max = shard.shared.config.max_frame_bytes;
     let span = tracing::debug_span!("session", shard = shard.id, %peer, transport);
     crate::connection::serve(
         shard,
@@ -238,7 +238,7 @@ pub fn start(shard: &Rc<Shard>, listeners: Listeners) -> std::io::Result<Ingress
                 quinn::EndpointConfig::default(),
                 Some(crate::transport::quic::server_config(
                     t.quic.clone(),
-                    &shard.config,
+                    &shard.shared.config,
                 )),
                 socket,
                 Arc::new(quinn::TokioRuntime),

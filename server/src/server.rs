@@ -262,7 +262,7 @@ fn run_shard(
     let result = local.block_on(&runtime, async move {
         let shard = Shard::start(id, handles, recovered);
         let ingress = crate::ingress::start(&shard, listeners)?;
-        let mut shutdown = shard.life.subscribe();
+        let mut shutdown = shard.shared.life.subscribe();
         let _ = shutdown.wait_for(|&s| s).await;
         ingress.stop_accepting();
         let goaway = reply::push(pb::server_frame::Body::GoAway(pb::GoAway {

@@ -16,7 +16,7 @@ use crate::shard::Shard;
 
 /// GetProfile.
 pub(crate) fn profile(conn: &Rc<Conn>, req: Request, p: pb::GetProfile) {
-    spawn_read(conn, req, &conn.shard.accounts, move |accounts| {
+    spawn_read(conn, req, &conn.shard.shared.accounts, move |accounts| {
         accounts.profile(&p).map(S::Profile)
     });
 }
@@ -27,7 +27,7 @@ pub(crate) fn update_profile(conn: &Rc<Conn>, req: Request, user: u64, p: pb::Up
     let hide = p.hide_last_seen;
     let shard = conn.shard.clone();
     tokio::task::spawn_local(async move {
-        let accounts = &shard.accounts;
+        let accounts = &shard.shared.accounts;
         let result = at_home(
             &shard,
             &Key::User(UserId(user)),
@@ -72,7 +72,7 @@ async fn change(
     p: pb::ChangePassword,
     peer: Option<IpAddr>,
 ) -> Result<(), Refusal> {
-    let name = blocking(&shard.accounts, move |a| a.username(user)).await?;
+    let name = blocking(&shard.shared.accounts, move |a| a.username(user)).await?;
     let keys = accounts::login_keys(&name, peer);
     let check = move |a: &Accounts| a.check_new_password(user, &p);
     let hashes = password_attempt(shard, keys, check).await?;
@@ -80,7 +80,7 @@ async fn change(
         shard,
         &Key::User(UserId(user)),
         true,
-        &shard.accounts,
+        &shard.shared.accounts,
         move |a| a.replace_password(user, hashes, token.as_deref()),
     )
     .await
@@ -94,7 +94,7 @@ pub(crate) fn register_push_token(
     p: pb::RegisterPushToken,
 ) {
     let token = conn.token.borrow().clone().unwrap_or_default();
-    spawn_read(conn, req, &conn.shard.accounts, move |accounts| {
+    spawn_read(conn, req, &conn.shard.shared.accounts, move |accounts| {
         accounts
             .register_push_token(user, &token, &p)
             .map(|()| S::Done(pb::Done {}))

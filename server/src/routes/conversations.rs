@@ -18,7 +18,7 @@ use crate::storage::Store;
 pub(crate) fn create(conn: &Rc<Conn>, req: Request, user: u64, c: pb::CreateConversation) {
     let key = catalog::direct_key(user, &c);
     let create = move |catalog: &Catalog| catalog.create(user, &c).map(S::Conversation);
-    let catalog = &conn.shard.catalog;
+    let catalog = &conn.shard.shared.catalog;
     match key {
         Some(key) => spawn_at_home(conn, req, key, catalog, create),
         None => spawn_read(conn, req, catalog, create),
@@ -27,14 +27,14 @@ pub(crate) fn create(conn: &Rc<Conn>, req: Request, user: u64, c: pb::CreateConv
 
 /// GetConversation.
 pub(crate) fn get(conn: &Rc<Conn>, req: Request, user: u64, g: pb::GetConversation) {
-    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+    spawn_read(conn, req, &conn.shard.shared.catalog, move |catalog| {
         catalog.get(user, g.conversation_id).map(S::Conversation)
     });
 }
 
 /// ListConversations.
 pub(crate) fn list(conn: &Rc<Conn>, req: Request, user: u64, l: pb::ListConversations) {
-    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+    spawn_read(conn, req, &conn.shard.shared.catalog, move |catalog| {
         catalog.list(user, &l).map(S::ConversationList)
     });
 }
@@ -52,7 +52,7 @@ pub(crate) fn add_members(conn: &Rc<Conn>, req: Request, user: u64, a: pb::AddMe
         Ok(())
     };
     let op = |()| OwnerOp::AddMembers(a.user_ids);
-    let store = &conn.shard.store;
+    let store = &conn.shard.shared.store;
     read_then_owner(conn, req, (user, a.conversation_id), store, check, op);
 }
 

@@ -11,6 +11,9 @@ use crate::connection::Conn;
 /// RequestUpload: a signed URL to PUT the file to.
 pub(crate) fn request_upload(conn: &Rc<Conn>, req: Request, r: pb::RequestUpload) {
     let shard = &conn.shard;
-    let ticket = shard.media.ticket(&r, shard.config.clock.now_ms());
+    let ticket = shard
+        .shared
+        .media
+        .ticket(&r, shard.shared.config.clock.now_ms());
     req.answer(ticket.map(S::UploadTicket));
 }

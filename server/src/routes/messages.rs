@@ -30,7 +30,7 @@ pub(crate) async fn send(conn: &Rc<Conn>, req: Request, user: u64, m: pb::SendMe
 
 /// One send from this connection: within its own and its user's rate?
 fn take_send_token(conn: &Conn, user: u64) -> Result<(), Duration> {
-    let config = &conn.shard.config;
+    let config = &conn.shard.shared.config;
     let now = config.clock.now();
     conn.bucket.borrow_mut().take(now)?;
     conn.shard
@@ -50,13 +50,13 @@ pub(crate) fn delete(conn: &Rc<Conn>, req: Request, user: u64, d: pb::DeleteMess
         seq,
         target: target.map(Box::new),
     };
-    let store = &conn.shard.store;
+    let store = &conn.shard.shared.store;
     read_then_owner(conn, req, (user, conversation), store, read, op);
 }
 
 /// GetHistory.
 pub(crate) fn history(conn: &Rc<Conn>, req: Request, user: u64, h: pb::GetHistory) {
-    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+    spawn_read(conn, req, &conn.shard.shared.catalog, move |catalog| {
         catalog.history(user, &h).map(S::MessagePage)
     });
 }
@@ -64,7 +64,7 @@ pub(crate) fn history(conn: &Rc<Conn>, req: Request, user: u64, h: pb::GetHistor
 /// Sync.
 pub(crate) fn sync(conn: &Rc<Conn>, req: Request, user: u64, s: pb::Sync) {
     metrics::counter!("chatd_syncs_total").increment(1);
-    spawn_read(conn, req, &conn.shard.catalog, move |catalog| {
+    spawn_read(conn, req, &conn.shard.shared.catalog, move |catalog| {
         catalog
             .sync(user, &s.cursors, s.limit_per_conversation)
             .map(S::SyncResult)

@@ -313,10 +313,10 @@ pub(crate) async fn password_attempt<T: Send + 'static>(
     keys: Vec<LoginKey>,
     check: impl FnOnce(&Accounts) -> Result<T, Refusal> + Send + 'static,
 ) -> Result<T, Refusal> {
-    let now = shard.config.clock.now();
+    let now = shard.shared.config.clock.now();
     login_allowed(shard, &keys, now).await?;
     let hashing = shard.home.hashing.acquire().await.map_err(|_| stopped())?;
-    let result = blocking(&shard.accounts, check).await;
+    let result = blocking(&shard.shared.accounts, check).await;
     drop(hashing);
     if matches!(&result, Err(r) if r.code == ErrorCode::InvalidCredentials) {
         login_failed(shard, keys, now).await;

@@ -32,7 +32,7 @@ pub(crate) fn hello(conn: &Conn, rid: u64, hello: pb::Hello) {
         let wanted = hello.capabilities.iter().any(|c| c == CAPABILITY_DATAGRAMS);
         conn.caps.datagrams_on.set(wanted);
     }
-    let c = &conn.shard.config;
+    let c = &conn.shard.shared.config;
     let welcome = pb::Welcome {
         protocol_version: chat_protocol::PROTOCOL_VERSION,
         server_name: "chatd".into(),
@@ -55,9 +55,9 @@ async fn new_account(shard: &Rc<Shard>, r: pb::Register) -> Result<pb::AuthOk, R
     let device = accounts::device_of(r.device.as_ref());
     let key = Key::Username(r.username.clone());
     let hashing = shard.home.hashing.acquire().await.map_err(|_| stopped())?;
-    let record = blocking(&shard.accounts, move |a| a.new_account(&r)).await?;
+    let record = blocking(&shard.shared.accounts, move |a| a.new_account(&r)).await?;
     drop(hashing);
-    at_home(shard, &key, true, &shard.accounts, move |a| {
+    at_home(shard, &key, true, &shard.shared.accounts, move |a| {
         a.create_account(record, &device)
     })
     .await
@@ -76,7 +76,7 @@ pub(crate) async fn login(conn: &Rc<Conn>, rid: u64, l: pb::Login) {
 pub(crate) async fn resume(conn: &Rc<Conn>, rid: u64, r: pb::Resume) {
     let shard = &conn.shard;
     let token = r.session_token.clone();
-    let res = blocking(&shard.accounts, move |a| a.resume(&token)).await;
+    let res = blocking(&shard.shared.accounts, move |a| a.resume(&token)).await;
     let res = authenticated(conn, res).await;
     let res = match res {
         Ok(auth) => {
@@ -85,7 +85,7 @@ pub(crate) async fn resume(conn: &Rc<Conn>, rid: u64, r: pb::Resume) {
             metrics::counter!("chatd_resumes_total").increment(1);
             let user = auth.user_id;
             let cursors = r.cursors;
-            blocking(&shard.catalog, move |c| c.sync(user, &cursors, 0))
+            blocking(&shard.shared.catalog, move |c| c.sync(user, &cursors, 0))
                 .await
                 .map(|sync| {
                     S::ResumeOk(pb::ResumeOk {
@@ -106,7 +106,7 @@ pub(crate) async fn logout(conn: &Rc<Conn>, rid: u64, l: pb::Logout) {
     };
     let token = conn.token.borrow_mut().take();
     let everywhere = l.all_devices;
-    let res = blocking(&conn.shard.accounts, move |a| {
+    let res = blocking(&conn.shard.shared.accounts, move |a| {
         a.logout(user, token.as_deref(), l.all_devices)
     })
     .await;
@@ -140,7 +140,7 @@ async fn authenticated(
     checked: Result<pb::AuthOk, Refusal>,
 ) -> Result<pb::AuthOk, Refusal> {
     let ok = checked?;
-    let max = conn.shard.config.max_sessions_per_user;
+    let max = conn.shard.shared.config.max_sessions_per_user;
     if !conn.shard.admit_session(ok.user_id, max).await {
         return Err(Refusal::new(
             ErrorCode::TooManySessions,
@@ -166,7 +166,7 @@ fn recheck_token(conn: &Conn, user: u64, token: String) {
     let shard = conn.shard.clone();
     let session = conn.id;
     tokio::task::spawn_local(async move {
-        let found = blocking(&shard.store, move |store| {
+        let found = blocking(&shard.shared.store, move |store| {
             Ok(store.token(&accounts::token_hash(&token))?.is_some())
         })
         .await;

@@ -117,56 +117,48 @@ impl Handles {
     }
 }
 
-/// One shard's state.
+/// One shard's state: the handles it shares with the other shards, and
+/// what it alone holds, each reached only from its thread: its sessions,
+/// the conversations it owns with their commit pipeline, the presence of
+/// the users it keeps, and its homes.
 pub struct Shard {
     /// This shard's index.
     pub id: ShardId,
-    /// Settings.
-    pub config: Arc<Config>,
-    /// Where conversations, users and keys live among the shards.
-    pub place: Placement,
-    /// Shard-to-shard rings.
-    pub mesh: Arc<Mesh<ShardMsg>>,
-    /// Which shards may hold each user's sessions (fan-out targets).
-    pub directory: Arc<Directory>,
-    /// Read handle to the store, for this shard's own off-thread reads.
-    pub store: Store,
-    /// Queue to the storage writer (the commit loop's).
-    pub writer: Writer,
-    /// Registration, login, tokens and profiles.
-    pub accounts: Accounts,
-    /// Conversation creation, history, sync and the conversation list.
-    pub catalog: Catalog,
-    /// Media URL signing and files.
-    pub media: Arc<Media>,
-    /// Queue to the push thread.
-    pub push: Push,
-    /// Shutdown and storage failure.
-    pub life: Lifecycle,
+    /// What it shares with the other shards (settings, placement, mesh,
+    /// store, writer, accounts, catalog, media, push, lifecycle).
+    pub shared: Handles,
     /// Connected sessions.
     pub sessions: RefCell<SessionTable>,
-    /// Conversations this shard owns (sans-IO; driven by `drive_owner`).
-    pub owner: RefCell<Owner>,
-    /// Send rate per user with sessions on this shard.
-    pub user_buckets: RefCell<HashMap<u64, crate::limits::TokenBucket>>,
-    /// Presence of the users this shard keeps.
-    pub presence: RefCell<crate::presence::PresenceTable>,
-    /// Which local sessions watch which users' presence.
-    pub interest: RefCell<crate::presence::Interest>,
-    /// Entries waiting for the commit loop.
-    /// With the time each entry was queued, for `chatd_write_ack_seconds`.
-    pipeline: RefCell<VecDeque<(Instant, Pending)>>,
-    pipeline_ready: Notify,
-    pipeline_idle: Notify,
-    committing: std::cell::Cell<bool>,
     /// Connections accepted and not yet closed, counted at accept time (a
     /// session enters `sessions` only once its task runs, which a burst of
     /// accepts would outrun).
     pub connections: std::cell::Cell<usize>,
-    /// Metric handles of the per-message path.
-    pub counters: crate::metrics::PerMessage,
+    /// Send rate per user with sessions on this shard.
+    pub user_buckets: RefCell<HashMap<u64, crate::limits::TokenBucket>>,
+    /// Conversations this shard owns (sans-IO; driven by `drive_owner`).
+    pub owner: RefCell<Owner>,
+    /// The owner's writes on their way to the storage writer.
+    pipeline: Pipeline,
+    /// Presence of the users this shard keeps.
+    pub presence: RefCell<crate::presence::PresenceTable>,
+    /// Which local sessions watch which users' presence.
+    pub interest: RefCell<crate::presence::Interest>,
     /// This shard as the home of keyed writes and login counts.
     pub home: crate::home::Home,
+    /// Metric handles of the per-message path.
+    pub counters: crate::metrics::PerMessage,
+}
+
+/// Entries waiting for the commit loop, in order.
+struct Pipeline {
+    /// With the time each entry was queued, for `chatd_write_ack_seconds`.
+    entries: RefCell<VecDeque<(Instant, Pending)>>,
+    /// An entry was queued.
+    ready: Notify,
+    /// The commit loop found nothing to commit.
+    idle: Notify,
+    /// A batch is being written.
+    committing: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -189,32 +181,24 @@ impl Shard {
         Self {
             id,
             sessions: RefCell::new(SessionTable::new(id, h.directory.clone())),
-            owner: RefCell::new(owner),
-            counters: crate::metrics::PerMessage::new(),
+            connections: std::cell::Cell::new(0),
             user_buckets: RefCell::new(HashMap::new()),
+            owner: RefCell::new(owner),
+            pipeline: Pipeline {
+                entries: RefCell::new(VecDeque::new()),
+                ready: Notify::new(),
+                idle: Notify::new(),
+                committing: std::cell::Cell::new(false),
+            },
             presence: RefCell::new(crate::presence::PresenceTable::default()),
             interest: RefCell::new(crate::presence::Interest::default()),
-            pipeline: RefCell::new(VecDeque::new()),
-            pipeline_ready: Notify::new(),
-            pipeline_idle: Notify::new(),
-            committing: std::cell::Cell::new(false),
-            connections: std::cell::Cell::new(0),
             home: crate::home::Home::new(
                 c.login_failures_per_username,
                 c.login_failures_per_address,
                 crate::config::cores() / h.place.nr_shards(),
             ),
-            config: h.config,
-            place: h.place,
-            mesh: h.mesh,
-            directory: h.directory,
-            store: h.store,
-            writer: h.writer,
-            accounts: h.accounts,
-            catalog: h.catalog,
-            media: h.media,
-            push: h.push,
-            life: h.life,
+            counters: crate::metrics::PerMessage::new(),
+            shared: h,
         }
     }
 
@@ -251,14 +235,15 @@ impl Shard {
     /// Queues writes and their effects for the commit loop.
     pub fn commit(&self, pending: Pending) {
         self.pipeline
+            .entries
             .borrow_mut()
             .push_back((Instant::now(), pending));
-        self.pipeline_ready.notify_one();
+        self.pipeline.ready.notify_one();
     }
 
     /// Accepts a request for a conversation this shard owns.
     pub fn enqueue_owned(self: &Rc<Self>, req: OwnerRequest) {
-        let now = self.config.clock.now_ms();
+        let now = self.shared.config.clock.now_ms();
         self.owner.borrow_mut().handle_request(now, req);
         self.drive_owner();
     }
@@ -298,8 +283,8 @@ impl Shard {
     ) {
         let shard = self.clone();
         tokio::task::spawn_local(async move {
-            let result = shard.store.off_thread(read).await;
-            let now = shard.config.clock.now_ms();
+            let result = shard.shared.store.off_thread(read).await;
+            let now = shard.shared.config.clock.now_ms();
             answer(&mut shard.owner.borrow_mut(), now, result);
             shard.drive_owner();
         });
@@ -315,14 +300,14 @@ impl Shard {
                 session: origin.session,
                 frame,
             };
-            self.mesh.send(self.id, origin.shard, msg).await;
+            self.shared.mesh.send(self.id, origin.shard, msg).await;
         }
     }
 
     /// Closes every authenticated session of `user` on every shard, after
     /// `frame`, except session `spared` of this shard.
     pub async fn end_user(&self, user: u64, frame: Bytes, spared: Option<u64>) {
-        for dst in 0..self.place.nr_shards() {
+        for dst in 0..self.shared.place.nr_shards() {
             if dst == self.id {
                 self.sessions.borrow().close_user(user, &frame, spared);
             } else {
@@ -330,7 +315,7 @@ impl Shard {
                     user,
                     frame: frame.clone(),
                 };
-                self.mesh.send(self.id, dst, msg).await;
+                self.shared.mesh.send(self.id, dst, msg).await;
             }
         }
     }
@@ -338,8 +323,8 @@ impl Shard {
     /// Pushes `frame` to every session of `users`, on the shards that may
     /// hold one ([`crate::directory`]).
     pub async fn fanout(&self, users: Arc<[u64]>, frame: Bytes, ephemeral: bool) {
-        let targets = self.directory.shards_of(&users);
-        for dst in 0..self.place.nr_shards() {
+        let targets = self.shared.directory.shards_of(&users);
+        for dst in 0..self.shared.place.nr_shards() {
             if targets.is_some_and(|t| !t.contains(dst)) {
                 self.counters.fanout_shards_skipped.increment(1);
                 continue;
@@ -353,30 +338,30 @@ impl Shard {
                     frame: frame.clone(),
                     ephemeral,
                 };
-                self.mesh.send(self.id, dst, msg).await;
+                self.shared.mesh.send(self.id, dst, msg).await;
             }
         }
     }
 
     /// Sends a conversation operation to the shard that owns it.
     pub async fn to_owner(self: &Rc<Self>, req: OwnerRequest) {
-        let owner = self.place.owner_of(req.conversation());
+        let owner = self.shared.place.owner_of(req.conversation());
         if owner == self.id {
             self.enqueue_owned(req);
         } else {
             let msg = ShardMsg::Request(Box::new(req));
-            self.mesh.send(self.id, owner, msg).await;
+            self.shared.mesh.send(self.id, owner, msg).await;
         }
     }
 
     /// Sends `msg` to the home shard of `key` ([`crate::home`]), or
     /// handles it here if this is its home.
     pub async fn to_home(self: &Rc<Self>, key: &crate::home::Key, msg: ShardMsg) {
-        let home = crate::home::home_of(key, self.place.nr_shards());
+        let home = crate::home::home_of(key, self.shared.place.nr_shards());
         if home == self.id {
             self.handle_msg(msg);
         } else {
-            self.mesh.send(self.id, home, msg).await;
+            self.shared.mesh.send(self.id, home, msg).await;
         }
     }
 
@@ -412,9 +397,9 @@ impl Shard {
 
     async fn mesh_loop(self: Rc<Self>) {
         loop {
-            let taken = self.mesh.drain(self.id, |msg| self.handle_msg(msg));
+            let taken = self.shared.mesh.drain(self.id, |msg| self.handle_msg(msg));
             if taken == 0 {
-                self.mesh.readable(self.id).await;
+                self.shared.mesh.readable(self.id).await;
             } else {
                 // Let sessions and the commit loop run between turns.
                 tokio::task::yield_now().await;
@@ -424,14 +409,15 @@ impl Shard {
 
     async fn commit_loop(self: Rc<Self>) {
         loop {
-            let entries: Vec<(Instant, Pending)> = self.pipeline.borrow_mut().drain(..).collect();
+            let entries: Vec<(Instant, Pending)> =
+                self.pipeline.entries.borrow_mut().drain(..).collect();
             if entries.is_empty() {
-                self.committing.set(false);
-                self.pipeline_idle.notify_waiters();
-                self.pipeline_ready.notified().await;
+                self.pipeline.committing.set(false);
+                self.pipeline.idle.notify_waiters();
+                self.pipeline.ready.notified().await;
                 continue;
             }
-            self.committing.set(true);
+            self.pipeline.committing.set(true);
             // Sized up front: growing a batch of a thousand writes by
             // doubling costs more in page faults than the writes themselves.
             let ops = entries.iter().map(|(_, e)| e.batch.len()).sum();
@@ -449,7 +435,7 @@ impl Shard {
             let result = if batch.is_empty() {
                 Ok(0)
             } else {
-                self.writer.write(batch).await
+                self.shared.writer.write(batch).await
             };
             match result {
                 Ok(_) => {
@@ -479,7 +465,7 @@ impl Shard {
                 }
                 Err(e) => {
                     tracing::error!(shard = self.id, cause = %e, "commit failed");
-                    self.life.fail();
+                    self.shared.life.fail();
                     for effect in effects {
                         if let Effect::Reply(origin, _) | Effect::Release(origin) = effect {
                             let frame = reply::error(
@@ -500,7 +486,7 @@ impl Shard {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = self.config.clock.now_ms();
+            let now = self.shared.config.clock.now_ms();
             self.owner.borrow_mut().handle_tick(now);
             self.drive_owner();
         }
@@ -510,16 +496,21 @@ impl Shard {
     /// are read on the blocking pool: fjall holds the journal list's lock
     /// while it deletes journal files.
     pub async fn sample_gauges(&self) {
-        metrics::gauge!("chatd_storage_queue_depth").set(self.writer.queue_depth() as f64);
-        if let Ok(g) = self.store.off_thread(|store| Ok(store.gauges())).await {
+        metrics::gauge!("chatd_storage_queue_depth").set(self.shared.writer.queue_depth() as f64);
+        if let Ok(g) = self
+            .shared
+            .store
+            .off_thread(|store| Ok(store.gauges()))
+            .await
+        {
             metrics::gauge!("chatd_store_write_buffer_bytes").set(g.write_buffer_bytes as f64);
             metrics::gauge!("chatd_store_flushes_pending").set(g.flushes_pending as f64);
             metrics::gauge!("chatd_store_journal_files").set(g.journal_files as f64);
             metrics::gauge!("chatd_storage_unapplied_commits").set(g.unapplied_commits as f64);
         }
-        for dst in 0..self.place.nr_shards() {
+        for dst in 0..self.shared.place.nr_shards() {
             metrics::gauge!("chatd_mesh_queue_depth", "shard" => dst.to_string())
-                .set(self.mesh.depth(dst) as f64);
+                .set(self.shared.mesh.depth(dst) as f64);
         }
     }
 
@@ -527,9 +518,9 @@ impl Shard {
     /// sent.
     async fn pipeline_drained(&self) {
         loop {
-            let mut idle = std::pin::pin!(self.pipeline_idle.notified());
+            let mut idle = std::pin::pin!(self.pipeline.idle.notified());
             idle.as_mut().enable();
-            if self.pipeline.borrow().is_empty() && !self.committing.get() {
+            if self.pipeline.entries.borrow().is_empty() && !self.pipeline.committing.get() {
                 return;
             }
             idle.await;

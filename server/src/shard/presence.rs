@@ -18,11 +18,14 @@ use crate::storage::writer::Batch;
 impl Shard {
     /// Sends a presence op to the shard keeping `user`'s presence.
     pub async fn presence_op(self: &Rc<Self>, op: PresenceOp) {
-        let owner = self.place.presence_of(UserId(op.user()));
+        let owner = self.shared.place.presence_of(UserId(op.user()));
         if owner == self.id {
             self.apply_presence(op);
         } else {
-            self.mesh.send(self.id, owner, ShardMsg::Presence(op)).await;
+            self.shared
+                .mesh
+                .send(self.id, owner, ShardMsg::Presence(op))
+                .await;
         }
     }
 
@@ -31,7 +34,7 @@ impl Shard {
     /// it was counted. The one count of a user's sessions across shards,
     /// kept by one shard: no lock is shared.
     pub async fn admit_session(self: &Rc<Self>, user: u64, max: u32) -> bool {
-        let keeper = self.place.presence_of(UserId(user));
+        let keeper = self.shared.place.presence_of(UserId(user));
         if keeper == self.id {
             return self.admit_here(user, max);
         }
@@ -41,7 +44,7 @@ impl Shard {
             max,
             admitted: tx,
         };
-        self.mesh.send(self.id, keeper, msg).await;
+        self.shared.mesh.send(self.id, keeper, msg).await;
         // Dropped only when the keeping shard is shutting down.
         rx.await.unwrap_or(false)
     }
@@ -57,13 +60,13 @@ impl Shard {
 
     /// Owner side: applies an op; never waits.
     pub fn apply_presence(self: &Rc<Self>, op: PresenceOp) {
-        let now = self.config.clock.now_ms();
+        let now = self.shared.config.clock.now_ms();
         let applied = self.presence.borrow_mut().apply(op, now);
         if applied.load {
             let shard = self.clone();
             let user = op.user();
             tokio::task::spawn_local(async move {
-                let found = shard.store.off_thread(move |store| {
+                let found = shard.shared.store.off_thread(move |store| {
                     let last_seen = store.last_seen(user)?;
                     let hide = store.user(user)?.is_some_and(|u| u.hide_last_seen);
                     Ok((last_seen, hide))
@@ -93,7 +96,8 @@ impl Shard {
         if dst == self.id {
             self.deliver_presence(&events);
         } else {
-            self.mesh
+            self.shared
+                .mesh
                 .send(self.id, dst, ShardMsg::PresenceEvents(events))
                 .await;
         }

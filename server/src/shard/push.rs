@@ -14,12 +14,12 @@ impl Shard {
     /// Hands a message's recipients (but its sender) to the shards that
     /// keep their presence, which notify those with no connected session.
     pub async fn notify_offline(&self, users: &[u64], notice: Arc<Notice>) {
-        let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); self.place.nr_shards()];
+        let mut per_shard: Vec<Vec<u64>> = vec![Vec::new(); self.shared.place.nr_shards()];
         for &u in users {
             if u == notice.sender_id {
                 continue;
             }
-            if let Some(list) = per_shard.get_mut(self.place.presence_of(UserId(u))) {
+            if let Some(list) = per_shard.get_mut(self.shared.place.presence_of(UserId(u))) {
                 list.push(u);
             }
         }
@@ -32,7 +32,7 @@ impl Shard {
             } else {
                 let notice = notice.clone();
                 let msg = ShardMsg::PushCheck { users, notice };
-                self.mesh.send(self.id, dst, msg).await;
+                self.shared.mesh.send(self.id, dst, msg).await;
             }
         }
     }
@@ -43,7 +43,7 @@ impl Shard {
         let presence = self.presence.borrow();
         for &u in users {
             if !presence.connected(u) {
-                self.push.offer(u, notice);
+                self.shared.push.offer(u, notice);
             }
         }
     }

@@ -123,7 +123,7 @@ pub async fn accept_loop(shard: Rc<Shard>, endpoint: quinn::Endpoint) {
 /// established session keeps only what serving it needs.
 async fn handshake(shard: Rc<Shard>, incoming: Box<quinn::Incoming>) {
     let peer = incoming.remote_address();
-    let timeout = Duration::from_millis(shard.config.handshake_timeout_ms);
+    let timeout = Duration::from_millis(shard.shared.config.handshake_timeout_ms);
     let accepted = Box::pin(tokio::time::timeout(timeout, async move {
         let conn = incoming.accept()?.await?;
         let (send, recv) = conn.accept_bi().await?;
@@ -145,7 +145,7 @@ async fn handshake(shard: Rc<Shard>, incoming: Box<quinn::Incoming>) {
         datagrams: conn.max_datagram_size().is_some(),
         ..Capabilities::default()
     };
-    let max = shard.config.max_frame_bytes;
+    let max = shard.shared.config.max_frame_bytes;
     let source = QuicSource {
         stream: StreamSource::new(recv, max),
         conn: conn.clone(),

@@ -120,7 +120,7 @@ pub fn upgrade(
     };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, host, &shard.config.ws_allowed_origins) {
+    if !origin_allowed(origin, host, &shard.shared.config.ws_allowed_origins) {
         tracing::debug!(?origin, "WebSocket upgrade from a foreign origin refused");
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
@@ -132,7 +132,7 @@ pub fn upgrade(
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max = shard.config.max_frame_bytes;
+    let max = shard.shared.config.max_frame_bytes;
     tokio::task::spawn_local(async move {
         let _slot = slot;
         let upgraded = match on_upgrade.await {
