@@ -91,7 +91,7 @@ profile() {
             perf report -i "$data" --stdio --children --sort symbol -g none \
                 --percent-limit 3 2>/dev/null | grep -E '^ +[0-9]' \
                 | grep -E 'chatd::|fjall::|lsm_tree::|\[k\] (__sys_|__x64_sys|do_syscall|asm_exc_page_fault|tcp_sendmsg|tcp_v4_rcv)|mi_malloc|_mi_page' \
-                | grep -v 'ServerHandle::start\|shard::run$' | sed -E 's/ +- +- *$//; s/ +$//' | head -30
+                | grep -v 'ServerHandle::start\|run_shard$' | sed -E 's/ +- +- *$//; s/ +$//' | head -30
         } >"$out/profiles/$label.txt" 2>/dev/null || true
         rm -f "$data"
     fi

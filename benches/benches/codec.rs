@@ -67,6 +67,40 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // One SendAck per stored message, built on the owner shard.
+    let mut group = c.benchmark_group("send_ack");
+    group.bench_function("message_tree", |b| {
+        b.iter(|| {
+            chatd::reply::answer(
+                black_box(41),
+                Ok(Body::SendAck(pb::SendAck {
+                    conversation_id: black_box(7),
+                    seq: 300,
+                    message_id: 1 << 40,
+                    sent_at_ms: 1_700_000_000_000,
+                    client_msg_id: black_box("c-0001234").to_owned(),
+                    duplicate: false,
+                })),
+            )
+        })
+    });
+    group.bench_function("field_by_field", |b| {
+        b.iter(|| {
+            chatd::reply::send_ack(
+                black_box(41),
+                chatd::reply::SendAckRef {
+                    conversation_id: black_box(7),
+                    seq: 300,
+                    message_id: 1 << 40,
+                    sent_at_ms: 1_700_000_000_000,
+                    client_msg_id: black_box("c-0001234"),
+                    duplicate: false,
+                },
+            )
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

@@ -115,6 +115,84 @@ pub fn message_push(message: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// `ServerFrame.send_ack`.
+const SEND_ACK_FIELD: u32 = 30;
+
+/// The SendAck answering `request_id`, encoded field by field: the same
+/// bytes as `answer(request_id, Ok(Body::SendAck(ack)))` without building
+/// the frame's message tree (one per stored message, on the owner shard).
+pub fn send_ack(request_id: u64, ack: SendAckRef<'_>) -> Bytes {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    // proto3: fields holding their default are not written.
+    let varint = |field: u32, v: u64| {
+        if v == 0 {
+            0
+        } else {
+            key_len(field) + encoded_len_varint(v)
+        }
+    };
+    let cmid = ack.client_msg_id.as_bytes();
+    let inner = varint(1, ack.conversation_id)
+        + varint(2, ack.seq)
+        + if ack.message_id == 0 { 0 } else { key_len(3) + 8 }
+        + varint(4, ack.sent_at_ms)
+        + if cmid.is_empty() {
+            0
+        } else {
+            key_len(5) + encoded_len_varint(cmid.len() as u64) + cmid.len()
+        }
+        + varint(6, u64::from(ack.duplicate));
+    let frame = varint(1, request_id)
+        + key_len(SEND_ACK_FIELD)
+        + encoded_len_varint(inner as u64)
+        + inner;
+    if frame > chat_protocol::DEFAULT_MAX_FRAME_BYTES {
+        return error(request_id, ErrorCode::Internal, "ack exceeds the frame limit");
+    }
+    let mut out = Vec::with_capacity(encoded_len_varint(frame as u64) + frame);
+    let put_varint = |out: &mut Vec<u8>, field: u32, v: u64| {
+        if v != 0 {
+            encode_key(field, WireType::Varint, out);
+            encode_varint(v, out);
+        }
+    };
+    encode_varint(frame as u64, &mut out);
+    put_varint(&mut out, 1, request_id);
+    encode_key(SEND_ACK_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(inner as u64, &mut out);
+    put_varint(&mut out, 1, ack.conversation_id);
+    put_varint(&mut out, 2, ack.seq);
+    if ack.message_id != 0 {
+        encode_key(3, WireType::SixtyFourBit, &mut out);
+        out.extend_from_slice(&ack.message_id.to_le_bytes());
+    }
+    put_varint(&mut out, 4, ack.sent_at_ms);
+    if !cmid.is_empty() {
+        encode_key(5, WireType::LengthDelimited, &mut out);
+        encode_varint(cmid.len() as u64, &mut out);
+        out.extend_from_slice(cmid);
+    }
+    put_varint(&mut out, 6, u64::from(ack.duplicate));
+    Bytes::from(out)
+}
+
+/// The fields of a SendAck, borrowed (see [`send_ack`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SendAckRef<'a> {
+    /// `conversation_id`.
+    pub conversation_id: u64,
+    /// `seq`.
+    pub seq: u64,
+    /// `message_id`.
+    pub message_id: u64,
+    /// `sent_at_ms`.
+    pub sent_at_ms: u64,
+    /// `client_msg_id`.
+    pub client_msg_id: &'a str,
+    /// `duplicate`.
+    pub duplicate: bool,
+}
+
 /// A push (request_id 0).
 pub fn push(body: Body) -> Bytes {
     encode(&pb::ServerFrame {
@@ -149,6 +227,41 @@ mod tests {
                 expected,
                 "text of {text_len} bytes"
             );
+        }
+    }
+
+    #[test]
+    fn a_hand_encoded_send_ack_is_the_encoded_answer() {
+        let cmids = [String::new(), "c-1".into(), "x".repeat(64)];
+        for rid in [0, 1, 300, u64::MAX] {
+            for cmid in &cmids {
+                for (conv, seq, id, at, duplicate) in [
+                    (0, 0, 0, 0, false),
+                    (7, 1, 1 << 40, 1_700_000_000_000, false),
+                    (u64::MAX, 300, u64::MAX, 1, true),
+                ] {
+                    let expected = answer(
+                        rid,
+                        Ok(Body::SendAck(pb::SendAck {
+                            conversation_id: conv,
+                            seq,
+                            message_id: id,
+                            sent_at_ms: at,
+                            client_msg_id: cmid.clone(),
+                            duplicate,
+                        })),
+                    );
+                    let ack = SendAckRef {
+                        conversation_id: conv,
+                        seq,
+                        message_id: id,
+                        sent_at_ms: at,
+                        client_msg_id: cmid,
+                        duplicate,
+                    };
+                    assert_eq!(send_ack(rid, ack), expected, "rid {rid}, {ack:?}");
+                }
+            }
         }
     }
 }

@@ -391,17 +391,15 @@ fn ack_frame(
     a: Assigned,
     duplicate: bool,
 ) -> Bytes {
-    reply::answer(
-        request_id,
-        Ok(Body::SendAck(pb::SendAck {
-            conversation_id: conversation,
-            seq: a.seq,
-            message_id: a.message_id.0,
-            sent_at_ms: a.sent_at_ms,
-            client_msg_id: cmid.to_owned(),
-            duplicate,
-        })),
-    )
+    let ack = reply::SendAckRef {
+        conversation_id: conversation,
+        seq: a.seq,
+        message_id: a.message_id.0,
+        sent_at_ms: a.sent_at_ms,
+        client_msg_id: cmid,
+        duplicate,
+    };
+    reply::send_ack(request_id, ack)
 }
 
 impl Owner {
