@@ -134,7 +134,11 @@ pub fn send_ack(request_id: u64, ack: SendAckRef<'_>) -> Bytes {
     let cmid = ack.client_msg_id.as_bytes();
     let inner = varint(1, ack.conversation_id)
         + varint(2, ack.seq)
-        + if ack.message_id == 0 { 0 } else { key_len(3) + 8 }
+        + if ack.message_id == 0 {
+            0
+        } else {
+            key_len(3) + 8
+        }
         + varint(4, ack.sent_at_ms)
         + if cmid.is_empty() {
             0
@@ -142,12 +146,14 @@ pub fn send_ack(request_id: u64, ack: SendAckRef<'_>) -> Bytes {
             key_len(5) + encoded_len_varint(cmid.len() as u64) + cmid.len()
         }
         + varint(6, u64::from(ack.duplicate));
-    let frame = varint(1, request_id)
-        + key_len(SEND_ACK_FIELD)
-        + encoded_len_varint(inner as u64)
-        + inner;
+    let frame =
+        varint(1, request_id) + key_len(SEND_ACK_FIELD) + encoded_len_varint(inner as u64) + inner;
     if frame > chat_protocol::DEFAULT_MAX_FRAME_BYTES {
-        return error(request_id, ErrorCode::Internal, "ack exceeds the frame limit");
+        return error(
+            request_id,
+            ErrorCode::Internal,
+            "ack exceeds the frame limit",
+        );
     }
     let mut out = Vec::with_capacity(encoded_len_varint(frame as u64) + frame);
     let put_varint = |out: &mut Vec<u8>, field: u32, v: u64| {
