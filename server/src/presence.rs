@@ -38,6 +38,11 @@ struct UserPresence {
     subscribers: HashMap<ShardId, u32>,
     /// What subscribers last heard.
     published: Option<(i32, u64)>,
+    /// Last seen and visibility are being read from the store: nothing is
+    /// published yet, since it would show "never seen".
+    loading: bool,
+    /// Shards that subscribed while loading, owed their first state.
+    awaiting: Vec<ShardId>,
 }
 
 impl UserPresence {
@@ -49,6 +54,8 @@ impl UserPresence {
             hide_last_seen: false,
             subscribers: HashMap::new(),
             published: None,
+            loading: true,
+            awaiting: Vec::new(),
         }
     }
 
@@ -86,7 +93,8 @@ pub struct Applied {
     pub load: bool,
     /// The user's last session ended at this time: persist it.
     pub went_offline_at: Option<u64>,
-    /// Send this current state to the shard that just subscribed.
+    /// Send this current state to the shard that just subscribed (once the
+    /// user is loaded: until then [`PresenceTable::loaded`] returns it).
     pub initial: Option<(ShardId, pb::PresenceEvent)>,
 }
 
@@ -128,7 +136,11 @@ impl PresenceTable {
                 let count = entry.subscribers.entry(shard).or_insert(0);
                 if on {
                     *count += 1;
-                    out.initial = Some((shard, entry.event(user)));
+                    if entry.loading {
+                        entry.awaiting.push(shard);
+                    } else {
+                        out.initial = Some((shard, entry.event(user)));
+                    }
                 } else {
                     *count = count.saturating_sub(1);
                     if *count == 0 {
@@ -146,23 +158,42 @@ impl PresenceTable {
         self.users.get(&user).is_some_and(|e| e.sessions > 0)
     }
 
-    /// Fills in what the store knows of a user seen for the first time.
-    pub fn loaded(&mut self, user: u64, last_seen_ms: u64, hide_last_seen: bool) {
-        if let Some(e) = self.users.get_mut(&user) {
-            e.last_seen_ms = e.last_seen_ms.max(last_seen_ms);
-            e.hide_last_seen = hide_last_seen;
-            self.changed.insert(user);
-        }
+    /// Fills in what the store knows of a user seen for the first time;
+    /// returns the first state owed to each shard that subscribed
+    /// meanwhile.
+    pub fn loaded(
+        &mut self,
+        user: u64,
+        last_seen_ms: u64,
+        hide_last_seen: bool,
+    ) -> Vec<(ShardId, pb::PresenceEvent)> {
+        let Some(e) = self.users.get_mut(&user) else {
+            return Vec::new();
+        };
+        e.last_seen_ms = e.last_seen_ms.max(last_seen_ms);
+        e.hide_last_seen = hide_last_seen;
+        e.loading = false;
+        self.changed.insert(user);
+        let event = e.event(user);
+        std::mem::take(&mut e.awaiting)
+            .into_iter()
+            .map(|shard| (shard, event))
+            .collect()
     }
 
     /// The coalesced changes since the last call, per watching shard.
     /// Forgets users nobody watches and nobody is connected as.
     pub fn take_changes(&mut self) -> HashMap<ShardId, Vec<pb::PresenceEvent>> {
         let mut out: HashMap<ShardId, Vec<pb::PresenceEvent>> = HashMap::new();
+        let mut still_loading = Vec::new();
         for user in std::mem::take(&mut self.changed) {
             let Some(e) = self.users.get_mut(&user) else {
                 continue;
             };
+            if e.loading {
+                still_loading.push(user);
+                continue;
+            }
             let event = e.event(user);
             let state = (event.status, event.last_seen_ms);
             if e.published != Some(state) {
@@ -175,6 +206,7 @@ impl PresenceTable {
                 self.users.remove(&user);
             }
         }
+        self.changed.extend(still_loading);
         out
     }
 }
@@ -244,14 +276,16 @@ impl Interest {
             .collect()
     }
 
-    /// A published state: cache it and return the sessions to tell.
+    /// A published state: cache it and return the sessions to tell; none
+    /// if they heard this very state already (a shard's first state and the
+    /// next publication can carry the same).
     pub fn update(&mut self, event: &pb::PresenceEvent) -> Vec<u64> {
         match self.users.get_mut(&event.user_id) {
-            Some(entry) => {
+            Some(entry) if entry.1 != Some(*event) => {
                 entry.1 = Some(*event);
                 entry.0.iter().copied().collect()
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         }
     }
 }
@@ -280,9 +314,11 @@ mod tests {
             shard: 0,
             on: true,
         };
+        assert_eq!(t.apply(sub, 0).initial, None, "not before it is loaded");
+        let owed = t.loaded(1, 0, false);
         assert_eq!(
-            t.apply(sub, 0).initial.map(|(_, e)| e.status),
-            Some(OFFLINE)
+            owed.iter().map(|(s, e)| (*s, e.status)).collect::<Vec<_>>(),
+            vec![(0, OFFLINE)]
         );
         t.take_changes();
         t.apply(PresenceOp::Session { user: 1, delta: 1 }, 10);
@@ -310,6 +346,7 @@ mod tests {
             },
             0,
         );
+        t.loaded(1, 0, false);
         t.take_changes();
         for i in 0..10 {
             t.apply(PresenceOp::Session { user: 1, delta: 1 }, i);
@@ -351,10 +388,41 @@ mod tests {
     fn only_subscribed_shards_hear_and_idle_entries_are_forgotten() {
         let mut t = PresenceTable::default();
         t.apply(PresenceOp::Session { user: 7, delta: 1 }, 0);
+        t.loaded(7, 0, false);
         assert!(t.take_changes().is_empty(), "nobody watches user 7");
         t.apply(PresenceOp::Session { user: 7, delta: -1 }, 1);
         t.take_changes();
         assert!(t.users.is_empty());
+    }
+
+    #[test]
+    fn a_shard_subscribing_while_the_user_loads_gets_one_state_with_the_stored_last_seen() {
+        let mut t = PresenceTable::default();
+        let sub = |shard| PresenceOp::Subscribe {
+            user: 5,
+            shard,
+            on: true,
+        };
+        assert_eq!(t.apply(sub(0), 0).initial, None);
+        assert_eq!(t.apply(sub(1), 0).initial, None);
+        assert!(t.take_changes().is_empty(), "nothing while loading");
+        let owed = t.loaded(5, 1234, false);
+        let states: Vec<_> = owed
+            .iter()
+            .map(|(s, e)| (*s, e.status, e.last_seen_ms))
+            .collect();
+        assert_eq!(states, vec![(0, OFFLINE, 1234), (1, OFFLINE, 1234)]);
+        // The owner publishes the loaded state too; the subscriber side
+        // tells its sessions only once.
+        let mut i = Interest::default();
+        i.add(10, 5);
+        let (_, first) = owed[0];
+        assert_eq!(i.update(&first), vec![10]);
+        for event in t.take_changes().remove(&0).unwrap_or_default() {
+            assert_eq!(i.update(&event), Vec::<u64>::new(), "{event:?} again");
+        }
+        let later = t.apply(sub(2), 1).initial.map(|(s, e)| (s, e.last_seen_ms));
+        assert_eq!(later, Some((2, 1234)), "loaded: at once");
     }
 
     #[test]

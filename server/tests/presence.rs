@@ -166,3 +166,53 @@ async fn hidden_last_seen_and_appear_offline() {
     assert_eq!(invisible.last_seen_ms, 0, "hidden last seen");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn subscribing_gives_exactly_one_state_per_user() {
+    let server = TestServer::start();
+    let alice = Raw::register(server.addr, "alice").await;
+    let alice_id = alice.user_id;
+    drop(alice);
+    // Wait until Alice's session has ended and her last seen is kept.
+    let mut dave = Raw::register(server.addr, "dave").await;
+    let watch = |users: Vec<u64>| C::SubscribePresence(pb::SubscribePresence { user_ids: users });
+    assert!(matches!(
+        dave.request(watch(vec![alice_id])).await,
+        S::Done(_)
+    ));
+    loop {
+        let e = await_presence(&mut dave, alice_id, PresenceStatus::Offline).await;
+        if e.last_seen_ms > 0 {
+            break;
+        }
+    }
+    drop(dave);
+
+    // Carol connected a moment before; user 999999 does not exist.
+    let carol = Raw::register(server.addr, "carol").await;
+    let unknown = 999_999;
+    let mut bob = Raw::register(server.addr, "bob").await;
+    let r = bob
+        .request(watch(vec![alice_id, carol.user_id, unknown]))
+        .await;
+    assert!(matches!(r, S::Done(_)));
+    // Five publication intervals: anything owed has arrived by then.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = presence_events(&mut bob).await;
+    let of = |user: u64| -> Vec<(i32, bool)> {
+        events
+            .iter()
+            .filter(|e| e.user_id == user)
+            .map(|e| (e.status, e.last_seen_ms > 0))
+            .collect()
+    };
+    let offline = PresenceStatus::Offline as i32;
+    assert_eq!(of(alice_id), vec![(offline, true)], "{events:?}");
+    assert_eq!(
+        of(carol.user_id),
+        vec![(PresenceStatus::Online as i32, false)],
+        "{events:?}"
+    );
+    assert_eq!(of(unknown), vec![(offline, false)], "{events:?}");
+    server.stop().await;
+}

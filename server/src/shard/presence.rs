@@ -71,8 +71,12 @@ impl Shard {
                     let hide = store.user(user)?.is_some_and(|u| u.hide_last_seen);
                     Ok((last_seen, hide))
                 });
-                if let Ok((last_seen, hide)) = found.await {
-                    shard.presence.borrow_mut().loaded(user, last_seen, hide);
+                // A failed read shows the user as never seen rather than
+                // leaving its watchers without a state.
+                let (last_seen, hide) = found.await.unwrap_or((0, false));
+                let owed = shard.presence.borrow_mut().loaded(user, last_seen, hide);
+                for (dst, event) in owed {
+                    shard.publish_presence(dst, vec![event]).await;
                 }
             });
         }
