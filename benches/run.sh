@@ -245,6 +245,10 @@ appendix="$out/appendix.md"
         }' "$out/criterion.txt"
         echo
     fi
+    if [ -f benches/changes.md ]; then
+        cat benches/changes.md
+        echo
+    fi
     if [ -f benches/analysis.md ]; then
         cat benches/analysis.md
         echo

@@ -222,18 +222,11 @@ impl Conn {
 
     async fn handle(self: &Rc<Self>, frame: pb::ClientFrame) {
         let rid = frame.request_id;
-        let verdict = self.state.borrow().admit(frame.body.as_ref());
+        let verdict = self.state.borrow().admit(rid, frame.body.as_ref());
         match verdict {
             Verdict::Accept => {}
             Verdict::Ignore => return,
-            Verdict::Refuse(code) => {
-                let message = match code {
-                    ErrorCode::UnknownMessage => "frame has no known message",
-                    ErrorCode::HelloRequired => "send Hello first",
-                    ErrorCode::Unauthenticated => "log in first",
-                    ErrorCode::UnsupportedVersion => "this server speaks protocol version 1",
-                    _ => "not allowed in this state",
-                };
+            Verdict::Refuse(code, message) => {
                 let err = reply::error(rid, code, message);
                 if code.closes_connection() {
                     self.close(Some(err), CloseReason::Error(code));

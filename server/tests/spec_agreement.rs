@@ -1,10 +1,15 @@
 //! Places where the spec once disagreed with the server or was silent,
-//! each settled and checked here over real sockets (the failed-login
-//! `retry_after_ms` is in `limits.rs`, presence subscriptions in
-//! `presence.rs`).
+//! each settled and checked here over real sockets: resume carries the gap
+//! in ResumeOk, direct chats have two MEMBERs, a request with request_id 0
+//! is refused, fire-and-forget frames get no reply in any state, an error
+//! that closes the connection still answers its request, and a Sync cursor
+//! for a conversation that never existed is reported removed. (The
+//! failed-login `retry_after_ms` is checked in `limits.rs`, presence
+//! subscriptions in `presence.rs`.)
 
 mod common;
 
+use chat_protocol::ErrorCode;
 use chat_protocol::pb::{self, Role, client_frame::Body as C, server_frame::Body as S};
 use common::{Raw, TestServer};
 
@@ -72,5 +77,121 @@ async fn both_users_of_a_direct_chat_are_members() {
             (bob.user_id, Role::Member as i32)
         ]
     );
+    server.stop().await;
+}
+
+/// Writes one frame with exactly this `request_id`.
+async fn send_with_id(c: &mut Raw, request_id: u64, body: C) {
+    let frame = pb::ClientFrame {
+        request_id,
+        body: Some(body),
+    };
+    let bytes = chat_protocol::codec::encode_to_vec(&frame, usize::MAX).expect("encode");
+    c.write_bytes(&bytes).await;
+}
+
+#[tokio::test]
+async fn a_request_with_request_id_zero_is_refused_and_not_carried_out() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let conv = alice.create_direct(bob.user_id).await;
+    send_with_id(
+        &mut alice,
+        0,
+        common::send_body(conv, "zero", "never stored"),
+    )
+    .await;
+    let f = alice.read_frame().await.expect("an answer");
+    assert_eq!(f.request_id, 0);
+    let Some(S::Error(e)) = f.body else {
+        panic!("expected an error: {f:?}");
+    };
+    assert_eq!(e.code, ErrorCode::InvalidArgument as i32);
+    // The session stays open, and the send was not carried out.
+    let S::MessagePage(h) = alice.history(conv, 0, 0, 10).await else {
+        panic!("history");
+    };
+    assert!(h.messages.is_empty(), "stored: {:?}", h.messages);
+    let ack = alice.send_text(conv, "one", "hello").await;
+    assert_eq!(ack.seq, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fire_and_forget_frames_before_hello_get_no_reply() {
+    let server = TestServer::start();
+    let mut c = Raw::connect_bare(server.addr).await;
+    send_with_id(
+        &mut c,
+        0,
+        C::Typing(pb::Typing {
+            conversation_id: 1,
+            active: true,
+        }),
+    )
+    .await;
+    send_with_id(&mut c, 0, C::MarkRead(pb::MarkRead::default())).await;
+    // The next frame is the Pong: nothing answered the two before it, and
+    // the connection is open.
+    let pong = c.request(C::Ping(pb::Ping { nonce: 5 })).await;
+    assert!(matches!(pong, S::Pong(p) if p.nonce == 5), "{pong:?}");
+    assert!(c.pushes.is_empty(), "answered: {:?}", c.pushes);
+    c.hello(&[]).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unsupported_version_answers_the_hello_and_closes() {
+    let server = TestServer::start();
+    let mut c = Raw::connect_bare(server.addr).await;
+    send_with_id(
+        &mut c,
+        9,
+        C::Hello(pb::Hello {
+            protocol_version: 99,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let f = c.read_frame().await.expect("an answer");
+    assert_eq!(f.request_id, 9, "the error answers the Hello");
+    let Some(S::Error(e)) = f.body else {
+        panic!("expected an error: {f:?}");
+    };
+    assert_eq!(e.code, ErrorCode::UnsupportedVersion as i32);
+    assert!(c.read_frame().await.is_none(), "the connection is closed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_sync_cursor_for_a_conversation_that_never_existed_is_reported_removed() {
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let conv = alice.create_direct(bob.user_id).await;
+    alice.send_text(conv, "a", "hi").await;
+    let never = conv + 1_000_000;
+    let r = alice
+        .request(C::Sync(pb::Sync {
+            cursors: vec![
+                pb::Cursor {
+                    conversation_id: conv,
+                    seq: 0,
+                },
+                pb::Cursor {
+                    conversation_id: never,
+                    seq: 3,
+                },
+            ],
+            limit_per_conversation: 10,
+        }))
+        .await;
+    let S::SyncResult(sync) = r else {
+        panic!("sync: {r:?}");
+    };
+    assert_eq!(sync.removed_conversation_ids, vec![never]);
+    let gaps: Vec<u64> = sync.gaps.iter().map(|g| g.conversation_id).collect();
+    assert_eq!(gaps, vec![conv]);
     server.stop().await;
 }

@@ -4,7 +4,8 @@
 //! applying the transitions the connection applies, and checks the rules
 //! of `spec/states.md`: nothing but Hello, Ping and Pong before Hello;
 //! nothing but authentication before login; no authentication twice;
-//! nothing new while draining.
+//! nothing new while draining; fire-and-forget frames never answered;
+//! requests without a request id never carried out.
 
 use chat_protocol::pb::client_frame::Body;
 use chat_protocol::{ErrorCode, FrameDecoder, pb};
@@ -22,18 +23,30 @@ pub fn run(data: &[u8]) {
             Ok(None) | Err(_) => return,
         };
         let before = state.phase();
-        let verdict = state.admit(frame.body.as_ref());
+        let verdict = state.admit(frame.request_id, frame.body.as_ref());
+        let refused = |code| matches!(verdict, Verdict::Refuse(c, _) if c == code);
         let Some(body) = frame.body else {
-            assert_eq!(verdict, Verdict::Refuse(ErrorCode::UnknownMessage));
+            assert!(refused(ErrorCode::UnknownMessage));
             continue;
         };
         let always = matches!(body, Body::Ping(_) | Body::Pong(_));
+        let fire_and_forget = match body {
+            Body::Typing(_) => true,
+            Body::MarkRead(_) | Body::MarkDelivered(_) => frame.request_id == 0,
+            _ => false,
+        };
+        if fire_and_forget {
+            assert!(!matches!(verdict, Verdict::Refuse(..)), "{body:?} answered");
+        } else if frame.request_id == 0 && !always && before != Phase::Draining {
+            assert!(
+                refused(ErrorCode::InvalidArgument),
+                "{body:?} without a request id"
+            );
+            continue;
+        }
         match before {
-            Phase::Connecting if !always => {
-                assert!(
-                    matches!(body, Body::Hello(_))
-                        || verdict == Verdict::Refuse(ErrorCode::HelloRequired)
-                );
+            Phase::Connecting if !always && !fire_and_forget => {
+                assert!(matches!(body, Body::Hello(_)) || refused(ErrorCode::HelloRequired));
             }
             Phase::Greeted if !always => {
                 let auth = matches!(body, Body::Register(_) | Body::Login(_) | Body::Resume(_));
@@ -44,15 +57,19 @@ pub fn run(data: &[u8]) {
             }
             Phase::Authenticated { .. } => {
                 let auth = matches!(body, Body::Register(_) | Body::Login(_) | Body::Resume(_));
-                assert!(!auth || verdict == Verdict::Refuse(ErrorCode::AlreadyAuthenticated));
+                assert!(!auth || refused(ErrorCode::AlreadyAuthenticated));
             }
             Phase::Draining if !always => {
-                assert_eq!(verdict, Verdict::Refuse(ErrorCode::ShuttingDown))
+                if fire_and_forget {
+                    assert_eq!(verdict, Verdict::Ignore);
+                } else {
+                    assert!(refused(ErrorCode::ShuttingDown));
+                }
             }
             _ => {}
         }
         if verdict != Verdict::Accept {
-            if let Verdict::Refuse(code) = verdict {
+            if let Verdict::Refuse(code, _) = verdict {
                 if code.closes_connection() {
                     state.drain();
                 }
