@@ -116,8 +116,12 @@ durable_groups="redis-streams nats-jetstream"
 for t in $targets $durable; do
     if [ "$t" = chatd ]; then
         profile "direct-max-$t" direct --target "$t" --users 100 --window 32
-    else
+    elif [ "$t" = redis ] || [ "$t" = nats ]; then
         run "direct-max-$t" direct --target "$t" --users 100 --window 32
+    else
+        # A durable peer may hold its 3,200 messages in flight for many
+        # seconds (one fsync per message): time to deliver them all.
+        run "direct-max-$t" direct --target "$t" --users 100 --window 32 --drain 30
     fi
 done
 for r in $rates; do
