@@ -219,7 +219,7 @@ impl Transport {
 
 enum Client {
     Tcp(Tcp),
-    Ws(WebSocket),
+    Ws(Box<WebSocket>),
 }
 
 impl Client {
@@ -232,11 +232,11 @@ impl Client {
                 stream.set_nodelay(true).expect("nodelay");
                 Client::Tcp(common::Raw::from_stream(stream).wire)
             }
-            Transport::Ws => Client::Ws(
+            Transport::Ws => Client::Ws(Box::new(
                 WebSocket::open(server.http_addr, None)
                     .await
                     .expect("WebSocket upgrade"),
-            ),
+            )),
         }
     }
 
