@@ -270,5 +270,6 @@ appendix="$out/appendix.md"
     done
 } >"$appendix"
 
-"$loadgen" report --input "$out/json" --output benches/BENCHMARKS.md --notes "$notes" --appendix "$appendix"
+"$loadgen" report --input "$out/json" --output benches/BENCHMARKS.md --notes "$notes" --appendix "$appendix" \
+    --disk "$out/disk.json"
 echo "wrote benches/BENCHMARKS.md"

@@ -109,6 +109,10 @@ pub enum Command {
         /// Markdown appended after the tables (analysis, profiles).
         #[arg(long)]
         appendix: Option<PathBuf>,
+        /// The run's `loadgen disk --json` report: the disk's latency floor
+        /// the `direct` latency target is measured against.
+        #[arg(long)]
+        disk: Option<PathBuf>,
     },
 }
 

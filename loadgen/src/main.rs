@@ -60,9 +60,16 @@ fn main() -> anyhow::Result<()> {
         output,
         notes,
         appendix,
+        disk,
     } = &cli.command
     {
-        return markdown::write(input, output, notes.as_deref(), appendix.as_deref());
+        return markdown::write(
+            input,
+            output,
+            notes.as_deref(),
+            appendix.as_deref(),
+            disk.as_deref(),
+        );
     }
     if let Command::Disk {
         dir,
