@@ -3,7 +3,8 @@
 //! in ResumeOk, direct chats have two MEMBERs, a request with request_id 0
 //! is refused, fire-and-forget frames get no reply in any state, an error
 //! that closes the connection still answers its request, and a Sync cursor
-//! for a conversation that never existed is reported removed. (The
+//! for a conversation that never existed is reported removed, and no
+//! conversation starts with a CREATED event. (The
 //! failed-login `retry_after_ms` is checked in `limits.rs`, presence
 //! subscriptions in `presence.rs`.)
 
@@ -193,5 +194,23 @@ async fn a_sync_cursor_for_a_conversation_that_never_existed_is_reported_removed
     assert_eq!(sync.removed_conversation_ids, vec![never]);
     let gaps: Vec<u64> = sync.gaps.iter().map(|g| g.conversation_id).collect();
     assert_eq!(gaps, vec![conv]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_conversation_starts_without_a_created_event() {
+    // `SystemEvent.CREATED` is reserved: a new group's history is empty
+    // until its first message, which gets seq 1.
+    let server = TestServer::start();
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let bob = Raw::register(server.addr, "bob").await;
+    let group = alice.create_group("team", &[bob.user_id]).await;
+    let S::MessagePage(page) = alice.history(group, 0, 0, 10).await else {
+        panic!("history");
+    };
+    assert!(page.messages.is_empty(), "{:?}", page.messages);
+    assert_eq!(page.last_seq, 0);
+    let ack = alice.send_text(group, "first", "hello").await;
+    assert_eq!(ack.seq, 1);
     server.stop().await;
 }
