@@ -120,6 +120,7 @@ impl SessionState {
                 Refuse(ErrorCode::AlreadyAuthenticated, "the session is logged in")
             }
             (Phase::Authenticated { .. }, _) => Accept,
+            // Answered above, before the request-id check.
             (Phase::Draining, _) => Ignore,
         }
     }

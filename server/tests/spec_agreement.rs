@@ -81,28 +81,15 @@ async fn both_users_of_a_direct_chat_are_members() {
     server.stop().await;
 }
 
-/// Writes one frame with exactly this `request_id`.
-async fn send_with_id(c: &mut Raw, request_id: u64, body: C) {
-    let frame = pb::ClientFrame {
-        request_id,
-        body: Some(body),
-    };
-    let bytes = chat_protocol::codec::encode_to_vec(&frame, usize::MAX).expect("encode");
-    c.write_bytes(&bytes).await;
-}
-
 #[tokio::test]
 async fn a_request_with_request_id_zero_is_refused_and_not_carried_out() {
     let server = TestServer::start();
     let mut alice = Raw::register(server.addr, "alice").await;
     let bob = Raw::register(server.addr, "bob").await;
     let conv = alice.create_direct(bob.user_id).await;
-    send_with_id(
-        &mut alice,
-        0,
-        common::send_body(conv, "zero", "never stored"),
-    )
-    .await;
+    alice
+        .send_with_id(0, common::send_body(conv, "zero", "never stored"))
+        .await;
     let f = alice.read_frame().await.expect("an answer");
     assert_eq!(f.request_id, 0);
     let Some(S::Error(e)) = f.body else {
@@ -123,8 +110,7 @@ async fn a_request_with_request_id_zero_is_refused_and_not_carried_out() {
 async fn fire_and_forget_frames_before_hello_get_no_reply() {
     let server = TestServer::start();
     let mut c = Raw::connect_bare(server.addr).await;
-    send_with_id(
-        &mut c,
+    c.send_with_id(
         0,
         C::Typing(pb::Typing {
             conversation_id: 1,
@@ -132,7 +118,8 @@ async fn fire_and_forget_frames_before_hello_get_no_reply() {
         }),
     )
     .await;
-    send_with_id(&mut c, 0, C::MarkRead(pb::MarkRead::default())).await;
+    c.send_with_id(0, C::MarkRead(pb::MarkRead::default()))
+        .await;
     // The next frame is the Pong: nothing answered the two before it, and
     // the connection is open.
     let pong = c.request(C::Ping(pb::Ping { nonce: 5 })).await;
@@ -146,8 +133,7 @@ async fn fire_and_forget_frames_before_hello_get_no_reply() {
 async fn unsupported_version_answers_the_hello_and_closes() {
     let server = TestServer::start();
     let mut c = Raw::connect_bare(server.addr).await;
-    send_with_id(
-        &mut c,
+    c.send_with_id(
         9,
         C::Hello(pb::Hello {
             protocol_version: 99,

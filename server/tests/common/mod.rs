@@ -293,13 +293,18 @@ impl<W: Wire> Raw<W> {
     pub async fn send(&mut self, body: C) -> u64 {
         self.next_id += 1;
         let rid = self.next_id;
+        self.send_with_id(rid, body).await;
+        rid
+    }
+
+    /// Sends a frame with exactly this `request_id` (0 included).
+    pub async fn send_with_id(&mut self, request_id: u64, body: C) {
         let frame = pb::ClientFrame {
-            request_id: rid,
+            request_id,
             body: Some(body),
         };
         let bytes = codec::encode_to_vec(&frame, usize::MAX).expect("encode");
         self.wire.write_bytes(&bytes).await;
-        rid
     }
 
     /// The next frame from the server; `None` once it closed.
