@@ -2,7 +2,7 @@
 //! library takes a finished [`Config`]. Every field documents its meaning,
 //! default and unit.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How hard the server works to make an acknowledged message survive a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Every batch is written and `fdatasync`ed before any message in it is
@@ -23,7 +23,7 @@ pub enum Durability {
 }
 
 /// Everything the server needs to start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Plain TCP listener. Default `127.0.0.1:7400`; port 0 picks a free port.
@@ -33,15 +33,24 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// TLS over TCP listener (ALPN `chat/1`). Default `127.0.0.1:7401`;
     /// `"off"` in the file disables it.
-    #[serde(deserialize_with = "listen_or_off")]
+    #[serde(
+        deserialize_with = "listen_or_off",
+        serialize_with = "listen_or_off_out"
+    )]
     pub tls_listen: Option<SocketAddr>,
     /// QUIC listener, UDP (ALPN `chat/1`). Default `127.0.0.1:7402`;
     /// `"off"` disables it.
-    #[serde(deserialize_with = "listen_or_off")]
+    #[serde(
+        deserialize_with = "listen_or_off",
+        serialize_with = "listen_or_off_out"
+    )]
     pub quic_listen: Option<SocketAddr>,
     /// HTTPS listener: the HTTP routes over TLS, so WebSocket over TLS
     /// (`wss://`) at `/ws`. Default `127.0.0.1:7443`; `"off"` disables it.
-    #[serde(deserialize_with = "listen_or_off")]
+    #[serde(
+        deserialize_with = "listen_or_off",
+        serialize_with = "listen_or_off_out"
+    )]
     pub wss_listen: Option<SocketAddr>,
     /// Certificate chain (PEM) for TLS, HTTPS and QUIC. Default none: a
     /// self-signed certificate for localhost is generated into
@@ -151,6 +160,7 @@ pub struct Config {
     /// Secret sent with every gateway request as `Authorization: Bearer
     /// <token>`, so that the gateway can refuse requests that are not
     /// chatd's. Over `http://` it travels in clear text. Default none.
+    #[serde(skip_serializing)]
     pub push_gateway_token: Option<Secret>,
     /// Notifications queued towards the gateway; beyond, new ones are
     /// dropped (the messages are stored either way). Default 4,096.
@@ -190,6 +200,17 @@ fn listen_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Socket
     match text.trim() {
         "" | "off" => Ok(None),
         addr => addr.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Writes a listen address, or `"off"` for none.
+fn listen_or_off_out<S: serde::Serializer>(
+    addr: &Option<SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str("off"),
     }
 }
 
@@ -241,6 +262,287 @@ impl Default for Config {
             push_queue: 4096,
             push_preview: true,
         }
+    }
+}
+
+/// One configuration key as the reference describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// Name in the TOML file.
+    pub key: &'static str,
+    /// Default, as the reference writes it (Markdown).
+    pub default: &'static str,
+    /// What it does (Markdown).
+    pub meaning: &'static str,
+}
+
+/// Every key of [`Config`] the file accepts, in the reference's order: the
+/// one source of README's configuration table and of `chatd
+/// --print-config`. A unit test checks it against [`Config`]'s fields.
+pub const REFERENCE: &[Key] = &[
+    Key {
+        key: "tcp_listen",
+        default: "`127.0.0.1:7400`",
+        meaning: "plain TCP listener (port 0 picks one)",
+    },
+    Key {
+        key: "http_listen",
+        default: "`127.0.0.1:7480`",
+        meaning: "HTTP listener: `GET /health`, `GET /metrics`, WebSocket `GET /ws`",
+    },
+    Key {
+        key: "tls_listen",
+        default: "`127.0.0.1:7401`",
+        meaning: "TLS listener, ALPN `chat/1` (`\"off\"` disables)",
+    },
+    Key {
+        key: "quic_listen",
+        default: "`127.0.0.1:7402`",
+        meaning: "QUIC endpoint, UDP, ALPN `chat/1` (`\"off\"` disables)",
+    },
+    Key {
+        key: "wss_listen",
+        default: "`127.0.0.1:7443`",
+        meaning: "HTTPS listener: the HTTP routes over TLS, so `wss://…/ws` (`\"off\"` disables)",
+    },
+    Key {
+        key: "tls_cert",
+        default: "none",
+        meaning: "certificate chain (PEM) for TLS, QUIC and HTTPS; without it and `tls_key` a self-signed one is generated into `data_dir/tls/`",
+    },
+    Key {
+        key: "tls_key",
+        default: "none",
+        meaning: "private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert`",
+    },
+    Key {
+        key: "ws_allowed_origins",
+        default: "`[]`",
+        meaning: "browser origins allowed on `/ws` besides the server's own host; `\"*\"` allows any; requests without `Origin` are always allowed",
+    },
+    Key {
+        key: "max_connections_per_shard",
+        default: "65536",
+        meaning: "connections beyond get `SERVER_BUSY` and are closed",
+    },
+    Key {
+        key: "rate_connection_per_sec",
+        default: "50",
+        meaning: "SendMessage requests per second per connection (0 = unlimited)",
+    },
+    Key {
+        key: "rate_connection_burst",
+        default: "100",
+        meaning: "SendMessage burst per connection above its rate",
+    },
+    Key {
+        key: "rate_user_per_sec",
+        default: "100",
+        meaning: "SendMessage requests per second per user on one shard (0 = unlimited)",
+    },
+    Key {
+        key: "rate_user_burst",
+        default: "200",
+        meaning: "SendMessage burst per user above its rate",
+    },
+    Key {
+        key: "max_sessions_per_user",
+        default: "32",
+        meaning: "sessions one user may have open; further logins get `TOO_MANY_SESSIONS` (0 = unlimited)",
+    },
+    Key {
+        key: "login_failures_per_username",
+        default: "10",
+        meaning: "failed logins per username per minute before `TOO_MANY_LOGIN_ATTEMPTS` (0 = unlimited)",
+    },
+    Key {
+        key: "login_failures_per_address",
+        default: "30",
+        meaning: "failed logins per client address per minute before `TOO_MANY_LOGIN_ATTEMPTS` (0 = unlimited)",
+    },
+    Key {
+        key: "data_dir",
+        default: "`chatd-data`",
+        meaning: "data directory: the store (`data_dir/store`), the commit log (`data_dir/log`), media, TLS files",
+    },
+    Key {
+        key: "shards",
+        default: "0 (= cores)",
+        meaning: "shard threads",
+    },
+    Key {
+        key: "durability",
+        default: "`sync`",
+        meaning: "`sync` or `buffered`, see \"Durability\"",
+    },
+    Key {
+        key: "max_frame_bytes",
+        default: "1048576",
+        meaning: "largest frame body accepted",
+    },
+    Key {
+        key: "max_message_bytes",
+        default: "65536",
+        meaning: "largest text + ciphertext + media reference",
+    },
+    Key {
+        key: "max_group_members",
+        default: "500",
+        meaning: "group size limit",
+    },
+    Key {
+        key: "session_queue_frames",
+        default: "1024",
+        meaning: "frames queued to one session before it is closed as a slow consumer",
+    },
+    Key {
+        key: "session_queue_bytes",
+        default: "4194304",
+        meaning: "bytes queued to one session before it is closed as a slow consumer",
+    },
+    Key {
+        key: "session_inflight_requests",
+        default: "256",
+        meaning: "requests of one connection processed at once; beyond, the server stops reading it",
+    },
+    Key {
+        key: "mesh_ring_capacity",
+        default: "8192",
+        meaning: "messages per shard-to-shard ring",
+    },
+    Key {
+        key: "storage_queue",
+        default: "16384",
+        meaning: "write jobs queued to the storage writer",
+    },
+    Key {
+        key: "recent_messages",
+        default: "256",
+        meaning: "idempotency keys kept in memory per loaded conversation (older ones are looked up in the store)",
+    },
+    Key {
+        key: "heartbeat_interval_ms",
+        default: "15000",
+        meaning: "announced in Welcome; sessions that send no complete frame for 3 intervals are closed",
+    },
+    Key {
+        key: "handshake_timeout_ms",
+        default: "10000",
+        meaning: "time to send Hello",
+    },
+    Key {
+        key: "token_ttl_secs",
+        default: "2592000",
+        meaning: "session token lifetime (30 days)",
+    },
+    Key {
+        key: "shutdown_grace_ms",
+        default: "5000",
+        meaning: "bound on draining at shutdown",
+    },
+    Key {
+        key: "argon2_memory_kib",
+        default: "19456",
+        meaning: "password hashing memory cost (argon2id), KiB",
+    },
+    Key {
+        key: "argon2_iterations",
+        default: "2",
+        meaning: "password hashing iterations (argon2id)",
+    },
+    Key {
+        key: "public_http_url",
+        default: "`http://` + HTTP listener",
+        meaning: "base of the signed media URLs handed to clients",
+    },
+    Key {
+        key: "max_media_bytes",
+        default: "67108864",
+        meaning: "largest media upload (64 MiB)",
+    },
+    Key {
+        key: "media_url_ttl_secs",
+        default: "3600",
+        meaning: "lifetime of signed media URLs",
+    },
+    Key {
+        key: "media_transfers",
+        default: "64",
+        meaning: "media uploads and downloads in progress at once (each holds one 64 KiB chunk)",
+    },
+    Key {
+        key: "push_gateway_url",
+        default: "none",
+        meaning: "`https://` or `http://` push gateway for notifications to offline users (none: no notifications)",
+    },
+    Key {
+        key: "push_gateway_ca",
+        default: "none",
+        meaning: "PEM file of certificates an `https://` gateway may chain to, besides the webpki roots (a private CA, or the gateway's self-signed certificate)",
+    },
+    Key {
+        key: "push_gateway_token",
+        default: "none",
+        meaning: "sent with every gateway request as `Authorization: Bearer <token>`; never logged or printed",
+    },
+    Key {
+        key: "push_queue",
+        default: "4096",
+        meaning: "notifications queued towards the gateway; beyond, new ones are dropped and counted",
+    },
+    Key {
+        key: "push_preview",
+        default: "true",
+        meaning: "notifications carry the first 100 characters of the text (never for encrypted messages)",
+    },
+];
+
+/// The reference as a Markdown table (README, "Configuration").
+pub fn reference_table() -> String {
+    let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
+    for k in REFERENCE {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            k.key, k.default, k.meaning
+        ));
+    }
+    out
+}
+
+/// Markdown without its markup, for a TOML comment.
+fn plain(markdown: &str) -> String {
+    markdown.replace('`', "")
+}
+
+impl Config {
+    /// The configuration as a TOML file: every key with its meaning and
+    /// default in a comment, then its value here. Keys without a value
+    /// are commented out; a secret is never printed. The output read back
+    /// as a file gives the same configuration.
+    pub fn to_toml(&self) -> String {
+        let table = toml::Table::try_from(self).unwrap_or_default();
+        let mut out = String::from(
+            "# chatd configuration: every key, its meaning and default (README, \"Configuration\").\n",
+        );
+        for k in REFERENCE {
+            out.push_str(&format!(
+                "\n# {} (default: {})\n",
+                plain(k.meaning),
+                plain(k.default)
+            ));
+            match table.get(k.key) {
+                Some(value) => {
+                    let mut one = toml::Table::new();
+                    one.insert(k.key.to_owned(), value.clone());
+                    out.push_str(&toml::to_string(&one).unwrap_or_default());
+                }
+                None if k.key == "push_gateway_token" && self.push_gateway_token.is_some() => {
+                    out.push_str("# push_gateway_token is set (not shown)\n");
+                }
+                None => out.push_str(&format!("# {} =\n", k.key)),
+            }
+        }
+        out
     }
 }
 
@@ -313,5 +615,107 @@ mod tests {
             Some("hunter2")
         );
         assert!(!format!("{c:?}").contains("hunter2"));
+        let printed = c.to_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("# push_gateway_token is set (not shown)"));
+    }
+
+    /// A configuration with every optional key set, so that serializing
+    /// it names every key but the secret.
+    fn everything_set() -> Config {
+        toml::from_str(
+            "tls_cert = \"/etc/chatd/cert.pem\"\ntls_key = \"/etc/chatd/key.pem\"\n\
+             public_http_url = \"https://chat.example.com\"\n\
+             push_gateway_url = \"https://push.example.com/notify\"\n\
+             push_gateway_ca = \"/etc/chatd/push-ca.pem\"\n\
+             push_gateway_token = \"t\"\nws_allowed_origins = [\"https://app.example.com\"]\n\
+             tls_listen = \"off\"",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_reference_names_every_key_once() {
+        let table = toml::Table::try_from(everything_set()).unwrap();
+        let mut fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        // Not serialized, so that it is never printed.
+        fields.push("push_gateway_token");
+        fields.sort_unstable();
+        let mut listed: Vec<&str> = REFERENCE.iter().map(|k| k.key).collect();
+        listed.sort_unstable();
+        assert_eq!(
+            listed, fields,
+            "config::REFERENCE and Config's fields differ"
+        );
+        for k in REFERENCE {
+            assert!(!k.meaning.is_empty() && !k.default.is_empty(), "{}", k.key);
+        }
+    }
+
+    #[test]
+    fn printed_configuration_reads_back_the_same() {
+        for config in [Config::default(), everything_set()] {
+            let printed = config.to_toml();
+            let back: Config =
+                toml::from_str(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+            assert_eq!(
+                toml::Table::try_from(&back).unwrap(),
+                toml::Table::try_from(&config).unwrap()
+            );
+            for k in REFERENCE {
+                assert!(
+                    printed.contains(&format!("\n{} =", k.key))
+                        || printed.contains(&format!("# {} ", k.key)),
+                    "{} missing:\n{printed}",
+                    k.key
+                );
+            }
+        }
+        let printed = Config::default().to_toml();
+        assert!(
+            printed.contains("\ntls_listen = \"127.0.0.1:7401\"\n"),
+            "{printed}"
+        );
+        assert!(printed.contains("\n# tls_cert =\n"), "{printed}");
+        assert!(
+            everything_set()
+                .to_toml()
+                .contains("\ntls_listen = \"off\"\n")
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let e = toml::from_str::<Config>("tcp_listen = \"127.0.0.1:1\"\nmax_group_membres = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_group_membres"), "{e}");
+    }
+
+    /// README's configuration table is [`reference_table`]; with
+    /// `UPDATE_README=1` this test writes it there.
+    #[test]
+    fn readme_table_is_the_reference() {
+        const BEGIN: &str =
+            "<!-- config reference: generated from server/src/config.rs REFERENCE -->\n";
+        const END: &str = "<!-- end of config reference -->";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let start = readme
+            .find(BEGIN)
+            .expect("README has the reference markers")
+            + BEGIN.len();
+        let end = start + readme[start..].find(END).expect("end marker");
+        let table = reference_table();
+        if readme[start..end] != table {
+            if std::env::var_os("UPDATE_README").is_some() {
+                let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+                std::fs::write(&path, updated).unwrap();
+            } else {
+                panic!(
+                    "README's configuration table is not config::REFERENCE; run with UPDATE_README=1"
+                );
+            }
+        }
     }
 }

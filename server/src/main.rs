@@ -50,6 +50,10 @@ struct Args {
     #[arg(long, env = "CHATD_DURABILITY", value_parser = parse_durability)]
     durability: Option<Durability>,
     /// Without a command, chatd runs the server.
+    /// Print the effective configuration (file, environment and flags
+    /// applied) as TOML, with every key's meaning and default, and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -148,6 +152,11 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.durability {
         config.durability = v;
+    }
+
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
     }
 
     if let Some(Command::SetPassword { username }) = &args.command {
