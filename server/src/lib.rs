@@ -57,6 +57,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod control;
 pub mod directory;
 pub mod home;
 pub mod http;

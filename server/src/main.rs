@@ -58,7 +58,7 @@ struct Args {
     command: Option<Command>,
 }
 
-/// Operator commands, run with the server stopped, on its configuration.
+/// Operator commands, on the server's configuration.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Sets a user's password, read as one line from standard input, and
@@ -67,6 +67,14 @@ enum Command {
     SetPassword {
         /// The user's username.
         username: String,
+    },
+    /// Copies the data of the server running on this configuration's
+    /// data_dir into DEST, a new directory, without stopping it (the
+    /// server writes the copy, so its user must be able to create DEST).
+    /// chatd started with `--data-dir DEST` serves the copy.
+    Backup {
+        /// The new directory.
+        dest: PathBuf,
     },
 }
 
@@ -156,6 +164,18 @@ fn main() -> anyhow::Result<()> {
 
     if args.print_config {
         print!("{}", config.to_toml());
+        return Ok(());
+    }
+
+    if let Some(Command::Backup { dest }) = &args.command {
+        let dest = std::path::absolute(dest).context("resolving the destination")?;
+        let dest = dest
+            .to_str()
+            .filter(|d| !d.contains('\n'))
+            .context("the destination must be UTF-8 without line breaks")?;
+        let done = chatd::control::request(&config.data_dir, &format!("backup {dest}"))
+            .with_context(|| format!("backing up into {dest}"))?;
+        println!("backed up into {dest}: {done}");
         return Ok(());
     }
 

@@ -51,6 +51,7 @@ pub struct ServerHandle {
     shards: Vec<thread::JoinHandle<()>>,
     writer: WriterThread,
     push: crate::push::PushThread,
+    control: Option<crate::control::Control>,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
@@ -304,6 +305,12 @@ impl ServerHandle {
         let (writer, writer_thread) =
             Writer::start(store.clone(), config.durability, config.storage_queue)
                 .map_err(io("starting the storage thread"))?;
+        // Without it the server runs on; only `chatd backup` needs it.
+        let control = crate::control::Control::start(store.clone(), &config.data_dir)
+            .inspect_err(|e| {
+                tracing::warn!(cause = %e, "no control socket; chatd backup will not reach this server")
+            })
+            .ok();
         let nr_shards = config.nr_shards();
         let bound = bind(&config, nr_shards)?;
         let base_url = config
@@ -353,6 +360,7 @@ impl ServerHandle {
             shards,
             writer: writer_thread,
             push: push_thread,
+            control,
             tcp_addr,
             http_addr,
             tls_addr,
@@ -440,6 +448,10 @@ impl ServerHandle {
     pub fn wait(self) {
         for shard in self.shards {
             let _ = shard.join();
+        }
+        // A backup in progress gives up; the control thread lets the store go.
+        if let Some(control) = self.control {
+            control.stop();
         }
         // The push and writer threads exit once their last handles are
         // gone, which they are once the shards have stopped.

@@ -316,6 +316,27 @@ fn zero_filled(path: &Path, capacity: u64) -> io::Result<Spare> {
     })
 }
 
+/// The segments in `dir` (none if it does not exist), with the commit
+/// each begins with, in log order. Spare and damaged segments are not
+/// among them.
+pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    if dir.exists() {
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some(first) = name
+                .strip_suffix(SEGMENT_SUFFIX)
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                segments.push((first, path));
+            }
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
 /// Makes renames and deletions in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -470,22 +491,8 @@ pub fn replay(
     after: u64,
     mut visit: impl FnMut(Replay) -> Result<()>,
 ) -> Result<Replayed> {
-    let mut segments = Vec::new();
-    if dir.exists() {
-        for entry in fs::read_dir(dir)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some(first) = name
-                .strip_suffix(SEGMENT_SUFFIX)
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                if first > after {
-                    segments.push((first, path));
-                }
-            }
-        }
-    }
-    segments.sort();
+    let mut segments = segments(dir)?;
+    segments.retain(|(first, _)| *first > after);
     // With nothing replayed before, the log may start anywhere.
     let mut next: Option<u64> = (after > 0).then_some(after + 1);
     let mut commits = 0;

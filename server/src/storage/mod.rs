@@ -25,6 +25,7 @@
 //! | `idempotency` | conversation ‖ sender ‖ XXH3-128(client_msg_id) ([`keys::idempotency_digest`]; conversation ‖ sender ‖ client_msg_id in stores written before) | [`IdempotencyRecord`] |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 
+pub mod backup;
 pub mod keys;
 pub mod log;
 pub mod segments;
@@ -283,6 +284,19 @@ pub const WRITE_BUFFER_HARD_LIMIT: u64 = 12 * (64 << 20);
 /// A lookup checks the bloom filters of up to this many level-0 tables.
 pub const INGESTED_L0_TABLES: u8 = 16;
 
+/// How a keyspace named `name` is created. Applies to keyspaces created
+/// from now on: fjall keeps a keyspace's settings with it, so a store
+/// created before keeps its own.
+fn keyspace_options(name: &str) -> KeyspaceCreateOptions {
+    let options = KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+    match name {
+        "message_runs" | "idempotency" => options.compaction_strategy(Arc::new(
+            fjall::compaction::Leveled::default().with_l0_threshold(INGESTED_L0_TABLES),
+        )),
+        _ => options,
+    }
+}
+
 /// The keyspace that held whole messages before they lived in the log.
 const LEGACY_MESSAGES: &str = "messages";
 
@@ -342,22 +356,7 @@ impl Store {
             .worker_threads(crate::config::cores().clamp(2, 4))
             .open()?;
         let legacy = db.keyspace_exists(LEGACY_MESSAGES);
-        let ks = |name: &str| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-            })
-        };
-        // Applies to keyspaces this call creates; fjall keeps a keyspace's
-        // strategy with it, so a store created before keeps its own.
-        let ingested = |name: &str| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(MEMTABLE_BYTES)
-                    .compaction_strategy(Arc::new(
-                        fjall::compaction::Leveled::default().with_l0_threshold(INGESTED_L0_TABLES),
-                    ))
-            })
-        };
+        let ks = |name: &str| db.keyspace(name, || keyspace_options(name));
         let keyspaces = Keyspaces {
             users: ks("users")?,
             usernames: ks("usernames")?,
@@ -367,9 +366,9 @@ impl Store {
             members: ks("members")?,
             user_conversations: ks("user_conversations")?,
             direct: ks("direct")?,
-            message_runs: ingested("message_runs")?,
+            message_runs: ks("message_runs")?,
             message_index: ks("message_index")?,
-            idempotency: ingested("idempotency")?,
+            idempotency: ks("idempotency")?,
             last_seen: ks("last_seen")?,
             push_outbox: ks("push_outbox")?,
             meta: ks("meta")?,

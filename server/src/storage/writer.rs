@@ -178,6 +178,11 @@ impl Progress {
         }
     }
 
+    /// The last commit durable in the log (and so acknowledged).
+    pub(super) fn last_committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
     /// Commits acknowledged but not yet in fjall.
     pub fn unapplied(&self) -> u64 {
         self.committed.load(Ordering::Acquire) - self.applied.load(Ordering::Acquire)
