@@ -37,6 +37,11 @@
 //! | `chatd_push_sent_total` | counter | notifications the push gateway accepted |
 //! | `chatd_push_failed_total` | counter | notifications given up after retries or refused by the gateway |
 //! | `chatd_push_dropped_total` | counter | notifications dropped because the push queue was full |
+//!
+//! Every unlabeled counter above is exported from the start, at zero: an
+//! increase from 0 to 1 is then one Prometheus can see (a series that first
+//! appears at 1 has no earlier sample to rise from), so a rate or alert over
+//! a rare event such as `chatd_push_failed_total` sees its first occurrence.
 
 use std::sync::OnceLock;
 
@@ -73,6 +78,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 });
             let handle = builder.ok()?.install_recorder().ok()?;
             describe();
+            register_counters();
             let upkeep = handle.clone();
             // Histogram samples are kept until they are folded into their
             // buckets; a server nobody scrapes would keep every one of them.
@@ -143,6 +149,36 @@ pub fn render() -> String {
             h.render()
         }
         _ => String::new(),
+    }
+}
+
+/// The unlabeled counters, registered by [`install`] so that each is
+/// rendered (at zero) before its first increment.
+const COUNTERS: &[&str] = &[
+    "chatd_connections_refused_total",
+    "chatd_messages_in_total",
+    "chatd_messages_stored_total",
+    "chatd_deliveries_total",
+    "chatd_fanout_shards_skipped_total",
+    "chatd_log_segments_total",
+    "chatd_storage_stalls_total",
+    "chatd_ephemeral_shed_total",
+    "chatd_slow_consumers_total",
+    "chatd_syncs_total",
+    "chatd_resumes_total",
+    "chatd_datagrams_sent_total",
+    "chatd_datagrams_received_total",
+    "chatd_datagrams_dropped_total",
+    "chatd_push_sent_total",
+    "chatd_push_failed_total",
+    "chatd_push_dropped_total",
+];
+
+fn register_counters() {
+    for name in COUNTERS {
+        // Registering the handle is enough: the recorder renders every
+        // registered counter, incremented or not.
+        let _ = metrics::counter!(*name);
     }
 }
 
