@@ -218,6 +218,11 @@ fn main() -> anyhow::Result<()> {
         Ok::<(), std::io::Error>(())
     })?;
     tracing::info!("shutting down");
+    let failed = server.storage_failed();
     server.shutdown();
+    if failed {
+        // A service manager restarts a unit that exits with a failure.
+        anyhow::bail!("stopped after a storage failure (see the log above)");
+    }
     Ok(())
 }

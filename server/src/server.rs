@@ -430,6 +430,12 @@ impl ServerHandle {
         self.life.subscribe()
     }
 
+    /// Whether the server stopped (or is stopping) because storage failed:
+    /// acknowledged data is safe, but nothing more could be written.
+    pub fn storage_failed(&self) -> bool {
+        self.life.failed()
+    }
+
     /// Begins a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&self) {
         self.life.shut_down();
