@@ -157,7 +157,7 @@ fn resolved(path: &Path) -> Option<PathBuf> {
 pub struct Control {
     path: PathBuf,
     stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<()>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Control {
@@ -180,16 +180,26 @@ impl Control {
                 .name("chatd-control".into())
                 .spawn(move || serve(&listener, &store, &data_dir, &stop))?
         };
-        Ok(Self { path, stop, thread })
+        Ok(Self {
+            path,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the thread (a backup in progress gives up) and removes the
-    /// socket.
-    pub fn stop(self) {
+    /// socket. Dropping it does the same.
+    pub fn stop(self) {}
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wakes the accept.
         let _ = UnixStream::connect(&self.path);
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -305,12 +305,7 @@ impl ServerHandle {
         let (writer, writer_thread) =
             Writer::start(store.clone(), config.durability, config.storage_queue)
                 .map_err(io("starting the storage thread"))?;
-        // Without it the server runs on; only `chatd backup` needs it.
-        let control = crate::control::Control::start(store.clone(), &config.data_dir)
-            .inspect_err(|e| {
-                tracing::warn!(cause = %e, "no control socket; chatd backup will not reach this server")
-            })
-            .ok();
+        let control_store = store.clone();
         let nr_shards = config.nr_shards();
         let bound = bind(&config, nr_shards)?;
         let base_url = config
@@ -342,7 +337,15 @@ impl ServerHandle {
             certificates,
             listeners,
         } = bound;
+        let data_dir = handles.config.data_dir.clone();
         let shards = spawn_shards(&handles, listeners, recovered)?;
+        // Last, so that a start that fails leaves no thread holding the
+        // store. Without it the server runs on; only `chatd backup` needs it.
+        let control = crate::control::Control::start(control_store, &data_dir)
+            .inspect_err(|e| {
+                tracing::warn!(cause = %e, "no control socket; chatd backup will not reach this server")
+            })
+            .ok();
         tracing::info!(
             %tcp_addr,
             %http_addr,
