@@ -197,9 +197,16 @@ impl Conn {
                 }
                 Ok(Incoming::Activity) => {}
                 Ok(Incoming::Frame(frame)) => {
-                    // Boxed: the request handlers' states are large, and
-                    // inline they would sit in every idle session's task.
-                    Box::pin(self.handle(frame)).await;
+                    use crate::routes::messages::{SentNow, send_now};
+                    match send_now(self, frame) {
+                        Ok(SentNow::Done) => {}
+                        Ok(SentNow::Full(owner, msg)) => {
+                            Box::pin(self.shard.send_to(owner, msg)).await;
+                        }
+                        // Boxed: the request handlers' states are large, and
+                        // inline they would sit in every idle session's task.
+                        Err(frame) => Box::pin(self.handle(frame)).await,
+                    }
                     last_frame = clock.now();
                 }
                 Ok(Incoming::Invalid {

@@ -74,6 +74,17 @@ impl<T> Mesh<T> {
         }
     }
 
+    /// [`Mesh::send`] without waiting: gives `msg` back if the ring is full.
+    pub fn try_send(&self, src: ShardId, dst: ShardId, msg: T) -> Result<(), T> {
+        let i = self.index(src, dst);
+        let (Some(ring), Some(data)) = (self.rings.get(i), self.data.get(dst)) else {
+            return Ok(());
+        };
+        ring.push(msg)?;
+        data.notify_one();
+        Ok(())
+    }
+
     /// Takes up to [`DRAIN_PER_RING`] messages from every ring into `dst`,
     /// handing each to `handle`. Returns how many were taken. Never waits.
     pub fn drain(&self, dst: ShardId, mut handle: impl FnMut(T)) -> usize {

@@ -5,27 +5,88 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use chat_protocol::ErrorCode;
-use chat_protocol::pb::{self, server_frame::Body as S};
+use chat_protocol::pb::{self, client_frame::Body as C, server_frame::Body as S};
+use chat_protocol::{ConversationId, ErrorCode, UserId};
 
 use super::{Request, read_then_owner, spawn_read, to_owner};
 use crate::connection::Conn;
 use crate::limits::TokenBucket;
-use crate::owner::OwnerOp;
+use crate::owner::{OwnerOp, OwnerRequest};
+use crate::session_state::Verdict;
+use crate::shard_msg::ShardMsg;
+
 use crate::reply::Refusal;
 use crate::storage::Store;
 
 /// SendMessage: refused with RATE_LIMITED past the connection's or the
 /// user's send rate, otherwise sequenced by the conversation's owner.
 pub(crate) async fn send(conn: &Rc<Conn>, req: Request, user: u64, m: pb::SendMessage) {
+    if let Some(owned) = admit_send(conn, req, user, m) {
+        conn.shard.to_owner(owned).await;
+    }
+}
+
+/// The part of [`send`] before the owner: the send rates. Answers a send
+/// past them; otherwise returns the request for the owner.
+fn admit_send(conn: &Conn, req: Request, user: u64, m: pb::SendMessage) -> Option<OwnerRequest> {
     conn.shard.counters.messages_in.increment(1);
     if let Err(wait) = take_send_token(conn, user) {
         let ms = wait.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
         let r = Refusal::new(ErrorCode::RateLimited, "sending too fast").retry_after(ms);
         req.answer(Err(r));
-        return;
+        return None;
     }
-    to_owner(conn, req, user, m.conversation_id, OwnerOp::Send(m)).await;
+    let conversation = ConversationId(m.conversation_id);
+    Some(req.to_owner(UserId(user), conversation, OwnerOp::Send(m)))
+}
+
+/// What [`send_now`] did with a frame.
+pub(crate) enum SentNow {
+    /// Handed to its owner (or answered).
+    Done,
+    /// For the owner on another shard, whose ring is full: the caller waits
+    /// for room ([`crate::shard::Shard::send_to`]) before it reads on, so
+    /// that the connection's requests stay in order.
+    Full(crate::mesh::ShardId, ShardMsg),
+}
+
+/// The send path without a future, for the common case of a SendMessage
+/// of a logged-in session with a request permit free and room in its
+/// owner's queue: the frame is handed on within the read loop's poll,
+/// without allocating and moving the whole request handler's state. Any
+/// other frame, or a send that would have to wait for a permit, comes back
+/// for [`crate::connection::Conn::handle`].
+// The frame comes back by move, as it went in; boxing it would add an
+// allocation to the path this exists to keep free of them.
+#[allow(clippy::result_large_err)]
+pub(crate) fn send_now(
+    conn: &Rc<Conn>,
+    frame: pb::ClientFrame,
+) -> Result<SentNow, pb::ClientFrame> {
+    let rid = frame.request_id;
+    let admitted = matches!(frame.body, Some(C::SendMessage(_)))
+        && matches!(
+            conn.state.borrow().admit(rid, frame.body.as_ref()),
+            Verdict::Accept
+        );
+    let user = conn.state.borrow().user();
+    let (Some(user), true) = (user, admitted) else {
+        return Err(frame);
+    };
+    let Some(req) = Request::try_take(conn, rid) else {
+        return Err(frame);
+    };
+    let Some(C::SendMessage(m)) = frame.body else {
+        // Checked above; the permit goes back with the request.
+        return Ok(SentNow::Done);
+    };
+    match admit_send(conn, req, user, m) {
+        Some(owned) => Ok(match conn.shard.try_to_owner(owned) {
+            Ok(()) => SentNow::Done,
+            Err((owner, msg)) => SentNow::Full(owner, msg),
+        }),
+        None => Ok(SentNow::Done),
+    }
 }
 
 /// One send from this connection: within its own and its user's rate?

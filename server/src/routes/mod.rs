@@ -65,7 +65,18 @@ impl Request {
     /// while all are in use; `None` if the session is closing.
     async fn take(conn: &Conn, request_id: u64) -> Option<Self> {
         conn.handle.inflight.acquire().await.ok()?.forget();
-        Some(Self {
+        Some(Self::holding(conn, request_id))
+    }
+
+    /// [`Request::take`] when a permit is free at once; `None` otherwise.
+    fn try_take(conn: &Conn, request_id: u64) -> Option<Self> {
+        conn.handle.inflight.try_acquire().ok()?.forget();
+        Some(Self::holding(conn, request_id))
+    }
+
+    /// The request, once its permit was taken.
+    fn holding(conn: &Conn, request_id: u64) -> Self {
+        Self {
             shard: conn.shard.clone(),
             origin: Origin {
                 shard: conn.shard.id,
@@ -73,7 +84,7 @@ impl Request {
                 request_id,
             },
             holding: true,
-        })
+        }
     }
 
     /// The request's id, echoed in its answer.

@@ -354,6 +354,31 @@ impl Shard {
         }
     }
 
+    /// [`Shard::to_owner`] without waiting: gives the message back, with
+    /// the owner, if the owner is another shard and the ring towards it is
+    /// full.
+    pub fn try_to_owner(
+        self: &Rc<Self>,
+        req: OwnerRequest,
+    ) -> Result<(), (crate::mesh::ShardId, ShardMsg)> {
+        let owner = self.shared.place.owner_of(req.conversation());
+        if owner == self.id {
+            self.enqueue_owned(req);
+            Ok(())
+        } else {
+            let msg = ShardMsg::Request(Box::new(req));
+            self.shared
+                .mesh
+                .try_send(self.id, owner, msg)
+                .map_err(|msg| (owner, msg))
+        }
+    }
+
+    /// Sends `msg` to shard `dst`, waiting for room in the ring.
+    pub async fn send_to(&self, dst: crate::mesh::ShardId, msg: ShardMsg) {
+        self.shared.mesh.send(self.id, dst, msg).await;
+    }
+
     /// Sends `msg` to the home shard of `key` ([`crate::home`]), or
     /// handles it here if this is its home.
     pub async fn to_home(self: &Rc<Self>, key: &crate::home::Key, msg: ShardMsg) {
