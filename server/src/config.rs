@@ -363,7 +363,7 @@ pub const REFERENCE: &[Key] = &[
     Key {
         key: "data_dir",
         default: "`chatd-data`",
-        meaning: "data directory: the store (`data_dir/store`), the commit log (`data_dir/log`), media, TLS files",
+        meaning: "data directory: the store (`data_dir/store`), the commit log (`data_dir/log`), media, TLS files, the control socket (`data_dir/control.sock`)",
     },
     Key {
         key: "shards",
