@@ -12,7 +12,9 @@
 //! control pushes back on the client.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -198,14 +200,20 @@ impl Conn {
                 Ok(Incoming::Activity) => {}
                 Ok(Incoming::Frame(frame)) => {
                     use crate::routes::messages::{SentNow, send_now};
-                    match send_now(self, frame) {
-                        Ok(SentNow::Done) => {}
-                        Ok(SentNow::Full(owner, msg)) => {
-                            Box::pin(self.shard.send_to(owner, msg)).await;
-                        }
-                        // Boxed: the request handlers' states are large, and
-                        // inline they would sit in every idle session's task.
-                        Err(frame) => Box::pin(self.handle(frame)).await,
+                    // What must wait is boxed, and only the box is held
+                    // across the await: the request handlers' states, the
+                    // frame and the owner's message are large, and inline
+                    // they would sit in every idle session's task.
+                    let wait: Option<Pin<Box<dyn Future<Output = ()> + '_>>> =
+                        match send_now(self, frame) {
+                            Ok(SentNow::Done) => None,
+                            Ok(SentNow::Full(owner, msg)) => {
+                                Some(Box::pin(self.shard.send_to(owner, msg)))
+                            }
+                            Err(frame) => Some(Box::pin(self.handle(frame))),
+                        };
+                    if let Some(wait) = wait {
+                        wait.await;
                     }
                     last_frame = clock.now();
                 }
