@@ -12,7 +12,7 @@ use chat_protocol::{ErrorCode, pb};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -141,6 +141,9 @@ pub struct Accounts {
     store: Store,
     writer: Writer,
     last_user_id: Arc<AtomicU64>,
+    /// Cluster mode: this node's number, which the ids it gives out carry
+    /// ([`crate::idgen::next_id`]); 0 on a single node.
+    node: u16,
     clock: Clock,
     argon2_memory_kib: u32,
     argon2_iterations: u32,
@@ -155,6 +158,7 @@ impl Accounts {
             store,
             writer,
             last_user_id: Arc::new(AtomicU64::new(last_user_id)),
+            node: config.node_number(),
             clock: config.clock.clone(),
             argon2_memory_kib: config.argon2_memory_kib,
             argon2_iterations: config.argon2_iterations,
@@ -168,7 +172,7 @@ impl Accounts {
 
     /// A fresh user id.
     fn next_user_id(&self) -> u64 {
-        self.last_user_id.fetch_add(1, Ordering::Relaxed) + 1
+        crate::idgen::next_id(&self.last_user_id, self.node)
     }
 
     fn hasher(&self) -> Result<Argon2<'static>, Refusal> {

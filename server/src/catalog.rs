@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use chat_protocol::pb::{self, ConversationKind, Role};
 use chat_protocol::{ErrorCode, UserId};
@@ -131,6 +131,9 @@ pub struct Catalog {
     writer: Writer,
     media: Arc<Media>,
     last_conversation_id: Arc<AtomicU64>,
+    /// Cluster mode: this node's number, which the ids it gives out carry
+    /// ([`crate::idgen::next_id`]); 0 on a single node.
+    node: u16,
     clock: Clock,
     max_group_members: usize,
 }
@@ -150,6 +153,7 @@ impl Catalog {
             writer,
             media,
             last_conversation_id: Arc::new(AtomicU64::new(last_conversation_id)),
+            node: config.node_number(),
             clock: config.clock.clone(),
             max_group_members: config.max_group_members,
         }
@@ -161,7 +165,7 @@ impl Catalog {
 
     /// A fresh conversation id.
     fn next_conversation_id(&self) -> u64 {
-        self.last_conversation_id.fetch_add(1, Ordering::Relaxed) + 1
+        crate::idgen::next_id(&self.last_conversation_id, self.node)
     }
 
     /// Refuses a user who is not a member, telling apart a conversation that

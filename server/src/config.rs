@@ -168,6 +168,58 @@ pub struct Config {
     /// Whether notifications carry the start of the message text. Default
     /// true; never for end-to-end encrypted messages.
     pub push_preview: bool,
+    /// Cluster mode (README, "Cluster mode"): off unless
+    /// `cluster.nats_urls` is set.
+    pub cluster: ClusterConfig,
+}
+
+/// Settings of cluster mode: several chatd nodes sharing NATS JetStream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers to connect to (`nats://host:port`). Empty (the
+    /// default): single-node mode, no external service.
+    pub nats_urls: Vec<String>,
+    /// This node's number, unique in the cluster, 1 to 1023. Ids this node
+    /// gives out (users, conversations) are distinct from every other
+    /// node's by it. Required in cluster mode.
+    pub node_id: u16,
+    /// JetStream stream holding every acknowledged write. Default `CHATD`.
+    pub stream: String,
+    /// Replicas of the stream (1, 3 or 5). Default 3.
+    pub replicas: usize,
+    /// Conversation partitions: each has one owner node at a time, which
+    /// alone sequences its conversations. Default 64; the same on every
+    /// node, and never changed once the stream exists.
+    pub partitions: u32,
+    /// How long a partition's owner lease lasts without renewal, ms
+    /// (renewed every third of it). A dead node's partitions move after
+    /// about this long. Default 5,000.
+    pub lease_ms: u64,
+    /// Bound on a write's wait for JetStream's acknowledgement and on a
+    /// request forwarded to another node, ms. Default 10,000.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats_urls: Vec::new(),
+            node_id: 0,
+            stream: "CHATD".into(),
+            replicas: 3,
+            partitions: 64,
+            lease_ms: 5000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.nats_urls.is_empty()
+    }
 }
 
 /// A configured secret: read from the file like any string, never printed.
@@ -261,6 +313,7 @@ impl Default for Config {
             push_gateway_token: None,
             push_queue: 4096,
             push_preview: true,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -495,6 +548,41 @@ pub const REFERENCE: &[Key] = &[
         default: "true",
         meaning: "notifications carry the first 100 characters of the text (never for encrypted messages)",
     },
+    Key {
+        key: "cluster.nats_urls",
+        default: "`[]`",
+        meaning: "NATS servers (`nats://host:port`) of a JetStream cluster: cluster mode (README, \"Cluster mode\"); empty: one node, no external service",
+    },
+    Key {
+        key: "cluster.node_id",
+        default: "none",
+        meaning: "this node's number, 1–1023, unique in the cluster (required in cluster mode)",
+    },
+    Key {
+        key: "cluster.stream",
+        default: "`CHATD`",
+        meaning: "JetStream stream holding every acknowledged write",
+    },
+    Key {
+        key: "cluster.replicas",
+        default: "3",
+        meaning: "replicas of the stream (1, 3 or 5)",
+    },
+    Key {
+        key: "cluster.partitions",
+        default: "64",
+        meaning: "conversation partitions, each sequenced by one owner node at a time; the same on every node, fixed once the stream exists",
+    },
+    Key {
+        key: "cluster.lease_ms",
+        default: "5000",
+        meaning: "a partition owner's lease without renewal; a dead node's partitions move after about this long",
+    },
+    Key {
+        key: "cluster.request_timeout_ms",
+        default: "10000",
+        meaning: "bound on waiting for JetStream's acknowledgement and for a request forwarded to another node",
+    },
 ];
 
 /// The reference as a Markdown table (README, "Configuration").
@@ -530,7 +618,19 @@ impl Config {
                 plain(k.meaning),
                 plain(k.default)
             ));
-            match table.get(k.key) {
+            let value = match k.key.split_once('.') {
+                Some((section, key)) => table
+                    .get(section)
+                    .and_then(|t| t.as_table())
+                    .and_then(|t| t.get(key)),
+                None => table.get(k.key),
+            };
+            match value {
+                // A dotted key: `section.key = value` is the key of the
+                // section's table in TOML.
+                Some(value) if k.key.contains('.') => {
+                    out.push_str(&format!("{} = {value}\n", k.key));
+                }
                 Some(value) => {
                     let mut one = toml::Table::new();
                     one.insert(k.key.to_owned(), value.clone());
@@ -558,6 +658,15 @@ impl Config {
             self.shards
         } else {
             cores()
+        }
+    }
+
+    /// Cluster mode: this node's number; 0 on a single node.
+    pub fn node_number(&self) -> u16 {
+        if self.cluster.enabled() {
+            self.cluster.node_id
+        } else {
+            0
         }
     }
 
@@ -637,11 +746,18 @@ mod tests {
     #[test]
     fn the_reference_names_every_key_once() {
         let table = toml::Table::try_from(everything_set()).unwrap();
-        let mut fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        // A section's keys are `section.key`.
+        let mut fields: Vec<String> = Vec::new();
+        for (key, value) in &table {
+            match value.as_table() {
+                Some(section) => fields.extend(section.keys().map(|k| format!("{key}.{k}"))),
+                None => fields.push(key.clone()),
+            }
+        }
         // Not serialized, so that it is never printed.
-        fields.push("push_gateway_token");
+        fields.push("push_gateway_token".into());
         fields.sort_unstable();
-        let mut listed: Vec<&str> = REFERENCE.iter().map(|k| k.key).collect();
+        let mut listed: Vec<String> = REFERENCE.iter().map(|k| k.key.to_owned()).collect();
         listed.sort_unstable();
         assert_eq!(
             listed, fields,

@@ -64,3 +64,45 @@ mod tests {
         );
     }
 }
+
+/// Ids given out in cluster mode are those equal to the node's number
+/// modulo this, so that no two nodes give out the same one.
+pub const NODE_STRIDE: u64 = 1024;
+
+/// The next user or conversation id after `last` (the highest given out or
+/// stored), for node `node` (0: single-node mode, every id in turn).
+pub fn next_id(last: &std::sync::atomic::AtomicU64, node: u16) -> u64 {
+    use std::sync::atomic::Ordering;
+    if node == 0 {
+        return last.fetch_add(1, Ordering::Relaxed) + 1;
+    }
+    let after = |l: u64| {
+        let mine = l - l % NODE_STRIDE + u64::from(node);
+        if mine > l { mine } else { mine + NODE_STRIDE }
+    };
+    let mut cur = last.load(Ordering::Relaxed);
+    loop {
+        let next = after(cur);
+        match last.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => cur = seen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod node_ids {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn each_node_gives_out_its_own_ids() {
+        let last = AtomicU64::new(5000);
+        let a = next_id(&last, 3);
+        let b = next_id(&last, 3);
+        assert_eq!(a % NODE_STRIDE, 3);
+        assert!(a > 5000 && b == a + NODE_STRIDE);
+        let single = AtomicU64::new(7);
+        assert_eq!(next_id(&single, 0), 8);
+    }
+}

@@ -55,6 +55,7 @@ pub mod accounts;
 pub mod admin;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod control;

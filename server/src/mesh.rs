@@ -14,6 +14,12 @@ use tokio::sync::Notify;
 /// Index of a shard, `0..nr_shards`.
 pub type ShardId = usize;
 
+/// The source index of the cluster link ([`crate::cluster`]): besides the
+/// shards, it has one ring towards each shard. Nothing sends towards it.
+pub fn link_source(nr_shards: usize) -> ShardId {
+    nr_shards
+}
+
 /// Messages drained from one ring per turn before the others get their go.
 pub const DRAIN_PER_RING: usize = 256;
 
@@ -21,7 +27,8 @@ pub const DRAIN_PER_RING: usize = 256;
 #[derive(Debug)]
 pub struct Mesh<T> {
     nr_shards: usize,
-    /// `rings[src * nr_shards + dst]`.
+    /// `rings[src * nr_shards + dst]`, sources `0..=nr_shards` (the last
+    /// is the cluster link, [`link_source`]).
     rings: Vec<ArrayQueue<T>>,
     /// Wakes the receiving shard: `data[dst]`.
     data: Vec<Notify>,
@@ -30,9 +37,10 @@ pub struct Mesh<T> {
 }
 
 impl<T> Mesh<T> {
-    /// A mesh of `nr_shards²` rings of `capacity` messages each.
+    /// A mesh of `nr_shards²` rings of `capacity` messages each, and one
+    /// from the cluster link to each shard.
     pub fn new(nr_shards: usize, capacity: usize) -> Self {
-        let n = nr_shards * nr_shards;
+        let n = (nr_shards + 1) * nr_shards;
         Self {
             nr_shards,
             rings: (0..n).map(|_| ArrayQueue::new(capacity.max(1))).collect(),
@@ -46,7 +54,12 @@ impl<T> Mesh<T> {
         self.nr_shards
     }
 
+    /// The ring from `src` to `dst`; past the end (so no ring) if `dst`
+    /// is not a shard.
     fn index(&self, src: ShardId, dst: ShardId) -> usize {
+        if dst >= self.nr_shards {
+            return usize::MAX;
+        }
         src * self.nr_shards + dst
     }
 
@@ -89,7 +102,7 @@ impl<T> Mesh<T> {
     /// handing each to `handle`. Returns how many were taken. Never waits.
     pub fn drain(&self, dst: ShardId, mut handle: impl FnMut(T)) -> usize {
         let mut taken = 0;
-        for src in 0..self.nr_shards {
+        for src in 0..=self.nr_shards {
             let i = self.index(src, dst);
             let Some(ring) = self.rings.get(i) else {
                 continue;
@@ -119,7 +132,7 @@ impl<T> Mesh<T> {
 
     /// Messages queued towards `dst`, for metrics.
     pub fn depth(&self, dst: ShardId) -> usize {
-        (0..self.nr_shards)
+        (0..=self.nr_shards)
             .filter_map(|src| self.rings.get(self.index(src, dst)))
             .map(|r| r.len())
             .sum()

@@ -11,6 +11,9 @@ use crate::mesh::ShardId;
 #[derive(Debug, Clone, Copy)]
 pub struct Placement {
     nr_shards: usize,
+    /// Cluster mode: conversation partitions, each owned by one node and
+    /// on it by one shard (so that one shard alone writes a partition).
+    partitions: Option<u32>,
 }
 
 impl Placement {
@@ -18,6 +21,16 @@ impl Placement {
     pub fn new(nr_shards: usize) -> Self {
         Self {
             nr_shards: nr_shards.max(1),
+            partitions: None,
+        }
+    }
+
+    /// Placement over `nr_shards` in a cluster of `partitions`: a
+    /// conversation's owner shard is its partition's.
+    pub fn clustered(nr_shards: usize, partitions: u32) -> Self {
+        Self {
+            nr_shards: nr_shards.max(1),
+            partitions: Some(partitions.max(1)),
         }
     }
 
@@ -28,6 +41,10 @@ impl Placement {
 
     /// The shard that owns `conversation` and alone sequences it.
     pub fn owner_of(&self, conversation: ConversationId) -> ShardId {
+        if let Some(partitions) = self.partitions {
+            let p = crate::cluster::partition_of(conversation, partitions);
+            return p as usize % self.nr_shards;
+        }
         // Fibonacci hashing spreads consecutive ids evenly.
         let h = conversation.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
         (h % self.nr_shards as u64) as ShardId

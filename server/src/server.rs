@@ -33,6 +33,9 @@ pub enum StartError {
     /// The store could not be opened or recovered.
     #[error("opening the store: {0}")]
     Storage(#[from] StorageError),
+    /// Cluster mode: the cluster could not be joined.
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::LinkError),
     /// The certificate could not be loaded or generated.
     #[error("setting up TLS: {0}")]
     Tls(#[from] crate::transport::tls::TlsError),
@@ -50,6 +53,7 @@ pub struct ServerHandle {
     life: Lifecycle,
     shards: Vec<thread::JoinHandle<()>>,
     writer: WriterThread,
+    link: Option<crate::cluster::LinkRuntime>,
     push: crate::push::PushThread,
     control: Option<crate::control::Control>,
     tcp_addr: SocketAddr,
@@ -294,7 +298,30 @@ impl ServerHandle {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
         let store = Store::open(&config.data_dir.join("store"), &config.data_dir.join("log"))?;
-        let recovered = store.all_last_seqs()?;
+        // In cluster mode the stream is what makes a write durable; the
+        // local store is a view of it that a crash rolls back to its last
+        // applied record, and catches up from there.
+        let local_durability = if config.cluster.enabled() {
+            crate::config::Durability::Buffered
+        } else {
+            config.durability
+        };
+        let (writer, writer_thread) =
+            Writer::start(store.clone(), local_durability, config.storage_queue)
+                .map_err(io("starting the storage thread"))?;
+        let (writer, link_runtime) = if config.cluster.enabled() {
+            let (link, runtime) = crate::cluster::Link::start(&config, &store, writer.clone())?;
+            (writer.replicated(link), Some(runtime))
+        } else {
+            (writer, None)
+        };
+        // In cluster mode other nodes write too: owners read each
+        // conversation's last seq from the store when they load it.
+        let recovered = if config.cluster.enabled() {
+            Vec::new()
+        } else {
+            store.all_last_seqs()?
+        };
         let last_user_id = store.max_user_id()?;
         let last_conversation_id = store.max_conversation_id()?;
         tracing::info!(
@@ -302,9 +329,6 @@ impl ServerHandle {
             users = last_user_id,
             "store recovered"
         );
-        let (writer, writer_thread) =
-            Writer::start(store.clone(), config.durability, config.storage_queue)
-                .map_err(io("starting the storage thread"))?;
         let control_store = store.clone();
         let nr_shards = config.nr_shards();
         let bound = bind(&config, nr_shards)?;
@@ -362,6 +386,7 @@ impl ServerHandle {
             life,
             shards,
             writer: writer_thread,
+            link: link_runtime,
             push: push_thread,
             control,
             tcp_addr,
@@ -465,6 +490,10 @@ impl ServerHandle {
         // The push and writer threads exit once their last handles are
         // gone, which they are once the shards have stopped.
         self.push.join();
+        // The link's consumer holds a handle to the local writer.
+        if let Some(link) = self.link {
+            link.stop();
+        }
         self.writer.join();
     }
 }

@@ -276,8 +276,9 @@ pub enum Output {
         /// The keys.
         keys: Vec<(UserId, String)>,
     },
-    /// Commit the writes, then carry out the effects, in order.
-    Commit(Pending),
+    /// Commit the writes of the conversation (0: effects of several, with
+    /// no writes), then carry out the effects, in order.
+    Commit(u64, Pending),
 }
 
 /// A conversation as the store holds it, for [`Owner::handle_loaded`].
@@ -368,6 +369,36 @@ impl Owner {
         }
     }
 
+    /// Forgets every conversation for which `which` holds, as if it had
+    /// never been loaded (cluster mode: its partition moved). Requests
+    /// queued for them are refused with SERVER_BUSY, to be retried where
+    /// the conversation lives now.
+    pub fn forget(&mut self, mut which: impl FnMut(ConversationId) -> bool) {
+        let gone: Vec<u64> = self
+            .slots
+            .keys()
+            .copied()
+            .filter(|&id| which(ConversationId(id)))
+            .collect();
+        for id in gone {
+            let queue = match self.slots.remove(&id) {
+                Some(Slot::Loading(q)) => q,
+                Some(Slot::Ready(c)) => c.queue,
+                None => VecDeque::new(),
+            };
+            for req in queue {
+                let busy = crate::cluster::busy(req.origin.request_id);
+                self.out.push_back(Output::Commit(
+                    id,
+                    Pending::effects(vec![Effect::Reply(req.origin, busy)]),
+                ));
+            }
+            self.recovered.remove(&id);
+            self.env.typing_active.remove(&id);
+            self.env.cursor_dirty.remove(&id);
+        }
+    }
+
     /// Number of conversations loaded or loading.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -379,7 +410,7 @@ impl Owner {
     }
 }
 
-pub(super) fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
+pub(crate) fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
     let refusal = reply::error(origin.request_id, code, message);
     Pending::effects(vec![Effect::Reply(origin, refusal)])
 }
@@ -461,7 +492,7 @@ impl Owner {
                 };
                 for req in queue {
                     let refused = refusal_entry(req.origin, code, &message);
-                    self.out.push_back(Output::Commit(refused));
+                    self.out.push_back(Output::Commit(id, refused));
                 }
             }
         }
@@ -500,11 +531,14 @@ impl Owner {
             Err(failed) => {
                 tracing::error!(conversation = id, ?failed, "idempotency lookup failed");
                 for req in conv.queue.drain(..covered.min(conv.queue.len())) {
-                    self.out.push_back(Output::Commit(refusal_entry(
-                        req.origin,
-                        ErrorCode::StorageFailure,
-                        "storage failure; retry",
-                    )));
+                    self.out.push_back(Output::Commit(
+                        id,
+                        refusal_entry(
+                            req.origin,
+                            ErrorCode::StorageFailure,
+                            "storage failure; retry",
+                        ),
+                    ));
                 }
             }
         }
@@ -560,7 +594,7 @@ impl Owner {
                 return;
             };
             let pending = self.env.apply(id, conv, req);
-            self.out.push_back(Output::Commit(pending));
+            self.out.push_back(Output::Commit(id, pending));
         }
     }
 }

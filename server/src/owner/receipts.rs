@@ -286,7 +286,7 @@ impl Owner {
         }
         if !effects.is_empty() {
             self.out
-                .push_back(Output::Commit(Pending::effects(effects)));
+                .push_back(Output::Commit(0, Pending::effects(effects)));
         }
     }
 
@@ -295,21 +295,28 @@ impl Owner {
         if self.env.cursor_dirty.is_empty() {
             return;
         }
-        let mut batch = Batch::new();
+        // One entry per conversation: in cluster mode each goes to its
+        // conversation's partition.
         for id in std::mem::take(&mut self.env.cursor_dirty) {
             let Some(conv) = self.ready_mut(id) else {
                 continue;
             };
+            let mut batch = Batch::new();
             for user in conv.dirty_cursors.drain() {
                 if let Some(m) = conv.members.get(&user) {
                     batch.put_member(id, user, m);
                 }
             }
+            if !batch.is_empty() {
+                self.out.push_back(Output::Commit(
+                    id,
+                    Pending {
+                        batch,
+                        effects: Vec::new(),
+                    },
+                ));
+            }
         }
-        self.out.push_back(Output::Commit(Pending {
-            batch,
-            effects: Vec::new(),
-        }));
     }
 }
 

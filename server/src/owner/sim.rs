@@ -215,7 +215,7 @@ impl Sim {
         loop {
             while let Some(out) = self.owner.poll_output() {
                 match out {
-                    Output::Commit(p) => self.commits.push_back(p),
+                    Output::Commit(_, p) => self.commits.push_back(p),
                     Output::Load {
                         conversation,
                         recovered_seq,

@@ -49,9 +49,9 @@ use crate::push::Push;
 use crate::reply::{self, Refusal};
 use crate::session_table::SessionTable;
 use crate::shard_msg::ShardMsg;
-use crate::storage::Store;
 use crate::storage::writer::Batch;
 use crate::storage::writer::Writer;
+use crate::storage::{StorageError, Store};
 
 /// What a shard is built from: the settings and the narrow, thread-safe
 /// handles it shares with the other shards. Each handler gets only the
@@ -95,10 +95,19 @@ impl Handles {
         (last_user_id, last_conversation_id): (u64, u64),
     ) -> Self {
         let nr_shards = config.nr_shards();
+        let place = match writer.cluster() {
+            Some(link) => Placement::clustered(nr_shards, link.partitions()),
+            None => Placement::new(nr_shards),
+        };
+        let mesh = Arc::new(Mesh::new(nr_shards, config.mesh_ring_capacity));
+        let directory = Arc::new(Directory::new(nr_shards));
+        if let Some(link) = writer.cluster() {
+            link.attach(mesh.clone(), directory.clone(), place);
+        }
         Self {
-            place: Placement::new(nr_shards),
-            mesh: Arc::new(Mesh::new(nr_shards, config.mesh_ring_capacity)),
-            directory: Arc::new(Directory::new(nr_shards)),
+            place,
+            mesh,
+            directory,
             accounts: Accounts::new(&config, store.clone(), writer.clone(), last_user_id),
             catalog: Catalog::new(
                 &config,
@@ -139,6 +148,9 @@ pub struct Shard {
     pub owner: RefCell<Owner>,
     /// The owner's writes on their way to the storage writer.
     pipeline: Pipeline,
+    /// Cluster mode: per partition, the epoch ([`crate::cluster::Link::epoch`])
+    /// the owner's loaded conversations belong to.
+    seen_epochs: RefCell<HashMap<u32, u64>>,
     /// Presence of the users this shard keeps.
     pub presence: RefCell<crate::presence::PresenceTable>,
     /// Which local sessions watch which users' presence.
@@ -149,10 +161,22 @@ pub struct Shard {
     pub counters: crate::metrics::PerMessage,
 }
 
+/// A pipeline entry: the owner's writes and effects for one conversation
+/// (0: effects only), with the time it was queued.
+struct Entry {
+    at: Instant,
+    conversation: u64,
+    /// Cluster mode: the partition's epoch the owner's state was loaded in
+    /// ([`Shard::seen_epochs`]); the entry is dropped unwritten if the
+    /// partition has changed hands since.
+    epoch: u64,
+    pending: Pending,
+}
+
 /// Entries waiting for the commit loop, in order.
 struct Pipeline {
     /// With the time each entry was queued, for `chatd_write_ack_seconds`.
-    entries: RefCell<VecDeque<(Instant, Pending)>>,
+    entries: RefCell<VecDeque<Entry>>,
     /// An entry was queued.
     ready: Notify,
     /// The commit loop found nothing to commit.
@@ -177,13 +201,17 @@ impl Shard {
             push: h.push.clone(),
             media: h.media.clone(),
         };
-        let owner = Owner::new(id as u16, recovered, c.recent_messages, rules);
+        // Message id generators: one per shard of each node, 10 bits
+        // (`cluster::validate` keeps (node + 1) × shards ≤ 1024).
+        let generator = usize::from(c.node_number()) * h.place.nr_shards() + id;
+        let owner = Owner::new(generator as u16, recovered, c.recent_messages, rules);
         Self {
             id,
             sessions: RefCell::new(SessionTable::new(id, h.directory.clone())),
             connections: std::cell::Cell::new(0),
             user_buckets: RefCell::new(HashMap::new()),
             owner: RefCell::new(owner),
+            seen_epochs: RefCell::new(HashMap::new()),
             pipeline: Pipeline {
                 entries: RefCell::new(VecDeque::new()),
                 ready: Notify::new(),
@@ -232,17 +260,59 @@ impl Shard {
         }
     }
 
-    /// Queues writes and their effects for the commit loop.
-    pub fn commit(&self, pending: Pending) {
-        self.pipeline
-            .entries
-            .borrow_mut()
-            .push_back((Instant::now(), pending));
+    /// Queues writes and their effects for the commit loop: the writes of
+    /// `conversation`, or of none (0).
+    pub fn commit(&self, conversation: u64, pending: Pending) {
+        let epoch = match self.shared.writer.cluster() {
+            Some(link) if conversation != 0 => {
+                let p = link.partition_of(ConversationId(conversation));
+                self.seen_epochs.borrow().get(&p).copied().unwrap_or(0)
+            }
+            _ => 0,
+        };
+        self.pipeline.entries.borrow_mut().push_back(Entry {
+            at: Instant::now(),
+            conversation,
+            epoch,
+            pending,
+        });
         self.pipeline.ready.notify_one();
+    }
+
+    /// Cluster mode: whether this node owns `req`'s conversation now. If
+    /// not, the request is refused (to be retried where it lives); if the
+    /// partition changed hands since the owner loaded its conversations,
+    /// they are forgotten first.
+    fn still_owned(&self, req: &OwnerRequest) -> bool {
+        let Some(link) = self.shared.writer.cluster() else {
+            return true;
+        };
+        let p = link.partition_of(req.conversation());
+        if !link.owns(p) {
+            let busy = crate::cluster::busy(req.origin.request_id);
+            self.commit(
+                0,
+                Pending::effects(vec![crate::owner::Effect::Reply(req.origin, busy)]),
+            );
+            return false;
+        }
+        let epoch = link.epoch(p);
+        let seen = self.seen_epochs.borrow().get(&p).copied();
+        if seen != Some(epoch) {
+            self.owner
+                .borrow_mut()
+                .forget(|c| link.partition_of(c) == p);
+            self.seen_epochs.borrow_mut().insert(p, epoch);
+        }
+        true
     }
 
     /// Accepts a request for a conversation this shard owns.
     pub fn enqueue_owned(self: &Rc<Self>, req: OwnerRequest) {
+        if !self.still_owned(&req) {
+            self.drive_owner();
+            return;
+        }
         let now = self.shared.config.clock.now_ms();
         self.owner.borrow_mut().handle_request(now, req);
         self.drive_owner();
@@ -257,7 +327,7 @@ impl Shard {
                 return;
             };
             match output {
-                Output::Commit(pending) => self.commit(pending),
+                Output::Commit(conversation, pending) => self.commit(conversation, pending),
                 Output::Load {
                     conversation,
                     recovered_seq,
@@ -295,6 +365,13 @@ impl Shard {
     pub async fn reply(&self, origin: Origin, frame: Option<Bytes>) {
         if origin.shard == self.id {
             self.sessions.borrow().answer(origin.session, frame);
+        } else if let Some(link) = self
+            .shared
+            .writer
+            .cluster()
+            .filter(|l| l.is_forwarded(&origin))
+        {
+            link.answer_forwarded(origin, frame);
         } else {
             let msg = ShardMsg::Reply {
                 session: origin.session,
@@ -345,6 +422,9 @@ impl Shard {
 
     /// Sends a conversation operation to the shard that owns it.
     pub async fn to_owner(self: &Rc<Self>, req: OwnerRequest) {
+        let Some(req) = self.to_other_node(req) else {
+            return;
+        };
         let owner = self.shared.place.owner_of(req.conversation());
         if owner == self.id {
             self.enqueue_owned(req);
@@ -361,6 +441,9 @@ impl Shard {
         self: &Rc<Self>,
         req: OwnerRequest,
     ) -> Result<(), (crate::mesh::ShardId, ShardMsg)> {
+        let Some(req) = self.to_other_node(req) else {
+            return Ok(());
+        };
         let owner = self.shared.place.owner_of(req.conversation());
         if owner == self.id {
             self.enqueue_owned(req);
@@ -371,6 +454,19 @@ impl Shard {
                 .mesh
                 .try_send(self.id, owner, msg)
                 .map_err(|msg| (owner, msg))
+        }
+    }
+
+    /// Cluster mode: hands `req` to the cluster link unless this node owns
+    /// its conversation now; gives it back if it does (or in single-node
+    /// mode).
+    fn to_other_node(&self, req: OwnerRequest) -> Option<OwnerRequest> {
+        match self.shared.writer.cluster() {
+            Some(link) if !link.owns(link.partition_of(req.conversation())) => {
+                link.forward(req);
+                None
+            }
+            _ => Some(req),
         }
     }
 
@@ -434,8 +530,7 @@ impl Shard {
 
     async fn commit_loop(self: Rc<Self>) {
         loop {
-            let entries: Vec<(Instant, Pending)> =
-                self.pipeline.entries.borrow_mut().drain(..).collect();
+            let entries: Vec<Entry> = self.pipeline.entries.borrow_mut().drain(..).collect();
             if entries.is_empty() {
                 self.pipeline.committing.set(false);
                 self.pipeline.idle.notify_waiters();
@@ -443,63 +538,138 @@ impl Shard {
                 continue;
             }
             self.pipeline.committing.set(true);
-            // Sized up front: growing a batch of a thousand writes by
-            // doubling costs more in page faults than the writes themselves.
-            let ops = entries.iter().map(|(_, e)| e.batch.len()).sum();
-            let nr_effects = entries.iter().map(|(_, e)| e.effects.len()).sum();
-            let mut batch = Batch::with_capacity(ops);
-            let mut effects = Vec::with_capacity(nr_effects);
-            let mut queued_at = Vec::with_capacity(entries.len());
-            for (at, e) in entries {
-                if !e.batch.is_empty() {
-                    queued_at.push(at);
+            match self.shared.writer.cluster().cloned() {
+                None => {
+                    let (batch, effects, queued_at) = merge(entries);
+                    let result = if batch.is_empty() {
+                        Ok(0)
+                    } else {
+                        self.shared.writer.write(batch).await
+                    };
+                    self.settle(result, effects, queued_at).await;
                 }
-                batch.extend(e.batch);
-                effects.extend(e.effects);
+                Some(link) => self.commit_clustered(&link, entries).await,
             }
-            let result = if batch.is_empty() {
-                Ok(0)
+        }
+    }
+
+    /// Cluster mode: one stream write per partition (on the partition's
+    /// subject, so that only its owner can write it), and one for writes
+    /// that are no conversation's, all at once; then each group's effects,
+    /// in order within the group. Entries staged in an earlier tenure of
+    /// their partition are refused unwritten.
+    async fn commit_clustered(&self, link: &Arc<crate::cluster::Link>, entries: Vec<Entry>) {
+        let mut order: Vec<Option<u32>> = Vec::new();
+        let mut groups: HashMap<Option<u32>, Vec<Entry>> = HashMap::new();
+        let mut stale = Vec::new();
+        for e in entries {
+            let key = if e.conversation != 0 {
+                let p = link.partition_of(ConversationId(e.conversation));
+                if e.epoch != link.epoch(p) {
+                    stale.push(e);
+                    continue;
+                }
+                Some(p)
             } else {
-                self.shared.writer.write(batch).await
+                None
             };
-            match result {
-                Ok(_) => {
-                    let ack_latency = &self.counters.write_ack;
-                    for at in queued_at {
-                        ack_latency.record(at.elapsed().as_secs_f64());
-                    }
-                    let stored = &self.counters.messages_stored;
-                    for effect in effects {
-                        match effect {
-                            Effect::Durable { conversation, seq } => {
-                                stored.increment(1);
-                                let mut owner = self.owner.borrow_mut();
-                                owner.handle_durable(conversation, seq);
-                            }
-                            Effect::Reply(origin, frame) => self.reply(origin, Some(frame)).await,
-                            Effect::Release(origin) => self.reply(origin, None).await,
-                            Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,
-                            Effect::Ephemeral(users, frame) => {
-                                self.fanout(users, frame, true).await;
-                            }
-                            Effect::Notify(users, notice) => {
-                                self.notify_offline(&users, notice).await
-                            }
+            groups
+                .entry(key)
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push(e);
+        }
+        let mut writes = Vec::with_capacity(order.len());
+        let mut outcomes = Vec::with_capacity(order.len());
+        for key in order {
+            let Some(group) = groups.remove(&key) else {
+                continue;
+            };
+            let (batch, effects, queued_at) = merge(group);
+            let pushes: Vec<crate::cluster::wire::Push> = effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Fanout(users, frame) => Some((users.clone(), frame.clone())),
+                    _ => None,
+                })
+                .collect();
+            let link = link.clone();
+            writes.push(async move {
+                if batch.is_empty() {
+                    Ok(0)
+                } else {
+                    link.write(key, batch, pushes).await
+                }
+            });
+            outcomes.push((effects, queued_at));
+        }
+        let results = futures_util::future::join_all(writes).await;
+        for ((effects, queued_at), result) in outcomes.into_iter().zip(results) {
+            self.settle(result, effects, queued_at).await;
+        }
+        for e in stale {
+            self.settle(Err(StorageError::Moved), e.pending.effects, Vec::new())
+                .await;
+        }
+    }
+
+    /// Carries out `effects` once their writes are durable (`Ok`), or
+    /// answers their requests with the failure.
+    async fn settle(
+        &self,
+        result: Result<u64, StorageError>,
+        effects: Vec<Effect>,
+        queued_at: Vec<Instant>,
+    ) {
+        match result {
+            Ok(_) => {
+                let ack_latency = &self.counters.write_ack;
+                for at in queued_at {
+                    ack_latency.record(at.elapsed().as_secs_f64());
+                }
+                let stored = &self.counters.messages_stored;
+                for effect in effects {
+                    match effect {
+                        Effect::Durable { conversation, seq } => {
+                            stored.increment(1);
+                            let mut owner = self.owner.borrow_mut();
+                            owner.handle_durable(conversation, seq);
                         }
+                        Effect::Reply(origin, frame) => self.reply(origin, Some(frame)).await,
+                        Effect::Release(origin) => self.reply(origin, None).await,
+                        Effect::Fanout(users, frame) => self.fanout(users, frame, false).await,
+                        Effect::Ephemeral(users, frame) => {
+                            if let Some(link) = self.shared.writer.cluster() {
+                                link.publish_ephemeral(users.clone(), frame.clone());
+                            }
+                            self.fanout(users, frame, true).await;
+                        }
+                        Effect::Notify(users, notice) => self.notify_offline(&users, notice).await,
                     }
                 }
-                Err(e) => {
-                    tracing::error!(shard = self.id, cause = %e, "commit failed");
-                    self.shared.life.fail();
-                    for effect in effects {
-                        if let Effect::Reply(origin, _) | Effect::Release(origin) = effect {
-                            let frame = reply::error(
-                                origin.request_id,
-                                ErrorCode::StorageFailure,
-                                "not stored; retry after reconnecting",
-                            );
-                            self.reply(origin, Some(frame)).await;
-                        }
+            }
+            Err(e) if e.is_passing() => {
+                tracing::debug!(shard = self.id, cause = %e, "cluster write not taken");
+                for effect in effects {
+                    if let Effect::Reply(origin, _) | Effect::Release(origin) = effect {
+                        let frame = crate::cluster::busy(origin.request_id);
+                        self.reply(origin, Some(frame)).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = self.id, cause = %e, "commit failed");
+                self.shared.life.fail();
+                for effect in effects {
+                    if let Effect::Reply(origin, _) | Effect::Release(origin) = effect {
+                        let frame = reply::error(
+                            origin.request_id,
+                            ErrorCode::StorageFailure,
+                            "not stored; retry after reconnecting",
+                        );
+                        self.reply(origin, Some(frame)).await;
                     }
                 }
             }
@@ -591,4 +761,24 @@ fn look_up(
         }
     }
     Ok(found)
+}
+
+/// The entries' writes as one batch, their effects in order, and the times
+/// the entries with writes were queued.
+fn merge(entries: Vec<Entry>) -> (Batch, Vec<Effect>, Vec<Instant>) {
+    // Sized up front: growing a batch of a thousand writes by doubling
+    // costs more in page faults than the writes themselves.
+    let ops = entries.iter().map(|e| e.pending.batch.len()).sum();
+    let nr_effects = entries.iter().map(|e| e.pending.effects.len()).sum();
+    let mut batch = Batch::with_capacity(ops);
+    let mut effects = Vec::with_capacity(nr_effects);
+    let mut queued_at = Vec::with_capacity(entries.len());
+    for e in entries {
+        if !e.pending.batch.is_empty() {
+            queued_at.push(e.at);
+        }
+        batch.extend(e.pending.batch);
+        effects.extend(e.pending.effects);
+    }
+    (batch, effects, queued_at)
 }

@@ -83,10 +83,13 @@ impl Shard {
         if let Some(at) = applied.went_offline_at {
             let mut batch = Batch::new();
             batch.put_last_seen(op.user(), at);
-            self.commit(Pending {
-                batch,
-                effects: Vec::new(),
-            });
+            self.commit(
+                0,
+                Pending {
+                    batch,
+                    effects: Vec::new(),
+                },
+            );
         }
         if let Some((shard, event)) = applied.initial {
             let this = self.clone();

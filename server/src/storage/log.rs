@@ -378,6 +378,24 @@ fn encode<'a>(
     }
 }
 
+/// `ops` in the log's record format (header, commit number 0, operations):
+/// how cluster mode carries a write through JetStream.
+pub(crate) fn encode_ops<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode(&mut buf, &mut Vec::new(), 0, ops);
+    buf
+}
+
+/// The operations of a record [`encode_ops`] wrote, checked whole.
+pub(crate) fn decode_ops(record: &[u8]) -> Result<Batch> {
+    let (body, end) =
+        next_record(record, 0).ok_or_else(|| corrupt("record damaged or truncated".into()))?;
+    if end != record.len() {
+        return Err(corrupt("bytes after the record".into()));
+    }
+    decode(body, &mut Vec::new()).map(|(_, batch)| batch)
+}
+
 /// The next record of a segment: its body and the offset after it, or
 /// `None` where the segment's records end.
 fn next_record(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {

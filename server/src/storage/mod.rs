@@ -24,6 +24,7 @@
 //! | `last_seen` | user id | Unix ms when the user's last session ended |
 //! | `idempotency` | conversation ‖ sender ‖ XXH3-128(client_msg_id) ([`keys::idempotency_digest`]; conversation ‖ sender ‖ client_msg_id in stores written before) | [`IdempotencyRecord`] |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
+//! | `meta` | `cluster_applied` | cluster mode: the last JetStream stream sequence this store holds |
 
 pub mod backup;
 pub mod keys;
@@ -69,6 +70,22 @@ pub enum StorageError {
     /// The writer thread is gone (shutdown or an earlier failure).
     #[error("storage writer stopped")]
     WriterStopped,
+    /// Cluster mode: the conversation's partition has another owner now;
+    /// nothing was written.
+    #[error("the conversation moved to another node")]
+    Moved,
+    /// Cluster mode: JetStream did not take the write (unreachable, no
+    /// quorum, or no acknowledgement in time); it may or may not be stored.
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+impl StorageError {
+    /// Whether the error is the cluster's, passing (the node goes on, the
+    /// client retries), rather than the local store's.
+    pub fn is_passing(&self) -> bool {
+        matches!(self, StorageError::Moved | StorageError::Cluster(_))
+    }
 }
 
 /// Longest key fjall accepts (it panics beyond). Lookups by a longer
@@ -121,11 +138,13 @@ pub enum Ks {
     LastSeen = 10,
     /// `push_outbox`
     PushOutbox = 11,
+    /// `meta`
+    Meta = 12,
 }
 
 impl Ks {
     /// Every keyspace.
-    const ALL: [Ks; 12] = [
+    const ALL: [Ks; 13] = [
         Ks::Users,
         Ks::Usernames,
         Ks::Tokens,
@@ -138,6 +157,7 @@ impl Ks {
         Ks::Idempotency,
         Ks::LastSeen,
         Ks::PushOutbox,
+        Ks::Meta,
     ];
 
     /// The keyspace's code in the commit log.
@@ -302,6 +322,9 @@ const LEGACY_MESSAGES: &str = "messages";
 
 /// The `meta` key of the last commit indexed.
 const INDEXED_THROUGH: &[u8] = b"indexed_through";
+
+/// The `meta` key of the last stream sequence applied (cluster mode).
+pub(crate) const CLUSTER_APPLIED: &[u8] = b"cluster_applied";
 
 /// Messages per commit when moving a legacy store's messages into the log.
 const MIGRATION_BATCH: usize = 1024;
@@ -482,6 +505,17 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// Cluster mode: the last stream sequence whose write this store holds
+    /// (0 if none).
+    pub fn cluster_applied(&self) -> Result<u64> {
+        Ok(self
+            .read()?
+            .meta
+            .get(CLUSTER_APPLIED)?
+            .and_then(|v| keys::first(&v))
+            .unwrap_or(0))
+    }
+
     /// Records that fjall indexes every segment through commit `commit`
     /// and persists fjall (with everything applied to it so far).
     fn mark_indexed(&self, commit: u64) -> Result<()> {
@@ -638,6 +672,7 @@ impl Store {
             Ks::Idempotency => &self.ks.idempotency,
             Ks::LastSeen => &self.ks.last_seen,
             Ks::PushOutbox => &self.ks.push_outbox,
+            Ks::Meta => &self.ks.meta,
         }
     }
 

@@ -133,3 +133,11 @@ pub fn token_index(user: u64, hash: &[u8]) -> Vec<u8> {
     key.extend_from_slice(hash);
     key
 }
+
+impl Batch {
+    /// Cluster mode: marks stream sequence `seq` as applied, in the same
+    /// commit as its writes.
+    pub fn put_cluster_applied(&mut self, seq: u64) {
+        self.put(Ks::Meta, super::CLUSTER_APPLIED, keys::id(seq));
+    }
+}

@@ -238,9 +238,14 @@ struct Job {
 }
 
 /// Handle to the writer thread. Cloning shares the queue.
+///
+/// In cluster mode ([`Writer::replicated`]) writes go to the cluster's
+/// stream first; the local store gets them from the stream
+/// ([`crate::cluster`]).
 #[derive(Clone, Debug)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
+    cluster: Option<std::sync::Arc<crate::cluster::Link>>,
 }
 
 /// Joins the writer thread; it exits once every [`Writer`] is dropped and
@@ -281,22 +286,47 @@ impl Writer {
                 drop(apply_tx);
                 let _ = applier.join();
             })?;
-        Ok((Self { tx }, WriterThread(handle)))
+        Ok((Self { tx, cluster: None }, WriterThread(handle)))
+    }
+
+    /// This writer with its writes going through the cluster's stream.
+    pub fn replicated(mut self, link: std::sync::Arc<crate::cluster::Link>) -> Self {
+        self.cluster = Some(link);
+        self
+    }
+
+    /// The cluster link, in cluster mode.
+    pub fn cluster(&self) -> Option<&std::sync::Arc<crate::cluster::Link>> {
+        self.cluster.as_ref()
     }
 
     /// Commits `batch` durably (per the durability mode). Waits for queue
-    /// space, then for the commit. Returns the commit's number.
+    /// space, then for the commit. Returns the commit's number (in cluster
+    /// mode, its stream sequence).
     pub async fn write(&self, batch: Batch) -> Result<u64> {
+        if let Some(link) = &self.cluster {
+            return link.write(None, batch, Vec::new()).await;
+        }
+        let wait = self.enqueue(batch).await?;
+        wait.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Queues `batch` for the local store (waiting for queue space) and
+    /// returns the wait for its commit; commits complete in queue order.
+    pub async fn enqueue(&self, batch: Batch) -> Result<oneshot::Receiver<Result<u64>>> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Job { batch, done })
             .await
             .map_err(|_| StorageError::WriterStopped)?;
-        wait.await.map_err(|_| StorageError::WriterStopped)?
+        Ok(wait)
     }
 
     /// [`Writer::write`] for code already on a blocking thread.
     pub fn write_blocking(&self, batch: Batch) -> Result<u64> {
+        if let Some(link) = &self.cluster {
+            return link.write_blocking(batch);
+        }
         let (done, wait) = oneshot::channel();
         self.tx
             .blocking_send(Job { batch, done })

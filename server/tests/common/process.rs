@@ -63,7 +63,12 @@ impl Chatd {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
             .arg("--config")
             .arg(&config)
-            .env("CHATD_LOG", "error,chatd::server=info")
+            .env(
+                "CHATD_LOG",
+                std::env::var("CHATD_TEST_LOG")
+                    .map(|l| format!("{l},chatd::server=info"))
+                    .unwrap_or("error,chatd::server=info".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .expect("start chatd");
@@ -74,6 +79,9 @@ impl Chatd {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
+                if std::env::var_os("CHATD_TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
                 let _ = tx.send(line);
             }
         });
@@ -144,13 +152,37 @@ impl Chatd {
         rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
     }
 
+    /// SIGSTOP: the process stops running (its sockets stay open) until
+    /// [`Chatd::resume`].
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT after [`Chatd::pause`].
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = self.child.as_ref().expect("running").id();
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+    }
+
     /// Starts the process again (after [`Chatd::kill`]) on the same data.
     pub fn spawn(&mut self) {
         let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
             .arg("--config")
             .arg(&self.config)
-            .env("CHATD_LOG", "error")
-            .stdout(Stdio::null())
+            .env(
+                "CHATD_LOG",
+                std::env::var("CHATD_TEST_LOG").unwrap_or("error".into()),
+            )
+            .stdout(if std::env::var_os("CHATD_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start chatd");
         self.child = Some(child);

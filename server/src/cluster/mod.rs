@@ -1,0 +1,1032 @@
+//! Cluster mode: several chatd nodes on NATS JetStream (README, "Cluster
+//! mode").
+//!
+//! One JetStream stream holds every acknowledged write of the cluster, in
+//! order: each record is one commit's writes in the commit log's format
+//! with the pushes they cause ([`wire`]). A write is acknowledged to a
+//! client only once JetStream has stored it (on its replicas, with the
+//! servers' fsync policy) and this node's store holds it.
+//!
+//! - **Every node's store is a view of the stream.** Each node consumes the
+//!   whole stream in order into its local store, recording the last stream
+//!   sequence applied in the same commit (`meta` `cluster_applied`), so a
+//!   restarted node goes on from there. Reads (history, sync, logins) are
+//!   local and the same on every node once it has caught up.
+//! - **Each conversation partition has one owner node**, holding a lease in
+//!   a JetStream key-value bucket. Only the owner sequences the partition's
+//!   conversations; other nodes forward those requests to it over NATS
+//!   (request and reply). The owner publishes a partition's commits to the
+//!   partition's subject with the expected last subject sequence, so a
+//!   stale owner (paused past its lease, or partitioned away) is refused by
+//!   JetStream and never writes a duplicate seq or a gap.
+//! - **A lease moves when its node dies**: leases are not renewed and expire
+//!   after `cluster.lease_ms`; the next request for the partition takes it.
+//!   A new owner first applies the stream through the partition's last
+//!   record, then loads conversations from its store as a restarted server
+//!   does.
+//! - Pushes travel in the stream records (every node pushes a record's
+//!   messages to its own sessions once it has applied it); typing
+//!   indicators, which are not stored, on a core NATS subject.
+//!
+//! Writes that are not a conversation's (accounts, tokens, new
+//! conversations, push outbox) go to one global subject without an
+//! expected sequence.
+//!
+//! Everything NATS runs on the link's own runtime (one thread); shards
+//! reach it through [`Link`]'s methods, which never block a shard thread.
+
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use chat_protocol::{ConversationId, ErrorCode};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::mesh::{Mesh, ShardId, link_source};
+use crate::owner::{Origin, OwnerRequest};
+use crate::placement::Placement;
+use crate::shard_msg::ShardMsg;
+use crate::storage::writer::{Batch, Writer};
+use crate::storage::{Result, StorageError, Store};
+
+/// Records applied to the local store but not yet acknowledged by it, at
+/// most: the consumer waits beyond.
+const APPLY_PIPELINE: usize = 1024;
+
+/// How long the stream consumer may go without a record before the link
+/// checks whether the stream has more (a consumer on a server that failed
+/// stalls; it is then made afresh).
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a starting node waits for the JetStream cluster to be ready
+/// (a leader elected) before giving up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Header of a forwarded request's refusal by a node that does not own
+/// the conversation's partition (any more).
+const MOVED_HEADER: &str = "Chatd-Moved";
+
+/// How long a client is asked to wait before retrying a request refused
+/// because its conversation's owner is changing.
+pub const RETRY_AFTER_MS: u32 = 500;
+
+/// Where the link hands pushes, replies and forwarded requests: the shards.
+struct Shards {
+    mesh: Arc<Mesh<ShardMsg>>,
+    directory: Arc<Directory>,
+    place: Placement,
+}
+
+/// This node's connection to the cluster. Shared by the shards, the
+/// writer and the link's runtime.
+pub struct Link {
+    /// This node's number.
+    pub node: u16,
+    partitions: u32,
+    rt: tokio::runtime::Handle,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    leases: kv::Store,
+    /// Stream name, also the prefix of its subjects.
+    stream: String,
+    /// The last stream sequence the local store holds.
+    applied: watch::Receiver<u64>,
+    /// Owner node of each partition as last known here (0: unknown).
+    owners: Box<[AtomicU16]>,
+    /// Our lease's revision, for each partition this node owns.
+    revisions: Box<[AtomicU64]>,
+    /// Each partition's last stream sequence, for the one shard that
+    /// publishes the partition's commits while this node owns it.
+    expected: Box<[AtomicU64]>,
+    /// Bumped whenever this node gains or loses a partition: the owner
+    /// shard forgets what it loaded in an earlier tenure.
+    epochs: Box<[AtomicU64]>,
+    /// One at a time per partition: taking a lease.
+    taking: Box<[tokio::sync::Mutex<()>]>,
+    /// Reply subjects of forwarded requests being handled here.
+    replies: Mutex<hashbrown::HashMap<u64, async_nats::Subject>>,
+    next_token: AtomicU64,
+    timeout: Duration,
+    lease: Duration,
+    shards: OnceLock<Shards>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").field("node", &self.node).finish()
+    }
+}
+
+/// The link's thread, which runs its runtime.
+#[derive(Debug)]
+pub struct LinkRuntime {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LinkRuntime {
+    /// Stops the link's tasks and closes the connection (after the shards
+    /// have stopped).
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why the link could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cluster: {0}")]
+pub struct LinkError(String);
+
+fn link_error(what: &str) -> impl FnOnce(String) -> LinkError + '_ {
+    move |e| LinkError(format!("{what}: {e}"))
+}
+
+fn cluster_error(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Cluster(e.to_string())
+}
+
+/// Checks the cluster settings of `config`.
+pub fn validate(config: &Config) -> std::result::Result<(), LinkError> {
+    let c = &config.cluster;
+    if !(1..=1023).contains(&c.node_id) {
+        return Err(LinkError(
+            "cluster.node_id must be 1 to 1023, unique in the cluster".into(),
+        ));
+    }
+    if c.partitions == 0 || c.partitions > 65_536 {
+        return Err(LinkError("cluster.partitions must be 1 to 65536".into()));
+    }
+    if (usize::from(c.node_id) + 1) * config.nr_shards() > 1024 {
+        return Err(LinkError(format!(
+            "cluster.node_id {} with {} shards leaves no room for message id generators (node_id + 1) × shards ≤ 1024",
+            c.node_id,
+            config.nr_shards()
+        )));
+    }
+    if c.stream.is_empty()
+        || !c
+            .stream
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        return Err(LinkError(
+            "cluster.stream must be letters, digits and _".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Link {
+    /// Connects to the cluster, creates the stream and the lease bucket if
+    /// they do not exist, and applies the stream into `store` (through the
+    /// local `writer`) until the store holds everything the stream held
+    /// when the node started. Blocks the calling thread.
+    pub fn start(
+        config: &Config,
+        store: &Store,
+        writer: Writer,
+    ) -> std::result::Result<(Arc<Link>, LinkRuntime), LinkError> {
+        validate(config)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LinkError(format!("starting the cluster runtime: {e}")))?;
+        let applied = store
+            .cluster_applied()
+            .map_err(|e| LinkError(format!("reading the applied stream sequence: {e}")))?;
+        let handle = rt.handle().clone();
+        let config = config.clone();
+        let (started, start) = std::sync::mpsc::sync_channel(1);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("chatd-cluster".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let link = connect(config, handle, writer, applied).await;
+                    let ok = link.is_ok();
+                    let _ = started.send(link);
+                    if ok {
+                        let _ = stopped.await;
+                    }
+                });
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })
+            .map_err(|e| LinkError(format!("starting the cluster thread: {e}")))?;
+        let link = start
+            .recv()
+            .map_err(|_| LinkError("the cluster thread stopped while connecting".into()))??;
+        Ok((
+            link,
+            LinkRuntime {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Hands the link the shards, for pushes, replies and forwarded
+    /// requests; before it, there are no sessions to push to.
+    pub fn attach(&self, mesh: Arc<Mesh<ShardMsg>>, directory: Arc<Directory>, place: Placement) {
+        let _ = self.shards.set(Shards {
+            mesh,
+            directory,
+            place,
+        });
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition of `conversation`.
+    pub fn partition_of(&self, conversation: ConversationId) -> u32 {
+        partition_of(conversation, self.partitions)
+    }
+
+    /// Whether this node owns `partition` now.
+    pub fn owns(&self, partition: u32) -> bool {
+        self.owner_hint(partition) == Some(self.node)
+    }
+
+    fn owner_hint(&self, partition: u32) -> Option<u16> {
+        let n = self.owners.get(partition as usize)?.load(Ordering::Acquire);
+        (n != 0).then_some(n)
+    }
+
+    /// Changes whenever this node gains or loses `partition`.
+    pub fn epoch(&self, partition: u32) -> u64 {
+        self.epochs
+            .get(partition as usize)
+            .map_or(0, |e| e.load(Ordering::Acquire))
+    }
+
+    /// The last stream sequence the local store holds.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    fn subject_of(&self, partition: Option<u32>) -> String {
+        match partition {
+            Some(p) => format!("{}.p.{p}", self.stream),
+            None => format!("{}.g", self.stream),
+        }
+    }
+
+    /// Publishes `batch` (with `pushes` for the other nodes' sessions) to
+    /// the stream, on `partition`'s subject with its expected last
+    /// sequence, or on the global one; returns once JetStream has stored it
+    /// and the local store holds it. `StorageError::Moved` if the partition
+    /// has another owner now.
+    pub async fn write(
+        self: &Arc<Self>,
+        partition: Option<u32>,
+        batch: Batch,
+        pushes: Vec<wire::Push>,
+    ) -> Result<u64> {
+        let (done, wait) = oneshot::channel();
+        let link = self.clone();
+        self.rt.spawn(async move {
+            let _ = done.send(link.publish(partition, batch, pushes).await);
+        });
+        wait.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// [`Link::write`] on the global subject, for code on a blocking thread.
+    pub fn write_blocking(self: &Arc<Self>, batch: Batch) -> Result<u64> {
+        let (done, wait) = oneshot::channel();
+        let link = self.clone();
+        self.rt.spawn(async move {
+            let _ = done.send(link.publish(None, batch, Vec::new()).await);
+        });
+        wait.blocking_recv()
+            .map_err(|_| StorageError::WriterStopped)?
+    }
+
+    async fn publish(
+        &self,
+        partition: Option<u32>,
+        batch: Batch,
+        pushes: Vec<wire::Push>,
+    ) -> Result<u64> {
+        let result = self.try_publish(partition, batch, pushes).await;
+        if let (Err(e), Some(p)) = (&result, partition) {
+            // Whether a write that failed half-way is in the stream is not
+            // known here: the partition is taken over afresh (through its
+            // last record) before this node writes it again, so the
+            // owner's next seq follows whatever the stream holds.
+            if !matches!(e, StorageError::Moved) {
+                tracing::warn!(partition = p, cause = %e, "partition write failed");
+            }
+            self.lose(p);
+        }
+        result
+    }
+
+    async fn try_publish(
+        &self,
+        partition: Option<u32>,
+        batch: Batch,
+        pushes: Vec<wire::Push>,
+    ) -> Result<u64> {
+        let payload = wire::encode_record(self.node, &pushes, &batch);
+        drop(batch);
+        let mut msg = jetstream::message::PublishMessage::build().payload(payload);
+        let expected = partition.and_then(|p| self.expected.get(p as usize));
+        if let Some(e) = expected {
+            msg = msg.expected_last_subject_sequence(e.load(Ordering::Acquire));
+        }
+        let subject = self.subject_of(partition);
+        let sent = tokio::time::timeout(self.timeout, async {
+            self.js.send_publish(subject, msg).await?.await
+        })
+        .await;
+        let ack = match sent {
+            Err(_) => return Err(cluster_error("no acknowledgement from JetStream in time")),
+            Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                tracing::warn!(
+                    ?partition,
+                    "write refused: the partition has a newer writer"
+                );
+                return Err(StorageError::Moved);
+            }
+            Ok(Err(e)) => return Err(cluster_error(e)),
+            Ok(Ok(ack)) => ack,
+        };
+        if let Some(e) = expected {
+            e.store(ack.sequence, Ordering::Release);
+        }
+        self.wait_applied(ack.sequence).await?;
+        Ok(ack.sequence)
+    }
+
+    async fn wait_applied(&self, seq: u64) -> Result<()> {
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(self.timeout, applied.wait_for(|&a| a >= seq)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StorageError::WriterStopped),
+            Err(_) => Err(cluster_error("the local store fell behind the stream")),
+        }
+    }
+
+    /// This node no longer owns `partition` (or is not sure it does).
+    fn lose(&self, partition: u32) {
+        let p = partition as usize;
+        if let Some(o) = self.owners.get(p) {
+            o.store(0, Ordering::Release);
+        }
+        if let Some(r) = self.revisions.get(p) {
+            r.store(0, Ordering::Release);
+        }
+        if let Some(e) = self.epochs.get(p) {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The owner node of `partition`, taking the lease if nobody holds it.
+    async fn resolve(&self, partition: u32) -> Result<u16> {
+        if let Some(n) = self.owner_hint(partition) {
+            return Ok(n);
+        }
+        let Some(lock) = self.taking.get(partition as usize) else {
+            return Err(cluster_error("no such partition"));
+        };
+        let _taking = lock.lock().await;
+        if let Some(n) = self.owner_hint(partition) {
+            return Ok(n);
+        }
+        let key = format!("p{partition}");
+        let me = Bytes::from(self.node.to_string());
+        for _ in 0..3 {
+            match self.leases.create(&key, me.clone()).await {
+                Ok(revision) => {
+                    self.take_over(partition, revision).await?;
+                    return Ok(self.node);
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(cluster_error(e)),
+            }
+            match self.leases.entry(&key).await.map_err(cluster_error)? {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    let owner = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|s| s.parse::<u16>().ok())
+                        .unwrap_or(0);
+                    if owner == self.node {
+                        self.take_over(partition, entry.revision).await?;
+                        return Ok(self.node);
+                    }
+                    if owner != 0 {
+                        if let Some(o) = self.owners.get(partition as usize) {
+                            o.store(owner, Ordering::Release);
+                        }
+                        return Ok(owner);
+                    }
+                }
+                // Deleted or expired between the two calls: try again.
+                _ => {}
+            }
+        }
+        Err(cluster_error("the partition's lease is changing hands"))
+    }
+
+    /// Takes `partition` over with the lease at `revision`: applies the
+    /// stream through the partition's last record first.
+    async fn take_over(&self, partition: u32, revision: u64) -> Result<()> {
+        let subject = self.subject_of(Some(partition));
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(cluster_error)?;
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(e) => return Err(cluster_error(e)),
+        };
+        self.wait_applied(last).await?;
+        let p = partition as usize;
+        if let (Some(x), Some(r), Some(e), Some(o)) = (
+            self.expected.get(p),
+            self.revisions.get(p),
+            self.epochs.get(p),
+            self.owners.get(p),
+        ) {
+            x.store(last, Ordering::Release);
+            r.store(revision, Ordering::Release);
+            e.fetch_add(1, Ordering::AcqRel);
+            o.store(self.node, Ordering::Release);
+        }
+        tracing::info!(partition, last, "took over the partition");
+        Ok(())
+    }
+
+    /// Routes `req` to its conversation's owner: this node's owner shard
+    /// (through the mesh) or another node (forwarded over NATS). The reply
+    /// reaches the origin session either way.
+    pub fn forward(self: &Arc<Self>, req: OwnerRequest) {
+        let link = self.clone();
+        self.rt.spawn(async move { link.route(req).await });
+    }
+
+    async fn route(&self, req: OwnerRequest) {
+        let origin = req.origin;
+        let partition = self.partition_of(req.conversation());
+        let owner = match self.resolve(partition).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(partition, cause = %e, "no owner for the partition");
+                self.answer_origin(origin, Some(busy(origin.request_id)))
+                    .await;
+                return;
+            }
+        };
+        if owner == self.node {
+            if let Some(shards) = self.shards.get() {
+                let dst = shards.place.owner_of(req.conversation());
+                let src = link_source(shards.place.nr_shards());
+                shards
+                    .mesh
+                    .send(src, dst, ShardMsg::Request(Box::new(req)))
+                    .await;
+            }
+            return;
+        }
+        let payload = wire::encode_request(&req, self.applied());
+        drop(req);
+        let subject = format!("{}.node.{owner}", self.stream);
+        let asked = tokio::time::timeout(self.timeout, self.client.request(subject, payload)).await;
+        let frame = match asked {
+            Ok(Ok(msg)) => {
+                if msg
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get(MOVED_HEADER).is_some())
+                {
+                    self.suspect(partition, owner);
+                }
+                (!msg.payload.is_empty()).then_some(msg.payload)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(owner, cause = %e, "forwarding failed");
+                self.suspect(partition, owner);
+                Some(busy(origin.request_id))
+            }
+            Err(_) => {
+                self.suspect(partition, owner);
+                Some(busy(origin.request_id))
+            }
+        };
+        self.answer_origin(origin, frame).await;
+    }
+
+    /// `owner` did not answer for `partition` (gone, paused or cut off):
+    /// forget it, so that the next request asks the lease bucket again and
+    /// takes the lease once it has expired.
+    fn suspect(&self, partition: u32, owner: u16) {
+        if let Some(o) = self.owners.get(partition as usize) {
+            let _ = o.compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// Hands a reply to the session at `origin` on this node.
+    async fn answer_origin(&self, origin: Origin, frame: Option<Bytes>) {
+        let Some(shards) = self.shards.get() else {
+            return;
+        };
+        let src = link_source(shards.place.nr_shards());
+        let msg = ShardMsg::Reply {
+            session: origin.session,
+            frame,
+        };
+        shards.mesh.send(src, origin.shard, msg).await;
+    }
+
+    /// Whether `origin` is a request forwarded from another node.
+    pub fn is_forwarded(&self, origin: &Origin) -> bool {
+        self.shards
+            .get()
+            .is_some_and(|s| origin.shard == link_source(s.place.nr_shards()))
+    }
+
+    /// Answers a forwarded request (its origin's `session` is the token
+    /// [`Link::serve`] gave it); `None` answers a request that gets no
+    /// reply.
+    pub fn answer_forwarded(&self, origin: Origin, frame: Option<Bytes>) {
+        let Some(reply) = self.replies.lock().remove(&origin.session) else {
+            return;
+        };
+        let client = self.client.clone();
+        self.rt.spawn(async move {
+            let _ = client.publish(reply, frame.unwrap_or_default()).await;
+        });
+    }
+
+    /// Publishes a typing push for the other nodes' sessions.
+    pub fn publish_ephemeral(&self, users: Arc<[u64]>, frame: Bytes) {
+        let payload = wire::encode_ephemeral(self.node, &(users, frame));
+        let client = self.client.clone();
+        let subject = format!("{}.eph", self.stream);
+        self.rt.spawn(async move {
+            let _ = client.publish(subject, payload).await;
+        });
+    }
+
+    /// Pushes to this node's sessions of the recipients.
+    async fn push_local(&self, pushes: Vec<wire::Push>, ephemeral: bool) {
+        let Some(shards) = self.shards.get() else {
+            return;
+        };
+        let nr_shards = shards.place.nr_shards();
+        let src = link_source(nr_shards);
+        for (users, frame) in pushes {
+            let targets = shards.directory.shards_of(&users);
+            for dst in 0..nr_shards {
+                if targets.is_some_and(|t| !t.contains(dst)) {
+                    continue;
+                }
+                let msg = ShardMsg::Deliver {
+                    users: users.clone(),
+                    frame: frame.clone(),
+                    ephemeral,
+                };
+                shards.mesh.send(src, dst, msg).await;
+            }
+        }
+    }
+
+    /// Handles requests forwarded to this node: once the store has applied
+    /// what the origin had, each goes to the owner shard with a token that
+    /// routes its reply back.
+    async fn serve(self: Arc<Self>, mut requests: async_nats::Subscriber) {
+        while let Some(msg) = requests.next().await {
+            let Some(reply) = msg.reply else { continue };
+            let link = self.clone();
+            tokio::spawn(async move {
+                let Ok(forward) = <wire::Forward as prost::Message>::decode(msg.payload) else {
+                    return;
+                };
+                let request_id = forward.request_id;
+                let conversation = ConversationId(forward.conversation);
+                let partition = link.partition_of(conversation);
+                // Refused with a mark that tells the origin to ask the
+                // lease bucket again rather than this node.
+                let refuse = |link: &Link, reply| {
+                    let client = link.client.clone();
+                    async move {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(MOVED_HEADER, "1");
+                        let _ = client
+                            .publish_with_headers(reply, headers, busy(request_id))
+                            .await;
+                    }
+                };
+                if link.wait_applied(forward.after).await.is_err() {
+                    refuse(&link, reply).await;
+                    return;
+                }
+                // A node that gave the partition up after a failed write
+                // (its lease still standing) takes it back here.
+                let owned = link.owns(partition)
+                    || matches!(link.resolve(partition).await, Ok(n) if n == link.node);
+                if !owned {
+                    refuse(&link, reply).await;
+                    return;
+                }
+                let Some(shards) = link.shards.get() else {
+                    refuse(&link, reply).await;
+                    return;
+                };
+                let token = link.next_token.fetch_add(1, Ordering::Relaxed);
+                let src = link_source(shards.place.nr_shards());
+                let origin = Origin {
+                    shard: src,
+                    session: token,
+                    request_id,
+                };
+                let Some(req) = wire::decode_request(forward, origin) else {
+                    refuse(&link, reply).await;
+                    return;
+                };
+                link.replies.lock().insert(token, reply);
+                let dst = shards.place.owner_of(conversation);
+                shards
+                    .mesh
+                    .send(src, dst, ShardMsg::Request(Box::new(req)))
+                    .await;
+            });
+        }
+    }
+
+    /// Keeps the owner table current from the lease bucket's changes.
+    async fn watch_leases(self: Arc<Self>) {
+        loop {
+            let mut watch = match self.leases.watch_all().await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "watching leases");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(Ok(entry)) = watch.next().await {
+                let Some(p) = entry
+                    .key
+                    .strip_prefix('p')
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .filter(|&p| p < self.partitions)
+                else {
+                    continue;
+                };
+                let owner = match entry.operation {
+                    kv::Operation::Put => std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|s| s.parse::<u16>().ok())
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                if owner == self.node {
+                    continue;
+                }
+                if self.owns(p) {
+                    tracing::warn!(partition = p, owner, "lost the partition's lease");
+                    self.lose(p);
+                }
+                if let Some(o) = self.owners.get(p as usize) {
+                    o.store(owner, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Renews this node's leases every third of their lifetime; a lease
+    /// that cannot be renewed is lost.
+    async fn renew_leases(self: Arc<Self>) {
+        let me = Bytes::from(self.node.to_string());
+        let mut tick = tokio::time::interval(self.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for p in 0..self.partitions {
+                let Some(rev) = self.revisions.get(p as usize) else {
+                    continue;
+                };
+                let revision = rev.load(Ordering::Acquire);
+                if revision == 0 || !self.owns(p) {
+                    continue;
+                }
+                match self
+                    .leases
+                    .update(format!("p{p}"), me.clone(), revision)
+                    .await
+                {
+                    Ok(next) => {
+                        let _ = rev.compare_exchange(
+                            revision,
+                            next,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = p, cause = %e, "lease not renewed; giving the partition up");
+                        self.lose(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes typing indicators published by other nodes to this node's
+    /// sessions.
+    async fn relay_ephemeral(self: Arc<Self>, mut sub: async_nats::Subscriber) {
+        while let Some(msg) = sub.next().await {
+            if let Ok((origin, pushes)) = wire::decode_ephemeral(msg.payload) {
+                if origin != self.node {
+                    self.push_local(pushes, true).await;
+                }
+            }
+        }
+    }
+}
+
+/// A SERVER_BUSY reply: the conversation's owner is changing or out of
+/// reach; the client retries after [`RETRY_AFTER_MS`].
+pub fn busy(request_id: u64) -> Bytes {
+    crate::reply::error_with_retry(
+        request_id,
+        ErrorCode::ServerBusy,
+        "the conversation's owner is changing; retry",
+        RETRY_AFTER_MS,
+    )
+}
+
+/// The partition of `conversation` among `partitions`.
+pub fn partition_of(conversation: ConversationId, partitions: u32) -> u32 {
+    // A different multiplier from the shard placement's.
+    let h = conversation.get().wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 32;
+    (h % u64::from(partitions.max(1))) as u32
+}
+
+async fn connect(
+    config: Config,
+    rt: tokio::runtime::Handle,
+    writer: Writer,
+    applied: u64,
+) -> std::result::Result<Arc<Link>, LinkError> {
+    let c = &config.cluster;
+    let addrs: Vec<async_nats::ServerAddr> = c
+        .nats_urls
+        .iter()
+        .map(|u| {
+            u.parse()
+                .map_err(|e| LinkError(format!("cluster.nats_urls: {u}: {e}")))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let timeout = Duration::from_millis(c.request_timeout_ms.max(100));
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("chatd-{}", c.node_id))
+        .request_timeout(Some(timeout))
+        .retry_on_initial_connect()
+        .connect(addrs)
+        .await
+        .map_err(|e| link_error("connecting to NATS")(e.to_string()))?;
+    let js = jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let stream_config = stream::Config {
+        name: c.stream.clone(),
+        subjects: vec![format!("{}.p.*", c.stream), format!("{}.g", c.stream)],
+        storage: stream::StorageType::File,
+        num_replicas: c.replicas.max(1),
+        allow_direct: true,
+        ..Default::default()
+    };
+    // The JetStream cluster may still be electing its leader.
+    let stream = loop {
+        match js.get_or_create_stream(stream_config.clone()).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(cause = %e, "waiting for JetStream");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(link_error("creating the stream")(e.to_string())),
+        }
+    };
+    let lease = Duration::from_millis(c.lease_ms.max(300));
+    let bucket = format!("{}_leases", c.stream);
+    let leases = loop {
+        let got = match js.get_key_value(&bucket).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    max_age: lease,
+                    storage: stream::StorageType::File,
+                    num_replicas: c.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match got {
+            Ok(kv) => break kv,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(cause = %e, "waiting for the lease bucket");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(link_error("creating the lease bucket")(e)),
+        }
+    };
+    let (applied_tx, applied_rx) = watch::channel(applied);
+    let n = c.partitions as usize;
+    let link = Arc::new(Link {
+        node: c.node_id,
+        partitions: c.partitions,
+        rt,
+        client: client.clone(),
+        js,
+        leases,
+        stream: c.stream.clone(),
+        applied: applied_rx,
+        owners: (0..n).map(|_| AtomicU16::new(0)).collect(),
+        revisions: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        expected: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        epochs: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        taking: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
+        replies: Mutex::new(hashbrown::HashMap::new()),
+        next_token: AtomicU64::new(1),
+        timeout,
+        lease,
+        shards: OnceLock::new(),
+    });
+    let last = stream
+        .get_info()
+        .await
+        .map_err(|e| link_error("reading the stream")(e.to_string()))?
+        .state
+        .last_sequence;
+    tokio::spawn(consume(link.clone(), stream, writer, applied, applied_tx));
+    tokio::spawn(link.clone().watch_leases());
+    tokio::spawn(link.clone().renew_leases());
+    let requests = client
+        .subscribe(format!("{}.node.{}", c.stream, c.node_id))
+        .await
+        .map_err(|e| link_error("subscribing to forwarded requests")(e.to_string()))?;
+    tokio::spawn(link.clone().serve(requests));
+    let eph = client
+        .subscribe(format!("{}.eph", c.stream))
+        .await
+        .map_err(|e| link_error("subscribing to typing")(e.to_string()))?;
+    tokio::spawn(link.clone().relay_ephemeral(eph));
+    tracing::info!(
+        node = c.node_id,
+        applied,
+        stream_last = last,
+        "catching up with the cluster stream"
+    );
+    let mut caught_up = link.applied.clone();
+    caught_up
+        .wait_for(|&a| a >= last)
+        .await
+        .map_err(|_| LinkError("the local store stopped while catching up".into()))?;
+    Ok(link)
+}
+
+/// A record handed to the local writer, waiting for it to be stored.
+struct Applying {
+    seq: u64,
+    stored: oneshot::Receiver<Result<u64>>,
+    pushes: Vec<wire::Push>,
+    remote: bool,
+}
+
+/// Applies the stream into the local store in order, from the sequence
+/// after `applied`; then pushes each record written by another node to
+/// this node's sessions.
+async fn consume(
+    link: Arc<Link>,
+    stream: stream::Stream,
+    writer: Writer,
+    applied: u64,
+    applied_tx: watch::Sender<u64>,
+) {
+    let (queue, mut stored) = mpsc::channel::<Applying>(APPLY_PIPELINE);
+    let completer = link.clone();
+    tokio::spawn(async move {
+        while let Some(a) = stored.recv().await {
+            match a.stored.await {
+                Ok(Ok(_)) => {
+                    applied_tx.send_replace(a.seq);
+                    if a.remote && !a.pushes.is_empty() {
+                        completer.push_local(a.pushes, false).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(seq = a.seq, cause = %e, "applying the cluster stream failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let mut next = applied + 1;
+    loop {
+        let config = jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            ..Default::default()
+        };
+        let messages = match stream.create_consumer(config).await {
+            Ok(c) => c.messages().await,
+            Err(e) => {
+                tracing::warn!(cause = %e, "creating the stream consumer");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(cause = %e, "reading the stream");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            let msg = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(cause = %e, "reading the stream");
+                    break;
+                }
+                Ok(None) => break,
+                // Quiet: fine if the stream holds nothing more; a consumer
+                // left behind by a server's failure is made afresh.
+                Err(_) => match stream.get_info().await {
+                    Ok(info) if info.state.last_sequence >= next => {
+                        tracing::info!(next, "the stream consumer stalled; recreating it");
+                        break;
+                    }
+                    _ => continue,
+                },
+            };
+            let Ok(info) = msg.info() else { continue };
+            let seq = info.stream_sequence;
+            if seq < next {
+                continue;
+            }
+            let record = match wire::decode_record(msg.message.payload.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    // A record this version cannot read: stop applying
+                    // rather than build a store with a hole in it.
+                    tracing::error!(seq, cause = %e, "undecodable record in the cluster stream; stopped applying");
+                    return;
+                }
+            };
+            let mut batch = record.batch;
+            batch.put_cluster_applied(seq);
+            let stored = match writer.enqueue(batch).await {
+                Ok(rx) => rx,
+                Err(_) => return,
+            };
+            let applying = Applying {
+                seq,
+                stored,
+                pushes: record.pushes,
+                remote: record.origin != link.node,
+            };
+            if queue.send(applying).await.is_err() {
+                return;
+            }
+            next = seq + 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An error code for a failed cluster write, as the client sees it.
+pub fn refusal_code(e: &StorageError) -> Option<ErrorCode> {
+    matches!(e, StorageError::Moved | StorageError::Cluster(_)).then_some(ErrorCode::ServerBusy)
+}
+
+/// The shard a request's reply goes to: `ShardId` of the link's source.
+pub fn link_shard(place: &Placement) -> ShardId {
+    link_source(place.nr_shards())
+}

@@ -1,0 +1,352 @@
+//! What cluster nodes send each other through NATS: the records of the
+//! stream (a commit's writes and the pushes they cause), pushes that are not
+//! stored (typing), and conversation requests forwarded to the node that
+//! owns the conversation.
+//!
+//! A stream record is, little-endian:
+//!
+//! | field | bytes |
+//! |---|---|
+//! | format version (1) | 1 |
+//! | origin node | 2 |
+//! | number of pushes | 4 |
+//! | each push: recipients `n`, `n` user ids, frame length, frame | 4 + 8n + 4 + len |
+//! | the writes, in the commit log's record format (`storage::log`) | rest |
+//!
+//! A typing push on core NATS is the same without the writes. Forwarded
+//! requests are protobuf ([`Forward`]); their replies are the encoded
+//! `ServerFrame`, or empty for a request that gets no answer.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use chat_protocol::pb;
+use chat_protocol::{ConversationId, UserId};
+
+use crate::owner::{Origin, OwnerOp, OwnerRequest};
+use crate::storage::writer::Batch;
+use crate::storage::{Result, StorageError};
+
+/// Format version of stream records.
+const VERSION: u8 = 1;
+
+/// Recipients of one push, at most (a channel's live subscribers on one
+/// node are pushed in several).
+const MAX_RECIPIENTS: usize = 1 << 20;
+
+/// A push: its recipients and the encoded `ServerFrame`.
+pub type Push = (Arc<[u64]>, Bytes);
+
+/// A decoded stream record.
+#[derive(Debug)]
+pub struct Record {
+    /// The node whose write it is.
+    pub origin: u16,
+    /// Pushes to every session of the recipients, once the writes are in.
+    pub pushes: Vec<Push>,
+    /// The writes.
+    pub batch: Batch,
+}
+
+fn corrupt(detail: &str) -> StorageError {
+    StorageError::Corrupt {
+        keyspace: "cluster stream",
+        detail: detail.to_owned(),
+    }
+}
+
+fn put_pushes(out: &mut BytesMut, pushes: &[Push]) {
+    out.put_u32_le(pushes.len() as u32);
+    for (users, frame) in pushes {
+        out.put_u32_le(users.len() as u32);
+        for &u in users.iter() {
+            out.put_u64_le(u);
+        }
+        out.put_u32_le(frame.len() as u32);
+        out.put_slice(frame);
+    }
+}
+
+fn take_pushes(buf: &mut Bytes) -> Result<Vec<Push>> {
+    let n = take_u32(buf)? as usize;
+    let mut pushes = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let users = take_u32(buf)? as usize;
+        if users > MAX_RECIPIENTS || buf.remaining() < users * 8 {
+            return Err(corrupt("recipients past the end"));
+        }
+        let users: Arc<[u64]> = (0..users).map(|_| buf.get_u64_le()).collect();
+        let len = take_u32(buf)? as usize;
+        if buf.remaining() < len {
+            return Err(corrupt("frame past the end"));
+        }
+        pushes.push((users, buf.split_to(len)));
+    }
+    Ok(pushes)
+}
+
+fn take_u32(buf: &mut Bytes) -> Result<u32> {
+    if buf.remaining() < 4 {
+        return Err(corrupt("truncated"));
+    }
+    Ok(buf.get_u32_le())
+}
+
+/// The stream record of `batch` written by node `origin`, with `pushes`.
+pub fn encode_record(origin: u16, pushes: &[Push], batch: &Batch) -> Bytes {
+    let writes = crate::storage::log::encode_ops(batch.ops());
+    let mut out = BytesMut::with_capacity(7 + writes.len() + 64);
+    out.put_u8(VERSION);
+    out.put_u16_le(origin);
+    put_pushes(&mut out, pushes);
+    out.put_slice(&writes);
+    out.freeze()
+}
+
+/// Decodes a stream record, checking it whole.
+pub fn decode_record(mut buf: Bytes) -> Result<Record> {
+    if buf.remaining() < 3 {
+        return Err(corrupt("truncated"));
+    }
+    if buf.get_u8() != VERSION {
+        return Err(corrupt("unknown record version"));
+    }
+    let origin = buf.get_u16_le();
+    let pushes = take_pushes(&mut buf)?;
+    let batch = crate::storage::log::decode_ops(&buf)?;
+    Ok(Record {
+        origin,
+        pushes,
+        batch,
+    })
+}
+
+/// A typing push for every node.
+pub fn encode_ephemeral(origin: u16, push: &Push) -> Bytes {
+    let mut out = BytesMut::with_capacity(7 + push.1.len() + push.0.len() * 8 + 8);
+    out.put_u8(VERSION);
+    out.put_u16_le(origin);
+    put_pushes(&mut out, std::slice::from_ref(push));
+    out.freeze()
+}
+
+/// The origin and pushes of a typing message.
+pub fn decode_ephemeral(mut buf: Bytes) -> Result<(u16, Vec<Push>)> {
+    if buf.remaining() < 3 || buf.get_u8() != VERSION {
+        return Err(corrupt("unknown ephemeral message"));
+    }
+    let origin = buf.get_u16_le();
+    Ok((origin, take_pushes(&mut buf)?))
+}
+
+/// A conversation request forwarded to its owner node.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Forward {
+    /// The request's id, echoed in the reply.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// The authenticated user making it.
+    #[prost(uint64, tag = "2")]
+    pub user: u64,
+    /// The conversation.
+    #[prost(uint64, tag = "3")]
+    pub conversation: u64,
+    /// The stream sequence the origin node had applied when it sent the
+    /// request: the owner handles it only once it has applied as much, so
+    /// it sees whatever the user saw (a conversation just created).
+    #[prost(uint64, tag = "4")]
+    pub after: u64,
+    /// What to do.
+    #[prost(
+        oneof = "ForwardOp",
+        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+    )]
+    pub op: Option<ForwardOp>,
+}
+
+/// Ids of users to add.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Users {
+    /// The users.
+    #[prost(uint64, repeated, tag = "1")]
+    pub users: Vec<u64>,
+}
+
+/// A member's new role.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoleOf {
+    /// The member.
+    #[prost(uint64, tag = "1")]
+    pub user: u64,
+    /// The role.
+    #[prost(int32, tag = "2")]
+    pub role: i32,
+}
+
+/// A deletion, with the message as the origin read it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Deletion {
+    /// The message's seq.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The message (none: no such seq).
+    #[prost(message, optional, tag = "2")]
+    pub target: Option<pb::Message>,
+}
+
+/// [`OwnerOp`] on the wire.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum ForwardOp {
+    /// SendMessage.
+    #[prost(message, tag = "5")]
+    Send(pb::SendMessage),
+    /// AddMembers.
+    #[prost(message, tag = "6")]
+    AddMembers(Users),
+    /// RemoveMember.
+    #[prost(uint64, tag = "7")]
+    RemoveMember(u64),
+    /// LeaveConversation.
+    #[prost(bool, tag = "8")]
+    Leave(bool),
+    /// SetRole.
+    #[prost(message, tag = "9")]
+    SetRole(RoleOf),
+    /// UpdateConversation.
+    #[prost(string, tag = "10")]
+    UpdateTitle(String),
+    /// TransferOwnership.
+    #[prost(uint64, tag = "11")]
+    TransferOwnership(u64),
+    /// MarkRead.
+    #[prost(uint64, tag = "12")]
+    MarkRead(u64),
+    /// MarkDelivered.
+    #[prost(uint64, tag = "13")]
+    MarkDelivered(u64),
+    /// GetReceipts.
+    #[prost(uint64, tag = "14")]
+    GetReceipts(u64),
+    /// Typing started (true) or stopped.
+    #[prost(bool, tag = "15")]
+    Typing(bool),
+    /// SubscribeChannel.
+    #[prost(bool, tag = "16")]
+    Subscribe(bool),
+    /// UnsubscribeChannel.
+    #[prost(bool, tag = "17")]
+    Unsubscribe(bool),
+    /// DeleteMessage.
+    #[prost(message, tag = "18")]
+    Delete(Deletion),
+}
+
+/// `req` for its owner node; `after` as [`Forward::after`].
+pub fn encode_request(req: &OwnerRequest, after: u64) -> Bytes {
+    let op = match &req.op {
+        OwnerOp::Send(m) => ForwardOp::Send(m.clone()),
+        OwnerOp::AddMembers(users) => ForwardOp::AddMembers(Users {
+            users: users.clone(),
+        }),
+        OwnerOp::RemoveMember(u) => ForwardOp::RemoveMember(*u),
+        OwnerOp::Leave => ForwardOp::Leave(true),
+        OwnerOp::SetRole(user, role) => ForwardOp::SetRole(RoleOf {
+            user: *user,
+            role: *role,
+        }),
+        OwnerOp::UpdateTitle(t) => ForwardOp::UpdateTitle(t.clone()),
+        OwnerOp::TransferOwnership(u) => ForwardOp::TransferOwnership(*u),
+        OwnerOp::MarkRead(s) => ForwardOp::MarkRead(*s),
+        OwnerOp::MarkDelivered(s) => ForwardOp::MarkDelivered(*s),
+        OwnerOp::GetReceipts(s) => ForwardOp::GetReceipts(*s),
+        OwnerOp::Typing(t) => ForwardOp::Typing(*t),
+        OwnerOp::SubscribeChannel => ForwardOp::Subscribe(true),
+        OwnerOp::UnsubscribeChannel => ForwardOp::Unsubscribe(true),
+        OwnerOp::DeleteMessage { seq, target } => ForwardOp::Delete(Deletion {
+            seq: *seq,
+            target: target.as_deref().cloned(),
+        }),
+    };
+    let forward = Forward {
+        request_id: req.origin.request_id,
+        user: req.user.get(),
+        conversation: req.conversation.get(),
+        after,
+        op: Some(op),
+    };
+    Bytes::from(prost::Message::encode_to_vec(&forward))
+}
+
+/// A forwarded request as the owner handles it, answered at `origin`.
+pub fn decode_request(forward: Forward, origin: Origin) -> Option<OwnerRequest> {
+    let op = match forward.op? {
+        ForwardOp::Send(m) => OwnerOp::Send(m),
+        ForwardOp::AddMembers(u) => OwnerOp::AddMembers(u.users),
+        ForwardOp::RemoveMember(u) => OwnerOp::RemoveMember(u),
+        ForwardOp::Leave(_) => OwnerOp::Leave,
+        ForwardOp::SetRole(r) => OwnerOp::SetRole(r.user, r.role),
+        ForwardOp::UpdateTitle(t) => OwnerOp::UpdateTitle(t),
+        ForwardOp::TransferOwnership(u) => OwnerOp::TransferOwnership(u),
+        ForwardOp::MarkRead(s) => OwnerOp::MarkRead(s),
+        ForwardOp::MarkDelivered(s) => OwnerOp::MarkDelivered(s),
+        ForwardOp::GetReceipts(s) => OwnerOp::GetReceipts(s),
+        ForwardOp::Typing(t) => OwnerOp::Typing(t),
+        ForwardOp::Subscribe(_) => OwnerOp::SubscribeChannel,
+        ForwardOp::Unsubscribe(_) => OwnerOp::UnsubscribeChannel,
+        ForwardOp::Delete(d) => OwnerOp::DeleteMessage {
+            seq: d.seq,
+            target: d.target.map(Box::new),
+        },
+    };
+    Some(OwnerRequest::new(
+        origin,
+        UserId(forward.user),
+        ConversationId(forward.conversation),
+        op,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Ks;
+
+    #[test]
+    fn records_round_trip_and_damage_is_refused() {
+        let mut batch = Batch::new();
+        batch.put(Ks::Users, b"k".to_vec(), b"v".to_vec());
+        batch.delete(Ks::Tokens, b"t".to_vec());
+        let users: Arc<[u64]> = Arc::from(vec![1u64, 2, 3]);
+        let pushes = vec![(users, Bytes::from_static(b"frame"))];
+        let bytes = encode_record(7, &pushes, &batch);
+        let r = decode_record(bytes.clone()).expect("decodes");
+        assert_eq!(r.origin, 7);
+        assert_eq!(r.pushes.len(), 1);
+        assert_eq!(&*r.pushes[0].0, &[1, 2, 3]);
+        assert_eq!(&r.pushes[0].1[..], b"frame");
+        assert_eq!(r.batch.len(), 2);
+        for cut in 0..bytes.len() {
+            assert!(decode_record(bytes.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(decode_record(Bytes::from(flipped)).is_err());
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let origin = Origin {
+            shard: 0,
+            session: 1,
+            request_id: 9,
+        };
+        let req = OwnerRequest::new(origin, UserId(5), ConversationId(6), OwnerOp::SetRole(7, 2));
+        let bytes = encode_request(&req, 42);
+        let f: Forward = prost::Message::decode(bytes).expect("decodes");
+        assert_eq!(f.after, 42);
+        let back = decode_request(f, origin).expect("an op");
+        assert_eq!(back.user, UserId(5));
+        assert!(matches!(back.op, OwnerOp::SetRole(7, 2)));
+    }
+}
