@@ -238,7 +238,15 @@ impl Accounts {
         batch.put_user(user, &record);
         batch.put_username(&record.username, user);
         let (token, expires) = self.issue_token(user, device_id, &mut batch);
-        self.writer.write_blocking(batch)?;
+        match self
+            .writer
+            .claim_blocking(&format!("username:{}", record.username), batch)
+        {
+            Err(crate::storage::StorageError::Taken) => {
+                return Err(Refusal::new(ErrorCode::UsernameTaken, "username taken"));
+            }
+            other => other?,
+        };
         Ok(pb::AuthOk {
             user_id: user,
             session_token: token,

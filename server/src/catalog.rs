@@ -276,6 +276,19 @@ impl Catalog {
         }
         if let (ConversationKind::Direct, Some(&other)) = (kind, others.first()) {
             batch.put_direct(me, other, id);
+            let key = format!("direct:{}:{}", me.min(other), me.max(other));
+            match self.writer.claim_blocking(&key, batch) {
+                // Created at the same moment on another node: that one is
+                // the pair's, and the store holds it now.
+                Err(crate::storage::StorageError::Taken) => {
+                    let existing = self.store.direct(me, other)?.ok_or_else(|| {
+                        Refusal::new(ErrorCode::ServerBusy, "direct chat being created; retry")
+                    })?;
+                    return self.get(me, existing);
+                }
+                other => other?,
+            };
+            return Ok(view(id, &record, &members, 0, me));
         }
         self.writer.write_blocking(batch)?;
         Ok(view(id, &record, &members, 0, me))

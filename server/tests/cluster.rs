@@ -300,6 +300,71 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
     assert_eq!(pages[0], pages[1]);
     assert_eq!(pages[1], pages[2]);
 
+    // The same username registered at the same moment on two nodes: one
+    // account, the other told the name is taken.
+    for round in 0..5 {
+        let name = format!("dora{round}");
+        let (mut x, mut y) = (Raw::connect(n1.addr).await, Raw::connect(n2.addr).await);
+        let register = |name: &str| {
+            pb::client_frame::Body::Register(pb::Register {
+                username: name.into(),
+                password: "password123".into(),
+                display_name: String::new(),
+                device: None,
+            })
+        };
+        let (rx, ry) = (x.send(register(&name)).await, y.send(register(&name)).await);
+        let (ax, ay) = tokio::join!(x.reply(rx), y.reply(ry));
+        let won = [&ax, &ay]
+            .iter()
+            .filter(|r| matches!(r, S::AuthOk(_)))
+            .count();
+        assert_eq!(won, 1, "{name}: {ax:?} {ay:?}");
+        for r in [&ax, &ay] {
+            if !matches!(r, S::AuthOk(_)) {
+                assert_eq!(
+                    common::error_code(r),
+                    chat_protocol::ErrorCode::UsernameTaken,
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
+    // Logging out everywhere on node 1 closes Alice's session on node 3.
+    let mut alice_there = Raw::login(n3.addr, "alice").await;
+    let S::Done(_) = alice
+        .request(pb::client_frame::Body::Logout(pb::Logout {
+            all_devices: true,
+        }))
+        .await
+    else {
+        panic!("logout");
+    };
+    let closed =
+        wait_for(
+            "Alice's session on node 3 to be closed",
+            async || match tokio::time::timeout(
+                Duration::from_millis(100),
+                alice_there.read_frame(),
+            )
+            .await
+            {
+                Ok(None) => Some(()),
+                Ok(Some(f)) => match f.body {
+                    Some(S::Error(e))
+                        if e.code == chat_protocol::ErrorCode::TokenInvalid as i32 =>
+                    {
+                        Some(())
+                    }
+                    _ => None,
+                },
+                Err(_) => None,
+            },
+        )
+        .await;
+    let () = closed;
+
     for n in [n1, n2, n3] {
         n.stop().await;
     }

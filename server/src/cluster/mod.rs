@@ -30,7 +30,9 @@
 //!
 //! Writes that are not a conversation's (accounts, tokens, new
 //! conversations, push outbox) go to one global subject without an
-//! expected sequence.
+//! expected sequence, except those that claim a key once in the cluster
+//! (a username, the direct chat of a pair): each goes to the key's own
+//! subject expecting it empty, so the first claim wins on every node.
 //!
 //! Everything NATS runs on the link's own runtime (one thread); shards
 //! reach it through [`Link`]'s methods, which never block a shard thread.
@@ -308,13 +310,60 @@ impl Link {
 
     /// [`Link::write`] on the global subject, for code on a blocking thread.
     pub fn write_blocking(self: &Arc<Self>, batch: Batch) -> Result<u64> {
+        self.blocking(None, batch)
+    }
+
+    /// Writes `batch` only if nothing was ever written with the claim
+    /// `key` (a username, a pair's direct chat): the first claim of a key
+    /// in the whole cluster wins, a later one gets `StorageError::Taken`
+    /// and writes nothing. Then, or on any error, returns once the local
+    /// store holds what the stream held, so that the caller reads the
+    /// winner. For code on a blocking thread.
+    pub fn claim_blocking(self: &Arc<Self>, key: &str, batch: Batch) -> Result<u64> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let subject = format!("{}.k.{}", self.stream, hex::encode(&digest[..16]));
+        self.blocking(Some(subject), batch)
+    }
+
+    fn blocking(self: &Arc<Self>, claim: Option<String>, batch: Batch) -> Result<u64> {
         let (done, wait) = oneshot::channel();
         let link = self.clone();
         self.rt.spawn(async move {
-            let _ = done.send(link.publish(None, batch, Vec::new()).await);
+            let result = match claim {
+                None => link.publish(None, batch, Vec::new()).await,
+                Some(subject) => {
+                    let result = link
+                        .try_publish(subject, Some(0), None, batch, Vec::new())
+                        .await;
+                    if result.is_err() {
+                        let _ = link.catch_up().await;
+                    }
+                    match result {
+                        Err(StorageError::Moved) => Err(StorageError::Taken),
+                        other => other,
+                    }
+                }
+            };
+            let _ = done.send(result);
         });
         wait.blocking_recv()
             .map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Waits until the local store holds everything the stream holds now.
+    async fn catch_up(&self) -> Result<()> {
+        let last = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(cluster_error)?
+            .get_info()
+            .await
+            .map_err(cluster_error)?
+            .state
+            .last_sequence;
+        self.wait_applied(last).await
     }
 
     async fn publish(
@@ -323,7 +372,13 @@ impl Link {
         batch: Batch,
         pushes: Vec<wire::Push>,
     ) -> Result<u64> {
-        let result = self.try_publish(partition, batch, pushes).await;
+        let subject = self.subject_of(partition);
+        let expected = partition
+            .and_then(|p| self.expected.get(p as usize))
+            .map(|e| e.load(Ordering::Acquire));
+        let result = self
+            .try_publish(subject, expected, partition, batch, pushes)
+            .await;
         if let (Err(e), Some(p)) = (&result, partition) {
             // Whether a write that failed half-way is in the stream is not
             // known here: the partition is taken over afresh (through its
@@ -337,8 +392,13 @@ impl Link {
         result
     }
 
+    /// Publishes to `subject`, expecting its last sequence to be
+    /// `expected` if given; a partition's expected sequence moves on to the
+    /// write's.
     async fn try_publish(
         &self,
+        subject: String,
+        expected: Option<u64>,
         partition: Option<u32>,
         batch: Batch,
         pushes: Vec<wire::Push>,
@@ -346,18 +406,16 @@ impl Link {
         let payload = wire::encode_record(self.node, &pushes, &batch);
         drop(batch);
         let mut msg = jetstream::message::PublishMessage::build().payload(payload);
-        let expected = partition.and_then(|p| self.expected.get(p as usize));
         if let Some(e) = expected {
-            msg = msg.expected_last_subject_sequence(e.load(Ordering::Acquire));
+            msg = msg.expected_last_subject_sequence(e);
         }
-        let subject = self.subject_of(partition);
         let sent = tokio::time::timeout(self.timeout, async {
             self.js.send_publish(subject, msg).await?.await
         })
         .await;
         let ack = match sent {
             Err(_) => return Err(cluster_error("no acknowledgement from JetStream in time")),
-            Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            Ok(Err(e)) if wrong_last_sequence(&e) => {
                 tracing::warn!(
                     ?partition,
                     "write refused: the partition has a newer writer"
@@ -367,7 +425,7 @@ impl Link {
             Ok(Err(e)) => return Err(cluster_error(e)),
             Ok(Ok(ack)) => ack,
         };
-        if let Some(e) = expected {
+        if let Some(e) = partition.and_then(|p| self.expected.get(p as usize)) {
             e.store(ack.sequence, Ordering::Release);
         }
         self.wait_applied(ack.sequence).await?;
@@ -586,6 +644,48 @@ impl Link {
         });
     }
 
+    /// Closes `user`'s sessions on the other nodes with `frame` (logout
+    /// everywhere, a password change: the user's tokens are revoked in the
+    /// stream already).
+    pub fn publish_end_user(&self, user: u64, frame: Bytes) {
+        let mut payload = bytes::BytesMut::with_capacity(10 + frame.len());
+        bytes::BufMut::put_u16_le(&mut payload, self.node);
+        bytes::BufMut::put_u64_le(&mut payload, user);
+        bytes::BufMut::put_slice(&mut payload, &frame);
+        let client = self.client.clone();
+        let subject = format!("{}.end", self.stream);
+        self.rt.spawn(async move {
+            let _ = client.publish(subject, payload.freeze()).await;
+        });
+    }
+
+    /// Closes the sessions other nodes ask this one to close.
+    async fn relay_end_user(self: Arc<Self>, mut sub: async_nats::Subscriber) {
+        use bytes::Buf;
+        while let Some(msg) = sub.next().await {
+            let mut payload = msg.payload;
+            if payload.remaining() < 10 {
+                continue;
+            }
+            let origin = payload.get_u16_le();
+            let user = payload.get_u64_le();
+            if origin == self.node {
+                continue;
+            }
+            let Some(shards) = self.shards.get() else {
+                continue;
+            };
+            let nr_shards = shards.place.nr_shards();
+            for dst in 0..nr_shards {
+                let msg = ShardMsg::EndUser {
+                    user,
+                    frame: payload.clone(),
+                };
+                shards.mesh.send(link_source(nr_shards), dst, msg).await;
+            }
+        }
+    }
+
     /// Pushes to this node's sessions of the recipients.
     async fn push_local(&self, pushes: Vec<wire::Push>, ephemeral: bool) {
         let Some(shards) = self.shards.get() else {
@@ -775,6 +875,19 @@ pub fn busy(request_id: u64) -> Bytes {
     )
 }
 
+/// Whether JetStream refused a publish for its expected last subject
+/// sequence (the constant form, expecting an empty subject, has its own
+/// error code).
+fn wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::ErrorCode;
+    if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| j.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+}
+
 /// The partition of `conversation` among `partitions`.
 pub fn partition_of(conversation: ConversationId, partitions: u32) -> u32 {
     // A different multiplier from the shard placement's.
@@ -809,7 +922,11 @@ async fn connect(
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let stream_config = stream::Config {
         name: c.stream.clone(),
-        subjects: vec![format!("{}.p.*", c.stream), format!("{}.g", c.stream)],
+        subjects: vec![
+            format!("{}.p.*", c.stream),
+            format!("{}.k.*", c.stream),
+            format!("{}.g", c.stream),
+        ],
         storage: stream::StorageType::File,
         num_replicas: c.replicas.max(1),
         allow_direct: true,
@@ -893,6 +1010,11 @@ async fn connect(
         .await
         .map_err(|e| link_error("subscribing to typing")(e.to_string()))?;
     tokio::spawn(link.clone().relay_ephemeral(eph));
+    let ends = client
+        .subscribe(format!("{}.end", c.stream))
+        .await
+        .map_err(|e| link_error("subscribing to session ends")(e.to_string()))?;
+    tokio::spawn(link.clone().relay_end_user(ends));
     tracing::info!(
         node = c.node_id,
         applied,

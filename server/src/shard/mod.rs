@@ -384,6 +384,9 @@ impl Shard {
     /// Closes every authenticated session of `user` on every shard, after
     /// `frame`, except session `spared` of this shard.
     pub async fn end_user(&self, user: u64, frame: Bytes, spared: Option<u64>) {
+        if let Some(link) = self.shared.writer.cluster() {
+            link.publish_end_user(user, frame.clone());
+        }
         for dst in 0..self.shared.place.nr_shards() {
             if dst == self.id {
                 self.sessions.borrow().close_user(user, &frame, spared);

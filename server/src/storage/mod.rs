@@ -78,13 +78,20 @@ pub enum StorageError {
     /// quorum, or no acknowledgement in time); it may or may not be stored.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// Cluster mode: another write claimed the same key first
+    /// ([`writer::Writer::claim_blocking`]); nothing was written.
+    #[error("claimed by another write")]
+    Taken,
 }
 
 impl StorageError {
     /// Whether the error is the cluster's, passing (the node goes on, the
     /// client retries), rather than the local store's.
     pub fn is_passing(&self) -> bool {
-        matches!(self, StorageError::Moved | StorageError::Cluster(_))
+        matches!(
+            self,
+            StorageError::Moved | StorageError::Cluster(_) | StorageError::Taken
+        )
     }
 }
 
@@ -1082,9 +1089,16 @@ impl Store {
 }
 
 /// A request that met a storage failure is refused with STORAGE_FAILURE;
-/// the cause is logged, not shown to the client.
+/// the cause is logged, not shown to the client. A passing cluster failure
+/// (JetStream electing a leader, a partition changing hands) is
+/// SERVER_BUSY, to be retried.
 impl From<StorageError> for crate::reply::Refusal {
     fn from(e: crate::storage::StorageError) -> Self {
+        if e.is_passing() {
+            tracing::warn!(cause = %e, "cluster write not taken while serving a request");
+            return Self::new(chat_protocol::ErrorCode::ServerBusy, "cluster busy; retry")
+                .retry_after(crate::cluster::RETRY_AFTER_MS);
+        }
         tracing::error!(cause = %e, "storage failure while serving a request");
         Self::new(chat_protocol::ErrorCode::StorageFailure, "storage failure")
     }

@@ -335,6 +335,18 @@ impl Writer {
             .map_err(|_| StorageError::WriterStopped)?
     }
 
+    /// [`Writer::write_blocking`] of a write that claims `key` (a username,
+    /// a pair's direct chat). On one node the caller's home lane makes its
+    /// check-then-write exclusive; in cluster mode the first claim in the
+    /// cluster wins and a later one is `StorageError::Taken`, after which
+    /// the local store holds the winner.
+    pub fn claim_blocking(&self, key: &str, batch: Batch) -> Result<u64> {
+        match &self.cluster {
+            Some(link) => link.claim_blocking(key, batch),
+            None => self.write_blocking(batch),
+        }
+    }
+
     /// Jobs waiting in the queue.
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
