@@ -322,7 +322,7 @@ impl Link {
     pub fn claim_blocking(self: &Arc<Self>, key: &str, batch: Batch) -> Result<u64> {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(key.as_bytes());
-        let subject = format!("{}.k.{}", self.stream, hex::encode(&digest[..16]));
+        let subject = format!("{}.k.{}", self.stream, hex::encode(digest.get(..16).unwrap_or_default()));
         self.blocking(Some(subject), batch)
     }
 
