@@ -188,9 +188,10 @@ pub struct Common {
     pub transport: Transport,
     /// Use a server that is already running at this address instead of
     /// starting one (no server CPU or memory readings then): the address
-    /// of the `--transport` listener.
-    #[arg(long)]
-    pub server: Option<SocketAddr>,
+    /// of the `--transport` listener. Several, comma-separated, over tcp:
+    /// the nodes of a chatd cluster, each connection to the next in turn.
+    #[arg(long, value_delimiter = ',')]
+    pub server: Vec<SocketAddr>,
     /// With `--server` over tls, quic or wss: the certificate (PEM) to
     /// trust, e.g. chatd's generated `data_dir/tls/cert.pem`.
     #[arg(long)]

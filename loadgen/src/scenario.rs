@@ -35,8 +35,11 @@ impl Server {
         if common.target != Target::Chatd && common.transport != Transport::Tcp {
             bail!("{} is reached over tcp only", common.target.name());
         }
-        let (spawned, addr, cert) = match common.server {
-            Some(addr) => (None, addr, common.ca_cert.clone()),
+        if common.server.len() > 1 && common.transport != Transport::Tcp {
+            bail!("several --server addresses are for plain tcp");
+        }
+        let (spawned, addr, cert) = match common.server.first() {
+            Some(&addr) => (None, addr, common.ca_cert.clone()),
             None => {
                 let s = spawn::start(common)?;
                 let cert = common.ca_cert.clone().or_else(|| s.cert.clone());
@@ -57,6 +60,10 @@ impl Server {
             &common.tls_name,
             common.quic_endpoints,
         )?;
+        let dialer = match Rc::try_unwrap(dialer) {
+            Ok(d) => Rc::new(d.spread_over(common.server.get(1..).unwrap_or_default())),
+            Err(shared) => shared,
+        };
         Ok(Self { spawned, dialer })
     }
 
@@ -146,7 +153,7 @@ pub async fn messaging(scenario: &str, plan: Plan, common: &Common) -> anyhow::R
     report.error_samples = run.error_samples.clone();
     report.verification = run.verify.clone();
     report.extra.insert("echoes".into(), run.echoes.into());
-    if common.target == Target::Chatd && common.server.is_none() {
+    if common.target == Target::Chatd && common.server.is_empty() {
         report
             .extra
             .insert("durability".into(), common.durability.clone().into());

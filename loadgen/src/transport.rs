@@ -174,6 +174,10 @@ impl Writer {
 pub struct Dialer {
     transport: Transport,
     addr: SocketAddr,
+    /// Plain TCP to several servers (the nodes of a chatd cluster): each
+    /// connection goes to the next, in turn; `addr` is the first.
+    more: Vec<SocketAddr>,
+    next_addr: Cell<usize>,
     /// Name the server's certificate is checked against.
     name: ServerName<'static>,
     /// TLS for `tls` (ALPN `chat/1`) or `wss` (ALPN `http/1.1`).
@@ -298,7 +302,29 @@ impl Dialer {
             quic,
             quic_config,
             next_endpoint: Cell::new(0),
+            more: Vec::new(),
+            next_addr: Cell::new(0),
         }))
+    }
+
+    /// This dialer with plain TCP connections spread over `addrs` besides
+    /// its own address, in turn.
+    pub fn spread_over(mut self, addrs: &[SocketAddr]) -> Self {
+        self.more = addrs.to_vec();
+        self
+    }
+
+    /// The address of the next plain TCP connection.
+    fn next_tcp_addr(&self) -> SocketAddr {
+        if self.more.is_empty() {
+            return self.addr;
+        }
+        let i = self.next_addr.get();
+        self.next_addr.set(i.wrapping_add(1));
+        match i % (self.more.len() + 1) {
+            0 => self.addr,
+            n => self.more.get(n - 1).copied().unwrap_or(self.addr),
+        }
     }
 
     /// The server's address.
@@ -310,7 +336,9 @@ impl Dialer {
     /// (QUIC uses the dialer's endpoints).
     pub async fn connect(&self, source: Option<IpAddr>) -> anyhow::Result<Link> {
         match self.transport {
-            Transport::Tcp => Ok(Link::stream(conn::connect(self.addr, source).await?)),
+            Transport::Tcp => Ok(Link::stream(
+                conn::connect(self.next_tcp_addr(), source).await?,
+            )),
             Transport::Tls => Ok(Link::stream(self.tls(source).await?)),
             Transport::Ws => {
                 let tcp = conn::connect(self.addr, source).await?;

@@ -81,6 +81,22 @@ const MOVED_HEADER: &str = "Chatd-Moved";
 /// because its conversation's owner is changing.
 pub const RETRY_AFTER_MS: u32 = 500;
 
+/// A request forwarded to another node, waiting for its reply.
+struct Pending {
+    origin: Origin,
+    partition: u32,
+    owner: u16,
+    deadline: tokio::time::Instant,
+}
+
+/// Times a node tries to take or read a partition's lease before it
+/// answers SERVER_BUSY.
+const LEASE_ATTEMPTS: usize = 10;
+
+/// Requests waiting to be forwarded to other nodes, at most; beyond, a
+/// request is answered SERVER_BUSY at once.
+pub const FORWARD_QUEUE: usize = 16_384;
+
 /// Where the link hands pushes, replies and forwarded requests: the shards.
 struct Shards {
     mesh: Arc<Mesh<ShardMsg>>,
@@ -116,6 +132,12 @@ pub struct Link {
     taking: Box<[tokio::sync::Mutex<()>]>,
     /// Reply subjects of forwarded requests being handled here.
     replies: Mutex<hashbrown::HashMap<u64, async_nats::Subject>>,
+    /// Requests waiting to be forwarded, in order.
+    forwards: mpsc::Sender<OwnerRequest>,
+    /// Requests forwarded to other nodes and not yet answered, by token.
+    pending: Mutex<hashbrown::HashMap<u64, Pending>>,
+    /// Subject prefix of this node's replies (`<inbox>.<token>`).
+    inbox: String,
     next_token: AtomicU64,
     timeout: Duration,
     lease: Duration,
@@ -322,7 +344,11 @@ impl Link {
     pub fn claim_blocking(self: &Arc<Self>, key: &str, batch: Batch) -> Result<u64> {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(key.as_bytes());
-        let subject = format!("{}.k.{}", self.stream, hex::encode(digest.get(..16).unwrap_or_default()));
+        let subject = format!(
+            "{}.k.{}",
+            self.stream,
+            hex::encode(digest.get(..16).unwrap_or_default())
+        );
         self.blocking(Some(subject), batch)
     }
 
@@ -469,16 +495,31 @@ impl Link {
         }
         let key = format!("p{partition}");
         let me = Bytes::from(self.node.to_string());
-        for _ in 0..3 {
+        for attempt in 0..LEASE_ATTEMPTS {
+            if attempt > 0 {
+                // A replica that has not seen the winner's lease yet, or
+                // one that just expired: ask again shortly.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             match self.leases.create(&key, me.clone()).await {
                 Ok(revision) => {
                     self.take_over(partition, revision).await?;
                     return Ok(self.node);
                 }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(cluster_error(e)),
+                // Taken already (reported as AlreadyExists, or as the
+                // constant-sequence refusal this client does not name), or
+                // the bucket briefly unavailable: read who holds it.
+                Err(e) if e.kind() == kv::CreateErrorKind::InvalidKey => {
+                    return Err(cluster_error(e));
+                }
+                Err(_) => {}
             }
-            match self.leases.entry(&key).await.map_err(cluster_error)? {
+            let entry = match self.leases.entry(&key).await {
+                Ok(e) => e,
+                Err(e) if attempt + 1 == LEASE_ATTEMPTS => return Err(cluster_error(e)),
+                Err(_) => continue,
+            };
+            match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => {
                     let owner = std::str::from_utf8(&entry.value)
                         .ok()
@@ -535,10 +576,38 @@ impl Link {
 
     /// Routes `req` to its conversation's owner: this node's owner shard
     /// (through the mesh) or another node (forwarded over NATS). The reply
-    /// reaches the origin session either way.
-    pub fn forward(self: &Arc<Self>, req: OwnerRequest) {
-        let link = self.clone();
-        self.rt.spawn(async move { link.route(req).await });
+    /// reaches the origin session either way. Requests leave in the order
+    /// they come (so one session's sends to a conversation are sequenced in
+    /// the order sent); beyond [`FORWARD_QUEUE`] waiting, a request is
+    /// answered SERVER_BUSY at once.
+    pub fn forward(&self, req: OwnerRequest) {
+        if let Err(e) = self.forwards.try_send(req) {
+            let req = match e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            let origin = req.origin;
+            let link = self.shards.get().map(|s| (s.mesh.clone(), s.place));
+            if let Some((mesh, place)) = link {
+                let msg = ShardMsg::Reply {
+                    session: origin.session,
+                    frame: Some(busy(
+                        origin.request_id,
+                        "too many requests waiting to be forwarded",
+                    )),
+                };
+                let src = link_source(place.nr_shards());
+                self.rt
+                    .spawn(async move { mesh.send(src, origin.shard, msg).await });
+            }
+        }
+    }
+
+    /// Forwards queued requests, in order; replies come back to
+    /// [`Link::collect_replies`].
+    async fn forward_loop(self: Arc<Self>, mut queue: mpsc::Receiver<OwnerRequest>) {
+        while let Some(req) = queue.recv().await {
+            self.route(req).await;
+        }
     }
 
     async fn route(&self, req: OwnerRequest) {
@@ -548,8 +617,11 @@ impl Link {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(partition, cause = %e, "no owner for the partition");
-                self.answer_origin(origin, Some(busy(origin.request_id)))
-                    .await;
+                self.answer_origin(
+                    origin,
+                    Some(busy(origin.request_id, "no owner for the conversation yet")),
+                )
+                .await;
                 return;
             }
         };
@@ -566,30 +638,94 @@ impl Link {
         }
         let payload = wire::encode_request(&req, self.applied());
         drop(req);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.pending.lock().insert(
+            token,
+            Pending {
+                origin,
+                partition,
+                owner,
+                deadline,
+            },
+        );
         let subject = format!("{}.node.{owner}", self.stream);
-        let asked = tokio::time::timeout(self.timeout, self.client.request(subject, payload)).await;
-        let frame = match asked {
-            Ok(Ok(msg)) => {
-                if msg
-                    .headers
-                    .as_ref()
-                    .is_some_and(|h| h.get(MOVED_HEADER).is_some())
-                {
-                    self.suspect(partition, owner);
-                }
+        let reply = format!("{}.{token}", self.inbox);
+        if self
+            .client
+            .publish_with_reply(subject, reply, payload)
+            .await
+            .is_err()
+        {
+            let failed = self.pending.lock().remove(&token);
+            if let Some(p) = failed {
+                self.answer_origin(
+                    p.origin,
+                    Some(busy(p.origin.request_id, "the owner could not be reached")),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Hands the owners' replies to the sessions that asked.
+    async fn collect_replies(self: Arc<Self>, mut replies: async_nats::Subscriber) {
+        while let Some(msg) = replies.next().await {
+            let Some(token) = msg
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let waiting = self.pending.lock().remove(&token);
+            let Some(p) = waiting else {
+                continue;
+            };
+            let moved = msg
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(MOVED_HEADER).is_some());
+            let frame = if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) || moved {
+                // The owner is gone, or says it is not the owner.
+                self.suspect(p.partition, p.owner);
+                Some(busy(p.origin.request_id, "the conversation's owner moved"))
+            } else {
                 (!msg.payload.is_empty()).then_some(msg.payload)
+            };
+            self.answer_origin(p.origin, frame).await;
+        }
+    }
+
+    /// Answers SERVER_BUSY to forwarded requests whose owner did not reply
+    /// in time, and suspects the owner.
+    async fn expire_forwards(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let now = tokio::time::Instant::now();
+            let expired: Vec<Pending> = {
+                let mut pending = self.pending.lock();
+                let late: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, p)| p.deadline <= now)
+                    .map(|(t, _)| *t)
+                    .collect();
+                late.iter().filter_map(|t| pending.remove(t)).collect()
+            };
+            for p in expired {
+                self.suspect(p.partition, p.owner);
+                self.answer_origin(
+                    p.origin,
+                    Some(busy(
+                        p.origin.request_id,
+                        "the owner did not answer in time",
+                    )),
+                )
+                .await;
             }
-            Ok(Err(e)) => {
-                tracing::debug!(owner, cause = %e, "forwarding failed");
-                self.suspect(partition, owner);
-                Some(busy(origin.request_id))
-            }
-            Err(_) => {
-                self.suspect(partition, owner);
-                Some(busy(origin.request_id))
-            }
-        };
-        self.answer_origin(origin, frame).await;
+        }
     }
 
     /// `owner` did not answer for `partition` (gone, paused or cut off):
@@ -713,63 +849,64 @@ impl Link {
     /// what the origin had, each goes to the owner shard with a token that
     /// routes its reply back.
     async fn serve(self: Arc<Self>, mut requests: async_nats::Subscriber) {
+        // One at a time, in arrival order: requests of one origin session
+        // reach the owner shard in the order they were sent.
         while let Some(msg) = requests.next().await {
             let Some(reply) = msg.reply else { continue };
-            let link = self.clone();
-            tokio::spawn(async move {
-                let Ok(forward) = <wire::Forward as prost::Message>::decode(msg.payload) else {
-                    return;
-                };
-                let request_id = forward.request_id;
-                let conversation = ConversationId(forward.conversation);
-                let partition = link.partition_of(conversation);
-                // Refused with a mark that tells the origin to ask the
-                // lease bucket again rather than this node.
-                let refuse = |link: &Link, reply| {
-                    let client = link.client.clone();
-                    async move {
-                        let mut headers = async_nats::HeaderMap::new();
-                        headers.insert(MOVED_HEADER, "1");
-                        let _ = client
-                            .publish_with_headers(reply, headers, busy(request_id))
-                            .await;
-                    }
-                };
-                if link.wait_applied(forward.after).await.is_err() {
-                    refuse(&link, reply).await;
-                    return;
-                }
-                // A node that gave the partition up after a failed write
-                // (its lease still standing) takes it back here.
-                let owned = link.owns(partition)
-                    || matches!(link.resolve(partition).await, Ok(n) if n == link.node);
-                if !owned {
-                    refuse(&link, reply).await;
-                    return;
-                }
-                let Some(shards) = link.shards.get() else {
-                    refuse(&link, reply).await;
-                    return;
-                };
-                let token = link.next_token.fetch_add(1, Ordering::Relaxed);
-                let src = link_source(shards.place.nr_shards());
-                let origin = Origin {
-                    shard: src,
-                    session: token,
-                    request_id,
-                };
-                let Some(req) = wire::decode_request(forward, origin) else {
-                    refuse(&link, reply).await;
-                    return;
-                };
-                link.replies.lock().insert(token, reply);
-                let dst = shards.place.owner_of(conversation);
-                shards
-                    .mesh
-                    .send(src, dst, ShardMsg::Request(Box::new(req)))
-                    .await;
-            });
+            let Ok(forward) = <wire::Forward as prost::Message>::decode(msg.payload) else {
+                continue;
+            };
+            self.serve_one(forward, reply).await;
         }
+    }
+
+    async fn serve_one(&self, forward: wire::Forward, reply: async_nats::Subject) {
+        let request_id = forward.request_id;
+        let conversation = ConversationId(forward.conversation);
+        let partition = self.partition_of(conversation);
+        // Refused with a mark that tells the origin to ask the lease
+        // bucket again rather than this node.
+        let refuse = async |link: &Link, reply| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(MOVED_HEADER, "1");
+            let _ = link
+                .client
+                .publish_with_headers(
+                    reply,
+                    headers,
+                    busy(request_id, "this node does not own the conversation"),
+                )
+                .await;
+        };
+        if self.wait_applied(forward.after).await.is_err() {
+            refuse(self, reply).await;
+            return;
+        }
+        // A node that gave the partition up after a failed write (its lease
+        // still standing) takes it back here.
+        let owned = self.owns(partition)
+            || matches!(self.resolve(partition).await, Ok(n) if n == self.node);
+        let Some(shards) = self.shards.get().filter(|_| owned) else {
+            refuse(self, reply).await;
+            return;
+        };
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let src = link_source(shards.place.nr_shards());
+        let origin = Origin {
+            shard: src,
+            session: token,
+            request_id,
+        };
+        let Some(req) = wire::decode_request(forward, origin) else {
+            refuse(self, reply).await;
+            return;
+        };
+        self.replies.lock().insert(token, reply);
+        let dst = shards.place.owner_of(conversation);
+        shards
+            .mesh
+            .send(src, dst, ShardMsg::Request(Box::new(req)))
+            .await;
     }
 
     /// Keeps the owner table current from the lease bucket's changes.
@@ -866,11 +1003,11 @@ impl Link {
 
 /// A SERVER_BUSY reply: the conversation's owner is changing or out of
 /// reach; the client retries after [`RETRY_AFTER_MS`].
-pub fn busy(request_id: u64) -> Bytes {
+pub fn busy(request_id: u64, why: &str) -> Bytes {
     crate::reply::error_with_retry(
         request_id,
         ErrorCode::ServerBusy,
-        "the conversation's owner is changing; retry",
+        &format!("{why}; retry"),
         RETRY_AFTER_MS,
     )
 }
@@ -970,6 +1107,8 @@ async fn connect(
         }
     };
     let (applied_tx, applied_rx) = watch::channel(applied);
+    let (forwards, forward_queue) = mpsc::channel(FORWARD_QUEUE);
+    let inbox = client.new_inbox();
     let n = c.partitions as usize;
     let link = Arc::new(Link {
         node: c.node_id,
@@ -986,6 +1125,9 @@ async fn connect(
         epochs: (0..n).map(|_| AtomicU64::new(0)).collect(),
         taking: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
         replies: Mutex::new(hashbrown::HashMap::new()),
+        forwards,
+        pending: Mutex::new(hashbrown::HashMap::new()),
+        inbox: inbox.clone(),
         next_token: AtomicU64::new(1),
         timeout,
         lease,
@@ -1005,6 +1147,13 @@ async fn connect(
         .await
         .map_err(|e| link_error("subscribing to forwarded requests")(e.to_string()))?;
     tokio::spawn(link.clone().serve(requests));
+    let replies = client
+        .subscribe(format!("{inbox}.*"))
+        .await
+        .map_err(|e| link_error("subscribing to replies")(e.to_string()))?;
+    tokio::spawn(link.clone().collect_replies(replies));
+    tokio::spawn(link.clone().forward_loop(forward_queue));
+    tokio::spawn(link.clone().expire_forwards());
     let eph = client
         .subscribe(format!("{}.eph", c.stream))
         .await

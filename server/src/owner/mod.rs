@@ -387,7 +387,8 @@ impl Owner {
                 None => VecDeque::new(),
             };
             for req in queue {
-                let busy = crate::cluster::busy(req.origin.request_id);
+                let busy =
+                    crate::cluster::busy(req.origin.request_id, "the conversation changed owner");
                 self.out.push_back(Output::Commit(
                     id,
                     Pending::effects(vec![Effect::Reply(req.origin, busy)]),

@@ -289,7 +289,10 @@ impl Shard {
         };
         let p = link.partition_of(req.conversation());
         if !link.owns(p) {
-            let busy = crate::cluster::busy(req.origin.request_id);
+            let busy = crate::cluster::busy(
+                req.origin.request_id,
+                "this node no longer owns the conversation",
+            );
             self.commit(
                 0,
                 Pending::effects(vec![crate::owner::Effect::Reply(req.origin, busy)]),
@@ -657,7 +660,10 @@ impl Shard {
                 tracing::debug!(shard = self.id, cause = %e, "cluster write not taken");
                 for effect in effects {
                     if let Effect::Reply(origin, _) | Effect::Release(origin) = effect {
-                        let frame = crate::cluster::busy(origin.request_id);
+                        let frame = crate::cluster::busy(
+                            origin.request_id,
+                            "the cluster did not take the write",
+                        );
                         self.reply(origin, Some(frame)).await;
                     }
                 }
