@@ -43,6 +43,17 @@ struct UserPresence {
     loading: bool,
     /// Shards that subscribed while loading, owed their first state.
     awaiting: Vec<ShardId>,
+    /// Cluster mode: the user's state on other nodes where it is not
+    /// offline, with when each announcement runs out.
+    remote: Vec<Remote>,
+}
+
+/// A user's state on another node ([`PresenceOp::Remote`]).
+#[derive(Debug, Clone, Copy)]
+struct Remote {
+    node: u16,
+    status: PresenceStatus,
+    expires_ms: u64,
 }
 
 impl UserPresence {
@@ -56,16 +67,29 @@ impl UserPresence {
             published: None,
             loading: true,
             awaiting: Vec::new(),
+            remote: Vec::new(),
+        }
+    }
+
+    /// The user's state on this node alone.
+    fn local_status(&self) -> PresenceStatus {
+        if self.sessions > 0 && self.manual != PresenceStatus::Offline {
+            self.manual
+        } else {
+            PresenceStatus::Offline
         }
     }
 
     fn event(&self, user: u64) -> pb::PresenceEvent {
-        let online = self.sessions > 0 && self.manual != PresenceStatus::Offline;
-        let status = if online {
-            self.manual
-        } else {
-            PresenceStatus::Offline
+        // This node's state first; else another node's (cluster mode).
+        let status = match self.local_status() {
+            PresenceStatus::Offline => self
+                .remote
+                .first()
+                .map_or(PresenceStatus::Offline, |r| r.status),
+            local => local,
         };
+        let online = status != PresenceStatus::Offline;
         let last_seen_ms = if online || self.hide_last_seen {
             0
         } else {
@@ -84,6 +108,9 @@ impl UserPresence {
 pub struct PresenceTable {
     users: HashMap<u64, UserPresence>,
     changed: HashSet<u64>,
+    /// Cluster mode: users whose state on this node changed, to announce
+    /// to the other nodes.
+    announce: HashSet<u64>,
 }
 
 /// What applying an op asks the caller to do.
@@ -112,7 +139,25 @@ impl PresenceTable {
             out.load = true;
             UserPresence::new()
         });
+        let before = entry.local_status();
         match op {
+            PresenceOp::Remote {
+                node,
+                status,
+                last_seen_ms,
+                ttl_ms,
+                ..
+            } => {
+                entry.last_seen_ms = entry.last_seen_ms.max(last_seen_ms);
+                entry.remote.retain(|r| r.node != node);
+                if status != PresenceStatus::Offline {
+                    entry.remote.push(Remote {
+                        node,
+                        status,
+                        expires_ms: now_ms.saturating_add(ttl_ms),
+                    });
+                }
+            }
             PresenceOp::Session { delta, .. } => {
                 if delta > 0 {
                     entry.sessions += 1;
@@ -149,13 +194,54 @@ impl PresenceTable {
                 }
             }
         }
+        if entry.local_status() != before {
+            self.announce.insert(user);
+        }
         self.changed.insert(user);
         out
     }
 
+    /// Cluster mode: the users whose state on this node changed since the
+    /// last call, with that state and their last seen.
+    pub fn take_announcements(&mut self) -> Vec<(u64, PresenceStatus, u64)> {
+        let users = std::mem::take(&mut self.announce);
+        users
+            .into_iter()
+            .map(|u| match self.users.get(&u) {
+                Some(e) => (u, e.local_status(), e.last_seen_ms),
+                None => (u, PresenceStatus::Offline, 0),
+            })
+            .collect()
+    }
+
+    /// Cluster mode: every user with a session on this node and the state
+    /// shown, announced again so that other nodes keep it.
+    pub fn online_here(&self) -> Vec<(u64, PresenceStatus, u64)> {
+        self.users
+            .iter()
+            .filter(|(_, e)| e.local_status() != PresenceStatus::Offline)
+            .map(|(&u, e)| (u, e.local_status(), e.last_seen_ms))
+            .collect()
+    }
+
+    /// Cluster mode: forgets other nodes' announcements that ran out by
+    /// `now_ms` (a node that died stops announcing).
+    pub fn expire_remote(&mut self, now_ms: u64) {
+        for (&user, e) in self.users.iter_mut() {
+            let before = e.remote.len();
+            e.remote.retain(|r| r.expires_ms > now_ms);
+            if e.remote.len() != before {
+                self.changed.insert(user);
+            }
+        }
+    }
+
     /// Whether `user` has a connected session (whatever status it shows).
     pub fn connected(&self, user: u64) -> bool {
-        self.users.get(&user).is_some_and(|e| e.sessions > 0)
+        // In cluster mode, a session on another node counts too.
+        self.users
+            .get(&user)
+            .is_some_and(|e| e.sessions > 0 || !e.remote.is_empty())
     }
 
     /// Fills in what the store knows of a user seen for the first time;
@@ -202,7 +288,7 @@ impl PresenceTable {
                     out.entry(shard).or_default().push(event);
                 }
             }
-            if e.sessions == 0 && e.subscribers.is_empty() {
+            if e.sessions == 0 && e.subscribers.is_empty() && e.remote.is_empty() {
                 self.users.remove(&user);
             }
         }
@@ -305,6 +391,51 @@ mod tests {
 
     const ONLINE: i32 = PresenceStatus::Online as i32;
     const OFFLINE: i32 = PresenceStatus::Offline as i32;
+
+    #[test]
+    fn another_nodes_announcement_shows_until_it_runs_out() {
+        let mut t = PresenceTable::default();
+        t.apply(
+            PresenceOp::Subscribe {
+                user: 1,
+                shard: 0,
+                on: true,
+            },
+            0,
+        );
+        t.loaded(1, 0, false);
+        t.take_changes();
+        let remote = |status, at| PresenceOp::Remote {
+            user: 1,
+            node: 2,
+            status,
+            last_seen_ms: at,
+            ttl_ms: 3000,
+        };
+        t.apply(remote(PresenceStatus::Busy, 0), 1000);
+        assert_eq!(status(&mut t, 0), vec![(PresenceStatus::Busy as i32, 0)]);
+        assert!(t.connected(1));
+        assert!(
+            t.take_announcements().is_empty(),
+            "nothing changed on this node to announce"
+        );
+        // Announced again before it runs out: it holds.
+        t.apply(remote(PresenceStatus::Busy, 0), 3500);
+        t.expire_remote(5000);
+        assert_eq!(status(&mut t, 0), vec![]);
+        // The node stops announcing (it died): offline once it runs out.
+        t.expire_remote(6600);
+        assert_eq!(status(&mut t, 0), vec![(OFFLINE, 0)]);
+        assert!(!t.connected(1));
+        // A session here wins over nothing elsewhere, and is announced.
+        t.apply(PresenceOp::Session { user: 1, delta: 1 }, 7000);
+        assert_eq!(t.take_announcements(), vec![(1, PresenceStatus::Online, 0)]);
+        assert_eq!(status(&mut t, 0), vec![(ONLINE, 0)]);
+        // Gone offline elsewhere at 6000: last seen is the latest known.
+        t.apply(PresenceOp::Session { user: 1, delta: -1 }, 8000);
+        t.apply(remote(PresenceStatus::Offline, 9000), 9100);
+        assert_eq!(status(&mut t, 0), vec![(OFFLINE, 9000)]);
+    }
 
     #[test]
     fn online_while_any_device_is_connected() {

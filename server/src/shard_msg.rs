@@ -95,6 +95,20 @@ pub enum PresenceOp {
         /// Whether last seen is hidden.
         hide: bool,
     },
+    /// Cluster mode: the user's state on another node, as that node last
+    /// announced it; it holds for `ttl_ms` unless announced again.
+    Remote {
+        /// The user.
+        user: u64,
+        /// The announcing node.
+        node: u16,
+        /// The user's state there (offline: no session there).
+        status: PresenceStatus,
+        /// When the user's last session there ended (0: unknown).
+        last_seen_ms: u64,
+        /// How long the announcement holds.
+        ttl_ms: u64,
+    },
     /// A shard gained (`on`) or lost its first/last interested session.
     Subscribe {
         /// The watched user.
@@ -112,6 +126,7 @@ impl PresenceOp {
             PresenceOp::Session { user, .. }
             | PresenceOp::Status { user, .. }
             | PresenceOp::Hide { user, .. }
+            | PresenceOp::Remote { user, .. }
             | PresenceOp::Subscribe { user, .. } => user,
         }
     }

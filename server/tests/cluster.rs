@@ -218,6 +218,22 @@ async fn send(client: &mut Raw<common::Tcp>, conversation: u64, cmid: &str) -> p
     .await
 }
 
+/// The next presence event of `user` with `want` that `watcher` gets.
+async fn presence_of(
+    watcher: &mut Raw<common::Tcp>,
+    user: u64,
+    want: pb::PresenceStatus,
+) -> pb::PresenceEvent {
+    loop {
+        let f = watcher.read_frame().await.expect("connected");
+        if let Some(S::PresenceEvent(e)) = f.body {
+            if e.user_id == user && e.status == want as i32 {
+                return e;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_nodes_in_order_once_and_history_agrees() {
     let nats = Nats::start();
@@ -299,6 +315,23 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
     }
     assert_eq!(pages[0], pages[1]);
     assert_eq!(pages[1], pages[2]);
+
+    // Presence crosses nodes: Bob on node 2 watches Carol on node 3.
+    let S::Done(_) = bob
+        .request(pb::client_frame::Body::SubscribePresence(
+            pb::SubscribePresence {
+                user_ids: vec![carol.user_id],
+            },
+        ))
+        .await
+    else {
+        panic!("subscribe");
+    };
+    let carol_id = carol.user_id;
+    presence_of(&mut bob, carol_id, pb::PresenceStatus::Online).await;
+    drop(carol);
+    let gone = presence_of(&mut bob, carol_id, pb::PresenceStatus::Offline).await;
+    assert!(gone.last_seen_ms > 0, "{gone:?}");
 
     // The same username registered at the same moment on two nodes: one
     // account, the other told the name is taken.

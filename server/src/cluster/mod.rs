@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use chat_protocol::{ConversationId, ErrorCode};
+use chat_protocol::{ConversationId, ErrorCode, pb};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -88,6 +88,9 @@ struct Pending {
     owner: u16,
     deadline: tokio::time::Instant,
 }
+
+/// Users per presence announcement message.
+const PRESENCE_PER_MESSAGE: usize = 1000;
 
 /// Times a node tries to take or read a partition's lease before it
 /// answers SERVER_BUSY.
@@ -780,6 +783,61 @@ impl Link {
         });
     }
 
+    /// Announces users' states on this node (status, last seen) to the
+    /// other nodes, each to hold for `ttl_ms` unless announced again.
+    pub fn publish_presence(&self, states: &[(u64, pb::PresenceStatus, u64)], ttl_ms: u64) {
+        use bytes::BufMut;
+        for chunk in states.chunks(PRESENCE_PER_MESSAGE) {
+            let mut payload = bytes::BytesMut::with_capacity(10 + chunk.len() * 20);
+            payload.put_u16_le(self.node);
+            payload.put_u64_le(ttl_ms);
+            for &(user, status, last_seen) in chunk {
+                payload.put_u64_le(user);
+                payload.put_i32_le(status as i32);
+                payload.put_u64_le(last_seen);
+            }
+            let client = self.client.clone();
+            let subject = format!("{}.presence", self.stream);
+            let payload = payload.freeze();
+            self.rt.spawn(async move {
+                let _ = client.publish(subject, payload).await;
+            });
+        }
+    }
+
+    /// Hands other nodes' presence announcements to the shards keeping
+    /// those users' presence.
+    async fn relay_presence(self: Arc<Self>, mut sub: async_nats::Subscriber) {
+        use bytes::Buf;
+        while let Some(msg) = sub.next().await {
+            let mut payload = msg.payload;
+            if payload.remaining() < 10 {
+                continue;
+            }
+            let node = payload.get_u16_le();
+            let ttl_ms = payload.get_u64_le();
+            let Some(shards) = self.shards.get().filter(|_| node != self.node) else {
+                continue;
+            };
+            let src = link_source(shards.place.nr_shards());
+            while payload.remaining() >= 20 {
+                let user = payload.get_u64_le();
+                let status = pb::PresenceStatus::try_from(payload.get_i32_le())
+                    .unwrap_or(pb::PresenceStatus::Offline);
+                let last_seen_ms = payload.get_u64_le();
+                let op = crate::presence::PresenceOp::Remote {
+                    user,
+                    node,
+                    status,
+                    last_seen_ms,
+                    ttl_ms,
+                };
+                let dst = shards.place.presence_of(chat_protocol::UserId(user));
+                shards.mesh.send(src, dst, ShardMsg::Presence(op)).await;
+            }
+        }
+    }
+
     /// Closes `user`'s sessions on the other nodes with `frame` (logout
     /// everywhere, a password change: the user's tokens are revoked in the
     /// stream already).
@@ -1164,6 +1222,11 @@ async fn connect(
         .await
         .map_err(|e| link_error("subscribing to session ends")(e.to_string()))?;
     tokio::spawn(link.clone().relay_end_user(ends));
+    let presence = client
+        .subscribe(format!("{}.presence", c.stream))
+        .await
+        .map_err(|e| link_error("subscribing to presence")(e.to_string()))?;
+    tokio::spawn(link.clone().relay_presence(presence));
     tracing::info!(
         node = c.node_id,
         applied,

@@ -123,11 +123,32 @@ impl Shard {
     }
 
     /// Publishes coalesced changes every [`PRESENCE_COALESCE`].
+    /// In cluster mode it also announces this node's changes to the other
+    /// nodes, announces every user online here again each heartbeat
+    /// interval, and forgets other nodes' announcements older than the
+    /// heartbeat TTL (three intervals).
     pub(crate) async fn presence_loop(self: Rc<Self>) {
         let mut tick = tokio::time::interval(PRESENCE_COALESCE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let interval = u64::from(self.shared.config.heartbeat_interval_ms).max(100);
+        let refresh_every = (interval / PRESENCE_COALESCE.as_millis() as u64).max(1);
+        let ttl_ms = self.shared.config.idle_timeout().as_millis() as u64;
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
+            ticks += 1;
+            if let Some(link) = self.shared.writer.cluster() {
+                let mut table = self.presence.borrow_mut();
+                let mut states = table.take_announcements();
+                if ticks % refresh_every == 0 {
+                    states.extend(table.online_here());
+                    table.expire_remote(self.shared.config.clock.now_ms());
+                }
+                drop(table);
+                if !states.is_empty() {
+                    link.publish_presence(&states, ttl_ms);
+                }
+            }
             let changes = self.presence.borrow_mut().take_changes();
             for (dst, events) in changes {
                 self.publish_presence(dst, events).await;
