@@ -559,6 +559,15 @@ const LOAD: usize = 300;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owner_under_load_loses_and_duplicates_nothing() {
     let mut scene = Scene::start().await;
+    // Bob's second device, an app on the client library, on the node that
+    // will die.
+    let (app, mut app_events) = chat_client::Client::connect(
+        &format!("tcp://{}", scene.nodes[0].addr),
+        chat_client::ClientOptions::default(),
+    )
+    .await
+    .expect("the app connects");
+    app.login("bob", "password123").await.expect("app login");
     let (midway, killed) = oneshot::channel();
     let carol = std::mem::replace(&mut scene.carol, Raw::connect(scene.nodes[2].addr).await);
     let group = scene.group;
@@ -584,29 +593,56 @@ async fn killing_the_owner_under_load_loses_and_duplicates_nothing() {
         assert_dense_and_complete(&history, &acked);
     }
 
-    // Alice, whose node died, resumes on node 2 and gets exactly the gap.
-    let mut seen = 0;
-    while let Ok(Some(f)) =
-        tokio::time::timeout(Duration::from_millis(200), scene.alice.read_frame()).await
-    {
-        if let Some(S::MessagePush(p)) = f.body {
-            seen = seen.max(p.message.map_or(0, |m| m.seq));
+    // Bob's app, whose node died, resumes on node 2 from the cursors it
+    // kept and receives exactly the gap.
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), app_events.next()).await
+    {}
+    let token = app.session_token().expect("token");
+    let saved = app.cursors().await;
+    let had = saved
+        .iter()
+        .find(|c| c.conversation_id == scene.group)
+        .map_or(0, |c| c.seq);
+    assert!(
+        had < total as u64,
+        "the app missed the end while its node was gone"
+    );
+    app.close().await;
+    drop(app_events);
+    let (app, mut app_events) = chat_client::Client::connect(
+        &format!("tcp://{}", scene.nodes[1].addr),
+        chat_client::ClientOptions::default(),
+    )
+    .await
+    .expect("the app connects to another node");
+    for c in saved {
+        app.set_cursor(chat_client::ConversationId(c.conversation_id), c.seq)
+            .await;
+    }
+    app.resume(&token).await.expect("resume on another node");
+    let mut gap = Vec::new();
+    while gap.len() < total - had as usize {
+        let event = tokio::time::timeout(Duration::from_secs(20), app_events.next())
+            .await
+            .expect("the gap arrives")
+            .expect("events open");
+        if let chat_client::Event::Message(m) = event {
+            if m.conversation_id == scene.group {
+                gap.push(m.seq);
+            }
         }
     }
-    let mut alice = Raw::login(scene.nodes[1].addr, "alice").await;
-    let S::MessagePage(gap) = alice
-        .request(pb::client_frame::Body::GetHistory(pb::GetHistory {
-            conversation_id: scene.group,
-            before_seq: 0,
-            after_seq: Some(seen),
-            limit: 500,
-        }))
-        .await
-    else {
-        panic!("history");
-    };
-    let gap: Vec<u64> = gap.messages.iter().map(|m| m.seq).collect();
-    assert_eq!(gap, (seen + 1..=total as u64).collect::<Vec<_>>());
+    assert_eq!(gap, (had + 1..=total as u64).collect::<Vec<_>>());
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(300), app_events.next()).await
+    {
+        assert!(
+            !matches!(event, chat_client::Event::Message(_)),
+            "{event:?}"
+        );
+    }
+    app.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
