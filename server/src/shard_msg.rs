@@ -16,6 +16,9 @@ use crate::owner::OwnerRequest;
 pub enum ShardMsg {
     /// A conversation operation for the owner shard.
     Request(Box<OwnerRequest>),
+    /// Cluster mode: one the cluster link routed to this node's owner
+    /// shard ([`crate::cluster::Link::routed`] once taken).
+    Routed(Box<OwnerRequest>),
     /// The owner's reply to a session's request.
     Reply {
         /// Session on the receiving shard.

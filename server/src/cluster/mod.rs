@@ -137,6 +137,9 @@ pub struct Link {
     replies: Mutex<hashbrown::HashMap<u64, async_nats::Subject>>,
     /// Requests waiting to be forwarded, in order.
     forwards: mpsc::Sender<OwnerRequest>,
+    /// Per partition, requests handed to the link and not yet forwarded or
+    /// taken by this node's owner shard ([`Link::direct`]).
+    routing: Box<[std::sync::atomic::AtomicU32]>,
     /// Requests forwarded to other nodes and not yet answered, by token.
     pending: Mutex<hashbrown::HashMap<u64, Pending>>,
     /// Subject prefix of this node's replies (`<inbox>.<token>`).
@@ -584,10 +587,13 @@ impl Link {
     /// the order sent); beyond [`FORWARD_QUEUE`] waiting, a request is
     /// answered SERVER_BUSY at once.
     pub fn forward(&self, req: OwnerRequest) {
+        let partition = self.partition_of(req.conversation());
+        self.count_routing(partition, 1);
         if let Err(e) = self.forwards.try_send(req) {
             let req = match e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
+            self.count_routing(partition, -1);
             let origin = req.origin;
             let link = self.shards.get().map(|s| (s.mesh.clone(), s.place));
             if let Some((mesh, place)) = link {
@@ -614,6 +620,43 @@ impl Link {
     }
 
     async fn route(&self, req: OwnerRequest) {
+        let partition = self.partition_of(req.conversation());
+        // Handed to this node's owner shard: counted off there, once the
+        // shard has taken it ([`Link::routed`]).
+        if !self.route_one(req).await {
+            self.count_routing(partition, -1);
+        }
+    }
+
+    /// Whether a request for `partition` may go straight to this node's
+    /// owner shard: the node owns the partition and none of the
+    /// partition's requests is still on its way through the link (a later
+    /// request going straight there would overtake it).
+    pub fn direct(&self, partition: u32) -> bool {
+        self.owns(partition)
+            && self
+                .routing
+                .get(partition as usize)
+                .is_some_and(|r| r.load(Ordering::Acquire) == 0)
+    }
+
+    /// The owner shard took a request the link routed to it.
+    pub fn routed(&self, conversation: ConversationId) {
+        self.count_routing(self.partition_of(conversation), -1);
+    }
+
+    fn count_routing(&self, partition: u32, delta: i32) {
+        if let Some(r) = self.routing.get(partition as usize) {
+            if delta > 0 {
+                r.fetch_add(1, Ordering::AcqRel);
+            } else {
+                let _ = r.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            }
+        }
+    }
+
+    /// Routes one request; whether it went to this node's owner shard.
+    async fn route_one(&self, req: OwnerRequest) -> bool {
         let origin = req.origin;
         let partition = self.partition_of(req.conversation());
         let owner = match self.resolve(partition).await {
@@ -625,19 +668,20 @@ impl Link {
                     Some(busy(origin.request_id, "no owner for the conversation yet")),
                 )
                 .await;
-                return;
+                return false;
             }
         };
         if owner == self.node {
-            if let Some(shards) = self.shards.get() {
-                let dst = shards.place.owner_of(req.conversation());
-                let src = link_source(shards.place.nr_shards());
-                shards
-                    .mesh
-                    .send(src, dst, ShardMsg::Request(Box::new(req)))
-                    .await;
-            }
-            return;
+            let Some(shards) = self.shards.get() else {
+                return false;
+            };
+            let dst = shards.place.owner_of(req.conversation());
+            let src = link_source(shards.place.nr_shards());
+            shards
+                .mesh
+                .send(src, dst, ShardMsg::Routed(Box::new(req)))
+                .await;
+            return true;
         }
         let payload = wire::encode_request(&req, self.applied());
         drop(req);
@@ -669,6 +713,7 @@ impl Link {
                 .await;
             }
         }
+        false
     }
 
     /// Hands the owners' replies to the sessions that asked.
@@ -1184,6 +1229,9 @@ async fn connect(
         taking: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
         replies: Mutex::new(hashbrown::HashMap::new()),
         forwards,
+        routing: (0..n)
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect(),
         pending: Mutex::new(hashbrown::HashMap::new()),
         inbox: inbox.clone(),
         next_token: AtomicU64::new(1),

@@ -468,7 +468,7 @@ impl Shard {
     /// mode).
     fn to_other_node(&self, req: OwnerRequest) -> Option<OwnerRequest> {
         match self.shared.writer.cluster() {
-            Some(link) if !link.owns(link.partition_of(req.conversation())) => {
+            Some(link) if !link.direct(link.partition_of(req.conversation())) => {
                 link.forward(req);
                 None
             }
@@ -495,6 +495,13 @@ impl Shard {
     fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Request(req) => self.enqueue_owned(*req),
+            ShardMsg::Routed(req) => {
+                let conversation = req.conversation();
+                self.enqueue_owned(*req);
+                if let Some(link) = self.shared.writer.cluster() {
+                    link.routed(conversation);
+                }
+            }
             ShardMsg::Reply { session, frame } => self.sessions.borrow().answer(session, frame),
             ShardMsg::Deliver {
                 users,
