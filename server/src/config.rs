@@ -571,7 +571,7 @@ pub const REFERENCE: &[Key] = &[
     Key {
         key: "cluster.partitions",
         default: "64",
-        meaning: "conversation partitions, each sequenced by one owner node at a time; the same on every node, fixed once the stream exists",
+        meaning: "conversation partitions, each sequenced by one owner node at a time; fixed when the stream is made (a node configured otherwise is refused at start)",
     },
     Key {
         key: "cluster.lease_ms",

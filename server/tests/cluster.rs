@@ -398,6 +398,20 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
         .await;
     let () = closed;
 
+    // A node configured with other partitions than the stream's is
+    // refused at start, naming the setting.
+    let urls = nats.urls.clone();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = Config::for_tests(dir.path());
+    config.cluster.nats_urls = urls;
+    config.cluster.node_id = 4;
+    config.cluster.partitions = 128;
+    let refused = chatd::ServerHandle::start(config).expect_err("other partitions refused");
+    assert!(
+        refused.to_string().contains("cluster.partitions"),
+        "{refused}"
+    );
+
     for n in [n1, n2, n3] {
         n.stop().await;
     }

@@ -89,6 +89,9 @@ struct Pending {
     deadline: tokio::time::Instant,
 }
 
+/// The stream's metadata key recording its number of partitions.
+const PARTITIONS_KEY: &str = "chatd_partitions";
+
 /// Users per presence announcement message.
 const PRESENCE_PER_MESSAGE: usize = 1000;
 
@@ -1170,6 +1173,7 @@ async fn connect(
         storage: stream::StorageType::File,
         num_replicas: c.replicas.max(1),
         allow_direct: true,
+        metadata: [(PARTITIONS_KEY.to_owned(), c.partitions.to_string())].into(),
         ..Default::default()
     };
     // The JetStream cluster may still be electing its leader.
@@ -1183,6 +1187,20 @@ async fn connect(
             Err(e) => return Err(link_error("creating the stream")(e.to_string())),
         }
     };
+    // Every node must split conversations the same way, or two nodes
+    // would sequence one conversation under different partitions.
+    let fixed = stream
+        .cached_info()
+        .config
+        .metadata
+        .get(PARTITIONS_KEY)
+        .cloned();
+    if let Some(fixed) = fixed.filter(|f| *f != c.partitions.to_string()) {
+        return Err(LinkError(format!(
+            "cluster.partitions is {} here but the stream {} was made with {fixed}: every node must use the stream's",
+            c.partitions, c.stream
+        )));
+    }
     let lease = Duration::from_millis(c.lease_ms.max(300));
     let bucket = format!("{}_leases", c.stream);
     let leases = loop {
