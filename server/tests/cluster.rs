@@ -443,6 +443,13 @@ struct Scene {
 }
 
 impl Scene {
+    /// Carol's session, for a sender running beside the scene; a fresh
+    /// unauthenticated connection takes its place.
+    async fn take_carol(&mut self) -> Raw<common::Tcp> {
+        let spare = Raw::connect(self.nodes[2].addr).await;
+        std::mem::replace(&mut self.carol, spare)
+    }
+
     async fn start() -> Self {
         let nats = Nats::start();
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
@@ -556,6 +563,20 @@ fn assert_dense_and_complete(history: &[(u64, String)], acked: &BTreeMap<String,
     }
 }
 
+/// Every node in `nodes` holds the whole history of `group` (`total`
+/// messages), dense and with every acknowledged message at its seq.
+async fn assert_every_node_agrees(
+    nodes: &[Chatd],
+    group: u64,
+    total: usize,
+    acked: &BTreeMap<String, u64>,
+) {
+    for node in nodes {
+        let history = history_at(node.addr, group, total).await;
+        assert_dense_and_complete(&history, acked);
+    }
+}
+
 /// Bob's live pushes of `group` until he has `count`: must be 1, 2, 3, …
 async fn live_seqs(bob: &mut Raw<common::Tcp>, group: u64, count: usize) -> Vec<u64> {
     let mut seqs = Vec::new();
@@ -583,7 +604,7 @@ async fn killing_the_owner_under_load_loses_and_duplicates_nothing() {
     .expect("the app connects");
     app.login("bob", "password123").await.expect("app login");
     let (midway, killed) = oneshot::channel();
-    let carol = std::mem::replace(&mut scene.carol, Raw::connect(scene.nodes[2].addr).await);
+    let carol = scene.take_carol().await;
     let group = scene.group;
     let nodes = &mut scene.nodes;
     let ((_, acked, longest), ()) =
@@ -663,7 +684,7 @@ async fn killing_the_owner_under_load_loses_and_duplicates_nothing() {
 async fn killing_the_stream_leader_under_load_loses_and_duplicates_nothing() {
     let mut scene = Scene::start().await;
     let (midway, killed) = oneshot::channel();
-    let carol = std::mem::replace(&mut scene.carol, Raw::connect(scene.nodes[2].addr).await);
+    let carol = scene.take_carol().await;
     let group = scene.group;
     let nats = &mut scene.nats;
     let ((_, acked, longest), ()) =
@@ -681,10 +702,7 @@ async fn killing_the_stream_leader_under_load_loses_and_duplicates_nothing() {
         (1..=total as u64).collect::<Vec<_>>(),
         "Bob: in order, once"
     );
-    for node in &scene.nodes {
-        let history = history_at(node.addr, scene.group, total).await;
-        assert_dense_and_complete(&history, &acked);
-    }
+    assert_every_node_agrees(&scene.nodes, scene.group, total, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,7 +723,7 @@ async fn a_paused_owner_loses_its_lease_and_its_late_writes_are_refused() {
     // Carol's sends on node 3 wait for the lease to expire, then node 3
     // takes the partition over.
     let (midway, _) = oneshot::channel();
-    let carol = std::mem::replace(&mut scene.carol, Raw::connect(scene.nodes[2].addr).await);
+    let carol = scene.take_carol().await;
     let (_, mut acked, longest) = load(carol, scene.group, "c", 50, 0, midway).await;
     eprintln!("sends during the owner's pause: longest {longest:?}");
     scene.nodes[0].resume();
@@ -731,17 +749,14 @@ async fn a_paused_owner_loses_its_lease_and_its_late_writes_are_refused() {
         acked.insert(a.client_msg_id.clone(), a.seq);
     }
     let total = acked.len() + 1;
-    for node in &scene.nodes {
-        let history = history_at(node.addr, scene.group, total).await;
-        assert_dense_and_complete(&history, &acked);
-    }
+    assert_every_node_agrees(&scene.nodes, scene.group, total, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_every_process_and_starting_again_keeps_every_acknowledged_message() {
     let mut scene = Scene::start().await;
     let (midway, _) = oneshot::channel();
-    let carol = std::mem::replace(&mut scene.carol, Raw::connect(scene.nodes[2].addr).await);
+    let carol = scene.take_carol().await;
     let (_, acked, _) = load(carol, scene.group, "c", 100, 0, midway).await;
     for node in &mut scene.nodes {
         node.kill();
@@ -759,10 +774,7 @@ async fn stopping_every_process_and_starting_again_keeps_every_acknowledged_mess
         node.wait_listening().await;
     }
     let total = acked.len() + 1;
-    for node in &scene.nodes {
-        let history = history_at(node.addr, scene.group, total).await;
-        assert_dense_and_complete(&history, &acked);
-    }
+    assert_every_node_agrees(&scene.nodes, scene.group, total, &acked).await;
     // And the cluster goes on writing.
     let mut carol = Raw::login(scene.nodes[2].addr, "carol").await;
     let a = send(&mut carol, scene.group, "again").await;

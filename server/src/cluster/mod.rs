@@ -46,14 +46,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use chat_protocol::{ConversationId, ErrorCode, pb};
+use chat_protocol::{ConversationId, ErrorCode};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::mesh::{Mesh, ShardId, link_source};
+use crate::mesh::{Mesh, link_source};
 use crate::owner::{Origin, OwnerRequest};
 use crate::placement::Placement;
 use crate::shard_msg::ShardMsg;
@@ -91,6 +91,12 @@ struct Pending {
 
 /// The stream's metadata key recording its number of partitions.
 const PARTITIONS_KEY: &str = "chatd_partitions";
+
+/// Core NATS topics (`<stream>.<topic>`): typing pushes, session ends,
+/// presence announcements.
+const EPHEMERAL: &str = "eph";
+const END_USER: &str = "end";
+const PRESENCE: &str = "presence";
 
 /// Users per presence announcement message.
 const PRESENCE_PER_MESSAGE: usize = 1000;
@@ -815,64 +821,54 @@ impl Link {
         let Some(reply) = self.replies.lock().remove(&origin.session) else {
             return;
         };
-        let client = self.client.clone();
-        self.rt.spawn(async move {
-            let _ = client.publish(reply, frame.unwrap_or_default()).await;
-        });
+        self.notify(reply, frame.unwrap_or_default());
     }
 
-    /// Publishes a typing push for the other nodes' sessions.
-    pub fn publish_ephemeral(&self, users: Arc<[u64]>, frame: Bytes) {
-        let payload = wire::encode_ephemeral(self.node, &(users, frame));
+    /// Publishes `payload` on core NATS (no acknowledgement), from the
+    /// link's runtime.
+    fn notify(
+        &self,
+        subject: impl async_nats::subject::ToSubject + Send + 'static,
+        payload: Bytes,
+    ) {
         let client = self.client.clone();
-        let subject = format!("{}.eph", self.stream);
         self.rt.spawn(async move {
             let _ = client.publish(subject, payload).await;
         });
     }
 
+    /// The subject of this cluster's `topic` on core NATS.
+    fn topic(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.stream)
+    }
+
+    /// Publishes a typing push for the other nodes' sessions.
+    pub fn publish_ephemeral(&self, users: Arc<[u64]>, frame: Bytes) {
+        let payload = wire::encode_ephemeral(self.node, &(users, frame));
+        self.notify(self.topic(EPHEMERAL), payload);
+    }
+
     /// Announces users' states on this node (status, last seen) to the
     /// other nodes, each to hold for `ttl_ms` unless announced again.
-    pub fn publish_presence(&self, states: &[(u64, pb::PresenceStatus, u64)], ttl_ms: u64) {
-        use bytes::BufMut;
+    pub fn publish_presence(&self, states: &[wire::NodePresence], ttl_ms: u64) {
         for chunk in states.chunks(PRESENCE_PER_MESSAGE) {
-            let mut payload = bytes::BytesMut::with_capacity(10 + chunk.len() * 20);
-            payload.put_u16_le(self.node);
-            payload.put_u64_le(ttl_ms);
-            for &(user, status, last_seen) in chunk {
-                payload.put_u64_le(user);
-                payload.put_i32_le(status as i32);
-                payload.put_u64_le(last_seen);
-            }
-            let client = self.client.clone();
-            let subject = format!("{}.presence", self.stream);
-            let payload = payload.freeze();
-            self.rt.spawn(async move {
-                let _ = client.publish(subject, payload).await;
-            });
+            let payload = wire::encode_presence(self.node, ttl_ms, chunk);
+            self.notify(self.topic(PRESENCE), payload);
         }
     }
 
     /// Hands other nodes' presence announcements to the shards keeping
     /// those users' presence.
     async fn relay_presence(self: Arc<Self>, mut sub: async_nats::Subscriber) {
-        use bytes::Buf;
         while let Some(msg) = sub.next().await {
-            let mut payload = msg.payload;
-            if payload.remaining() < 10 {
+            let Some((node, ttl_ms, states)) = wire::decode_presence(msg.payload) else {
                 continue;
-            }
-            let node = payload.get_u16_le();
-            let ttl_ms = payload.get_u64_le();
+            };
             let Some(shards) = self.shards.get().filter(|_| node != self.node) else {
                 continue;
             };
             let src = link_source(shards.place.nr_shards());
-            while payload.remaining() >= 20 {
-                let user = payload.get_u64_le();
-                let status = pb::PresenceStatus::try_from(payload.get_i32_le())
-                    .unwrap_or(pb::PresenceStatus::Offline);
-                let last_seen_ms = payload.get_u64_le();
+            for (user, status, last_seen_ms) in states {
                 let op = crate::presence::PresenceOp::Remote {
                     user,
                     node,
@@ -890,38 +886,24 @@ impl Link {
     /// everywhere, a password change: the user's tokens are revoked in the
     /// stream already).
     pub fn publish_end_user(&self, user: u64, frame: Bytes) {
-        let mut payload = bytes::BytesMut::with_capacity(10 + frame.len());
-        bytes::BufMut::put_u16_le(&mut payload, self.node);
-        bytes::BufMut::put_u64_le(&mut payload, user);
-        bytes::BufMut::put_slice(&mut payload, &frame);
-        let client = self.client.clone();
-        let subject = format!("{}.end", self.stream);
-        self.rt.spawn(async move {
-            let _ = client.publish(subject, payload.freeze()).await;
-        });
+        let payload = wire::encode_end_user(self.node, user, &frame);
+        self.notify(self.topic(END_USER), payload);
     }
 
     /// Closes the sessions other nodes ask this one to close.
     async fn relay_end_user(self: Arc<Self>, mut sub: async_nats::Subscriber) {
-        use bytes::Buf;
         while let Some(msg) = sub.next().await {
-            let mut payload = msg.payload;
-            if payload.remaining() < 10 {
+            let Some((origin, user, frame)) = wire::decode_end_user(msg.payload) else {
                 continue;
-            }
-            let origin = payload.get_u16_le();
-            let user = payload.get_u64_le();
-            if origin == self.node {
-                continue;
-            }
-            let Some(shards) = self.shards.get() else {
+            };
+            let Some(shards) = self.shards.get().filter(|_| origin != self.node) else {
                 continue;
             };
             let nr_shards = shards.place.nr_shards();
             for dst in 0..nr_shards {
                 let msg = ShardMsg::EndUser {
                     user,
-                    frame: payload.clone(),
+                    frame: frame.clone(),
                 };
                 shards.mesh.send(link_source(nr_shards), dst, msg).await;
             }
@@ -1138,6 +1120,16 @@ pub fn partition_of(conversation: ConversationId, partitions: u32) -> u32 {
     (h % u64::from(partitions.max(1))) as u32
 }
 
+async fn subscribe(
+    client: &async_nats::Client,
+    subject: String,
+) -> std::result::Result<async_nats::Subscriber, LinkError> {
+    client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| LinkError(format!("subscribing to {subject}: {e}")))
+}
+
 async fn connect(
     config: Config,
     rt: tokio::runtime::Handle,
@@ -1266,32 +1258,17 @@ async fn connect(
     tokio::spawn(consume(link.clone(), stream, writer, applied, applied_tx));
     tokio::spawn(link.clone().watch_leases());
     tokio::spawn(link.clone().renew_leases());
-    let requests = client
-        .subscribe(format!("{}.node.{}", c.stream, c.node_id))
-        .await
-        .map_err(|e| link_error("subscribing to forwarded requests")(e.to_string()))?;
+    let requests = subscribe(&client, format!("{}.node.{}", c.stream, c.node_id)).await?;
     tokio::spawn(link.clone().serve(requests));
-    let replies = client
-        .subscribe(format!("{inbox}.*"))
-        .await
-        .map_err(|e| link_error("subscribing to replies")(e.to_string()))?;
+    let replies = subscribe(&client, format!("{inbox}.*")).await?;
     tokio::spawn(link.clone().collect_replies(replies));
     tokio::spawn(link.clone().forward_loop(forward_queue));
     tokio::spawn(link.clone().expire_forwards());
-    let eph = client
-        .subscribe(format!("{}.eph", c.stream))
-        .await
-        .map_err(|e| link_error("subscribing to typing")(e.to_string()))?;
-    tokio::spawn(link.clone().relay_ephemeral(eph));
-    let ends = client
-        .subscribe(format!("{}.end", c.stream))
-        .await
-        .map_err(|e| link_error("subscribing to session ends")(e.to_string()))?;
+    let typing = subscribe(&client, link.topic(EPHEMERAL)).await?;
+    tokio::spawn(link.clone().relay_ephemeral(typing));
+    let ends = subscribe(&client, link.topic(END_USER)).await?;
     tokio::spawn(link.clone().relay_end_user(ends));
-    let presence = client
-        .subscribe(format!("{}.presence", c.stream))
-        .await
-        .map_err(|e| link_error("subscribing to presence")(e.to_string()))?;
+    let presence = subscribe(&client, link.topic(PRESENCE)).await?;
     tokio::spawn(link.clone().relay_presence(presence));
     tracing::info!(
         node = c.node_id,
@@ -1419,14 +1396,4 @@ async fn consume(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// An error code for a failed cluster write, as the client sees it.
-pub fn refusal_code(e: &StorageError) -> Option<ErrorCode> {
-    matches!(e, StorageError::Moved | StorageError::Cluster(_)).then_some(ErrorCode::ServerBusy)
-}
-
-/// The shard a request's reply goes to: `ShardId` of the link's source.
-pub fn link_shard(place: &Placement) -> ShardId {
-    link_source(place.nr_shards())
 }

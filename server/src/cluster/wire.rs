@@ -13,7 +13,8 @@
 //! | each push: recipients `n`, `n` user ids, frame length, frame | 4 + 8n + 4 + len |
 //! | the writes, in the commit log's record format (`storage::log`) | rest |
 //!
-//! A typing push on core NATS is the same without the writes. Forwarded
+//! A typing push on core NATS is the same without the writes; presence
+//! announcements and session ends have their own layouts (below). Forwarded
 //! requests are protobuf ([`Forward`]); their replies are the encoded
 //! `ServerFrame`, or empty for a request that gets no answer.
 
@@ -137,6 +138,63 @@ pub fn decode_ephemeral(mut buf: Bytes) -> Result<(u16, Vec<Push>)> {
     }
     let origin = buf.get_u16_le();
     Ok((origin, take_pushes(&mut buf)?))
+}
+
+/// A user's state on the announcing node: user, status there, last seen.
+pub type NodePresence = (u64, pb::PresenceStatus, u64);
+
+/// Bytes of one [`NodePresence`] in an announcement.
+const PRESENCE_ENTRY: usize = 20;
+
+/// A presence announcement: node, how long it holds (ms), then each
+/// user, status and last seen.
+pub fn encode_presence(node: u16, ttl_ms: u64, states: &[NodePresence]) -> Bytes {
+    let mut out = BytesMut::with_capacity(10 + states.len() * PRESENCE_ENTRY);
+    out.put_u16_le(node);
+    out.put_u64_le(ttl_ms);
+    for &(user, status, last_seen) in states {
+        out.put_u64_le(user);
+        out.put_i32_le(status as i32);
+        out.put_u64_le(last_seen);
+    }
+    out.freeze()
+}
+
+/// The node, hold time and states of a presence announcement.
+pub fn decode_presence(mut buf: Bytes) -> Option<(u16, u64, Vec<NodePresence>)> {
+    if buf.remaining() < 10 {
+        return None;
+    }
+    let node = buf.get_u16_le();
+    let ttl_ms = buf.get_u64_le();
+    let mut states = Vec::with_capacity(buf.remaining() / PRESENCE_ENTRY);
+    while buf.remaining() >= PRESENCE_ENTRY {
+        let user = buf.get_u64_le();
+        let status =
+            pb::PresenceStatus::try_from(buf.get_i32_le()).unwrap_or(pb::PresenceStatus::Offline);
+        states.push((user, status, buf.get_u64_le()));
+    }
+    Some((node, ttl_ms, states))
+}
+
+/// A request to close a user's sessions on the other nodes: origin node,
+/// user, then the frame to send before closing.
+pub fn encode_end_user(origin: u16, user: u64, frame: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(10 + frame.len());
+    out.put_u16_le(origin);
+    out.put_u64_le(user);
+    out.put_slice(frame);
+    out.freeze()
+}
+
+/// The origin node, user and frame of a session-end request.
+pub fn decode_end_user(mut buf: Bytes) -> Option<(u16, u64, Bytes)> {
+    if buf.remaining() < 10 {
+        return None;
+    }
+    let origin = buf.get_u16_le();
+    let user = buf.get_u64_le();
+    Some((origin, user, buf))
 }
 
 /// A conversation request forwarded to its owner node.
@@ -332,6 +390,21 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         assert!(decode_record(Bytes::from(flipped)).is_err());
+    }
+
+    #[test]
+    fn announcements_round_trip() {
+        let states = [
+            (7, pb::PresenceStatus::Busy, 0),
+            (8, pb::PresenceStatus::Offline, 99),
+        ];
+        let (node, ttl, back) =
+            decode_presence(encode_presence(3, 45_000, &states)).expect("decodes");
+        assert_eq!((node, ttl, back.as_slice()), (3, 45_000, &states[..]));
+        let (origin, user, frame) =
+            decode_end_user(encode_end_user(2, 9, b"bye")).expect("decodes");
+        assert_eq!((origin, user, &frame[..]), (2, 9, &b"bye"[..]));
+        assert!(decode_presence(Bytes::from_static(b"short")).is_none());
     }
 
     #[test]
