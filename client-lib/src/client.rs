@@ -509,6 +509,27 @@ impl Client {
         Ok(())
     }
 
+    /// Replaces the text of one of the user's own messages. The message keeps
+    /// its seq (an edit is not a new message: no unread count moves, no push
+    /// notification); every member's sessions get [`Event::MessageEdited`]
+    /// with the message as stored now, `edited_at_ms` set.
+    ///
+    /// [`Event::MessageEdited`]: crate::Event::MessageEdited
+    pub async fn edit_message(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        text: &str,
+    ) -> Result<()> {
+        self.call(C::EditMessage(pb::EditMessage {
+            conversation_id: conversation.0,
+            seq,
+            text: text.into(),
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Sends a text message; see [`Client::send`].
     pub async fn send_text(&self, conversation: ConversationId, text: &str) -> Result<pb::SendAck> {
         self.send(pb::SendMessage {

@@ -208,6 +208,11 @@ impl Inner {
                         self.deliver(vec![m]).await;
                     }
                 }
+                S::MessageEdited(e) => {
+                    if let Some(m) = e.message {
+                        self.events.send(Event::MessageEdited(m)).await;
+                    }
+                }
                 S::ReceiptEvent(r) => {
                     self.events.send(Event::Receipt(r)).await;
                 }

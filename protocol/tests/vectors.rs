@@ -135,6 +135,18 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             ),
         ),
         (
+            "client_edit_message",
+            "Edit the text of seq 3 of conversation 9",
+            client(
+                32,
+                C::EditMessage(EditMessage {
+                    conversation_id: 9,
+                    seq: 3,
+                    text: "hi!".into(),
+                }),
+            ),
+        ),
+        (
             "client_change_password",
             "Change the password",
             client(
@@ -657,6 +669,20 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                 0,
                 S::MessagePush(MessagePush {
                     message: Some(text_message(42)),
+                }),
+            ),
+        ),
+        (
+            "server_message_edited",
+            "Message seq 42 edited",
+            server(
+                0,
+                S::MessageEdited(MessageEdited {
+                    message: Some(pb::Message {
+                        text: "hi!".into(),
+                        edited_at_ms: 1_763_800_060_000,
+                        ..text_message(42)
+                    }),
                 }),
             ),
         ),

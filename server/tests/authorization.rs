@@ -21,6 +21,11 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             conversation_id: conv,
             seq: 1,
         }),
+        C::EditMessage(pb::EditMessage {
+            conversation_id: conv,
+            seq: 1,
+            text: "rewritten".into(),
+        }),
         C::GetProfile(pb::GetProfile {
             user_id: target,
             username: String::new(),
@@ -131,6 +136,7 @@ fn conversation_requests(conv: u64, target: u64) -> Vec<C> {
                     | C::GetConversation(_)
                     | C::SendMessage(_)
                     | C::DeleteMessage(_)
+                    | C::EditMessage(_)
                     | C::GetHistory(_)
                     | C::MarkDelivered(_)
                     | C::MarkRead(_)
@@ -250,6 +256,12 @@ async fn members_who_are_not_admins_cannot_manage_the_group() {
         C::TransferOwnership(pb::TransferOwnership {
             conversation_id: g,
             new_owner_id: w.bob.user_id,
+        }),
+        // Alice's "hello team": only its sender edits it.
+        C::EditMessage(pb::EditMessage {
+            conversation_id: g,
+            seq: 1,
+            text: "bob was here".into(),
         }),
     ];
     for body in admin_only {

@@ -316,6 +316,49 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
     assert_eq!(pages[0], pages[1]);
     assert_eq!(pages[1], pages[2]);
 
+    // An edit from node 3 reaches Bob on node 2 live, and every node's
+    // history has the new text at the same seq, with no seq taken.
+    let carols = acked[1];
+    let edit = || {
+        pb::client_frame::Body::EditMessage(pb::EditMessage {
+            conversation_id: group,
+            seq: carols,
+            text: "c0, edited".into(),
+        })
+    };
+    wait_for("the edit to be done", async || {
+        match carol.request(edit()).await {
+            S::Done(_) => Some(()),
+            S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+            other => panic!("edit: {other:?}"),
+        }
+    })
+    .await;
+    let edited = loop {
+        let f = match bob.pushes.pop_front() {
+            Some(f) => f,
+            None => bob.read_frame().await.expect("bob's session stays open"),
+        };
+        if let Some(S::MessageEdited(e)) = f.body {
+            break e.message.expect("the edited message");
+        }
+    };
+    assert_eq!((edited.seq, edited.text.as_str()), (carols, "c0, edited"));
+    for addr in [n1.addr, n2.addr, n3.addr] {
+        let mut reader = Raw::login(addr, "bob").await;
+        wait_for("the edit in this node's history", async || {
+            match reader.history(group, 0, 0, 50).await {
+                S::MessagePage(h) => h
+                    .messages
+                    .iter()
+                    .any(|m| m.seq == carols && m.text == "c0, edited" && m.edited_at_ms > 0)
+                    .then(|| assert_eq!(h.last_seq, 20, "an edit takes no seq")),
+                _ => None,
+            }
+        })
+        .await;
+    }
+
     // Presence crosses nodes: Bob on node 2 watches Carol on node 3.
     let S::Done(_) = bob
         .request(pb::client_frame::Body::SubscribePresence(

@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..30) {
+        match self.rng.random_range(0..31) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -215,6 +215,11 @@ impl Pick<'_> {
             28 => C::DeleteMessage(pb::DeleteMessage {
                 conversation_id: self.id(),
                 seq: self.seq(),
+            }),
+            29 => C::EditMessage(pb::EditMessage {
+                conversation_id: self.id(),
+                seq: self.seq(),
+                text: self.text(),
             }),
             _ => C::Ping(pb::Ping { nonce: self.seq() }),
         }

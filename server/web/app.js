@@ -354,6 +354,9 @@
       case "message_push":
         if (f.message_push.message) onMessage(f.message_push.message, true);
         break;
+      case "message_edited":
+        if (f.message_edited.message) onEdited(f.message_edited.message);
+        break;
       case "receipt_event":
         onReceipt(f.receipt_event);
         break;
@@ -823,6 +826,25 @@
       if (state.openKey === key) renderMessages({ stick: mine });
       saveCursorsSoon();
     }
+  }
+
+  // spec/messages.md, MessageEdited: the message keeps its seq; the copy
+  // with the larger edited_at_ms is the latest. Not a new message: no
+  // cursor, unread count or notification changes.
+  function onEdited(m) {
+    const key = String(m.conversation_id);
+    const c = state.conversations.get(key);
+    if (!c) return;
+    const held = c.messages.get(m.seq);
+    if (held && !held.deleted && (held.edited_at_ms || 0) < m.edited_at_ms) {
+      held.text = m.text;
+      held.edited_at_ms = m.edited_at_ms;
+    }
+    if (c.lastMessage && c.lastMessage.seq === m.seq && !c.lastMessage.deleted) {
+      c.lastMessage = Object.assign({}, c.lastMessage, { text: m.text, edited_at_ms: m.edited_at_ms });
+    }
+    renderList();
+    if (state.openKey === key) renderMessages({});
   }
 
   // Whether a SYSTEM event ends the user's membership (spec/messages.md:
@@ -1363,8 +1385,21 @@
         }
         li.append(el("span", "text", text));
         if (m.timeText === undefined) m.timeText = formatTime(m.sent_at_ms);
-        const meta = el("span", "meta", m.timeText + (mine ? " " + statusText(c, m) : ""));
+        const edited = m.edited_at_ms && !m.deleted ? " (edited)" : "";
+        const meta = el("span", "meta", m.timeText + edited + (mine ? " " + statusText(c, m) : ""));
         li.append(meta);
+        if (mine && !m.deleted && m.text) {
+          const edit = el("button", "edit", "Edit");
+          edit.type = "button";
+          edit.title = "Edit the text";
+          edit.addEventListener("click", () => {
+            const text = window.prompt("Edit message", m.text);
+            if (text === null || text === m.text) return;
+            request("edit_message", { conversation_id: c.id, seq: m.seq, text: text })
+              .catch((e) => toast("Could not edit the message: " + e.message));
+          });
+          li.append(edit);
+        }
         if (mine && !m.deleted) {
           const del = el("button", "delete", "Delete");
           del.type = "button";

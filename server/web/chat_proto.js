@@ -61,6 +61,7 @@
       F(35, "get_receipts", "GetReceipts", BODY),
       F(36, "request_upload", "RequestUpload", BODY),
       F(37, "delete_message", "DeleteMessage", BODY),
+      F(38, "edit_message", "EditMessage", BODY),
       F(40, "typing", "Typing", BODY),
       F(41, "set_presence", "SetPresence", BODY),
       F(42, "subscribe_presence", "SubscribePresence", BODY),
@@ -90,6 +91,7 @@
       F(42, "typing_event", "TypingEvent", BODY),
       F(43, "presence_event", "PresenceEvent", BODY),
       F(44, "conversation_event", "ConversationEvent", BODY),
+      F(45, "message_edited", "MessageEdited", BODY),
       F(50, "ping", "Ping", BODY),
       F(51, "pong", "Pong", BODY),
       F(52, "go_away", "GoAway", BODY),
@@ -237,6 +239,7 @@
       F(11, "reply_to_seq", "uint64"),
       F(12, "system", "SystemEvent"),
       F(13, "deleted", "bool"),
+      F(14, "edited_at_ms", "uint64"),
     ],
     SystemEvent: [
       F(1, "kind", "enum"),
@@ -247,6 +250,12 @@
       F(6, "target_seq", "uint64"),
     ],
     DeleteMessage: [F(1, "conversation_id", "uint64"), F(2, "seq", "uint64")],
+    EditMessage: [
+      F(1, "conversation_id", "uint64"),
+      F(2, "seq", "uint64"),
+      F(3, "text", "string"),
+    ],
+    MessageEdited: [F(1, "message", "Message")],
     MessagePush: [F(1, "message", "Message")],
     GetHistory: [
       F(1, "conversation_id", "uint64"),

@@ -339,6 +339,17 @@ impl ChatClient {
         .await
     }
 
+    /// Replaces the text of one of the user's own messages (same seq; no
+    /// unread count moves). Members get a `MessageEdited` event.
+    pub async fn edit_message(&self, conversation_id: u64, seq: u64, text: String) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(c.edit_message(ConversationId(conversation_id), seq, &text)
+                .await?)
+        })
+        .await
+    }
+
     /// Asks for an upload ticket for an attachment.
     pub async fn request_upload(&self, mime_type: String, size_bytes: u64) -> Result<UploadTicket> {
         let c = self.client.clone();

@@ -23,6 +23,12 @@ pub enum ChatEvent {
         /// The message.
         message: Message,
     },
+    /// A message was edited: the message as stored now, same seq, with its
+    /// latest text and `edited_at_ms`. Replace the copy held for it.
+    MessageEdited {
+        /// The message.
+        message: Message,
+    },
     /// A member's delivered or read cursor moved.
     Receipt {
         /// The receipt.
@@ -72,6 +78,7 @@ impl ChatEvent {
     fn from_event(event: Event) -> Option<Self> {
         Some(match event {
             Event::Message(m) => ChatEvent::Message { message: m.into() },
+            Event::MessageEdited(m) => ChatEvent::MessageEdited { message: m.into() },
             Event::Receipt(r) => ChatEvent::Receipt { receipt: r.into() },
             Event::Typing(t) => ChatEvent::Typing { typing: t.into() },
             Event::Presence(p) => ChatEvent::Presence { presence: p.into() },

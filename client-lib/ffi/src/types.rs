@@ -493,6 +493,8 @@ pub struct Message {
     pub system: Option<SystemEvent>,
     /// Deleted: only the metadata is left.
     pub deleted: bool,
+    /// Unix milliseconds of the latest edit; 0 if never edited.
+    pub edited_at_ms: u64,
 }
 
 impl From<pb::Message> for Message {
@@ -511,6 +513,7 @@ impl From<pb::Message> for Message {
             reply_to_seq: m.reply_to_seq,
             system: m.system.map(Into::into),
             deleted: m.deleted,
+            edited_at_ms: m.edited_at_ms,
         }
     }
 }

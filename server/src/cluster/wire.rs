@@ -217,7 +217,7 @@ pub struct Forward {
     /// What to do.
     #[prost(
         oneof = "ForwardOp",
-        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub op: Option<ForwardOp>,
 }
@@ -249,6 +249,20 @@ pub struct Deletion {
     pub seq: u64,
     /// The message (none: no such seq).
     #[prost(message, optional, tag = "2")]
+    pub target: Option<pb::Message>,
+}
+
+/// An edit, with the message as the origin read it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Edition {
+    /// The message's seq.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The new text.
+    #[prost(string, tag = "2")]
+    pub text: String,
+    /// The message (none: no such seq).
+    #[prost(message, optional, tag = "3")]
     pub target: Option<pb::Message>,
 }
 
@@ -297,6 +311,9 @@ pub enum ForwardOp {
     /// DeleteMessage.
     #[prost(message, tag = "18")]
     Delete(Deletion),
+    /// EditMessage.
+    #[prost(message, tag = "19")]
+    Edit(Edition),
 }
 
 /// `req` for its owner node; `after` as [`Forward::after`].
@@ -322,6 +339,11 @@ pub fn encode_request(req: &OwnerRequest, after: u64) -> Bytes {
         OwnerOp::UnsubscribeChannel => ForwardOp::Unsubscribe(true),
         OwnerOp::DeleteMessage { seq, target } => ForwardOp::Delete(Deletion {
             seq: *seq,
+            target: target.as_deref().cloned(),
+        }),
+        OwnerOp::EditMessage { seq, text, target } => ForwardOp::Edit(Edition {
+            seq: *seq,
+            text: text.clone(),
             target: target.as_deref().cloned(),
         }),
     };
@@ -354,6 +376,11 @@ pub fn decode_request(forward: Forward, origin: Origin) -> Option<OwnerRequest> 
         ForwardOp::Delete(d) => OwnerOp::DeleteMessage {
             seq: d.seq,
             target: d.target.map(Box::new),
+        },
+        ForwardOp::Edit(e) => OwnerOp::EditMessage {
+            seq: e.seq,
+            text: e.text,
+            target: e.target.map(Box::new),
         },
     };
     Some(OwnerRequest::new(
@@ -421,5 +448,17 @@ mod tests {
         let back = decode_request(f, origin).expect("an op");
         assert_eq!(back.user, UserId(5));
         assert!(matches!(back.op, OwnerOp::SetRole(7, 2)));
+
+        let edit = OwnerOp::EditMessage {
+            seq: 3,
+            text: "new".into(),
+            target: None,
+        };
+        let req = OwnerRequest::new(origin, UserId(5), ConversationId(6), edit);
+        let f: Forward = prost::Message::decode(encode_request(&req, 1)).expect("decodes");
+        let back = decode_request(f, origin).expect("an op");
+        assert!(
+            matches!(&back.op, OwnerOp::EditMessage { seq: 3, text, target: None } if text == "new")
+        );
     }
 }

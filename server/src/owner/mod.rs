@@ -20,6 +20,7 @@
 //! so the rules (roles, idempotency, receipts, the delete race) are
 //! deterministic unit tests.
 
+mod edit;
 mod effect;
 mod membership;
 mod receipts;
@@ -132,6 +133,16 @@ pub enum OwnerOp {
     DeleteMessage {
         /// The message's seq.
         seq: u64,
+        /// The stored message.
+        target: Option<Box<pb::Message>>,
+    },
+    /// EditMessage, with the message as the store held it when the request
+    /// was read (none: no such seq).
+    EditMessage {
+        /// The message's seq.
+        seq: u64,
+        /// The new text.
+        text: String,
         /// The stored message.
         target: Option<Box<pb::Message>>,
     },
@@ -411,6 +422,18 @@ impl Owner {
     }
 }
 
+/// `result` answered `Done` once its writes are durable, or refused.
+fn done_or_refused(origin: Origin, result: Result<Pending, Refusal>) -> Pending {
+    match result {
+        Ok(mut pending) => {
+            let done = reply::answer(origin.request_id, Ok(Body::Done(pb::Done {})));
+            pending.effects.push(Effect::Reply(origin, done));
+            pending
+        }
+        Err(r) => refusal_entry(origin, r.code, &r.message),
+    }
+}
+
 pub(crate) fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
     let refusal = reply::error(origin.request_id, code, message);
     Pending::effects(vec![Effect::Reply(origin, refusal)])
@@ -629,14 +652,11 @@ impl Env {
             OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, user),
             OwnerOp::DeleteMessage { seq, target } => {
                 let result = self.delete_message(id, conv, user, seq, target);
-                return match result {
-                    Ok(mut pending) => {
-                        let done = reply::answer(origin.request_id, Ok(Body::Done(pb::Done {})));
-                        pending.effects.push(Effect::Reply(origin, done));
-                        pending
-                    }
-                    Err(r) => refusal_entry(origin, r.code, &r.message),
-                };
+                return done_or_refused(origin, result);
+            }
+            OwnerOp::EditMessage { seq, text, target } => {
+                let result = self.edit_message(id, conv, user, seq, text, target);
+                return done_or_refused(origin, result);
             }
         };
         match result {
@@ -760,6 +780,7 @@ impl Env {
             reply_to_seq: msg.reply_to_seq,
             system: None,
             deleted: false,
+            edited_at_ms: 0,
         };
         let push = self.stage_message(id, &stored, &mut batch);
         let mut effects = vec![

@@ -209,6 +209,37 @@ impl Sim {
         self.request(user, conversation, OwnerOp::DeleteMessage { seq, target })
     }
 
+    /// EditMessage of `seq` by `user` to `text`, with `target` as the
+    /// route read it from the store.
+    fn edit(
+        &mut self,
+        user: u64,
+        conversation: u64,
+        seq: u64,
+        text: &str,
+        target: Option<pb::Message>,
+    ) -> u64 {
+        let op = OwnerOp::EditMessage {
+            seq,
+            text: text.into(),
+            target: target.map(Box::new),
+        };
+        self.request(user, conversation, op)
+    }
+
+    /// Messages pushed as edited, in push order.
+    fn edits(&self) -> Vec<(&[u64], &pb::Message)> {
+        self.pushes
+            .iter()
+            .filter_map(|p| match &p.frame.body {
+                Some(Body::MessageEdited(pb::MessageEdited { message: Some(m) })) => {
+                    Some((p.users.as_slice(), m))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Takes the owner's outputs until it has none, carrying out those the
     /// simulation is set to carry out at once.
     fn drain(&mut self) {
@@ -924,4 +955,82 @@ fn receipt_events_in_large_groups_reach_the_reader_and_recent_senders() {
         .find(|p| matches!(p.frame.body, Some(Body::ReceiptEvent(_))))
         .map(|p| p.users.clone());
     assert_eq!(hearing, Some(vec![2, 3, 5]));
+}
+
+// Edits.
+
+#[test]
+fn the_sender_edits_in_place_without_a_seq_and_every_member_is_told() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    let before = s.stored_message(g, 1).expect("stored");
+    s.now_ms += 5;
+    let e = s.edit(3, g, 1, "fixed", Some(before.clone()));
+    assert!(matches!(s.answer(e), Body::Done(_)));
+    let stored = s.stored_message(g, 1).expect("stored");
+    assert_eq!(stored.text, "fixed");
+    assert_eq!(stored.edited_at_ms, s.now_ms);
+    assert_eq!(
+        (stored.seq, stored.message_id, stored.sent_at_ms),
+        (before.seq, before.message_id, before.sent_at_ms)
+    );
+    let edits = s.edits();
+    assert_eq!(edits.len(), 1);
+    assert_eq!(edits[0].0, &[1, 2, 3, 4]);
+    assert_eq!(edits[0].1.text, "fixed");
+    assert_eq!(s.notified, 0, "no push notification");
+    // No seq was taken: the next message is seq 2.
+    let next = s.send(4, g, "b", true);
+    assert_eq!(s.ack(next).seq, 2);
+    // A second edit, even one that read the message at the same instant,
+    // is strictly later.
+    let again = s.edit(3, g, 1, "fixed again", s.stored_message(g, 1));
+    assert!(matches!(s.answer(again), Body::Done(_)));
+    let twice = s.stored_message(g, 1).expect("stored");
+    assert_eq!(twice.text, "fixed again");
+    assert!(twice.edited_at_ms > stored.edited_at_ms);
+}
+
+#[test]
+fn edits_are_refused_for_others_system_deleted_and_bad_text() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    let target = s.stored_message(g, 1);
+    // Not even the group's owner edits someone else's message.
+    let by_owner = s.edit(1, g, 1, "x", target.clone());
+    assert_eq!(s.error_code(by_owner), ErrorCode::Forbidden);
+    let outsider = s.edit(9, g, 1, "x", target.clone());
+    assert_eq!(s.error_code(outsider), ErrorCode::NotAMember);
+    let missing = s.edit(3, g, 7, "x", None);
+    assert_eq!(s.error_code(missing), ErrorCode::NotFound);
+    let empty = s.edit(3, g, 1, "", target.clone());
+    assert_eq!(s.error_code(empty), ErrorCode::InvalidArgument);
+    let big = s.edit(3, g, 1, &"x".repeat(1025), target.clone());
+    assert_eq!(s.error_code(big), ErrorCode::MessageTooLarge);
+    let removed = s.request(1, g, OwnerOp::RemoveMember(4));
+    assert!(matches!(s.answer(removed), Body::Conversation(_)));
+    let system = s.stored_message(g, 2);
+    let of_system = s.edit(1, g, 2, "x", system);
+    assert_eq!(s.error_code(of_system), ErrorCode::InvalidArgument);
+    assert!(s.edits().is_empty());
+    assert_eq!(s.stored_message(g, 1).expect("stored").text, "text of a");
+
+    // A delete and an edit that both read the message before either was
+    // written: the edit does not bring the text back.
+    s.auto_commit = false;
+    let deleted = s.delete(3, g, 1, target.clone());
+    let late = s.edit(3, g, 1, "resurrected", target);
+    s.commit_all();
+    assert!(matches!(s.answer(deleted), Body::Done(_)));
+    assert_eq!(s.error_code(late), ErrorCode::Conflict);
+    s.auto_commit = true;
+    let stored = s.stored_message(g, 1).expect("stored");
+    assert!(stored.deleted && stored.text.is_empty());
+    // And after a restart the store's copy says it is deleted.
+    s.restart();
+    let after = s.edit(3, g, 1, "again", Some(stored));
+    assert_eq!(s.error_code(after), ErrorCode::Conflict);
+    assert!(s.edits().is_empty());
 }

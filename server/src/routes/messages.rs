@@ -1,5 +1,5 @@
 //! Messages: sending (with the connection's and the user's send rates),
-//! deleting, history and sync, receipts and typing. Everything that
+//! deleting, editing, history and sync, receipts and typing. Everything that
 //! changes a conversation goes to its owner.
 
 use std::rc::Rc;
@@ -109,6 +109,21 @@ pub(crate) fn delete(conn: &Rc<Conn>, req: Request, user: u64, d: pb::DeleteMess
     let read = move |store: &Store| Ok(store.message(conversation, seq)?);
     let op = move |target: Option<pb::Message>| OwnerOp::DeleteMessage {
         seq,
+        target: target.map(Box::new),
+    };
+    let store = &conn.shard.shared.store;
+    read_then_owner(conn, req, (user, conversation), store, read, op);
+}
+
+/// EditMessage: like [`delete`], the message is read here and its owner
+/// decides whether the caller may edit it.
+pub(crate) fn edit(conn: &Rc<Conn>, req: Request, user: u64, e: pb::EditMessage) {
+    let (conversation, seq) = (e.conversation_id, e.seq);
+    let read = move |store: &Store| Ok(store.message(conversation, seq)?);
+    let text = e.text;
+    let op = move |target: Option<pb::Message>| OwnerOp::EditMessage {
+        seq,
+        text,
         target: target.map(Box::new),
     };
     let store = &conn.shard.shared.store;

@@ -578,6 +578,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() != 24728:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message() != 35782:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user() != 32343:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_get_conversation() != 7415:
@@ -724,6 +726,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors.restype = c
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user.restype = ctypes.c_uint16
@@ -907,6 +912,13 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_message.argtypes =
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_message.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_find_user.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -2549,7 +2561,7 @@ class Message:
     """
     A stored message.
 """
-    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool):
+    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool, edited_at_ms:int):
         self.conversation_id = conversation_id
         self.seq = seq
         self.message_id = message_id
@@ -2563,12 +2575,13 @@ class Message:
         self.reply_to_seq = reply_to_seq
         self.system = system
         self.deleted = deleted
+        self.edited_at_ms = edited_at_ms
         
         
 
     
     def __str__(self):
-        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted)
+        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={}, edited_at_ms={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted, self.edited_at_ms)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2596,6 +2609,8 @@ class Message:
             return False
         if self.deleted != other.deleted:
             return False
+        if self.edited_at_ms != other.edited_at_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
@@ -2615,6 +2630,7 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
             reply_to_seq=_UniffiFfiConverterUInt64.read(buf),
             system=_UniffiFfiConverterOptionalTypeSystemEvent.read(buf),
             deleted=_UniffiFfiConverterBoolean.read(buf),
+            edited_at_ms=_UniffiFfiConverterUInt64.read(buf),
         )
 
     @staticmethod
@@ -2632,6 +2648,7 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.reply_to_seq)
         _UniffiFfiConverterOptionalTypeSystemEvent.check_lower(value.system)
         _UniffiFfiConverterBoolean.check_lower(value.deleted)
+        _UniffiFfiConverterUInt64.check_lower(value.edited_at_ms)
 
     @staticmethod
     def write(value, buf):
@@ -2648,6 +2665,7 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.reply_to_seq, buf)
         _UniffiFfiConverterOptionalTypeSystemEvent.write(value.system, buf)
         _UniffiFfiConverterBoolean.write(value.deleted, buf)
+        _UniffiFfiConverterUInt64.write(value.edited_at_ms, buf)
 
 class _UniffiFfiConverterOptionalTypeMessage(_UniffiConverterRustBuffer):
     @classmethod
@@ -4113,6 +4131,37 @@ class ChatEvent:
             return True
 
     @dataclass
+    class MESSAGE_EDITED:
+        """
+        A message was edited: the message as stored now, same seq, with its
+        latest text and `edited_at_ms`. Replace the copy held for it.
+"""
+        
+        def __init__(self, message:Message):
+            self.message = message
+            
+            """
+        The message.
+"""
+        
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "ChatEvent.MESSAGE_EDITED(message={})".format(self.message)
+        def __eq__(self, other):
+            if not isinstance(other, ChatEvent):
+                return NotImplemented
+            if not other.is_MESSAGE_EDITED():
+                return False
+            if self.message != other.message:
+                return False
+            return True
+
+    @dataclass
     class RECEIPT:
         """
         A member's delivered or read cursor moved.
@@ -4376,6 +4425,10 @@ class ChatEvent:
         return isinstance(self, ChatEvent.MESSAGE)
     def is_message(self) -> bool:
         return isinstance(self, ChatEvent.MESSAGE)
+    def is_MESSAGE_EDITED(self) -> bool:
+        return isinstance(self, ChatEvent.MESSAGE_EDITED)
+    def is_message_edited(self) -> bool:
+        return isinstance(self, ChatEvent.MESSAGE_EDITED)
     def is_RECEIPT(self) -> bool:
         return isinstance(self, ChatEvent.RECEIPT)
     def is_receipt(self) -> bool:
@@ -4418,6 +4471,7 @@ class ChatEvent:
 # enum class, so that method calls and instance checks etc will work intuitively.
 # We might be able to do this a little more neatly with a metaclass, but this'll do.
 ChatEvent.MESSAGE = type("ChatEvent.MESSAGE", (ChatEvent.MESSAGE, ChatEvent,), {})  # type: ignore
+ChatEvent.MESSAGE_EDITED = type("ChatEvent.MESSAGE_EDITED", (ChatEvent.MESSAGE_EDITED, ChatEvent,), {})  # type: ignore
 ChatEvent.RECEIPT = type("ChatEvent.RECEIPT", (ChatEvent.RECEIPT, ChatEvent,), {})  # type: ignore
 ChatEvent.TYPING = type("ChatEvent.TYPING", (ChatEvent.TYPING, ChatEvent,), {})  # type: ignore
 ChatEvent.PRESENCE = type("ChatEvent.PRESENCE", (ChatEvent.PRESENCE, ChatEvent,), {})  # type: ignore
@@ -4440,37 +4494,41 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterTypeMessage.read(buf),
             )
         if variant == 2:
+            return ChatEvent.MESSAGE_EDITED(
+                _UniffiFfiConverterTypeMessage.read(buf),
+            )
+        if variant == 3:
             return ChatEvent.RECEIPT(
                 _UniffiFfiConverterTypeReceiptEvent.read(buf),
             )
-        if variant == 3:
+        if variant == 4:
             return ChatEvent.TYPING(
                 _UniffiFfiConverterTypeTypingEvent.read(buf),
             )
-        if variant == 4:
+        if variant == 5:
             return ChatEvent.PRESENCE(
                 _UniffiFfiConverterTypePresenceEvent.read(buf),
             )
-        if variant == 5:
+        if variant == 6:
             return ChatEvent.CONVERSATION_CHANGED(
                 _UniffiFfiConverterTypeConversationEvent.read(buf),
             )
-        if variant == 6:
+        if variant == 7:
             return ChatEvent.CONVERSATION_REMOVED(
                 _UniffiFfiConverterUInt64.read(buf),
             )
-        if variant == 7:
+        if variant == 8:
             return ChatEvent.GO_AWAY(
                 _UniffiFfiConverterTypeGoAway.read(buf),
             )
-        if variant == 8:
+        if variant == 9:
             return ChatEvent.DISCONNECTED(
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 9:
+        if variant == 10:
             return ChatEvent.RECONNECTED(
             )
-        if variant == 10:
+        if variant == 11:
             return ChatEvent.ENDED(
             )
         raise InternalError("Raw enum value doesn't match any cases")
@@ -4478,6 +4536,9 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
     @staticmethod
     def check_lower(value):
         if value.is_MESSAGE():
+            _UniffiFfiConverterTypeMessage.check_lower(value.message)
+            return
+        if value.is_MESSAGE_EDITED():
             _UniffiFfiConverterTypeMessage.check_lower(value.message)
             return
         if value.is_RECEIPT():
@@ -4512,31 +4573,34 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
         if value.is_MESSAGE():
             buf.write_i32(1)
             _UniffiFfiConverterTypeMessage.write(value.message, buf)
-        if value.is_RECEIPT():
+        if value.is_MESSAGE_EDITED():
             buf.write_i32(2)
+            _UniffiFfiConverterTypeMessage.write(value.message, buf)
+        if value.is_RECEIPT():
+            buf.write_i32(3)
             _UniffiFfiConverterTypeReceiptEvent.write(value.receipt, buf)
         if value.is_TYPING():
-            buf.write_i32(3)
+            buf.write_i32(4)
             _UniffiFfiConverterTypeTypingEvent.write(value.typing, buf)
         if value.is_PRESENCE():
-            buf.write_i32(4)
+            buf.write_i32(5)
             _UniffiFfiConverterTypePresenceEvent.write(value.presence, buf)
         if value.is_CONVERSATION_CHANGED():
-            buf.write_i32(5)
+            buf.write_i32(6)
             _UniffiFfiConverterTypeConversationEvent.write(value.change, buf)
         if value.is_CONVERSATION_REMOVED():
-            buf.write_i32(6)
+            buf.write_i32(7)
             _UniffiFfiConverterUInt64.write(value.conversation_id, buf)
         if value.is_GO_AWAY():
-            buf.write_i32(7)
+            buf.write_i32(8)
             _UniffiFfiConverterTypeGoAway.write(value.go_away, buf)
         if value.is_DISCONNECTED():
-            buf.write_i32(8)
+            buf.write_i32(9)
             _UniffiFfiConverterString.write(value.reason, buf)
         if value.is_RECONNECTED():
-            buf.write_i32(9)
-        if value.is_ENDED():
             buf.write_i32(10)
+        if value.is_ENDED():
+            buf.write_i32(11)
 
 
 
@@ -5186,6 +5250,12 @@ class ChatClientProtocol(typing.Protocol):
         Deletes a message (its sender, or an admin).
 """
         raise NotImplementedError
+    async def edit_message(self, conversation_id: int,seq: int,text: str) -> None:
+        """
+        Replaces the text of one of the user's own messages (same seq; no
+        unread count moves). Members get a `MessageEdited` event.
+"""
+        raise NotImplementedError
     async def find_user(self, username: str) -> Profile:
         """
         A user's profile by username.
@@ -5589,6 +5659,33 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_message(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def edit_message(self, conversation_id: int,seq: int,text: str) -> None:
+        """
+        Replaces the text of one of the user's own messages (same seq; no
+        unread count moves). Members get a `MessageEdited` event.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(seq)
+
+        _UniffiFfiConverterString.check_lower(text)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(seq),
+            _UniffiFfiConverterString.lower(text),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,

@@ -653,6 +653,12 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func deleteMessage(conversationId: UInt64, seq: UInt64) async throws 
     
     /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+    func editMessage(conversationId: UInt64, seq: UInt64, text: String) async throws 
+    
+    /**
      * A user's profile by username.
      */
     func findUser(username: String) async throws  -> Profile
@@ -1065,6 +1071,26 @@ open func deleteMessage(conversationId: UInt64, seq: UInt64)async throws   {
             rustFutureFunc: {
                 uniffi_chat_client_ffi_fn_method_chatclient_delete_message(
                         self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+open func editMessage(conversationId: UInt64, seq: UInt64, text: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_edit_message(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq),FfiConverterString.lower(text)
                 )
             },
             pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
@@ -3204,6 +3230,10 @@ public struct Message: Equatable, Hashable {
      * Deleted: only the metadata is left.
      */
     public var deleted: Bool
+    /**
+     * Unix milliseconds of the latest edit; 0 if never edited.
+     */
+    public var editedAtMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3246,7 +3276,10 @@ public struct Message: Equatable, Hashable {
          */system: SystemEvent?, 
         /**
          * Deleted: only the metadata is left.
-         */deleted: Bool) {
+         */deleted: Bool, 
+        /**
+         * Unix milliseconds of the latest edit; 0 if never edited.
+         */editedAtMs: UInt64) {
         self.conversationId = conversationId
         self.seq = seq
         self.messageId = messageId
@@ -3260,6 +3293,7 @@ public struct Message: Equatable, Hashable {
         self.replyToSeq = replyToSeq
         self.system = system
         self.deleted = deleted
+        self.editedAtMs = editedAtMs
     }
 
     
@@ -3290,7 +3324,8 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
                 ciphertext: FfiConverterData.read(from: &buf), 
                 replyToSeq: FfiConverterUInt64.read(from: &buf), 
                 system: FfiConverterOptionTypeSystemEvent.read(from: &buf), 
-                deleted: FfiConverterBool.read(from: &buf)
+                deleted: FfiConverterBool.read(from: &buf), 
+                editedAtMs: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -3308,6 +3343,7 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.replyToSeq, into: &buf)
         FfiConverterOptionTypeSystemEvent.write(value.system, into: &buf)
         FfiConverterBool.write(value.deleted, into: &buf)
+        FfiConverterUInt64.write(value.editedAtMs, into: &buf)
     }
 }
 
@@ -4495,6 +4531,15 @@ public enum ChatEvent: Equatable, Hashable {
          */message: Message
     )
     /**
+     * A message was edited: the message as stored now, same seq, with its
+     * latest text and `edited_at_ms`. Replace the copy held for it.
+     */
+    case messageEdited(
+        /**
+         * The message.
+         */message: Message
+    )
+    /**
      * A member's delivered or read cursor moved.
      */
     case receipt(
@@ -4584,30 +4629,33 @@ public struct FfiConverterTypeChatEvent: FfiConverterRustBuffer {
         case 1: return .message(message: try FfiConverterTypeMessage.read(from: &buf)
         )
         
-        case 2: return .receipt(receipt: try FfiConverterTypeReceiptEvent.read(from: &buf)
+        case 2: return .messageEdited(message: try FfiConverterTypeMessage.read(from: &buf)
         )
         
-        case 3: return .typing(typing: try FfiConverterTypeTypingEvent.read(from: &buf)
+        case 3: return .receipt(receipt: try FfiConverterTypeReceiptEvent.read(from: &buf)
         )
         
-        case 4: return .presence(presence: try FfiConverterTypePresenceEvent.read(from: &buf)
+        case 4: return .typing(typing: try FfiConverterTypeTypingEvent.read(from: &buf)
         )
         
-        case 5: return .conversationChanged(change: try FfiConverterTypeConversationEvent.read(from: &buf)
+        case 5: return .presence(presence: try FfiConverterTypePresenceEvent.read(from: &buf)
         )
         
-        case 6: return .conversationRemoved(conversationId: try FfiConverterUInt64.read(from: &buf)
+        case 6: return .conversationChanged(change: try FfiConverterTypeConversationEvent.read(from: &buf)
         )
         
-        case 7: return .goAway(goAway: try FfiConverterTypeGoAway.read(from: &buf)
+        case 7: return .conversationRemoved(conversationId: try FfiConverterUInt64.read(from: &buf)
         )
         
-        case 8: return .disconnected(reason: try FfiConverterString.read(from: &buf)
+        case 8: return .goAway(goAway: try FfiConverterTypeGoAway.read(from: &buf)
         )
         
-        case 9: return .reconnected
+        case 9: return .disconnected(reason: try FfiConverterString.read(from: &buf)
+        )
         
-        case 10: return .ended
+        case 10: return .reconnected
+        
+        case 11: return .ended
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -4622,47 +4670,52 @@ public struct FfiConverterTypeChatEvent: FfiConverterRustBuffer {
             FfiConverterTypeMessage.write(message, into: &buf)
             
         
-        case let .receipt(receipt):
+        case let .messageEdited(message):
             writeInt(&buf, Int32(2))
+            FfiConverterTypeMessage.write(message, into: &buf)
+            
+        
+        case let .receipt(receipt):
+            writeInt(&buf, Int32(3))
             FfiConverterTypeReceiptEvent.write(receipt, into: &buf)
             
         
         case let .typing(typing):
-            writeInt(&buf, Int32(3))
+            writeInt(&buf, Int32(4))
             FfiConverterTypeTypingEvent.write(typing, into: &buf)
             
         
         case let .presence(presence):
-            writeInt(&buf, Int32(4))
+            writeInt(&buf, Int32(5))
             FfiConverterTypePresenceEvent.write(presence, into: &buf)
             
         
         case let .conversationChanged(change):
-            writeInt(&buf, Int32(5))
+            writeInt(&buf, Int32(6))
             FfiConverterTypeConversationEvent.write(change, into: &buf)
             
         
         case let .conversationRemoved(conversationId):
-            writeInt(&buf, Int32(6))
+            writeInt(&buf, Int32(7))
             FfiConverterUInt64.write(conversationId, into: &buf)
             
         
         case let .goAway(goAway):
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(8))
             FfiConverterTypeGoAway.write(goAway, into: &buf)
             
         
         case let .disconnected(reason):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(9))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .reconnected:
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(10))
         
         
         case .ended:
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(11))
         
         }
     }
@@ -6545,6 +6598,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() != 24728) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_edit_message() != 35782) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_find_user() != 32343) {

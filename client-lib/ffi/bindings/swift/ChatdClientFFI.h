@@ -309,6 +309,11 @@ uint64_t uniffi_chat_client_ffi_fn_method_chatclient_cursors(uint64_t ptr
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_delete_message(uint64_t ptr, uint64_t conversation_id, uint64_t seq
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_EDIT_MESSAGE
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_EDIT_MESSAGE
+uint64_t uniffi_chat_client_ffi_fn_method_chatclient_edit_message(uint64_t ptr, uint64_t conversation_id, uint64_t seq, RustBuffer text
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_FIND_USER
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_FIND_USER
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_find_user(uint64_t ptr, RustBuffer username
@@ -873,6 +878,12 @@ uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_cursors(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_DELETE_MESSAGE
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_DELETE_MESSAGE
 uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_delete_message(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_EDIT_MESSAGE
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_EDIT_MESSAGE
+uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_edit_message(void
     
 );
 #endif

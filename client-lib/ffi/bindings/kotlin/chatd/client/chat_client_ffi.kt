@@ -726,6 +726,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_delete_message(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_edit_message(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_find_user(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_get_conversation(
@@ -852,6 +854,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_cursors(`ptr`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_delete_message(`ptr`: Long,`conversationId`: Long,`seq`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_edit_message(`ptr`: Long,`conversationId`: Long,`seq`: Long,`text`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_find_user(`ptr`: Long,`username`: RustBuffer.ByValue,
     ): Long
@@ -1099,6 +1103,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() and 0xFFFF) != 24728) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message() and 0xFFFF) != 35782) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user() and 0xFFFF) != 32343) {
@@ -1768,6 +1775,12 @@ public interface ChatClientInterface {
     suspend fun `deleteMessage`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong)
     
     /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+    suspend fun `editMessage`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `text`: kotlin.String)
+    
+    /**
      * A user's profile by username.
      */
     suspend fun `findUser`(`username`: kotlin.String): Profile
@@ -2276,6 +2289,35 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
                 
         FfiConverterULong.lower(`conversationId`),
         FfiConverterULong.lower(`seq`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `editMessage`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `text`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`seq`),
+        FfiConverterString.lower(`text`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
@@ -4510,6 +4552,11 @@ data class Message (
      * Deleted: only the metadata is left.
      */
     var `deleted`: kotlin.Boolean
+    , 
+    /**
+     * Unix milliseconds of the latest edit; 0 if never edited.
+     */
+    var `editedAtMs`: kotlin.ULong
     
 ){
     
@@ -4539,6 +4586,7 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterULong.read(buf),
             FfiConverterOptionalTypeSystemEvent.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -4555,7 +4603,8 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterByteArray.allocationSize(value.`ciphertext`) +
             FfiConverterULong.allocationSize(value.`replyToSeq`) +
             FfiConverterOptionalTypeSystemEvent.allocationSize(value.`system`) +
-            FfiConverterBoolean.allocationSize(value.`deleted`)
+            FfiConverterBoolean.allocationSize(value.`deleted`) +
+            FfiConverterULong.allocationSize(value.`editedAtMs`)
     )
 
     override fun write(value: Message, buf: ByteBuffer) {
@@ -4572,6 +4621,7 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterULong.write(value.`replyToSeq`, buf)
             FfiConverterOptionalTypeSystemEvent.write(value.`system`, buf)
             FfiConverterBoolean.write(value.`deleted`, buf)
+            FfiConverterULong.write(value.`editedAtMs`, buf)
     }
 }
 
@@ -5423,6 +5473,22 @@ sealed class ChatEvent {
     }
     
     /**
+     * A message was edited: the message as stored now, same seq, with its
+     * latest text and `edited_at_ms`. Replace the copy held for it.
+     */
+    data class MessageEdited(
+        /**
+         * The message.
+         */
+        val `message`: chatd.client.Message) : ChatEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * A member's delivered or read cursor moved.
      */
     data class Receipt(
@@ -5560,35 +5626,45 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
             1 -> ChatEvent.Message(
                 FfiConverterTypeMessage.read(buf),
                 )
-            2 -> ChatEvent.Receipt(
+            2 -> ChatEvent.MessageEdited(
+                FfiConverterTypeMessage.read(buf),
+                )
+            3 -> ChatEvent.Receipt(
                 FfiConverterTypeReceiptEvent.read(buf),
                 )
-            3 -> ChatEvent.Typing(
+            4 -> ChatEvent.Typing(
                 FfiConverterTypeTypingEvent.read(buf),
                 )
-            4 -> ChatEvent.Presence(
+            5 -> ChatEvent.Presence(
                 FfiConverterTypePresenceEvent.read(buf),
                 )
-            5 -> ChatEvent.ConversationChanged(
+            6 -> ChatEvent.ConversationChanged(
                 FfiConverterTypeConversationEvent.read(buf),
                 )
-            6 -> ChatEvent.ConversationRemoved(
+            7 -> ChatEvent.ConversationRemoved(
                 FfiConverterULong.read(buf),
                 )
-            7 -> ChatEvent.GoAway(
+            8 -> ChatEvent.GoAway(
                 FfiConverterTypeGoAway.read(buf),
                 )
-            8 -> ChatEvent.Disconnected(
+            9 -> ChatEvent.Disconnected(
                 FfiConverterString.read(buf),
                 )
-            9 -> ChatEvent.Reconnected
-            10 -> ChatEvent.Ended
+            10 -> ChatEvent.Reconnected
+            11 -> ChatEvent.Ended
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
     }
 
     override fun allocationSize(value: ChatEvent): ULong = when(value) {
         is ChatEvent.Message -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeMessage.allocationSize(value.`message`)
+            )
+        }
+        is ChatEvent.MessageEdited -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
                 4UL
@@ -5665,47 +5741,52 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
                 FfiConverterTypeMessage.write(value.`message`, buf)
                 Unit
             }
-            is ChatEvent.Receipt -> {
+            is ChatEvent.MessageEdited -> {
                 buf.putInt(2)
+                FfiConverterTypeMessage.write(value.`message`, buf)
+                Unit
+            }
+            is ChatEvent.Receipt -> {
+                buf.putInt(3)
                 FfiConverterTypeReceiptEvent.write(value.`receipt`, buf)
                 Unit
             }
             is ChatEvent.Typing -> {
-                buf.putInt(3)
+                buf.putInt(4)
                 FfiConverterTypeTypingEvent.write(value.`typing`, buf)
                 Unit
             }
             is ChatEvent.Presence -> {
-                buf.putInt(4)
+                buf.putInt(5)
                 FfiConverterTypePresenceEvent.write(value.`presence`, buf)
                 Unit
             }
             is ChatEvent.ConversationChanged -> {
-                buf.putInt(5)
+                buf.putInt(6)
                 FfiConverterTypeConversationEvent.write(value.`change`, buf)
                 Unit
             }
             is ChatEvent.ConversationRemoved -> {
-                buf.putInt(6)
+                buf.putInt(7)
                 FfiConverterULong.write(value.`conversationId`, buf)
                 Unit
             }
             is ChatEvent.GoAway -> {
-                buf.putInt(7)
+                buf.putInt(8)
                 FfiConverterTypeGoAway.write(value.`goAway`, buf)
                 Unit
             }
             is ChatEvent.Disconnected -> {
-                buf.putInt(8)
+                buf.putInt(9)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is ChatEvent.Reconnected -> {
-                buf.putInt(9)
+                buf.putInt(10)
                 Unit
             }
             is ChatEvent.Ended -> {
-                buf.putInt(10)
+                buf.putInt(11)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
