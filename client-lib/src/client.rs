@@ -530,6 +530,44 @@ impl Client {
         Ok(())
     }
 
+    /// Adds the user's reaction `emoji` (1-32 bytes, e.g. "👍") to a USER
+    /// message. Adding one the user has already is done with nothing
+    /// changed; a message holds at most 20 distinct emoji (`REACTION_LIMIT`
+    /// past that). Every member's sessions get [`Event::Reaction`].
+    ///
+    /// [`Event::Reaction`]: crate::Event::Reaction
+    pub async fn react(&self, conversation: ConversationId, seq: u64, emoji: &str) -> Result<()> {
+        self.set_reaction(conversation, seq, emoji, false).await
+    }
+
+    /// Removes the user's reaction `emoji` from a message; removing one the
+    /// user does not have is done with nothing changed.
+    pub async fn remove_reaction(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        emoji: &str,
+    ) -> Result<()> {
+        self.set_reaction(conversation, seq, emoji, true).await
+    }
+
+    async fn set_reaction(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<()> {
+        self.call(C::React(pb::React {
+            conversation_id: conversation.0,
+            seq,
+            emoji: emoji.into(),
+            remove,
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Sends a text message; see [`Client::send`].
     pub async fn send_text(&self, conversation: ConversationId, text: &str) -> Result<pb::SendAck> {
         self.send(pb::SendMessage {

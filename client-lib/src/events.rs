@@ -24,6 +24,9 @@ pub enum Event {
     /// `Message`; replace the copy held for (conversation, seq) if this
     /// one's `edited_at_ms` is larger.
     MessageEdited(pb::Message),
+    /// A member added or removed a reaction; the event carries the
+    /// message's reactions after the change (`mine` false in each).
+    Reaction(pb::ReactionEvent),
     /// A member's delivered or read cursor moved.
     Receipt(pb::ReceiptEvent),
     /// Someone is typing or stopped. Ephemeral: dropped if the queue is full.

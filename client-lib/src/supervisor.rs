@@ -213,6 +213,9 @@ impl Inner {
                         self.events.send(Event::MessageEdited(m)).await;
                     }
                 }
+                S::ReactionEvent(r) => {
+                    self.events.send(Event::Reaction(r)).await;
+                }
                 S::ReceiptEvent(r) => {
                     self.events.send(Event::Receipt(r)).await;
                 }

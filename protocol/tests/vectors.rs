@@ -147,6 +147,19 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             ),
         ),
         (
+            "client_react",
+            "React to seq 3 of conversation 9 with a thumbs-up",
+            client(
+                33,
+                C::React(React {
+                    conversation_id: 9,
+                    seq: 3,
+                    emoji: "👍".into(),
+                    remove: false,
+                }),
+            ),
+        ),
+        (
             "client_change_password",
             "Change the password",
             client(
@@ -683,6 +696,25 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                         edited_at_ms: 1_763_800_060_000,
                         ..text_message(42)
                     }),
+                }),
+            ),
+        ),
+        (
+            "server_reaction_event",
+            "User 2 reacted to seq 42; two thumbs-up now",
+            server(
+                0,
+                S::ReactionEvent(ReactionEvent {
+                    conversation_id: 9,
+                    seq: 42,
+                    user_id: 2,
+                    emoji: "👍".into(),
+                    removed: false,
+                    reactions: vec![Reaction {
+                        emoji: "👍".into(),
+                        count: 2,
+                        mine: false,
+                    }],
                 }),
             ),
         ),

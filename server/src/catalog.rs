@@ -330,6 +330,8 @@ impl Catalog {
         };
         let mut has_more = messages.len() > limit;
         messages.truncate(limit);
+        self.store
+            .attach_reactions(req.conversation_id, me, &mut messages)?;
         self.media.sign_messages(&mut messages, self.now_ms());
         let (_, cut) = fit(&mut messages, REPLY_MESSAGE_BYTES, true);
         has_more |= cut;
@@ -379,6 +381,8 @@ impl Catalog {
             };
             let mut truncated = messages.len() > limit || budget == 0;
             messages.truncate(limit);
+            self.store
+                .attach_reactions(conversation, me, &mut messages)?;
             self.media.sign_messages(&mut messages, self.now_ms());
             let (used, cut) = fit(&mut messages, budget, false);
             budget = if cut { 0 } else { budget - used };
@@ -412,6 +416,10 @@ impl Catalog {
                 continue;
             };
             let mut last_message = self.store.last_message(conversation)?;
+            if let Some(m) = last_message.as_mut() {
+                self.store
+                    .attach_reactions(conversation, me, std::slice::from_mut(m))?;
+            }
             self.media
                 .sign_messages(last_message.as_mut(), self.now_ms());
             let last_seq = last_message.as_ref().map_or(0, |m| m.seq);

@@ -127,3 +127,34 @@ pub struct IdempotencyRecord {
     #[prost(uint64, tag = "3")]
     pub sent_at_ms: u64,
 }
+
+/// `reactions` keyspace value (key: conversation ‖ seq): how many users
+/// reacted to the message with each emoji, in the order the emoji were
+/// first used; an emoji nobody uses any more is dropped.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReactionCounts {
+    /// One entry per emoji.
+    #[prost(message, repeated, tag = "1")]
+    pub counts: Vec<ReactionCount>,
+}
+
+/// One emoji of [`ReactionCounts`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReactionCount {
+    /// The emoji.
+    #[prost(string, tag = "1")]
+    pub emoji: String,
+    /// Users who reacted with it.
+    #[prost(uint32, tag = "2")]
+    pub count: u32,
+}
+
+/// `reactors` keyspace value (key: conversation ‖ seq ‖ user): the emoji
+/// one user reacted to the message with; the key is deleted when there are
+/// none left.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserReactions {
+    /// The emoji, each once.
+    #[prost(string, repeated, tag = "1")]
+    pub emoji: Vec<String>,
+}

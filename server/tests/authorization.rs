@@ -26,6 +26,12 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             seq: 1,
             text: "rewritten".into(),
         }),
+        C::React(pb::React {
+            conversation_id: conv,
+            seq: 1,
+            emoji: "👎".into(),
+            remove: false,
+        }),
         C::GetProfile(pb::GetProfile {
             user_id: target,
             username: String::new(),
@@ -137,6 +143,7 @@ fn conversation_requests(conv: u64, target: u64) -> Vec<C> {
                     | C::SendMessage(_)
                     | C::DeleteMessage(_)
                     | C::EditMessage(_)
+                    | C::React(_)
                     | C::GetHistory(_)
                     | C::MarkDelivered(_)
                     | C::MarkRead(_)

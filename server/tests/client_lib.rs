@@ -330,6 +330,27 @@ async fn an_edit_through_the_client_reaches_members_as_an_edit_not_a_message() {
     };
     assert_eq!((edited.seq, edited.text.as_str()), (ack.seq, "hello"));
     assert!(edited.edited_at_ms > 0);
+    // Bob reacts; Alice hears of it as a reaction, and history counts it.
+    bob.react(conv, ack.seq, "👍").await.expect("reacted");
+    let reaction = loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), bob_events.next())
+            .await
+            .expect("timed out waiting for the reaction")
+            .expect("event stream open");
+        if let Event::Reaction(r) = event {
+            break r;
+        }
+    };
+    assert_eq!((reaction.user_id, reaction.emoji.as_str()), (bob_id, "👍"));
+    let page = bob.history(conv, 0, None, 0).await.expect("history");
+    let counted = &page.messages[0].reactions;
+    assert_eq!(
+        (counted.len(), counted[0].count, counted[0].mine),
+        (1, 1, true)
+    );
+    bob.remove_reaction(conv, ack.seq, "👍")
+        .await
+        .expect("removed");
     // Bob may not edit Alice's message.
     let refused = bob.edit_message(conv, ack.seq, "hijacked").await;
     assert!(

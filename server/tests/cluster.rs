@@ -359,6 +359,58 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
         .await;
     }
 
+    // A reaction from node 2 to the owner elsewhere reaches Carol on node
+    // 3, and every node's history counts it.
+    let reaction = || {
+        pb::client_frame::Body::React(pb::React {
+            conversation_id: group,
+            seq: carols,
+            emoji: "👍".into(),
+            remove: false,
+        })
+    };
+    wait_for("the reaction to be done", async || {
+        match bob.request(reaction()).await {
+            S::Done(_) => Some(()),
+            S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+            other => panic!("react: {other:?}"),
+        }
+    })
+    .await;
+    let event = loop {
+        let f = match carol.pushes.pop_front() {
+            Some(f) => f,
+            None => carol
+                .read_frame()
+                .await
+                .expect("carol's session stays open"),
+        };
+        if let Some(S::ReactionEvent(e)) = f.body {
+            break e;
+        }
+    };
+    assert_eq!((event.seq, event.user_id), (carols, bob.user_id));
+    for addr in [n1.addr, n2.addr, n3.addr] {
+        let mut reader = Raw::login(addr, "alice").await;
+        wait_for("the reaction in this node's history", async || match reader
+            .history(group, 0, 0, 50)
+            .await
+        {
+            S::MessagePage(h) => h
+                .messages
+                .iter()
+                .any(|m| {
+                    m.seq == carols
+                        && m.reactions.len() == 1
+                        && m.reactions[0].count == 1
+                        && !m.reactions[0].mine
+                })
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+    }
+
     // Presence crosses nodes: Bob on node 2 watches Carol on node 3.
     let S::Done(_) = bob
         .request(pb::client_frame::Body::SubscribePresence(

@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..31) {
+        match self.rng.random_range(0..32) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -220,6 +220,12 @@ impl Pick<'_> {
                 conversation_id: self.id(),
                 seq: self.seq(),
                 text: self.text(),
+            }),
+            30 => C::React(pb::React {
+                conversation_id: self.id(),
+                seq: self.seq(),
+                emoji: self.text(),
+                remove: self.rng.random(),
             }),
             _ => C::Ping(pb::Ping { nonce: self.seq() }),
         }

@@ -357,6 +357,9 @@
       case "message_edited":
         if (f.message_edited.message) onEdited(f.message_edited.message);
         break;
+      case "reaction_event":
+        onReaction(f.reaction_event);
+        break;
       case "receipt_event":
         onReceipt(f.receipt_event);
         break;
@@ -787,6 +790,7 @@
         target.text = "";
         target.media = undefined;
         target.ciphertext = new Uint8Array(0);
+        target.reactions = [];
       }
     }
     if (m.kind === E.MessageKind.SYSTEM && live && !deletes) {
@@ -844,6 +848,27 @@
       c.lastMessage = Object.assign({}, c.lastMessage, { text: m.text, edited_at_ms: m.edited_at_ms });
     }
     renderList();
+    if (state.openKey === key) renderMessages({});
+  }
+
+  // spec/messages.md, ReactionEvent: the counts after the change for every
+  // member alike; whether each is mine is kept from what was shown, and
+  // changed only for this user's own reaction.
+  function onReaction(e) {
+    const key = String(e.conversation_id);
+    const c = state.conversations.get(key);
+    const m = c && c.messages.get(e.seq);
+    if (!m) return;
+    const mineBefore = new Set((m.reactions || []).filter((r) => r.mine).map((r) => r.emoji));
+    if (state.me && String(e.user_id) === String(state.me.user_id)) {
+      if (e.removed) mineBefore.delete(e.emoji);
+      else mineBefore.add(e.emoji);
+    }
+    m.reactions = (e.reactions || []).map((r) => ({
+      emoji: r.emoji,
+      count: r.count,
+      mine: mineBefore.has(r.emoji),
+    }));
     if (state.openKey === key) renderMessages({});
   }
 
@@ -1388,6 +1413,30 @@
         const edited = m.edited_at_ms && !m.deleted ? " (edited)" : "";
         const meta = el("span", "meta", m.timeText + edited + (mine ? " " + statusText(c, m) : ""));
         li.append(meta);
+        if (!m.deleted) {
+          const chips = el("span", "reactions");
+          for (const r of m.reactions || []) {
+            const chip = el("button", "reaction" + (r.mine ? " mine" : ""), r.emoji + " " + r.count);
+            chip.type = "button";
+            chip.title = r.mine ? "Remove your reaction" : "React with " + r.emoji;
+            chip.addEventListener("click", () => {
+              request("react", { conversation_id: c.id, seq: m.seq, emoji: r.emoji, remove: r.mine })
+                .catch((e) => toast("Could not react: " + e.message));
+            });
+            chips.append(chip);
+          }
+          const add = el("button", "react", "+");
+          add.type = "button";
+          add.title = "Add a reaction";
+          add.addEventListener("click", () => {
+            const emoji = window.prompt("React with", "👍");
+            if (!emoji) return;
+            request("react", { conversation_id: c.id, seq: m.seq, emoji: emoji, remove: false })
+              .catch((e) => toast("Could not react: " + e.message));
+          });
+          chips.append(add);
+          li.append(chips);
+        }
         if (mine && !m.deleted && m.text) {
           const edit = el("button", "edit", "Edit");
           edit.type = "button";

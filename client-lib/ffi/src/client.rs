@@ -350,6 +350,34 @@ impl ChatClient {
         .await
     }
 
+    /// Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+    /// adding one the user has is done with nothing changed.
+    pub async fn react(&self, conversation_id: u64, seq: u64, emoji: String) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(c.react(ConversationId(conversation_id), seq, &emoji)
+                .await?)
+        })
+        .await
+    }
+
+    /// Removes the user's reaction from a message.
+    pub async fn remove_reaction(
+        &self,
+        conversation_id: u64,
+        seq: u64,
+        emoji: String,
+    ) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(
+                c.remove_reaction(ConversationId(conversation_id), seq, &emoji)
+                    .await?,
+            )
+        })
+        .await
+    }
+
     /// Asks for an upload ticket for an attachment.
     pub async fn request_upload(&self, mime_type: String, size_bytes: u64) -> Result<UploadTicket> {
         let c = self.client.clone();

@@ -173,6 +173,8 @@ pub enum ErrorCode {
     ServerBusy,
     /// 405: the connection was idle too long.
     IdleTimeout,
+    /// 406: the message has the most distinct reactions it may have.
+    ReactionLimit,
     /// 500: an internal server error.
     Internal,
     /// 501: the server is shutting down.
@@ -209,6 +211,7 @@ impl From<pb::ErrorCode> for ErrorCode {
             W::TooManySessions => ErrorCode::TooManySessions,
             W::ServerBusy => ErrorCode::ServerBusy,
             W::IdleTimeout => ErrorCode::IdleTimeout,
+            W::ReactionLimit => ErrorCode::ReactionLimit,
             W::Internal => ErrorCode::Internal,
             W::ShuttingDown => ErrorCode::ShuttingDown,
             W::StorageFailure => ErrorCode::StorageFailure,

@@ -495,6 +495,9 @@ pub struct Message {
     pub deleted: bool,
     /// Unix milliseconds of the latest edit; 0 if never edited.
     pub edited_at_ms: u64,
+    /// Reactions as this user sees them (filled in history and sync; empty
+    /// in live pushes).
+    pub reactions: Vec<Reaction>,
 }
 
 impl From<pb::Message> for Message {
@@ -514,6 +517,58 @@ impl From<pb::Message> for Message {
             system: m.system.map(Into::into),
             deleted: m.deleted,
             edited_at_ms: m.edited_at_ms,
+            reactions: m.reactions.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// One emoji's reactions to a message.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many users reacted with it.
+    pub count: u32,
+    /// This user is one of them (always false in a `ReactionEvent`).
+    pub mine: bool,
+}
+
+impl From<pb::Reaction> for Reaction {
+    fn from(r: pb::Reaction) -> Self {
+        Self {
+            emoji: r.emoji,
+            count: r.count,
+            mine: r.mine,
+        }
+    }
+}
+
+/// A reaction was added or removed.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ReactionEvent {
+    /// The conversation.
+    pub conversation_id: u64,
+    /// The message.
+    pub seq: u64,
+    /// Who reacted.
+    pub user_id: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// True if the reaction was removed.
+    pub removed: bool,
+    /// The message's reactions after the change.
+    pub reactions: Vec<Reaction>,
+}
+
+impl From<pb::ReactionEvent> for ReactionEvent {
+    fn from(r: pb::ReactionEvent) -> Self {
+        Self {
+            conversation_id: r.conversation_id,
+            seq: r.seq,
+            user_id: r.user_id,
+            emoji: r.emoji,
+            removed: r.removed,
+            reactions: r.reactions.into_iter().map(Into::into).collect(),
         }
     }
 }

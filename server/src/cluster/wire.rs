@@ -217,7 +217,7 @@ pub struct Forward {
     /// What to do.
     #[prost(
         oneof = "ForwardOp",
-        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
     )]
     pub op: Option<ForwardOp>,
 }
@@ -264,6 +264,30 @@ pub struct Edition {
     /// The message (none: no such seq).
     #[prost(message, optional, tag = "3")]
     pub target: Option<pb::Message>,
+}
+
+/// A reaction, with the message and its reaction records as the origin
+/// read them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Reaction {
+    /// The message's seq.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The emoji.
+    #[prost(string, tag = "2")]
+    pub emoji: String,
+    /// Remove rather than add.
+    #[prost(bool, tag = "3")]
+    pub remove: bool,
+    /// The message (none: no such seq).
+    #[prost(message, optional, tag = "4")]
+    pub target: Option<pb::Message>,
+    /// Its reaction counts.
+    #[prost(message, optional, tag = "5")]
+    pub counts: Option<crate::records::ReactionCounts>,
+    /// The caller's reactions to it.
+    #[prost(message, optional, tag = "6")]
+    pub mine: Option<crate::records::UserReactions>,
 }
 
 /// [`OwnerOp`] on the wire.
@@ -314,6 +338,9 @@ pub enum ForwardOp {
     /// EditMessage.
     #[prost(message, tag = "19")]
     Edit(Edition),
+    /// React.
+    #[prost(message, tag = "20")]
+    React(Reaction),
 }
 
 /// `req` for its owner node; `after` as [`Forward::after`].
@@ -345,6 +372,14 @@ pub fn encode_request(req: &OwnerRequest, after: u64) -> Bytes {
             seq: *seq,
             text: text.clone(),
             target: target.as_deref().cloned(),
+        }),
+        OwnerOp::React(r) => ForwardOp::React(Reaction {
+            seq: r.seq,
+            emoji: r.emoji.clone(),
+            remove: r.remove,
+            target: r.target.as_deref().cloned(),
+            counts: Some(r.counts.clone()),
+            mine: Some(r.mine.clone()),
         }),
     };
     let forward = Forward {
@@ -382,6 +417,14 @@ pub fn decode_request(forward: Forward, origin: Origin) -> Option<OwnerRequest> 
             text: e.text,
             target: e.target.map(Box::new),
         },
+        ForwardOp::React(r) => OwnerOp::React(Box::new(crate::owner::Reacting {
+            seq: r.seq,
+            emoji: r.emoji,
+            remove: r.remove,
+            target: r.target.map(Box::new),
+            counts: r.counts.unwrap_or_default(),
+            mine: r.mine.unwrap_or_default(),
+        })),
     };
     Some(OwnerRequest::new(
         origin,
@@ -459,6 +502,23 @@ mod tests {
         let back = decode_request(f, origin).expect("an op");
         assert!(
             matches!(&back.op, OwnerOp::EditMessage { seq: 3, text, target: None } if text == "new")
+        );
+
+        let react = OwnerOp::React(Box::new(crate::owner::Reacting {
+            seq: 4,
+            emoji: "👍".into(),
+            remove: true,
+            target: None,
+            counts: Default::default(),
+            mine: crate::records::UserReactions {
+                emoji: vec!["👍".into()],
+            },
+        }));
+        let req = OwnerRequest::new(origin, UserId(5), ConversationId(6), react);
+        let f: Forward = prost::Message::decode(encode_request(&req, 1)).expect("decodes");
+        let back = decode_request(f, origin).expect("an op");
+        assert!(
+            matches!(&back.op, OwnerOp::React(r) if r.seq == 4 && r.remove && r.mine.emoji == ["👍"])
         );
     }
 }

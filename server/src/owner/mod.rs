@@ -23,11 +23,13 @@
 mod edit;
 mod effect;
 mod membership;
+mod reaction;
 mod receipts;
 #[cfg(test)]
 mod sim;
 
 pub use effect::{Effect, Origin, Pending};
+pub use reaction::{REACTION_MAX_BYTES, REACTIONS_PER_MESSAGE_MAX, Reacting, check_emoji};
 
 pub use receipts::{
     CURSOR_FLUSH_INTERVAL, RECEIPT_EVENTS_MAX_MEMBERS, TYPING_DEBOUNCE_MS, TYPING_TTL_MS,
@@ -146,6 +148,9 @@ pub enum OwnerOp {
         /// The stored message.
         target: Option<Box<pb::Message>>,
     },
+    /// React, with the message and its reactions as the store held them
+    /// when the request was read.
+    React(Box<Reacting>),
 }
 
 /// A loaded conversation on its owner shard.
@@ -174,6 +179,8 @@ pub(super) struct Conv {
     /// [`RECENT_DELETIONS`]: a second DeleteMessage that read the message
     /// before the first one's write is answered without a second event.
     recent_deletions: VecDeque<u64>,
+    /// Reaction records this owner wrote last (`reaction.rs`).
+    reactions: reaction::RecentReactions,
 }
 
 impl Conv {
@@ -505,6 +512,7 @@ impl Owner {
                     typing: receipts::Typing::default(),
                     recent_senders: VecDeque::new(),
                     recent_deletions: VecDeque::new(),
+                    reactions: reaction::RecentReactions::default(),
                 };
                 self.slots.insert(id, Slot::Ready(Box::new(conv)));
                 self.pump(id);
@@ -658,6 +666,10 @@ impl Env {
                 let result = self.edit_message(id, conv, user, seq, text, target);
                 return done_or_refused(origin, result);
             }
+            OwnerOp::React(r) => {
+                let result = self.react(id, conv, user, *r);
+                return done_or_refused(origin, result);
+            }
         };
         match result {
             Ok(mut pending) => {
@@ -781,6 +793,7 @@ impl Env {
             system: None,
             deleted: false,
             edited_at_ms: 0,
+            reactions: Vec::new(),
         };
         let push = self.stage_message(id, &stored, &mut batch);
         let mut effects = vec![

@@ -227,6 +227,60 @@ impl Sim {
         self.request(user, conversation, op)
     }
 
+    /// React by `user`, with the message and its reaction records read from
+    /// the store now, as the route does.
+    fn react(&mut self, user: u64, conversation: u64, seq: u64, emoji: &str, remove: bool) -> u64 {
+        let r = self.reacting(user, conversation, seq, emoji, remove);
+        self.request(user, conversation, OwnerOp::React(Box::new(r)))
+    }
+
+    fn reacting(
+        &self,
+        user: u64,
+        conversation: u64,
+        seq: u64,
+        emoji: &str,
+        remove: bool,
+    ) -> crate::owner::Reacting {
+        crate::owner::Reacting {
+            seq,
+            emoji: emoji.into(),
+            remove,
+            target: self.stored_message(conversation, seq).map(Box::new),
+            counts: self.reaction_counts(conversation, seq),
+            mine: self
+                .get(Ks::Reactors, &keys::reactor(conversation, seq, user))
+                .and_then(|v| crate::records::UserReactions::decode(v.as_slice()).ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// (emoji, count) of message `seq` as stored.
+    fn reaction_counts(&self, conversation: u64, seq: u64) -> crate::records::ReactionCounts {
+        self.get(Ks::Reactions, &keys::pair(conversation, seq))
+            .and_then(|v| crate::records::ReactionCounts::decode(v.as_slice()).ok())
+            .unwrap_or_default()
+    }
+
+    fn counts_of(&self, conversation: u64, seq: u64) -> Vec<(String, u32)> {
+        self.reaction_counts(conversation, seq)
+            .counts
+            .into_iter()
+            .map(|c| (c.emoji, c.count))
+            .collect()
+    }
+
+    /// Reaction events pushed, in push order.
+    fn reaction_events(&self) -> Vec<(&[u64], &pb::ReactionEvent)> {
+        self.pushes
+            .iter()
+            .filter_map(|p| match &p.frame.body {
+                Some(Body::ReactionEvent(e)) => Some((p.users.as_slice(), e)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Messages pushed as edited, in push order.
     fn edits(&self) -> Vec<(&[u64], &pb::Message)> {
         self.pushes
@@ -1033,4 +1087,108 @@ fn edits_are_refused_for_others_system_deleted_and_bad_text() {
     let after = s.edit(3, g, 1, "again", Some(stored));
     assert_eq!(s.error_code(after), ErrorCode::Conflict);
     assert!(s.edits().is_empty());
+}
+
+// Reactions.
+
+#[test]
+fn reactions_count_per_emoji_are_idempotent_and_take_no_seq() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    for (user, emoji) in [(1, "👍"), (2, "👍"), (3, "🎉"), (1, "👍")] {
+        let r = s.react(user, g, 1, emoji, false);
+        assert!(matches!(s.answer(r), Body::Done(_)));
+    }
+    assert_eq!(
+        s.counts_of(g, 1),
+        [("👍".to_owned(), 2), ("🎉".to_owned(), 1)],
+        "adding twice counts once"
+    );
+    let events = s.reaction_events();
+    assert_eq!(events.len(), 3, "the repeated add tells nobody");
+    assert_eq!(events[0].0, &[1, 2, 3, 4]);
+    assert_eq!((events[2].1.user_id, events[2].1.emoji.as_str()), (3, "🎉"));
+    // Removing: the count drops, an emoji nobody uses goes, removing what
+    // one does not have is done with nothing written.
+    let r = s.react(1, g, 1, "👍", true);
+    assert!(matches!(s.answer(r), Body::Done(_)));
+    let r = s.react(3, g, 1, "🎉", true);
+    assert!(matches!(s.answer(r), Body::Done(_)));
+    let r = s.react(4, g, 1, "🎉", true);
+    assert!(matches!(s.answer(r), Body::Done(_)));
+    assert_eq!(s.counts_of(g, 1), [("👍".to_owned(), 1)]);
+    assert_eq!(s.reaction_events().len(), 5);
+    assert!(s.get(Ks::Reactors, &keys::reactor(g, 1, 3)).is_none());
+    assert_eq!(s.notified, 0);
+    let next = s.send(4, g, "b", true);
+    assert_eq!(s.ack(next).seq, 2, "reactions take no seq");
+}
+
+#[test]
+fn reactions_read_before_the_owner_wrote_are_counted_from_what_it_wrote() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    // Three members react at once: every request read the store before
+    // any was written, which a socket test cannot arrange for certain.
+    let reads: Vec<_> = [1, 2, 4]
+        .iter()
+        .map(|&u| (u, s.reacting(u, g, 1, "👍", false)))
+        .collect();
+    s.auto_commit = false;
+    let rids: Vec<u64> = reads
+        .into_iter()
+        .map(|(u, r)| s.request(u, g, OwnerOp::React(Box::new(r))))
+        .collect();
+    // And one of them adds the same reaction again, read at the same time.
+    let again = s.reacting(1, g, 1, "👍", false);
+    let twice = s.request(1, g, OwnerOp::React(Box::new(again)));
+    s.commit_all();
+    s.auto_commit = true;
+    for rid in rids.into_iter().chain([twice]) {
+        assert!(matches!(s.answer(rid), Body::Done(_)));
+    }
+    assert_eq!(s.counts_of(g, 1), [("👍".to_owned(), 3)]);
+}
+
+#[test]
+fn reactions_are_bounded_and_refused_for_bad_targets() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    for i in 0..REACTIONS_PER_MESSAGE_MAX {
+        let r = s.react(1 + (i as u64 % 4), g, 1, &format!("e{i}"), false);
+        assert!(matches!(s.answer(r), Body::Done(_)), "{i}");
+    }
+    let past = s.react(2, g, 1, "one-more", false);
+    assert_eq!(s.error_code(past), ErrorCode::ReactionLimit);
+    // An emoji already there still counts another user.
+    let existing = s.react(2, g, 1, "e0", false);
+    assert!(matches!(s.answer(existing), Body::Done(_)));
+    assert_eq!(s.counts_of(g, 1).len(), REACTIONS_PER_MESSAGE_MAX);
+
+    let before = s.reaction_events().len();
+    let long = "x".repeat(REACTION_MAX_BYTES + 1);
+    let cases = [
+        (s.react(9, g, 1, "👍", false), ErrorCode::NotAMember),
+        (s.react(1, g, 1, "", false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 1, &long, false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 1, "a b", false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 1, "\u{7}", false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 7, "👍", false), ErrorCode::NotFound),
+    ];
+    for (rid, code) in cases {
+        assert_eq!(s.error_code(rid), code);
+    }
+    let removed = s.request(1, g, OwnerOp::RemoveMember(4));
+    assert!(matches!(s.answer(removed), Body::Conversation(_)));
+    let system = s.react(1, g, 2, "👍", false);
+    assert_eq!(s.error_code(system), ErrorCode::InvalidArgument);
+    let target = s.stored_message(g, 1);
+    let deleted = s.delete(3, g, 1, target);
+    assert!(matches!(s.answer(deleted), Body::Done(_)));
+    let on_deleted = s.react(1, g, 1, "👍", false);
+    assert_eq!(s.error_code(on_deleted), ErrorCode::Conflict);
+    assert_eq!(s.reaction_events().len(), before);
 }

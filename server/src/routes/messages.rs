@@ -1,5 +1,5 @@
 //! Messages: sending (with the connection's and the user's send rates),
-//! deleting, editing, history and sync, receipts and typing. Everything that
+//! deleting, editing, reactions, history and sync, receipts and typing. Everything that
 //! changes a conversation goes to its owner.
 
 use std::rc::Rc;
@@ -11,7 +11,7 @@ use chat_protocol::{ConversationId, ErrorCode, UserId};
 use super::{Request, read_then_owner, spawn_read, to_owner};
 use crate::connection::Conn;
 use crate::limits::TokenBucket;
-use crate::owner::{OwnerOp, OwnerRequest};
+use crate::owner::{OwnerOp, OwnerRequest, Reacting};
 use crate::session_state::Verdict;
 use crate::shard_msg::ShardMsg;
 
@@ -125,6 +125,35 @@ pub(crate) fn edit(conn: &Rc<Conn>, req: Request, user: u64, e: pb::EditMessage)
         seq,
         text,
         target: target.map(Box::new),
+    };
+    let store = &conn.shard.shared.store;
+    read_then_owner(conn, req, (user, conversation), store, read, op);
+}
+
+/// React: the message and its reaction records are read here; its owner
+/// applies the change.
+pub(crate) fn react(conn: &Rc<Conn>, req: Request, user: u64, r: pb::React) {
+    let (conversation, seq) = (r.conversation_id, r.seq);
+    let read = move |store: &Store| {
+        let target = store.message(conversation, seq)?;
+        let (counts, mine) = match &target {
+            Some(_) => (
+                store.reaction_counts(conversation, seq)?,
+                store.user_reactions(conversation, seq, user)?,
+            ),
+            None => Default::default(),
+        };
+        Ok((target, counts, mine))
+    };
+    let op = move |(target, counts, mine): (Option<pb::Message>, _, _)| {
+        OwnerOp::React(Box::new(Reacting {
+            seq,
+            emoji: r.emoji,
+            remove: r.remove,
+            target: target.map(Box::new),
+            counts,
+            mine,
+        }))
     };
     let store = &conn.shard.shared.store;
     read_then_owner(conn, req, (user, conversation), store, read, op);

@@ -4,7 +4,7 @@
 //! - [`session`]: Hello, Ping, Register, Login, Resume, Logout;
 //! - [`conversations`]: creating, reading and listing conversations, their
 //!   members and roles, channel subscriptions;
-//! - [`messages`]: sends, deletes, edits, history, sync, receipts, typing;
+//! - [`messages`]: sends, deletes, edits, reactions, history, sync, receipts, typing;
 //! - [`presence`]: SetPresence and presence subscriptions;
 //! - [`account`]: profiles, passwords and push tokens;
 //! - [`media`]: upload tickets.
@@ -139,6 +139,7 @@ pub(crate) async fn dispatch(conn: &Rc<Conn>, user: u64, rid: u64, body: C) {
         C::SendMessage(m) => messages::send(conn, req, user, m).await,
         C::DeleteMessage(d) => messages::delete(conn, req, user, d),
         C::EditMessage(e) => messages::edit(conn, req, user, e),
+        C::React(r) => messages::react(conn, req, user, r),
         C::GetHistory(h) => messages::history(conn, req, user, h),
         C::Sync(s) => messages::sync(conn, req, user, s),
         C::MarkRead(m) => messages::mark_read(conn, req, user, m).await,

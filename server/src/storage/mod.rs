@@ -23,6 +23,8 @@
 //! | `message_index` | conversation ‖ !seq | [`segments::Loc`] of a newer version of a message (a deletion), or of a message indexed before runs; wins over a run |
 //! | `last_seen` | user id | Unix ms when the user's last session ended |
 //! | `idempotency` | conversation ‖ sender ‖ XXH3-128(client_msg_id) ([`keys::idempotency_digest`]; conversation ‖ sender ‖ client_msg_id in stores written before) | [`IdempotencyRecord`] |
+//! | `reactions` | conversation ‖ seq | [`ReactionCounts`] of the message |
+//! | `reactors` | conversation ‖ seq ‖ user | [`UserReactions`]: the emoji the user reacted with |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 //! | `meta` | `cluster_applied` | cluster mode: the last JetStream stream sequence this store holds |
 
@@ -44,8 +46,8 @@ use self::log::{Replay, Sealed};
 use self::segments::{Files, Loc, Recent, Run, SegmentIndex};
 use self::writer::Progress;
 use crate::records::{
-    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
-    UserConversationRecord, UserRecord,
+    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, ReactionCounts,
+    TokenRecord, UserConversationRecord, UserReactions, UserRecord,
 };
 
 /// Storage failures. Any of them means the store can no longer be trusted
@@ -147,11 +149,15 @@ pub enum Ks {
     PushOutbox = 11,
     /// `meta`
     Meta = 12,
+    /// `reactions`
+    Reactions = 13,
+    /// `reactors`
+    Reactors = 14,
 }
 
 impl Ks {
     /// Every keyspace.
-    const ALL: [Ks; 13] = [
+    const ALL: [Ks; 15] = [
         Ks::Users,
         Ks::Usernames,
         Ks::Tokens,
@@ -165,6 +171,8 @@ impl Ks {
         Ks::LastSeen,
         Ks::PushOutbox,
         Ks::Meta,
+        Ks::Reactions,
+        Ks::Reactors,
     ];
 
     /// The keyspace's code in the commit log.
@@ -195,6 +203,8 @@ struct Keyspaces {
     last_seen: Keyspace,
     push_outbox: Keyspace,
     meta: Keyspace,
+    reactions: Keyspace,
+    reactors: Keyspace,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -402,6 +412,8 @@ impl Store {
             last_seen: ks("last_seen")?,
             push_outbox: ks("push_outbox")?,
             meta: ks("meta")?,
+            reactions: ks("reactions")?,
+            reactors: ks("reactors")?,
         };
         let mut store = Self {
             db,
@@ -680,6 +692,8 @@ impl Store {
             Ks::LastSeen => &self.ks.last_seen,
             Ks::PushOutbox => &self.ks.push_outbox,
             Ks::Meta => &self.ks.meta,
+            Ks::Reactions => &self.ks.reactions,
+            Ks::Reactors => &self.ks.reactors,
         }
     }
 
@@ -964,6 +978,72 @@ impl Store {
             if (oldest_first && run.min_seq() > hi) || (!oldest_first && run.min_seq() <= lo) {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// The reaction counts of message `seq` (empty if none).
+    pub fn reaction_counts(&self, conversation: u64, seq: u64) -> Result<ReactionCounts> {
+        match self.read()?.reactions.get(keys::pair(conversation, seq))? {
+            Some(v) => decode("reactions", &v),
+            None => Ok(ReactionCounts::default()),
+        }
+    }
+
+    /// The emoji `user` reacted to message `seq` with (empty if none).
+    pub fn user_reactions(&self, conversation: u64, seq: u64, user: u64) -> Result<UserReactions> {
+        match self
+            .read()?
+            .reactors
+            .get(keys::reactor(conversation, seq, user))?
+        {
+            Some(v) => decode("reactors", &v),
+            None => Ok(UserReactions::default()),
+        }
+    }
+
+    /// Fills in `reactions` of each of `messages` (all of `conversation`)
+    /// as `reader` sees them: one range read of the counts over the
+    /// messages' seqs, and the reader's own only for messages with any.
+    /// Deleted messages show none.
+    pub fn attach_reactions(
+        &self,
+        conversation: u64,
+        reader: u64,
+        messages: &mut [pb::Message],
+    ) -> Result<()> {
+        let (Some(lo), Some(hi)) = (
+            messages.iter().map(|m| m.seq).min(),
+            messages.iter().map(|m| m.seq).max(),
+        ) else {
+            return Ok(());
+        };
+        let ks = self.read()?;
+        let mut counts = std::collections::HashMap::new();
+        for kv in ks
+            .reactions
+            .range(keys::pair(conversation, lo)..=keys::pair(conversation, hi))
+        {
+            let (k, v) = kv.into_inner()?;
+            if let Some(seq) = keys::pair_second(&k) {
+                counts.insert(seq, decode::<ReactionCounts>("reactions", &v)?);
+            }
+        }
+        for m in messages.iter_mut() {
+            m.reactions.clear();
+            let Some(c) = counts.get(&m.seq).filter(|_| !m.deleted) else {
+                continue;
+            };
+            let mine = self.user_reactions(conversation, m.seq, reader)?;
+            m.reactions = c
+                .counts
+                .iter()
+                .map(|r| pb::Reaction {
+                    emoji: r.emoji.clone(),
+                    count: r.count,
+                    mine: mine.emoji.contains(&r.emoji),
+                })
+                .collect();
         }
         Ok(())
     }

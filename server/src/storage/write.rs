@@ -10,8 +10,8 @@ use prost::Message;
 use super::writer::Batch;
 use super::{Ks, keys};
 use crate::records::{
-    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
-    UserConversationRecord, UserRecord,
+    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, ReactionCounts,
+    TokenRecord, UserConversationRecord, UserReactions, UserRecord,
 };
 
 impl Batch {
@@ -93,6 +93,32 @@ impl Batch {
     /// A message, already encoded (the push reuses the encoding).
     pub fn put_message(&mut self, conversation: u64, seq: u64, encoded: Vec<u8>) {
         self.put(Ks::Messages, keys::message(conversation, seq), encoded);
+    }
+
+    /// A message's reaction counts; none left deletes the record.
+    pub fn put_reaction_counts(&mut self, conversation: u64, seq: u64, counts: &ReactionCounts) {
+        let key = keys::pair(conversation, seq);
+        if counts.counts.is_empty() {
+            self.delete(Ks::Reactions, key);
+        } else {
+            self.put(Ks::Reactions, key, counts.encode_to_vec());
+        }
+    }
+
+    /// The emoji `user` reacted to a message with; none deletes the record.
+    pub fn put_user_reactions(
+        &mut self,
+        conversation: u64,
+        seq: u64,
+        user: u64,
+        mine: &UserReactions,
+    ) {
+        let key = keys::reactor(conversation, seq, user);
+        if mine.emoji.is_empty() {
+            self.delete(Ks::Reactors, key);
+        } else {
+            self.put(Ks::Reactors, key, mine.encode_to_vec());
+        }
     }
 
     /// The ack of `sender`'s send with `client_msg_id`, for retries.

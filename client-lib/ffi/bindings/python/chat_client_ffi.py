@@ -610,6 +610,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_profile() != 24649:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_react() != 9416:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts() != 23434:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_register() != 42074:
@@ -617,6 +619,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_register_push_token() != 56123:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member() != 50516:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction() != 63443:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload() != 61735:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -774,6 +778,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_mark_read.restype =
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_profile.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_profile.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_react.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_react.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts.restype = ctypes.c_uint16
@@ -786,6 +793,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_register_push_token
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload.restype = ctypes.c_uint16
@@ -1006,6 +1016,13 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_profile.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_profile.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_receipts.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -1031,6 +1048,13 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_member.argtypes = 
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_member.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_request_upload.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -2557,11 +2581,79 @@ class _UniffiFfiConverterOptionalTypeMediaRef(_UniffiConverterRustBuffer):
             raise InternalError("Unexpected flag byte for optional type")
 
 @dataclass
+class Reaction:
+    """
+    One emoji's reactions to a message.
+"""
+    def __init__(self, *, emoji:str, count:int, mine:bool):
+        self.emoji = emoji
+        self.count = count
+        self.mine = mine
+        
+        
+
+    
+    def __str__(self):
+        return "Reaction(emoji={}, count={}, mine={})".format(self.emoji, self.count, self.mine)
+    def __eq__(self, other):
+        if self.emoji != other.emoji:
+            return False
+        if self.count != other.count:
+            return False
+        if self.mine != other.mine:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeReaction(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return Reaction(
+            emoji=_UniffiFfiConverterString.read(buf),
+            count=_UniffiFfiConverterUInt32.read(buf),
+            mine=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.emoji)
+        _UniffiFfiConverterUInt32.check_lower(value.count)
+        _UniffiFfiConverterBoolean.check_lower(value.mine)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.emoji, buf)
+        _UniffiFfiConverterUInt32.write(value.count, buf)
+        _UniffiFfiConverterBoolean.write(value.mine, buf)
+
+class _UniffiFfiConverterSequenceTypeReaction(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeReaction.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeReaction.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeReaction.read(buf) for i in range(count)
+        ]
+
+@dataclass
 class Message:
     """
     A stored message.
 """
-    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool, edited_at_ms:int):
+    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool, edited_at_ms:int, reactions:typing.List[Reaction]):
         self.conversation_id = conversation_id
         self.seq = seq
         self.message_id = message_id
@@ -2576,12 +2668,13 @@ class Message:
         self.system = system
         self.deleted = deleted
         self.edited_at_ms = edited_at_ms
+        self.reactions = reactions
         
         
 
     
     def __str__(self):
-        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={}, edited_at_ms={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted, self.edited_at_ms)
+        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={}, edited_at_ms={}, reactions={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted, self.edited_at_ms, self.reactions)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2611,6 +2704,8 @@ class Message:
             return False
         if self.edited_at_ms != other.edited_at_ms:
             return False
+        if self.reactions != other.reactions:
+            return False
         return True
 
 class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
@@ -2631,6 +2726,7 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
             system=_UniffiFfiConverterOptionalTypeSystemEvent.read(buf),
             deleted=_UniffiFfiConverterBoolean.read(buf),
             edited_at_ms=_UniffiFfiConverterUInt64.read(buf),
+            reactions=_UniffiFfiConverterSequenceTypeReaction.read(buf),
         )
 
     @staticmethod
@@ -2649,6 +2745,7 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalTypeSystemEvent.check_lower(value.system)
         _UniffiFfiConverterBoolean.check_lower(value.deleted)
         _UniffiFfiConverterUInt64.check_lower(value.edited_at_ms)
+        _UniffiFfiConverterSequenceTypeReaction.check_lower(value.reactions)
 
     @staticmethod
     def write(value, buf):
@@ -2666,6 +2763,7 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalTypeSystemEvent.write(value.system, buf)
         _UniffiFfiConverterBoolean.write(value.deleted, buf)
         _UniffiFfiConverterUInt64.write(value.edited_at_ms, buf)
+        _UniffiFfiConverterSequenceTypeReaction.write(value.reactions, buf)
 
 class _UniffiFfiConverterOptionalTypeMessage(_UniffiConverterRustBuffer):
     @classmethod
@@ -3061,17 +3159,22 @@ class ErrorCode(enum.Enum):
     405: the connection was idle too long.
 """
     
-    INTERNAL = 24
+    REACTION_LIMIT = 24
+    """
+    406: the message has the most distinct reactions it may have.
+"""
+    
+    INTERNAL = 25
     """
     500: an internal server error.
 """
     
-    SHUTTING_DOWN = 25
+    SHUTTING_DOWN = 26
     """
     501: the server is shutting down.
 """
     
-    STORAGE_FAILURE = 26
+    STORAGE_FAILURE = 27
     """
     502: the server's store failed.
 """
@@ -3131,10 +3234,12 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if variant == 24:
             return ErrorCode.IDLE_TIMEOUT
         if variant == 25:
-            return ErrorCode.INTERNAL
+            return ErrorCode.REACTION_LIMIT
         if variant == 26:
-            return ErrorCode.SHUTTING_DOWN
+            return ErrorCode.INTERNAL
         if variant == 27:
+            return ErrorCode.SHUTTING_DOWN
+        if variant == 28:
             return ErrorCode.STORAGE_FAILURE
         raise InternalError("Raw enum value doesn't match any cases")
 
@@ -3187,6 +3292,8 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if value == ErrorCode.SERVER_BUSY:
             return
         if value == ErrorCode.IDLE_TIMEOUT:
+            return
+        if value == ErrorCode.REACTION_LIMIT:
             return
         if value == ErrorCode.INTERNAL:
             return
@@ -3246,12 +3353,14 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
             buf.write_i32(23)
         if value == ErrorCode.IDLE_TIMEOUT:
             buf.write_i32(24)
-        if value == ErrorCode.INTERNAL:
+        if value == ErrorCode.REACTION_LIMIT:
             buf.write_i32(25)
-        if value == ErrorCode.SHUTTING_DOWN:
+        if value == ErrorCode.INTERNAL:
             buf.write_i32(26)
-        if value == ErrorCode.STORAGE_FAILURE:
+        if value == ErrorCode.SHUTTING_DOWN:
             buf.write_i32(27)
+        if value == ErrorCode.STORAGE_FAILURE:
+            buf.write_i32(28)
 
 
 
@@ -3564,6 +3673,69 @@ class _UniffiFfiConverterTypePresenceEvent(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.user_id, buf)
         _UniffiFfiConverterTypePresenceStatus.write(value.status, buf)
         _UniffiFfiConverterUInt64.write(value.last_seen_ms, buf)
+
+@dataclass
+class ReactionEvent:
+    """
+    A reaction was added or removed.
+"""
+    def __init__(self, *, conversation_id:int, seq:int, user_id:int, emoji:str, removed:bool, reactions:typing.List[Reaction]):
+        self.conversation_id = conversation_id
+        self.seq = seq
+        self.user_id = user_id
+        self.emoji = emoji
+        self.removed = removed
+        self.reactions = reactions
+        
+        
+
+    
+    def __str__(self):
+        return "ReactionEvent(conversation_id={}, seq={}, user_id={}, emoji={}, removed={}, reactions={})".format(self.conversation_id, self.seq, self.user_id, self.emoji, self.removed, self.reactions)
+    def __eq__(self, other):
+        if self.conversation_id != other.conversation_id:
+            return False
+        if self.seq != other.seq:
+            return False
+        if self.user_id != other.user_id:
+            return False
+        if self.emoji != other.emoji:
+            return False
+        if self.removed != other.removed:
+            return False
+        if self.reactions != other.reactions:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeReactionEvent(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ReactionEvent(
+            conversation_id=_UniffiFfiConverterUInt64.read(buf),
+            seq=_UniffiFfiConverterUInt64.read(buf),
+            user_id=_UniffiFfiConverterUInt64.read(buf),
+            emoji=_UniffiFfiConverterString.read(buf),
+            removed=_UniffiFfiConverterBoolean.read(buf),
+            reactions=_UniffiFfiConverterSequenceTypeReaction.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.conversation_id)
+        _UniffiFfiConverterUInt64.check_lower(value.seq)
+        _UniffiFfiConverterUInt64.check_lower(value.user_id)
+        _UniffiFfiConverterString.check_lower(value.emoji)
+        _UniffiFfiConverterBoolean.check_lower(value.removed)
+        _UniffiFfiConverterSequenceTypeReaction.check_lower(value.reactions)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.conversation_id, buf)
+        _UniffiFfiConverterUInt64.write(value.seq, buf)
+        _UniffiFfiConverterUInt64.write(value.user_id, buf)
+        _UniffiFfiConverterString.write(value.emoji, buf)
+        _UniffiFfiConverterBoolean.write(value.removed, buf)
+        _UniffiFfiConverterSequenceTypeReaction.write(value.reactions, buf)
 
 @dataclass
 class ReceiptCounts:
@@ -4162,6 +4334,36 @@ class ChatEvent:
             return True
 
     @dataclass
+    class REACTION:
+        """
+        A member added or removed a reaction.
+"""
+        
+        def __init__(self, reaction:ReactionEvent):
+            self.reaction = reaction
+            
+            """
+        The change, with the message's reactions after it.
+"""
+        
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "ChatEvent.REACTION(reaction={})".format(self.reaction)
+        def __eq__(self, other):
+            if not isinstance(other, ChatEvent):
+                return NotImplemented
+            if not other.is_REACTION():
+                return False
+            if self.reaction != other.reaction:
+                return False
+            return True
+
+    @dataclass
     class RECEIPT:
         """
         A member's delivered or read cursor moved.
@@ -4429,6 +4631,10 @@ class ChatEvent:
         return isinstance(self, ChatEvent.MESSAGE_EDITED)
     def is_message_edited(self) -> bool:
         return isinstance(self, ChatEvent.MESSAGE_EDITED)
+    def is_REACTION(self) -> bool:
+        return isinstance(self, ChatEvent.REACTION)
+    def is_reaction(self) -> bool:
+        return isinstance(self, ChatEvent.REACTION)
     def is_RECEIPT(self) -> bool:
         return isinstance(self, ChatEvent.RECEIPT)
     def is_receipt(self) -> bool:
@@ -4472,6 +4678,7 @@ class ChatEvent:
 # We might be able to do this a little more neatly with a metaclass, but this'll do.
 ChatEvent.MESSAGE = type("ChatEvent.MESSAGE", (ChatEvent.MESSAGE, ChatEvent,), {})  # type: ignore
 ChatEvent.MESSAGE_EDITED = type("ChatEvent.MESSAGE_EDITED", (ChatEvent.MESSAGE_EDITED, ChatEvent,), {})  # type: ignore
+ChatEvent.REACTION = type("ChatEvent.REACTION", (ChatEvent.REACTION, ChatEvent,), {})  # type: ignore
 ChatEvent.RECEIPT = type("ChatEvent.RECEIPT", (ChatEvent.RECEIPT, ChatEvent,), {})  # type: ignore
 ChatEvent.TYPING = type("ChatEvent.TYPING", (ChatEvent.TYPING, ChatEvent,), {})  # type: ignore
 ChatEvent.PRESENCE = type("ChatEvent.PRESENCE", (ChatEvent.PRESENCE, ChatEvent,), {})  # type: ignore
@@ -4498,37 +4705,41 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterTypeMessage.read(buf),
             )
         if variant == 3:
+            return ChatEvent.REACTION(
+                _UniffiFfiConverterTypeReactionEvent.read(buf),
+            )
+        if variant == 4:
             return ChatEvent.RECEIPT(
                 _UniffiFfiConverterTypeReceiptEvent.read(buf),
             )
-        if variant == 4:
+        if variant == 5:
             return ChatEvent.TYPING(
                 _UniffiFfiConverterTypeTypingEvent.read(buf),
             )
-        if variant == 5:
+        if variant == 6:
             return ChatEvent.PRESENCE(
                 _UniffiFfiConverterTypePresenceEvent.read(buf),
             )
-        if variant == 6:
+        if variant == 7:
             return ChatEvent.CONVERSATION_CHANGED(
                 _UniffiFfiConverterTypeConversationEvent.read(buf),
             )
-        if variant == 7:
+        if variant == 8:
             return ChatEvent.CONVERSATION_REMOVED(
                 _UniffiFfiConverterUInt64.read(buf),
             )
-        if variant == 8:
+        if variant == 9:
             return ChatEvent.GO_AWAY(
                 _UniffiFfiConverterTypeGoAway.read(buf),
             )
-        if variant == 9:
+        if variant == 10:
             return ChatEvent.DISCONNECTED(
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 10:
+        if variant == 11:
             return ChatEvent.RECONNECTED(
             )
-        if variant == 11:
+        if variant == 12:
             return ChatEvent.ENDED(
             )
         raise InternalError("Raw enum value doesn't match any cases")
@@ -4540,6 +4751,9 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
             return
         if value.is_MESSAGE_EDITED():
             _UniffiFfiConverterTypeMessage.check_lower(value.message)
+            return
+        if value.is_REACTION():
+            _UniffiFfiConverterTypeReactionEvent.check_lower(value.reaction)
             return
         if value.is_RECEIPT():
             _UniffiFfiConverterTypeReceiptEvent.check_lower(value.receipt)
@@ -4576,31 +4790,34 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
         if value.is_MESSAGE_EDITED():
             buf.write_i32(2)
             _UniffiFfiConverterTypeMessage.write(value.message, buf)
-        if value.is_RECEIPT():
+        if value.is_REACTION():
             buf.write_i32(3)
+            _UniffiFfiConverterTypeReactionEvent.write(value.reaction, buf)
+        if value.is_RECEIPT():
+            buf.write_i32(4)
             _UniffiFfiConverterTypeReceiptEvent.write(value.receipt, buf)
         if value.is_TYPING():
-            buf.write_i32(4)
+            buf.write_i32(5)
             _UniffiFfiConverterTypeTypingEvent.write(value.typing, buf)
         if value.is_PRESENCE():
-            buf.write_i32(5)
+            buf.write_i32(6)
             _UniffiFfiConverterTypePresenceEvent.write(value.presence, buf)
         if value.is_CONVERSATION_CHANGED():
-            buf.write_i32(6)
+            buf.write_i32(7)
             _UniffiFfiConverterTypeConversationEvent.write(value.change, buf)
         if value.is_CONVERSATION_REMOVED():
-            buf.write_i32(7)
+            buf.write_i32(8)
             _UniffiFfiConverterUInt64.write(value.conversation_id, buf)
         if value.is_GO_AWAY():
-            buf.write_i32(8)
+            buf.write_i32(9)
             _UniffiFfiConverterTypeGoAway.write(value.go_away, buf)
         if value.is_DISCONNECTED():
-            buf.write_i32(9)
+            buf.write_i32(10)
             _UniffiFfiConverterString.write(value.reason, buf)
         if value.is_RECONNECTED():
-            buf.write_i32(10)
-        if value.is_ENDED():
             buf.write_i32(11)
+        if value.is_ENDED():
+            buf.write_i32(12)
 
 
 
@@ -5332,6 +5549,12 @@ class ChatClientProtocol(typing.Protocol):
         A user's profile by id.
 """
         raise NotImplementedError
+    async def react(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+        adding one the user has is done with nothing changed.
+"""
+        raise NotImplementedError
     async def receipts(self, conversation_id: int,seq: int) -> ReceiptCounts:
         """
         How many members received and read message `seq`.
@@ -5351,6 +5574,11 @@ class ChatClientProtocol(typing.Protocol):
     async def remove_member(self, conversation_id: int,user_id: int) -> Conversation:
         """
         Removes a member from a group.
+"""
+        raise NotImplementedError
+    async def remove_reaction(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Removes the user's reaction from a message.
 """
         raise NotImplementedError
     async def request_upload(self, mime_type: str,size_bytes: int) -> UploadTicket:
@@ -6024,6 +6252,33 @@ class ChatClient(ChatClientProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def react(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+        adding one the user has is done with nothing changed.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(seq)
+
+        _UniffiFfiConverterString.check_lower(emoji)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(seq),
+            _UniffiFfiConverterString.lower(emoji),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def receipts(self, conversation_id: int,seq: int) -> ReceiptCounts:
         """
         How many members received and read message `seq`.
@@ -6117,6 +6372,32 @@ class ChatClient(ChatClientProtocol):
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def remove_reaction(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Removes the user's reaction from a message.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(seq)
+
+        _UniffiFfiConverterString.check_lower(emoji)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(seq),
+            _UniffiFfiConverterString.lower(emoji),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
@@ -6668,6 +6949,7 @@ __all__ = [
     "SystemEvent",
     "ConversationEvent",
     "MediaRef",
+    "Reaction",
     "Message",
     "ConversationSummary",
     "ConversationList",
@@ -6677,6 +6959,7 @@ __all__ = [
     "MessagePage",
     "OutgoingMessage",
     "PresenceEvent",
+    "ReactionEvent",
     "ReceiptCounts",
     "ReceiptEvent",
     "ResumeResult",

@@ -735,6 +735,12 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func profile(userId: UInt64) async throws  -> Profile
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+    func react(conversationId: UInt64, seq: UInt64, emoji: String) async throws 
+    
+    /**
      * How many members received and read message `seq`.
      */
     func receipts(conversationId: UInt64, seq: UInt64) async throws  -> ReceiptCounts
@@ -754,6 +760,11 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
      * Removes a member from a group.
      */
     func removeMember(conversationId: UInt64, userId: UInt64) async throws  -> Conversation
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+    func removeReaction(conversationId: UInt64, seq: UInt64, emoji: String) async throws 
     
     /**
      * Asks for an upload ticket for an attachment.
@@ -1381,6 +1392,26 @@ open func profile(userId: UInt64)async throws  -> Profile  {
 }
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+open func react(conversationId: UInt64, seq: UInt64, emoji: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_react(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq),FfiConverterString.lower(emoji)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
      * How many members received and read message `seq`.
      */
 open func receipts(conversationId: UInt64, seq: UInt64)async throws  -> ReceiptCounts  {
@@ -1453,6 +1484,25 @@ open func removeMember(conversationId: UInt64, userId: UInt64)async throws  -> C
             completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+open func removeReaction(conversationId: UInt64, seq: UInt64, emoji: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq),FfiConverterString.lower(emoji)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
             errorHandler: FfiConverterTypeClientError_lift
         )
 }
@@ -3234,6 +3284,11 @@ public struct Message: Equatable, Hashable {
      * Unix milliseconds of the latest edit; 0 if never edited.
      */
     public var editedAtMs: UInt64
+    /**
+     * Reactions as this user sees them (filled in history and sync; empty
+     * in live pushes).
+     */
+    public var reactions: [Reaction]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3279,7 +3334,11 @@ public struct Message: Equatable, Hashable {
          */deleted: Bool, 
         /**
          * Unix milliseconds of the latest edit; 0 if never edited.
-         */editedAtMs: UInt64) {
+         */editedAtMs: UInt64, 
+        /**
+         * Reactions as this user sees them (filled in history and sync; empty
+         * in live pushes).
+         */reactions: [Reaction]) {
         self.conversationId = conversationId
         self.seq = seq
         self.messageId = messageId
@@ -3294,6 +3353,7 @@ public struct Message: Equatable, Hashable {
         self.system = system
         self.deleted = deleted
         self.editedAtMs = editedAtMs
+        self.reactions = reactions
     }
 
     
@@ -3325,7 +3385,8 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
                 replyToSeq: FfiConverterUInt64.read(from: &buf), 
                 system: FfiConverterOptionTypeSystemEvent.read(from: &buf), 
                 deleted: FfiConverterBool.read(from: &buf), 
-                editedAtMs: FfiConverterUInt64.read(from: &buf)
+                editedAtMs: FfiConverterUInt64.read(from: &buf), 
+                reactions: FfiConverterSequenceTypeReaction.read(from: &buf)
         )
     }
 
@@ -3344,6 +3405,7 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
         FfiConverterOptionTypeSystemEvent.write(value.system, into: &buf)
         FfiConverterBool.write(value.deleted, into: &buf)
         FfiConverterUInt64.write(value.editedAtMs, into: &buf)
+        FfiConverterSequenceTypeReaction.write(value.reactions, into: &buf)
     }
 }
 
@@ -3727,6 +3789,194 @@ public func FfiConverterTypeProfile_lift(_ buf: RustBuffer) throws -> Profile {
 #endif
 public func FfiConverterTypeProfile_lower(_ value: Profile) -> RustBuffer {
     return FfiConverterTypeProfile.lower(value)
+}
+
+
+/**
+ * One emoji's reactions to a message.
+ */
+public struct Reaction: Equatable, Hashable {
+    /**
+     * The emoji.
+     */
+    public var emoji: String
+    /**
+     * How many users reacted with it.
+     */
+    public var count: UInt32
+    /**
+     * This user is one of them (always false in a `ReactionEvent`).
+     */
+    public var mine: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The emoji.
+         */emoji: String, 
+        /**
+         * How many users reacted with it.
+         */count: UInt32, 
+        /**
+         * This user is one of them (always false in a `ReactionEvent`).
+         */mine: Bool) {
+        self.emoji = emoji
+        self.count = count
+        self.mine = mine
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Reaction: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReaction: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Reaction {
+        return
+            try Reaction(
+                emoji: FfiConverterString.read(from: &buf), 
+                count: FfiConverterUInt32.read(from: &buf), 
+                mine: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Reaction, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.emoji, into: &buf)
+        FfiConverterUInt32.write(value.count, into: &buf)
+        FfiConverterBool.write(value.mine, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReaction_lift(_ buf: RustBuffer) throws -> Reaction {
+    return try FfiConverterTypeReaction.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReaction_lower(_ value: Reaction) -> RustBuffer {
+    return FfiConverterTypeReaction.lower(value)
+}
+
+
+/**
+ * A reaction was added or removed.
+ */
+public struct ReactionEvent: Equatable, Hashable {
+    /**
+     * The conversation.
+     */
+    public var conversationId: UInt64
+    /**
+     * The message.
+     */
+    public var seq: UInt64
+    /**
+     * Who reacted.
+     */
+    public var userId: UInt64
+    /**
+     * The emoji.
+     */
+    public var emoji: String
+    /**
+     * True if the reaction was removed.
+     */
+    public var removed: Bool
+    /**
+     * The message's reactions after the change.
+     */
+    public var reactions: [Reaction]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The conversation.
+         */conversationId: UInt64, 
+        /**
+         * The message.
+         */seq: UInt64, 
+        /**
+         * Who reacted.
+         */userId: UInt64, 
+        /**
+         * The emoji.
+         */emoji: String, 
+        /**
+         * True if the reaction was removed.
+         */removed: Bool, 
+        /**
+         * The message's reactions after the change.
+         */reactions: [Reaction]) {
+        self.conversationId = conversationId
+        self.seq = seq
+        self.userId = userId
+        self.emoji = emoji
+        self.removed = removed
+        self.reactions = reactions
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReactionEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReactionEvent: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReactionEvent {
+        return
+            try ReactionEvent(
+                conversationId: FfiConverterUInt64.read(from: &buf), 
+                seq: FfiConverterUInt64.read(from: &buf), 
+                userId: FfiConverterUInt64.read(from: &buf), 
+                emoji: FfiConverterString.read(from: &buf), 
+                removed: FfiConverterBool.read(from: &buf), 
+                reactions: FfiConverterSequenceTypeReaction.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReactionEvent, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.conversationId, into: &buf)
+        FfiConverterUInt64.write(value.seq, into: &buf)
+        FfiConverterUInt64.write(value.userId, into: &buf)
+        FfiConverterString.write(value.emoji, into: &buf)
+        FfiConverterBool.write(value.removed, into: &buf)
+        FfiConverterSequenceTypeReaction.write(value.reactions, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactionEvent_lift(_ buf: RustBuffer) throws -> ReactionEvent {
+    return try FfiConverterTypeReactionEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactionEvent_lower(_ value: ReactionEvent) -> RustBuffer {
+    return FfiConverterTypeReactionEvent.lower(value)
 }
 
 
@@ -4540,6 +4790,14 @@ public enum ChatEvent: Equatable, Hashable {
          */message: Message
     )
     /**
+     * A member added or removed a reaction.
+     */
+    case reaction(
+        /**
+         * The change, with the message's reactions after it.
+         */reaction: ReactionEvent
+    )
+    /**
      * A member's delivered or read cursor moved.
      */
     case receipt(
@@ -4632,30 +4890,33 @@ public struct FfiConverterTypeChatEvent: FfiConverterRustBuffer {
         case 2: return .messageEdited(message: try FfiConverterTypeMessage.read(from: &buf)
         )
         
-        case 3: return .receipt(receipt: try FfiConverterTypeReceiptEvent.read(from: &buf)
+        case 3: return .reaction(reaction: try FfiConverterTypeReactionEvent.read(from: &buf)
         )
         
-        case 4: return .typing(typing: try FfiConverterTypeTypingEvent.read(from: &buf)
+        case 4: return .receipt(receipt: try FfiConverterTypeReceiptEvent.read(from: &buf)
         )
         
-        case 5: return .presence(presence: try FfiConverterTypePresenceEvent.read(from: &buf)
+        case 5: return .typing(typing: try FfiConverterTypeTypingEvent.read(from: &buf)
         )
         
-        case 6: return .conversationChanged(change: try FfiConverterTypeConversationEvent.read(from: &buf)
+        case 6: return .presence(presence: try FfiConverterTypePresenceEvent.read(from: &buf)
         )
         
-        case 7: return .conversationRemoved(conversationId: try FfiConverterUInt64.read(from: &buf)
+        case 7: return .conversationChanged(change: try FfiConverterTypeConversationEvent.read(from: &buf)
         )
         
-        case 8: return .goAway(goAway: try FfiConverterTypeGoAway.read(from: &buf)
+        case 8: return .conversationRemoved(conversationId: try FfiConverterUInt64.read(from: &buf)
         )
         
-        case 9: return .disconnected(reason: try FfiConverterString.read(from: &buf)
+        case 9: return .goAway(goAway: try FfiConverterTypeGoAway.read(from: &buf)
         )
         
-        case 10: return .reconnected
+        case 10: return .disconnected(reason: try FfiConverterString.read(from: &buf)
+        )
         
-        case 11: return .ended
+        case 11: return .reconnected
+        
+        case 12: return .ended
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -4675,47 +4936,52 @@ public struct FfiConverterTypeChatEvent: FfiConverterRustBuffer {
             FfiConverterTypeMessage.write(message, into: &buf)
             
         
-        case let .receipt(receipt):
+        case let .reaction(reaction):
             writeInt(&buf, Int32(3))
+            FfiConverterTypeReactionEvent.write(reaction, into: &buf)
+            
+        
+        case let .receipt(receipt):
+            writeInt(&buf, Int32(4))
             FfiConverterTypeReceiptEvent.write(receipt, into: &buf)
             
         
         case let .typing(typing):
-            writeInt(&buf, Int32(4))
+            writeInt(&buf, Int32(5))
             FfiConverterTypeTypingEvent.write(typing, into: &buf)
             
         
         case let .presence(presence):
-            writeInt(&buf, Int32(5))
+            writeInt(&buf, Int32(6))
             FfiConverterTypePresenceEvent.write(presence, into: &buf)
             
         
         case let .conversationChanged(change):
-            writeInt(&buf, Int32(6))
+            writeInt(&buf, Int32(7))
             FfiConverterTypeConversationEvent.write(change, into: &buf)
             
         
         case let .conversationRemoved(conversationId):
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(8))
             FfiConverterUInt64.write(conversationId, into: &buf)
             
         
         case let .goAway(goAway):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(9))
             FfiConverterTypeGoAway.write(goAway, into: &buf)
             
         
         case let .disconnected(reason):
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(10))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .reconnected:
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(11))
         
         
         case .ended:
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(12))
         
         }
     }
@@ -5194,6 +5460,10 @@ public enum ErrorCode: Equatable, Hashable {
      */
     case idleTimeout
     /**
+     * 406: the message has the most distinct reactions it may have.
+     */
+    case reactionLimit
+    /**
      * 500: an internal server error.
      */
     case `internal`
@@ -5274,11 +5544,13 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
         
         case 24: return .idleTimeout
         
-        case 25: return .`internal`
+        case 25: return .reactionLimit
         
-        case 26: return .shuttingDown
+        case 26: return .`internal`
         
-        case 27: return .storageFailure
+        case 27: return .shuttingDown
+        
+        case 28: return .storageFailure
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -5384,16 +5656,20 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
             writeInt(&buf, Int32(24))
         
         
-        case .`internal`:
+        case .reactionLimit:
             writeInt(&buf, Int32(25))
         
         
-        case .shuttingDown:
+        case .`internal`:
             writeInt(&buf, Int32(26))
         
         
-        case .storageFailure:
+        case .shuttingDown:
             writeInt(&buf, Int32(27))
+        
+        
+        case .storageFailure:
+            writeInt(&buf, Int32(28))
         
         }
     }
@@ -6454,6 +6730,31 @@ fileprivate struct FfiConverterSequenceTypeMessage: FfiConverterRustBuffer {
         return seq
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeReaction: FfiConverterRustBuffer {
+    typealias SwiftType = [Reaction]
+
+    public static func write(_ value: [Reaction], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReaction.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Reaction] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Reaction]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReaction.read(from: &buf))
+        }
+        return seq
+    }
+}
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
 private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
 
@@ -6648,6 +6949,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_chat_client_ffi_checksum_method_chatclient_profile() != 24649) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_react() != 9416) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_receipts() != 23434) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6658,6 +6962,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_remove_member() != 50516) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction() != 63443) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_request_upload() != 61735) {

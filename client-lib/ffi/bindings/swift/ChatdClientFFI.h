@@ -389,6 +389,11 @@ uint64_t uniffi_chat_client_ffi_fn_method_chatclient_mark_read(uint64_t ptr, uin
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_profile(uint64_t ptr, uint64_t user_id
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_REACT
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_REACT
+uint64_t uniffi_chat_client_ffi_fn_method_chatclient_react(uint64_t ptr, uint64_t conversation_id, uint64_t seq, RustBuffer emoji
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_RECEIPTS
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_RECEIPTS
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_receipts(uint64_t ptr, uint64_t conversation_id, uint64_t seq
@@ -407,6 +412,11 @@ uint64_t uniffi_chat_client_ffi_fn_method_chatclient_register_push_token(uint64_
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_REMOVE_MEMBER
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_REMOVE_MEMBER
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_remove_member(uint64_t ptr, uint64_t conversation_id, uint64_t user_id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_REMOVE_REACTION
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_REMOVE_REACTION
+uint64_t uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(uint64_t ptr, uint64_t conversation_id, uint64_t seq, RustBuffer emoji
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_REQUEST_UPLOAD
@@ -977,6 +987,12 @@ uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_profile(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_REACT
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_REACT
+uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_react(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_RECEIPTS
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_RECEIPTS
 uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_receipts(void
@@ -998,6 +1014,12 @@ uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_register_push_token(v
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_REMOVE_MEMBER
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_REMOVE_MEMBER
 uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_remove_member(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_REMOVE_REACTION
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_REMOVE_REACTION
+uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction(void
     
 );
 #endif

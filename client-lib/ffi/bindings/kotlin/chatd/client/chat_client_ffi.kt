@@ -758,6 +758,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_profile(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_react(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_receipts(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_register(
@@ -765,6 +767,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_register_push_token(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_remove_member(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_request_upload(
     ): Int
@@ -887,6 +891,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_profile(`ptr`: Long,`userId`: Long,
     ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_react(`ptr`: Long,`conversationId`: Long,`seq`: Long,`emoji`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_receipts(`ptr`: Long,`conversationId`: Long,`seq`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_register(`ptr`: Long,`username`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,`displayName`: RustBuffer.ByValue,
@@ -894,6 +900,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_register_push_token(`ptr`: Long,`provider`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_remove_member(`ptr`: Long,`conversationId`: Long,`userId`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(`ptr`: Long,`conversationId`: Long,`seq`: Long,`emoji`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_request_upload(`ptr`: Long,`mimeType`: RustBuffer.ByValue,`sizeBytes`: Long,
     ): Long
@@ -1153,6 +1161,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_profile() and 0xFFFF) != 24649) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_react() and 0xFFFF) != 9416) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts() and 0xFFFF) != 23434) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1163,6 +1174,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member() and 0xFFFF) != 50516) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction() and 0xFFFF) != 63443) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload() and 0xFFFF) != 61735) {
@@ -1857,6 +1871,12 @@ public interface ChatClientInterface {
     suspend fun `profile`(`userId`: kotlin.ULong): Profile
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+    suspend fun `react`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String)
+    
+    /**
      * How many members received and read message `seq`.
      */
     suspend fun `receipts`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong): ReceiptCounts
@@ -1876,6 +1896,11 @@ public interface ChatClientInterface {
      * Removes a member from a group.
      */
     suspend fun `removeMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong): Conversation
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+    suspend fun `removeReaction`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String)
     
     /**
      * Asks for an upload ticket for an attachment.
@@ -2716,6 +2741,35 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
 
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `react`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`seq`),
+        FfiConverterString.lower(`emoji`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * How many members received and read message `seq`.
      */
     @Throws(ClientException::class)
@@ -2816,6 +2870,34 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
         { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeConversation.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `removeReaction`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`seq`),
+        FfiConverterString.lower(`emoji`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
         // Error FFI converter
         ClientException.ErrorHandler,
     )
@@ -4557,6 +4639,12 @@ data class Message (
      * Unix milliseconds of the latest edit; 0 if never edited.
      */
     var `editedAtMs`: kotlin.ULong
+    , 
+    /**
+     * Reactions as this user sees them (filled in history and sync; empty
+     * in live pushes).
+     */
+    var `reactions`: List<Reaction>
     
 ){
     
@@ -4587,6 +4675,7 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterOptionalTypeSystemEvent.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterSequenceTypeReaction.read(buf),
         )
     }
 
@@ -4604,7 +4693,8 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterULong.allocationSize(value.`replyToSeq`) +
             FfiConverterOptionalTypeSystemEvent.allocationSize(value.`system`) +
             FfiConverterBoolean.allocationSize(value.`deleted`) +
-            FfiConverterULong.allocationSize(value.`editedAtMs`)
+            FfiConverterULong.allocationSize(value.`editedAtMs`) +
+            FfiConverterSequenceTypeReaction.allocationSize(value.`reactions`)
     )
 
     override fun write(value: Message, buf: ByteBuffer) {
@@ -4622,6 +4712,7 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterOptionalTypeSystemEvent.write(value.`system`, buf)
             FfiConverterBoolean.write(value.`deleted`, buf)
             FfiConverterULong.write(value.`editedAtMs`, buf)
+            FfiConverterSequenceTypeReaction.write(value.`reactions`, buf)
     }
 }
 
@@ -4883,6 +4974,140 @@ public object FfiConverterTypeProfile: FfiConverterRustBuffer<Profile> {
             FfiConverterString.write(value.`username`, buf)
             FfiConverterString.write(value.`displayName`, buf)
             FfiConverterULong.write(value.`createdAtMs`, buf)
+    }
+}
+
+
+
+/**
+ * One emoji's reactions to a message.
+ */
+data class Reaction (
+    /**
+     * The emoji.
+     */
+    var `emoji`: kotlin.String
+    , 
+    /**
+     * How many users reacted with it.
+     */
+    var `count`: kotlin.UInt
+    , 
+    /**
+     * This user is one of them (always false in a `ReactionEvent`).
+     */
+    var `mine`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReaction: FfiConverterRustBuffer<Reaction> {
+    override fun read(buf: ByteBuffer): Reaction {
+        return Reaction(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Reaction) = (
+            FfiConverterString.allocationSize(value.`emoji`) +
+            FfiConverterUInt.allocationSize(value.`count`) +
+            FfiConverterBoolean.allocationSize(value.`mine`)
+    )
+
+    override fun write(value: Reaction, buf: ByteBuffer) {
+            FfiConverterString.write(value.`emoji`, buf)
+            FfiConverterUInt.write(value.`count`, buf)
+            FfiConverterBoolean.write(value.`mine`, buf)
+    }
+}
+
+
+
+/**
+ * A reaction was added or removed.
+ */
+data class ReactionEvent (
+    /**
+     * The conversation.
+     */
+    var `conversationId`: kotlin.ULong
+    , 
+    /**
+     * The message.
+     */
+    var `seq`: kotlin.ULong
+    , 
+    /**
+     * Who reacted.
+     */
+    var `userId`: kotlin.ULong
+    , 
+    /**
+     * The emoji.
+     */
+    var `emoji`: kotlin.String
+    , 
+    /**
+     * True if the reaction was removed.
+     */
+    var `removed`: kotlin.Boolean
+    , 
+    /**
+     * The message's reactions after the change.
+     */
+    var `reactions`: List<Reaction>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReactionEvent: FfiConverterRustBuffer<ReactionEvent> {
+    override fun read(buf: ByteBuffer): ReactionEvent {
+        return ReactionEvent(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterSequenceTypeReaction.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReactionEvent) = (
+            FfiConverterULong.allocationSize(value.`conversationId`) +
+            FfiConverterULong.allocationSize(value.`seq`) +
+            FfiConverterULong.allocationSize(value.`userId`) +
+            FfiConverterString.allocationSize(value.`emoji`) +
+            FfiConverterBoolean.allocationSize(value.`removed`) +
+            FfiConverterSequenceTypeReaction.allocationSize(value.`reactions`)
+    )
+
+    override fun write(value: ReactionEvent, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`conversationId`, buf)
+            FfiConverterULong.write(value.`seq`, buf)
+            FfiConverterULong.write(value.`userId`, buf)
+            FfiConverterString.write(value.`emoji`, buf)
+            FfiConverterBoolean.write(value.`removed`, buf)
+            FfiConverterSequenceTypeReaction.write(value.`reactions`, buf)
     }
 }
 
@@ -5489,6 +5714,21 @@ sealed class ChatEvent {
     }
     
     /**
+     * A member added or removed a reaction.
+     */
+    data class Reaction(
+        /**
+         * The change, with the message's reactions after it.
+         */
+        val `reaction`: chatd.client.ReactionEvent) : ChatEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * A member's delivered or read cursor moved.
      */
     data class Receipt(
@@ -5629,29 +5869,32 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
             2 -> ChatEvent.MessageEdited(
                 FfiConverterTypeMessage.read(buf),
                 )
-            3 -> ChatEvent.Receipt(
+            3 -> ChatEvent.Reaction(
+                FfiConverterTypeReactionEvent.read(buf),
+                )
+            4 -> ChatEvent.Receipt(
                 FfiConverterTypeReceiptEvent.read(buf),
                 )
-            4 -> ChatEvent.Typing(
+            5 -> ChatEvent.Typing(
                 FfiConverterTypeTypingEvent.read(buf),
                 )
-            5 -> ChatEvent.Presence(
+            6 -> ChatEvent.Presence(
                 FfiConverterTypePresenceEvent.read(buf),
                 )
-            6 -> ChatEvent.ConversationChanged(
+            7 -> ChatEvent.ConversationChanged(
                 FfiConverterTypeConversationEvent.read(buf),
                 )
-            7 -> ChatEvent.ConversationRemoved(
+            8 -> ChatEvent.ConversationRemoved(
                 FfiConverterULong.read(buf),
                 )
-            8 -> ChatEvent.GoAway(
+            9 -> ChatEvent.GoAway(
                 FfiConverterTypeGoAway.read(buf),
                 )
-            9 -> ChatEvent.Disconnected(
+            10 -> ChatEvent.Disconnected(
                 FfiConverterString.read(buf),
                 )
-            10 -> ChatEvent.Reconnected
-            11 -> ChatEvent.Ended
+            11 -> ChatEvent.Reconnected
+            12 -> ChatEvent.Ended
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
     }
@@ -5669,6 +5912,13 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
             (
                 4UL
                 + FfiConverterTypeMessage.allocationSize(value.`message`)
+            )
+        }
+        is ChatEvent.Reaction -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeReactionEvent.allocationSize(value.`reaction`)
             )
         }
         is ChatEvent.Receipt -> {
@@ -5746,47 +5996,52 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
                 FfiConverterTypeMessage.write(value.`message`, buf)
                 Unit
             }
-            is ChatEvent.Receipt -> {
+            is ChatEvent.Reaction -> {
                 buf.putInt(3)
+                FfiConverterTypeReactionEvent.write(value.`reaction`, buf)
+                Unit
+            }
+            is ChatEvent.Receipt -> {
+                buf.putInt(4)
                 FfiConverterTypeReceiptEvent.write(value.`receipt`, buf)
                 Unit
             }
             is ChatEvent.Typing -> {
-                buf.putInt(4)
+                buf.putInt(5)
                 FfiConverterTypeTypingEvent.write(value.`typing`, buf)
                 Unit
             }
             is ChatEvent.Presence -> {
-                buf.putInt(5)
+                buf.putInt(6)
                 FfiConverterTypePresenceEvent.write(value.`presence`, buf)
                 Unit
             }
             is ChatEvent.ConversationChanged -> {
-                buf.putInt(6)
+                buf.putInt(7)
                 FfiConverterTypeConversationEvent.write(value.`change`, buf)
                 Unit
             }
             is ChatEvent.ConversationRemoved -> {
-                buf.putInt(7)
+                buf.putInt(8)
                 FfiConverterULong.write(value.`conversationId`, buf)
                 Unit
             }
             is ChatEvent.GoAway -> {
-                buf.putInt(8)
+                buf.putInt(9)
                 FfiConverterTypeGoAway.write(value.`goAway`, buf)
                 Unit
             }
             is ChatEvent.Disconnected -> {
-                buf.putInt(9)
+                buf.putInt(10)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is ChatEvent.Reconnected -> {
-                buf.putInt(10)
+                buf.putInt(11)
                 Unit
             }
             is ChatEvent.Ended -> {
-                buf.putInt(11)
+                buf.putInt(12)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -6313,6 +6568,10 @@ enum class ErrorCode {
      * 405: the connection was idle too long.
      */
     IDLE_TIMEOUT,
+    /**
+     * 406: the message has the most distinct reactions it may have.
+     */
+    REACTION_LIMIT,
     /**
      * 500: an internal server error.
      */
@@ -7148,6 +7407,34 @@ public object FfiConverterSequenceTypeMessage: FfiConverterRustBuffer<List<Messa
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeMessage.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeReaction: FfiConverterRustBuffer<List<Reaction>> {
+    override fun read(buf: ByteBuffer): List<Reaction> {
+        val len = buf.getInt()
+        return List<Reaction>(len) {
+            FfiConverterTypeReaction.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<Reaction>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReaction.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<Reaction>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReaction.write(it, buf)
         }
     }
 }
