@@ -494,6 +494,33 @@ impl Client {
         }
     }
 
+    // ---- blocking ------------------------------------------------------------
+
+    /// Blocks a user: no new direct conversation between the two, nothing
+    /// sent, edited, reacted to or typed in an existing one (`BLOCKED`), and
+    /// neither sees the other's presence. Groups and channels are
+    /// unaffected. Blocking twice is done with nothing changed.
+    pub async fn block_user(&self, user: UserId) -> Result<()> {
+        self.call(C::BlockUser(pb::BlockUser { user_id: user.0 }))
+            .await?;
+        Ok(())
+    }
+
+    /// Lifts a block the user made.
+    pub async fn unblock_user(&self, user: UserId) -> Result<()> {
+        self.call(C::UnblockUser(pb::UnblockUser { user_id: user.0 }))
+            .await?;
+        Ok(())
+    }
+
+    /// The users this user blocked, ascending.
+    pub async fn blocked_users(&self) -> Result<Vec<UserId>> {
+        match self.call(C::ListBlocked(pb::ListBlocked {})).await? {
+            S::BlockedUsers(b) => Ok(b.user_ids.into_iter().map(UserId).collect()),
+            other => Err(Error::unexpected(&other)),
+        }
+    }
+
     // ---- messages ------------------------------------------------------------
 
     /// Deletes a message for everyone: its content is dropped from the

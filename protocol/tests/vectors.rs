@@ -160,6 +160,21 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             ),
         ),
         (
+            "client_block_user",
+            "Block user 2",
+            client(34, C::BlockUser(BlockUser { user_id: 2 })),
+        ),
+        (
+            "client_unblock_user",
+            "Unblock user 2",
+            client(35, C::UnblockUser(UnblockUser { user_id: 2 })),
+        ),
+        (
+            "client_list_blocked",
+            "List the users the caller blocked",
+            client(36, C::ListBlocked(ListBlocked {})),
+        ),
+        (
             "client_change_password",
             "Change the password",
             client(
@@ -715,6 +730,16 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                         count: 2,
                         mine: false,
                     }],
+                }),
+            ),
+        ),
+        (
+            "server_blocked_users",
+            "The caller blocked users 2 and 7",
+            server(
+                36,
+                S::BlockedUsers(BlockedUsers {
+                    user_ids: vec![2, 7],
                 }),
             ),
         ),

@@ -256,9 +256,16 @@ impl Catalog {
         let mut members = vec![(me, my_role as i32)];
         members.extend(others.iter().map(|&u| (u, other_role as i32)));
 
-        // Direct chats are unique per pair: this runs in the pair's lane.
+        // Direct chats are unique per pair: this runs in the pair's lane,
+        // where blocks of the pair are written too.
         if kind == ConversationKind::Direct {
             if let Some(&other) = others.first() {
+                if self.store.blocked_either(me, other)? {
+                    return Err(Refusal::new(
+                        ErrorCode::Blocked,
+                        "one of the two users blocked the other",
+                    ));
+                }
                 if let Some(existing) = self.store.direct(me, other)? {
                     return self.get(me, existing);
                 }

@@ -72,6 +72,9 @@ pub enum ShardMsg {
         /// Encoded Error frame sent before the close.
         frame: Bytes,
     },
+    /// One of these two users blocked the other: the receiving shard's
+    /// sessions of each stop watching the other's presence.
+    Unwatch(u64, u64),
 }
 
 /// A presence change sent to a user's owner shard.

@@ -32,6 +32,9 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             emoji: "👎".into(),
             remove: false,
         }),
+        C::BlockUser(pb::BlockUser { user_id: target }),
+        C::UnblockUser(pb::UnblockUser { user_id: target }),
+        C::ListBlocked(pb::ListBlocked {}),
         C::GetProfile(pb::GetProfile {
             user_id: target,
             username: String::new(),

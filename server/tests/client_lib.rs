@@ -360,5 +360,21 @@ async fn an_edit_through_the_client_reaches_members_as_an_edit_not_a_message() {
         ),
         "{refused:?}"
     );
+    // Alice blocks Bob: listed, and Bob's messages are refused.
+    alice.block_user(UserId(bob_id)).await.expect("blocked");
+    assert_eq!(
+        alice.blocked_users().await.expect("listed"),
+        [UserId(bob_id)]
+    );
+    let refused = bob.send_text(conv, "hello?").await;
+    assert!(
+        matches!(
+            refused,
+            Err(chat_client::Error::Server { code, .. }) if code == chat_client::ErrorCode::Blocked
+        ),
+        "{refused:?}"
+    );
+    alice.unblock_user(UserId(bob_id)).await.expect("unblocked");
+    assert!(alice.blocked_users().await.expect("listed").is_empty());
     server.stop().await;
 }

@@ -411,6 +411,46 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
         .await;
     }
 
+    // A block made on node 2 holds on node 3: Carol gets no direct chat
+    // with Bob there; lifted, she does.
+    let bob_id = bob.user_id;
+    let direct_with_bob = || {
+        pb::client_frame::Body::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Direct as i32,
+            member_ids: vec![bob_id],
+            title: String::new(),
+        })
+    };
+    let block = pb::client_frame::Body::BlockUser(pb::BlockUser {
+        user_id: carol.user_id,
+    });
+    assert!(matches!(bob.request(block).await, S::Done(_)));
+    wait_for("the block on node 3", async || {
+        match carol.request(direct_with_bob()).await {
+            S::Error(e) if e.code == chat_protocol::ErrorCode::Blocked as i32 => Some(()),
+            S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+            other => panic!("a direct chat despite the block: {other:?}"),
+        }
+    })
+    .await;
+    let unblock = pb::client_frame::Body::UnblockUser(pb::UnblockUser {
+        user_id: carol.user_id,
+    });
+    assert!(matches!(bob.request(unblock).await, S::Done(_)));
+    wait_for("the unblock on node 3", async || {
+        match carol.request(direct_with_bob()).await {
+            S::Conversation(_) => Some(()),
+            S::Error(e)
+                if e.code == chat_protocol::ErrorCode::Blocked as i32
+                    || e.code == chat_protocol::ErrorCode::ServerBusy as i32 =>
+            {
+                None
+            }
+            other => panic!("create: {other:?}"),
+        }
+    })
+    .await;
+
     // Presence crosses nodes: Bob on node 2 watches Carol on node 3.
     let S::Done(_) = bob
         .request(pb::client_frame::Body::SubscribePresence(

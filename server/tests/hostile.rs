@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..32) {
+        match self.rng.random_range(0..35) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -227,6 +227,9 @@ impl Pick<'_> {
                 emoji: self.text(),
                 remove: self.rng.random(),
             }),
+            31 => C::BlockUser(pb::BlockUser { user_id: self.id() }),
+            32 => C::UnblockUser(pb::UnblockUser { user_id: self.id() }),
+            33 => C::ListBlocked(pb::ListBlocked {}),
             _ => C::Ping(pb::Ping { nonce: self.seq() }),
         }
     }

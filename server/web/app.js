@@ -80,6 +80,7 @@
     profiles: new Map(), // String(user_id) -> Promise<Profile>
     profileCache: new Map(), // String(user_id) -> Profile, once known
     presence: new Map(), // String(user_id) -> PresenceEvent
+    blocked: new Set(), // String(user_id) of the users this user blocked
     outbox: new Map(), // client_msg_id -> pending send, until SendAck
     attempt: 0,
     sessions: 0,
@@ -670,7 +671,14 @@
     return c;
   }
 
+  async function refreshBlocked() {
+    const f = await request("list_blocked", {});
+    state.blocked = new Set(f.blocked_users.user_ids.map((u) => String(u)));
+    renderChatHeader();
+  }
+
   async function refreshList() {
+    refreshBlocked().catch(() => {});
     let before = 0;
     for (let page = 0; page < LIST_MAX_PAGES; page++) {
       const f = await request("list_conversations", { limit: LIST_PAGE, before_activity_ms: before });
@@ -1347,6 +1355,18 @@
     else if (c.kind === E.ConversationKind.CHANNEL) sub = "channel";
     else sub = "";
     $("chat-subtitle").textContent = sub;
+    // spec/messages.md, BlockUser: only a direct chat's partner is blocked.
+    const blockBtn = $("block-btn");
+    blockBtn.hidden = peer === null;
+    if (peer !== null) {
+      const isBlocked = state.blocked.has(String(peer));
+      blockBtn.textContent = isBlocked ? "Unblock" : "Block";
+      blockBtn.onclick = () => {
+        request(isBlocked ? "unblock_user" : "block_user", { user_id: peer })
+          .then(refreshBlocked)
+          .catch((e) => toast("Could not " + (isBlocked ? "unblock: " : "block: ") + e.message));
+      };
+    }
     const canPost =
       c.kind !== E.ConversationKind.CHANNEL || c.myRole === E.Role.OWNER || c.myRole === E.Role.ADMIN;
     $("message-input").disabled = !canPost;

@@ -307,6 +307,26 @@ impl ChatClient {
         run(async move { Ok(c.unsubscribe_channel(ConversationId(channel_id)).await?) }).await
     }
 
+    // ---- blocking --------------------------------------------------------
+
+    /// Blocks a user (no direct messages, no presence either way).
+    pub async fn block_user(&self, user_id: u64) -> Result<()> {
+        let c = self.client.clone();
+        run(async move { Ok(c.block_user(UserId(user_id)).await?) }).await
+    }
+
+    /// Lifts a block.
+    pub async fn unblock_user(&self, user_id: u64) -> Result<()> {
+        let c = self.client.clone();
+        run(async move { Ok(c.unblock_user(UserId(user_id)).await?) }).await
+    }
+
+    /// The users this user blocked, ascending.
+    pub async fn blocked_users(&self) -> Result<Vec<u64>> {
+        let c = self.client.clone();
+        run(async move { Ok(c.blocked_users().await?.into_iter().map(|u| u.0).collect()) }).await
+    }
+
     // ---- messages --------------------------------------------------------
 
     /// Sends a text message; retried with the same idempotency key across

@@ -161,6 +161,8 @@ pub enum ErrorCode {
     MemberLimit,
     /// 304: the request conflicts with the current state.
     Conflict,
+    /// 305: one of the two users of a direct conversation blocked the other.
+    Blocked,
     /// 400: too many requests; wait `retry_after_ms`.
     RateLimited,
     /// 401: the message is too large.
@@ -205,6 +207,7 @@ impl From<pb::ErrorCode> for ErrorCode {
             W::NotFound => ErrorCode::NotFound,
             W::MemberLimit => ErrorCode::MemberLimit,
             W::Conflict => ErrorCode::Conflict,
+            W::Blocked => ErrorCode::Blocked,
             W::RateLimited => ErrorCode::RateLimited,
             W::MessageTooLarge => ErrorCode::MessageTooLarge,
             W::SlowConsumer => ErrorCode::SlowConsumer,

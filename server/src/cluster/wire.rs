@@ -14,9 +14,10 @@
 //! | the writes, in the commit log's record format (`storage::log`) | rest |
 //!
 //! A typing push on core NATS is the same without the writes; presence
-//! announcements and session ends have their own layouts (below). Forwarded
-//! requests are protobuf ([`Forward`]); their replies are the encoded
-//! `ServerFrame`, or empty for a request that gets no answer.
+//! announcements, session ends and presence unwatches (a block) have their
+//! own layouts (below). Forwarded requests are protobuf ([`Forward`]);
+//! their replies are the encoded `ServerFrame`, or empty for a request that
+//! gets no answer.
 
 use std::sync::Arc;
 
@@ -197,6 +198,24 @@ pub fn decode_end_user(mut buf: Bytes) -> Option<(u16, u64, Bytes)> {
     Some((origin, user, buf))
 }
 
+/// A request to end the presence watches between users `a` and `b`, from
+/// node `origin`: origin (2), a (8), b (8), little-endian.
+pub fn encode_unwatch(origin: u16, a: u64, b: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(18);
+    out.put_u16_le(origin);
+    out.put_u64_le(a);
+    out.put_u64_le(b);
+    out.freeze()
+}
+
+/// The origin node and the two users of an unwatch request.
+pub fn decode_unwatch(mut buf: Bytes) -> Option<(u16, u64, u64)> {
+    if buf.remaining() != 18 {
+        return None;
+    }
+    Some((buf.get_u16_le(), buf.get_u64_le(), buf.get_u64_le()))
+}
+
 /// A conversation request forwarded to its owner node.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Forward {
@@ -217,7 +236,7 @@ pub struct Forward {
     /// What to do.
     #[prost(
         oneof = "ForwardOp",
-        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20"
+        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21"
     )]
     pub op: Option<ForwardOp>,
 }
@@ -341,6 +360,9 @@ pub enum ForwardOp {
     /// React.
     #[prost(message, tag = "20")]
     React(Reaction),
+    /// The user blocked (true) or unblocked the other member.
+    #[prost(bool, tag = "21")]
+    SetBlocked(bool),
 }
 
 /// `req` for its owner node; `after` as [`Forward::after`].
@@ -381,6 +403,7 @@ pub fn encode_request(req: &OwnerRequest, after: u64) -> Bytes {
             counts: Some(r.counts.clone()),
             mine: Some(r.mine.clone()),
         }),
+        OwnerOp::SetBlocked(on) => ForwardOp::SetBlocked(*on),
     };
     let forward = Forward {
         request_id: req.origin.request_id,
@@ -425,6 +448,7 @@ pub fn decode_request(forward: Forward, origin: Origin) -> Option<OwnerRequest> 
             counts: r.counts.unwrap_or_default(),
             mine: r.mine.unwrap_or_default(),
         })),
+        ForwardOp::SetBlocked(on) => OwnerOp::SetBlocked(on),
     };
     Some(OwnerRequest::new(
         origin,
@@ -475,6 +499,8 @@ mod tests {
             decode_end_user(encode_end_user(2, 9, b"bye")).expect("decodes");
         assert_eq!((origin, user, &frame[..]), (2, 9, &b"bye"[..]));
         assert!(decode_presence(Bytes::from_static(b"short")).is_none());
+        assert_eq!(decode_unwatch(encode_unwatch(3, 4, 5)), Some((3, 4, 5)));
+        assert!(decode_unwatch(Bytes::from_static(b"short")).is_none());
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl Env {
                 "only channel admins post",
             ));
         }
+        conv.check_not_blocked()?;
         if target.deleted || conv.recent_deletions.contains(&seq) {
             return Err(Refusal::new(
                 ErrorCode::Conflict,

@@ -151,6 +151,9 @@ pub enum OwnerOp {
     /// React, with the message and its reactions as the store held them
     /// when the request was read.
     React(Box<Reacting>),
+    /// The user blocked (true) or unblocked the other member of this
+    /// direct conversation; the block record is written already.
+    SetBlocked(bool),
 }
 
 /// A loaded conversation on its owner shard.
@@ -181,6 +184,9 @@ pub(super) struct Conv {
     recent_deletions: VecDeque<u64>,
     /// Reaction records this owner wrote last (`reaction.rs`).
     reactions: reaction::RecentReactions,
+    /// Direct conversations: the members who blocked the other one (at
+    /// most both). While any did, the two exchange nothing here.
+    blocked_by: Vec<u64>,
 }
 
 impl Conv {
@@ -231,6 +237,19 @@ impl Conv {
             self.recent_senders.pop_front();
         }
         self.recent_senders.push_back((seq, sender));
+    }
+
+    /// Refuses what one of a blocked pair sends to a direct conversation
+    /// (`spec/messages.md`, "BlockUser").
+    pub(super) fn check_not_blocked(&self) -> Result<(), Refusal> {
+        if self.blocked_by.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ErrorCode::Blocked,
+                "one of the two users of this direct conversation blocked the other",
+            ))
+        }
     }
 
     pub(super) fn is_channel(&self) -> bool {
@@ -308,6 +327,8 @@ pub struct Loaded {
     pub members: Vec<(u64, MemberRecord)>,
     /// Its last seq.
     pub last_seq: u64,
+    /// A direct conversation's members who blocked the other one.
+    pub blocked_by: Vec<u64>,
 }
 
 /// An idempotency key found in the store: sender, client_msg_id, record.
@@ -429,6 +450,28 @@ impl Owner {
     }
 }
 
+/// Records that `user` blocked (or unblocked) the other member of the
+/// direct conversation `conv`.
+fn set_blocked(conv: &mut Conv, user: u64, on: bool) -> Result<Pending, Refusal> {
+    if !conv.members.contains_key(&user) {
+        return Err(Refusal::new(
+            ErrorCode::NotAMember,
+            "not a member of this conversation",
+        ));
+    }
+    if conv.record.kind != ConversationKind::Direct as i32 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "blocks concern direct conversations only",
+        ));
+    }
+    conv.blocked_by.retain(|&u| u != user);
+    if on {
+        conv.blocked_by.push(user);
+    }
+    Ok(Pending::default())
+}
+
 /// `result` answered `Done` once its writes are durable, or refused.
 fn done_or_refused(origin: Origin, result: Result<Pending, Refusal>) -> Pending {
     match result {
@@ -513,6 +556,7 @@ impl Owner {
                     recent_senders: VecDeque::new(),
                     recent_deletions: VecDeque::new(),
                     reactions: reaction::RecentReactions::default(),
+                    blocked_by: l.blocked_by,
                 };
                 self.slots.insert(id, Slot::Ready(Box::new(conv)));
                 self.pump(id);
@@ -655,6 +699,9 @@ impl Env {
                 let answer = reply::answer(origin.request_id, result);
                 return Pending::effects(vec![Effect::Reply(origin, answer)]);
             }
+            OwnerOp::Typing(_) if conv.check_not_blocked().is_err() => {
+                return Pending::effects(vec![Effect::Release(origin)]);
+            }
             OwnerOp::Typing(active) => return self.typing(id, conv, origin, user, active),
             OwnerOp::SubscribeChannel => self.subscribe(id, conv, user),
             OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, user),
@@ -668,6 +715,10 @@ impl Env {
             }
             OwnerOp::React(r) => {
                 let result = self.react(id, conv, user, *r);
+                return done_or_refused(origin, result);
+            }
+            OwnerOp::SetBlocked(on) => {
+                let result = set_blocked(conv, user, on);
                 return done_or_refused(origin, result);
             }
         };
@@ -729,6 +780,7 @@ impl Env {
                 "only channel admins post",
             ));
         }
+        conv.check_not_blocked()?;
         if msg.client_msg_id.is_empty() || msg.client_msg_id.len() > CLIENT_MSG_ID_MAX {
             return Err(Refusal::new(
                 ErrorCode::InvalidArgument,

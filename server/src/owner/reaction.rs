@@ -135,6 +135,7 @@ impl Env {
                 "only user messages take reactions",
             ));
         }
+        conv.check_not_blocked()?;
         if target.deleted || conv.recent_deletions.contains(&r.seq) {
             return Err(Refusal::new(
                 ErrorCode::Conflict,

@@ -412,7 +412,7 @@ impl Sim {
             ConversationRecord::decode(self.get(Ks::Conversations, &keys::id(id))?.as_slice())
                 .ok()?;
         let prefix = keys::id(id);
-        let members = self
+        let members: Vec<(u64, MemberRecord)> = self
             .scan(Ks::Members, &prefix)
             .filter_map(|(k, v)| {
                 Some((
@@ -427,10 +427,21 @@ impl Sim {
                 .max()
                 .unwrap_or(0)
         });
+        let blocked_by = members
+            .iter()
+            .map(|(u, _)| *u)
+            .filter(|&u| {
+                record.kind == ConversationKind::Direct as i32
+                    && members.iter().any(|(other, _)| {
+                        *other != u && self.get(Ks::Blocks, &keys::pair(u, *other)).is_some()
+                    })
+            })
+            .collect();
         Some(Loaded {
             record,
             members,
             last_seq,
+            blocked_by,
         })
     }
 
@@ -1191,4 +1202,41 @@ fn reactions_are_bounded_and_refused_for_bad_targets() {
     let on_deleted = s.react(1, g, 1, "👍", false);
     assert_eq!(s.error_code(on_deleted), ErrorCode::Conflict);
     assert_eq!(s.reaction_events().len(), before);
+}
+
+// Blocks.
+
+#[test]
+fn a_blocked_direct_chat_takes_nothing_until_both_unblock() {
+    let mut s = Sim::new();
+    let d = s.create(
+        ConversationKind::Direct,
+        &[(1, Role::Member), (2, Role::Member)],
+    );
+    s.send(1, d, "a", true);
+    // User 2 blocked user 1 before the chat was loaded again.
+    s.put(Ks::Blocks, &keys::pair(2, 1), Vec::new());
+    s.restart();
+    let refused = s.send(1, d, "b", true);
+    assert_eq!(s.error_code(refused), ErrorCode::Blocked);
+    let back = s.send(2, d, "c", true);
+    assert_eq!(s.error_code(back), ErrorCode::Blocked, "either way");
+    let typing = s.request(1, d, OwnerOp::Typing(true));
+    assert!(!s.answered(typing));
+    assert!(s.pushes.iter().all(|p| !p.ephemeral), "typing dropped");
+    // User 1 blocks too; user 2 lifting theirs is not enough.
+    let by_1 = s.request(1, d, OwnerOp::SetBlocked(true));
+    assert!(matches!(s.answer(by_1), Body::Done(_)));
+    let lifted = s.request(2, d, OwnerOp::SetBlocked(false));
+    assert!(matches!(s.answer(lifted), Body::Done(_)));
+    let still = s.send(2, d, "d", true);
+    assert_eq!(s.error_code(still), ErrorCode::Blocked);
+    let lifted = s.request(1, d, OwnerOp::SetBlocked(false));
+    assert!(matches!(s.answer(lifted), Body::Done(_)));
+    let sent = s.send(2, d, "e", true);
+    assert_eq!(s.ack(sent).seq, 2);
+    // Not for groups.
+    let g = s.group();
+    let in_group = s.request(1, g, OwnerOp::SetBlocked(true));
+    assert_eq!(s.error_code(in_group), ErrorCode::InvalidArgument);
 }

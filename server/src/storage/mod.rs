@@ -25,6 +25,7 @@
 //! | `idempotency` | conversation ‖ sender ‖ XXH3-128(client_msg_id) ([`keys::idempotency_digest`]; conversation ‖ sender ‖ client_msg_id in stores written before) | [`IdempotencyRecord`] |
 //! | `reactions` | conversation ‖ seq | [`ReactionCounts`] of the message |
 //! | `reactors` | conversation ‖ seq ‖ user | [`UserReactions`]: the emoji the user reacted with |
+//! | `blocks` | blocker ‖ blocked user | empty |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 //! | `meta` | `cluster_applied` | cluster mode: the last JetStream stream sequence this store holds |
 
@@ -153,11 +154,13 @@ pub enum Ks {
     Reactions = 13,
     /// `reactors`
     Reactors = 14,
+    /// `blocks`
+    Blocks = 15,
 }
 
 impl Ks {
     /// Every keyspace.
-    const ALL: [Ks; 15] = [
+    const ALL: [Ks; 16] = [
         Ks::Users,
         Ks::Usernames,
         Ks::Tokens,
@@ -173,6 +176,7 @@ impl Ks {
         Ks::Meta,
         Ks::Reactions,
         Ks::Reactors,
+        Ks::Blocks,
     ];
 
     /// The keyspace's code in the commit log.
@@ -205,6 +209,7 @@ struct Keyspaces {
     meta: Keyspace,
     reactions: Keyspace,
     reactors: Keyspace,
+    blocks: Keyspace,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -414,6 +419,7 @@ impl Store {
             meta: ks("meta")?,
             reactions: ks("reactions")?,
             reactors: ks("reactors")?,
+            blocks: ks("blocks")?,
         };
         let mut store = Self {
             db,
@@ -694,6 +700,7 @@ impl Store {
             Ks::Meta => &self.ks.meta,
             Ks::Reactions => &self.ks.reactions,
             Ks::Reactors => &self.ks.reactors,
+            Ks::Blocks => &self.ks.blocks,
         }
     }
 
@@ -980,6 +987,31 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Whether `blocker` blocked `blocked`.
+    pub fn blocked(&self, blocker: u64, blocked: u64) -> Result<bool> {
+        Ok(self
+            .read()?
+            .blocks
+            .get(keys::pair(blocker, blocked))?
+            .is_some())
+    }
+
+    /// Whether either of the two users blocked the other.
+    pub fn blocked_either(&self, a: u64, b: u64) -> Result<bool> {
+        Ok(self.blocked(a, b)? || self.blocked(b, a)?)
+    }
+
+    /// Up to `limit` users `blocker` blocked, ascending.
+    pub fn blocks_of(&self, blocker: u64, limit: usize) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.blocks.prefix(keys::id(blocker)).take(limit) {
+            if let Some(u) = keys::pair_second(&kv.key()?) {
+                out.push(u);
+            }
+        }
+        Ok(out)
     }
 
     /// The reaction counts of message `seq` (empty if none).

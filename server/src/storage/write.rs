@@ -95,6 +95,16 @@ impl Batch {
         self.put(Ks::Messages, keys::message(conversation, seq), encoded);
     }
 
+    /// `blocker` blocks `blocked`.
+    pub fn put_block(&mut self, blocker: u64, blocked: u64) {
+        self.put(Ks::Blocks, keys::pair(blocker, blocked), Vec::new());
+    }
+
+    /// `blocker` lifts the block of `blocked`.
+    pub fn delete_block(&mut self, blocker: u64, blocked: u64) {
+        self.delete(Ks::Blocks, keys::pair(blocker, blocked));
+    }
+
     /// A message's reaction counts; none left deletes the record.
     pub fn put_reaction_counts(&mut self, conversation: u64, seq: u64, counts: &ReactionCounts) {
         let key = keys::pair(conversation, seq);

@@ -564,6 +564,10 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user() != 59683:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users() != 27387:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password() != 42513:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_create_channel() != 37232:
@@ -652,6 +656,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_typing() != 60831:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() != 30523:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel() != 42368:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unwatch_presence() != 1851:
@@ -709,6 +715,12 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_func_shutdown_runtime.restype = ctype
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password.restype = ctypes.c_uint16
@@ -841,6 +853,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_transfer_ownership.
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_typing.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_typing.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel.restype = ctypes.c_uint16
@@ -885,6 +900,15 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_change_password.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1137,6 +1161,11 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing.argtypes = (
     ctypes.c_int8,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unsubscribe_channel.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -3129,52 +3158,57 @@ class ErrorCode(enum.Enum):
     304: the request conflicts with the current state.
 """
     
-    RATE_LIMITED = 18
+    BLOCKED = 18
+    """
+    305: one of the two users of a direct conversation blocked the other.
+"""
+    
+    RATE_LIMITED = 19
     """
     400: too many requests; wait `retry_after_ms`.
 """
     
-    MESSAGE_TOO_LARGE = 19
+    MESSAGE_TOO_LARGE = 20
     """
     401: the message is too large.
 """
     
-    SLOW_CONSUMER = 20
+    SLOW_CONSUMER = 21
     """
     402: the client reads too slowly.
 """
     
-    TOO_MANY_SESSIONS = 21
+    TOO_MANY_SESSIONS = 22
     """
     403: too many sessions of this user.
 """
     
-    SERVER_BUSY = 22
+    SERVER_BUSY = 23
     """
     404: the server is overloaded; wait `retry_after_ms`.
 """
     
-    IDLE_TIMEOUT = 23
+    IDLE_TIMEOUT = 24
     """
     405: the connection was idle too long.
 """
     
-    REACTION_LIMIT = 24
+    REACTION_LIMIT = 25
     """
     406: the message has the most distinct reactions it may have.
 """
     
-    INTERNAL = 25
+    INTERNAL = 26
     """
     500: an internal server error.
 """
     
-    SHUTTING_DOWN = 26
+    SHUTTING_DOWN = 27
     """
     501: the server is shutting down.
 """
     
-    STORAGE_FAILURE = 27
+    STORAGE_FAILURE = 28
     """
     502: the server's store failed.
 """
@@ -3222,24 +3256,26 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if variant == 18:
             return ErrorCode.CONFLICT
         if variant == 19:
-            return ErrorCode.RATE_LIMITED
+            return ErrorCode.BLOCKED
         if variant == 20:
-            return ErrorCode.MESSAGE_TOO_LARGE
+            return ErrorCode.RATE_LIMITED
         if variant == 21:
-            return ErrorCode.SLOW_CONSUMER
+            return ErrorCode.MESSAGE_TOO_LARGE
         if variant == 22:
-            return ErrorCode.TOO_MANY_SESSIONS
+            return ErrorCode.SLOW_CONSUMER
         if variant == 23:
-            return ErrorCode.SERVER_BUSY
+            return ErrorCode.TOO_MANY_SESSIONS
         if variant == 24:
-            return ErrorCode.IDLE_TIMEOUT
+            return ErrorCode.SERVER_BUSY
         if variant == 25:
-            return ErrorCode.REACTION_LIMIT
+            return ErrorCode.IDLE_TIMEOUT
         if variant == 26:
-            return ErrorCode.INTERNAL
+            return ErrorCode.REACTION_LIMIT
         if variant == 27:
-            return ErrorCode.SHUTTING_DOWN
+            return ErrorCode.INTERNAL
         if variant == 28:
+            return ErrorCode.SHUTTING_DOWN
+        if variant == 29:
             return ErrorCode.STORAGE_FAILURE
         raise InternalError("Raw enum value doesn't match any cases")
 
@@ -3280,6 +3316,8 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if value == ErrorCode.MEMBER_LIMIT:
             return
         if value == ErrorCode.CONFLICT:
+            return
+        if value == ErrorCode.BLOCKED:
             return
         if value == ErrorCode.RATE_LIMITED:
             return
@@ -3341,26 +3379,28 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
             buf.write_i32(17)
         if value == ErrorCode.CONFLICT:
             buf.write_i32(18)
-        if value == ErrorCode.RATE_LIMITED:
+        if value == ErrorCode.BLOCKED:
             buf.write_i32(19)
-        if value == ErrorCode.MESSAGE_TOO_LARGE:
+        if value == ErrorCode.RATE_LIMITED:
             buf.write_i32(20)
-        if value == ErrorCode.SLOW_CONSUMER:
+        if value == ErrorCode.MESSAGE_TOO_LARGE:
             buf.write_i32(21)
-        if value == ErrorCode.TOO_MANY_SESSIONS:
+        if value == ErrorCode.SLOW_CONSUMER:
             buf.write_i32(22)
-        if value == ErrorCode.SERVER_BUSY:
+        if value == ErrorCode.TOO_MANY_SESSIONS:
             buf.write_i32(23)
-        if value == ErrorCode.IDLE_TIMEOUT:
+        if value == ErrorCode.SERVER_BUSY:
             buf.write_i32(24)
-        if value == ErrorCode.REACTION_LIMIT:
+        if value == ErrorCode.IDLE_TIMEOUT:
             buf.write_i32(25)
-        if value == ErrorCode.INTERNAL:
+        if value == ErrorCode.REACTION_LIMIT:
             buf.write_i32(26)
-        if value == ErrorCode.SHUTTING_DOWN:
+        if value == ErrorCode.INTERNAL:
             buf.write_i32(27)
-        if value == ErrorCode.STORAGE_FAILURE:
+        if value == ErrorCode.SHUTTING_DOWN:
             buf.write_i32(28)
+        if value == ErrorCode.STORAGE_FAILURE:
+            buf.write_i32(29)
 
 
 
@@ -5432,6 +5472,16 @@ class ChatClientProtocol(typing.Protocol):
         Adds members to a group (admins and owners).
 """
         raise NotImplementedError
+    async def block_user(self, user_id: int) -> None:
+        """
+        Blocks a user (no direct messages, no presence either way).
+"""
+        raise NotImplementedError
+    async def blocked_users(self, ) -> typing.List[int]:
+        """
+        The users this user blocked, ascending.
+"""
+        raise NotImplementedError
     async def change_password(self, current: str,new: str) -> None:
         """
         Changes the password.
@@ -5666,6 +5716,11 @@ class ChatClientProtocol(typing.Protocol):
         Starts or stops the typing indicator (no reply; a datagram on QUIC).
 """
         raise NotImplementedError
+    async def unblock_user(self, user_id: int) -> None:
+        """
+        Lifts a block.
+"""
+        raise NotImplementedError
     async def unsubscribe_channel(self, channel_id: int) -> None:
         """
         Unsubscribes from a channel.
@@ -5741,6 +5796,43 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def block_user(self, user_id: int) -> None:
+        """
+        Blocks a user (no direct messages, no presence either way).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def blocked_users(self, ) -> typing.List[int]:
+        """
+        The users this user blocked, ascending.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceUInt64.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
@@ -6716,6 +6808,26 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def unblock_user(self, user_id: int) -> None:
+        """
+        Lifts a block.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,

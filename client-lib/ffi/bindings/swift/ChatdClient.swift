@@ -618,6 +618,16 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func addMembers(conversationId: UInt64, userIds: [UInt64]) async throws  -> Conversation
     
     /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+    func blockUser(userId: UInt64) async throws 
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+    func blockedUsers() async throws  -> [UInt64]
+    
+    /**
      * Changes the password.
      */
     func changePassword(current: String, new: String) async throws 
@@ -852,6 +862,11 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func typing(conversationId: UInt64, active: Bool) async throws 
     
     /**
+     * Lifts a block.
+     */
+    func unblockUser(userId: UInt64) async throws 
+    
+    /**
      * Unsubscribes from a channel.
      */
     func unsubscribeChannel(channelId: UInt64) async throws 
@@ -953,6 +968,44 @@ open func addMembers(conversationId: UInt64, userIds: [UInt64])async throws  -> 
             completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+open func blockUser(userId: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_block_user(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(userId)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+open func blockedUsers()async throws  -> [UInt64]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceUInt64.lift,
             errorHandler: FfiConverterTypeClientError_lift
         )
 }
@@ -1781,6 +1834,25 @@ open func typing(conversationId: UInt64, active: Bool)async throws   {
             rustFutureFunc: {
                 uniffi_chat_client_ffi_fn_method_chatclient_typing(
                         self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterBool.lower(active)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Lifts a block.
+     */
+open func unblockUser(userId: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(userId)
                 )
             },
             pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
@@ -5436,6 +5508,10 @@ public enum ErrorCode: Equatable, Hashable {
      */
     case conflict
     /**
+     * 305: one of the two users of a direct conversation blocked the other.
+     */
+    case blocked
+    /**
      * 400: too many requests; wait `retry_after_ms`.
      */
     case rateLimited
@@ -5532,25 +5608,27 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
         
         case 18: return .conflict
         
-        case 19: return .rateLimited
+        case 19: return .blocked
         
-        case 20: return .messageTooLarge
+        case 20: return .rateLimited
         
-        case 21: return .slowConsumer
+        case 21: return .messageTooLarge
         
-        case 22: return .tooManySessions
+        case 22: return .slowConsumer
         
-        case 23: return .serverBusy
+        case 23: return .tooManySessions
         
-        case 24: return .idleTimeout
+        case 24: return .serverBusy
         
-        case 25: return .reactionLimit
+        case 25: return .idleTimeout
         
-        case 26: return .`internal`
+        case 26: return .reactionLimit
         
-        case 27: return .shuttingDown
+        case 27: return .`internal`
         
-        case 28: return .storageFailure
+        case 28: return .shuttingDown
+        
+        case 29: return .storageFailure
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -5632,44 +5710,48 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
             writeInt(&buf, Int32(18))
         
         
-        case .rateLimited:
+        case .blocked:
             writeInt(&buf, Int32(19))
         
         
-        case .messageTooLarge:
+        case .rateLimited:
             writeInt(&buf, Int32(20))
         
         
-        case .slowConsumer:
+        case .messageTooLarge:
             writeInt(&buf, Int32(21))
         
         
-        case .tooManySessions:
+        case .slowConsumer:
             writeInt(&buf, Int32(22))
         
         
-        case .serverBusy:
+        case .tooManySessions:
             writeInt(&buf, Int32(23))
         
         
-        case .idleTimeout:
+        case .serverBusy:
             writeInt(&buf, Int32(24))
         
         
-        case .reactionLimit:
+        case .idleTimeout:
             writeInt(&buf, Int32(25))
         
         
-        case .`internal`:
+        case .reactionLimit:
             writeInt(&buf, Int32(26))
         
         
-        case .shuttingDown:
+        case .`internal`:
             writeInt(&buf, Int32(27))
         
         
-        case .storageFailure:
+        case .shuttingDown:
             writeInt(&buf, Int32(28))
+        
+        
+        case .storageFailure:
+            writeInt(&buf, Int32(29))
         
         }
     }
@@ -6880,6 +6962,12 @@ private let initializationResult: InitializationResult = {
     if (uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_block_user() != 59683) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users() != 27387) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_change_password() != 42513) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -7010,6 +7098,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_typing() != 60831) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() != 30523) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel() != 42368) {

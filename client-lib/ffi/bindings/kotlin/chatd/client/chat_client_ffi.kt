@@ -712,6 +712,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_add_members(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_block_user(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_change_password(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_create_channel(
@@ -800,6 +804,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_typing(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_unwatch_presence(
@@ -844,6 +850,10 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_free_chatclient(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_chat_client_ffi_fn_method_chatclient_add_members(`ptr`: Long,`conversationId`: Long,`userIds`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_block_user(`ptr`: Long,`userId`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(`ptr`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_change_password(`ptr`: Long,`current`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,
     ): Long
@@ -932,6 +942,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_transfer_ownership(`ptr`: Long,`conversationId`: Long,`newOwnerId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_typing(`ptr`: Long,`conversationId`: Long,`active`: Byte,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(`ptr`: Long,`userId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_unsubscribe_channel(`ptr`: Long,`channelId`: Long,
     ): Long
@@ -1092,6 +1104,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() and 0xFFFF) != 56806) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user() and 0xFFFF) != 59683) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users() and 0xFFFF) != 27387) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password() and 0xFFFF) != 42513) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1222,6 +1240,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_typing() and 0xFFFF) != 60831) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() and 0xFFFF) != 30523) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel() and 0xFFFF) != 42368) {
@@ -1754,6 +1775,16 @@ public interface ChatClientInterface {
     suspend fun `addMembers`(`conversationId`: kotlin.ULong, `userIds`: List<kotlin.ULong>): Conversation
     
     /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+    suspend fun `blockUser`(`userId`: kotlin.ULong)
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+    suspend fun `blockedUsers`(): List<kotlin.ULong>
+    
+    /**
      * Changes the password.
      */
     suspend fun `changePassword`(`current`: kotlin.String, `new`: kotlin.String)
@@ -1988,6 +2019,11 @@ public interface ChatClientInterface {
     suspend fun `typing`(`conversationId`: kotlin.ULong, `active`: kotlin.Boolean)
     
     /**
+     * Lifts a block.
+     */
+    suspend fun `unblockUser`(`userId`: kotlin.ULong)
+    
+    /**
      * Unsubscribes from a channel.
      */
     suspend fun `unsubscribeChannel`(`channelId`: kotlin.ULong)
@@ -2145,6 +2181,56 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
         { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeConversation.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `blockUser`(`userId`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`userId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `blockedUsers`() : List<kotlin.ULong> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceULong.lift(it) },
         // Error FFI converter
         ClientException.ErrorHandler,
     )
@@ -3269,6 +3355,32 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
                 
         FfiConverterULong.lower(`conversationId`),
         FfiConverterBoolean.lower(`active`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Lifts a block.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unblockUser`(`userId`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`userId`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
@@ -6544,6 +6656,10 @@ enum class ErrorCode {
      * 304: the request conflicts with the current state.
      */
     CONFLICT,
+    /**
+     * 305: one of the two users of a direct conversation blocked the other.
+     */
+    BLOCKED,
     /**
      * 400: too many requests; wait `retry_after_ms`.
      */
