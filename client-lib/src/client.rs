@@ -261,6 +261,35 @@ impl Client {
         .await
     }
 
+    /// Bans a user from a group or channel (owners and admins): a member is
+    /// removed with a MEMBER_BANNED system message, and the user cannot be
+    /// added again or subscribe (`BANNED`) until unbanned. The reply's
+    /// `banned_ids` lists the bans.
+    pub async fn ban_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<pb::Conversation> {
+        self.conversation(C::BanMember(pb::BanMember {
+            conversation_id: conversation.0,
+            user_id: user.0,
+        }))
+        .await
+    }
+
+    /// Lifts a ban (owners and admins).
+    pub async fn unban_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<pb::Conversation> {
+        self.conversation(C::UnbanMember(pb::UnbanMember {
+            conversation_id: conversation.0,
+            user_id: user.0,
+        }))
+        .await
+    }
+
     /// Leaves a group or channel. The conversation's cursor is kept until a
     /// Sync reports it removed ([`Event::ConversationRemoved`](crate::Event::ConversationRemoved)),
     /// so the user's own `MEMBER_LEFT` message is still delivered.

@@ -175,6 +175,28 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             client(36, C::ListBlocked(ListBlocked {})),
         ),
         (
+            "client_ban_member",
+            "Ban user 5 from conversation 9",
+            client(
+                37,
+                C::BanMember(BanMember {
+                    conversation_id: 9,
+                    user_id: 5,
+                }),
+            ),
+        ),
+        (
+            "client_unban_member",
+            "Lift user 5's ban from conversation 9",
+            client(
+                38,
+                C::UnbanMember(UnbanMember {
+                    conversation_id: 9,
+                    user_id: 5,
+                }),
+            ),
+        ),
+        (
             "client_change_password",
             "Change the password",
             client(
@@ -593,6 +615,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                             role: Role::Member as i32,
                         },
                     ],
+                    banned_ids: vec![],
                 }),
             ),
         ),

@@ -219,6 +219,7 @@ impl Accounts {
             password_hash,
             created_at_ms: self.now_ms(),
             hide_last_seen: false,
+            disabled: false,
         })
     }
 
@@ -278,6 +279,13 @@ impl Accounts {
         if !verify(&record.password_hash, &req.password)? {
             return Err(refused());
         }
+        // Told only to whoever knows the password.
+        if record.disabled {
+            return Err(Refusal::new(
+                ErrorCode::AccountDisabled,
+                "the operator disabled this account",
+            ));
+        }
         let mut batch = Batch::new();
         let (token, expires) = self.issue_token(user, device_id(req.device.as_ref()), &mut batch);
         self.writer.write_blocking(batch)?;
@@ -307,6 +315,9 @@ impl Accounts {
             return Err(refused());
         }
         let user = self.store.user(record.user_id)?.ok_or_else(refused)?;
+        if user.disabled {
+            return Err(refused());
+        }
         Ok(pb::AuthOk {
             user_id: record.user_id,
             session_token: token.to_owned(),

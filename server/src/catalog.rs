@@ -79,14 +79,21 @@ fn clamp(requested: u32, default: u32, max: u32) -> usize {
 }
 
 /// The client-facing view of a conversation.
+/// `banned` (ascending) is shown to owners and admins only.
 pub fn view(
     id: u64,
     record: &ConversationRecord,
     members: &[(u64, i32)],
+    banned: &[u64],
     last_seq: u64,
     me: u64,
 ) -> pb::Conversation {
     let is_channel = record.kind == ConversationKind::Channel as i32;
+    let my_role = members
+        .iter()
+        .find(|(u, _)| *u == me)
+        .map_or(Role::Unspecified as i32, |(_, r)| *r);
+    let moderator = my_role == Role::Owner as i32 || my_role == Role::Admin as i32;
     pb::Conversation {
         conversation_id: id,
         kind: record.kind,
@@ -94,10 +101,7 @@ pub fn view(
         created_at_ms: record.created_at_ms,
         created_by: record.created_by,
         last_seq,
-        my_role: members
-            .iter()
-            .find(|(u, _)| *u == me)
-            .map_or(Role::Unspecified as i32, |(_, r)| *r),
+        my_role,
         member_count: members.len() as u32,
         members: if is_channel {
             Vec::new()
@@ -106,6 +110,11 @@ pub fn view(
                 .iter()
                 .map(|&(user_id, role)| pb::Member { user_id, role })
                 .collect()
+        },
+        banned_ids: if moderator {
+            banned.to_vec()
+        } else {
+            Vec::new()
         },
     }
 }
@@ -295,10 +304,10 @@ impl Catalog {
                 }
                 other => other?,
             };
-            return Ok(view(id, &record, &members, 0, me));
+            return Ok(view(id, &record, &members, &[], 0, me));
         }
         self.writer.write_blocking(batch)?;
-        Ok(view(id, &record, &members, 0, me))
+        Ok(view(id, &record, &members, &[], 0, me))
     }
 
     /// A conversation as stored, for a member.
@@ -315,7 +324,8 @@ impl Catalog {
             .map(|(u, m)| (u, m.role))
             .collect();
         let last_seq = self.store.last_seq(conversation)?;
-        Ok(view(conversation, &record, &members, last_seq, me))
+        let banned = self.store.bans(conversation, crate::owner::BANS_MAX)?;
+        Ok(view(conversation, &record, &members, &banned, last_seq, me))
     }
 
     /// A page of history (`spec/messages.md`, "GetHistory").

@@ -68,6 +68,25 @@ enum Command {
         /// The user's username.
         username: String,
     },
+    /// Lists the users of a stopped server's data, one a line: id,
+    /// username, display name, creation time (Unix ms), and `disabled` or
+    /// `active`, separated by tabs.
+    ListUsers,
+    /// Lists the conversations of a stopped server's data, one a line: id,
+    /// kind, members, last seq and title, separated by tabs.
+    ListConversations,
+    /// Disables an account on a stopped server's data: its session tokens
+    /// are revoked and its logins refused (ACCOUNT_DISABLED) from the
+    /// server's next start.
+    DisableUser {
+        /// The user's username.
+        username: String,
+    },
+    /// Enables an account disabled with `disable-user`.
+    EnableUser {
+        /// The user's username.
+        username: String,
+    },
     /// Copies the data of the server running on this configuration's
     /// data_dir into DEST, a new directory, without stopping it (the
     /// server writes the copy, so its user must be able to create DEST).
@@ -114,6 +133,13 @@ fn raise_open_files_limit() {
         }
     }
     tracing::debug!(limit = ?getrlimit(Resource::Nofile).current, "open-files limit");
+}
+
+/// `text` with tabs and line breaks as spaces, for one tab-separated line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -177,6 +203,53 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("backing up into {dest}"))?;
         println!("backed up into {dest}: {done}");
         return Ok(());
+    }
+
+    match &args.command {
+        Some(Command::ListUsers) => {
+            let rows = chatd::admin::list_users(&config).context("listing the users")?;
+            println!("id\tusername\tdisplay_name\tcreated_at_ms\tstate");
+            for r in rows {
+                let state = if r.disabled { "disabled" } else { "active" };
+                println!(
+                    "{}\t{}\t{}\t{}\t{state}",
+                    r.id,
+                    r.username,
+                    one_line(&r.display_name),
+                    r.created_at_ms
+                );
+            }
+            return Ok(());
+        }
+        Some(Command::ListConversations) => {
+            let rows =
+                chatd::admin::list_conversations(&config).context("listing the conversations")?;
+            println!("id\tkind\tmembers\tlast_seq\ttitle");
+            for r in rows {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    r.id,
+                    r.kind,
+                    r.members,
+                    r.last_seq,
+                    one_line(&r.title)
+                );
+            }
+            return Ok(());
+        }
+        Some(Command::DisableUser { username }) => {
+            let revoked = chatd::admin::set_disabled(&config, username, true)
+                .with_context(|| format!("disabling {username:?}"))?;
+            println!("{username:?} disabled; {revoked} session token(s) revoked");
+            return Ok(());
+        }
+        Some(Command::EnableUser { username }) => {
+            chatd::admin::set_disabled(&config, username, false)
+                .with_context(|| format!("enabling {username:?}"))?;
+            println!("{username:?} enabled");
+            return Ok(());
+        }
+        _ => {}
     }
 
     if let Some(Command::SetPassword { username }) = &args.command {

@@ -23,6 +23,10 @@ pub struct UserRecord {
     /// Whether others see last-seen times.
     #[prost(bool, tag = "5")]
     pub hide_last_seen: bool,
+    /// Disabled by the operator (`chatd disable-user`): logins are refused
+    /// with ACCOUNT_DISABLED.
+    #[prost(bool, tag = "6")]
+    pub disabled: bool,
 }
 
 impl UserRecord {
@@ -157,4 +161,16 @@ pub struct UserReactions {
     /// The emoji, each once.
     #[prost(string, repeated, tag = "1")]
     pub emoji: Vec<String>,
+}
+
+/// `bans` keyspace value (key: conversation ‖ user): who banned the user
+/// from the group or channel, and when.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BanRecord {
+    /// The owner or admin who banned.
+    #[prost(uint64, tag = "1")]
+    pub by: u64,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub at_ms: u64,
 }

@@ -1,7 +1,9 @@
-//! `chatd set-password`: an operator sets a user's password on the data of
-//! a stopped server, and every token of the user is revoked. The command
+//! Operator commands on a stopped server's data. `chatd set-password`
+//! sets a user's password, and every token of the user is revoked; it
 //! refuses a running server, unknown users and passwords Register would
-//! refuse.
+//! refuse. `list-users` and `list-conversations` list them; `disable-user`
+//! revokes an account's tokens and has its logins refused from the next
+//! start, `enable-user` undoes it.
 
 mod common;
 
@@ -75,5 +77,98 @@ async fn set_password_replaces_the_password_and_revokes_every_token() {
             .await;
         assert_eq!(error_code(&resumed), ErrorCode::TokenInvalid);
     }
+    chatd.kill();
+}
+
+#[tokio::test]
+async fn operators_list_users_and_conversations_and_disable_accounts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut chatd = Chatd::start(dir.path(), "");
+    let mut alice = Raw::register(chatd.addr, "alice").await;
+    let bob = Raw::register(chatd.addr, "bob").await;
+    let group = alice.create_group("club\tnight", &[bob.user_id]).await;
+    alice.send_text(group, "1", "hello").await;
+    let token = alice.token.clone();
+    drop((alice, bob));
+
+    let out = chatd.command(&["disable-user", "alice"], "");
+    assert!(!out.status.success(), "refused while the server runs");
+    chatd.kill();
+
+    let out = chatd.command(&["list-users"], "");
+    let users = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = users.lines().collect();
+    assert_eq!(lines[0], "id\tusername\tdisplay_name\tcreated_at_ms\tstate");
+    assert_eq!(lines.len(), 3, "{users}");
+    assert!(
+        lines[1].contains("\talice\t") && lines[1].ends_with("\tactive"),
+        "{users}"
+    );
+    let out = chatd.command(&["list-conversations"], "");
+    let convs = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        convs
+            .lines()
+            .any(|l| l == format!("{group}\tgroup\t2\t1\tclub night")),
+        "{convs}"
+    );
+
+    let out = chatd.command(&["disable-user", "nobody"], "");
+    assert!(!out.status.success());
+    let out = chatd.command(&["disable-user", "alice"], "");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("1 session token(s) revoked"), "{said}");
+    let out = chatd.command(&["list-users"], "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\talice\t"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains("\talice\t") && l.ends_with("\tdisabled"))
+    );
+
+    chatd.spawn();
+    chatd.wait_listening().await;
+    assert_eq!(
+        error_code(&login(chatd.addr, "password123").await),
+        ErrorCode::AccountDisabled
+    );
+    assert_eq!(
+        error_code(&login(chatd.addr, "not the password").await),
+        ErrorCode::InvalidCredentials,
+        "only the password's holder learns it is disabled"
+    );
+    let resumed = Raw::connect(chatd.addr)
+        .await
+        .request(C::Resume(pb::Resume {
+            session_token: token,
+            device: None,
+            cursors: vec![],
+        }))
+        .await;
+    assert_eq!(error_code(&resumed), ErrorCode::TokenInvalid);
+    chatd.kill();
+
+    let out = chatd.command(&["enable-user", "alice"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    chatd.spawn();
+    chatd.wait_listening().await;
+    assert!(matches!(
+        login(chatd.addr, "password123").await,
+        S::AuthOk(_)
+    ));
     chatd.kill();
 }

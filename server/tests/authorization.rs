@@ -35,6 +35,14 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
         C::BlockUser(pb::BlockUser { user_id: target }),
         C::UnblockUser(pb::UnblockUser { user_id: target }),
         C::ListBlocked(pb::ListBlocked {}),
+        C::BanMember(pb::BanMember {
+            conversation_id: conv,
+            user_id: target,
+        }),
+        C::UnbanMember(pb::UnbanMember {
+            conversation_id: conv,
+            user_id: target,
+        }),
         C::GetProfile(pb::GetProfile {
             user_id: target,
             username: String::new(),
@@ -147,6 +155,8 @@ fn conversation_requests(conv: u64, target: u64) -> Vec<C> {
                     | C::DeleteMessage(_)
                     | C::EditMessage(_)
                     | C::React(_)
+                    | C::BanMember(_)
+                    | C::UnbanMember(_)
                     | C::GetHistory(_)
                     | C::MarkDelivered(_)
                     | C::MarkRead(_)
@@ -266,6 +276,14 @@ async fn members_who_are_not_admins_cannot_manage_the_group() {
         C::TransferOwnership(pb::TransferOwnership {
             conversation_id: g,
             new_owner_id: w.bob.user_id,
+        }),
+        C::BanMember(pb::BanMember {
+            conversation_id: g,
+            user_id: alice,
+        }),
+        C::UnbanMember(pb::UnbanMember {
+            conversation_id: g,
+            user_id: eve,
         }),
         // Alice's "hello team": only its sender edits it.
         C::EditMessage(pb::EditMessage {

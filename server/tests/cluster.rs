@@ -425,6 +425,20 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
         user_id: carol.user_id,
     });
     assert!(matches!(bob.request(block).await, S::Done(_)));
+    // Node 3 reads the block from its store once it has applied it
+    // (README, "Cluster mode": milliseconds after the ack).
+    let mut bob_on_3 = Raw::login(n3.addr, "bob").await;
+    let carol_id = carol.user_id;
+    wait_for("node 3 to apply the block", async || {
+        match bob_on_3
+            .request(pb::client_frame::Body::ListBlocked(pb::ListBlocked {}))
+            .await
+        {
+            S::BlockedUsers(b) if b.user_ids == [carol_id] => Some(()),
+            _ => None,
+        }
+    })
+    .await;
     wait_for("the block on node 3", async || {
         match carol.request(direct_with_bob()).await {
             S::Error(e) if e.code == chat_protocol::ErrorCode::Blocked as i32 => Some(()),
@@ -437,6 +451,7 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
         user_id: carol.user_id,
     });
     assert!(matches!(bob.request(unblock).await, S::Done(_)));
+    drop(bob_on_3);
     wait_for("the unblock on node 3", async || {
         match carol.request(direct_with_bob()).await {
             S::Conversation(_) => Some(()),
@@ -450,6 +465,43 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
         }
     })
     .await;
+
+    // A ban made on node 1 holds at the owner and is in node 2's store.
+    let club = create_group(&mut alice, &[carol.user_id]).await;
+    let ban = || {
+        pb::client_frame::Body::BanMember(pb::BanMember {
+            conversation_id: club,
+            user_id: bob_id,
+        })
+    };
+    let banned = wait_for("the ban", async || match alice.request(ban()).await {
+        S::Conversation(c) => Some(c.banned_ids),
+        S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+        other => panic!("ban: {other:?}"),
+    })
+    .await;
+    assert_eq!(banned, [bob_id]);
+    let mut alice_on_2 = Raw::login(n2.addr, "alice").await;
+    wait_for("the ban in node 2's store", async || {
+        match alice_on_2
+            .request(pb::client_frame::Body::GetConversation(
+                pb::GetConversation {
+                    conversation_id: club,
+                },
+            ))
+            .await
+        {
+            S::Conversation(c) if c.banned_ids == [bob_id] => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    let add_bob = pb::client_frame::Body::AddMembers(pb::AddMembers {
+        conversation_id: club,
+        user_ids: vec![bob_id],
+    });
+    let r = alice_on_2.request(add_bob).await;
+    assert_eq!(common::error_code(&r), chat_protocol::ErrorCode::Banned);
 
     // Presence crosses nodes: Bob on node 2 watches Carol on node 3.
     let S::Done(_) = bob

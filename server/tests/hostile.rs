@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..35) {
+        match self.rng.random_range(0..37) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -230,6 +230,14 @@ impl Pick<'_> {
             31 => C::BlockUser(pb::BlockUser { user_id: self.id() }),
             32 => C::UnblockUser(pb::UnblockUser { user_id: self.id() }),
             33 => C::ListBlocked(pb::ListBlocked {}),
+            34 => C::BanMember(pb::BanMember {
+                conversation_id: self.id(),
+                user_id: self.id(),
+            }),
+            35 => C::UnbanMember(pb::UnbanMember {
+                conversation_id: self.id(),
+                user_id: self.id(),
+            }),
             _ => C::Ping(pb::Ping { nonce: self.seq() }),
         }
     }

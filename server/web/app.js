@@ -886,7 +886,9 @@
     if (!state.me) return false;
     const me = String(state.me.user_id);
     const K = E.SystemEventKind;
-    if (sys.kind === K.MEMBER_REMOVED) return sys.user_ids.some((u) => String(u) === me);
+    if (sys.kind === K.MEMBER_REMOVED || sys.kind === K.MEMBER_BANNED) {
+      return sys.user_ids.some((u) => String(u) === me);
+    }
     if (sys.kind === K.MEMBER_LEFT) {
       const who = sys.user_ids.length ? sys.user_ids : [sys.actor_id || senderId];
       return who.some((u) => String(u) === me);
@@ -1209,6 +1211,8 @@
         return actor + " handed ownership to " + users;
       case K.MESSAGE_DELETED:
         return actor + " deleted a message";
+      case K.MEMBER_BANNED:
+        return actor + " banned " + users;
       default:
         return actor + " changed the conversation";
     }

@@ -241,6 +241,32 @@ impl ChatClient {
         .await
     }
 
+    /// Bans a user from a group or channel (owners and admins).
+    pub async fn ban_member(&self, conversation_id: u64, user_id: u64) -> Result<Conversation> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(
+                c.ban_member(ConversationId(conversation_id), UserId(user_id))
+                    .await?
+                    .into(),
+            )
+        })
+        .await
+    }
+
+    /// Lifts a ban (owners and admins).
+    pub async fn unban_member(&self, conversation_id: u64, user_id: u64) -> Result<Conversation> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(
+                c.unban_member(ConversationId(conversation_id), UserId(user_id))
+                    .await?
+                    .into(),
+            )
+        })
+        .await
+    }
+
     /// Leaves a group.
     pub async fn leave(&self, conversation_id: u64) -> Result<()> {
         let c = self.client.clone();

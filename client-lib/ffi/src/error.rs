@@ -151,6 +151,8 @@ pub enum ErrorCode {
     TooManyLoginAttempts,
     /// 205: the session is already authenticated.
     AlreadyAuthenticated,
+    /// 206: the operator disabled the account.
+    AccountDisabled,
     /// 300: the user is not a member of the conversation.
     NotAMember,
     /// 301: the user's role does not allow this.
@@ -163,6 +165,8 @@ pub enum ErrorCode {
     Conflict,
     /// 305: one of the two users of a direct conversation blocked the other.
     Blocked,
+    /// 306: the user is banned from the group or channel.
+    Banned,
     /// 400: too many requests; wait `retry_after_ms`.
     RateLimited,
     /// 401: the message is too large.
@@ -202,12 +206,14 @@ impl From<pb::ErrorCode> for ErrorCode {
             W::TokenInvalid => ErrorCode::TokenInvalid,
             W::TooManyLoginAttempts => ErrorCode::TooManyLoginAttempts,
             W::AlreadyAuthenticated => ErrorCode::AlreadyAuthenticated,
+            W::AccountDisabled => ErrorCode::AccountDisabled,
             W::NotAMember => ErrorCode::NotAMember,
             W::Forbidden => ErrorCode::Forbidden,
             W::NotFound => ErrorCode::NotFound,
             W::MemberLimit => ErrorCode::MemberLimit,
             W::Conflict => ErrorCode::Conflict,
             W::Blocked => ErrorCode::Blocked,
+            W::Banned => ErrorCode::Banned,
             W::RateLimited => ErrorCode::RateLimited,
             W::MessageTooLarge => ErrorCode::MessageTooLarge,
             W::SlowConsumer => ErrorCode::SlowConsumer,

@@ -123,6 +123,8 @@ mirror_enum! {
         OwnershipTransferred,
         /// A message was deleted.
         MessageDeleted,
+        /// A member was banned (removed, kept out until unbanned).
+        MemberBanned,
     }
 }
 
@@ -280,6 +282,8 @@ pub struct Conversation {
     pub member_count: u32,
     /// The members (may be a prefix of them for large conversations).
     pub members: Vec<Member>,
+    /// Users banned from the group or channel (for owners and admins only).
+    pub banned_ids: Vec<u64>,
 }
 
 impl From<pb::Conversation> for Conversation {
@@ -301,6 +305,7 @@ impl From<pb::Conversation> for Conversation {
                     role: m.role().into(),
                 })
                 .collect(),
+            banned_ids: c.banned_ids.clone(),
         }
     }
 }

@@ -236,7 +236,7 @@ pub struct Forward {
     /// What to do.
     #[prost(
         oneof = "ForwardOp",
-        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21"
+        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
     )]
     pub op: Option<ForwardOp>,
 }
@@ -363,6 +363,12 @@ pub enum ForwardOp {
     /// The user blocked (true) or unblocked the other member.
     #[prost(bool, tag = "21")]
     SetBlocked(bool),
+    /// BanMember.
+    #[prost(uint64, tag = "22")]
+    Ban(u64),
+    /// UnbanMember.
+    #[prost(uint64, tag = "23")]
+    Unban(u64),
 }
 
 /// `req` for its owner node; `after` as [`Forward::after`].
@@ -404,6 +410,8 @@ pub fn encode_request(req: &OwnerRequest, after: u64) -> Bytes {
             mine: Some(r.mine.clone()),
         }),
         OwnerOp::SetBlocked(on) => ForwardOp::SetBlocked(*on),
+        OwnerOp::Ban(u) => ForwardOp::Ban(*u),
+        OwnerOp::Unban(u) => ForwardOp::Unban(*u),
     };
     let forward = Forward {
         request_id: req.origin.request_id,
@@ -449,6 +457,8 @@ pub fn decode_request(forward: Forward, origin: Origin) -> Option<OwnerRequest> 
             mine: r.mine.unwrap_or_default(),
         })),
         ForwardOp::SetBlocked(on) => OwnerOp::SetBlocked(on),
+        ForwardOp::Ban(u) => OwnerOp::Ban(u),
+        ForwardOp::Unban(u) => OwnerOp::Unban(u),
     };
     Some(OwnerRequest::new(
         origin,

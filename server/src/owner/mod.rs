@@ -23,6 +23,7 @@
 mod edit;
 mod effect;
 mod membership;
+mod moderation;
 mod reaction;
 mod receipts;
 #[cfg(test)]
@@ -53,6 +54,10 @@ use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord};
 use crate::reply::{self, Refusal};
 use crate::sequencer::{Admission, Assigned, Sequencer};
 use crate::storage::writer::Batch;
+
+/// Users one group or channel may have banned at most; a ban past it is
+/// refused with INVALID_ARGUMENT.
+pub const BANS_MAX: usize = 10_000;
 
 /// Longest `client_msg_id`, in bytes.
 pub const CLIENT_MSG_ID_MAX: usize = 64;
@@ -154,6 +159,10 @@ pub enum OwnerOp {
     /// The user blocked (true) or unblocked the other member of this
     /// direct conversation; the block record is written already.
     SetBlocked(bool),
+    /// BanMember (the user checked to exist).
+    Ban(u64),
+    /// UnbanMember.
+    Unban(u64),
 }
 
 /// A loaded conversation on its owner shard.
@@ -187,6 +196,8 @@ pub(super) struct Conv {
     /// Direct conversations: the members who blocked the other one (at
     /// most both). While any did, the two exchange nothing here.
     blocked_by: Vec<u64>,
+    /// Users banned from this group or channel, at most [`BANS_MAX`].
+    pub(super) banned: HashSet<u64>,
 }
 
 impl Conv {
@@ -210,7 +221,9 @@ impl Conv {
     pub(super) fn view(&self, id: u64, me: u64) -> pb::Conversation {
         let mut members: Vec<(u64, i32)> = self.members.iter().map(|(&u, m)| (u, m.role)).collect();
         members.sort_unstable();
-        catalog::view(id, &self.record, &members, self.seq.last_seq(), me)
+        let mut banned: Vec<u64> = self.banned.iter().copied().collect();
+        banned.sort_unstable();
+        catalog::view(id, &self.record, &members, &banned, self.seq.last_seq(), me)
     }
 
     pub(super) fn role(&self, user: u64) -> Option<Role> {
@@ -329,6 +342,8 @@ pub struct Loaded {
     pub last_seq: u64,
     /// A direct conversation's members who blocked the other one.
     pub blocked_by: Vec<u64>,
+    /// Users banned from it.
+    pub banned: Vec<u64>,
 }
 
 /// An idempotency key found in the store: sender, client_msg_id, record.
@@ -557,6 +572,7 @@ impl Owner {
                     recent_deletions: VecDeque::new(),
                     reactions: reaction::RecentReactions::default(),
                     blocked_by: l.blocked_by,
+                    banned: l.banned.into_iter().collect(),
                 };
                 self.slots.insert(id, Slot::Ready(Box::new(conv)));
                 self.pump(id);
@@ -704,6 +720,8 @@ impl Env {
             }
             OwnerOp::Typing(active) => return self.typing(id, conv, origin, user, active),
             OwnerOp::SubscribeChannel => self.subscribe(id, conv, user),
+            OwnerOp::Ban(target) => self.ban(id, conv, user, target),
+            OwnerOp::Unban(target) => self.unban(id, conv, user, target),
             OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, user),
             OwnerOp::DeleteMessage { seq, target } => {
                 let result = self.delete_message(id, conv, user, seq, target);

@@ -437,11 +437,16 @@ impl Sim {
                     })
             })
             .collect();
+        let banned = self
+            .scan(Ks::Bans, &prefix)
+            .filter_map(|(k, _)| keys::pair_second(k))
+            .collect();
         Some(Loaded {
             record,
             members,
             last_seq,
             blocked_by,
+            banned,
         })
     }
 
@@ -1239,4 +1244,60 @@ fn a_blocked_direct_chat_takes_nothing_until_both_unblock() {
     let g = s.group();
     let in_group = s.request(1, g, OwnerOp::SetBlocked(true));
     assert_eq!(s.error_code(in_group), ErrorCode::InvalidArgument);
+}
+
+// Bans.
+
+#[test]
+fn a_banned_member_is_removed_and_kept_out_until_unbanned() {
+    let mut s = Sim::new();
+    let g = s.group();
+    // A member bans nobody; an admin does not ban the owner or, unless
+    // owner, another admin; nobody bans themselves.
+    let cases = [
+        (s.request(3, g, OwnerOp::Ban(4)), ErrorCode::Forbidden),
+        (s.request(2, g, OwnerOp::Ban(1)), ErrorCode::Forbidden),
+        (s.request(9, g, OwnerOp::Ban(4)), ErrorCode::NotAMember),
+        (s.request(2, g, OwnerOp::Ban(2)), ErrorCode::InvalidArgument),
+    ];
+    for (rid, code) in cases {
+        assert_eq!(s.error_code(rid), code);
+    }
+    let banned = s.request(2, g, OwnerOp::Ban(4));
+    let view = s.conversation(banned);
+    assert_eq!(view.banned_ids, [4]);
+    assert!(Sim::role_in(view, 4).is_none(), "removed");
+    let events = s.system_events();
+    let last = events.last().expect("a system message");
+    assert_eq!(last.kind, pb::system_event::Kind::MemberBanned as i32);
+    assert_eq!((last.actor_id, last.user_ids.as_slice()), (2, &[4][..]));
+    // Banned twice is one ban; a non-member may be banned ahead.
+    let again = s.request(1, g, OwnerOp::Ban(4));
+    assert_eq!(s.conversation(again).banned_ids, [4]);
+    let ahead = s.request(1, g, OwnerOp::Ban(7));
+    assert_eq!(s.conversation(ahead).banned_ids, [4, 7]);
+    assert_eq!(s.system_events().len(), 1);
+    // Kept out: not added back, also after a restart.
+    s.restart();
+    let add = s.request(1, g, OwnerOp::AddMembers(vec![5, 4]));
+    assert_eq!(s.error_code(add), ErrorCode::Banned);
+    assert!(s.member(g, 5).is_none(), "nothing changed");
+    // Lifting a ban lets the user back.
+    let lifted = s.request(2, g, OwnerOp::Unban(4));
+    assert_eq!(s.conversation(lifted).banned_ids, [7]);
+    let add = s.request(1, g, OwnerOp::AddMembers(vec![4]));
+    assert!(matches!(s.answer(add), Body::Conversation(_)));
+
+    // A channel's subscriber is removed without a system message and
+    // cannot subscribe again.
+    let ch = s.create(ConversationKind::Channel, &[(1, Role::Owner)]);
+    let sub = s.request(5, ch, OwnerOp::SubscribeChannel);
+    assert!(matches!(s.answer(sub), Body::Done(_)));
+    let before = s.system_events().len();
+    let ban = s.request(1, ch, OwnerOp::Ban(5));
+    assert_eq!(s.conversation(ban).banned_ids, [5]);
+    assert!(s.member(ch, 5).is_none());
+    assert_eq!(s.system_events().len(), before);
+    let back = s.request(5, ch, OwnerOp::SubscribeChannel);
+    assert_eq!(s.error_code(back), ErrorCode::Banned);
 }

@@ -56,6 +56,27 @@ pub(crate) fn add_members(conn: &Rc<Conn>, req: Request, user: u64, a: pb::AddMe
     read_then_owner(conn, req, (user, a.conversation_id), store, check, op);
 }
 
+/// BanMember: the user is checked to exist here, the rest is the owner's.
+pub(crate) fn ban(conn: &Rc<Conn>, req: Request, user: u64, b: pb::BanMember) {
+    let target = b.user_id;
+    let check = move |store: &Store| match store.user(target)? {
+        Some(_) => Ok(()),
+        None => Err(Refusal::new(
+            ErrorCode::NotFound,
+            format!("no user {target}"),
+        )),
+    };
+    let op = move |()| OwnerOp::Ban(target);
+    let store = &conn.shard.shared.store;
+    read_then_owner(conn, req, (user, b.conversation_id), store, check, op);
+}
+
+/// UnbanMember.
+pub(crate) async fn unban(conn: &Rc<Conn>, req: Request, user: u64, u: pb::UnbanMember) {
+    let op = OwnerOp::Unban(u.user_id);
+    to_owner(conn, req, user, u.conversation_id, op).await;
+}
+
 /// RemoveMember.
 pub(crate) async fn remove_member(conn: &Rc<Conn>, req: Request, user: u64, r: pb::RemoveMember) {
     let op = OwnerOp::RemoveMember(r.user_id);

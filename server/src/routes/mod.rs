@@ -170,6 +170,8 @@ pub(crate) async fn dispatch(conn: &Rc<Conn>, user: u64, rid: u64, body: C) {
         C::BlockUser(b) => blocks::block(conn, req, user, b),
         C::UnblockUser(u) => blocks::unblock(conn, req, user, u),
         C::ListBlocked(_) => blocks::list(conn, req, user),
+        C::BanMember(b) => conversations::ban(conn, req, user, b),
+        C::UnbanMember(u) => conversations::unban(conn, req, user, u).await,
         _ => req.answer(Err(Refusal::new(
             ErrorCode::UnknownMessage,
             "not supported by this server version",

@@ -768,11 +768,13 @@ fn load(
             }
         }
     }
+    let banned = store.bans(conversation, crate::owner::BANS_MAX)?;
     Ok(Some(Loaded {
         record,
         members,
         last_seq,
         blocked_by,
+        banned,
     }))
 }
 

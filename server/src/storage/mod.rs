@@ -26,6 +26,7 @@
 //! | `reactions` | conversation ‖ seq | [`ReactionCounts`] of the message |
 //! | `reactors` | conversation ‖ seq ‖ user | [`UserReactions`]: the emoji the user reacted with |
 //! | `blocks` | blocker ‖ blocked user | empty |
+//! | `bans` | conversation ‖ user | [`crate::records::BanRecord`] |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 //! | `meta` | `cluster_applied` | cluster mode: the last JetStream stream sequence this store holds |
 
@@ -156,11 +157,13 @@ pub enum Ks {
     Reactors = 14,
     /// `blocks`
     Blocks = 15,
+    /// `bans`
+    Bans = 16,
 }
 
 impl Ks {
     /// Every keyspace.
-    const ALL: [Ks; 16] = [
+    const ALL: [Ks; 17] = [
         Ks::Users,
         Ks::Usernames,
         Ks::Tokens,
@@ -177,6 +180,7 @@ impl Ks {
         Ks::Reactions,
         Ks::Reactors,
         Ks::Blocks,
+        Ks::Bans,
     ];
 
     /// The keyspace's code in the commit log.
@@ -210,6 +214,7 @@ struct Keyspaces {
     reactions: Keyspace,
     reactors: Keyspace,
     blocks: Keyspace,
+    bans: Keyspace,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -420,6 +425,7 @@ impl Store {
             reactions: ks("reactions")?,
             reactors: ks("reactors")?,
             blocks: ks("blocks")?,
+            bans: ks("bans")?,
         };
         let mut store = Self {
             db,
@@ -701,6 +707,7 @@ impl Store {
             Ks::Reactions => &self.ks.reactions,
             Ks::Reactors => &self.ks.reactors,
             Ks::Blocks => &self.ks.blocks,
+            Ks::Bans => &self.ks.bans,
         }
     }
 
@@ -987,6 +994,41 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Every user, by id (operator listings).
+    pub fn all_users(&self) -> Result<Vec<(u64, UserRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.users.iter() {
+            let (k, v) = kv.into_inner()?;
+            if let Some(id) = keys::first(&k) {
+                out.push((id, decode("users", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every conversation, by id (operator listings).
+    pub fn all_conversations(&self) -> Result<Vec<(u64, ConversationRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.conversations.iter() {
+            let (k, v) = kv.into_inner()?;
+            if let Some(id) = keys::first(&k) {
+                out.push((id, decode("conversations", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` users banned from `conversation`, ascending.
+    pub fn bans(&self, conversation: u64, limit: usize) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.bans.prefix(keys::id(conversation)).take(limit) {
+            if let Some(u) = keys::pair_second(&kv.key()?) {
+                out.push(u);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `blocker` blocked `blocked`.

@@ -10,8 +10,8 @@ use prost::Message;
 use super::writer::Batch;
 use super::{Ks, keys};
 use crate::records::{
-    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, ReactionCounts,
-    TokenRecord, UserConversationRecord, UserReactions, UserRecord,
+    BanRecord, ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration,
+    ReactionCounts, TokenRecord, UserConversationRecord, UserReactions, UserRecord,
 };
 
 impl Batch {
@@ -93,6 +93,20 @@ impl Batch {
     /// A message, already encoded (the push reuses the encoding).
     pub fn put_message(&mut self, conversation: u64, seq: u64, encoded: Vec<u8>) {
         self.put(Ks::Messages, keys::message(conversation, seq), encoded);
+    }
+
+    /// `user` is banned from `conversation`.
+    pub fn put_ban(&mut self, conversation: u64, user: u64, record: &BanRecord) {
+        self.put(
+            Ks::Bans,
+            keys::pair(conversation, user),
+            record.encode_to_vec(),
+        );
+    }
+
+    /// `user`'s ban from `conversation` is lifted.
+    pub fn delete_ban(&mut self, conversation: u64, user: u64) {
+        self.delete(Ks::Bans, keys::pair(conversation, user));
     }
 
     /// `blocker` blocks `blocked`.

@@ -564,6 +564,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member() != 17125:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user() != 59683:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users() != 27387:
@@ -656,6 +658,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_typing() != 60831:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member() != 19571:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() != 30523:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel() != 42368:
@@ -715,6 +719,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_func_shutdown_runtime.restype = ctype
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user.restype = ctypes.c_uint16
@@ -853,6 +860,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_transfer_ownership.
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_typing.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_typing.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user.restype = ctypes.c_uint16
@@ -900,6 +910,12 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -1161,6 +1177,12 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing.argtypes = (
     ctypes.c_int8,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -2072,12 +2094,35 @@ class _UniffiFfiConverterSequenceTypeMember(_UniffiConverterRustBuffer):
             _UniffiFfiConverterTypeMember.read(buf) for i in range(count)
         ]
 
+class _UniffiFfiConverterSequenceUInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterUInt64.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterUInt64.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterUInt64.read(buf) for i in range(count)
+        ]
+
 @dataclass
 class Conversation:
     """
     A conversation's metadata.
 """
-    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, created_at_ms:int, created_by:int, last_seq:int, my_role:Role, member_count:int, members:typing.List[Member]):
+    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, created_at_ms:int, created_by:int, last_seq:int, my_role:Role, member_count:int, members:typing.List[Member], banned_ids:typing.List[int]):
         self.conversation_id = conversation_id
         self.kind = kind
         self.title = title
@@ -2087,12 +2132,13 @@ class Conversation:
         self.my_role = my_role
         self.member_count = member_count
         self.members = members
+        self.banned_ids = banned_ids
         
         
 
     
     def __str__(self):
-        return "Conversation(conversation_id={}, kind={}, title={}, created_at_ms={}, created_by={}, last_seq={}, my_role={}, member_count={}, members={})".format(self.conversation_id, self.kind, self.title, self.created_at_ms, self.created_by, self.last_seq, self.my_role, self.member_count, self.members)
+        return "Conversation(conversation_id={}, kind={}, title={}, created_at_ms={}, created_by={}, last_seq={}, my_role={}, member_count={}, members={}, banned_ids={})".format(self.conversation_id, self.kind, self.title, self.created_at_ms, self.created_by, self.last_seq, self.my_role, self.member_count, self.members, self.banned_ids)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2112,6 +2158,8 @@ class Conversation:
             return False
         if self.members != other.members:
             return False
+        if self.banned_ids != other.banned_ids:
+            return False
         return True
 
 class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
@@ -2127,6 +2175,7 @@ class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
             my_role=_UniffiFfiConverterTypeRole.read(buf),
             member_count=_UniffiFfiConverterUInt32.read(buf),
             members=_UniffiFfiConverterSequenceTypeMember.read(buf),
+            banned_ids=_UniffiFfiConverterSequenceUInt64.read(buf),
         )
 
     @staticmethod
@@ -2140,6 +2189,7 @@ class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeRole.check_lower(value.my_role)
         _UniffiFfiConverterUInt32.check_lower(value.member_count)
         _UniffiFfiConverterSequenceTypeMember.check_lower(value.members)
+        _UniffiFfiConverterSequenceUInt64.check_lower(value.banned_ids)
 
     @staticmethod
     def write(value, buf):
@@ -2152,6 +2202,7 @@ class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeRole.write(value.my_role, buf)
         _UniffiFfiConverterUInt32.write(value.member_count, buf)
         _UniffiFfiConverterSequenceTypeMember.write(value.members, buf)
+        _UniffiFfiConverterSequenceUInt64.write(value.banned_ids, buf)
 
 
 
@@ -2208,6 +2259,11 @@ class SystemEventKind(enum.Enum):
     A message was deleted.
 """
     
+    MEMBER_BANNED = 9
+    """
+    A member was banned (removed, kept out until unbanned).
+"""
+    
 
 
 class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
@@ -2232,6 +2288,8 @@ class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
             return SystemEventKind.OWNERSHIP_TRANSFERRED
         if variant == 9:
             return SystemEventKind.MESSAGE_DELETED
+        if variant == 10:
+            return SystemEventKind.MEMBER_BANNED
         raise InternalError("Raw enum value doesn't match any cases")
 
     @staticmethod
@@ -2253,6 +2311,8 @@ class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
         if value == SystemEventKind.OWNERSHIP_TRANSFERRED:
             return
         if value == SystemEventKind.MESSAGE_DELETED:
+            return
+        if value == SystemEventKind.MEMBER_BANNED:
             return
         raise ValueError(value)
 
@@ -2276,31 +2336,10 @@ class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
             buf.write_i32(8)
         if value == SystemEventKind.MESSAGE_DELETED:
             buf.write_i32(9)
+        if value == SystemEventKind.MEMBER_BANNED:
+            buf.write_i32(10)
 
 
-
-class _UniffiFfiConverterSequenceUInt64(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        for item in value:
-            _UniffiFfiConverterUInt64.check_lower(item)
-
-    @classmethod
-    def write(cls, value, buf):
-        items = len(value)
-        buf.write_i32(items)
-        for item in value:
-            _UniffiFfiConverterUInt64.write(item, buf)
-
-    @classmethod
-    def read(cls, buf):
-        count = buf.read_i32()
-        if count < 0:
-            raise InternalError("Unexpected negative sequence length")
-
-        return [
-            _UniffiFfiConverterUInt64.read(buf) for i in range(count)
-        ]
 
 @dataclass
 class SystemEvent:
@@ -3133,82 +3172,92 @@ class ErrorCode(enum.Enum):
     205: the session is already authenticated.
 """
     
-    NOT_A_MEMBER = 13
+    ACCOUNT_DISABLED = 13
+    """
+    206: the operator disabled the account.
+"""
+    
+    NOT_A_MEMBER = 14
     """
     300: the user is not a member of the conversation.
 """
     
-    FORBIDDEN = 14
+    FORBIDDEN = 15
     """
     301: the user's role does not allow this.
 """
     
-    NOT_FOUND = 15
+    NOT_FOUND = 16
     """
     302: no such user, conversation or message.
 """
     
-    MEMBER_LIMIT = 16
+    MEMBER_LIMIT = 17
     """
     303: the conversation is full.
 """
     
-    CONFLICT = 17
+    CONFLICT = 18
     """
     304: the request conflicts with the current state.
 """
     
-    BLOCKED = 18
+    BLOCKED = 19
     """
     305: one of the two users of a direct conversation blocked the other.
 """
     
-    RATE_LIMITED = 19
+    BANNED = 20
+    """
+    306: the user is banned from the group or channel.
+"""
+    
+    RATE_LIMITED = 21
     """
     400: too many requests; wait `retry_after_ms`.
 """
     
-    MESSAGE_TOO_LARGE = 20
+    MESSAGE_TOO_LARGE = 22
     """
     401: the message is too large.
 """
     
-    SLOW_CONSUMER = 21
+    SLOW_CONSUMER = 23
     """
     402: the client reads too slowly.
 """
     
-    TOO_MANY_SESSIONS = 22
+    TOO_MANY_SESSIONS = 24
     """
     403: too many sessions of this user.
 """
     
-    SERVER_BUSY = 23
+    SERVER_BUSY = 25
     """
     404: the server is overloaded; wait `retry_after_ms`.
 """
     
-    IDLE_TIMEOUT = 24
+    IDLE_TIMEOUT = 26
     """
     405: the connection was idle too long.
 """
     
-    REACTION_LIMIT = 25
+    REACTION_LIMIT = 27
     """
     406: the message has the most distinct reactions it may have.
 """
     
-    INTERNAL = 26
+    INTERNAL = 28
     """
     500: an internal server error.
 """
     
-    SHUTTING_DOWN = 27
+    SHUTTING_DOWN = 29
     """
     501: the server is shutting down.
 """
     
-    STORAGE_FAILURE = 28
+    STORAGE_FAILURE = 30
     """
     502: the server's store failed.
 """
@@ -3246,36 +3295,40 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if variant == 13:
             return ErrorCode.ALREADY_AUTHENTICATED
         if variant == 14:
-            return ErrorCode.NOT_A_MEMBER
+            return ErrorCode.ACCOUNT_DISABLED
         if variant == 15:
-            return ErrorCode.FORBIDDEN
+            return ErrorCode.NOT_A_MEMBER
         if variant == 16:
-            return ErrorCode.NOT_FOUND
+            return ErrorCode.FORBIDDEN
         if variant == 17:
-            return ErrorCode.MEMBER_LIMIT
+            return ErrorCode.NOT_FOUND
         if variant == 18:
-            return ErrorCode.CONFLICT
+            return ErrorCode.MEMBER_LIMIT
         if variant == 19:
-            return ErrorCode.BLOCKED
+            return ErrorCode.CONFLICT
         if variant == 20:
-            return ErrorCode.RATE_LIMITED
+            return ErrorCode.BLOCKED
         if variant == 21:
-            return ErrorCode.MESSAGE_TOO_LARGE
+            return ErrorCode.BANNED
         if variant == 22:
-            return ErrorCode.SLOW_CONSUMER
+            return ErrorCode.RATE_LIMITED
         if variant == 23:
-            return ErrorCode.TOO_MANY_SESSIONS
+            return ErrorCode.MESSAGE_TOO_LARGE
         if variant == 24:
-            return ErrorCode.SERVER_BUSY
+            return ErrorCode.SLOW_CONSUMER
         if variant == 25:
-            return ErrorCode.IDLE_TIMEOUT
+            return ErrorCode.TOO_MANY_SESSIONS
         if variant == 26:
-            return ErrorCode.REACTION_LIMIT
+            return ErrorCode.SERVER_BUSY
         if variant == 27:
-            return ErrorCode.INTERNAL
+            return ErrorCode.IDLE_TIMEOUT
         if variant == 28:
-            return ErrorCode.SHUTTING_DOWN
+            return ErrorCode.REACTION_LIMIT
         if variant == 29:
+            return ErrorCode.INTERNAL
+        if variant == 30:
+            return ErrorCode.SHUTTING_DOWN
+        if variant == 31:
             return ErrorCode.STORAGE_FAILURE
         raise InternalError("Raw enum value doesn't match any cases")
 
@@ -3307,6 +3360,8 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
             return
         if value == ErrorCode.ALREADY_AUTHENTICATED:
             return
+        if value == ErrorCode.ACCOUNT_DISABLED:
+            return
         if value == ErrorCode.NOT_A_MEMBER:
             return
         if value == ErrorCode.FORBIDDEN:
@@ -3318,6 +3373,8 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if value == ErrorCode.CONFLICT:
             return
         if value == ErrorCode.BLOCKED:
+            return
+        if value == ErrorCode.BANNED:
             return
         if value == ErrorCode.RATE_LIMITED:
             return
@@ -3369,38 +3426,42 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
             buf.write_i32(12)
         if value == ErrorCode.ALREADY_AUTHENTICATED:
             buf.write_i32(13)
-        if value == ErrorCode.NOT_A_MEMBER:
+        if value == ErrorCode.ACCOUNT_DISABLED:
             buf.write_i32(14)
-        if value == ErrorCode.FORBIDDEN:
+        if value == ErrorCode.NOT_A_MEMBER:
             buf.write_i32(15)
-        if value == ErrorCode.NOT_FOUND:
+        if value == ErrorCode.FORBIDDEN:
             buf.write_i32(16)
-        if value == ErrorCode.MEMBER_LIMIT:
+        if value == ErrorCode.NOT_FOUND:
             buf.write_i32(17)
-        if value == ErrorCode.CONFLICT:
+        if value == ErrorCode.MEMBER_LIMIT:
             buf.write_i32(18)
-        if value == ErrorCode.BLOCKED:
+        if value == ErrorCode.CONFLICT:
             buf.write_i32(19)
-        if value == ErrorCode.RATE_LIMITED:
+        if value == ErrorCode.BLOCKED:
             buf.write_i32(20)
-        if value == ErrorCode.MESSAGE_TOO_LARGE:
+        if value == ErrorCode.BANNED:
             buf.write_i32(21)
-        if value == ErrorCode.SLOW_CONSUMER:
+        if value == ErrorCode.RATE_LIMITED:
             buf.write_i32(22)
-        if value == ErrorCode.TOO_MANY_SESSIONS:
+        if value == ErrorCode.MESSAGE_TOO_LARGE:
             buf.write_i32(23)
-        if value == ErrorCode.SERVER_BUSY:
+        if value == ErrorCode.SLOW_CONSUMER:
             buf.write_i32(24)
-        if value == ErrorCode.IDLE_TIMEOUT:
+        if value == ErrorCode.TOO_MANY_SESSIONS:
             buf.write_i32(25)
-        if value == ErrorCode.REACTION_LIMIT:
+        if value == ErrorCode.SERVER_BUSY:
             buf.write_i32(26)
-        if value == ErrorCode.INTERNAL:
+        if value == ErrorCode.IDLE_TIMEOUT:
             buf.write_i32(27)
-        if value == ErrorCode.SHUTTING_DOWN:
+        if value == ErrorCode.REACTION_LIMIT:
             buf.write_i32(28)
-        if value == ErrorCode.STORAGE_FAILURE:
+        if value == ErrorCode.INTERNAL:
             buf.write_i32(29)
+        if value == ErrorCode.SHUTTING_DOWN:
+            buf.write_i32(30)
+        if value == ErrorCode.STORAGE_FAILURE:
+            buf.write_i32(31)
 
 
 
@@ -5472,6 +5533,11 @@ class ChatClientProtocol(typing.Protocol):
         Adds members to a group (admins and owners).
 """
         raise NotImplementedError
+    async def ban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Bans a user from a group or channel (owners and admins).
+"""
+        raise NotImplementedError
     async def block_user(self, user_id: int) -> None:
         """
         Blocks a user (no direct messages, no presence either way).
@@ -5716,6 +5782,11 @@ class ChatClientProtocol(typing.Protocol):
         Starts or stops the typing indicator (no reply; a datagram on QUIC).
 """
         raise NotImplementedError
+    async def unban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Lifts a ban (owners and admins).
+"""
+        raise NotImplementedError
     async def unblock_user(self, user_id: int) -> None:
         """
         Lifts a block.
@@ -5796,6 +5867,29 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def ban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Bans a user from a group or channel (owners and admins).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConversation.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
@@ -6811,6 +6905,29 @@ class ChatClient(ChatClientProtocol):
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def unban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Lifts a ban (owners and admins).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConversation.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )

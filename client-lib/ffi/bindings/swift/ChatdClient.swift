@@ -618,6 +618,11 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func addMembers(conversationId: UInt64, userIds: [UInt64]) async throws  -> Conversation
     
     /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+    func banMember(conversationId: UInt64, userId: UInt64) async throws  -> Conversation
+    
+    /**
      * Blocks a user (no direct messages, no presence either way).
      */
     func blockUser(userId: UInt64) async throws 
@@ -862,6 +867,11 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func typing(conversationId: UInt64, active: Bool) async throws 
     
     /**
+     * Lifts a ban (owners and admins).
+     */
+    func unbanMember(conversationId: UInt64, userId: UInt64) async throws  -> Conversation
+    
+    /**
      * Lifts a block.
      */
     func unblockUser(userId: UInt64) async throws 
@@ -962,6 +972,25 @@ open func addMembers(conversationId: UInt64, userIds: [UInt64])async throws  -> 
             rustFutureFunc: {
                 uniffi_chat_client_ffi_fn_method_chatclient_add_members(
                         self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterSequenceUInt64.lower(userIds)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+open func banMember(conversationId: UInt64, userId: UInt64)async throws  -> Conversation  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_ban_member(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(userId)
                 )
             },
             pollFunc: ffi_chat_client_ffi_rust_future_poll_rust_buffer,
@@ -1845,6 +1874,25 @@ open func typing(conversationId: UInt64, active: Bool)async throws   {
 }
     
     /**
+     * Lifts a ban (owners and admins).
+     */
+open func unbanMember(conversationId: UInt64, userId: UInt64)async throws  -> Conversation  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_unban_member(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(userId)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
      * Lifts a block.
      */
 open func unblockUser(userId: UInt64)async throws   {
@@ -2473,6 +2521,10 @@ public struct Conversation: Equatable, Hashable {
      * The members (may be a prefix of them for large conversations).
      */
     public var members: [Member]
+    /**
+     * Users banned from the group or channel (for owners and admins only).
+     */
+    public var bannedIds: [UInt64]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2503,7 +2555,10 @@ public struct Conversation: Equatable, Hashable {
          */memberCount: UInt32, 
         /**
          * The members (may be a prefix of them for large conversations).
-         */members: [Member]) {
+         */members: [Member], 
+        /**
+         * Users banned from the group or channel (for owners and admins only).
+         */bannedIds: [UInt64]) {
         self.conversationId = conversationId
         self.kind = kind
         self.title = title
@@ -2513,6 +2568,7 @@ public struct Conversation: Equatable, Hashable {
         self.myRole = myRole
         self.memberCount = memberCount
         self.members = members
+        self.bannedIds = bannedIds
     }
 
     
@@ -2539,7 +2595,8 @@ public struct FfiConverterTypeConversation: FfiConverterRustBuffer {
                 lastSeq: FfiConverterUInt64.read(from: &buf), 
                 myRole: FfiConverterTypeRole.read(from: &buf), 
                 memberCount: FfiConverterUInt32.read(from: &buf), 
-                members: FfiConverterSequenceTypeMember.read(from: &buf)
+                members: FfiConverterSequenceTypeMember.read(from: &buf), 
+                bannedIds: FfiConverterSequenceUInt64.read(from: &buf)
         )
     }
 
@@ -2553,6 +2610,7 @@ public struct FfiConverterTypeConversation: FfiConverterRustBuffer {
         FfiConverterTypeRole.write(value.myRole, into: &buf)
         FfiConverterUInt32.write(value.memberCount, into: &buf)
         FfiConverterSequenceTypeMember.write(value.members, into: &buf)
+        FfiConverterSequenceUInt64.write(value.bannedIds, into: &buf)
     }
 }
 
@@ -5488,6 +5546,10 @@ public enum ErrorCode: Equatable, Hashable {
      */
     case alreadyAuthenticated
     /**
+     * 206: the operator disabled the account.
+     */
+    case accountDisabled
+    /**
      * 300: the user is not a member of the conversation.
      */
     case notAMember
@@ -5511,6 +5573,10 @@ public enum ErrorCode: Equatable, Hashable {
      * 305: one of the two users of a direct conversation blocked the other.
      */
     case blocked
+    /**
+     * 306: the user is banned from the group or channel.
+     */
+    case banned
     /**
      * 400: too many requests; wait `retry_after_ms`.
      */
@@ -5598,37 +5664,41 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
         
         case 13: return .alreadyAuthenticated
         
-        case 14: return .notAMember
+        case 14: return .accountDisabled
         
-        case 15: return .forbidden
+        case 15: return .notAMember
         
-        case 16: return .notFound
+        case 16: return .forbidden
         
-        case 17: return .memberLimit
+        case 17: return .notFound
         
-        case 18: return .conflict
+        case 18: return .memberLimit
         
-        case 19: return .blocked
+        case 19: return .conflict
         
-        case 20: return .rateLimited
+        case 20: return .blocked
         
-        case 21: return .messageTooLarge
+        case 21: return .banned
         
-        case 22: return .slowConsumer
+        case 22: return .rateLimited
         
-        case 23: return .tooManySessions
+        case 23: return .messageTooLarge
         
-        case 24: return .serverBusy
+        case 24: return .slowConsumer
         
-        case 25: return .idleTimeout
+        case 25: return .tooManySessions
         
-        case 26: return .reactionLimit
+        case 26: return .serverBusy
         
-        case 27: return .`internal`
+        case 27: return .idleTimeout
         
-        case 28: return .shuttingDown
+        case 28: return .reactionLimit
         
-        case 29: return .storageFailure
+        case 29: return .`internal`
+        
+        case 30: return .shuttingDown
+        
+        case 31: return .storageFailure
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -5690,68 +5760,76 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
             writeInt(&buf, Int32(13))
         
         
-        case .notAMember:
+        case .accountDisabled:
             writeInt(&buf, Int32(14))
         
         
-        case .forbidden:
+        case .notAMember:
             writeInt(&buf, Int32(15))
         
         
-        case .notFound:
+        case .forbidden:
             writeInt(&buf, Int32(16))
         
         
-        case .memberLimit:
+        case .notFound:
             writeInt(&buf, Int32(17))
         
         
-        case .conflict:
+        case .memberLimit:
             writeInt(&buf, Int32(18))
         
         
-        case .blocked:
+        case .conflict:
             writeInt(&buf, Int32(19))
         
         
-        case .rateLimited:
+        case .blocked:
             writeInt(&buf, Int32(20))
         
         
-        case .messageTooLarge:
+        case .banned:
             writeInt(&buf, Int32(21))
         
         
-        case .slowConsumer:
+        case .rateLimited:
             writeInt(&buf, Int32(22))
         
         
-        case .tooManySessions:
+        case .messageTooLarge:
             writeInt(&buf, Int32(23))
         
         
-        case .serverBusy:
+        case .slowConsumer:
             writeInt(&buf, Int32(24))
         
         
-        case .idleTimeout:
+        case .tooManySessions:
             writeInt(&buf, Int32(25))
         
         
-        case .reactionLimit:
+        case .serverBusy:
             writeInt(&buf, Int32(26))
         
         
-        case .`internal`:
+        case .idleTimeout:
             writeInt(&buf, Int32(27))
         
         
-        case .shuttingDown:
+        case .reactionLimit:
             writeInt(&buf, Int32(28))
         
         
-        case .storageFailure:
+        case .`internal`:
             writeInt(&buf, Int32(29))
+        
+        
+        case .shuttingDown:
+            writeInt(&buf, Int32(30))
+        
+        
+        case .storageFailure:
+            writeInt(&buf, Int32(31))
         
         }
     }
@@ -6196,6 +6274,10 @@ public enum SystemEventKind: Equatable, Hashable {
      * A message was deleted.
      */
     case messageDeleted
+    /**
+     * A member was banned (removed, kept out until unbanned).
+     */
+    case memberBanned
 
 
 
@@ -6234,6 +6316,8 @@ public struct FfiConverterTypeSystemEventKind: FfiConverterRustBuffer {
         case 8: return .ownershipTransferred
         
         case 9: return .messageDeleted
+        
+        case 10: return .memberBanned
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -6277,6 +6361,10 @@ public struct FfiConverterTypeSystemEventKind: FfiConverterRustBuffer {
         
         case .messageDeleted:
             writeInt(&buf, Int32(9))
+        
+        
+        case .memberBanned:
+            writeInt(&buf, Int32(10))
         
         }
     }
@@ -6962,6 +7050,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_ban_member() != 17125) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_block_user() != 59683) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -7098,6 +7189,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_typing() != 60831) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_unban_member() != 19571) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() != 30523) {

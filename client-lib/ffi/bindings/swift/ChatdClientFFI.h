@@ -274,6 +274,11 @@ void uniffi_chat_client_ffi_fn_free_chatclient(uint64_t handle, RustCallStatus *
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_add_members(uint64_t ptr, uint64_t conversation_id, RustBuffer user_ids
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_BAN_MEMBER
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_BAN_MEMBER
+uint64_t uniffi_chat_client_ffi_fn_method_chatclient_ban_member(uint64_t ptr, uint64_t conversation_id, uint64_t user_id
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_BLOCK_USER
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_BLOCK_USER
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_block_user(uint64_t ptr, uint64_t user_id
@@ -502,6 +507,11 @@ uint64_t uniffi_chat_client_ffi_fn_method_chatclient_transfer_ownership(uint64_t
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_TYPING
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_TYPING
 uint64_t uniffi_chat_client_ffi_fn_method_chatclient_typing(uint64_t ptr, uint64_t conversation_id, int8_t active
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_UNBAN_MEMBER
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_UNBAN_MEMBER
+uint64_t uniffi_chat_client_ffi_fn_method_chatclient_unban_member(uint64_t ptr, uint64_t conversation_id, uint64_t user_id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_FN_METHOD_CHATCLIENT_UNBLOCK_USER
@@ -864,6 +874,12 @@ uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_add_members(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_BAN_MEMBER
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_BAN_MEMBER
+uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_ban_member(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_BLOCK_USER
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_BLOCK_USER
 uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_block_user(void
@@ -1137,6 +1153,12 @@ uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_transfer_ownership(vo
 #ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_TYPING
 #define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_TYPING
 uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_typing(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_UNBAN_MEMBER
+#define UNIFFI_FFIDEF_UNIFFI_CHAT_CLIENT_FFI_CHECKSUM_METHOD_CHATCLIENT_UNBAN_MEMBER
+uint16_t uniffi_chat_client_ffi_checksum_method_chatclient_unban_member(void
     
 );
 #endif

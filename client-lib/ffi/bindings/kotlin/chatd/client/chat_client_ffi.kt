@@ -712,6 +712,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_add_members(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_ban_member(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_block_user(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users(
@@ -804,6 +806,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_typing(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_unban_member(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel(
@@ -850,6 +854,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_free_chatclient(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_chat_client_ffi_fn_method_chatclient_add_members(`ptr`: Long,`conversationId`: Long,`userIds`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_ban_member(`ptr`: Long,`conversationId`: Long,`userId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_block_user(`ptr`: Long,`userId`: Long,
     ): Long
@@ -942,6 +948,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_transfer_ownership(`ptr`: Long,`conversationId`: Long,`newOwnerId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_typing(`ptr`: Long,`conversationId`: Long,`active`: Byte,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_unban_member(`ptr`: Long,`conversationId`: Long,`userId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(`ptr`: Long,`userId`: Long,
     ): Long
@@ -1104,6 +1112,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() and 0xFFFF) != 56806) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member() and 0xFFFF) != 17125) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user() and 0xFFFF) != 59683) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1240,6 +1251,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_typing() and 0xFFFF) != 60831) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member() and 0xFFFF) != 19571) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() and 0xFFFF) != 30523) {
@@ -1775,6 +1789,11 @@ public interface ChatClientInterface {
     suspend fun `addMembers`(`conversationId`: kotlin.ULong, `userIds`: List<kotlin.ULong>): Conversation
     
     /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+    suspend fun `banMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong): Conversation
+    
+    /**
      * Blocks a user (no direct messages, no presence either way).
      */
     suspend fun `blockUser`(`userId`: kotlin.ULong)
@@ -2019,6 +2038,11 @@ public interface ChatClientInterface {
     suspend fun `typing`(`conversationId`: kotlin.ULong, `active`: kotlin.Boolean)
     
     /**
+     * Lifts a ban (owners and admins).
+     */
+    suspend fun `unbanMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong): Conversation
+    
+    /**
      * Lifts a block.
      */
     suspend fun `unblockUser`(`userId`: kotlin.ULong)
@@ -2174,6 +2198,32 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
                 
         FfiConverterULong.lower(`conversationId`),
         FfiConverterSequenceULong.lower(`userIds`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConversation.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `banMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong) : Conversation {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`userId`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
@@ -3370,6 +3420,32 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
 
     
     /**
+     * Lifts a ban (owners and admins).
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unbanMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong) : Conversation {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`userId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConversation.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Lifts a block.
      */
     @Throws(ClientException::class)
@@ -4110,6 +4186,11 @@ data class Conversation (
      * The members (may be a prefix of them for large conversations).
      */
     var `members`: List<Member>
+    , 
+    /**
+     * Users banned from the group or channel (for owners and admins only).
+     */
+    var `bannedIds`: List<kotlin.ULong>
     
 ){
     
@@ -4135,6 +4216,7 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterTypeRole.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterSequenceTypeMember.read(buf),
+            FfiConverterSequenceULong.read(buf),
         )
     }
 
@@ -4147,7 +4229,8 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterULong.allocationSize(value.`lastSeq`) +
             FfiConverterTypeRole.allocationSize(value.`myRole`) +
             FfiConverterUInt.allocationSize(value.`memberCount`) +
-            FfiConverterSequenceTypeMember.allocationSize(value.`members`)
+            FfiConverterSequenceTypeMember.allocationSize(value.`members`) +
+            FfiConverterSequenceULong.allocationSize(value.`bannedIds`)
     )
 
     override fun write(value: Conversation, buf: ByteBuffer) {
@@ -4160,6 +4243,7 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterTypeRole.write(value.`myRole`, buf)
             FfiConverterUInt.write(value.`memberCount`, buf)
             FfiConverterSequenceTypeMember.write(value.`members`, buf)
+            FfiConverterSequenceULong.write(value.`bannedIds`, buf)
     }
 }
 
@@ -6637,6 +6721,10 @@ enum class ErrorCode {
      */
     ALREADY_AUTHENTICATED,
     /**
+     * 206: the operator disabled the account.
+     */
+    ACCOUNT_DISABLED,
+    /**
      * 300: the user is not a member of the conversation.
      */
     NOT_A_MEMBER,
@@ -6660,6 +6748,10 @@ enum class ErrorCode {
      * 305: one of the two users of a direct conversation blocked the other.
      */
     BLOCKED,
+    /**
+     * 306: the user is banned from the group or channel.
+     */
+    BANNED,
     /**
      * 400: too many requests; wait `retry_after_ms`.
      */
@@ -6974,7 +7066,11 @@ enum class SystemEventKind {
     /**
      * A message was deleted.
      */
-    MESSAGE_DELETED;
+    MESSAGE_DELETED,
+    /**
+     * A member was banned (removed, kept out until unbanned).
+     */
+    MEMBER_BANNED;
 
     
 
