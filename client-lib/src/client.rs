@@ -523,6 +523,22 @@ impl Client {
         }
     }
 
+    /// Deletes the user's account after re-entering its `password`: every
+    /// token is revoked and every session ends (this client's too, which
+    /// then stops: [`Event::Disconnected`] is its last event), the profile
+    /// is erased (the username stays taken), push registrations and
+    /// uploaded media are removed; messages stay, shown as from a deleted
+    /// user. A wrong password is `INVALID_CREDENTIALS` and changes nothing.
+    ///
+    /// [`Event::Disconnected`]: crate::Event::Disconnected
+    pub async fn delete_account(&self, password: &str) -> Result<()> {
+        self.call(C::DeleteAccount(pb::DeleteAccount {
+            password: password.into(),
+        }))
+        .await?;
+        Ok(())
+    }
+
     // ---- blocking ------------------------------------------------------------
 
     /// Blocks a user: no new direct conversation between the two, nothing

@@ -208,6 +208,16 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             ),
         ),
         (
+            "client_delete_account",
+            "Delete the caller's account, with its password",
+            client(
+                10,
+                C::DeleteAccount(DeleteAccount {
+                    password: "correct horse".into(),
+                }),
+            ),
+        ),
+        (
             "client_resume",
             "Resume with a token and one cursor",
             client(
@@ -549,6 +559,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                         username: "alice".into(),
                         display_name: "Alice".into(),
                         created_at_ms: 1_763_800_000_000,
+                        deleted: false,
                     }),
                 }),
             ),
@@ -588,6 +599,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                     username: "bob".into(),
                     display_name: "Bob".into(),
                     created_at_ms: 1_763_800_000_000,
+                    deleted: false,
                 }),
             ),
         ),

@@ -132,6 +132,35 @@ pub(crate) fn revoke_all(
     Ok(revoked)
 }
 
+/// Erases account `user` (DeleteAccount, `chatd delete-user`): the record
+/// becomes its tombstone (the username stays taken, `spec/messages.md`,
+/// "DeleteAccount"), then every token is revoked with its push
+/// registration, and the last-seen time and the media index are dropped.
+/// Returns the ids of the media the user uploaded, whose files the caller
+/// removes. The tombstone is written first: a login that checked the
+/// password before then withdraws its token (`Accounts::login`).
+pub(crate) fn erase(
+    store: &Store,
+    writer: &Writer,
+    user: u64,
+) -> Result<Vec<String>, StorageError> {
+    let Some(record) = store.user(user)? else {
+        return Ok(Vec::new());
+    };
+    let mut batch = Batch::new();
+    batch.put_user(user, &record.tombstone());
+    writer.write_blocking(batch)?;
+    let mut batch = Batch::new();
+    revoke_all(store, user, None, &mut batch)?;
+    batch.delete_last_seen(user);
+    let media = store.user_media(user)?;
+    for id in &media {
+        batch.delete_user_media(user, id);
+    }
+    writer.write_blocking(batch)?;
+    Ok(media)
+}
+
 /// The accounts handle: what registration, login, tokens and profiles
 /// need (the store, the writer, the user id allocator, the clock, the
 /// password and token settings) and nothing else; cheap to clone into a
@@ -220,6 +249,7 @@ impl Accounts {
             created_at_ms: self.now_ms(),
             hide_last_seen: false,
             disabled: false,
+            deleted: false,
         })
     }
 
@@ -270,6 +300,8 @@ impl Accounts {
             Some(id) => self.store.user(id)?.map(|r| (id, r)),
             None => None,
         };
+        // A deleted account is a tombstone with no password.
+        let found = found.filter(|(_, r)| !r.deleted);
         let Some((user, record)) = found else {
             // Spend the same time as a real check so that timing does not tell
             // which usernames exist.
@@ -315,7 +347,7 @@ impl Accounts {
             return Err(refused());
         }
         let user = self.store.user(record.user_id)?.ok_or_else(refused)?;
-        if user.disabled {
+        if user.disabled || user.deleted {
             return Err(refused());
         }
         Ok(pb::AuthOk {
@@ -410,6 +442,38 @@ impl Accounts {
         Ok(())
     }
 
+    /// Checks `user`'s password for DeleteAccount (milliseconds of argon2:
+    /// run under the shard's hashing permit); returns the hash checked. A
+    /// wrong password is INVALID_CREDENTIALS, which the failed-login limits
+    /// count.
+    pub fn check_password(&self, user: u64, password: &str) -> Result<String, Refusal> {
+        let wrong = || Refusal::new(ErrorCode::InvalidCredentials, "wrong password");
+        let record = self
+            .store
+            .user(user)?
+            .filter(|r| !r.deleted)
+            .ok_or_else(wrong)?;
+        if !verify(&record.password_hash, password)? {
+            return Err(wrong());
+        }
+        Ok(record.password_hash)
+    }
+
+    /// Deletes `user`'s account, whose password hash was `checked`
+    /// ([`erase`]); returns the media ids to remove. A read-modify-write of
+    /// the user record: run only at the home of
+    /// [`Key::User`](crate::home::Key), in its lane.
+    pub fn delete_account(&self, user: u64, checked: &str) -> Result<Vec<String>, Refusal> {
+        let record = self.store.user(user)?;
+        if record.as_ref().map(|r| r.password_hash.as_str()) != Some(checked) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidCredentials,
+                "the password was changed meanwhile",
+            ));
+        }
+        Ok(erase(&self.store, &self.writer, user)?)
+    }
+
     /// A user's public profile, by id or username.
     pub fn profile(&self, req: &pb::GetProfile) -> Result<pb::Profile, Refusal> {
         let id = if req.user_id != 0 {
@@ -422,6 +486,11 @@ impl Accounts {
         let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
         let id = id.ok_or_else(not_found)?;
         let record = self.store.user(id)?.ok_or_else(not_found)?;
+        // A deleted account's username names nobody any more; its id shows
+        // that it was deleted.
+        if record.deleted && req.user_id == 0 {
+            return Err(not_found());
+        }
         Ok(record.profile(id))
     }
 

@@ -1,6 +1,6 @@
 //! Operator commands on the data directory of a stopped server
 //! (`chatd set-password`, `list-users`, `list-conversations`,
-//! `disable-user`, `enable-user`). They open the store as the server does,
+//! `disable-user`, `enable-user`, `delete-user`). They open the store as the server does,
 //! so the store's lock refuses them while the server runs; what they change
 //! holds from the server's next start.
 
@@ -136,6 +136,26 @@ pub fn set_disabled(config: &Config, username: &str, disabled: bool) -> Result<u
         };
         writer.write_blocking(batch)?;
         Ok(revoked)
+    })
+}
+
+/// Deletes the account `username` as DeleteAccount does
+/// ([`accounts::erase`]): a tombstone whose username stays taken, every
+/// token and push registration revoked, its media files removed. Returns
+/// how many media ids it had.
+pub fn delete_user(config: &Config, username: &str) -> Result<usize, AdminError> {
+    with_store(config, |store, writer| {
+        let no_user = || AdminError::Refused(format!("no user named {username:?}"));
+        let user = store.user_id_by_name(username)?.ok_or_else(no_user)?;
+        if store.user(user)?.is_none_or(|r| r.deleted) {
+            return Err(no_user());
+        }
+        let media = accounts::erase(store, writer, user)?;
+        let dir = config.data_dir.join("media");
+        for id in &media {
+            crate::media::remove_files(&dir, id)?;
+        }
+        Ok(media.len())
     })
 }
 

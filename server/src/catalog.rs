@@ -244,7 +244,7 @@ impl Catalog {
             _ => {}
         }
         for &u in &others {
-            if self.store.user(u)?.is_none() {
+            if self.store.user(u)?.is_none_or(|r| r.deleted) {
                 return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
             }
         }

@@ -82,6 +82,13 @@ enum Command {
         /// The user's username.
         username: String,
     },
+    /// Deletes an account on a stopped server's data, as DeleteAccount
+    /// does: its profile erased (the username stays taken), its tokens,
+    /// push registrations and media removed; its messages stay.
+    DeleteUser {
+        /// The user's username.
+        username: String,
+    },
     /// Enables an account disabled with `disable-user`.
     EnableUser {
         /// The user's username.
@@ -241,6 +248,12 @@ fn main() -> anyhow::Result<()> {
             let revoked = chatd::admin::set_disabled(&config, username, true)
                 .with_context(|| format!("disabling {username:?}"))?;
             println!("{username:?} disabled; {revoked} session token(s) revoked");
+            return Ok(());
+        }
+        Some(Command::DeleteUser { username }) => {
+            let media = chatd::admin::delete_user(&config, username)
+                .with_context(|| format!("deleting {username:?}"))?;
+            println!("{username:?} deleted; {media} media file(s) removed");
             return Ok(());
         }
         Some(Command::EnableUser { username }) => {

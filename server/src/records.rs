@@ -27,16 +27,44 @@ pub struct UserRecord {
     /// with ACCOUNT_DISABLED.
     #[prost(bool, tag = "6")]
     pub disabled: bool,
+    /// The user deleted the account (DeleteAccount, `chatd delete-user`):
+    /// a tombstone with no password, display name or profile, whose
+    /// username stays taken.
+    #[prost(bool, tag = "7")]
+    pub deleted: bool,
 }
 
 impl UserRecord {
-    /// The public part of the record.
+    /// The public part of the record; a deleted account shows only that
+    /// it was.
     pub fn profile(&self, user_id: u64) -> pb::Profile {
+        if self.deleted {
+            return pb::Profile {
+                user_id,
+                deleted: true,
+                ..Default::default()
+            };
+        }
         pb::Profile {
             user_id,
             username: self.username.clone(),
             display_name: self.display_name.clone(),
             created_at_ms: self.created_at_ms,
+            deleted: false,
+        }
+    }
+
+    /// The record erased down to its tombstone: the username (which stays
+    /// taken) and the creation time.
+    pub fn tombstone(&self) -> Self {
+        Self {
+            username: self.username.clone(),
+            display_name: String::new(),
+            password_hash: String::new(),
+            created_at_ms: self.created_at_ms,
+            hide_last_seen: true,
+            disabled: false,
+            deleted: true,
         }
     }
 }

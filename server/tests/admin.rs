@@ -3,7 +3,8 @@
 //! refuses a running server, unknown users and passwords Register would
 //! refuse. `list-users` and `list-conversations` list them; `disable-user`
 //! revokes an account's tokens and has its logins refused from the next
-//! start, `enable-user` undoes it.
+//! start, `enable-user` undoes it; `delete-user` erases an account as
+//! DeleteAccount does.
 
 mod common;
 
@@ -170,5 +171,67 @@ async fn operators_list_users_and_conversations_and_disable_accounts() {
         login(chatd.addr, "password123").await,
         S::AuthOk(_)
     ));
+    chatd.kill();
+}
+
+#[tokio::test]
+async fn delete_user_erases_an_account_on_a_stopped_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut chatd = Chatd::start(dir.path(), "");
+    let mut alice = Raw::register(chatd.addr, "alice").await;
+    let mut bob = Raw::register(chatd.addr, "bob").await;
+    let group = bob.create_group("trip", &[alice.user_id]).await;
+    alice.send_text(group, "a1", "kept").await;
+    let (a, token) = (alice.user_id, alice.token.clone());
+    drop((alice, bob));
+    chatd.kill();
+
+    let out = chatd.command(&["delete-user", "nobody"], "");
+    assert!(!out.status.success());
+    let out = chatd.command(&["delete-user", "alice"], "");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("\"alice\" deleted"), "{said}");
+    let out = chatd.command(&["delete-user", "alice"], "");
+    assert!(!out.status.success(), "deleted already");
+
+    chatd.spawn();
+    chatd.wait_listening().await;
+    assert_eq!(
+        error_code(&login(chatd.addr, "password123").await),
+        ErrorCode::InvalidCredentials
+    );
+    let resumed = Raw::connect(chatd.addr)
+        .await
+        .request(C::Resume(pb::Resume {
+            session_token: token,
+            device: None,
+            cursors: vec![],
+        }))
+        .await;
+    assert_eq!(error_code(&resumed), ErrorCode::TokenInvalid);
+    let mut bob = Raw::login(chatd.addr, "bob").await;
+    match bob
+        .request(C::GetProfile(pb::GetProfile {
+            user_id: a,
+            username: String::new(),
+        }))
+        .await
+    {
+        S::Profile(p) => assert!(p.deleted && p.username.is_empty()),
+        other => panic!("profile: {other:?}"),
+    }
+    match bob.history(group, 0, 0, 10).await {
+        S::MessagePage(p) => assert!(
+            p.messages
+                .iter()
+                .any(|m| m.sender_id == a && m.text == "kept")
+        ),
+        other => panic!("history: {other:?}"),
+    }
     chatd.kill();
 }

@@ -32,6 +32,9 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             emoji: "👎".into(),
             remove: false,
         }),
+        C::DeleteAccount(pb::DeleteAccount {
+            password: "password123".into(),
+        }),
         C::BlockUser(pb::BlockUser { user_id: target }),
         C::UnblockUser(pb::UnblockUser { user_id: target }),
         C::ListBlocked(pb::ListBlocked {}),

@@ -376,5 +376,17 @@ async fn an_edit_through_the_client_reaches_members_as_an_edit_not_a_message() {
     );
     alice.unblock_user(UserId(bob_id)).await.expect("unblocked");
     assert!(alice.blocked_users().await.expect("listed").is_empty());
+    // Alice deletes her account; Bob sees her as deleted.
+    let wrong = alice.delete_account("not the password").await;
+    assert!(
+        matches!(
+            wrong,
+            Err(chat_client::Error::Server { code, .. }) if code == chat_client::ErrorCode::InvalidCredentials
+        ),
+        "{wrong:?}"
+    );
+    alice.delete_account("password123").await.expect("deleted");
+    let gone = bob.profile(UserId(chat.created_by)).await.expect("profile");
+    assert!(gone.deleted && gone.username.is_empty());
     server.stop().await;
 }

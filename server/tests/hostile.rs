@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..37) {
+        match self.rng.random_range(0..38) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -233,6 +233,9 @@ impl Pick<'_> {
             34 => C::BanMember(pb::BanMember {
                 conversation_id: self.id(),
                 user_id: self.id(),
+            }),
+            36 => C::DeleteAccount(pb::DeleteAccount {
+                password: self.text(),
             }),
             35 => C::UnbanMember(pb::UnbanMember {
                 conversation_id: self.id(),

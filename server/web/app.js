@@ -569,6 +569,8 @@
 
   function nameOf(userId) {
     const p = state.profileCache.get(String(userId));
+    // spec/messages.md, DeleteAccount: messages stay, from a deleted user.
+    if (p && p.deleted) return "Deleted user";
     if (p) return p.display_name || p.username;
     profile(userId)
       .then(() => {
@@ -1615,6 +1617,26 @@
         result.textContent = "The current password is wrong.";
       } else {
         result.textContent = "Could not change the password: " + e.message;
+      }
+    }
+  });
+
+  $("delete-account").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const result = $("delete-account-result");
+    result.textContent = "";
+    if (!window.confirm("Delete your account? Your messages stay, shown as from a deleted user.")) return;
+    try {
+      await request("delete_account", { password: $("delete-password").value });
+      $("delete-password").value = "";
+      state.authed = false;
+      forgetLogin();
+      showAuth();
+    } catch (e) {
+      if (e instanceof ChatError && e.code === E.ErrorCode.INVALID_CREDENTIALS) {
+        result.textContent = "The password is wrong.";
+      } else {
+        result.textContent = "Could not delete the account: " + e.message;
       }
     }
   });

@@ -333,6 +333,13 @@ impl ChatClient {
         run(async move { Ok(c.unsubscribe_channel(ConversationId(channel_id)).await?) }).await
     }
 
+    /// Deletes the user's account after re-entering its password; every
+    /// session ends and the client stops.
+    pub async fn delete_account(&self, password: String) -> Result<()> {
+        let c = self.client.clone();
+        run(async move { Ok(c.delete_account(&password).await?) }).await
+    }
+
     // ---- blocking --------------------------------------------------------
 
     /// Blocks a user (no direct messages, no presence either way).

@@ -169,6 +169,9 @@ pub struct Profile {
     pub display_name: String,
     /// When the account was created, Unix milliseconds.
     pub created_at_ms: u64,
+    /// The user deleted the account: show their messages as from a deleted
+    /// user.
+    pub deleted: bool,
 }
 
 impl From<pb::Profile> for Profile {
@@ -178,6 +181,7 @@ impl From<pb::Profile> for Profile {
             username: p.username,
             display_name: p.display_name,
             created_at_ms: p.created_at_ms,
+            deleted: p.deleted,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The user's own account: profiles, password changes and push tokens.
+//! The user's own account: profiles, password changes, push tokens and
+//! deleting the account.
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -83,6 +84,57 @@ async fn change(
         &shard.shared.accounts,
         move |a| a.replace_password(user, hashes, token.as_deref()),
     )
+    .await
+}
+
+/// DeleteAccount: the password is checked like a login's (and counted by
+/// the failed-login limits), the account erased at the home of the user's
+/// record, its media files removed; then every session of the user ends,
+/// this one after its `Done`.
+pub(crate) fn delete_account(conn: &Rc<Conn>, req: Request, user: u64, d: pb::DeleteAccount) {
+    let shard = conn.shard.clone();
+    let peer = conn.peer;
+    tokio::task::spawn_local(async move {
+        let result = delete(&shard, user, d.password, peer).await;
+        let done = result.is_ok();
+        req.answer(result.map(|()| S::Done(pb::Done {})));
+        if done {
+            shard
+                .presence_op(PresenceOp::Hide { user, hide: true })
+                .await;
+            let frame = reply::error(0, ErrorCode::TokenInvalid, "the account was deleted");
+            shard.end_user(user, frame, None).await;
+        }
+    });
+}
+
+async fn delete(
+    shard: &Rc<Shard>,
+    user: u64,
+    password: String,
+    peer: Option<IpAddr>,
+) -> Result<(), Refusal> {
+    let name = blocking(&shard.shared.accounts, move |a| a.username(user)).await?;
+    let keys = accounts::login_keys(&name, peer);
+    let check = move |a: &Accounts| a.check_password(user, &password);
+    let checked = password_attempt(shard, keys, check).await?;
+    let media = at_home(
+        shard,
+        &Key::User(UserId(user)),
+        true,
+        &shard.shared.accounts,
+        move |a| a.delete_account(user, &checked),
+    )
+    .await?;
+    let files = shard.shared.media.clone();
+    blocking(&files, move |files| {
+        for id in &media {
+            if let Err(e) = crate::media::remove_files(files.dir(), id) {
+                tracing::warn!(media = %id, cause = %e, "a deleted account's media stays");
+            }
+        }
+        Ok(())
+    })
     .await
 }
 

@@ -45,7 +45,7 @@ pub(crate) fn add_members(conn: &Rc<Conn>, req: Request, user: u64, a: pb::AddMe
     let ids = a.user_ids.clone();
     let check = move |store: &Store| {
         for &u in &ids {
-            if store.user(u)?.is_none() {
+            if store.user(u)?.is_none_or(|r| r.deleted) {
                 return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
             }
         }

@@ -27,6 +27,7 @@
 //! | `reactors` | conversation ‖ seq ‖ user | [`UserReactions`]: the emoji the user reacted with |
 //! | `blocks` | blocker ‖ blocked user | empty |
 //! | `bans` | conversation ‖ user | [`crate::records::BanRecord`] |
+//! | `user_media` | user ‖ media id | empty: the user asked to upload it |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 //! | `meta` | `cluster_applied` | cluster mode: the last JetStream stream sequence this store holds |
 
@@ -159,11 +160,13 @@ pub enum Ks {
     Blocks = 15,
     /// `bans`
     Bans = 16,
+    /// `user_media`
+    UserMedia = 17,
 }
 
 impl Ks {
     /// Every keyspace.
-    const ALL: [Ks; 17] = [
+    const ALL: [Ks; 18] = [
         Ks::Users,
         Ks::Usernames,
         Ks::Tokens,
@@ -181,6 +184,7 @@ impl Ks {
         Ks::Reactors,
         Ks::Blocks,
         Ks::Bans,
+        Ks::UserMedia,
     ];
 
     /// The keyspace's code in the commit log.
@@ -215,6 +219,7 @@ struct Keyspaces {
     reactors: Keyspace,
     blocks: Keyspace,
     bans: Keyspace,
+    user_media: Keyspace,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -426,6 +431,7 @@ impl Store {
             reactors: ks("reactors")?,
             blocks: ks("blocks")?,
             bans: ks("bans")?,
+            user_media: ks("user_media")?,
         };
         let mut store = Self {
             db,
@@ -708,6 +714,7 @@ impl Store {
             Ks::Reactors => &self.ks.reactors,
             Ks::Blocks => &self.ks.blocks,
             Ks::Bans => &self.ks.bans,
+            Ks::UserMedia => &self.ks.user_media,
         }
     }
 
@@ -994,6 +1001,18 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The media ids `user` asked to upload.
+    pub fn user_media(&self, user: u64) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.user_media.prefix(keys::id(user)) {
+            let key = kv.key()?;
+            if let Some(id) = key.get(8..).and_then(|id| std::str::from_utf8(id).ok()) {
+                out.push(id.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Every user, by id (operator listings).

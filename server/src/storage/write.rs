@@ -95,6 +95,21 @@ impl Batch {
         self.put(Ks::Messages, keys::message(conversation, seq), encoded);
     }
 
+    /// `user` asked to upload media `id`.
+    pub fn put_user_media(&mut self, user: u64, id: &str) {
+        self.put(Ks::UserMedia, user_media_key(user, id), Vec::new());
+    }
+
+    /// Forgets that `user` uploaded media `id`.
+    pub fn delete_user_media(&mut self, user: u64, id: &str) {
+        self.delete(Ks::UserMedia, user_media_key(user, id));
+    }
+
+    /// Forgets when `user` was last online.
+    pub fn delete_last_seen(&mut self, user: u64) {
+        self.delete(Ks::LastSeen, keys::id(user));
+    }
+
     /// `user` is banned from `conversation`.
     pub fn put_ban(&mut self, conversation: u64, user: u64, record: &BanRecord) {
         self.put(
@@ -190,4 +205,11 @@ impl Batch {
     pub fn put_cluster_applied(&mut self, seq: u64) {
         self.put(Ks::Meta, super::CLUSTER_APPLIED, keys::id(seq));
     }
+}
+
+/// `user_media` key: user ‖ media id.
+fn user_media_key(user: u64, id: &str) -> Vec<u8> {
+    let mut k = keys::id(user).to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
 }

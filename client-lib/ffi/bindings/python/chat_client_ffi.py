@@ -582,6 +582,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors() != 24977:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account() != 12679:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() != 24728:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message() != 35782:
@@ -746,6 +748,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_cursor.restype = ct
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message.restype = ctypes.c_uint16
@@ -956,6 +961,11 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_cursors.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_cursors.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_message.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -1612,22 +1622,44 @@ class _UniffiFfiConverterString:
             builder.write(value.encode("utf-8"))
             return builder.finalize()
 
+class _UniffiFfiConverterBoolean:
+    @classmethod
+    def check_lower(cls, value):
+        return not not value
+
+    @classmethod
+    def lower(cls, value):
+        return 1 if value else 0
+
+    @staticmethod
+    def lift(value):
+        return value != 0
+
+    @classmethod
+    def read(cls, buf):
+        return cls.lift(buf.read_u8())
+
+    @classmethod
+    def write(cls, value, buf):
+        buf.write_u8(value)
+
 @dataclass
 class Profile:
     """
     A user's public profile.
 """
-    def __init__(self, *, user_id:int, username:str, display_name:str, created_at_ms:int):
+    def __init__(self, *, user_id:int, username:str, display_name:str, created_at_ms:int, deleted:bool):
         self.user_id = user_id
         self.username = username
         self.display_name = display_name
         self.created_at_ms = created_at_ms
+        self.deleted = deleted
         
         
 
     
     def __str__(self):
-        return "Profile(user_id={}, username={}, display_name={}, created_at_ms={})".format(self.user_id, self.username, self.display_name, self.created_at_ms)
+        return "Profile(user_id={}, username={}, display_name={}, created_at_ms={}, deleted={})".format(self.user_id, self.username, self.display_name, self.created_at_ms, self.deleted)
     def __eq__(self, other):
         if self.user_id != other.user_id:
             return False
@@ -1636,6 +1668,8 @@ class Profile:
         if self.display_name != other.display_name:
             return False
         if self.created_at_ms != other.created_at_ms:
+            return False
+        if self.deleted != other.deleted:
             return False
         return True
 
@@ -1647,6 +1681,7 @@ class _UniffiFfiConverterTypeProfile(_UniffiConverterRustBuffer):
             username=_UniffiFfiConverterString.read(buf),
             display_name=_UniffiFfiConverterString.read(buf),
             created_at_ms=_UniffiFfiConverterUInt64.read(buf),
+            deleted=_UniffiFfiConverterBoolean.read(buf),
         )
 
     @staticmethod
@@ -1655,6 +1690,7 @@ class _UniffiFfiConverterTypeProfile(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.check_lower(value.username)
         _UniffiFfiConverterString.check_lower(value.display_name)
         _UniffiFfiConverterUInt64.check_lower(value.created_at_ms)
+        _UniffiFfiConverterBoolean.check_lower(value.deleted)
 
     @staticmethod
     def write(value, buf):
@@ -1662,6 +1698,7 @@ class _UniffiFfiConverterTypeProfile(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.write(value.username, buf)
         _UniffiFfiConverterString.write(value.display_name, buf)
         _UniffiFfiConverterUInt64.write(value.created_at_ms, buf)
+        _UniffiFfiConverterBoolean.write(value.deleted, buf)
 
 class _UniffiFfiConverterOptionalTypeProfile(_UniffiConverterRustBuffer):
     @classmethod
@@ -1738,27 +1775,6 @@ class _UniffiFfiConverterTypeAuthSession(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.write(value.session_token, buf)
         _UniffiFfiConverterUInt64.write(value.token_expires_at_ms, buf)
         _UniffiFfiConverterOptionalTypeProfile.write(value.profile, buf)
-
-class _UniffiFfiConverterBoolean:
-    @classmethod
-    def check_lower(cls, value):
-        return not not value
-
-    @classmethod
-    def lower(cls, value):
-        return 1 if value else 0
-
-    @staticmethod
-    def lift(value):
-        return value != 0
-
-    @classmethod
-    def read(cls, buf):
-        return cls.lift(buf.read_u8())
-
-    @classmethod
-    def write(cls, value, buf):
-        buf.write_u8(value)
 
 class _UniffiFfiConverterUInt32(_UniffiConverterPrimitiveInt):
     CLASS_NAME = "u32"
@@ -5578,6 +5594,12 @@ class ChatClientProtocol(typing.Protocol):
         Every tracked cursor, for the app to store.
 """
         raise NotImplementedError
+    async def delete_account(self, password: str) -> None:
+        """
+        Deletes the user's account after re-entering its password; every
+        session ends and the client stops.
+"""
+        raise NotImplementedError
     async def delete_message(self, conversation_id: int,seq: int) -> None:
         """
         Deletes a message (its sender, or an admin).
@@ -6053,6 +6075,27 @@ class ChatClient(ChatClientProtocol):
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def delete_account(self, password: str) -> None:
+        """
+        Deletes the user's account after re-entering its password; every
+        session ends and the client stops.
+"""
+        
+        _UniffiFfiConverterString.check_lower(password)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(password),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )

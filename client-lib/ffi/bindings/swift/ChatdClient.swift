@@ -663,6 +663,12 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func cursors() async  -> [Cursor]
     
     /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+    func deleteAccount(password: String) async throws 
+    
+    /**
      * Deletes a message (its sender, or an admin).
      */
     func deleteMessage(conversationId: UInt64, seq: UInt64) async throws 
@@ -1152,6 +1158,26 @@ open func cursors()async  -> [Cursor]  {
             liftFunc: FfiConverterSequenceTypeCursor.lift,
             errorHandler: nil
             
+        )
+}
+    
+    /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+open func deleteAccount(password: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_delete_account(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(password)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
         )
 }
     
@@ -3853,6 +3879,11 @@ public struct Profile: Equatable, Hashable {
      * When the account was created, Unix milliseconds.
      */
     public var createdAtMs: UInt64
+    /**
+     * The user deleted the account: show their messages as from a deleted
+     * user.
+     */
+    public var deleted: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3868,11 +3899,16 @@ public struct Profile: Equatable, Hashable {
          */displayName: String, 
         /**
          * When the account was created, Unix milliseconds.
-         */createdAtMs: UInt64) {
+         */createdAtMs: UInt64, 
+        /**
+         * The user deleted the account: show their messages as from a deleted
+         * user.
+         */deleted: Bool) {
         self.userId = userId
         self.username = username
         self.displayName = displayName
         self.createdAtMs = createdAtMs
+        self.deleted = deleted
     }
 
     
@@ -3894,7 +3930,8 @@ public struct FfiConverterTypeProfile: FfiConverterRustBuffer {
                 userId: FfiConverterUInt64.read(from: &buf), 
                 username: FfiConverterString.read(from: &buf), 
                 displayName: FfiConverterString.read(from: &buf), 
-                createdAtMs: FfiConverterUInt64.read(from: &buf)
+                createdAtMs: FfiConverterUInt64.read(from: &buf), 
+                deleted: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -3903,6 +3940,7 @@ public struct FfiConverterTypeProfile: FfiConverterRustBuffer {
         FfiConverterString.write(value.username, into: &buf)
         FfiConverterString.write(value.displayName, into: &buf)
         FfiConverterUInt64.write(value.createdAtMs, into: &buf)
+        FfiConverterBool.write(value.deleted, into: &buf)
     }
 }
 
@@ -7075,6 +7113,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_cursors() != 24977) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_delete_account() != 12679) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() != 24728) {

@@ -730,6 +730,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_cursors(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_delete_account(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_delete_message(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_edit_message(
@@ -872,6 +874,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_cursor(`ptr`: Long,`conversationId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_cursors(`ptr`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_delete_account(`ptr`: Long,`password`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_delete_message(`ptr`: Long,`conversationId`: Long,`seq`: Long,
     ): Long
@@ -1137,6 +1141,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors() and 0xFFFF) != 24977) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account() and 0xFFFF) != 12679) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() and 0xFFFF) != 24728) {
@@ -1834,6 +1841,12 @@ public interface ChatClientInterface {
     suspend fun `cursors`(): List<Cursor>
     
     /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+    suspend fun `deleteAccount`(`password`: kotlin.String)
+    
+    /**
      * Deletes a message (its sender, or an admin).
      */
     suspend fun `deleteMessage`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong)
@@ -2433,6 +2446,33 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
         { FfiConverterSequenceTypeCursor.lift(it) },
         // Error FFI converter
         UniffiNullRustCallStatusErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `deleteAccount`(`password`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`password`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
     )
     }
 
@@ -5135,6 +5175,12 @@ data class Profile (
      * When the account was created, Unix milliseconds.
      */
     var `createdAtMs`: kotlin.ULong
+    , 
+    /**
+     * The user deleted the account: show their messages as from a deleted
+     * user.
+     */
+    var `deleted`: kotlin.Boolean
     
 ){
     
@@ -5155,6 +5201,7 @@ public object FfiConverterTypeProfile: FfiConverterRustBuffer<Profile> {
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -5162,7 +5209,8 @@ public object FfiConverterTypeProfile: FfiConverterRustBuffer<Profile> {
             FfiConverterULong.allocationSize(value.`userId`) +
             FfiConverterString.allocationSize(value.`username`) +
             FfiConverterString.allocationSize(value.`displayName`) +
-            FfiConverterULong.allocationSize(value.`createdAtMs`)
+            FfiConverterULong.allocationSize(value.`createdAtMs`) +
+            FfiConverterBoolean.allocationSize(value.`deleted`)
     )
 
     override fun write(value: Profile, buf: ByteBuffer) {
@@ -5170,6 +5218,7 @@ public object FfiConverterTypeProfile: FfiConverterRustBuffer<Profile> {
             FfiConverterString.write(value.`username`, buf)
             FfiConverterString.write(value.`displayName`, buf)
             FfiConverterULong.write(value.`createdAtMs`, buf)
+            FfiConverterBoolean.write(value.`deleted`, buf)
     }
 }
 
