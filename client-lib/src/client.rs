@@ -539,6 +539,26 @@ impl Client {
         Ok(())
     }
 
+    /// Sets this user's notification level for a conversation: push
+    /// notifications for every message (`All`, the default), only for those
+    /// that mention the user or everyone (`Mentions`), or none (`Muted`,
+    /// until `muted_until_ms` if not 0, Unix milliseconds). Mentions are
+    /// sent with [`Client::send`]'s `mention_ids` and `mention_everyone`.
+    pub async fn set_notification_level(
+        &self,
+        conversation: ConversationId,
+        level: pb::NotificationLevel,
+        muted_until_ms: u64,
+    ) -> Result<()> {
+        self.call(C::SetNotificationLevel(pb::SetNotificationLevel {
+            conversation_id: conversation.0,
+            level: level as i32,
+            muted_until_ms,
+        }))
+        .await?;
+        Ok(())
+    }
+
     // ---- blocking ------------------------------------------------------------
 
     /// Blocks a user: no new direct conversation between the two, nothing

@@ -197,6 +197,18 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             ),
         ),
         (
+            "client_set_notification_level",
+            "Mentions only in conversation 9",
+            client(
+                39,
+                C::SetNotificationLevel(SetNotificationLevel {
+                    conversation_id: 9,
+                    level: NotificationLevel::Mentions as i32,
+                    muted_until_ms: 0,
+                }),
+            ),
+        ),
+        (
             "client_change_password",
             "Change the password",
             client(
@@ -648,6 +660,9 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                         delivered_seq: 45,
                         unread_count: 3,
                         my_role: Role::Member as i32,
+                        mention_count: 0,
+                        notification_level: NotificationLevel::Unspecified as i32,
+                        muted_until_ms: 0,
                     }],
                     next_before_activity_ms: 0,
                 }),

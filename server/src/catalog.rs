@@ -39,6 +39,10 @@ pub const LIST_DEFAULT: u32 = 50;
 /// See [`LIST_DEFAULT`].
 pub const LIST_MAX: u32 = 500;
 
+/// Mentions counted per conversation in the list at most
+/// (`ConversationSummary.mention_count`); a client shows more as "1000+".
+pub const MENTION_COUNT_MAX: u64 = 1000;
+
 /// Longest title, in characters.
 pub const TITLE_MAX_CHARS: usize = 128;
 
@@ -458,6 +462,14 @@ impl Catalog {
                 delivered_seq: mine.delivered_seq,
                 unread_count: last_seq.saturating_sub(mine.read_seq),
                 my_role: mine.role,
+                mention_count: self.store.mention_count(
+                    me,
+                    conversation,
+                    mine.read_seq,
+                    MENTION_COUNT_MAX,
+                )?,
+                notification_level: mine.notification_level,
+                muted_until_ms: mine.muted_until_ms,
             });
         }
         all.sort_by(|a, b| {

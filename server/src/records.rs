@@ -134,6 +134,27 @@ pub struct MemberRecord {
     /// Highest seq delivered to one of the user's devices.
     #[prost(uint64, tag = "4")]
     pub delivered_seq: u64,
+    /// `pb::NotificationLevel` the user chose (0: ALL).
+    #[prost(int32, tag = "5")]
+    pub notification_level: i32,
+    /// With MUTED: Unix ms when the mute ends (0: until changed).
+    #[prost(uint64, tag = "6")]
+    pub muted_until_ms: u64,
+}
+
+impl MemberRecord {
+    /// Whether the member gets a push notification for a message at
+    /// `now_ms` that mentions them (`mentioned`, or @everyone) or not
+    /// (`spec/messages.md`, "SetNotificationLevel").
+    pub fn notified(&self, mentioned: bool, now_ms: u64) -> bool {
+        match pb::NotificationLevel::try_from(self.notification_level) {
+            Ok(pb::NotificationLevel::Muted) => {
+                self.muted_until_ms != 0 && now_ms >= self.muted_until_ms
+            }
+            Ok(pb::NotificationLevel::Mentions) => mentioned,
+            _ => true,
+        }
+    }
 }
 
 /// `user_conversations` keyspace value (key: user ‖ conversation): the

@@ -32,6 +32,11 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             emoji: "👎".into(),
             remove: false,
         }),
+        C::SetNotificationLevel(pb::SetNotificationLevel {
+            conversation_id: conv,
+            level: pb::NotificationLevel::Muted as i32,
+            muted_until_ms: 0,
+        }),
         C::DeleteAccount(pb::DeleteAccount {
             password: "password123".into(),
         }),
@@ -159,6 +164,7 @@ fn conversation_requests(conv: u64, target: u64) -> Vec<C> {
                     | C::EditMessage(_)
                     | C::React(_)
                     | C::BanMember(_)
+                    | C::SetNotificationLevel(_)
                     | C::UnbanMember(_)
                     | C::GetHistory(_)
                     | C::MarkDelivered(_)

@@ -127,11 +127,26 @@
       othersDelivered: 0,
       receiptsAsked: 0, // seq whose receipt counts were asked for
       typing: new Map(), // String(user_id) -> timer
+      mentionCount: 0, // unread mentions of this user (ConversationSummary)
+      lastMentionSeq: 0,
+      notificationLevel: 0, // E.NotificationLevel
     };
   }
 
   function unread(c) {
     return Math.max(0, c.lastSeq - c.readSeq);
+  }
+
+  // spec/messages.md, ConversationSummary.mention_count: unread messages
+  // that mention this user or everyone; own messages never count.
+  function mentions(c) {
+    return c.readSeq >= c.lastMentionSeq ? 0 : c.mentionCount;
+  }
+
+  function mentionsMe(m) {
+    if (!state.me || String(m.sender_id) === String(state.me.user_id)) return false;
+    const me = String(state.me.user_id);
+    return !!m.mention_everyone || (m.mention_ids || []).some((u) => String(u) === me);
   }
 
   // ---------------------------------------------------------------------
@@ -652,6 +667,9 @@
       c.lastMessage = s.last_message;
     }
     c.readSeq = Math.max(c.readSeq, s.read_seq);
+    c.mentionCount = s.mention_count || 0;
+    c.lastMentionSeq = c.mentionCount ? s.last_seq : 0;
+    c.notificationLevel = s.notification_level || 0;
     if (!c.loaded) c.cursor = Math.max(c.cursor, s.last_seq);
     return c;
   }
@@ -784,6 +802,10 @@
     const mine = state.me && String(m.sender_id) === String(state.me.user_id);
     if (mine && m.client_msg_id) {
       c.pendingSends.delete(m.client_msg_id);
+    }
+    if (live && m.seq > c.readSeq && m.seq > c.lastMentionSeq && mentionsMe(m)) {
+      c.mentionCount = mentions(c) + 1;
+      c.lastMentionSeq = m.seq;
     }
     if (m.seq > c.lastSeq) c.lastSeq = m.seq;
     if (!c.lastMessage || m.seq >= c.lastMessage.seq) {
@@ -1037,11 +1059,29 @@
       toast("The message is longer than the server accepts (" + limit + " bytes).");
       return false;
     }
+    // "@username" among the members whose profiles are known, and
+    // "@everyone" in groups, become the message's mentions.
+    const mentionIds = [];
+    let mentionEveryone = false;
+    for (const [, word] of text.matchAll(/@([a-z0-9_.-]{3,32})/g)) {
+      if (word === "everyone" && c.kind === E.ConversationKind.GROUP) {
+        mentionEveryone = true;
+        continue;
+      }
+      for (const u of c.members || []) {
+        const prof = state.profileCache.get(String(u));
+        if (prof && prof.username === word && !mentionIds.some((x) => String(x) === String(u))) {
+          mentionIds.push(u);
+        }
+      }
+    }
     const p = {
       client_msg_id: randomHex(16),
       conversation_id: c.id,
       key: c.key,
       text,
+      mention_ids: mentionIds.slice(0, 50),
+      mention_everyone: mentionEveryone,
       created_ms: Date.now(),
       state: "pending",
       error: "",
@@ -1066,6 +1106,8 @@
         client_msg_id: p.client_msg_id,
         text: p.text,
         first_attempt: first,
+        mention_ids: p.mention_ids || [],
+        mention_everyone: !!p.mention_everyone,
       });
       onAck(p, f.send_ack);
     } catch (e) {
@@ -1308,7 +1350,11 @@
       total += n;
       const badge = el("span", "unread", String(n));
       badge.hidden = n === 0;
-      li.append(badge);
+      const at = mentions(c);
+      const mention = el("span", "mentions", "@" + (at >= 1000 ? "1000+" : String(at)));
+      mention.hidden = at === 0;
+      mention.title = "Unread mentions of you";
+      li.append(mention, badge);
       li.addEventListener("click", () => openConversation(c.key));
       ul.append(li);
     }
@@ -1361,6 +1407,17 @@
     else if (c.kind === E.ConversationKind.CHANNEL) sub = "channel";
     else sub = "";
     $("chat-subtitle").textContent = sub;
+    // spec/messages.md, SetNotificationLevel.
+    const notify = $("notify-select");
+    notify.value = String(c.notificationLevel || E.NotificationLevel.ALL);
+    notify.onchange = () => {
+      const level = Number(notify.value);
+      request("set_notification_level", { conversation_id: c.id, level, muted_until_ms: 0 })
+        .then(() => {
+          c.notificationLevel = level;
+        })
+        .catch((e) => toast("Could not change notifications: " + e.message));
+    };
     // spec/messages.md, BlockUser: only a direct chat's partner is blocked.
     const blockBtn = $("block-btn");
     blockBtn.hidden = peer === null;

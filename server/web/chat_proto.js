@@ -61,6 +61,7 @@
       F(34, "mark_read", "MarkRead", BODY),
       F(35, "get_receipts", "GetReceipts", BODY),
       F(36, "request_upload", "RequestUpload", BODY),
+      F(29, "set_notification_level", "SetNotificationLevel", BODY),
       F(37, "delete_message", "DeleteMessage", BODY),
       F(38, "edit_message", "EditMessage", BODY),
       F(39, "react", "React", BODY),
@@ -193,6 +194,9 @@
       F(8, "delivered_seq", "uint64"),
       F(9, "unread_count", "uint64"),
       F(10, "my_role", "enum"),
+      F(11, "mention_count", "uint64"),
+      F(12, "notification_level", "enum"),
+      F(13, "muted_until_ms", "uint64"),
     ],
     ConversationList: [
       F(1, "conversations", "ConversationSummary", R),
@@ -211,6 +215,8 @@
       F(5, "ciphertext", "bytes"),
       F(6, "reply_to_seq", "uint64"),
       F(7, "first_attempt", "bool"),
+      F(8, "mention_ids", "uint64", R),
+      F(9, "mention_everyone", "bool"),
     ],
     SendAck: [
       F(1, "conversation_id", "uint64"),
@@ -252,6 +258,8 @@
       F(13, "deleted", "bool"),
       F(14, "edited_at_ms", "uint64"),
       F(15, "reactions", "Reaction", R),
+      F(16, "mention_ids", "uint64", R),
+      F(17, "mention_everyone", "bool"),
     ],
     SystemEvent: [
       F(1, "kind", "enum"),
@@ -269,6 +277,11 @@
     ],
     MessageEdited: [F(1, "message", "Message")],
     DeleteAccount: [F(1, "password", "string")],
+    SetNotificationLevel: [
+      F(1, "conversation_id", "uint64"),
+      F(2, "level", "enum"),
+      F(3, "muted_until_ms", "uint64"),
+    ],
     BlockUser: [F(1, "user_id", "uint64")],
     UnblockUser: [F(1, "user_id", "uint64")],
     ListBlocked: [],
@@ -387,6 +400,7 @@
     ConversationKind: { CONVERSATION_KIND_UNSPECIFIED: 0, DIRECT: 1, GROUP: 2, CHANNEL: 3 },
     Role: { ROLE_UNSPECIFIED: 0, MEMBER: 1, ADMIN: 2, OWNER: 3, SUBSCRIBER: 4 },
     MessageKind: { MESSAGE_KIND_UNSPECIFIED: 0, USER: 1, SYSTEM: 2 },
+    NotificationLevel: { NOTIFICATION_LEVEL_UNSPECIFIED: 0, ALL: 1, MENTIONS: 2, MUTED: 3 },
     SystemEventKind: {
       KIND_UNSPECIFIED: 0,
       CREATED: 1,

@@ -15,8 +15,9 @@ use crate::listener::{EventListener, ListenerHandle};
 use crate::options::ClientOptions;
 use crate::runtime::run;
 use crate::types::{
-    AuthSession, Conversation, ConversationList, Cursor, MessagePage, OutgoingMessage,
-    PresenceStatus, Profile, ReceiptCounts, ResumeResult, Role, SendAck, UploadTicket, Welcome,
+    AuthSession, Conversation, ConversationList, Cursor, MessagePage, NotificationLevel,
+    OutgoingMessage, PresenceStatus, Profile, ReceiptCounts, ResumeResult, Role, SendAck,
+    UploadTicket, Welcome,
 };
 
 /// Connects to the chatd at `url`: `tcp://host:port`, `tls://host:port`,
@@ -338,6 +339,26 @@ impl ChatClient {
     pub async fn delete_account(&self, password: String) -> Result<()> {
         let c = self.client.clone();
         run(async move { Ok(c.delete_account(&password).await?) }).await
+    }
+
+    /// Sets this user's notification level for a conversation; with `Muted`,
+    /// `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+    pub async fn set_notification_level(
+        &self,
+        conversation_id: u64,
+        level: NotificationLevel,
+        muted_until_ms: u64,
+    ) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(c.set_notification_level(
+                ConversationId(conversation_id),
+                level.into(),
+                muted_until_ms,
+            )
+            .await?)
+        })
+        .await
     }
 
     // ---- blocking --------------------------------------------------------

@@ -103,6 +103,20 @@ mirror_enum! {
 }
 
 mirror_enum! {
+    /// When a conversation's messages notify this user.
+    NotificationLevel = pb::NotificationLevel {
+        /// Not set: as `All`.
+        Unspecified,
+        /// Every message.
+        All,
+        /// Messages that mention the user or everyone.
+        Mentions,
+        /// None (until `muted_until_ms`, if set).
+        Muted,
+    }
+}
+
+mirror_enum! {
     /// What a SYSTEM message reports.
     SystemEventKind = pb::system_event::Kind {
         /// Not set.
@@ -337,6 +351,12 @@ pub struct ConversationSummary {
     pub unread_count: u64,
     /// This user's role.
     pub my_role: Role,
+    /// Unread messages that mention this user or everyone (up to 1000).
+    pub mention_count: u64,
+    /// This user's notification level here.
+    pub notification_level: NotificationLevel,
+    /// With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+    pub muted_until_ms: u64,
 }
 
 /// A page of the conversation list.
@@ -361,10 +381,13 @@ impl From<pb::ConversationList> for ConversationList {
                     last_seq: s.last_seq,
                     last_activity_ms: s.last_activity_ms,
                     my_role: s.my_role().into(),
+                    notification_level: s.notification_level().into(),
                     last_message: s.last_message.map(Into::into),
                     read_seq: s.read_seq,
                     delivered_seq: s.delivered_seq,
                     unread_count: s.unread_count,
+                    mention_count: s.mention_count,
+                    muted_until_ms: s.muted_until_ms,
                 })
                 .collect(),
             next_before_activity_ms: l.next_before_activity_ms,
@@ -507,6 +530,10 @@ pub struct Message {
     /// Reactions as this user sees them (filled in history and sync; empty
     /// in live pushes).
     pub reactions: Vec<Reaction>,
+    /// Members the message mentions.
+    pub mention_ids: Vec<u64>,
+    /// The message mentions everyone.
+    pub mention_everyone: bool,
 }
 
 impl From<pb::Message> for Message {
@@ -527,6 +554,8 @@ impl From<pb::Message> for Message {
             deleted: m.deleted,
             edited_at_ms: m.edited_at_ms,
             reactions: m.reactions.into_iter().map(Into::into).collect(),
+            mention_ids: m.mention_ids,
+            mention_everyone: m.mention_everyone,
         }
     }
 }
@@ -598,6 +627,10 @@ pub struct OutgoingMessage {
     pub reply_to_seq: u64,
     /// The idempotency key; empty for a fresh random one.
     pub client_msg_id: String,
+    /// Members the message mentions (resolve `@username` to ids first).
+    pub mention_ids: Vec<u64>,
+    /// Mentions everyone (groups only).
+    pub mention_everyone: bool,
 }
 
 impl From<OutgoingMessage> for pb::SendMessage {
@@ -610,6 +643,8 @@ impl From<OutgoingMessage> for pb::SendMessage {
             ciphertext: m.ciphertext.into(),
             reply_to_seq: m.reply_to_seq,
             first_attempt: false,
+            mention_ids: m.mention_ids,
+            mention_everyone: m.mention_everyone,
         }
     }
 }

@@ -236,7 +236,7 @@ pub struct Forward {
     /// What to do.
     #[prost(
         oneof = "ForwardOp",
-        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
+        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
     )]
     pub op: Option<ForwardOp>,
 }
@@ -369,6 +369,20 @@ pub enum ForwardOp {
     /// UnbanMember.
     #[prost(uint64, tag = "23")]
     Unban(u64),
+    /// SetNotificationLevel.
+    #[prost(message, tag = "24")]
+    SetNotify(NotifyOf),
+}
+
+/// A notification level and the end of a mute.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyOf {
+    /// `pb::NotificationLevel`.
+    #[prost(int32, tag = "1")]
+    pub level: i32,
+    /// Unix ms (0: none).
+    #[prost(uint64, tag = "2")]
+    pub muted_until_ms: u64,
 }
 
 /// `req` for its owner node; `after` as [`Forward::after`].
@@ -412,6 +426,10 @@ pub fn encode_request(req: &OwnerRequest, after: u64) -> Bytes {
         OwnerOp::SetBlocked(on) => ForwardOp::SetBlocked(*on),
         OwnerOp::Ban(u) => ForwardOp::Ban(*u),
         OwnerOp::Unban(u) => ForwardOp::Unban(*u),
+        OwnerOp::SetNotify(level, until) => ForwardOp::SetNotify(NotifyOf {
+            level: *level,
+            muted_until_ms: *until,
+        }),
     };
     let forward = Forward {
         request_id: req.origin.request_id,
@@ -459,6 +477,7 @@ pub fn decode_request(forward: Forward, origin: Origin) -> Option<OwnerRequest> 
         ForwardOp::SetBlocked(on) => OwnerOp::SetBlocked(on),
         ForwardOp::Ban(u) => OwnerOp::Ban(u),
         ForwardOp::Unban(u) => OwnerOp::Unban(u),
+        ForwardOp::SetNotify(n) => OwnerOp::SetNotify(n.level, n.muted_until_ms),
     };
     Some(OwnerRequest::new(
         origin,

@@ -59,6 +59,9 @@ use crate::storage::writer::Batch;
 /// refused with INVALID_ARGUMENT.
 pub const BANS_MAX: usize = 10_000;
 
+/// Users one message may mention at most (besides @everyone).
+pub const MENTIONS_MAX: usize = 50;
+
 /// Longest `client_msg_id`, in bytes.
 pub const CLIENT_MSG_ID_MAX: usize = 64;
 
@@ -108,6 +111,10 @@ impl OwnerRequest {
 
 /// Operations only the owner may carry out.
 #[derive(Debug)]
+// Sends are by far the most frequent operation and the largest; boxing them
+// would add an allocation to the send path (`routes::messages::send_now`
+// keeps it free of them) to shrink the rare others.
+#[allow(clippy::large_enum_variant)]
 pub enum OwnerOp {
     /// SendMessage.
     Send(pb::SendMessage),
@@ -159,6 +166,8 @@ pub enum OwnerOp {
     /// The user blocked (true) or unblocked the other member of this
     /// direct conversation; the block record is written already.
     SetBlocked(bool),
+    /// SetNotificationLevel: the level and the end of a mute.
+    SetNotify(i32, u64),
     /// BanMember (the user checked to exist).
     Ban(u64),
     /// UnbanMember.
@@ -487,6 +496,72 @@ fn set_blocked(conv: &mut Conv, user: u64, on: bool) -> Result<Pending, Refusal>
     Ok(Pending::default())
 }
 
+/// Mentions of a send: at most [`MENTIONS_MAX`] ids, each a member;
+/// @everyone in groups only.
+fn check_mentions(conv: &Conv, msg: &pb::SendMessage) -> Result<(), Refusal> {
+    if msg.mention_ids.len() > MENTIONS_MAX {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("at most {MENTIONS_MAX} mentions"),
+        ));
+    }
+    if let Some(u) = msg
+        .mention_ids
+        .iter()
+        .find(|u| !conv.members.contains_key(*u))
+    {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("user {u} is not a member and cannot be mentioned"),
+        ));
+    }
+    if msg.mention_everyone && conv.record.kind != ConversationKind::Group as i32 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "@everyone is for groups",
+        ));
+    }
+    Ok(())
+}
+
+/// SetNotificationLevel for `user`.
+fn set_notify(
+    id: u64,
+    conv: &mut Conv,
+    user: u64,
+    level: i32,
+    muted_until_ms: u64,
+) -> Result<Pending, Refusal> {
+    let level = match pb::NotificationLevel::try_from(level) {
+        Ok(pb::NotificationLevel::Unspecified) => pb::NotificationLevel::All,
+        Ok(l) => l,
+        Err(_) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "unknown notification level",
+            ));
+        }
+    };
+    if muted_until_ms != 0 && level != pb::NotificationLevel::Muted {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "muted_until_ms is for MUTED",
+        ));
+    }
+    let member = conv
+        .members
+        .get_mut(&user)
+        .ok_or_else(|| Refusal::new(ErrorCode::NotAMember, "not a member of this conversation"))?;
+    member.notification_level = level as i32;
+    member.muted_until_ms = muted_until_ms;
+    let mut batch = Batch::new();
+    batch.put_member(id, user, member);
+    Ok(Pending {
+        batch,
+        effects: Vec::new(),
+    })
+}
+
 /// `result` answered `Done` once its writes are durable, or refused.
 fn done_or_refused(origin: Origin, result: Result<Pending, Refusal>) -> Pending {
     match result {
@@ -735,6 +810,10 @@ impl Env {
                 let result = self.react(id, conv, user, *r);
                 return done_or_refused(origin, result);
             }
+            OwnerOp::SetNotify(level, until) => {
+                let result = set_notify(id, conv, user, level, until);
+                return done_or_refused(origin, result);
+            }
             OwnerOp::SetBlocked(on) => {
                 let result = set_blocked(conv, user, on);
                 return done_or_refused(origin, result);
@@ -808,6 +887,7 @@ impl Env {
         if let Some(media) = &msg.media {
             crate::media::check_ref(media)?;
         }
+        check_mentions(conv, msg)?;
         let media_len = msg.media.as_ref().map_or(0, Message::encoded_len);
         let size = msg.text.len() + msg.ciphertext.len() + media_len;
         if size == 0 {
@@ -836,6 +916,15 @@ impl Env {
     ) -> Pending {
         conv.sent(a.seq, user);
         let ack = ack_frame(origin.request_id, id, &msg.client_msg_id, a, false);
+        // Checked to be members (`check_send`); each once, not the sender.
+        let mut mentioned: Vec<u64> = msg
+            .mention_ids
+            .iter()
+            .copied()
+            .filter(|&u| u != user)
+            .collect();
+        mentioned.sort_unstable();
+        mentioned.dedup();
         let idem = IdempotencyRecord {
             seq: a.seq,
             message_id: a.message_id.0,
@@ -864,7 +953,15 @@ impl Env {
             deleted: false,
             edited_at_ms: 0,
             reactions: Vec::new(),
+            mention_ids: mentioned.clone(),
+            mention_everyone: msg.mention_everyone,
         };
+        for &u in &mentioned {
+            batch.put_mention(u, id, a.seq, user);
+        }
+        if msg.mention_everyone {
+            batch.put_mention(0, id, a.seq, user);
+        }
         let push = self.stage_message(id, &stored, &mut batch);
         let mut effects = vec![
             Effect::Durable {
@@ -881,9 +978,20 @@ impl Env {
                 &conv.record.title,
                 self.rules.push_preview,
             );
-            if let Some(mut notice) = notice {
+            // Each member's notification level decides (`records.rs`).
+            let now = self.now_ms;
+            let notified: Arc<[u64]> = conv
+                .members
+                .iter()
+                .filter(|&(&u, m)| {
+                    let mentioned = stored.mention_everyone || mentioned.binary_search(&u).is_ok();
+                    m.notified(mentioned, now)
+                })
+                .map(|(&u, _)| u)
+                .collect();
+            if let (Some(mut notice), false) = (notice, notified.is_empty()) {
                 notice.outbox = self.rules.push.stage(id, a.seq, &mut batch);
-                effects.push(Effect::Notify(conv.recipients(), Arc::new(notice)));
+                effects.push(Effect::Notify(notified, Arc::new(notice)));
             }
         }
         Pending { batch, effects }
@@ -932,6 +1040,12 @@ impl Env {
             conv.recent_deletions.pop_front();
         }
         conv.recent_deletions.push_back(seq);
+        for &u in &target.mention_ids {
+            batch.delete_mention(u, id, seq);
+        }
+        if target.mention_everyone {
+            batch.delete_mention(0, id, seq);
+        }
         target.text.clear();
         target.media = None;
         target.ciphertext.clear();

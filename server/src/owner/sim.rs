@@ -1301,3 +1301,68 @@ fn a_banned_member_is_removed_and_kept_out_until_unbanned() {
     let back = s.request(5, ch, OwnerOp::SubscribeChannel);
     assert_eq!(s.error_code(back), ErrorCode::Banned);
 }
+
+// Mentions and notification levels.
+
+#[test]
+fn mentions_name_members_and_levels_are_kept_with_the_member() {
+    let mut s = Sim::new();
+    let g = s.group();
+    let send = |ids: Vec<u64>, everyone: bool, cmid: &str| {
+        OwnerOp::Send(pb::SendMessage {
+            conversation_id: g,
+            client_msg_id: cmid.into(),
+            text: "hi".into(),
+            mention_ids: ids,
+            mention_everyone: everyone,
+            first_attempt: true,
+            ..Default::default()
+        })
+    };
+    let outsider = s.request(1, g, send(vec![9], false, "a"));
+    assert_eq!(s.error_code(outsider), ErrorCode::InvalidArgument);
+    let many = s.request(1, g, send(vec![2; MENTIONS_MAX + 1], false, "b"));
+    assert_eq!(s.error_code(many), ErrorCode::InvalidArgument);
+    let ok = s.request(1, g, send(vec![3, 1, 3], true, "c"));
+    assert_eq!(s.ack(ok).seq, 1, "refusals took no seq");
+    let stored = s.stored_message(g, 1).expect("stored");
+    assert_eq!(stored.mention_ids, [3], "each once, not the sender");
+    assert!(stored.mention_everyone);
+    assert!(s.get(Ks::Mentions, &keys::mention(3, g, 1)).is_some());
+    assert!(s.get(Ks::Mentions, &keys::mention(0, g, 1)).is_some());
+    let d = s.create(
+        ConversationKind::Direct,
+        &[(1, Role::Member), (2, Role::Member)],
+    );
+    let everyone_in_direct = s.request(1, d, send(vec![], true, "d"));
+    assert_eq!(s.error_code(everyone_in_direct), ErrorCode::InvalidArgument);
+
+    // A deleted message's mentions go with it.
+    let deleted = s.delete(1, g, 1, s.stored_message(g, 1));
+    assert!(matches!(s.answer(deleted), Body::Done(_)));
+    assert!(s.get(Ks::Mentions, &keys::mention(3, g, 1)).is_none());
+    assert!(s.get(Ks::Mentions, &keys::mention(0, g, 1)).is_none());
+
+    let muted = s.request(
+        3,
+        g,
+        OwnerOp::SetNotify(pb::NotificationLevel::Muted as i32, 77),
+    );
+    assert!(matches!(s.answer(muted), Body::Done(_)));
+    let bad = s.request(
+        3,
+        g,
+        OwnerOp::SetNotify(pb::NotificationLevel::All as i32, 77),
+    );
+    assert_eq!(s.error_code(bad), ErrorCode::InvalidArgument);
+    s.restart();
+    let m = s.member(g, 3).expect("member");
+    assert_eq!(
+        (m.notification_level, m.muted_until_ms),
+        (pb::NotificationLevel::Muted as i32, 77)
+    );
+    assert!(
+        !m.notified(true, 76) && m.notified(false, 77),
+        "muted until 77"
+    );
+}

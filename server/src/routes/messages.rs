@@ -159,6 +159,17 @@ pub(crate) fn react(conn: &Rc<Conn>, req: Request, user: u64, r: pb::React) {
     read_then_owner(conn, req, (user, conversation), store, read, op);
 }
 
+/// SetNotificationLevel.
+pub(crate) async fn set_notify(
+    conn: &Rc<Conn>,
+    req: Request,
+    user: u64,
+    n: pb::SetNotificationLevel,
+) {
+    let op = OwnerOp::SetNotify(n.level, n.muted_until_ms);
+    to_owner(conn, req, user, n.conversation_id, op).await;
+}
+
 /// GetHistory.
 pub(crate) fn history(conn: &Rc<Conn>, req: Request, user: u64, h: pb::GetHistory) {
     spawn_read(conn, req, &conn.shard.shared.catalog, move |catalog| {

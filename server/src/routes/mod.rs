@@ -142,6 +142,7 @@ pub(crate) async fn dispatch(conn: &Rc<Conn>, user: u64, rid: u64, body: C) {
         C::DeleteMessage(d) => messages::delete(conn, req, user, d),
         C::EditMessage(e) => messages::edit(conn, req, user, e),
         C::React(r) => messages::react(conn, req, user, r),
+        C::SetNotificationLevel(n) => messages::set_notify(conn, req, user, n).await,
         C::GetHistory(h) => messages::history(conn, req, user, h),
         C::Sync(s) => messages::sync(conn, req, user, s),
         C::MarkRead(m) => messages::mark_read(conn, req, user, m).await,

@@ -28,6 +28,7 @@
 //! | `blocks` | blocker ‖ blocked user | empty |
 //! | `bans` | conversation ‖ user | [`crate::records::BanRecord`] |
 //! | `user_media` | user ‖ media id | empty: the user asked to upload it |
+//! | `mentions` | user (0: @everyone) ‖ conversation ‖ seq | the sender's id |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 //! | `meta` | `cluster_applied` | cluster mode: the last JetStream stream sequence this store holds |
 
@@ -162,11 +163,13 @@ pub enum Ks {
     Bans = 16,
     /// `user_media`
     UserMedia = 17,
+    /// `mentions`
+    Mentions = 18,
 }
 
 impl Ks {
     /// Every keyspace.
-    const ALL: [Ks; 18] = [
+    const ALL: [Ks; 19] = [
         Ks::Users,
         Ks::Usernames,
         Ks::Tokens,
@@ -185,6 +188,7 @@ impl Ks {
         Ks::Blocks,
         Ks::Bans,
         Ks::UserMedia,
+        Ks::Mentions,
     ];
 
     /// The keyspace's code in the commit log.
@@ -220,6 +224,7 @@ struct Keyspaces {
     blocks: Keyspace,
     bans: Keyspace,
     user_media: Keyspace,
+    mentions: Keyspace,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -432,6 +437,7 @@ impl Store {
             blocks: ks("blocks")?,
             bans: ks("bans")?,
             user_media: ks("user_media")?,
+            mentions: ks("mentions")?,
         };
         let mut store = Self {
             db,
@@ -715,6 +721,7 @@ impl Store {
             Ks::Blocks => &self.ks.blocks,
             Ks::Bans => &self.ks.bans,
             Ks::UserMedia => &self.ks.user_media,
+            Ks::Mentions => &self.ks.mentions,
         }
     }
 
@@ -1001,6 +1008,30 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Messages of `conversation` after seq `after` that mention `user`
+    /// or everyone, not counting `user`'s own, up to `cap`.
+    pub fn mention_count(&self, user: u64, conversation: u64, after: u64, cap: u64) -> Result<u64> {
+        let ks = self.read()?;
+        let mut n = 0;
+        for (whom, only_others) in [(user, false), (0, true)] {
+            let Some(from) = after.checked_add(1) else {
+                break;
+            };
+            let start = keys::mention(whom, conversation, from);
+            let prefix = keys::pair(whom, conversation);
+            for kv in ks.mentions.range(start..) {
+                let (k, v) = kv.into_inner()?;
+                if !k.starts_with(&prefix) || n >= cap {
+                    break;
+                }
+                if !(only_others && keys::first(&v) == Some(user)) {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// The media ids `user` asked to upload.

@@ -95,6 +95,20 @@ impl Batch {
         self.put(Ks::Messages, keys::message(conversation, seq), encoded);
     }
 
+    /// Message `seq` by `sender` mentions `user` (0: everyone).
+    pub fn put_mention(&mut self, user: u64, conversation: u64, seq: u64, sender: u64) {
+        self.put(
+            Ks::Mentions,
+            keys::mention(user, conversation, seq),
+            keys::id(sender),
+        );
+    }
+
+    /// Message `seq` no longer mentions `user` (0: everyone): it was deleted.
+    pub fn delete_mention(&mut self, user: u64, conversation: u64, seq: u64) {
+        self.delete(Ks::Mentions, keys::mention(user, conversation, seq));
+    }
+
     /// `user` asked to upload media `id`.
     pub fn put_user_media(&mut self, user: u64, id: &str) {
         self.put(Ks::UserMedia, user_media_key(user, id), Vec::new());

@@ -644,6 +644,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener() != 18885:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level() != 7287:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence() != 41419:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_role() != 21399:
@@ -841,6 +843,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_cursor.restype 
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence.restype = ctypes.c_uint16
@@ -1144,6 +1149,13 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_listener.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_listener.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_presence.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -2737,7 +2749,7 @@ class Message:
     """
     A stored message.
 """
-    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool, edited_at_ms:int, reactions:typing.List[Reaction]):
+    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool, edited_at_ms:int, reactions:typing.List[Reaction], mention_ids:typing.List[int], mention_everyone:bool):
         self.conversation_id = conversation_id
         self.seq = seq
         self.message_id = message_id
@@ -2753,12 +2765,14 @@ class Message:
         self.deleted = deleted
         self.edited_at_ms = edited_at_ms
         self.reactions = reactions
+        self.mention_ids = mention_ids
+        self.mention_everyone = mention_everyone
         
         
 
     
     def __str__(self):
-        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={}, edited_at_ms={}, reactions={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted, self.edited_at_ms, self.reactions)
+        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={}, edited_at_ms={}, reactions={}, mention_ids={}, mention_everyone={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted, self.edited_at_ms, self.reactions, self.mention_ids, self.mention_everyone)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2790,6 +2804,10 @@ class Message:
             return False
         if self.reactions != other.reactions:
             return False
+        if self.mention_ids != other.mention_ids:
+            return False
+        if self.mention_everyone != other.mention_everyone:
+            return False
         return True
 
 class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
@@ -2811,6 +2829,8 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
             deleted=_UniffiFfiConverterBoolean.read(buf),
             edited_at_ms=_UniffiFfiConverterUInt64.read(buf),
             reactions=_UniffiFfiConverterSequenceTypeReaction.read(buf),
+            mention_ids=_UniffiFfiConverterSequenceUInt64.read(buf),
+            mention_everyone=_UniffiFfiConverterBoolean.read(buf),
         )
 
     @staticmethod
@@ -2830,6 +2850,8 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.check_lower(value.deleted)
         _UniffiFfiConverterUInt64.check_lower(value.edited_at_ms)
         _UniffiFfiConverterSequenceTypeReaction.check_lower(value.reactions)
+        _UniffiFfiConverterSequenceUInt64.check_lower(value.mention_ids)
+        _UniffiFfiConverterBoolean.check_lower(value.mention_everyone)
 
     @staticmethod
     def write(value, buf):
@@ -2848,6 +2870,8 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.write(value.deleted, buf)
         _UniffiFfiConverterUInt64.write(value.edited_at_ms, buf)
         _UniffiFfiConverterSequenceTypeReaction.write(value.reactions, buf)
+        _UniffiFfiConverterSequenceUInt64.write(value.mention_ids, buf)
+        _UniffiFfiConverterBoolean.write(value.mention_everyone, buf)
 
 class _UniffiFfiConverterOptionalTypeMessage(_UniffiConverterRustBuffer):
     @classmethod
@@ -2874,12 +2898,83 @@ class _UniffiFfiConverterOptionalTypeMessage(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
+
+
+
+
+
+class NotificationLevel(enum.Enum):
+    """
+    When a conversation's messages notify this user.
+"""
+    
+    UNSPECIFIED = 0
+    """
+    Not set: as `All`.
+"""
+    
+    ALL = 1
+    """
+    Every message.
+"""
+    
+    MENTIONS = 2
+    """
+    Messages that mention the user or everyone.
+"""
+    
+    MUTED = 3
+    """
+    None (until `muted_until_ms`, if set).
+"""
+    
+
+
+class _UniffiFfiConverterTypeNotificationLevel(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return NotificationLevel.UNSPECIFIED
+        if variant == 2:
+            return NotificationLevel.ALL
+        if variant == 3:
+            return NotificationLevel.MENTIONS
+        if variant == 4:
+            return NotificationLevel.MUTED
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == NotificationLevel.UNSPECIFIED:
+            return
+        if value == NotificationLevel.ALL:
+            return
+        if value == NotificationLevel.MENTIONS:
+            return
+        if value == NotificationLevel.MUTED:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == NotificationLevel.UNSPECIFIED:
+            buf.write_i32(1)
+        if value == NotificationLevel.ALL:
+            buf.write_i32(2)
+        if value == NotificationLevel.MENTIONS:
+            buf.write_i32(3)
+        if value == NotificationLevel.MUTED:
+            buf.write_i32(4)
+
+
+
 @dataclass
 class ConversationSummary:
     """
     One row of the conversation list.
 """
-    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, last_seq:int, last_activity_ms:int, last_message:typing.Optional[Message], read_seq:int, delivered_seq:int, unread_count:int, my_role:Role):
+    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, last_seq:int, last_activity_ms:int, last_message:typing.Optional[Message], read_seq:int, delivered_seq:int, unread_count:int, my_role:Role, mention_count:int, notification_level:NotificationLevel, muted_until_ms:int):
         self.conversation_id = conversation_id
         self.kind = kind
         self.title = title
@@ -2890,12 +2985,15 @@ class ConversationSummary:
         self.delivered_seq = delivered_seq
         self.unread_count = unread_count
         self.my_role = my_role
+        self.mention_count = mention_count
+        self.notification_level = notification_level
+        self.muted_until_ms = muted_until_ms
         
         
 
     
     def __str__(self):
-        return "ConversationSummary(conversation_id={}, kind={}, title={}, last_seq={}, last_activity_ms={}, last_message={}, read_seq={}, delivered_seq={}, unread_count={}, my_role={})".format(self.conversation_id, self.kind, self.title, self.last_seq, self.last_activity_ms, self.last_message, self.read_seq, self.delivered_seq, self.unread_count, self.my_role)
+        return "ConversationSummary(conversation_id={}, kind={}, title={}, last_seq={}, last_activity_ms={}, last_message={}, read_seq={}, delivered_seq={}, unread_count={}, my_role={}, mention_count={}, notification_level={}, muted_until_ms={})".format(self.conversation_id, self.kind, self.title, self.last_seq, self.last_activity_ms, self.last_message, self.read_seq, self.delivered_seq, self.unread_count, self.my_role, self.mention_count, self.notification_level, self.muted_until_ms)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2917,6 +3015,12 @@ class ConversationSummary:
             return False
         if self.my_role != other.my_role:
             return False
+        if self.mention_count != other.mention_count:
+            return False
+        if self.notification_level != other.notification_level:
+            return False
+        if self.muted_until_ms != other.muted_until_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
@@ -2933,6 +3037,9 @@ class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
             delivered_seq=_UniffiFfiConverterUInt64.read(buf),
             unread_count=_UniffiFfiConverterUInt64.read(buf),
             my_role=_UniffiFfiConverterTypeRole.read(buf),
+            mention_count=_UniffiFfiConverterUInt64.read(buf),
+            notification_level=_UniffiFfiConverterTypeNotificationLevel.read(buf),
+            muted_until_ms=_UniffiFfiConverterUInt64.read(buf),
         )
 
     @staticmethod
@@ -2947,6 +3054,9 @@ class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.delivered_seq)
         _UniffiFfiConverterUInt64.check_lower(value.unread_count)
         _UniffiFfiConverterTypeRole.check_lower(value.my_role)
+        _UniffiFfiConverterUInt64.check_lower(value.mention_count)
+        _UniffiFfiConverterTypeNotificationLevel.check_lower(value.notification_level)
+        _UniffiFfiConverterUInt64.check_lower(value.muted_until_ms)
 
     @staticmethod
     def write(value, buf):
@@ -2960,6 +3070,9 @@ class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.delivered_seq, buf)
         _UniffiFfiConverterUInt64.write(value.unread_count, buf)
         _UniffiFfiConverterTypeRole.write(value.my_role, buf)
+        _UniffiFfiConverterUInt64.write(value.mention_count, buf)
+        _UniffiFfiConverterTypeNotificationLevel.write(value.notification_level, buf)
+        _UniffiFfiConverterUInt64.write(value.muted_until_ms, buf)
 
 class _UniffiFfiConverterSequenceTypeConversationSummary(_UniffiConverterRustBuffer):
     @classmethod
@@ -3606,19 +3719,21 @@ class OutgoingMessage:
     A message to send. Leave `client_msg_id` empty to have one generated;
     the client re-sends under the same id until stored.
 """
-    def __init__(self, *, conversation_id:int, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, client_msg_id:str):
+    def __init__(self, *, conversation_id:int, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, client_msg_id:str, mention_ids:typing.List[int], mention_everyone:bool):
         self.conversation_id = conversation_id
         self.text = text
         self.media = media
         self.ciphertext = ciphertext
         self.reply_to_seq = reply_to_seq
         self.client_msg_id = client_msg_id
+        self.mention_ids = mention_ids
+        self.mention_everyone = mention_everyone
         
         
 
     
     def __str__(self):
-        return "OutgoingMessage(conversation_id={}, text={}, media={}, ciphertext={}, reply_to_seq={}, client_msg_id={})".format(self.conversation_id, self.text, self.media, self.ciphertext, self.reply_to_seq, self.client_msg_id)
+        return "OutgoingMessage(conversation_id={}, text={}, media={}, ciphertext={}, reply_to_seq={}, client_msg_id={}, mention_ids={}, mention_everyone={})".format(self.conversation_id, self.text, self.media, self.ciphertext, self.reply_to_seq, self.client_msg_id, self.mention_ids, self.mention_everyone)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -3632,6 +3747,10 @@ class OutgoingMessage:
             return False
         if self.client_msg_id != other.client_msg_id:
             return False
+        if self.mention_ids != other.mention_ids:
+            return False
+        if self.mention_everyone != other.mention_everyone:
+            return False
         return True
 
 class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
@@ -3644,6 +3763,8 @@ class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
             ciphertext=_UniffiFfiConverterBytes.read(buf),
             reply_to_seq=_UniffiFfiConverterUInt64.read(buf),
             client_msg_id=_UniffiFfiConverterString.read(buf),
+            mention_ids=_UniffiFfiConverterSequenceUInt64.read(buf),
+            mention_everyone=_UniffiFfiConverterBoolean.read(buf),
         )
 
     @staticmethod
@@ -3654,6 +3775,8 @@ class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBytes.check_lower(value.ciphertext)
         _UniffiFfiConverterUInt64.check_lower(value.reply_to_seq)
         _UniffiFfiConverterString.check_lower(value.client_msg_id)
+        _UniffiFfiConverterSequenceUInt64.check_lower(value.mention_ids)
+        _UniffiFfiConverterBoolean.check_lower(value.mention_everyone)
 
     @staticmethod
     def write(value, buf):
@@ -3663,6 +3786,8 @@ class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBytes.write(value.ciphertext, buf)
         _UniffiFfiConverterUInt64.write(value.reply_to_seq, buf)
         _UniffiFfiConverterString.write(value.client_msg_id, buf)
+        _UniffiFfiConverterSequenceUInt64.write(value.mention_ids, buf)
+        _UniffiFfiConverterBoolean.write(value.mention_everyone, buf)
 
 
 
@@ -5761,6 +5886,12 @@ class ChatClientProtocol(typing.Protocol):
         after connecting.
 """
         raise NotImplementedError
+    async def set_notification_level(self, conversation_id: int,level: NotificationLevel,muted_until_ms: int) -> None:
+        """
+        Sets this user's notification level for a conversation; with `Muted`,
+        `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+"""
+        raise NotImplementedError
     async def set_presence(self, status: PresenceStatus) -> None:
         """
         Sets this user's presence.
@@ -6779,6 +6910,33 @@ class ChatClient(ChatClientProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    async def set_notification_level(self, conversation_id: int,level: NotificationLevel,muted_until_ms: int) -> None:
+        """
+        Sets this user's notification level for a conversation; with `Muted`,
+        `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterTypeNotificationLevel.check_lower(level)
+
+        _UniffiFfiConverterUInt64.check_lower(muted_until_ms)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterTypeNotificationLevel.lower(level),
+            _UniffiFfiConverterUInt64.lower(muted_until_ms),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def set_presence(self, status: PresenceStatus) -> None:
         """
         Sets this user's presence.
@@ -7208,6 +7366,7 @@ __all__ = [
     "Role",
     "SystemEventKind",
     "MessageKind",
+    "NotificationLevel",
     "ErrorCode",
     "PresenceStatus",
     "ReceiptKind",

@@ -830,6 +830,12 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func setListener(listener: EventListener) throws  -> ListenerHandle
     
     /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+    func setNotificationLevel(conversationId: UInt64, level: NotificationLevel, mutedUntilMs: UInt64) async throws 
+    
+    /**
      * Sets this user's presence.
      */
     func setPresence(status: PresenceStatus) async throws 
@@ -1741,6 +1747,26 @@ open func setListener(listener: EventListener)throws  -> ListenerHandle  {
         FfiConverterCallbackInterfaceEventListener_lower(listener),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+open func setNotificationLevel(conversationId: UInt64, level: NotificationLevel, mutedUntilMs: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterTypeNotificationLevel_lower(level),FfiConverterUInt64.lower(mutedUntilMs)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
 }
     
     /**
@@ -2848,6 +2874,18 @@ public struct ConversationSummary: Equatable, Hashable {
      * This user's role.
      */
     public var myRole: Role
+    /**
+     * Unread messages that mention this user or everyone (up to 1000).
+     */
+    public var mentionCount: UInt64
+    /**
+     * This user's notification level here.
+     */
+    public var notificationLevel: NotificationLevel
+    /**
+     * With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+     */
+    public var mutedUntilMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2881,7 +2919,16 @@ public struct ConversationSummary: Equatable, Hashable {
          */unreadCount: UInt64, 
         /**
          * This user's role.
-         */myRole: Role) {
+         */myRole: Role, 
+        /**
+         * Unread messages that mention this user or everyone (up to 1000).
+         */mentionCount: UInt64, 
+        /**
+         * This user's notification level here.
+         */notificationLevel: NotificationLevel, 
+        /**
+         * With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+         */mutedUntilMs: UInt64) {
         self.conversationId = conversationId
         self.kind = kind
         self.title = title
@@ -2892,6 +2939,9 @@ public struct ConversationSummary: Equatable, Hashable {
         self.deliveredSeq = deliveredSeq
         self.unreadCount = unreadCount
         self.myRole = myRole
+        self.mentionCount = mentionCount
+        self.notificationLevel = notificationLevel
+        self.mutedUntilMs = mutedUntilMs
     }
 
     
@@ -2919,7 +2969,10 @@ public struct FfiConverterTypeConversationSummary: FfiConverterRustBuffer {
                 readSeq: FfiConverterUInt64.read(from: &buf), 
                 deliveredSeq: FfiConverterUInt64.read(from: &buf), 
                 unreadCount: FfiConverterUInt64.read(from: &buf), 
-                myRole: FfiConverterTypeRole.read(from: &buf)
+                myRole: FfiConverterTypeRole.read(from: &buf), 
+                mentionCount: FfiConverterUInt64.read(from: &buf), 
+                notificationLevel: FfiConverterTypeNotificationLevel.read(from: &buf), 
+                mutedUntilMs: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -2934,6 +2987,9 @@ public struct FfiConverterTypeConversationSummary: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.deliveredSeq, into: &buf)
         FfiConverterUInt64.write(value.unreadCount, into: &buf)
         FfiConverterTypeRole.write(value.myRole, into: &buf)
+        FfiConverterUInt64.write(value.mentionCount, into: &buf)
+        FfiConverterTypeNotificationLevel.write(value.notificationLevel, into: &buf)
+        FfiConverterUInt64.write(value.mutedUntilMs, into: &buf)
     }
 }
 
@@ -3445,6 +3501,14 @@ public struct Message: Equatable, Hashable {
      * in live pushes).
      */
     public var reactions: [Reaction]
+    /**
+     * Members the message mentions.
+     */
+    public var mentionIds: [UInt64]
+    /**
+     * The message mentions everyone.
+     */
+    public var mentionEveryone: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3494,7 +3558,13 @@ public struct Message: Equatable, Hashable {
         /**
          * Reactions as this user sees them (filled in history and sync; empty
          * in live pushes).
-         */reactions: [Reaction]) {
+         */reactions: [Reaction], 
+        /**
+         * Members the message mentions.
+         */mentionIds: [UInt64], 
+        /**
+         * The message mentions everyone.
+         */mentionEveryone: Bool) {
         self.conversationId = conversationId
         self.seq = seq
         self.messageId = messageId
@@ -3510,6 +3580,8 @@ public struct Message: Equatable, Hashable {
         self.deleted = deleted
         self.editedAtMs = editedAtMs
         self.reactions = reactions
+        self.mentionIds = mentionIds
+        self.mentionEveryone = mentionEveryone
     }
 
     
@@ -3542,7 +3614,9 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
                 system: FfiConverterOptionTypeSystemEvent.read(from: &buf), 
                 deleted: FfiConverterBool.read(from: &buf), 
                 editedAtMs: FfiConverterUInt64.read(from: &buf), 
-                reactions: FfiConverterSequenceTypeReaction.read(from: &buf)
+                reactions: FfiConverterSequenceTypeReaction.read(from: &buf), 
+                mentionIds: FfiConverterSequenceUInt64.read(from: &buf), 
+                mentionEveryone: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -3562,6 +3636,8 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
         FfiConverterBool.write(value.deleted, into: &buf)
         FfiConverterUInt64.write(value.editedAtMs, into: &buf)
         FfiConverterSequenceTypeReaction.write(value.reactions, into: &buf)
+        FfiConverterSequenceUInt64.write(value.mentionIds, into: &buf)
+        FfiConverterBool.write(value.mentionEveryone, into: &buf)
     }
 }
 
@@ -3699,6 +3775,14 @@ public struct OutgoingMessage: Equatable, Hashable {
      * The idempotency key; empty for a fresh random one.
      */
     public var clientMsgId: String
+    /**
+     * Members the message mentions (resolve `@username` to ids first).
+     */
+    public var mentionIds: [UInt64]
+    /**
+     * Mentions everyone (groups only).
+     */
+    public var mentionEveryone: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3720,13 +3804,21 @@ public struct OutgoingMessage: Equatable, Hashable {
          */replyToSeq: UInt64, 
         /**
          * The idempotency key; empty for a fresh random one.
-         */clientMsgId: String) {
+         */clientMsgId: String, 
+        /**
+         * Members the message mentions (resolve `@username` to ids first).
+         */mentionIds: [UInt64], 
+        /**
+         * Mentions everyone (groups only).
+         */mentionEveryone: Bool) {
         self.conversationId = conversationId
         self.text = text
         self.media = media
         self.ciphertext = ciphertext
         self.replyToSeq = replyToSeq
         self.clientMsgId = clientMsgId
+        self.mentionIds = mentionIds
+        self.mentionEveryone = mentionEveryone
     }
 
     
@@ -3750,7 +3842,9 @@ public struct FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer {
                 media: FfiConverterOptionTypeMediaRef.read(from: &buf), 
                 ciphertext: FfiConverterData.read(from: &buf), 
                 replyToSeq: FfiConverterUInt64.read(from: &buf), 
-                clientMsgId: FfiConverterString.read(from: &buf)
+                clientMsgId: FfiConverterString.read(from: &buf), 
+                mentionIds: FfiConverterSequenceUInt64.read(from: &buf), 
+                mentionEveryone: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -3761,6 +3855,8 @@ public struct FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer {
         FfiConverterData.write(value.ciphertext, into: &buf)
         FfiConverterUInt64.write(value.replyToSeq, into: &buf)
         FfiConverterString.write(value.clientMsgId, into: &buf)
+        FfiConverterSequenceUInt64.write(value.mentionIds, into: &buf)
+        FfiConverterBool.write(value.mentionEveryone, into: &buf)
     }
 }
 
@@ -5976,6 +6072,101 @@ public func FfiConverterTypeMessageKind_lower(_ value: MessageKind) -> RustBuffe
 
 
 /**
+ * When a conversation's messages notify this user.
+ */
+
+public enum NotificationLevel: Equatable, Hashable {
+    
+    /**
+     * Not set: as `All`.
+     */
+    case unspecified
+    /**
+     * Every message.
+     */
+    case all
+    /**
+     * Messages that mention the user or everyone.
+     */
+    case mentions
+    /**
+     * None (until `muted_until_ms`, if set).
+     */
+    case muted
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension NotificationLevel: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNotificationLevel: FfiConverterRustBuffer {
+    typealias SwiftType = NotificationLevel
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NotificationLevel {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .unspecified
+        
+        case 2: return .all
+        
+        case 3: return .mentions
+        
+        case 4: return .muted
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: NotificationLevel, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .unspecified:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .all:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .mentions:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .muted:
+            writeInt(&buf, Int32(4))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNotificationLevel_lift(_ buf: RustBuffer) throws -> NotificationLevel {
+    return try FfiConverterTypeNotificationLevel.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNotificationLevel_lower(_ value: NotificationLevel) -> RustBuffer {
+    return FfiConverterTypeNotificationLevel.lower(value)
+}
+
+
+
+/**
  * A user's presence.
  */
 
@@ -7206,6 +7397,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_set_listener() != 18885) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level() != 7287) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_set_presence() != 41419) {

@@ -792,6 +792,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_listener(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_presence(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_role(
@@ -936,6 +938,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_cursor(`ptr`: Long,`conversationId`: Long,`seq`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_listener(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(`ptr`: Long,`conversationId`: Long,`level`: RustBuffer.ByValue,`mutedUntilMs`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_presence(`ptr`: Long,`status`: RustBuffer.ByValue,
     ): Long
@@ -1234,6 +1238,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener() and 0xFFFF) != 18885) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level() and 0xFFFF) != 7287) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence() and 0xFFFF) != 41419) {
@@ -2006,6 +2013,12 @@ public interface ChatClientInterface {
      * after connecting.
      */
     fun `setListener`(`listener`: EventListener): ListenerHandle
+    
+    /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+    suspend fun `setNotificationLevel`(`conversationId`: kotlin.ULong, `level`: NotificationLevel, `mutedUntilMs`: kotlin.ULong)
     
     /**
      * Sets this user's presence.
@@ -3250,6 +3263,35 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
 
     
     /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `setNotificationLevel`(`conversationId`: kotlin.ULong, `level`: NotificationLevel, `mutedUntilMs`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterTypeNotificationLevel.lower(`level`),
+        FfiConverterULong.lower(`mutedUntilMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Sets this user's presence.
      */
     @Throws(ClientException::class)
@@ -4444,6 +4486,21 @@ data class ConversationSummary (
      * This user's role.
      */
     var `myRole`: Role
+    , 
+    /**
+     * Unread messages that mention this user or everyone (up to 1000).
+     */
+    var `mentionCount`: kotlin.ULong
+    , 
+    /**
+     * This user's notification level here.
+     */
+    var `notificationLevel`: NotificationLevel
+    , 
+    /**
+     * With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+     */
+    var `mutedUntilMs`: kotlin.ULong
     
 ){
     
@@ -4470,6 +4527,9 @@ public object FfiConverterTypeConversationSummary: FfiConverterRustBuffer<Conver
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterTypeRole.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterTypeNotificationLevel.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -4483,7 +4543,10 @@ public object FfiConverterTypeConversationSummary: FfiConverterRustBuffer<Conver
             FfiConverterULong.allocationSize(value.`readSeq`) +
             FfiConverterULong.allocationSize(value.`deliveredSeq`) +
             FfiConverterULong.allocationSize(value.`unreadCount`) +
-            FfiConverterTypeRole.allocationSize(value.`myRole`)
+            FfiConverterTypeRole.allocationSize(value.`myRole`) +
+            FfiConverterULong.allocationSize(value.`mentionCount`) +
+            FfiConverterTypeNotificationLevel.allocationSize(value.`notificationLevel`) +
+            FfiConverterULong.allocationSize(value.`mutedUntilMs`)
     )
 
     override fun write(value: ConversationSummary, buf: ByteBuffer) {
@@ -4497,6 +4560,9 @@ public object FfiConverterTypeConversationSummary: FfiConverterRustBuffer<Conver
             FfiConverterULong.write(value.`deliveredSeq`, buf)
             FfiConverterULong.write(value.`unreadCount`, buf)
             FfiConverterTypeRole.write(value.`myRole`, buf)
+            FfiConverterULong.write(value.`mentionCount`, buf)
+            FfiConverterTypeNotificationLevel.write(value.`notificationLevel`, buf)
+            FfiConverterULong.write(value.`mutedUntilMs`, buf)
     }
 }
 
@@ -4881,6 +4947,16 @@ data class Message (
      * in live pushes).
      */
     var `reactions`: List<Reaction>
+    , 
+    /**
+     * Members the message mentions.
+     */
+    var `mentionIds`: List<kotlin.ULong>
+    , 
+    /**
+     * The message mentions everyone.
+     */
+    var `mentionEveryone`: kotlin.Boolean
     
 ){
     
@@ -4912,6 +4988,8 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterBoolean.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterSequenceTypeReaction.read(buf),
+            FfiConverterSequenceULong.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -4930,7 +5008,9 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterOptionalTypeSystemEvent.allocationSize(value.`system`) +
             FfiConverterBoolean.allocationSize(value.`deleted`) +
             FfiConverterULong.allocationSize(value.`editedAtMs`) +
-            FfiConverterSequenceTypeReaction.allocationSize(value.`reactions`)
+            FfiConverterSequenceTypeReaction.allocationSize(value.`reactions`) +
+            FfiConverterSequenceULong.allocationSize(value.`mentionIds`) +
+            FfiConverterBoolean.allocationSize(value.`mentionEveryone`)
     )
 
     override fun write(value: Message, buf: ByteBuffer) {
@@ -4949,6 +5029,8 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterBoolean.write(value.`deleted`, buf)
             FfiConverterULong.write(value.`editedAtMs`, buf)
             FfiConverterSequenceTypeReaction.write(value.`reactions`, buf)
+            FfiConverterSequenceULong.write(value.`mentionIds`, buf)
+            FfiConverterBoolean.write(value.`mentionEveryone`, buf)
     }
 }
 
@@ -5051,6 +5133,16 @@ data class OutgoingMessage (
      * The idempotency key; empty for a fresh random one.
      */
     var `clientMsgId`: kotlin.String
+    , 
+    /**
+     * Members the message mentions (resolve `@username` to ids first).
+     */
+    var `mentionIds`: List<kotlin.ULong>
+    , 
+    /**
+     * Mentions everyone (groups only).
+     */
+    var `mentionEveryone`: kotlin.Boolean
     
 ){
     
@@ -5073,6 +5165,8 @@ public object FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer<OutgoingMe
             FfiConverterByteArray.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterString.read(buf),
+            FfiConverterSequenceULong.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -5082,7 +5176,9 @@ public object FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer<OutgoingMe
             FfiConverterOptionalTypeMediaRef.allocationSize(value.`media`) +
             FfiConverterByteArray.allocationSize(value.`ciphertext`) +
             FfiConverterULong.allocationSize(value.`replyToSeq`) +
-            FfiConverterString.allocationSize(value.`clientMsgId`)
+            FfiConverterString.allocationSize(value.`clientMsgId`) +
+            FfiConverterSequenceULong.allocationSize(value.`mentionIds`) +
+            FfiConverterBoolean.allocationSize(value.`mentionEveryone`)
     )
 
     override fun write(value: OutgoingMessage, buf: ByteBuffer) {
@@ -5092,6 +5188,8 @@ public object FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer<OutgoingMe
             FfiConverterByteArray.write(value.`ciphertext`, buf)
             FfiConverterULong.write(value.`replyToSeq`, buf)
             FfiConverterString.write(value.`clientMsgId`, buf)
+            FfiConverterSequenceULong.write(value.`mentionIds`, buf)
+            FfiConverterBoolean.write(value.`mentionEveryone`, buf)
     }
 }
 
@@ -6909,6 +7007,57 @@ public object FfiConverterTypeMessageKind: FfiConverterRustBuffer<MessageKind> {
     override fun allocationSize(value: MessageKind) = 4UL
 
     override fun write(value: MessageKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * When a conversation's messages notify this user.
+ */
+
+enum class NotificationLevel {
+    
+    /**
+     * Not set: as `All`.
+     */
+    UNSPECIFIED,
+    /**
+     * Every message.
+     */
+    ALL,
+    /**
+     * Messages that mention the user or everyone.
+     */
+    MENTIONS,
+    /**
+     * None (until `muted_until_ms`, if set).
+     */
+    MUTED;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNotificationLevel: FfiConverterRustBuffer<NotificationLevel> {
+    override fun read(buf: ByteBuffer) = try {
+        NotificationLevel.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: NotificationLevel) = 4UL
+
+    override fun write(value: NotificationLevel, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
