@@ -739,8 +739,6 @@ impl Env {
             message_id: a.message_id.0,
             sent_at_ms: a.sent_at_ms,
         };
-        let mut batch = Batch::new();
-        batch.put_idempotency(id, user, &msg.client_msg_id, &idem);
         let stored = pb::Message {
             conversation_id: id,
             seq: a.seq,
@@ -761,7 +759,15 @@ impl Env {
             system: None,
             deleted: false,
         };
-        let push = self.stage_message(id, &stored, &mut batch);
+        // Sized for both writes (and an outbox entry), so staging them
+        // allocates once.
+        let mut batch = Batch::with_capacity(
+            Batch::put_bytes(16 + stored.client_msg_id.len(), idem.encoded_len())
+                + Batch::put_bytes(16, stored.encoded_len())
+                + Batch::put_bytes(16, 0),
+        );
+        batch.put_idempotency(id, user, &stored.client_msg_id, &idem);
+        let push = self.stage_message(&stored, &mut batch);
         let mut effects = vec![
             Effect::Durable {
                 conversation: ConversationId(id),
@@ -832,7 +838,7 @@ impl Env {
         target.media = None;
         target.ciphertext.clear();
         target.deleted = true;
-        batch.put_message(id, seq, target.encode_to_vec());
+        batch.put_message(&target);
         let mut event =
             membership::system_event(pb::system_event::Kind::MessageDeleted, user, Vec::new());
         event.target_seq = seq;
@@ -842,20 +848,18 @@ impl Env {
     }
 
     /// Adds the message to `batch` and returns its encoded push.
-    fn stage_message(&self, id: u64, m: &pb::Message, batch: &mut Batch) -> Bytes {
-        let stored = m.encode_to_vec();
+    fn stage_message(&self, m: &pb::Message, batch: &mut Batch) -> Bytes {
+        let stored = batch.put_message(m);
         // A push carries the stored message as it is, unless it has media,
         // whose download URL is signed for the moment of the push.
-        let frame = if m.media.is_none() {
-            reply::message_push(&stored)
+        if m.media.is_none() {
+            reply::message_push(batch.encoded().get(stored).unwrap_or_default())
         } else {
             let mut pushed = m.clone();
             self.rules.media.sign_message(&mut pushed, self.now_ms);
             reply::push(Body::MessagePush(pb::MessagePush {
                 message: Some(pushed),
             }))
-        };
-        batch.put_message(id, m.seq, stored);
-        frame
+        }
     }
 }

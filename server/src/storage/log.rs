@@ -54,7 +54,7 @@ use std::thread;
 use crossbeam::channel;
 
 use super::writer::{Batch, Op};
-use super::{Ks, Result, StorageError};
+use super::{Result, StorageError};
 
 /// Size of the first segment after start-up (1 MiB): a server that writes
 /// little zero-fills little.
@@ -66,8 +66,6 @@ pub const MAX_SEGMENT_BYTES: u64 = 16 << 20;
 
 const HEADER_BYTES: usize = 8;
 const COMMIT_BYTES: usize = 8;
-const PUT: u8 = 1;
-const DELETE: u8 = 2;
 const SEGMENT_SUFFIX: &str = ".log";
 const SPARE_SUFFIX: &str = ".tmp";
 const DAMAGED_SUFFIX: &str = ".damaged";
@@ -120,7 +118,6 @@ pub struct Log {
     current: Segment,
     next_commit: u64,
     record: Vec<u8>,
-    values: Vec<u32>,
     spares: Option<channel::Receiver<io::Result<Spare>>>,
     preparer: Option<thread::JoinHandle<()>>,
 }
@@ -161,7 +158,6 @@ impl Log {
             current,
             next_commit,
             record: Vec::with_capacity(64 << 10),
-            values: Vec::with_capacity(1024),
             spares: Some(rx),
             preparer: Some(preparer),
         })
@@ -172,17 +168,17 @@ impl Log {
         self.next_commit
     }
 
-    /// Appends `ops` as one record, synced with `fdatasync` if `sync`.
-    /// Returns where it went and, if the record started a new segment, the
-    /// one it sealed. [`Log::value_offsets`] then gives the place of each
-    /// put's value in the record.
+    /// Appends the writes of `batches` as one record, synced with
+    /// `fdatasync` if `sync`. Returns where it went and, if the record
+    /// started a new segment, the one it sealed. [`Log::last_ops`] then
+    /// gives the record's operations and the place of each put's value.
     pub fn append<'a>(
         &mut self,
-        ops: impl IntoIterator<Item = &'a Op>,
+        batches: impl IntoIterator<Item = &'a Batch>,
         sync: bool,
     ) -> io::Result<(Appended, Option<Sealed>)> {
         let commit = self.next_commit;
-        encode(&mut self.record, &mut self.values, commit, ops);
+        encode(&mut self.record, commit, batches);
         let len = self.record.len() as u64;
         let mut sealed = None;
         if self.current.written > 0 && self.current.written + len > self.current.capacity {
@@ -209,10 +205,10 @@ impl Log {
         Ok((appended, sealed))
     }
 
-    /// Offsets, from the start of the record last appended, of the values
-    /// of its puts, in the order of the operations.
-    pub fn value_offsets(&self) -> &[u32] {
-        &self.values
+    /// The operations of the record last appended, in order, each with
+    /// the offset of its value (of a put) from the start of the record.
+    pub fn last_ops(&self) -> impl Iterator<Item = (Op<'_>, usize)> {
+        record_ops(self.record.get(HEADER_BYTES..).unwrap_or_default())
     }
 
     /// Seals the current segment. The log is dropped here, which stops the
@@ -342,32 +338,14 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes the record of commit `commit` holding `ops` into `buf`.
-/// The offset of each put's value in the record goes to `values`.
-fn encode<'a>(
-    buf: &mut Vec<u8>,
-    values: &mut Vec<u32>,
-    commit: u64,
-    ops: impl IntoIterator<Item = &'a Op>,
-) {
+/// Writes the record of commit `commit` holding the writes of `batches`
+/// into `buf`.
+fn encode<'a>(buf: &mut Vec<u8>, commit: u64, batches: impl IntoIterator<Item = &'a Batch>) {
     buf.clear();
-    values.clear();
     buf.extend_from_slice(&[0; HEADER_BYTES]);
     buf.extend_from_slice(&commit.to_le_bytes());
-    for op in ops {
-        let (kind, ks, key, value) = match op {
-            Op::Put(ks, k, v) => (PUT, ks, k, Some(v)),
-            Op::Delete(ks, k) => (DELETE, ks, k, None),
-        };
-        buf.push(kind);
-        buf.push(ks.code());
-        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        buf.extend_from_slice(key);
-        if let Some(v) = value {
-            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            values.push(buf.len() as u32);
-            buf.extend_from_slice(v);
-        }
+    for batch in batches {
+        buf.extend_from_slice(batch.encoded());
     }
     let body = buf.get(HEADER_BYTES..).unwrap_or_default();
     // Length in the low four bytes, checksum in the high four: both
@@ -378,11 +356,31 @@ fn encode<'a>(
     }
 }
 
-/// `ops` in the log's record format (header, commit number 0, operations):
-/// how cluster mode carries a write through JetStream.
-pub(crate) fn encode_ops<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Vec<u8> {
+/// The operations of a record's `body` (checked by [`decode`] or written
+/// by [`encode`]), each with the offset of its value from the start of the
+/// record.
+fn record_ops(body: &[u8]) -> impl Iterator<Item = (Op<'_>, usize)> {
+    let ops = body.get(COMMIT_BYTES..).unwrap_or_default();
+    super::writer::ops_in(ops)
+        .with_values()
+        .map(|(op, value)| (op, value + HEADER_BYTES + COMMIT_BYTES))
+}
+
+/// The operations of `batch`, read back from a record that holds it alone
+/// ([`Replay::Record`]), each with the offset of its value from the start
+/// of the record, as [`Log::last_ops`] has them.
+pub fn in_record(batch: &Batch) -> impl Iterator<Item = (Op<'_>, usize)> {
+    batch
+        .ops()
+        .with_values()
+        .map(|(op, value)| (op, value + HEADER_BYTES + COMMIT_BYTES))
+}
+
+/// The writes of `batch` in the log's record format (header, commit number
+/// 0, operations): how cluster mode carries a write through JetStream.
+pub(crate) fn encode_ops(batch: &Batch) -> Vec<u8> {
     let mut buf = Vec::new();
-    encode(&mut buf, &mut Vec::new(), 0, ops);
+    encode(&mut buf, 0, [batch]);
     buf
 }
 
@@ -393,7 +391,7 @@ pub(crate) fn decode_ops(record: &[u8]) -> Result<Batch> {
     if end != record.len() {
         return Err(corrupt("bytes after the record".into()));
     }
-    decode(body, &mut Vec::new()).map(|(_, batch)| batch)
+    decode(body).map(|(_, batch)| batch)
 }
 
 /// The next record of a segment: its body and the offset after it, or
@@ -417,51 +415,15 @@ fn corrupt(detail: String) -> StorageError {
     }
 }
 
-/// Splits a record's body into its commit number and operations; the
-/// offset of each put's value from the start of the record goes to
-/// `values`, as [`Log::value_offsets`] has them.
-fn decode(body: &[u8], values: &mut Vec<u32>) -> Result<(u64, Batch)> {
-    values.clear();
-    let (commit, mut rest) = body
+/// Splits a record's body into its commit number and operations, checked
+/// whole.
+fn decode(body: &[u8]) -> Result<(u64, Batch)> {
+    let (commit, ops) = body
         .split_at_checked(COMMIT_BYTES)
         .ok_or_else(|| corrupt("record shorter than its commit number".into()))?;
     let commit = u64::from_le_bytes(commit.try_into().unwrap_or_default());
-    let mut batch = Batch::new();
-    while !rest.is_empty() {
-        let (kind, ks, tail) = match rest {
-            [kind, ks, tail @ ..] => (*kind, *ks, tail),
-            _ => return Err(corrupt(format!("commit {commit}: truncated operation"))),
-        };
-        let ks = Ks::from_code(ks)
-            .ok_or_else(|| corrupt(format!("commit {commit}: unknown keyspace {ks}")))?;
-        let (key, tail) =
-            take_sized(tail).ok_or_else(|| corrupt(format!("commit {commit}: truncated key")))?;
-        rest = match kind {
-            PUT => {
-                let (value, tail) = take_sized(tail)
-                    .ok_or_else(|| corrupt(format!("commit {commit}: truncated value")))?;
-                values.push((HEADER_BYTES + body.len() - tail.len() - value.len()) as u32);
-                batch.put(ks, key, value);
-                tail
-            }
-            DELETE => {
-                batch.delete(ks, key);
-                tail
-            }
-            other => {
-                return Err(corrupt(format!(
-                    "commit {commit}: unknown operation {other}"
-                )));
-            }
-        };
-    }
+    let batch = Batch::decode(ops).map_err(|e| corrupt(format!("commit {commit}: {e}")))?;
     Ok((commit, batch))
-}
-
-fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (len, rest) = bytes.split_at_checked(4)?;
-    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-    rest.split_at_checked(len)
 }
 
 /// What [`replay`] found.
@@ -485,9 +447,6 @@ pub enum Replay {
         at: u64,
         /// Its operations.
         batch: Batch,
-        /// Offsets of its puts' values from `at`, as
-        /// [`Log::value_offsets`] has them.
-        values: Vec<u32>,
     },
     /// The end of a segment's records. The segment will not be appended
     /// to again: the log starts a new one when it opens.
@@ -515,7 +474,6 @@ pub fn replay(
     let mut next: Option<u64> = (after > 0).then_some(after + 1);
     let mut commits = 0;
     let mut rest = segments.into_iter();
-    let mut values = Vec::new();
     while let Some((first, path)) = rest.next() {
         if next.is_some_and(|n| n != first) {
             tracing::error!(
@@ -535,7 +493,7 @@ pub fn replay(
         let mut expected = first;
         let mut at = 0;
         while let Some((body, after)) = next_record(&bytes, at) {
-            let (commit, batch) = decode(body, &mut values)?;
+            let (commit, batch) = decode(body)?;
             if commit != expected {
                 break;
             }
@@ -543,7 +501,6 @@ pub fn replay(
                 segment: first,
                 at: at as u64,
                 batch,
-                values: values.clone(),
             })?;
             commits += 1;
             expected += 1;
@@ -565,6 +522,8 @@ pub fn replay(
 
 #[cfg(test)]
 mod tests {
+    use super::super::Ks;
+    use super::super::writer::PUT;
     use super::*;
 
     fn batch(n: u8) -> Batch {
@@ -604,17 +563,25 @@ mod tests {
         for n in 0..40u8 {
             let mut b = batch(n);
             b.put(Ks::Users, vec![n], big.clone());
-            let (appended, s) = log.append(b.ops.iter(), true).expect("append");
+            let (appended, s) = log.append([&b], true).expect("append");
             assert_eq!(appended.commit, 7 + u64::from(n));
             // The values of the puts are where the log says they are.
             let file = fs::read(dir.path().join(segment_name(appended.segment))).expect("read");
             let at = appended.at as usize;
-            let [first, second] = log.value_offsets() else {
-                panic!("two puts: {:?}", log.value_offsets());
+            let puts: Vec<(&[u8], usize)> = log
+                .last_ops()
+                .filter_map(|(op, off)| match op {
+                    Op::Put(_, _, v) => Some((v, off)),
+                    Op::Delete(..) => None,
+                })
+                .collect();
+            let [(v1, first), (v2, second)] = puts[..] else {
+                panic!("two puts: {puts:?}");
             };
-            let value = |off: &u32, len| &file[at + *off as usize..at + *off as usize + len];
+            let value = |off: usize, len| &file[at + off..at + off + len];
             assert_eq!(value(first, 100), &[n; 100][..]);
             assert_eq!(value(second, big.len()), &big[..]);
+            assert_eq!((v1, v2), (&[n; 100][..], &big[..]));
             sealed.extend(s);
         }
         assert!(
@@ -644,9 +611,9 @@ mod tests {
         assert_eq!(later.len() as u64, 46 - sealed[0].last_commit);
         for (n, b) in seen.iter().enumerate() {
             assert_eq!(b.len(), 3);
-            match &b.ops[0] {
-                Op::Put(Ks::Messages, k, v) => {
-                    assert_eq!(k, &vec![n as u8; 3]);
+            match b.ops().next() {
+                Some(Op::Put(Ks::Messages, k, v)) => {
+                    assert_eq!(k, &[n as u8; 3][..]);
                     assert_eq!(v.len(), 100);
                 }
                 other => panic!("unexpected {other:?}"),
@@ -667,7 +634,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = Log::open(dir.path(), 1).expect("open");
         for n in 0..3 {
-            log.append(batch(n).ops.iter(), true).expect("append");
+            log.append([&batch(n)], true).expect("append");
         }
         let seg = log.close().path;
         let bytes = fs::read(&seg).expect("read");
@@ -695,10 +662,10 @@ mod tests {
     fn a_gap_between_segments_stops_replay_and_keeps_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = Log::open(dir.path(), 1).expect("open");
-        log.append(batch(1).ops.iter(), true).expect("append");
+        log.append([&batch(1)], true).expect("append");
         let first = log.close().path;
         let mut log = Log::open(dir.path(), 5).expect("open");
-        log.append(batch(5).ops.iter(), true).expect("append");
+        log.append([&batch(5)], true).expect("append");
         let later = log.close().path;
         let (r, seen, ends) = replay_after(dir.path(), 0);
         assert_eq!((r.commits, seen.len(), r.next_commit), (1, 1, 2));
@@ -716,11 +683,11 @@ mod tests {
     fn after_an_indexed_segment_the_next_must_follow_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = Log::open(dir.path(), 1).expect("open");
-        log.append(batch(1).ops.iter(), true).expect("append");
+        log.append([&batch(1)], true).expect("append");
         log.close();
         // Commits 1..=3 were indexed, but the segment of 4 is missing.
         let mut log = Log::open(dir.path(), 5).expect("open");
-        log.append(batch(5).ops.iter(), true).expect("append");
+        log.append([&batch(5)], true).expect("append");
         let later = log.close().path;
         let (r, seen, _) = replay_after(dir.path(), 3);
         assert_eq!((r.commits, seen.len(), r.next_commit), (0, 0, 4));
@@ -739,15 +706,12 @@ mod tests {
     fn a_corrupt_operation_in_a_valid_record_is_an_error() {
         let mut body = 3u64.to_le_bytes().to_vec();
         body.extend_from_slice(&[PUT, 200, 0, 0, 0, 0]);
-        assert!(decode(&body, &mut Vec::new()).is_err(), "unknown keyspace");
+        assert!(decode(&body).is_err(), "unknown keyspace");
         let mut body = 3u64.to_le_bytes().to_vec();
         body.extend_from_slice(&[PUT, Ks::Users.code(), 9, 0, 0, 0, 1]);
-        assert!(
-            decode(&body, &mut Vec::new()).is_err(),
-            "key runs past the record"
-        );
+        assert!(decode(&body).is_err(), "key runs past the record");
         let mut body = 3u64.to_le_bytes().to_vec();
         body.extend_from_slice(&[7, Ks::Users.code(), 0, 0, 0, 0]);
-        assert!(decode(&body, &mut Vec::new()).is_err(), "unknown operation");
+        assert!(decode(&body).is_err(), "unknown operation");
     }
 }

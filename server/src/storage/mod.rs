@@ -414,13 +414,8 @@ impl Store {
         let indexed = store.indexed_through()?;
         let mut index = SegmentIndex::default();
         let replayed = log::replay(log_dir, indexed, |event| match event {
-            Replay::Record {
-                segment,
-                at,
-                batch,
-                values,
-            } => {
-                let rest = segments::route(batch.ops, &values, segment, at, &mut index);
+            Replay::Record { segment, at, batch } => {
+                let rest = segments::route(log::in_record(&batch), segment, at, &mut index);
                 store.apply(std::slice::from_ref(&rest))
             }
             Replay::End(sealed) => {
@@ -468,19 +463,18 @@ impl Store {
             let done = next.is_none();
             if let Some(kv) = next {
                 let (k, v) = kv.into_inner()?;
-                batch.put(Ks::Messages, k.to_vec(), v.to_vec());
+                batch.put(Ks::Messages, &k, &v);
                 moved += 1;
             }
             if batch.len() >= MIGRATION_BATCH || (done && !batch.is_empty()) {
-                let (appended, sealed) = log.append(batch.ops(), true)?;
+                let (appended, sealed) = log.append([&batch], true)?;
                 if let Some(sealed) = sealed {
                     self.ingest(&std::mem::take(&mut index))?;
                     finish_segment(&sealed)?;
                     self.mark_indexed(sealed.last_commit)?;
                 }
-                let ops = std::mem::take(&mut batch).ops;
-                let values = log.value_offsets();
-                segments::route(ops, values, appended.segment, appended.at, &mut index);
+                batch = writer::Batch::new();
+                segments::route(log.last_ops(), appended.segment, appended.at, &mut index);
             }
             if done {
                 break;
@@ -637,10 +631,8 @@ impl Store {
         let mut b = self.db.batch().durability(None);
         for op in batches.iter().flat_map(|batch| batch.ops()) {
             match op {
-                writer::Op::Put(ks, k, v) => {
-                    b.insert(self.keyspace(*ks), k.as_slice(), v.as_slice())
-                }
-                writer::Op::Delete(ks, k) => b.remove(self.keyspace(*ks), k.as_slice()),
+                writer::Op::Put(ks, k, v) => b.insert(self.keyspace(ks), k, v),
+                writer::Op::Delete(ks, k) => b.remove(self.keyspace(ks), k),
             }
         }
         b.commit()?;
