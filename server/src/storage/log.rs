@@ -12,7 +12,8 @@
 //! commit number of its first record (20 digits, `.log`). A segment is
 //! written in full with zeros and synced before its first record, so a sync
 //! after a record persists data only, never a block allocation or a new
-//! file size; a helper thread keeps the next one ready. Segments start at
+//! file size; a helper thread keeps the next one ready (writing the zeros
+//! past the page cache where it can, and so appends write whole pages). Segments start at
 //! [`FIRST_SEGMENT_BYTES`] and double up to [`MAX_SEGMENT_BYTES`]. A record
 //! never spans two segments; one larger than a segment gets an empty segment
 //! to itself, which grows.
@@ -46,8 +47,8 @@
 //! does not means a segment is missing and the store refuses to open.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 
@@ -65,6 +66,11 @@ pub const FIRST_SEGMENT_BYTES: u64 = 1 << 20;
 pub const MAX_SEGMENT_BYTES: u64 = 16 << 20;
 
 const HEADER_BYTES: usize = 8;
+/// Appends write whole pages of this size ([`Log::append`]).
+const PAGE: u64 = 4096;
+/// Alignment of the buffer `O_DIRECT` writes from: a page, at least the
+/// logical block size of any disk.
+const DIRECT_ALIGN: usize = 4096;
 const COMMIT_BYTES: usize = 8;
 const SEGMENT_SUFFIX: &str = ".log";
 const SPARE_SUFFIX: &str = ".tmp";
@@ -117,7 +123,10 @@ pub struct Log {
     dir: PathBuf,
     current: Segment,
     next_commit: u64,
-    record: Vec<u8>,
+    /// What the last append wrote: the file's bytes from the page where
+    /// it began, the record at `record` within them.
+    written: Vec<u8>,
+    record: std::ops::Range<usize>,
     spares: Option<channel::Receiver<io::Result<Spare>>>,
     preparer: Option<thread::JoinHandle<()>>,
 }
@@ -157,7 +166,8 @@ impl Log {
             dir: dir.to_path_buf(),
             current,
             next_commit,
-            record: Vec::with_capacity(64 << 10),
+            written: Vec::with_capacity(64 << 10),
+            record: 0..0,
             spares: Some(rx),
             preparer: Some(preparer),
         })
@@ -178,8 +188,18 @@ impl Log {
         sync: bool,
     ) -> io::Result<(Appended, Option<Sealed>)> {
         let commit = self.next_commit;
-        encode(&mut self.record, commit, batches);
-        let len = self.record.len() as u64;
+        // Writes cover whole pages: a write of part of a page the page cache
+        // does not hold reads the page from disk first (the zeros were
+        // written past the cache, see `zero_filled`). So each write starts
+        // at the page where the segment's end is, with the bytes of that
+        // page the last write left there, and is padded with zeros to the
+        // end of its last page.
+        let tail = (self.current.written % PAGE) as usize;
+        let kept = self.record.end.saturating_sub(tail)..self.record.end;
+        self.written.copy_within(kept, 0);
+        self.written.truncate(tail);
+        let start = encode(&mut self.written, commit, batches);
+        let len = (self.written.len() - start) as u64;
         let mut sealed = None;
         if self.current.written > 0 && self.current.written + len > self.current.capacity {
             let spare = match &self.spares {
@@ -189,9 +209,15 @@ impl Log {
             let next = activate(&self.dir, spare, commit)?;
             let old = std::mem::replace(&mut self.current, next);
             sealed = Some(old.seal(commit - 1));
+            // A new segment begins with this record.
+            self.written.drain(..start);
         }
         let at = self.current.written;
-        self.current.file.write_all_at(&self.record, at)?;
+        let page = at - at % PAGE;
+        self.record = (at - page) as usize..(at - page + len) as usize;
+        let padded = self.written.len().next_multiple_of(PAGE as usize);
+        self.written.resize(padded, 0);
+        self.current.file.write_all_at(&self.written, page)?;
         if sync {
             self.current.file.sync_data()?;
         }
@@ -208,7 +234,8 @@ impl Log {
     /// The operations of the record last appended, in order, each with
     /// the offset of its value (of a put) from the start of the record.
     pub fn last_ops(&self) -> impl Iterator<Item = (Op<'_>, usize)> {
-        record_ops(self.record.get(HEADER_BYTES..).unwrap_or_default())
+        let record = self.written.get(self.record.clone()).unwrap_or_default();
+        record_ops(record.get(HEADER_BYTES..).unwrap_or_default())
     }
 
     /// Seals the current segment. The log is dropped here, which stops the
@@ -291,25 +318,59 @@ fn prepare(dir: &Path, tx: &channel::Sender<io::Result<Spare>>) {
 }
 
 fn zero_filled(path: &Path, capacity: u64) -> io::Result<Spare> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut left = capacity;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64);
-        file.write_all(zeros.get(..n as usize).unwrap_or(&zeros))?;
-        left -= n;
-    }
+    write_zeros(&file, path, capacity)?;
     file.sync_all()?;
     Ok(Spare {
         file,
         path: path.to_path_buf(),
         capacity,
     })
+}
+
+/// Writes `capacity` zeros (a multiple of a MiB) into the new, empty
+/// `file` at `path`. Through a second handle opened with `O_DIRECT` where
+/// the file system allows it: the zeros then go to disk from one buffer
+/// without passing through the page cache, which costs a fraction of the
+/// CPU (a buffered fill of the log's segments was 9 % of the server's at
+/// full load). The log's whole-page writes keep the page cache from
+/// reading those pages back. Elsewhere (tmpfs, some network file systems)
+/// through the page cache.
+fn write_zeros(file: &File, path: &Path, capacity: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let buffer = vec![0u8; CHUNK + DIRECT_ALIGN];
+    let aligned = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+    let zeros = buffer.get(aligned..aligned + CHUNK).unwrap_or_default();
+    let direct = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path);
+    let mut at = 0;
+    if let Ok(direct) = direct {
+        while at < capacity {
+            match direct.write_all_at(zeros, at) {
+                Ok(()) => at += CHUNK as u64,
+                // Not for this file system after all: the rest buffered.
+                Err(e)
+                    if at == 0
+                        && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    while at < capacity {
+        file.write_all_at(zeros, at)?;
+        at += CHUNK as u64;
+    }
+    Ok(())
 }
 
 /// The segments in `dir` (none if it does not exist), with the commit
@@ -338,22 +399,27 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes the record of commit `commit` holding the writes of `batches`
-/// into `buf`.
-fn encode<'a>(buf: &mut Vec<u8>, commit: u64, batches: impl IntoIterator<Item = &'a Batch>) {
-    buf.clear();
+/// Appends the record of commit `commit` holding the writes of `batches`
+/// to `buf`. Returns where in `buf` it begins.
+fn encode<'a>(
+    buf: &mut Vec<u8>,
+    commit: u64,
+    batches: impl IntoIterator<Item = &'a Batch>,
+) -> usize {
+    let start = buf.len();
     buf.extend_from_slice(&[0; HEADER_BYTES]);
     buf.extend_from_slice(&commit.to_le_bytes());
     for batch in batches {
         buf.extend_from_slice(batch.encoded());
     }
-    let body = buf.get(HEADER_BYTES..).unwrap_or_default();
+    let body = buf.get(start + HEADER_BYTES..).unwrap_or_default();
     // Length in the low four bytes, checksum in the high four: both
     // little-endian, as the table above says.
     let header = u64::from(body.len() as u32) | u64::from(crc32fast::hash(body)) << 32;
-    if let Some(h) = buf.get_mut(..HEADER_BYTES) {
+    if let Some(h) = buf.get_mut(start..start + HEADER_BYTES) {
         h.copy_from_slice(&header.to_le_bytes());
     }
+    start
 }
 
 /// The operations of a record's `body` (checked by [`decode`] or written
@@ -626,6 +692,46 @@ mod tests {
         assert!(
             names.iter().all(|n| n.ends_with(SEGMENT_SUFFIX)),
             "no spare is left behind: {names:?}"
+        );
+    }
+
+    #[test]
+    fn small_records_across_page_boundaries_read_back_where_they_were_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = Log::open(dir.path(), 1).expect("open");
+        let mut places = Vec::new();
+        for n in 0..300u32 {
+            let mut b = Batch::new();
+            // Records of 40 to 800 bytes: some end inside a page, some
+            // span several.
+            b.put(
+                Ks::Users,
+                n.to_le_bytes(),
+                vec![n as u8; 20 + (n as usize * 37) % 780],
+            );
+            let (appended, _) = log.append([&b], n % 2 == 0).expect("append");
+            let (_, value_at) = log.last_ops().next().expect("one op");
+            places.push((appended, value_at, b));
+        }
+        let last = log.close();
+        let file = fs::read(&last.path).expect("read");
+        for (appended, value_at, b) in &places {
+            let Some(Op::Put(_, _, value)) = b.ops().next() else {
+                panic!("a put");
+            };
+            let at = appended.at as usize + value_at;
+            assert_eq!(
+                &file[at..at + value.len()],
+                value,
+                "commit {}",
+                appended.commit
+            );
+        }
+        let (r, seen, _) = replay_after(dir.path(), 0);
+        assert_eq!(r.commits, 300);
+        assert_eq!(
+            seen,
+            places.into_iter().map(|(_, _, b)| b).collect::<Vec<_>>()
         );
     }
 

@@ -18,7 +18,8 @@
 //! memtables hold more than [`super::WRITE_BUFFER_LIMIT`] bytes (see
 //! [`hold_back`]): that is what bounds the store's memory when its
 //! background workers fall behind. When a log segment is sealed, the apply
-//! thread persists fjall (one sync of its journal) and deletes the segment.
+//! thread ingests the segment's index into fjall, persists fjall (one sync
+//! of its journal) and marks the segment indexed ([`super::segments`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
