@@ -581,11 +581,18 @@ impl Store {
             run.finish()?;
         }
         if !index.idempotency.is_empty() {
-            let mut sorted: Vec<_> = index.idempotency.iter().collect();
-            sorted.sort_unstable_by_key(|(k, _)| **k);
+            // Copied out in the table's order and sorted as values: sorting
+            // references sends the encoding below to every entry's place
+            // in the table, one cache miss each.
+            let mut sorted: Vec<([u8; 32], IdempotencyRecord)> = index
+                .idempotency
+                .iter()
+                .map(|(k, r)| (*k, r.clone()))
+                .collect();
+            sorted.sort_unstable_by_key(|(k, _)| *k);
             let mut run = self.ks.idempotency.start_ingestion()?;
             let mut value = Vec::new();
-            for (key, record) in sorted {
+            for (key, record) in &sorted {
                 value.clear();
                 record
                     .encode(&mut value)

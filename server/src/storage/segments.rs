@@ -322,8 +322,14 @@ impl Recent {
     /// sealed entries, for their ingestion.
     pub fn seal(&self, next: u64) -> Arc<SegmentIndex> {
         let mut inner = self.inner.write();
-        let (segment, index) =
-            std::mem::replace(&mut inner.current, (next, SegmentIndex::default()));
+        // The next segment is likely to hold as many idempotency keys: room
+        // for them up front instead of rehashing the table as it grows.
+        let keys = inner.current.1.idempotency.len();
+        let fresh = SegmentIndex {
+            messages: BTreeMap::new(),
+            idempotency: HashMap::with_capacity(keys),
+        };
+        let (segment, index) = std::mem::replace(&mut inner.current, (next, fresh));
         let index = Arc::new(index);
         inner.sealed.push((segment, index.clone()));
         index
