@@ -639,8 +639,9 @@ impl Shard {
         match result {
             Ok(_) => {
                 let ack_latency = &self.counters.write_ack;
+                let now = Instant::now();
                 for at in queued_at {
-                    ack_latency.record(at.elapsed().as_secs_f64());
+                    ack_latency.record(now.saturating_duration_since(at).as_secs_f64());
                 }
                 let stored = &self.counters.messages_stored;
                 for effect in effects {
