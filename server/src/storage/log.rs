@@ -736,6 +736,20 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_is_zeros_of_its_capacity_on_disk_and_in_memory_file_systems() {
+        let disk = tempfile::tempdir().expect("tempdir");
+        let memory = tempfile::tempdir_in("/dev/shm").ok();
+        for dir in std::iter::once(disk.path()).chain(memory.as_ref().map(|d| d.path())) {
+            let path = dir.join("spare");
+            let spare = zero_filled(&path, 2 << 20).expect("zero-filled");
+            assert_eq!(spare.capacity, 2 << 20);
+            let bytes = fs::read(&path).expect("read");
+            assert_eq!(bytes.len(), 2 << 20, "{}", dir.display());
+            assert!(bytes.iter().all(|b| *b == 0), "{}", dir.display());
+        }
+    }
+
+    #[test]
     fn a_torn_or_stale_tail_ends_the_segment() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = Log::open(dir.path(), 1).expect("open");
