@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
                     let mut batch = Batch::new();
                     for _ in 0..size {
                         seq += 1;
-                        batch.put(Ks::Messages, keys::message(42, seq).to_vec(), value.clone());
+                        batch.put(Ks::Messages, keys::message(42, seq), &value);
                         batch.put(
                             Ks::Idempotency,
                             keys::idempotency(42, 7, &format!("k{seq}")),

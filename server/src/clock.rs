@@ -105,7 +105,12 @@ impl Clock {
     /// A tokio deadline for the clock time `at`: it lies as far in the
     /// future as `at` does now. Re-measure after a [`Jumps`] wake-up.
     pub fn deadline(&self, at: Instant) -> tokio::time::Instant {
-        tokio::time::Instant::now() + at.saturating_duration_since(self.now())
+        match self.manual {
+            // The system clock's time is tokio's: nothing to measure (a
+            // session's read loop asks for its deadline at every frame).
+            None => tokio::time::Instant::from_std(at),
+            Some(_) => tokio::time::Instant::now() + at.saturating_duration_since(self.now()),
+        }
     }
 
     /// How far a manual clock has been advanced in total.

@@ -507,7 +507,7 @@ async fn run(
 async fn forget_finished(mut finished: mpsc::Receiver<[u8; 16]>, writer: Writer) {
     let mut keys = Vec::new();
     while finished.recv_many(&mut keys, 1024).await > 0 {
-        let mut batch = Batch::with_capacity(keys.len());
+        let mut batch = Batch::with_capacity(keys.len() * Batch::delete_bytes(16));
         for key in keys.drain(..) {
             batch.delete_outbox(key);
         }

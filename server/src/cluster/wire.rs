@@ -96,7 +96,7 @@ fn take_u32(buf: &mut Bytes) -> Result<u32> {
 
 /// The stream record of `batch` written by node `origin`, with `pushes`.
 pub fn encode_record(origin: u16, pushes: &[Push], batch: &Batch) -> Bytes {
-    let writes = crate::storage::log::encode_ops(batch.ops());
+    let writes = crate::storage::log::encode_ops(batch);
     let mut out = BytesMut::with_capacity(7 + writes.len() + 64);
     out.put_u8(VERSION);
     out.put_u16_le(origin);
@@ -495,8 +495,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_damage_is_refused() {
         let mut batch = Batch::new();
-        batch.put(Ks::Users, b"k".to_vec(), b"v".to_vec());
-        batch.delete(Ks::Tokens, b"t".to_vec());
+        batch.put(Ks::Users, b"k", b"v");
+        batch.delete(Ks::Tokens, b"t");
         let users: Arc<[u64]> = Arc::from(vec![1u64, 2, 3]);
         let pushes = vec![(users, Bytes::from_static(b"frame"))];
         let bytes = encode_record(7, &pushes, &batch);

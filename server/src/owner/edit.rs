@@ -21,7 +21,6 @@ impl Env {
     /// the route read it), or a text that is empty or too large.
     pub(super) fn edit_message(
         &mut self,
-        id: u64,
         conv: &mut Conv,
         user: u64,
         seq: u64,
@@ -74,7 +73,7 @@ impl Env {
         // version with the larger edited_at_ms keep the latest.
         target.edited_at_ms = self.now_ms.max(target.edited_at_ms.saturating_add(1));
         let mut batch = Batch::new();
-        batch.put_message(id, seq, target.encode_to_vec());
+        batch.put_message(&target);
         let mut pushed = *target;
         self.rules.media.sign_message(&mut pushed, self.now_ms);
         let frame = reply::push(Body::MessageEdited(pb::MessageEdited {

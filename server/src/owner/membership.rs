@@ -42,7 +42,7 @@ impl Env {
             system: Some(event),
             ..Default::default()
         };
-        let push = self.stage_message(id, &m, batch);
+        let push = self.stage_message(&m, batch);
         (
             a.seq,
             vec![

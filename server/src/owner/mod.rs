@@ -803,7 +803,7 @@ impl Env {
                 return done_or_refused(origin, result);
             }
             OwnerOp::EditMessage { seq, text, target } => {
-                let result = self.edit_message(id, conv, user, seq, text, target);
+                let result = self.edit_message(conv, user, seq, text, target);
                 return done_or_refused(origin, result);
             }
             OwnerOp::React(r) => {
@@ -930,8 +930,6 @@ impl Env {
             message_id: a.message_id.0,
             sent_at_ms: a.sent_at_ms,
         };
-        let mut batch = Batch::new();
-        batch.put_idempotency(id, user, &msg.client_msg_id, &idem);
         let stored = pb::Message {
             conversation_id: id,
             seq: a.seq,
@@ -956,13 +954,21 @@ impl Env {
             mention_ids: mentioned.clone(),
             mention_everyone: msg.mention_everyone,
         };
+        // Sized for both writes (and an outbox entry), so staging them
+        // allocates once; mentions grow it.
+        let mut batch = Batch::with_capacity(
+            Batch::put_bytes(16 + stored.client_msg_id.len(), idem.encoded_len())
+                + Batch::put_bytes(16, stored.encoded_len())
+                + Batch::put_bytes(16, 0),
+        );
+        batch.put_idempotency(id, user, &stored.client_msg_id, &idem);
         for &u in &mentioned {
             batch.put_mention(u, id, a.seq, user);
         }
         if msg.mention_everyone {
             batch.put_mention(0, id, a.seq, user);
         }
-        let push = self.stage_message(id, &stored, &mut batch);
+        let push = self.stage_message(&stored, &mut batch);
         let mut effects = vec![
             Effect::Durable {
                 conversation: ConversationId(id),
@@ -1050,7 +1056,7 @@ impl Env {
         target.media = None;
         target.ciphertext.clear();
         target.deleted = true;
-        batch.put_message(id, seq, target.encode_to_vec());
+        batch.put_message(&target);
         let mut event =
             membership::system_event(pb::system_event::Kind::MessageDeleted, user, Vec::new());
         event.target_seq = seq;
@@ -1060,20 +1066,18 @@ impl Env {
     }
 
     /// Adds the message to `batch` and returns its encoded push.
-    fn stage_message(&self, id: u64, m: &pb::Message, batch: &mut Batch) -> Bytes {
-        let stored = m.encode_to_vec();
+    fn stage_message(&self, m: &pb::Message, batch: &mut Batch) -> Bytes {
+        let stored = batch.put_message(m);
         // A push carries the stored message as it is, unless it has media,
         // whose download URL is signed for the moment of the push.
-        let frame = if m.media.is_none() {
-            reply::message_push(&stored)
+        if m.media.is_none() {
+            reply::message_push(batch.encoded().get(stored).unwrap_or_default())
         } else {
             let mut pushed = m.clone();
             self.rules.media.sign_message(&mut pushed, self.now_ms);
             reply::push(Body::MessagePush(pb::MessagePush {
                 message: Some(pushed),
             }))
-        };
-        batch.put_message(id, m.seq, stored);
-        frame
+        }
     }
 }

@@ -339,10 +339,10 @@ impl Sim {
             for op in p.batch.ops() {
                 match op {
                     Op::Put(ks, k, v) => {
-                        self.store.insert((*ks as u8, k.clone()), v.clone());
+                        self.store.insert((ks as u8, k.to_vec()), v.to_vec());
                     }
                     Op::Delete(ks, k) => {
-                        self.store.remove(&(*ks as u8, k.clone()));
+                        self.store.remove(&(ks as u8, k.to_vec()));
                     }
                 }
             }

@@ -640,8 +640,9 @@ impl Shard {
         match result {
             Ok(_) => {
                 let ack_latency = &self.counters.write_ack;
+                let now = Instant::now();
                 for at in queued_at {
-                    ack_latency.record(at.elapsed().as_secs_f64());
+                    ack_latency.record(now.saturating_duration_since(at).as_secs_f64());
                 }
                 let stored = &self.counters.messages_stored;
                 for effect in effects {
@@ -799,9 +800,9 @@ fn look_up(
 fn merge(entries: Vec<Entry>) -> (Batch, Vec<Effect>, Vec<Instant>) {
     // Sized up front: growing a batch of a thousand writes by doubling
     // costs more in page faults than the writes themselves.
-    let ops = entries.iter().map(|e| e.pending.batch.len()).sum();
+    let bytes = entries.iter().map(|e| e.pending.batch.encoded_len()).sum();
     let nr_effects = entries.iter().map(|e| e.pending.effects.len()).sum();
-    let mut batch = Batch::with_capacity(ops);
+    let mut batch = Batch::with_capacity(bytes);
     let mut effects = Vec::with_capacity(nr_effects);
     let mut queued_at = Vec::with_capacity(entries.len());
     for e in entries {

@@ -235,33 +235,24 @@ impl SegmentIndex {
 }
 
 /// Sorts one commit's operations: message and idempotency puts go to
-/// `index` (the values of messages stay where the record put them, at
-/// `at` + `values[i]` in `segment`), everything else into the returned
-/// batch, for fjall.
-///
-/// `values` holds the offsets of the puts' values, one per put in order
-/// ([`super::log::Log::value_offsets`]).
-pub fn route(
-    ops: impl IntoIterator<Item = Op>,
-    values: &[u32],
+/// `index` (the values of messages stay where the record put them, in
+/// `segment` at `at` plus the offset each operation comes with, as
+/// [`super::log::Log::last_ops`] gives them), everything else into the
+/// returned batch, for fjall.
+pub fn route<'a>(
+    ops: impl IntoIterator<Item = (Op<'a>, usize)>,
     segment: u64,
     at: u64,
     index: &mut SegmentIndex,
 ) -> Batch {
     let mut rest = Batch::new();
-    let mut puts = values.iter();
-    for op in ops {
-        let value_at = match &op {
-            Op::Put(..) => puts.next().copied(),
-            Op::Delete(..) => None,
-        };
+    for (op, value_at) in ops {
         match op {
             Op::Put(Ks::Messages, key, value) => {
-                let key: Option<[u8; 16]> = key.as_slice().try_into().ok();
-                if let (Some(key), Some(offset)) = (key, value_at) {
+                if let Ok(key) = <[u8; 16]>::try_from(key) {
                     let loc = Loc {
                         segment,
-                        offset: at + u64::from(offset),
+                        offset: at + value_at as u64,
                         len: value.len() as u32,
                     };
                     index.messages.insert(key, loc);
@@ -271,15 +262,16 @@ pub fn route(
                 // The log keeps the full key; the index its digest form. A
                 // put that is not a well-formed key and record (none the
                 // server writes) goes to fjall as it is.
-                let record = IdempotencyRecord::decode(value.as_slice());
-                match (keys::idempotency_indexed(&key), record) {
+                let record = IdempotencyRecord::decode(value);
+                match (keys::idempotency_indexed(key), record) {
                     (Some(indexed), Ok(record)) => {
                         index.idempotency.insert(indexed, record);
                     }
-                    _ => rest.ops.push(Op::Put(Ks::Idempotency, key, value)),
+                    _ => rest.put(Ks::Idempotency, key, value),
                 }
             }
-            other => rest.ops.push(other),
+            Op::Put(ks, key, value) => rest.put(ks, key, value),
+            Op::Delete(ks, key) => rest.delete(ks, key),
         }
     }
     rest
@@ -330,8 +322,14 @@ impl Recent {
     /// sealed entries, for their ingestion.
     pub fn seal(&self, next: u64) -> Arc<SegmentIndex> {
         let mut inner = self.inner.write();
-        let (segment, index) =
-            std::mem::replace(&mut inner.current, (next, SegmentIndex::default()));
+        // The next segment is likely to hold as many idempotency keys: room
+        // for them up front instead of rehashing the table as it grows.
+        let keys = inner.current.1.idempotency.len();
+        let fresh = SegmentIndex {
+            messages: BTreeMap::new(),
+            idempotency: HashMap::with_capacity(keys),
+        };
+        let (segment, index) = std::mem::replace(&mut inner.current, (next, fresh));
         let index = Arc::new(index);
         inner.sealed.push((segment, index.clone()));
         index
@@ -504,7 +502,7 @@ mod tests {
     fn messages_and_idempotency_keys_go_to_the_index() {
         let mut b = Batch::new();
         b.put(Ks::Users, vec![1], vec![2]);
-        b.put(Ks::Messages, keys::message(5, 1).to_vec(), vec![9; 10]);
+        b.put(Ks::Messages, keys::message(5, 1), vec![9; 10]);
         let idem = IdempotencyRecord {
             seq: 1,
             message_id: 2,
@@ -519,7 +517,9 @@ mod tests {
         b.put(Ks::Idempotency, vec![3], vec![4]);
         b.delete(Ks::Users, vec![1]);
         let mut index = SegmentIndex::default();
-        let rest = route(b.ops, &[20, 40, 60, 80, 100], 3, 1000, &mut index);
+        // Each operation with the offset of its value in a record.
+        let ops = b.ops().zip([20, 40, 60, 80, 100]);
+        let rest = route(ops, 3, 1000, &mut index);
         assert_eq!(rest.len(), 3);
         assert_eq!(
             index.messages.get(&keys::message(5, 1)),

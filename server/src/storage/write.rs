@@ -5,7 +5,7 @@
 //! Reads are [`Store`](super::Store)'s methods; the layout of each keyspace
 //! is in the `storage` module's docs and `keys`.
 
-use prost::Message;
+use chat_protocol::pb;
 
 use super::writer::Batch;
 use super::{Ks, keys};
@@ -17,7 +17,7 @@ use crate::records::{
 impl Batch {
     /// A user's account record.
     pub fn put_user(&mut self, user: u64, record: &UserRecord) {
-        self.put(Ks::Users, keys::id(user), record.encode_to_vec());
+        self.put_encoded(Ks::Users, keys::id(user), record);
     }
 
     /// The index from a username to its user.
@@ -28,7 +28,7 @@ impl Batch {
     /// A session token (by its hash) and the user's index entry for it,
     /// with no push registration yet.
     pub fn put_token(&mut self, hash: &[u8], record: &TokenRecord) {
-        self.put(Ks::Tokens, hash, record.encode_to_vec());
+        self.put_encoded(Ks::Tokens, hash, record);
         self.set_push_registration(record.user_id, hash, None);
     }
 
@@ -47,13 +47,18 @@ impl Batch {
         hash: &[u8],
         registration: Option<&PushRegistration>,
     ) {
-        let value = registration.map(Message::encode_to_vec).unwrap_or_default();
-        self.put(Ks::UserTokens, token_index(user, hash), value);
+        let key = token_index(user, hash);
+        match registration {
+            Some(registration) => {
+                self.put_encoded(Ks::UserTokens, key, registration);
+            }
+            None => self.put(Ks::UserTokens, key, []),
+        }
     }
 
     /// A conversation's record.
     pub fn put_conversation(&mut self, id: u64, record: &ConversationRecord) {
-        self.put(Ks::Conversations, keys::id(id), record.encode_to_vec());
+        self.put_encoded(Ks::Conversations, keys::id(id), record);
     }
 
     /// The unique direct conversation of `a` and `b`.
@@ -68,20 +73,16 @@ impl Batch {
         let listed = UserConversationRecord {
             joined_seq: member.joined_seq,
         };
-        self.put(
+        self.put_encoded(
             Ks::UserConversations,
             keys::pair(user, conversation),
-            listed.encode_to_vec(),
+            &listed,
         );
     }
 
     /// A member's changed role or receipt cursors.
     pub fn put_member(&mut self, conversation: u64, user: u64, member: &MemberRecord) {
-        self.put(
-            Ks::Members,
-            keys::pair(conversation, user),
-            member.encode_to_vec(),
-        );
+        self.put_encoded(Ks::Members, keys::pair(conversation, user), member);
     }
 
     /// A member leaves: both sides of [`add_member`](Self::add_member).
@@ -90,9 +91,11 @@ impl Batch {
         self.delete(Ks::UserConversations, keys::pair(user, conversation));
     }
 
-    /// A message, already encoded (the push reuses the encoding).
-    pub fn put_message(&mut self, conversation: u64, seq: u64, encoded: Vec<u8>) {
-        self.put(Ks::Messages, keys::message(conversation, seq), encoded);
+    /// A message, encoded into the batch. Returns the encoding's place in
+    /// [`Batch::encoded`], for a push that reuses it.
+    pub fn put_message(&mut self, message: &pb::Message) -> std::ops::Range<usize> {
+        let key = keys::message(message.conversation_id, message.seq);
+        self.put_encoded(Ks::Messages, key, message)
     }
 
     /// Message `seq` by `sender` mentions `user` (0: everyone).
@@ -126,11 +129,7 @@ impl Batch {
 
     /// `user` is banned from `conversation`.
     pub fn put_ban(&mut self, conversation: u64, user: u64, record: &BanRecord) {
-        self.put(
-            Ks::Bans,
-            keys::pair(conversation, user),
-            record.encode_to_vec(),
-        );
+        self.put_encoded(Ks::Bans, keys::pair(conversation, user), record);
     }
 
     /// `user`'s ban from `conversation` is lifted.
@@ -154,7 +153,7 @@ impl Batch {
         if counts.counts.is_empty() {
             self.delete(Ks::Reactions, key);
         } else {
-            self.put(Ks::Reactions, key, counts.encode_to_vec());
+            self.put_encoded(Ks::Reactions, key, counts);
         }
     }
 
@@ -170,7 +169,7 @@ impl Batch {
         if mine.emoji.is_empty() {
             self.delete(Ks::Reactors, key);
         } else {
-            self.put(Ks::Reactors, key, mine.encode_to_vec());
+            self.put_encoded(Ks::Reactors, key, mine);
         }
     }
 
@@ -182,11 +181,12 @@ impl Batch {
         client_msg_id: &str,
         record: &IdempotencyRecord,
     ) {
-        self.put(
-            Ks::Idempotency,
-            keys::idempotency(conversation, sender, client_msg_id),
-            record.encode_to_vec(),
-        );
+        // The key of `keys::idempotency`, written in place.
+        let key = [
+            &keys::pair(conversation, sender)[..],
+            client_msg_id.as_bytes(),
+        ];
+        self.put_encoded_parts(Ks::Idempotency, &key, record);
     }
 
     /// When `user` was last online, in Unix milliseconds.
@@ -197,7 +197,7 @@ impl Batch {
     /// A push notification of message `seq` of `conversation` not yet
     /// handed to the gateway.
     pub fn put_outbox(&mut self, conversation: u64, seq: u64) {
-        self.put(Ks::PushOutbox, keys::pair(conversation, seq), Vec::new());
+        self.put(Ks::PushOutbox, keys::pair(conversation, seq), []);
     }
 
     /// A push notification handed to the gateway (or given up), by its key.

@@ -18,7 +18,8 @@
 //! memtables hold more than [`super::WRITE_BUFFER_LIMIT`] bytes (see
 //! [`hold_back`]): that is what bounds the store's memory when its
 //! background workers fall behind. When a log segment is sealed, the apply
-//! thread persists fjall (one sync of its journal) and deletes the segment.
+//! thread ingests the segment's index into fjall, persists fjall (one sync
+//! of its journal) and marks the segment indexed ([`super::segments`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -45,19 +46,32 @@ pub const MAX_UNAPPLIED_BYTES: u64 = 32 << 20;
 const APPLY_QUEUE: usize = 4096;
 
 /// Writes that become durable together or not at all.
-#[derive(Debug, Default)]
+///
+/// A batch is one buffer holding its writes in the commit log's operation
+/// format ([`super::log`]): a kind (1 put, 2 delete), the keyspace code, the
+/// key's length (4 bytes, little-endian) and the key, then for a put the
+/// value's length and the value. Staging a write copies its key and value
+/// once, with no allocation of its own; merging batches appends buffers;
+/// the storage writer copies a commit's buffers into the log's record as
+/// they are, and the record's body is the commit number followed by them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
-    pub(super) ops: Vec<Op>,
+    buf: Vec<u8>,
+    ops: usize,
 }
 
-/// One write of a [`Batch`].
-#[derive(Debug)]
-pub enum Op {
+/// One write of a [`Batch`], borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op<'a> {
     /// Sets a key.
-    Put(Ks, Vec<u8>, Vec<u8>),
+    Put(Ks, &'a [u8], &'a [u8]),
     /// Removes a key.
-    Delete(Ks, Vec<u8>),
+    Delete(Ks, &'a [u8]),
 }
+
+/// Operation kinds, as the log stores them.
+pub(super) const PUT: u8 = 1;
+pub(super) const DELETE: u8 = 2;
 
 impl Batch {
     /// An empty batch.
@@ -65,52 +79,219 @@ impl Batch {
         Self::default()
     }
 
+    /// An empty batch with room for `bytes` of encoded writes
+    /// ([`Batch::encoded_len`]).
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+            ops: 0,
+        }
+    }
+
+    /// Bytes a put of a `key` and `value` of these lengths takes in a
+    /// batch, for sizing one up front.
+    pub const fn put_bytes(key: usize, value: usize) -> usize {
+        Self::delete_bytes(key) + 4 + value
+    }
+
+    /// Bytes a deletion of a key of this length takes in a batch.
+    pub const fn delete_bytes(key: usize) -> usize {
+        2 + 4 + key
+    }
+
+    /// An operation's kind, keyspace and key, the key given in parts.
+    fn head(&mut self, kind: u8, ks: Ks, key: &[&[u8]]) {
+        let len = key.iter().map(|part| part.len()).sum();
+        self.buf.push(kind);
+        self.buf.push(ks.code());
+        self.buf.extend_from_slice(&len32(len).to_le_bytes());
+        for part in key {
+            self.buf.extend_from_slice(part);
+        }
+        self.ops += 1;
+    }
+
     /// Sets `key` to `value` in `ks`.
-    pub fn put(&mut self, ks: Ks, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push(Op::Put(ks, key.into(), value.into()));
+    pub fn put(&mut self, ks: Ks, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.buf.reserve(Self::put_bytes(key.len(), value.len()));
+        self.head(PUT, ks, &[key]);
+        self.buf
+            .extend_from_slice(&len32(value.len()).to_le_bytes());
+        self.buf.extend_from_slice(value);
+    }
+
+    /// Sets `key` to the encoding of `record` in `ks`, encoded straight
+    /// into the batch. Returns the value's place in [`Batch::encoded`].
+    pub fn put_encoded(
+        &mut self,
+        ks: Ks,
+        key: impl AsRef<[u8]>,
+        record: &impl prost::Message,
+    ) -> std::ops::Range<usize> {
+        self.put_encoded_parts(ks, &[key.as_ref()], record)
+    }
+
+    /// [`Batch::put_encoded`] with the key given in parts, concatenated.
+    pub fn put_encoded_parts(
+        &mut self,
+        ks: Ks,
+        key: &[&[u8]],
+        record: &impl prost::Message,
+    ) -> std::ops::Range<usize> {
+        let key_len = key.iter().map(|part| part.len()).sum();
+        let len = record.encoded_len();
+        self.buf.reserve(Self::put_bytes(key_len, len));
+        self.head(PUT, ks, key);
+        self.buf.extend_from_slice(&len32(len).to_le_bytes());
+        let start = self.buf.len();
+        record.encode_raw(&mut self.buf);
+        start..self.buf.len()
     }
 
     /// Removes `key` from `ks`.
-    pub fn delete(&mut self, ks: Ks, key: impl Into<Vec<u8>>) {
-        self.ops.push(Op::Delete(ks, key.into()));
-    }
-
-    /// An empty batch with room for `ops` writes.
-    pub fn with_capacity(ops: usize) -> Self {
-        Self {
-            ops: Vec::with_capacity(ops),
-        }
+    pub fn delete(&mut self, ks: Ks, key: impl AsRef<[u8]>) {
+        self.head(DELETE, ks, &[key.as_ref()]);
     }
 
     /// Number of writes.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops
     }
 
     /// Whether the batch holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops == 0
     }
 
     /// Appends another batch's writes.
     pub fn extend(&mut self, other: Batch) {
-        self.ops.extend(other.ops);
+        if self.is_empty() && self.buf.capacity() < other.buf.len() {
+            *self = other;
+            return;
+        }
+        self.buf.extend_from_slice(&other.buf);
+        self.ops += other.ops;
     }
 
     /// The writes, in order.
-    pub fn ops(&self) -> &[Op] {
-        &self.ops
+    pub fn ops(&self) -> Ops<'_> {
+        Ops {
+            buf: &self.buf,
+            at: 0,
+        }
     }
 
-    /// Bytes of keys and values.
+    /// The writes in the log's operation format.
+    pub fn encoded(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes of [`Batch::encoded`].
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The batch whose writes are `encoded`, in the log's operation format,
+    /// checked whole. `Err` says what is wrong.
+    pub fn decode(encoded: &[u8]) -> std::result::Result<Self, String> {
+        let mut ops = 0;
+        let mut at = 0;
+        while at < encoded.len() {
+            match parse(encoded, at) {
+                Ok(Some((_, _, next))) => at = next,
+                Ok(None) => break,
+                Err(e) => return Err(format!("operation {ops} at byte {at}: {e}")),
+            }
+            ops += 1;
+        }
+        Ok(Self {
+            buf: encoded.to_vec(),
+            ops,
+        })
+    }
+
+    /// Bytes of keys and values (with their framing), for bounding what
+    /// waits for the apply thread.
     fn bytes(&self) -> u64 {
-        self.ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(_, k, v) => k.len() + v.len(),
-                Op::Delete(_, k) => k.len(),
-            } as u64)
-            .sum()
+        self.buf.len() as u64
+    }
+}
+
+/// A length as the log stores it. Keys and values are far below 4 GiB: a
+/// frame is at most a few MiB.
+fn len32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// The operations in `encoded`, in the log's operation format (a batch's
+/// or a record's after its commit number), up to the first that is not
+/// whole.
+pub(super) fn ops_in(encoded: &[u8]) -> Ops<'_> {
+    Ops {
+        buf: encoded,
+        at: 0,
+    }
+}
+
+/// The writes of a [`Batch`], in order; with [`Ops::with_values`], each
+/// with the offset of its value in the batch's buffer.
+#[derive(Debug, Clone)]
+pub struct Ops<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Ops<'a> {
+    /// Each write with the offset of its value (of a put; 0 for a delete)
+    /// from the start of [`Batch::encoded`].
+    pub fn with_values(self) -> impl Iterator<Item = (Op<'a>, usize)> {
+        let Ops { buf, mut at } = self;
+        std::iter::from_fn(move || {
+            let (op, value, next) = parse(buf, at).ok().flatten()?;
+            at = next;
+            Some((op, value))
+        })
+    }
+}
+
+impl<'a> Iterator for Ops<'a> {
+    type Item = Op<'a>;
+
+    fn next(&mut self) -> Option<Op<'a>> {
+        let (op, _, next) = parse(self.buf, self.at).ok().flatten()?;
+        self.at = next;
+        Some(op)
+    }
+}
+
+/// The operation at `at` in `buf`: the operation, the offset of its value
+/// (0 for a delete) and the offset after it; `None` at the end of `buf`,
+/// `Err` where the bytes are not an operation.
+type Parsed<'a> = Option<(Op<'a>, usize, usize)>;
+
+fn parse(buf: &[u8], at: usize) -> std::result::Result<Parsed<'_>, &'static str> {
+    fn sized(buf: &[u8], at: usize) -> Option<(&[u8], usize, usize)> {
+        let len = buf.get(at..at.checked_add(4)?)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let start = at + 4;
+        let end = start.checked_add(len)?;
+        Some((buf.get(start..end)?, start, end))
+    }
+    let (kind, ks) = match buf.get(at..).unwrap_or_default() {
+        [] => return Ok(None),
+        [kind, ks, ..] => (*kind, *ks),
+        _ => return Err("truncated operation"),
+    };
+    let ks = Ks::from_code(ks).ok_or("unknown keyspace")?;
+    let (key, _, after_key) = sized(buf, at + 2).ok_or("truncated key")?;
+    match kind {
+        PUT => {
+            let (value, start, end) = sized(buf, after_key).ok_or("truncated value")?;
+            Ok(Some((Op::Put(ks, key, value), start, end)))
+        }
+        DELETE => Ok(Some((Op::Delete(ks, key), 0, after_key))),
+        _ => Err("unknown operation"),
     }
 }
 
@@ -395,10 +576,10 @@ fn run(
         let result = if failed {
             Err(StorageError::WriterStopped)
         } else {
-            log.append(jobs.iter().flat_map(|j| j.batch.ops.iter()), sync)
+            log.append(jobs.iter().map(|j| &j.batch), sync)
                 .map_err(StorageError::Log)
         };
-        let ops: usize = jobs.iter().map(|j| j.batch.ops.len()).sum();
+        let ops: usize = jobs.iter().map(|j| j.batch.len()).sum();
         metrics::histogram!("chatd_storage_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("chatd_storage_batch_jobs").record(jobs.len() as f64);
         metrics::histogram!("chatd_storage_batch_ops").record(ops as f64);
@@ -419,12 +600,8 @@ fn run(
                 }
                 // Messages and idempotency keys go to the segment's index
                 // before anything is acknowledged; the rest to fjall.
-                let values = log.value_offsets();
-                let ops = jobs
-                    .iter_mut()
-                    .flat_map(|j| std::mem::take(&mut j.batch.ops));
                 let rest = recent.add(appended.segment, |index| {
-                    segments::route(ops, values, appended.segment, appended.at, index)
+                    segments::route(log.last_ops(), appended.segment, appended.at, index)
                 });
                 progress.committed(commit);
                 for Job { done, .. } in jobs.drain(..) {
@@ -639,10 +816,61 @@ mod tests {
 
     use super::super::{Store, WRITE_BUFFER_HARD_LIMIT, WRITE_BUFFER_LIMIT, keys};
     use super::{
-        Batch, FlushProgress, Ks, MAX_UNAPPLIED_BYTES, Progress, SegmentIndex, Stall, Writer,
+        Batch, FlushProgress, Ks, MAX_UNAPPLIED_BYTES, Op, Progress, SegmentIndex, Stall, Writer,
         segments, stall,
     };
     use crate::config::Durability;
+    use crate::records::IdempotencyRecord;
+
+    #[test]
+    fn a_batch_reads_back_its_writes_in_order() {
+        let record = IdempotencyRecord {
+            seq: 7,
+            message_id: 8,
+            sent_at_ms: 9,
+        };
+        let mut b = Batch::with_capacity(Batch::put_bytes(2, 3) + Batch::delete_bytes(1));
+        b.put(Ks::Users, b"ab", b"xyz");
+        b.delete(Ks::Tokens, [5]);
+        let at = b.put_encoded_parts(Ks::Idempotency, &[b"k", b"ey"], &record);
+        assert_eq!(b.len(), 3);
+        let encoded = record.encode_to_vec();
+        assert_eq!(b.encoded().get(at), Some(&encoded[..]));
+        let expected = [
+            Op::Put(Ks::Users, b"ab", b"xyz"),
+            Op::Delete(Ks::Tokens, &[5]),
+            Op::Put(Ks::Idempotency, b"key", &encoded),
+        ];
+        assert_eq!(b.ops().collect::<Vec<_>>(), expected);
+        // Offsets of the values, for the log's index of a record.
+        let values: Vec<usize> = b.ops().with_values().map(|(_, at)| at).collect();
+        assert_eq!(&b.encoded()[values[0]..values[0] + 3], b"xyz");
+        assert_eq!(values[1], 0, "a deletion has no value");
+        // The log's operation format, decoded back whole.
+        assert_eq!(Batch::decode(b.encoded()), Ok(b.clone()));
+        let mut merged = Batch::new();
+        merged.extend(b.clone());
+        merged.extend(b.clone());
+        assert_eq!(merged.len(), 6);
+        assert_eq!(merged.ops().skip(3).collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn malformed_operations_do_not_decode() {
+        let mut b = Batch::new();
+        b.put(Ks::Users, b"ab", b"xyz");
+        let whole = b.encoded().to_vec();
+        for cut in 1..whole.len() {
+            assert!(Batch::decode(&whole[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut unknown = whole.clone();
+        unknown[0] = 9;
+        assert!(Batch::decode(&unknown).is_err(), "unknown operation");
+        let mut keyspace = whole;
+        keyspace[1] = 200;
+        assert!(Batch::decode(&keyspace).is_err(), "unknown keyspace");
+        assert_eq!(Batch::decode(&[]), Ok(Batch::new()));
+    }
 
     /// Runs `wait` on another thread; returns whether it finished within
     /// 50 ms after `release` ran (and not before).
@@ -751,7 +979,7 @@ mod tests {
             let mut b = Batch::new();
             b.put(
                 Ks::Messages,
-                keys::message(1, seq).to_vec(),
+                keys::message(1, seq),
                 message(seq).encode_to_vec(),
             );
             writer.write_blocking(b).expect("acknowledged")
@@ -832,7 +1060,7 @@ mod tests {
             let mut b = Batch::new();
             b.put(
                 Ks::Messages,
-                keys::message(conversation, seq).to_vec(),
+                keys::message(conversation, seq),
                 m.encode_to_vec(),
             );
             writer.write_blocking(b).expect("acknowledged");
@@ -929,15 +1157,10 @@ mod tests {
             .max()
             .expect("a segment");
         crate::storage::log::replay(&log_dir, 0, |event| {
-            if let crate::storage::log::Replay::Record {
-                segment,
-                at,
-                batch,
-                values,
-            } = event
-            {
+            if let crate::storage::log::Replay::Record { segment, at, batch } = event {
                 if segment == newest {
-                    segments::route(batch.ops, &values, segment, at, &mut index);
+                    let ops = crate::storage::log::in_record(&batch);
+                    segments::route(ops, segment, at, &mut index);
                 }
             }
             Ok(())
