@@ -161,6 +161,38 @@ pub(crate) fn erase(
     Ok(media)
 }
 
+/// Disables (or enables) account `user`: a disabled account's logins are
+/// refused with ACCOUNT_DISABLED, and disabling revokes every token with
+/// its push registration (its sessions are closed by the caller, if a
+/// server runs). The record is written first: a login that checked it
+/// before then withdraws its token (`Accounts::login`). Returns how many
+/// tokens were revoked; none for a deleted account (a tombstone stays one).
+pub(crate) fn set_disabled(
+    store: &Store,
+    writer: &Writer,
+    user: u64,
+    disabled: bool,
+) -> Result<usize, StorageError> {
+    let Some(mut record) = store.user(user)?.filter(|r| !r.deleted) else {
+        return Ok(0);
+    };
+    if record.disabled != disabled {
+        record.disabled = disabled;
+        let mut batch = Batch::new();
+        batch.put_user(user, &record);
+        writer.write_blocking(batch)?;
+    }
+    if !disabled {
+        return Ok(0);
+    }
+    let mut batch = Batch::new();
+    let revoked = revoke_all(store, user, None, &mut batch)?;
+    if !batch.is_empty() {
+        writer.write_blocking(batch)?;
+    }
+    Ok(revoked)
+}
+
 /// The accounts handle: what registration, login, tokens and profiles
 /// need (the store, the writer, the user id allocator, the clock, the
 /// password and token settings) and nothing else; cheap to clone into a
@@ -324,12 +356,22 @@ impl Accounts {
         // A password change that stored its hash after the check above may
         // have listed the user's tokens before this one was written: the token
         // is withdrawn, as the change would have revoked it.
-        let current = self.store.user(user)?.map(|r| r.password_hash);
-        if current.as_deref() != Some(record.password_hash.as_str()) {
+        // Likewise a disabling or a deletion stored meanwhile.
+        let current = self.store.user(user)?;
+        let changed = current
+            .as_ref()
+            .is_none_or(|r| r.password_hash != record.password_hash || r.disabled || r.deleted);
+        if changed {
             let mut batch = Batch::new();
             revoke(&mut batch, user, token_hash(&token).to_vec());
             self.writer.write_blocking(batch)?;
-            return Err(refused());
+            return Err(match current {
+                Some(r) if r.disabled && !r.deleted => Refusal::new(
+                    ErrorCode::AccountDisabled,
+                    "the operator disabled this account",
+                ),
+                _ => refused(),
+            });
         }
         Ok(pb::AuthOk {
             user_id: user,
@@ -472,6 +514,29 @@ impl Accounts {
             ));
         }
         Ok(erase(&self.store, &self.writer, user)?)
+    }
+
+    /// The id of the account named `username`; NOT_FOUND for none or a
+    /// deleted one.
+    pub fn user_id(&self, username: &str) -> Result<u64, Refusal> {
+        let no_user = || Refusal::new(ErrorCode::NotFound, "no such user");
+        let id = if valid_username(username) {
+            self.store.user_id_by_name(username)?
+        } else {
+            None
+        };
+        let id = id.ok_or_else(no_user)?;
+        match self.store.user(id)? {
+            Some(r) if !r.deleted => Ok(id),
+            _ => Err(no_user()),
+        }
+    }
+
+    /// Disables or enables `user` ([`set_disabled`]); a read-modify-write
+    /// of the user record: run only at the home of
+    /// [`Key::User`](crate::home::Key), in its lane.
+    pub fn set_disabled(&self, user: u64, disabled: bool) -> Result<usize, Refusal> {
+        Ok(set_disabled(&self.store, &self.writer, user, disabled)?)
     }
 
     /// A user's public profile, by id or username.

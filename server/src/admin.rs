@@ -125,17 +125,10 @@ pub fn set_disabled(config: &Config, username: &str, disabled: bool) -> Result<u
     with_store(config, |store, writer| {
         let no_user = || AdminError::Refused(format!("no user named {username:?}"));
         let user = store.user_id_by_name(username)?.ok_or_else(no_user)?;
-        let mut record = store.user(user)?.ok_or_else(no_user)?;
-        record.disabled = disabled;
-        let mut batch = Batch::new();
-        batch.put_user(user, &record);
-        let revoked = if disabled {
-            accounts::revoke_all(store, user, None, &mut batch)?
-        } else {
-            0
-        };
-        writer.write_blocking(batch)?;
-        Ok(revoked)
+        if store.user(user)?.is_none_or(|r| r.deleted) {
+            return Err(no_user());
+        }
+        Ok(accounts::set_disabled(store, writer, user, disabled)?)
     })
 }
 

@@ -75,9 +75,11 @@ enum Command {
     /// Lists the conversations of a stopped server's data, one a line: id,
     /// kind, members, last seq and title, separated by tabs.
     ListConversations,
-    /// Disables an account on a stopped server's data: its session tokens
-    /// are revoked and its logins refused (ACCOUNT_DISABLED) from the
-    /// server's next start.
+    /// Disables an account: its logins are refused (ACCOUNT_DISABLED) and
+    /// its session tokens revoked. A server running on this data_dir does
+    /// it through its control socket and closes the account's sessions at
+    /// once (on every node); otherwise it is done on the stopped server's
+    /// data.
     DisableUser {
         /// The user's username.
         username: String,
@@ -89,7 +91,8 @@ enum Command {
         /// The user's username.
         username: String,
     },
-    /// Enables an account disabled with `disable-user`.
+    /// Enables an account disabled with `disable-user`, on the running
+    /// server or on a stopped server's data, like `disable-user`.
     EnableUser {
         /// The user's username.
         username: String,
@@ -147,6 +150,37 @@ fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// `disable-user` / `enable-user`: through the control socket of a server
+/// running on the data_dir, or else on the stopped server's data. Returns
+/// how many session tokens were revoked.
+fn set_disabled(config: &Config, username: &str, disabled: bool) -> anyhow::Result<usize> {
+    let command = if disabled {
+        "disable-user"
+    } else {
+        "enable-user"
+    };
+    if username.contains(char::is_whitespace) {
+        anyhow::bail!("no user named {username:?}");
+    }
+    match chatd::control::request(&config.data_dir, &format!("{command} {username}")) {
+        Ok(answer) => Ok(answer
+            .split(' ')
+            .find_map(|field| field.strip_prefix("tokens_revoked="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)),
+        // No server listens: its data is changed directly.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(chatd::admin::set_disabled(config, username, disabled)?)
+        }
+        Err(e) => Err(anyhow::anyhow!("the running server answered: {e}")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -245,7 +279,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::DisableUser { username }) => {
-            let revoked = chatd::admin::set_disabled(&config, username, true)
+            let revoked = set_disabled(&config, username, true)
                 .with_context(|| format!("disabling {username:?}"))?;
             println!("{username:?} disabled; {revoked} session token(s) revoked");
             return Ok(());
@@ -257,7 +291,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::EnableUser { username }) => {
-            chatd::admin::set_disabled(&config, username, false)
+            set_disabled(&config, username, false)
                 .with_context(|| format!("enabling {username:?}"))?;
             println!("{username:?} enabled");
             return Ok(());

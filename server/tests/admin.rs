@@ -1,10 +1,11 @@
-//! Operator commands on a stopped server's data. `chatd set-password`
-//! sets a user's password, and every token of the user is revoked; it
+//! Operator commands. `chatd set-password` sets a user's password on a
+//! stopped server's data, and every token of the user is revoked; it
 //! refuses a running server, unknown users and passwords Register would
-//! refuse. `list-users` and `list-conversations` list them; `disable-user`
-//! revokes an account's tokens and has its logins refused from the next
-//! start, `enable-user` undoes it; `delete-user` erases an account as
-//! DeleteAccount does.
+//! refuse. `list-users` and `list-conversations` list a stopped server's
+//! data; `disable-user` revokes an account's tokens and has its logins
+//! refused (on a running server, through its control socket, its sessions
+//! also end at once), `enable-user` undoes it; `delete-user` erases an
+//! account as DeleteAccount does.
 
 mod common;
 
@@ -92,8 +93,64 @@ async fn operators_list_users_and_conversations_and_disable_accounts() {
     let token = alice.token.clone();
     drop((alice, bob));
 
-    let out = chatd.command(&["disable-user", "alice"], "");
-    assert!(!out.status.success(), "refused while the server runs");
+    // Through the running server's control socket: carol's session ends at
+    // once, her token is revoked, her logins are refused; enabled, she logs
+    // in again.
+    let mut carol = Raw::register(chatd.addr, "carol").await;
+    let carol_token = carol.token.clone();
+    let out = chatd.command(&["disable-user", "nobody"], "");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such user"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = chatd.command(&["disable-user", "carol"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("1 session token(s) revoked"), "{said}");
+    let mut told = false;
+    while let Some(frame) = carol.read_frame().await {
+        if let Some(S::Error(e)) = frame.body {
+            told |= e.code == ErrorCode::AccountDisabled as i32;
+        }
+    }
+    assert!(told, "the session is told why it ends");
+    let addr = chatd.addr;
+    let carol_login = move |password: &'static str| async move {
+        Raw::connect(addr)
+            .await
+            .request(C::Login(pb::Login {
+                username: "carol".into(),
+                password: password.into(),
+                device: None,
+            }))
+            .await
+    };
+    assert_eq!(
+        error_code(&carol_login("password123").await),
+        ErrorCode::AccountDisabled
+    );
+    let resumed = Raw::connect(chatd.addr)
+        .await
+        .request(C::Resume(pb::Resume {
+            session_token: carol_token,
+            device: None,
+            cursors: vec![],
+        }))
+        .await;
+    assert_eq!(error_code(&resumed), ErrorCode::TokenInvalid);
+    let out = chatd.command(&["enable-user", "carol"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(matches!(carol_login("password123").await, S::AuthOk(_)));
     chatd.kill();
 
     let out = chatd.command(&["list-users"], "");
@@ -105,7 +162,7 @@ async fn operators_list_users_and_conversations_and_disable_accounts() {
     );
     let lines: Vec<&str> = users.lines().collect();
     assert_eq!(lines[0], "id\tusername\tdisplay_name\tcreated_at_ms\tstate");
-    assert_eq!(lines.len(), 3, "{users}");
+    assert_eq!(lines.len(), 4, "{users}");
     assert!(
         lines[1].contains("\talice\t") && lines[1].ends_with("\tactive"),
         "{users}"

@@ -14,6 +14,7 @@ use crate::home::Key;
 use crate::presence::PresenceOp;
 use crate::reply::{self, Refusal};
 use crate::shard::Shard;
+use crate::shard_msg::{OperatorJob, OperatorOp};
 
 /// GetProfile.
 pub(crate) fn profile(conn: &Rc<Conn>, req: Request, p: pb::GetProfile) {
@@ -151,4 +152,46 @@ pub(crate) fn register_push_token(
             .register_push_token(user, &token, &p)
             .map(|()| S::Done(pb::Done {}))
     });
+}
+
+/// Runs a control-socket command ([`crate::control`]) on this shard and
+/// sends its answer back to the control thread.
+pub(crate) fn operator(shard: &Rc<Shard>, job: OperatorJob) {
+    let shard = shard.clone();
+    tokio::task::spawn_local(async move {
+        let answer = match job.op {
+            OperatorOp::SetDisabled { username, disabled } => {
+                set_disabled(&shard, username, disabled).await
+            }
+        };
+        let _ = job.answer.send(answer.map_err(|r| r.message));
+    });
+}
+
+/// `disable-user` / `enable-user` on a running server: the record changed
+/// at its home; on disabling, every session of the account ends with
+/// ACCOUNT_DISABLED, on every shard and (cluster mode) node.
+async fn set_disabled(
+    shard: &Rc<Shard>,
+    username: String,
+    disabled: bool,
+) -> Result<String, Refusal> {
+    let user = blocking(&shard.shared.accounts, move |a| a.user_id(&username)).await?;
+    let revoked = at_home(
+        shard,
+        &Key::User(UserId(user)),
+        true,
+        &shard.shared.accounts,
+        move |a| a.set_disabled(user, disabled),
+    )
+    .await?;
+    if disabled {
+        let frame = reply::error(
+            0,
+            ErrorCode::AccountDisabled,
+            "the operator disabled this account",
+        );
+        shard.end_user(user, frame, None).await;
+    }
+    Ok(format!("user={user} tokens_revoked={revoked}"))
 }

@@ -527,6 +527,7 @@ impl Shard {
                 self.sessions.borrow().close_user(user, &frame, None);
             }
             ShardMsg::Unwatch(a, b) => self.unwatch_here(a, b),
+            ShardMsg::Operator(job) => crate::routes::account::operator(self, job),
         }
     }
 
