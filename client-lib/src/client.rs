@@ -261,6 +261,35 @@ impl Client {
         .await
     }
 
+    /// Bans a user from a group or channel (owners and admins): a member is
+    /// removed with a MEMBER_BANNED system message, and the user cannot be
+    /// added again or subscribe (`BANNED`) until unbanned. The reply's
+    /// `banned_ids` lists the bans.
+    pub async fn ban_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<pb::Conversation> {
+        self.conversation(C::BanMember(pb::BanMember {
+            conversation_id: conversation.0,
+            user_id: user.0,
+        }))
+        .await
+    }
+
+    /// Lifts a ban (owners and admins).
+    pub async fn unban_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<pb::Conversation> {
+        self.conversation(C::UnbanMember(pb::UnbanMember {
+            conversation_id: conversation.0,
+            user_id: user.0,
+        }))
+        .await
+    }
+
     /// Leaves a group or channel. The conversation's cursor is kept until a
     /// Sync reports it removed ([`Event::ConversationRemoved`](crate::Event::ConversationRemoved)),
     /// so the user's own `MEMBER_LEFT` message is still delivered.
@@ -494,6 +523,69 @@ impl Client {
         }
     }
 
+    /// Deletes the user's account after re-entering its `password`: every
+    /// token is revoked and every session ends (this client's too, which
+    /// then stops: [`Event::Disconnected`] is its last event), the profile
+    /// is erased (the username stays taken), push registrations and
+    /// uploaded media are removed; messages stay, shown as from a deleted
+    /// user. A wrong password is `INVALID_CREDENTIALS` and changes nothing.
+    ///
+    /// [`Event::Disconnected`]: crate::Event::Disconnected
+    pub async fn delete_account(&self, password: &str) -> Result<()> {
+        self.call(C::DeleteAccount(pb::DeleteAccount {
+            password: password.into(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Sets this user's notification level for a conversation: push
+    /// notifications for every message (`All`, the default), only for those
+    /// that mention the user or everyone (`Mentions`), or none (`Muted`,
+    /// until `muted_until_ms` if not 0, Unix milliseconds). Mentions are
+    /// sent with [`Client::send`]'s `mention_ids` and `mention_everyone`.
+    pub async fn set_notification_level(
+        &self,
+        conversation: ConversationId,
+        level: pb::NotificationLevel,
+        muted_until_ms: u64,
+    ) -> Result<()> {
+        self.call(C::SetNotificationLevel(pb::SetNotificationLevel {
+            conversation_id: conversation.0,
+            level: level as i32,
+            muted_until_ms,
+        }))
+        .await?;
+        Ok(())
+    }
+
+    // ---- blocking ------------------------------------------------------------
+
+    /// Blocks a user: no new direct conversation between the two, nothing
+    /// sent, edited, reacted to or typed in an existing one (`BLOCKED`), and
+    /// neither sees the other's presence. Groups and channels are
+    /// unaffected. Blocking twice is done with nothing changed.
+    pub async fn block_user(&self, user: UserId) -> Result<()> {
+        self.call(C::BlockUser(pb::BlockUser { user_id: user.0 }))
+            .await?;
+        Ok(())
+    }
+
+    /// Lifts a block the user made.
+    pub async fn unblock_user(&self, user: UserId) -> Result<()> {
+        self.call(C::UnblockUser(pb::UnblockUser { user_id: user.0 }))
+            .await?;
+        Ok(())
+    }
+
+    /// The users this user blocked, ascending.
+    pub async fn blocked_users(&self) -> Result<Vec<UserId>> {
+        match self.call(C::ListBlocked(pb::ListBlocked {})).await? {
+            S::BlockedUsers(b) => Ok(b.user_ids.into_iter().map(UserId).collect()),
+            other => Err(Error::unexpected(&other)),
+        }
+    }
+
     // ---- messages ------------------------------------------------------------
 
     /// Deletes a message for everyone: its content is dropped from the
@@ -504,6 +596,65 @@ impl Client {
         self.call(C::DeleteMessage(pb::DeleteMessage {
             conversation_id: conversation.0,
             seq,
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces the text of one of the user's own messages. The message keeps
+    /// its seq (an edit is not a new message: no unread count moves, no push
+    /// notification); every member's sessions get [`Event::MessageEdited`]
+    /// with the message as stored now, `edited_at_ms` set.
+    ///
+    /// [`Event::MessageEdited`]: crate::Event::MessageEdited
+    pub async fn edit_message(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        text: &str,
+    ) -> Result<()> {
+        self.call(C::EditMessage(pb::EditMessage {
+            conversation_id: conversation.0,
+            seq,
+            text: text.into(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Adds the user's reaction `emoji` (1-32 bytes, e.g. "👍") to a USER
+    /// message. Adding one the user has already is done with nothing
+    /// changed; a message holds at most 20 distinct emoji (`REACTION_LIMIT`
+    /// past that). Every member's sessions get [`Event::Reaction`].
+    ///
+    /// [`Event::Reaction`]: crate::Event::Reaction
+    pub async fn react(&self, conversation: ConversationId, seq: u64, emoji: &str) -> Result<()> {
+        self.set_reaction(conversation, seq, emoji, false).await
+    }
+
+    /// Removes the user's reaction `emoji` from a message; removing one the
+    /// user does not have is done with nothing changed.
+    pub async fn remove_reaction(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        emoji: &str,
+    ) -> Result<()> {
+        self.set_reaction(conversation, seq, emoji, true).await
+    }
+
+    async fn set_reaction(
+        &self,
+        conversation: ConversationId,
+        seq: u64,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<()> {
+        self.call(C::React(pb::React {
+            conversation_id: conversation.0,
+            seq,
+            emoji: emoji.into(),
+            remove,
         }))
         .await?;
         Ok(())

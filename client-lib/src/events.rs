@@ -19,6 +19,14 @@ pub enum Event {
     /// Resume, or from a gap fetch. The sender's own messages arrive here
     /// too, like on its other devices.
     Message(pb::Message),
+    /// A message was edited: the message as stored now, with its latest
+    /// text and `edited_at_ms`. It keeps its seq, so it is not a new
+    /// `Message`; replace the copy held for (conversation, seq) if this
+    /// one's `edited_at_ms` is larger.
+    MessageEdited(pb::Message),
+    /// A member added or removed a reaction; the event carries the
+    /// message's reactions after the change (`mine` false in each).
+    Reaction(pb::ReactionEvent),
     /// A member's delivered or read cursor moved.
     Receipt(pb::ReceiptEvent),
     /// Someone is typing or stopped. Ephemeral: dropped if the queue is full.

@@ -208,6 +208,14 @@ impl Inner {
                         self.deliver(vec![m]).await;
                     }
                 }
+                S::MessageEdited(e) => {
+                    if let Some(m) = e.message {
+                        self.events.send(Event::MessageEdited(m)).await;
+                    }
+                }
+                S::ReactionEvent(r) => {
+                    self.events.send(Event::Reaction(r)).await;
+                }
                 S::ReceiptEvent(r) => {
                     self.events.send(Event::Receipt(r)).await;
                 }

@@ -135,6 +135,80 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
             ),
         ),
         (
+            "client_edit_message",
+            "Edit the text of seq 3 of conversation 9",
+            client(
+                32,
+                C::EditMessage(EditMessage {
+                    conversation_id: 9,
+                    seq: 3,
+                    text: "hi!".into(),
+                }),
+            ),
+        ),
+        (
+            "client_react",
+            "React to seq 3 of conversation 9 with a thumbs-up",
+            client(
+                33,
+                C::React(React {
+                    conversation_id: 9,
+                    seq: 3,
+                    emoji: "👍".into(),
+                    remove: false,
+                }),
+            ),
+        ),
+        (
+            "client_block_user",
+            "Block user 2",
+            client(34, C::BlockUser(BlockUser { user_id: 2 })),
+        ),
+        (
+            "client_unblock_user",
+            "Unblock user 2",
+            client(35, C::UnblockUser(UnblockUser { user_id: 2 })),
+        ),
+        (
+            "client_list_blocked",
+            "List the users the caller blocked",
+            client(36, C::ListBlocked(ListBlocked {})),
+        ),
+        (
+            "client_ban_member",
+            "Ban user 5 from conversation 9",
+            client(
+                37,
+                C::BanMember(BanMember {
+                    conversation_id: 9,
+                    user_id: 5,
+                }),
+            ),
+        ),
+        (
+            "client_unban_member",
+            "Lift user 5's ban from conversation 9",
+            client(
+                38,
+                C::UnbanMember(UnbanMember {
+                    conversation_id: 9,
+                    user_id: 5,
+                }),
+            ),
+        ),
+        (
+            "client_set_notification_level",
+            "Mentions only in conversation 9",
+            client(
+                39,
+                C::SetNotificationLevel(SetNotificationLevel {
+                    conversation_id: 9,
+                    level: NotificationLevel::Mentions as i32,
+                    muted_until_ms: 0,
+                }),
+            ),
+        ),
+        (
             "client_change_password",
             "Change the password",
             client(
@@ -142,6 +216,16 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                 C::ChangePassword(ChangePassword {
                     current_password: "correct horse".into(),
                     new_password: "battery staple".into(),
+                }),
+            ),
+        ),
+        (
+            "client_delete_account",
+            "Delete the caller's account, with its password",
+            client(
+                10,
+                C::DeleteAccount(DeleteAccount {
+                    password: "correct horse".into(),
                 }),
             ),
         ),
@@ -487,6 +571,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                         username: "alice".into(),
                         display_name: "Alice".into(),
                         created_at_ms: 1_763_800_000_000,
+                        deleted: false,
                     }),
                 }),
             ),
@@ -526,6 +611,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                     username: "bob".into(),
                     display_name: "Bob".into(),
                     created_at_ms: 1_763_800_000_000,
+                    deleted: false,
                 }),
             ),
         ),
@@ -553,6 +639,7 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                             role: Role::Member as i32,
                         },
                     ],
+                    banned_ids: vec![],
                 }),
             ),
         ),
@@ -573,6 +660,9 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                         delivered_seq: 45,
                         unread_count: 3,
                         my_role: Role::Member as i32,
+                        mention_count: 0,
+                        notification_level: NotificationLevel::Unspecified as i32,
+                        muted_until_ms: 0,
                     }],
                     next_before_activity_ms: 0,
                 }),
@@ -657,6 +747,49 @@ fn samples() -> Vec<(&'static str, &'static str, Sample)> {
                 0,
                 S::MessagePush(MessagePush {
                     message: Some(text_message(42)),
+                }),
+            ),
+        ),
+        (
+            "server_message_edited",
+            "Message seq 42 edited",
+            server(
+                0,
+                S::MessageEdited(MessageEdited {
+                    message: Some(pb::Message {
+                        text: "hi!".into(),
+                        edited_at_ms: 1_763_800_060_000,
+                        ..text_message(42)
+                    }),
+                }),
+            ),
+        ),
+        (
+            "server_reaction_event",
+            "User 2 reacted to seq 42; two thumbs-up now",
+            server(
+                0,
+                S::ReactionEvent(ReactionEvent {
+                    conversation_id: 9,
+                    seq: 42,
+                    user_id: 2,
+                    emoji: "👍".into(),
+                    removed: false,
+                    reactions: vec![Reaction {
+                        emoji: "👍".into(),
+                        count: 2,
+                        mine: false,
+                    }],
+                }),
+            ),
+        ),
+        (
+            "server_blocked_users",
+            "The caller blocked users 2 and 7",
+            server(
+                36,
+                S::BlockedUsers(BlockedUsers {
+                    user_ids: vec![2, 7],
                 }),
             ),
         ),

@@ -132,6 +132,67 @@ pub(crate) fn revoke_all(
     Ok(revoked)
 }
 
+/// Erases account `user` (DeleteAccount, `chatd delete-user`): the record
+/// becomes its tombstone (the username stays taken, `spec/messages.md`,
+/// "DeleteAccount"), then every token is revoked with its push
+/// registration, and the last-seen time and the media index are dropped.
+/// Returns the ids of the media the user uploaded, whose files the caller
+/// removes. The tombstone is written first: a login that checked the
+/// password before then withdraws its token (`Accounts::login`).
+pub(crate) fn erase(
+    store: &Store,
+    writer: &Writer,
+    user: u64,
+) -> Result<Vec<String>, StorageError> {
+    let Some(record) = store.user(user)? else {
+        return Ok(Vec::new());
+    };
+    let mut batch = Batch::new();
+    batch.put_user(user, &record.tombstone());
+    writer.write_blocking(batch)?;
+    let mut batch = Batch::new();
+    revoke_all(store, user, None, &mut batch)?;
+    batch.delete_last_seen(user);
+    let media = store.user_media(user)?;
+    for id in &media {
+        batch.delete_user_media(user, id);
+    }
+    writer.write_blocking(batch)?;
+    Ok(media)
+}
+
+/// Disables (or enables) account `user`: a disabled account's logins are
+/// refused with ACCOUNT_DISABLED, and disabling revokes every token with
+/// its push registration (its sessions are closed by the caller, if a
+/// server runs). The record is written first: a login that checked it
+/// before then withdraws its token (`Accounts::login`). Returns how many
+/// tokens were revoked; none for a deleted account (a tombstone stays one).
+pub(crate) fn set_disabled(
+    store: &Store,
+    writer: &Writer,
+    user: u64,
+    disabled: bool,
+) -> Result<usize, StorageError> {
+    let Some(mut record) = store.user(user)?.filter(|r| !r.deleted) else {
+        return Ok(0);
+    };
+    if record.disabled != disabled {
+        record.disabled = disabled;
+        let mut batch = Batch::new();
+        batch.put_user(user, &record);
+        writer.write_blocking(batch)?;
+    }
+    if !disabled {
+        return Ok(0);
+    }
+    let mut batch = Batch::new();
+    let revoked = revoke_all(store, user, None, &mut batch)?;
+    if !batch.is_empty() {
+        writer.write_blocking(batch)?;
+    }
+    Ok(revoked)
+}
+
 /// The accounts handle: what registration, login, tokens and profiles
 /// need (the store, the writer, the user id allocator, the clock, the
 /// password and token settings) and nothing else; cheap to clone into a
@@ -219,6 +280,8 @@ impl Accounts {
             password_hash,
             created_at_ms: self.now_ms(),
             hide_last_seen: false,
+            disabled: false,
+            deleted: false,
         })
     }
 
@@ -269,6 +332,8 @@ impl Accounts {
             Some(id) => self.store.user(id)?.map(|r| (id, r)),
             None => None,
         };
+        // A deleted account is a tombstone with no password.
+        let found = found.filter(|(_, r)| !r.deleted);
         let Some((user, record)) = found else {
             // Spend the same time as a real check so that timing does not tell
             // which usernames exist.
@@ -278,18 +343,35 @@ impl Accounts {
         if !verify(&record.password_hash, &req.password)? {
             return Err(refused());
         }
+        // Told only to whoever knows the password.
+        if record.disabled {
+            return Err(Refusal::new(
+                ErrorCode::AccountDisabled,
+                "the operator disabled this account",
+            ));
+        }
         let mut batch = Batch::new();
         let (token, expires) = self.issue_token(user, device_id(req.device.as_ref()), &mut batch);
         self.writer.write_blocking(batch)?;
         // A password change that stored its hash after the check above may
         // have listed the user's tokens before this one was written: the token
         // is withdrawn, as the change would have revoked it.
-        let current = self.store.user(user)?.map(|r| r.password_hash);
-        if current.as_deref() != Some(record.password_hash.as_str()) {
+        // Likewise a disabling or a deletion stored meanwhile.
+        let current = self.store.user(user)?;
+        let changed = current
+            .as_ref()
+            .is_none_or(|r| r.password_hash != record.password_hash || r.disabled || r.deleted);
+        if changed {
             let mut batch = Batch::new();
             revoke(&mut batch, user, token_hash(&token).to_vec());
             self.writer.write_blocking(batch)?;
-            return Err(refused());
+            return Err(match current {
+                Some(r) if r.disabled && !r.deleted => Refusal::new(
+                    ErrorCode::AccountDisabled,
+                    "the operator disabled this account",
+                ),
+                _ => refused(),
+            });
         }
         Ok(pb::AuthOk {
             user_id: user,
@@ -307,6 +389,9 @@ impl Accounts {
             return Err(refused());
         }
         let user = self.store.user(record.user_id)?.ok_or_else(refused)?;
+        if user.disabled || user.deleted {
+            return Err(refused());
+        }
         Ok(pb::AuthOk {
             user_id: record.user_id,
             session_token: token.to_owned(),
@@ -399,6 +484,61 @@ impl Accounts {
         Ok(())
     }
 
+    /// Checks `user`'s password for DeleteAccount (milliseconds of argon2:
+    /// run under the shard's hashing permit); returns the hash checked. A
+    /// wrong password is INVALID_CREDENTIALS, which the failed-login limits
+    /// count.
+    pub fn check_password(&self, user: u64, password: &str) -> Result<String, Refusal> {
+        let wrong = || Refusal::new(ErrorCode::InvalidCredentials, "wrong password");
+        let record = self
+            .store
+            .user(user)?
+            .filter(|r| !r.deleted)
+            .ok_or_else(wrong)?;
+        if !verify(&record.password_hash, password)? {
+            return Err(wrong());
+        }
+        Ok(record.password_hash)
+    }
+
+    /// Deletes `user`'s account, whose password hash was `checked`
+    /// ([`erase`]); returns the media ids to remove. A read-modify-write of
+    /// the user record: run only at the home of
+    /// [`Key::User`](crate::home::Key), in its lane.
+    pub fn delete_account(&self, user: u64, checked: &str) -> Result<Vec<String>, Refusal> {
+        let record = self.store.user(user)?;
+        if record.as_ref().map(|r| r.password_hash.as_str()) != Some(checked) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidCredentials,
+                "the password was changed meanwhile",
+            ));
+        }
+        Ok(erase(&self.store, &self.writer, user)?)
+    }
+
+    /// The id of the account named `username`; NOT_FOUND for none or a
+    /// deleted one.
+    pub fn user_id(&self, username: &str) -> Result<u64, Refusal> {
+        let no_user = || Refusal::new(ErrorCode::NotFound, "no such user");
+        let id = if valid_username(username) {
+            self.store.user_id_by_name(username)?
+        } else {
+            None
+        };
+        let id = id.ok_or_else(no_user)?;
+        match self.store.user(id)? {
+            Some(r) if !r.deleted => Ok(id),
+            _ => Err(no_user()),
+        }
+    }
+
+    /// Disables or enables `user` ([`set_disabled`]); a read-modify-write
+    /// of the user record: run only at the home of
+    /// [`Key::User`](crate::home::Key), in its lane.
+    pub fn set_disabled(&self, user: u64, disabled: bool) -> Result<usize, Refusal> {
+        Ok(set_disabled(&self.store, &self.writer, user, disabled)?)
+    }
+
     /// A user's public profile, by id or username.
     pub fn profile(&self, req: &pb::GetProfile) -> Result<pb::Profile, Refusal> {
         let id = if req.user_id != 0 {
@@ -411,6 +551,11 @@ impl Accounts {
         let not_found = || Refusal::new(ErrorCode::NotFound, "no such user");
         let id = id.ok_or_else(not_found)?;
         let record = self.store.user(id)?.ok_or_else(not_found)?;
+        // A deleted account's username names nobody any more; its id shows
+        // that it was deleted.
+        if record.deleted && req.user_id == 0 {
+            return Err(not_found());
+        }
         Ok(record.profile(id))
     }
 

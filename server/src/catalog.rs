@@ -39,6 +39,10 @@ pub const LIST_DEFAULT: u32 = 50;
 /// See [`LIST_DEFAULT`].
 pub const LIST_MAX: u32 = 500;
 
+/// Mentions counted per conversation in the list at most
+/// (`ConversationSummary.mention_count`); a client shows more as "1000+".
+pub const MENTION_COUNT_MAX: u64 = 1000;
+
 /// Longest title, in characters.
 pub const TITLE_MAX_CHARS: usize = 128;
 
@@ -79,14 +83,21 @@ fn clamp(requested: u32, default: u32, max: u32) -> usize {
 }
 
 /// The client-facing view of a conversation.
+/// `banned` (ascending) is shown to owners and admins only.
 pub fn view(
     id: u64,
     record: &ConversationRecord,
     members: &[(u64, i32)],
+    banned: &[u64],
     last_seq: u64,
     me: u64,
 ) -> pb::Conversation {
     let is_channel = record.kind == ConversationKind::Channel as i32;
+    let my_role = members
+        .iter()
+        .find(|(u, _)| *u == me)
+        .map_or(Role::Unspecified as i32, |(_, r)| *r);
+    let moderator = my_role == Role::Owner as i32 || my_role == Role::Admin as i32;
     pb::Conversation {
         conversation_id: id,
         kind: record.kind,
@@ -94,10 +105,7 @@ pub fn view(
         created_at_ms: record.created_at_ms,
         created_by: record.created_by,
         last_seq,
-        my_role: members
-            .iter()
-            .find(|(u, _)| *u == me)
-            .map_or(Role::Unspecified as i32, |(_, r)| *r),
+        my_role,
         member_count: members.len() as u32,
         members: if is_channel {
             Vec::new()
@@ -106,6 +114,11 @@ pub fn view(
                 .iter()
                 .map(|&(user_id, role)| pb::Member { user_id, role })
                 .collect()
+        },
+        banned_ids: if moderator {
+            banned.to_vec()
+        } else {
+            Vec::new()
         },
     }
 }
@@ -235,7 +248,7 @@ impl Catalog {
             _ => {}
         }
         for &u in &others {
-            if self.store.user(u)?.is_none() {
+            if self.store.user(u)?.is_none_or(|r| r.deleted) {
                 return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
             }
         }
@@ -256,9 +269,16 @@ impl Catalog {
         let mut members = vec![(me, my_role as i32)];
         members.extend(others.iter().map(|&u| (u, other_role as i32)));
 
-        // Direct chats are unique per pair: this runs in the pair's lane.
+        // Direct chats are unique per pair: this runs in the pair's lane,
+        // where blocks of the pair are written too.
         if kind == ConversationKind::Direct {
             if let Some(&other) = others.first() {
+                if self.store.blocked_either(me, other)? {
+                    return Err(Refusal::new(
+                        ErrorCode::Blocked,
+                        "one of the two users blocked the other",
+                    ));
+                }
                 if let Some(existing) = self.store.direct(me, other)? {
                     return self.get(me, existing);
                 }
@@ -288,10 +308,10 @@ impl Catalog {
                 }
                 other => other?,
             };
-            return Ok(view(id, &record, &members, 0, me));
+            return Ok(view(id, &record, &members, &[], 0, me));
         }
         self.writer.write_blocking(batch)?;
-        Ok(view(id, &record, &members, 0, me))
+        Ok(view(id, &record, &members, &[], 0, me))
     }
 
     /// A conversation as stored, for a member.
@@ -308,7 +328,8 @@ impl Catalog {
             .map(|(u, m)| (u, m.role))
             .collect();
         let last_seq = self.store.last_seq(conversation)?;
-        Ok(view(conversation, &record, &members, last_seq, me))
+        let banned = self.store.bans(conversation, crate::owner::BANS_MAX)?;
+        Ok(view(conversation, &record, &members, &banned, last_seq, me))
     }
 
     /// A page of history (`spec/messages.md`, "GetHistory").
@@ -330,6 +351,8 @@ impl Catalog {
         };
         let mut has_more = messages.len() > limit;
         messages.truncate(limit);
+        self.store
+            .attach_reactions(req.conversation_id, me, &mut messages)?;
         self.media.sign_messages(&mut messages, self.now_ms());
         let (_, cut) = fit(&mut messages, REPLY_MESSAGE_BYTES, true);
         has_more |= cut;
@@ -379,6 +402,8 @@ impl Catalog {
             };
             let mut truncated = messages.len() > limit || budget == 0;
             messages.truncate(limit);
+            self.store
+                .attach_reactions(conversation, me, &mut messages)?;
             self.media.sign_messages(&mut messages, self.now_ms());
             let (used, cut) = fit(&mut messages, budget, false);
             budget = if cut { 0 } else { budget - used };
@@ -412,6 +437,10 @@ impl Catalog {
                 continue;
             };
             let mut last_message = self.store.last_message(conversation)?;
+            if let Some(m) = last_message.as_mut() {
+                self.store
+                    .attach_reactions(conversation, me, std::slice::from_mut(m))?;
+            }
             self.media
                 .sign_messages(last_message.as_mut(), self.now_ms());
             let last_seq = last_message.as_ref().map_or(0, |m| m.seq);
@@ -433,6 +462,14 @@ impl Catalog {
                 delivered_seq: mine.delivered_seq,
                 unread_count: last_seq.saturating_sub(mine.read_seq),
                 my_role: mine.role,
+                mention_count: self.store.mention_count(
+                    me,
+                    conversation,
+                    mine.read_seq,
+                    MENTION_COUNT_MAX,
+                )?,
+                notification_level: mine.notification_level,
+                muted_until_ms: mine.muted_until_ms,
             });
         }
         all.sort_by(|a, b| {

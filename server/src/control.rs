@@ -9,6 +9,11 @@
 //! | command | answer |
 //! |---|---|
 //! | `backup DEST` | `ok acknowledged=N items=N segments=N log_bytes=N media_files=N`: the server copied its data into the new directory `DEST` (absolute), holding every commit through `acknowledged` ([`backup`]) |
+//! | `disable-user NAME` | `ok user=ID tokens_revoked=N`: the account's logins are refused with ACCOUNT_DISABLED, its tokens revoked and its sessions closed, on every node |
+//! | `enable-user NAME` | `ok user=ID tokens_revoked=0`: the account logs in again |
+//!
+//! Account commands run on a shard, like a session's request
+//! ([`ShardMsg::Operator`]); the control thread waits for the answer.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -17,8 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::mesh::{Mesh, link_source};
+use crate::shard_msg::{OperatorJob, OperatorOp, ShardMsg};
 use crate::storage::Store;
 use crate::storage::backup::copy_file;
 
@@ -30,6 +37,9 @@ pub const MAX_COMMAND_BYTES: u64 = 4096;
 
 /// Time a connected client has to send its command.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for a shard to take and answer an account command.
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a backup failed.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +174,7 @@ impl Control {
     /// Listens on `data_dir/control.sock`. The store's lock is held, so no
     /// other server uses this data directory: a socket file left by one
     /// that crashed is replaced.
-    pub fn start(store: Store, data_dir: &Path) -> io::Result<Self> {
+    pub fn start(store: Store, mesh: Arc<Mesh<ShardMsg>>, data_dir: &Path) -> io::Result<Self> {
         let path = data_dir.join(SOCKET);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -178,7 +188,7 @@ impl Control {
             let data_dir = data_dir.to_path_buf();
             thread::Builder::new()
                 .name("chatd-control".into())
-                .spawn(move || serve(&listener, &store, &data_dir, &stop))?
+                .spawn(move || serve(&listener, &store, &mesh, &data_dir, &stop))?
         };
         Ok(Self {
             path,
@@ -204,14 +214,20 @@ impl Drop for Control {
     }
 }
 
-fn serve(listener: &UnixListener, store: &Store, data_dir: &Path, stop: &AtomicBool) {
+fn serve(
+    listener: &UnixListener,
+    store: &Store,
+    mesh: &Mesh<ShardMsg>,
+    data_dir: &Path,
+    stop: &AtomicBool,
+) {
     for conn in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let Ok(mut conn) = conn else { continue };
         let answer = match read_command(&conn) {
-            Ok(line) => run(&line, store, data_dir, stop),
+            Ok(line) => run(&line, store, mesh, data_dir, stop),
             Err(e) => format!("error {e}"),
         };
         let _ = conn.write_all(format!("{answer}\n").as_bytes());
@@ -231,7 +247,13 @@ fn read_command(conn: &UnixStream) -> io::Result<String> {
     }
 }
 
-fn run(line: &str, store: &Store, data_dir: &Path, stop: &AtomicBool) -> String {
+fn run(
+    line: &str,
+    store: &Store,
+    mesh: &Mesh<ShardMsg>,
+    data_dir: &Path,
+    stop: &AtomicBool,
+) -> String {
     let (command, argument) = line.split_once(' ').unwrap_or((line, ""));
     match command {
         "backup" if !argument.is_empty() => {
@@ -261,7 +283,57 @@ fn run(line: &str, store: &Store, data_dir: &Path, stop: &AtomicBool) -> String 
             }
         }
         "backup" => "error usage: backup DEST".into(),
-        other => format!("error unknown command {other:?}; known: backup"),
+        "disable-user" | "enable-user" if !argument.is_empty() => {
+            let disabled = command == "disable-user";
+            let op = OperatorOp::SetDisabled {
+                username: argument.to_owned(),
+                disabled,
+            };
+            let answer = operate(mesh, op, stop);
+            tracing::info!(user = argument, disabled, %answer, "operator command");
+            answer
+        }
+        "disable-user" | "enable-user" => format!("error usage: {command} USERNAME"),
+        other => {
+            format!("error unknown command {other:?}; known: backup, disable-user, enable-user")
+        }
+    }
+}
+
+/// Hands `op` to shard 0 over the cluster link's rings (any thread may
+/// push to a ring) and waits for its answer: at most [`OPERATOR_TIMEOUT`],
+/// or until the server stops.
+fn operate(mesh: &Mesh<ShardMsg>, op: OperatorOp, stop: &AtomicBool) -> String {
+    let deadline = Instant::now() + OPERATOR_TIMEOUT;
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    let mut msg = ShardMsg::Operator(OperatorJob { op, answer });
+    let src = link_source(mesh.nr_shards());
+    while let Err(back) = mesh.try_send(src, 0, msg) {
+        if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+            return "error the server is too busy to take the command; try again".into();
+        }
+        msg = back;
+        thread::sleep(Duration::from_millis(1));
+    }
+    loop {
+        match answered.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(done)) => return format!("ok {done}"),
+            Ok(Err(e)) => return format!("error {e}"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return "error the server stopped before answering".into();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if stop.load(Ordering::Relaxed) {
+                    return "error the server is stopping".into();
+                }
+                if Instant::now() >= deadline {
+                    return format!(
+                        "error no answer within {} s; the command may still take effect",
+                        OPERATOR_TIMEOUT.as_secs()
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -68,6 +68,35 @@ enum Command {
         /// The user's username.
         username: String,
     },
+    /// Lists the users of a stopped server's data, one a line: id,
+    /// username, display name, creation time (Unix ms), and `disabled` or
+    /// `active`, separated by tabs.
+    ListUsers,
+    /// Lists the conversations of a stopped server's data, one a line: id,
+    /// kind, members, last seq and title, separated by tabs.
+    ListConversations,
+    /// Disables an account: its logins are refused (ACCOUNT_DISABLED) and
+    /// its session tokens revoked. A server running on this data_dir does
+    /// it through its control socket and closes the account's sessions at
+    /// once (on every node); otherwise it is done on the stopped server's
+    /// data.
+    DisableUser {
+        /// The user's username.
+        username: String,
+    },
+    /// Deletes an account on a stopped server's data, as DeleteAccount
+    /// does: its profile erased (the username stays taken), its tokens,
+    /// push registrations and media removed; its messages stay.
+    DeleteUser {
+        /// The user's username.
+        username: String,
+    },
+    /// Enables an account disabled with `disable-user`, on the running
+    /// server or on a stopped server's data, like `disable-user`.
+    EnableUser {
+        /// The user's username.
+        username: String,
+    },
     /// Copies the data of the server running on this configuration's
     /// data_dir into DEST, a new directory, without stopping it (the
     /// server writes the copy, so its user must be able to create DEST).
@@ -114,6 +143,44 @@ fn raise_open_files_limit() {
         }
     }
     tracing::debug!(limit = ?getrlimit(Resource::Nofile).current, "open-files limit");
+}
+
+/// `text` with tabs and line breaks as spaces, for one tab-separated line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `disable-user` / `enable-user`: through the control socket of a server
+/// running on the data_dir, or else on the stopped server's data. Returns
+/// how many session tokens were revoked.
+fn set_disabled(config: &Config, username: &str, disabled: bool) -> anyhow::Result<usize> {
+    let command = if disabled {
+        "disable-user"
+    } else {
+        "enable-user"
+    };
+    if username.contains(char::is_whitespace) {
+        anyhow::bail!("no user named {username:?}");
+    }
+    match chatd::control::request(&config.data_dir, &format!("{command} {username}")) {
+        Ok(answer) => Ok(answer
+            .split(' ')
+            .find_map(|field| field.strip_prefix("tokens_revoked="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)),
+        // No server listens: its data is changed directly.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(chatd::admin::set_disabled(config, username, disabled)?)
+        }
+        Err(e) => Err(anyhow::anyhow!("the running server answered: {e}")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -177,6 +244,59 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("backing up into {dest}"))?;
         println!("backed up into {dest}: {done}");
         return Ok(());
+    }
+
+    match &args.command {
+        Some(Command::ListUsers) => {
+            let rows = chatd::admin::list_users(&config).context("listing the users")?;
+            println!("id\tusername\tdisplay_name\tcreated_at_ms\tstate");
+            for r in rows {
+                let state = if r.disabled { "disabled" } else { "active" };
+                println!(
+                    "{}\t{}\t{}\t{}\t{state}",
+                    r.id,
+                    r.username,
+                    one_line(&r.display_name),
+                    r.created_at_ms
+                );
+            }
+            return Ok(());
+        }
+        Some(Command::ListConversations) => {
+            let rows =
+                chatd::admin::list_conversations(&config).context("listing the conversations")?;
+            println!("id\tkind\tmembers\tlast_seq\ttitle");
+            for r in rows {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    r.id,
+                    r.kind,
+                    r.members,
+                    r.last_seq,
+                    one_line(&r.title)
+                );
+            }
+            return Ok(());
+        }
+        Some(Command::DisableUser { username }) => {
+            let revoked = set_disabled(&config, username, true)
+                .with_context(|| format!("disabling {username:?}"))?;
+            println!("{username:?} disabled; {revoked} session token(s) revoked");
+            return Ok(());
+        }
+        Some(Command::DeleteUser { username }) => {
+            let media = chatd::admin::delete_user(&config, username)
+                .with_context(|| format!("deleting {username:?}"))?;
+            println!("{username:?} deleted; {media} media file(s) removed");
+            return Ok(());
+        }
+        Some(Command::EnableUser { username }) => {
+            set_disabled(&config, username, false)
+                .with_context(|| format!("enabling {username:?}"))?;
+            println!("{username:?} enabled");
+            return Ok(());
+        }
+        _ => {}
     }
 
     if let Some(Command::SetPassword { username }) = &args.command {

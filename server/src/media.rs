@@ -195,6 +195,11 @@ impl Media {
     fn path(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
+
+    /// Where the files are (`data_dir/media`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 /// The parameters of a media URL.
@@ -221,6 +226,22 @@ impl Query {
         }
         Some(q)
     }
+}
+
+/// Removes the file of media `id` in `dir` (`data_dir/media`) and its
+/// content type; nothing if it was never uploaded.
+pub fn remove_files(dir: &Path, id: &str) -> std::io::Result<()> {
+    if !valid_media_id(id) {
+        return Ok(());
+    }
+    let path = dir.join(id);
+    for p in [path.with_extension("type"), path] {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether `id` is a media id this server could have made (and so a safe

@@ -471,8 +471,11 @@ impl Worker {
             };
             notice.outbox = Some(ticket);
             let notice = Arc::new(notice);
-            for (user, _) in members {
-                if user != message.sender_id {
+            let now = self.clock.now_ms();
+            for (user, member) in members {
+                // As when the message was stored: each member's level decides.
+                let mentioned = message.mention_everyone || message.mention_ids.contains(&user);
+                if user != message.sender_id && member.notified(mentioned, now) {
                     self.dispatch(user, notice.clone()).await;
                 }
             }

@@ -23,16 +23,48 @@ pub struct UserRecord {
     /// Whether others see last-seen times.
     #[prost(bool, tag = "5")]
     pub hide_last_seen: bool,
+    /// Disabled by the operator (`chatd disable-user`): logins are refused
+    /// with ACCOUNT_DISABLED.
+    #[prost(bool, tag = "6")]
+    pub disabled: bool,
+    /// The user deleted the account (DeleteAccount, `chatd delete-user`):
+    /// a tombstone with no password, display name or profile, whose
+    /// username stays taken.
+    #[prost(bool, tag = "7")]
+    pub deleted: bool,
 }
 
 impl UserRecord {
-    /// The public part of the record.
+    /// The public part of the record; a deleted account shows only that
+    /// it was.
     pub fn profile(&self, user_id: u64) -> pb::Profile {
+        if self.deleted {
+            return pb::Profile {
+                user_id,
+                deleted: true,
+                ..Default::default()
+            };
+        }
         pb::Profile {
             user_id,
             username: self.username.clone(),
             display_name: self.display_name.clone(),
             created_at_ms: self.created_at_ms,
+            deleted: false,
+        }
+    }
+
+    /// The record erased down to its tombstone: the username (which stays
+    /// taken) and the creation time.
+    pub fn tombstone(&self) -> Self {
+        Self {
+            username: self.username.clone(),
+            display_name: String::new(),
+            password_hash: String::new(),
+            created_at_ms: self.created_at_ms,
+            hide_last_seen: true,
+            disabled: false,
+            deleted: true,
         }
     }
 }
@@ -102,6 +134,27 @@ pub struct MemberRecord {
     /// Highest seq delivered to one of the user's devices.
     #[prost(uint64, tag = "4")]
     pub delivered_seq: u64,
+    /// `pb::NotificationLevel` the user chose (0: ALL).
+    #[prost(int32, tag = "5")]
+    pub notification_level: i32,
+    /// With MUTED: Unix ms when the mute ends (0: until changed).
+    #[prost(uint64, tag = "6")]
+    pub muted_until_ms: u64,
+}
+
+impl MemberRecord {
+    /// Whether the member gets a push notification for a message at
+    /// `now_ms` that mentions them (`mentioned`, or @everyone) or not
+    /// (`spec/messages.md`, "SetNotificationLevel").
+    pub fn notified(&self, mentioned: bool, now_ms: u64) -> bool {
+        match pb::NotificationLevel::try_from(self.notification_level) {
+            Ok(pb::NotificationLevel::Muted) => {
+                self.muted_until_ms != 0 && now_ms >= self.muted_until_ms
+            }
+            Ok(pb::NotificationLevel::Mentions) => mentioned,
+            _ => true,
+        }
+    }
 }
 
 /// `user_conversations` keyspace value (key: user ‖ conversation): the
@@ -126,4 +179,47 @@ pub struct IdempotencyRecord {
     /// Its timestamp.
     #[prost(uint64, tag = "3")]
     pub sent_at_ms: u64,
+}
+
+/// `reactions` keyspace value (key: conversation ‖ seq): how many users
+/// reacted to the message with each emoji, in the order the emoji were
+/// first used; an emoji nobody uses any more is dropped.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReactionCounts {
+    /// One entry per emoji.
+    #[prost(message, repeated, tag = "1")]
+    pub counts: Vec<ReactionCount>,
+}
+
+/// One emoji of [`ReactionCounts`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReactionCount {
+    /// The emoji.
+    #[prost(string, tag = "1")]
+    pub emoji: String,
+    /// Users who reacted with it.
+    #[prost(uint32, tag = "2")]
+    pub count: u32,
+}
+
+/// `reactors` keyspace value (key: conversation ‖ seq ‖ user): the emoji
+/// one user reacted to the message with; the key is deleted when there are
+/// none left.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserReactions {
+    /// The emoji, each once.
+    #[prost(string, repeated, tag = "1")]
+    pub emoji: Vec<String>,
+}
+
+/// `bans` keyspace value (key: conversation ‖ user): who banned the user
+/// from the group or channel, and when.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BanRecord {
+    /// The owner or admin who banned.
+    #[prost(uint64, tag = "1")]
+    pub by: u64,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub at_ms: u64,
 }

@@ -365,7 +365,7 @@ impl ServerHandle {
         let shards = spawn_shards(&handles, listeners, recovered)?;
         // Last, so that a start that fails leaves no thread holding the
         // store. Without it the server runs on; only `chatd backup` needs it.
-        let control = crate::control::Control::start(control_store, &data_dir)
+        let control = crate::control::Control::start(control_store, handles.mesh.clone(), &data_dir)
             .inspect_err(|e| {
                 tracing::warn!(cause = %e, "no control socket; chatd backup will not reach this server")
             })

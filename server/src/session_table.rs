@@ -353,6 +353,14 @@ impl SessionTable {
         n
     }
 
+    /// The authenticated sessions of `user` on this shard.
+    pub fn ids_of(&self, user: u64) -> Vec<u64> {
+        self.by_user
+            .get(&user)
+            .map(|ids| ids.to_vec())
+            .unwrap_or_default()
+    }
+
     /// Closes every session of `user` on this shard but `spared` gracefully
     /// with `frame` (Logout on all devices, ChangePassword).
     pub fn close_user(&self, user: u64, frame: &Bytes, spared: Option<u64>) {

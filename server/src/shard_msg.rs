@@ -72,6 +72,36 @@ pub enum ShardMsg {
         /// Encoded Error frame sent before the close.
         frame: Bytes,
     },
+    /// One of these two users blocked the other: the receiving shard's
+    /// sessions of each stop watching the other's presence.
+    Unwatch(u64, u64),
+    /// A command from the control socket ([`crate::control`]) for the
+    /// receiving shard to run, as it runs a session's request.
+    Operator(OperatorJob),
+}
+
+/// A control-socket command and where its answer goes.
+#[derive(Debug)]
+pub struct OperatorJob {
+    /// The command.
+    pub op: OperatorOp,
+    /// The answer line (without `ok `) or the error. The control thread
+    /// waits on it; a shard that stops drops it.
+    pub answer: std::sync::mpsc::SyncSender<Result<String, String>>,
+}
+
+/// What the operator asks of a running server.
+#[derive(Debug, Clone)]
+pub enum OperatorOp {
+    /// `disable-user` / `enable-user`: the account's logins are refused
+    /// (or allowed again); disabling revokes its tokens and closes its
+    /// sessions on every shard and node.
+    SetDisabled {
+        /// The account.
+        username: String,
+        /// Disable (true) or enable.
+        disabled: bool,
+    },
 }
 
 /// A presence change sent to a user's owner shard.

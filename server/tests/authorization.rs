@@ -21,6 +21,36 @@ fn every_request(conv: u64, target: u64) -> Vec<C> {
             conversation_id: conv,
             seq: 1,
         }),
+        C::EditMessage(pb::EditMessage {
+            conversation_id: conv,
+            seq: 1,
+            text: "rewritten".into(),
+        }),
+        C::React(pb::React {
+            conversation_id: conv,
+            seq: 1,
+            emoji: "👎".into(),
+            remove: false,
+        }),
+        C::SetNotificationLevel(pb::SetNotificationLevel {
+            conversation_id: conv,
+            level: pb::NotificationLevel::Muted as i32,
+            muted_until_ms: 0,
+        }),
+        C::DeleteAccount(pb::DeleteAccount {
+            password: "password123".into(),
+        }),
+        C::BlockUser(pb::BlockUser { user_id: target }),
+        C::UnblockUser(pb::UnblockUser { user_id: target }),
+        C::ListBlocked(pb::ListBlocked {}),
+        C::BanMember(pb::BanMember {
+            conversation_id: conv,
+            user_id: target,
+        }),
+        C::UnbanMember(pb::UnbanMember {
+            conversation_id: conv,
+            user_id: target,
+        }),
         C::GetProfile(pb::GetProfile {
             user_id: target,
             username: String::new(),
@@ -131,6 +161,11 @@ fn conversation_requests(conv: u64, target: u64) -> Vec<C> {
                     | C::GetConversation(_)
                     | C::SendMessage(_)
                     | C::DeleteMessage(_)
+                    | C::EditMessage(_)
+                    | C::React(_)
+                    | C::BanMember(_)
+                    | C::SetNotificationLevel(_)
+                    | C::UnbanMember(_)
                     | C::GetHistory(_)
                     | C::MarkDelivered(_)
                     | C::MarkRead(_)
@@ -250,6 +285,20 @@ async fn members_who_are_not_admins_cannot_manage_the_group() {
         C::TransferOwnership(pb::TransferOwnership {
             conversation_id: g,
             new_owner_id: w.bob.user_id,
+        }),
+        C::BanMember(pb::BanMember {
+            conversation_id: g,
+            user_id: alice,
+        }),
+        C::UnbanMember(pb::UnbanMember {
+            conversation_id: g,
+            user_id: eve,
+        }),
+        // Alice's "hello team": only its sender edits it.
+        C::EditMessage(pb::EditMessage {
+            conversation_id: g,
+            seq: 1,
+            text: "bob was here".into(),
         }),
     ];
     for body in admin_only {

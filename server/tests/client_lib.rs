@@ -294,3 +294,99 @@ async fn a_password_changed_through_the_client_is_the_one_that_logs_in() {
     phone.close().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_edit_through_the_client_reaches_members_as_an_edit_not_a_message() {
+    let server = TestServer::start();
+    let (alice, _alice_events) = connect(&server).await;
+    let (bob, mut bob_events) = connect(&server).await;
+    alice
+        .register("alice", "password123", "")
+        .await
+        .expect("register");
+    let bob_id = bob
+        .register("bob", "password123", "")
+        .await
+        .expect("register")
+        .user_id;
+    let chat = alice.create_direct(UserId(bob_id)).await.expect("direct");
+    let conv = ConversationId(chat.conversation_id);
+    let ack = alice.send_text(conv, "helo").await.expect("ack");
+    messages(&mut bob_events, 1).await;
+    alice
+        .edit_message(conv, ack.seq, "hello")
+        .await
+        .expect("edited");
+    let edited = loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), bob_events.next())
+            .await
+            .expect("timed out waiting for the edit")
+            .expect("event stream open");
+        match event {
+            Event::MessageEdited(m) => break m,
+            Event::Message(m) => panic!("an edit is not a new message: {m:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!((edited.seq, edited.text.as_str()), (ack.seq, "hello"));
+    assert!(edited.edited_at_ms > 0);
+    // Bob reacts; Alice hears of it as a reaction, and history counts it.
+    bob.react(conv, ack.seq, "👍").await.expect("reacted");
+    let reaction = loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), bob_events.next())
+            .await
+            .expect("timed out waiting for the reaction")
+            .expect("event stream open");
+        if let Event::Reaction(r) = event {
+            break r;
+        }
+    };
+    assert_eq!((reaction.user_id, reaction.emoji.as_str()), (bob_id, "👍"));
+    let page = bob.history(conv, 0, None, 0).await.expect("history");
+    let counted = &page.messages[0].reactions;
+    assert_eq!(
+        (counted.len(), counted[0].count, counted[0].mine),
+        (1, 1, true)
+    );
+    bob.remove_reaction(conv, ack.seq, "👍")
+        .await
+        .expect("removed");
+    // Bob may not edit Alice's message.
+    let refused = bob.edit_message(conv, ack.seq, "hijacked").await;
+    assert!(
+        matches!(
+            refused,
+            Err(chat_client::Error::Server { code, .. }) if code == chat_client::ErrorCode::Forbidden
+        ),
+        "{refused:?}"
+    );
+    // Alice blocks Bob: listed, and Bob's messages are refused.
+    alice.block_user(UserId(bob_id)).await.expect("blocked");
+    assert_eq!(
+        alice.blocked_users().await.expect("listed"),
+        [UserId(bob_id)]
+    );
+    let refused = bob.send_text(conv, "hello?").await;
+    assert!(
+        matches!(
+            refused,
+            Err(chat_client::Error::Server { code, .. }) if code == chat_client::ErrorCode::Blocked
+        ),
+        "{refused:?}"
+    );
+    alice.unblock_user(UserId(bob_id)).await.expect("unblocked");
+    assert!(alice.blocked_users().await.expect("listed").is_empty());
+    // Alice deletes her account; Bob sees her as deleted.
+    let wrong = alice.delete_account("not the password").await;
+    assert!(
+        matches!(
+            wrong,
+            Err(chat_client::Error::Server { code, .. }) if code == chat_client::ErrorCode::InvalidCredentials
+        ),
+        "{wrong:?}"
+    );
+    alice.delete_account("password123").await.expect("deleted");
+    let gone = bob.profile(UserId(chat.created_by)).await.expect("profile");
+    assert!(gone.deleted && gone.username.is_empty());
+    server.stop().await;
+}

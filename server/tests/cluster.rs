@@ -316,6 +316,193 @@ async fn messages_cross_nodes_in_order_once_and_history_agrees() {
     assert_eq!(pages[0], pages[1]);
     assert_eq!(pages[1], pages[2]);
 
+    // An edit from node 3 reaches Bob on node 2 live, and every node's
+    // history has the new text at the same seq, with no seq taken.
+    let carols = acked[1];
+    let edit = || {
+        pb::client_frame::Body::EditMessage(pb::EditMessage {
+            conversation_id: group,
+            seq: carols,
+            text: "c0, edited".into(),
+        })
+    };
+    wait_for("the edit to be done", async || {
+        match carol.request(edit()).await {
+            S::Done(_) => Some(()),
+            S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+            other => panic!("edit: {other:?}"),
+        }
+    })
+    .await;
+    let edited = loop {
+        let f = match bob.pushes.pop_front() {
+            Some(f) => f,
+            None => bob.read_frame().await.expect("bob's session stays open"),
+        };
+        if let Some(S::MessageEdited(e)) = f.body {
+            break e.message.expect("the edited message");
+        }
+    };
+    assert_eq!((edited.seq, edited.text.as_str()), (carols, "c0, edited"));
+    for addr in [n1.addr, n2.addr, n3.addr] {
+        let mut reader = Raw::login(addr, "bob").await;
+        wait_for("the edit in this node's history", async || {
+            match reader.history(group, 0, 0, 50).await {
+                S::MessagePage(h) => h
+                    .messages
+                    .iter()
+                    .any(|m| m.seq == carols && m.text == "c0, edited" && m.edited_at_ms > 0)
+                    .then(|| assert_eq!(h.last_seq, 20, "an edit takes no seq")),
+                _ => None,
+            }
+        })
+        .await;
+    }
+
+    // A reaction from node 2 to the owner elsewhere reaches Carol on node
+    // 3, and every node's history counts it.
+    let reaction = || {
+        pb::client_frame::Body::React(pb::React {
+            conversation_id: group,
+            seq: carols,
+            emoji: "👍".into(),
+            remove: false,
+        })
+    };
+    wait_for("the reaction to be done", async || {
+        match bob.request(reaction()).await {
+            S::Done(_) => Some(()),
+            S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+            other => panic!("react: {other:?}"),
+        }
+    })
+    .await;
+    let event = loop {
+        let f = match carol.pushes.pop_front() {
+            Some(f) => f,
+            None => carol
+                .read_frame()
+                .await
+                .expect("carol's session stays open"),
+        };
+        if let Some(S::ReactionEvent(e)) = f.body {
+            break e;
+        }
+    };
+    assert_eq!((event.seq, event.user_id), (carols, bob.user_id));
+    for addr in [n1.addr, n2.addr, n3.addr] {
+        let mut reader = Raw::login(addr, "alice").await;
+        wait_for("the reaction in this node's history", async || match reader
+            .history(group, 0, 0, 50)
+            .await
+        {
+            S::MessagePage(h) => h
+                .messages
+                .iter()
+                .any(|m| {
+                    m.seq == carols
+                        && m.reactions.len() == 1
+                        && m.reactions[0].count == 1
+                        && !m.reactions[0].mine
+                })
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+    }
+
+    // A block made on node 2 holds on node 3: Carol gets no direct chat
+    // with Bob there; lifted, she does.
+    let bob_id = bob.user_id;
+    let direct_with_bob = || {
+        pb::client_frame::Body::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Direct as i32,
+            member_ids: vec![bob_id],
+            title: String::new(),
+        })
+    };
+    let block = pb::client_frame::Body::BlockUser(pb::BlockUser {
+        user_id: carol.user_id,
+    });
+    assert!(matches!(bob.request(block).await, S::Done(_)));
+    // Node 3 reads the block from its store once it has applied it
+    // (README, "Cluster mode": milliseconds after the ack).
+    let mut bob_on_3 = Raw::login(n3.addr, "bob").await;
+    let carol_id = carol.user_id;
+    wait_for("node 3 to apply the block", async || {
+        match bob_on_3
+            .request(pb::client_frame::Body::ListBlocked(pb::ListBlocked {}))
+            .await
+        {
+            S::BlockedUsers(b) if b.user_ids == [carol_id] => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    wait_for("the block on node 3", async || {
+        match carol.request(direct_with_bob()).await {
+            S::Error(e) if e.code == chat_protocol::ErrorCode::Blocked as i32 => Some(()),
+            S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+            other => panic!("a direct chat despite the block: {other:?}"),
+        }
+    })
+    .await;
+    let unblock = pb::client_frame::Body::UnblockUser(pb::UnblockUser {
+        user_id: carol.user_id,
+    });
+    assert!(matches!(bob.request(unblock).await, S::Done(_)));
+    drop(bob_on_3);
+    wait_for("the unblock on node 3", async || {
+        match carol.request(direct_with_bob()).await {
+            S::Conversation(_) => Some(()),
+            S::Error(e)
+                if e.code == chat_protocol::ErrorCode::Blocked as i32
+                    || e.code == chat_protocol::ErrorCode::ServerBusy as i32 =>
+            {
+                None
+            }
+            other => panic!("create: {other:?}"),
+        }
+    })
+    .await;
+
+    // A ban made on node 1 holds at the owner and is in node 2's store.
+    let club = create_group(&mut alice, &[carol.user_id]).await;
+    let ban = || {
+        pb::client_frame::Body::BanMember(pb::BanMember {
+            conversation_id: club,
+            user_id: bob_id,
+        })
+    };
+    let banned = wait_for("the ban", async || match alice.request(ban()).await {
+        S::Conversation(c) => Some(c.banned_ids),
+        S::Error(e) if e.code == chat_protocol::ErrorCode::ServerBusy as i32 => None,
+        other => panic!("ban: {other:?}"),
+    })
+    .await;
+    assert_eq!(banned, [bob_id]);
+    let mut alice_on_2 = Raw::login(n2.addr, "alice").await;
+    wait_for("the ban in node 2's store", async || {
+        match alice_on_2
+            .request(pb::client_frame::Body::GetConversation(
+                pb::GetConversation {
+                    conversation_id: club,
+                },
+            ))
+            .await
+        {
+            S::Conversation(c) if c.banned_ids == [bob_id] => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    let add_bob = pb::client_frame::Body::AddMembers(pb::AddMembers {
+        conversation_id: club,
+        user_ids: vec![bob_id],
+    });
+    let r = alice_on_2.request(add_bob).await;
+    assert_eq!(common::error_code(&r), chat_protocol::ErrorCode::Banned);
+
     // Presence crosses nodes: Bob on node 2 watches Carol on node 3.
     let S::Done(_) = bob
         .request(pb::client_frame::Body::SubscribePresence(

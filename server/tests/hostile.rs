@@ -95,7 +95,7 @@ impl Pick<'_> {
     }
 
     fn body(&mut self) -> C {
-        match self.rng.random_range(0..30) {
+        match self.rng.random_range(0..40) {
             0 => C::GetProfile(pb::GetProfile {
                 user_id: self.id(),
                 username: self.text(),
@@ -157,6 +157,8 @@ impl Pick<'_> {
                 ciphertext: vec![7; self.rng.random_range(0..100)].into(),
                 reply_to_seq: self.seq(),
                 first_attempt: self.rng.random_bool(0.5),
+                mention_ids: Vec::new(),
+                mention_everyone: false,
             }),
             14..=15 => C::GetHistory(pb::GetHistory {
                 conversation_id: self.id(),
@@ -215,6 +217,44 @@ impl Pick<'_> {
             28 => C::DeleteMessage(pb::DeleteMessage {
                 conversation_id: self.id(),
                 seq: self.seq(),
+            }),
+            29 => C::EditMessage(pb::EditMessage {
+                conversation_id: self.id(),
+                seq: self.seq(),
+                text: self.text(),
+            }),
+            30 => C::React(pb::React {
+                conversation_id: self.id(),
+                seq: self.seq(),
+                emoji: self.text(),
+                remove: self.rng.random(),
+            }),
+            31 => C::BlockUser(pb::BlockUser { user_id: self.id() }),
+            32 => C::UnblockUser(pb::UnblockUser { user_id: self.id() }),
+            33 => C::ListBlocked(pb::ListBlocked {}),
+            34 => C::BanMember(pb::BanMember {
+                conversation_id: self.id(),
+                user_id: self.id(),
+            }),
+            37 => C::SetNotificationLevel(pb::SetNotificationLevel {
+                conversation_id: self.id(),
+                level: self.enum_value(),
+                muted_until_ms: self.seq(),
+            }),
+            38 => C::SendMessage(pb::SendMessage {
+                conversation_id: self.id(),
+                client_msg_id: self.text(),
+                text: self.text(),
+                mention_ids: self.ids_list(),
+                mention_everyone: self.rng.random(),
+                ..Default::default()
+            }),
+            36 => C::DeleteAccount(pb::DeleteAccount {
+                password: self.text(),
+            }),
+            35 => C::UnbanMember(pb::UnbanMember {
+                conversation_id: self.id(),
+                user_id: self.id(),
             }),
             _ => C::Ping(pb::Ping { nonce: self.seq() }),
         }

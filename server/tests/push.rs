@@ -462,3 +462,103 @@ fn gateway_settings_are_checked_at_start() {
     let err = chatd::ServerHandle::start(config).expect_err("bad token");
     assert!(err.to_string().contains("push_gateway_token"), "{err}");
 }
+
+#[tokio::test]
+async fn notifications_follow_each_members_level() {
+    let mut gateway = Gateway::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = chatd::Config::for_tests(dir.path());
+    config.push_gateway_url = Some(gateway.url.clone());
+    config.shards = 1;
+    let server = TestServer::start_with(dir, config);
+    let mut alice = Raw::register(server.addr, "alice").await;
+    let mut offline = Vec::new();
+    for name in ["bob", "carol", "dave", "erin"] {
+        let mut c = Raw::register(server.addr, name).await;
+        register_push(&mut c, &format!("{name}-phone")).await;
+        offline.push(c);
+    }
+    let ids: Vec<u64> = offline.iter().map(|c| c.user_id).collect();
+    let (bob, dave, erin) = (ids[0], ids[2], ids[3]);
+    let group = alice.create_group("trip", &ids).await;
+    let set = |level: pb::NotificationLevel, until: u64| {
+        C::SetNotificationLevel(pb::SetNotificationLevel {
+            conversation_id: group,
+            level: level as i32,
+            muted_until_ms: until,
+        })
+    };
+    // Bob: mentions only; Carol: muted; Dave: muted until a time past;
+    // Erin: all (the default).
+    let levels = [
+        set(pb::NotificationLevel::Mentions, 0),
+        set(pb::NotificationLevel::Muted, 0),
+        set(pb::NotificationLevel::Muted, 1),
+    ];
+    for (c, body) in offline.iter_mut().zip(levels) {
+        assert!(matches!(c.request(body).await, S::Done(_)));
+    }
+    for c in offline.drain(..) {
+        let user = c.user_id;
+        drop(c);
+        await_offline(&mut alice, user).await;
+    }
+
+    let plain = alice.send_text(group, "g1", "plain").await.seq;
+    let to_bob = match alice
+        .request(C::SendMessage(pb::SendMessage {
+            conversation_id: group,
+            client_msg_id: "g2".into(),
+            text: "@bob look".into(),
+            mention_ids: vec![bob],
+            ..Default::default()
+        }))
+        .await
+    {
+        S::SendAck(a) => a.seq,
+        other => panic!("send: {other:?}"),
+    };
+    let everyone = match alice
+        .request(C::SendMessage(pb::SendMessage {
+            conversation_id: group,
+            client_msg_id: "g3".into(),
+            text: "@everyone".into(),
+            mention_everyone: true,
+            ..Default::default()
+        }))
+        .await
+    {
+        S::SendAck(a) => a.seq,
+        other => panic!("send: {other:?}"),
+    };
+    // A direct message to Erin marks the end.
+    let direct = alice.create_direct(erin).await;
+    let marker = alice.send_text(direct, "d1", "marker").await.seq;
+    let mut got = Vec::new();
+    loop {
+        let r = gateway.next().await;
+        let n = &r["notification"];
+        let (user, seq) = (
+            r["user_id"].as_u64().expect("user"),
+            n["seq"].as_u64().expect("seq"),
+        );
+        if n["conversation_id"] == direct && seq == marker {
+            break;
+        }
+        got.push((user, seq));
+    }
+    got.sort_unstable();
+    let mut want = vec![
+        (dave, plain),
+        (erin, plain),
+        (bob, to_bob),
+        (dave, to_bob),
+        (erin, to_bob),
+        (bob, everyone),
+        (dave, everyone),
+        (erin, everyone),
+    ];
+    want.sort_unstable();
+    assert_eq!(got, want, "Carol is muted; Bob hears of mentions only");
+    server.stop().await;
+}

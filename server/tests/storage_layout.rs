@@ -16,6 +16,18 @@ async fn keyspaces_and_keys_are_as_documented() {
     let bob = Raw::register(server.addr, "bob").await;
     let conv = alice.create_direct(bob.user_id).await;
     let ack = alice.send_text(conv, "k1", "on disk").await;
+    let reacted = alice
+        .request(chat_protocol::pb::client_frame::Body::React(pb::React {
+            conversation_id: conv,
+            seq: ack.seq,
+            emoji: "👍".into(),
+            remove: false,
+        }))
+        .await;
+    assert!(matches!(
+        reacted,
+        chat_protocol::pb::server_frame::Body::Done(_)
+    ));
     let data = server.stop_keeping_data().await;
 
     let db = Database::builder(data.path().join("store"))
@@ -100,4 +112,29 @@ async fn keyspaces_and_keys_are_as_documented() {
     idem.extend_from_slice(&alice.user_id.to_be_bytes());
     idem.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(b"k1").to_be_bytes());
     assert!(ks("idempotency").get(&idem).expect("read").is_some());
+
+    // Reactions: counts under conversation ‖ seq, each user's under
+    // conversation ‖ seq ‖ user.
+    let mut at = conv.to_be_bytes().to_vec();
+    at.extend_from_slice(&ack.seq.to_be_bytes());
+    let counts = ks("reactions")
+        .get(&at)
+        .expect("read")
+        .expect("counts under conversation ‖ seq");
+    let counts = chatd::records::ReactionCounts::decode(&*counts).expect("ReactionCounts");
+    assert_eq!(
+        counts
+            .counts
+            .iter()
+            .map(|c| (c.emoji.as_str(), c.count))
+            .collect::<Vec<_>>(),
+        [("👍", 1)]
+    );
+    at.extend_from_slice(&alice.user_id.to_be_bytes());
+    let mine = ks("reactors")
+        .get(&at)
+        .expect("read")
+        .expect("the user's under conversation ‖ seq ‖ user");
+    let mine = chatd::records::UserReactions::decode(&*mine).expect("UserReactions");
+    assert_eq!(mine.emoji, ["👍"]);
 }

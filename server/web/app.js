@@ -80,6 +80,7 @@
     profiles: new Map(), // String(user_id) -> Promise<Profile>
     profileCache: new Map(), // String(user_id) -> Profile, once known
     presence: new Map(), // String(user_id) -> PresenceEvent
+    blocked: new Set(), // String(user_id) of the users this user blocked
     outbox: new Map(), // client_msg_id -> pending send, until SendAck
     attempt: 0,
     sessions: 0,
@@ -126,11 +127,26 @@
       othersDelivered: 0,
       receiptsAsked: 0, // seq whose receipt counts were asked for
       typing: new Map(), // String(user_id) -> timer
+      mentionCount: 0, // unread mentions of this user (ConversationSummary)
+      lastMentionSeq: 0,
+      notificationLevel: 0, // E.NotificationLevel
     };
   }
 
   function unread(c) {
     return Math.max(0, c.lastSeq - c.readSeq);
+  }
+
+  // spec/messages.md, ConversationSummary.mention_count: unread messages
+  // that mention this user or everyone; own messages never count.
+  function mentions(c) {
+    return c.readSeq >= c.lastMentionSeq ? 0 : c.mentionCount;
+  }
+
+  function mentionsMe(m) {
+    if (!state.me || String(m.sender_id) === String(state.me.user_id)) return false;
+    const me = String(state.me.user_id);
+    return !!m.mention_everyone || (m.mention_ids || []).some((u) => String(u) === me);
   }
 
   // ---------------------------------------------------------------------
@@ -354,6 +370,12 @@
       case "message_push":
         if (f.message_push.message) onMessage(f.message_push.message, true);
         break;
+      case "message_edited":
+        if (f.message_edited.message) onEdited(f.message_edited.message);
+        break;
+      case "reaction_event":
+        onReaction(f.reaction_event);
+        break;
       case "receipt_event":
         onReceipt(f.receipt_event);
         break;
@@ -562,6 +584,8 @@
 
   function nameOf(userId) {
     const p = state.profileCache.get(String(userId));
+    // spec/messages.md, DeleteAccount: messages stay, from a deleted user.
+    if (p && p.deleted) return "Deleted user";
     if (p) return p.display_name || p.username;
     profile(userId)
       .then(() => {
@@ -643,6 +667,9 @@
       c.lastMessage = s.last_message;
     }
     c.readSeq = Math.max(c.readSeq, s.read_seq);
+    c.mentionCount = s.mention_count || 0;
+    c.lastMentionSeq = c.mentionCount ? s.last_seq : 0;
+    c.notificationLevel = s.notification_level || 0;
     if (!c.loaded) c.cursor = Math.max(c.cursor, s.last_seq);
     return c;
   }
@@ -664,7 +691,14 @@
     return c;
   }
 
+  async function refreshBlocked() {
+    const f = await request("list_blocked", {});
+    state.blocked = new Set(f.blocked_users.user_ids.map((u) => String(u)));
+    renderChatHeader();
+  }
+
   async function refreshList() {
+    refreshBlocked().catch(() => {});
     let before = 0;
     for (let page = 0; page < LIST_MAX_PAGES; page++) {
       const f = await request("list_conversations", { limit: LIST_PAGE, before_activity_ms: before });
@@ -769,6 +803,10 @@
     if (mine && m.client_msg_id) {
       c.pendingSends.delete(m.client_msg_id);
     }
+    if (live && m.seq > c.readSeq && m.seq > c.lastMentionSeq && mentionsMe(m)) {
+      c.mentionCount = mentions(c) + 1;
+      c.lastMentionSeq = m.seq;
+    }
     if (m.seq > c.lastSeq) c.lastSeq = m.seq;
     if (!c.lastMessage || m.seq >= c.lastMessage.seq) {
       c.lastMessage = m;
@@ -784,6 +822,7 @@
         target.text = "";
         target.media = undefined;
         target.ciphertext = new Uint8Array(0);
+        target.reactions = [];
       }
     }
     if (m.kind === E.MessageKind.SYSTEM && live && !deletes) {
@@ -825,13 +864,55 @@
     }
   }
 
+  // spec/messages.md, MessageEdited: the message keeps its seq; the copy
+  // with the larger edited_at_ms is the latest. Not a new message: no
+  // cursor, unread count or notification changes.
+  function onEdited(m) {
+    const key = String(m.conversation_id);
+    const c = state.conversations.get(key);
+    if (!c) return;
+    const held = c.messages.get(m.seq);
+    if (held && !held.deleted && (held.edited_at_ms || 0) < m.edited_at_ms) {
+      held.text = m.text;
+      held.edited_at_ms = m.edited_at_ms;
+    }
+    if (c.lastMessage && c.lastMessage.seq === m.seq && !c.lastMessage.deleted) {
+      c.lastMessage = Object.assign({}, c.lastMessage, { text: m.text, edited_at_ms: m.edited_at_ms });
+    }
+    renderList();
+    if (state.openKey === key) renderMessages({});
+  }
+
+  // spec/messages.md, ReactionEvent: the counts after the change for every
+  // member alike; whether each is mine is kept from what was shown, and
+  // changed only for this user's own reaction.
+  function onReaction(e) {
+    const key = String(e.conversation_id);
+    const c = state.conversations.get(key);
+    const m = c && c.messages.get(e.seq);
+    if (!m) return;
+    const mineBefore = new Set((m.reactions || []).filter((r) => r.mine).map((r) => r.emoji));
+    if (state.me && String(e.user_id) === String(state.me.user_id)) {
+      if (e.removed) mineBefore.delete(e.emoji);
+      else mineBefore.add(e.emoji);
+    }
+    m.reactions = (e.reactions || []).map((r) => ({
+      emoji: r.emoji,
+      count: r.count,
+      mine: mineBefore.has(r.emoji),
+    }));
+    if (state.openKey === key) renderMessages({});
+  }
+
   // Whether a SYSTEM event ends the user's membership (spec/messages.md:
   // the removed or leaving user receives the event as its last message).
   function removesMe(sys, senderId) {
     if (!state.me) return false;
     const me = String(state.me.user_id);
     const K = E.SystemEventKind;
-    if (sys.kind === K.MEMBER_REMOVED) return sys.user_ids.some((u) => String(u) === me);
+    if (sys.kind === K.MEMBER_REMOVED || sys.kind === K.MEMBER_BANNED) {
+      return sys.user_ids.some((u) => String(u) === me);
+    }
     if (sys.kind === K.MEMBER_LEFT) {
       const who = sys.user_ids.length ? sys.user_ids : [sys.actor_id || senderId];
       return who.some((u) => String(u) === me);
@@ -978,11 +1059,29 @@
       toast("The message is longer than the server accepts (" + limit + " bytes).");
       return false;
     }
+    // "@username" among the members whose profiles are known, and
+    // "@everyone" in groups, become the message's mentions.
+    const mentionIds = [];
+    let mentionEveryone = false;
+    for (const [, word] of text.matchAll(/@([a-z0-9_.-]{3,32})/g)) {
+      if (word === "everyone" && c.kind === E.ConversationKind.GROUP) {
+        mentionEveryone = true;
+        continue;
+      }
+      for (const u of c.members || []) {
+        const prof = state.profileCache.get(String(u));
+        if (prof && prof.username === word && !mentionIds.some((x) => String(x) === String(u))) {
+          mentionIds.push(u);
+        }
+      }
+    }
     const p = {
       client_msg_id: randomHex(16),
       conversation_id: c.id,
       key: c.key,
       text,
+      mention_ids: mentionIds.slice(0, 50),
+      mention_everyone: mentionEveryone,
       created_ms: Date.now(),
       state: "pending",
       error: "",
@@ -1007,6 +1106,8 @@
         client_msg_id: p.client_msg_id,
         text: p.text,
         first_attempt: first,
+        mention_ids: p.mention_ids || [],
+        mention_everyone: !!p.mention_everyone,
       });
       onAck(p, f.send_ack);
     } catch (e) {
@@ -1154,6 +1255,8 @@
         return actor + " handed ownership to " + users;
       case K.MESSAGE_DELETED:
         return actor + " deleted a message";
+      case K.MEMBER_BANNED:
+        return actor + " banned " + users;
       default:
         return actor + " changed the conversation";
     }
@@ -1247,7 +1350,11 @@
       total += n;
       const badge = el("span", "unread", String(n));
       badge.hidden = n === 0;
-      li.append(badge);
+      const at = mentions(c);
+      const mention = el("span", "mentions", "@" + (at >= 1000 ? "1000+" : String(at)));
+      mention.hidden = at === 0;
+      mention.title = "Unread mentions of you";
+      li.append(mention, badge);
       li.addEventListener("click", () => openConversation(c.key));
       ul.append(li);
     }
@@ -1300,6 +1407,29 @@
     else if (c.kind === E.ConversationKind.CHANNEL) sub = "channel";
     else sub = "";
     $("chat-subtitle").textContent = sub;
+    // spec/messages.md, SetNotificationLevel.
+    const notify = $("notify-select");
+    notify.value = String(c.notificationLevel || E.NotificationLevel.ALL);
+    notify.onchange = () => {
+      const level = Number(notify.value);
+      request("set_notification_level", { conversation_id: c.id, level, muted_until_ms: 0 })
+        .then(() => {
+          c.notificationLevel = level;
+        })
+        .catch((e) => toast("Could not change notifications: " + e.message));
+    };
+    // spec/messages.md, BlockUser: only a direct chat's partner is blocked.
+    const blockBtn = $("block-btn");
+    blockBtn.hidden = peer === null;
+    if (peer !== null) {
+      const isBlocked = state.blocked.has(String(peer));
+      blockBtn.textContent = isBlocked ? "Unblock" : "Block";
+      blockBtn.onclick = () => {
+        request(isBlocked ? "unblock_user" : "block_user", { user_id: peer })
+          .then(refreshBlocked)
+          .catch((e) => toast("Could not " + (isBlocked ? "unblock: " : "block: ") + e.message));
+      };
+    }
     const canPost =
       c.kind !== E.ConversationKind.CHANNEL || c.myRole === E.Role.OWNER || c.myRole === E.Role.ADMIN;
     $("message-input").disabled = !canPost;
@@ -1363,8 +1493,45 @@
         }
         li.append(el("span", "text", text));
         if (m.timeText === undefined) m.timeText = formatTime(m.sent_at_ms);
-        const meta = el("span", "meta", m.timeText + (mine ? " " + statusText(c, m) : ""));
+        const edited = m.edited_at_ms && !m.deleted ? " (edited)" : "";
+        const meta = el("span", "meta", m.timeText + edited + (mine ? " " + statusText(c, m) : ""));
         li.append(meta);
+        if (!m.deleted) {
+          const chips = el("span", "reactions");
+          for (const r of m.reactions || []) {
+            const chip = el("button", "reaction" + (r.mine ? " mine" : ""), r.emoji + " " + r.count);
+            chip.type = "button";
+            chip.title = r.mine ? "Remove your reaction" : "React with " + r.emoji;
+            chip.addEventListener("click", () => {
+              request("react", { conversation_id: c.id, seq: m.seq, emoji: r.emoji, remove: r.mine })
+                .catch((e) => toast("Could not react: " + e.message));
+            });
+            chips.append(chip);
+          }
+          const add = el("button", "react", "+");
+          add.type = "button";
+          add.title = "Add a reaction";
+          add.addEventListener("click", () => {
+            const emoji = window.prompt("React with", "👍");
+            if (!emoji) return;
+            request("react", { conversation_id: c.id, seq: m.seq, emoji: emoji, remove: false })
+              .catch((e) => toast("Could not react: " + e.message));
+          });
+          chips.append(add);
+          li.append(chips);
+        }
+        if (mine && !m.deleted && m.text) {
+          const edit = el("button", "edit", "Edit");
+          edit.type = "button";
+          edit.title = "Edit the text";
+          edit.addEventListener("click", () => {
+            const text = window.prompt("Edit message", m.text);
+            if (text === null || text === m.text) return;
+            request("edit_message", { conversation_id: c.id, seq: m.seq, text: text })
+              .catch((e) => toast("Could not edit the message: " + e.message));
+          });
+          li.append(edit);
+        }
         if (mine && !m.deleted) {
           const del = el("button", "delete", "Delete");
           del.type = "button";
@@ -1507,6 +1674,26 @@
         result.textContent = "The current password is wrong.";
       } else {
         result.textContent = "Could not change the password: " + e.message;
+      }
+    }
+  });
+
+  $("delete-account").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const result = $("delete-account-result");
+    result.textContent = "";
+    if (!window.confirm("Delete your account? Your messages stay, shown as from a deleted user.")) return;
+    try {
+      await request("delete_account", { password: $("delete-password").value });
+      $("delete-password").value = "";
+      state.authed = false;
+      forgetLogin();
+      showAuth();
+    } catch (e) {
+      if (e instanceof ChatError && e.code === E.ErrorCode.INVALID_CREDENTIALS) {
+        result.textContent = "The password is wrong.";
+      } else {
+        result.textContent = "Could not delete the account: " + e.message;
       }
     }
   });

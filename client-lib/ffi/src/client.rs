@@ -15,8 +15,9 @@ use crate::listener::{EventListener, ListenerHandle};
 use crate::options::ClientOptions;
 use crate::runtime::run;
 use crate::types::{
-    AuthSession, Conversation, ConversationList, Cursor, MessagePage, OutgoingMessage,
-    PresenceStatus, Profile, ReceiptCounts, ResumeResult, Role, SendAck, UploadTicket, Welcome,
+    AuthSession, Conversation, ConversationList, Cursor, MessagePage, NotificationLevel,
+    OutgoingMessage, PresenceStatus, Profile, ReceiptCounts, ResumeResult, Role, SendAck,
+    UploadTicket, Welcome,
 };
 
 /// Connects to the chatd at `url`: `tcp://host:port`, `tls://host:port`,
@@ -241,6 +242,32 @@ impl ChatClient {
         .await
     }
 
+    /// Bans a user from a group or channel (owners and admins).
+    pub async fn ban_member(&self, conversation_id: u64, user_id: u64) -> Result<Conversation> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(
+                c.ban_member(ConversationId(conversation_id), UserId(user_id))
+                    .await?
+                    .into(),
+            )
+        })
+        .await
+    }
+
+    /// Lifts a ban (owners and admins).
+    pub async fn unban_member(&self, conversation_id: u64, user_id: u64) -> Result<Conversation> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(
+                c.unban_member(ConversationId(conversation_id), UserId(user_id))
+                    .await?
+                    .into(),
+            )
+        })
+        .await
+    }
+
     /// Leaves a group.
     pub async fn leave(&self, conversation_id: u64) -> Result<()> {
         let c = self.client.clone();
@@ -307,6 +334,53 @@ impl ChatClient {
         run(async move { Ok(c.unsubscribe_channel(ConversationId(channel_id)).await?) }).await
     }
 
+    /// Deletes the user's account after re-entering its password; every
+    /// session ends and the client stops.
+    pub async fn delete_account(&self, password: String) -> Result<()> {
+        let c = self.client.clone();
+        run(async move { Ok(c.delete_account(&password).await?) }).await
+    }
+
+    /// Sets this user's notification level for a conversation; with `Muted`,
+    /// `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+    pub async fn set_notification_level(
+        &self,
+        conversation_id: u64,
+        level: NotificationLevel,
+        muted_until_ms: u64,
+    ) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(c.set_notification_level(
+                ConversationId(conversation_id),
+                level.into(),
+                muted_until_ms,
+            )
+            .await?)
+        })
+        .await
+    }
+
+    // ---- blocking --------------------------------------------------------
+
+    /// Blocks a user (no direct messages, no presence either way).
+    pub async fn block_user(&self, user_id: u64) -> Result<()> {
+        let c = self.client.clone();
+        run(async move { Ok(c.block_user(UserId(user_id)).await?) }).await
+    }
+
+    /// Lifts a block.
+    pub async fn unblock_user(&self, user_id: u64) -> Result<()> {
+        let c = self.client.clone();
+        run(async move { Ok(c.unblock_user(UserId(user_id)).await?) }).await
+    }
+
+    /// The users this user blocked, ascending.
+    pub async fn blocked_users(&self) -> Result<Vec<u64>> {
+        let c = self.client.clone();
+        run(async move { Ok(c.blocked_users().await?.into_iter().map(|u| u.0).collect()) }).await
+    }
+
     // ---- messages --------------------------------------------------------
 
     /// Sends a text message; retried with the same idempotency key across
@@ -335,6 +409,45 @@ impl ChatClient {
         run(async move {
             Ok(c.delete_message(ConversationId(conversation_id), seq)
                 .await?)
+        })
+        .await
+    }
+
+    /// Replaces the text of one of the user's own messages (same seq; no
+    /// unread count moves). Members get a `MessageEdited` event.
+    pub async fn edit_message(&self, conversation_id: u64, seq: u64, text: String) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(c.edit_message(ConversationId(conversation_id), seq, &text)
+                .await?)
+        })
+        .await
+    }
+
+    /// Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+    /// adding one the user has is done with nothing changed.
+    pub async fn react(&self, conversation_id: u64, seq: u64, emoji: String) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(c.react(ConversationId(conversation_id), seq, &emoji)
+                .await?)
+        })
+        .await
+    }
+
+    /// Removes the user's reaction from a message.
+    pub async fn remove_reaction(
+        &self,
+        conversation_id: u64,
+        seq: u64,
+        emoji: String,
+    ) -> Result<()> {
+        let c = self.client.clone();
+        run(async move {
+            Ok(
+                c.remove_reaction(ConversationId(conversation_id), seq, &emoji)
+                    .await?,
+            )
         })
         .await
     }

@@ -151,6 +151,8 @@ pub enum ErrorCode {
     TooManyLoginAttempts,
     /// 205: the session is already authenticated.
     AlreadyAuthenticated,
+    /// 206: the operator disabled the account.
+    AccountDisabled,
     /// 300: the user is not a member of the conversation.
     NotAMember,
     /// 301: the user's role does not allow this.
@@ -161,6 +163,10 @@ pub enum ErrorCode {
     MemberLimit,
     /// 304: the request conflicts with the current state.
     Conflict,
+    /// 305: one of the two users of a direct conversation blocked the other.
+    Blocked,
+    /// 306: the user is banned from the group or channel.
+    Banned,
     /// 400: too many requests; wait `retry_after_ms`.
     RateLimited,
     /// 401: the message is too large.
@@ -173,6 +179,8 @@ pub enum ErrorCode {
     ServerBusy,
     /// 405: the connection was idle too long.
     IdleTimeout,
+    /// 406: the message has the most distinct reactions it may have.
+    ReactionLimit,
     /// 500: an internal server error.
     Internal,
     /// 501: the server is shutting down.
@@ -198,17 +206,21 @@ impl From<pb::ErrorCode> for ErrorCode {
             W::TokenInvalid => ErrorCode::TokenInvalid,
             W::TooManyLoginAttempts => ErrorCode::TooManyLoginAttempts,
             W::AlreadyAuthenticated => ErrorCode::AlreadyAuthenticated,
+            W::AccountDisabled => ErrorCode::AccountDisabled,
             W::NotAMember => ErrorCode::NotAMember,
             W::Forbidden => ErrorCode::Forbidden,
             W::NotFound => ErrorCode::NotFound,
             W::MemberLimit => ErrorCode::MemberLimit,
             W::Conflict => ErrorCode::Conflict,
+            W::Blocked => ErrorCode::Blocked,
+            W::Banned => ErrorCode::Banned,
             W::RateLimited => ErrorCode::RateLimited,
             W::MessageTooLarge => ErrorCode::MessageTooLarge,
             W::SlowConsumer => ErrorCode::SlowConsumer,
             W::TooManySessions => ErrorCode::TooManySessions,
             W::ServerBusy => ErrorCode::ServerBusy,
             W::IdleTimeout => ErrorCode::IdleTimeout,
+            W::ReactionLimit => ErrorCode::ReactionLimit,
             W::Internal => ErrorCode::Internal,
             W::ShuttingDown => ErrorCode::ShuttingDown,
             W::StorageFailure => ErrorCode::StorageFailure,

@@ -7,7 +7,9 @@ use chat_client::{Event, Events};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::types::{ConversationEvent, GoAway, Message, PresenceEvent, ReceiptEvent, TypingEvent};
+use crate::types::{
+    ConversationEvent, GoAway, Message, PresenceEvent, ReactionEvent, ReceiptEvent, TypingEvent,
+};
 
 /// Something the server told the app, or a change of the connection; the
 /// meaning of each variant is that of `chat_client::Event`.
@@ -22,6 +24,17 @@ pub enum ChatEvent {
     Message {
         /// The message.
         message: Message,
+    },
+    /// A message was edited: the message as stored now, same seq, with its
+    /// latest text and `edited_at_ms`. Replace the copy held for it.
+    MessageEdited {
+        /// The message.
+        message: Message,
+    },
+    /// A member added or removed a reaction.
+    Reaction {
+        /// The change, with the message's reactions after it.
+        reaction: ReactionEvent,
     },
     /// A member's delivered or read cursor moved.
     Receipt {
@@ -72,6 +85,8 @@ impl ChatEvent {
     fn from_event(event: Event) -> Option<Self> {
         Some(match event {
             Event::Message(m) => ChatEvent::Message { message: m.into() },
+            Event::MessageEdited(m) => ChatEvent::MessageEdited { message: m.into() },
+            Event::Reaction(r) => ChatEvent::Reaction { reaction: r.into() },
             Event::Receipt(r) => ChatEvent::Receipt { receipt: r.into() },
             Event::Typing(t) => ChatEvent::Typing { typing: t.into() },
             Event::Presence(p) => ChatEvent::Presence { presence: p.into() },

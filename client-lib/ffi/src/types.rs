@@ -103,6 +103,20 @@ mirror_enum! {
 }
 
 mirror_enum! {
+    /// When a conversation's messages notify this user.
+    NotificationLevel = pb::NotificationLevel {
+        /// Not set: as `All`.
+        Unspecified,
+        /// Every message.
+        All,
+        /// Messages that mention the user or everyone.
+        Mentions,
+        /// None (until `muted_until_ms`, if set).
+        Muted,
+    }
+}
+
+mirror_enum! {
     /// What a SYSTEM message reports.
     SystemEventKind = pb::system_event::Kind {
         /// Not set.
@@ -123,6 +137,8 @@ mirror_enum! {
         OwnershipTransferred,
         /// A message was deleted.
         MessageDeleted,
+        /// A member was banned (removed, kept out until unbanned).
+        MemberBanned,
     }
 }
 
@@ -167,6 +183,9 @@ pub struct Profile {
     pub display_name: String,
     /// When the account was created, Unix milliseconds.
     pub created_at_ms: u64,
+    /// The user deleted the account: show their messages as from a deleted
+    /// user.
+    pub deleted: bool,
 }
 
 impl From<pb::Profile> for Profile {
@@ -176,6 +195,7 @@ impl From<pb::Profile> for Profile {
             username: p.username,
             display_name: p.display_name,
             created_at_ms: p.created_at_ms,
+            deleted: p.deleted,
         }
     }
 }
@@ -280,6 +300,8 @@ pub struct Conversation {
     pub member_count: u32,
     /// The members (may be a prefix of them for large conversations).
     pub members: Vec<Member>,
+    /// Users banned from the group or channel (for owners and admins only).
+    pub banned_ids: Vec<u64>,
 }
 
 impl From<pb::Conversation> for Conversation {
@@ -301,6 +323,7 @@ impl From<pb::Conversation> for Conversation {
                     role: m.role().into(),
                 })
                 .collect(),
+            banned_ids: c.banned_ids.clone(),
         }
     }
 }
@@ -328,6 +351,12 @@ pub struct ConversationSummary {
     pub unread_count: u64,
     /// This user's role.
     pub my_role: Role,
+    /// Unread messages that mention this user or everyone (up to 1000).
+    pub mention_count: u64,
+    /// This user's notification level here.
+    pub notification_level: NotificationLevel,
+    /// With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+    pub muted_until_ms: u64,
 }
 
 /// A page of the conversation list.
@@ -352,10 +381,13 @@ impl From<pb::ConversationList> for ConversationList {
                     last_seq: s.last_seq,
                     last_activity_ms: s.last_activity_ms,
                     my_role: s.my_role().into(),
+                    notification_level: s.notification_level().into(),
                     last_message: s.last_message.map(Into::into),
                     read_seq: s.read_seq,
                     delivered_seq: s.delivered_seq,
                     unread_count: s.unread_count,
+                    mention_count: s.mention_count,
+                    muted_until_ms: s.muted_until_ms,
                 })
                 .collect(),
             next_before_activity_ms: l.next_before_activity_ms,
@@ -493,6 +525,15 @@ pub struct Message {
     pub system: Option<SystemEvent>,
     /// Deleted: only the metadata is left.
     pub deleted: bool,
+    /// Unix milliseconds of the latest edit; 0 if never edited.
+    pub edited_at_ms: u64,
+    /// Reactions as this user sees them (filled in history and sync; empty
+    /// in live pushes).
+    pub reactions: Vec<Reaction>,
+    /// Members the message mentions.
+    pub mention_ids: Vec<u64>,
+    /// The message mentions everyone.
+    pub mention_everyone: bool,
 }
 
 impl From<pb::Message> for Message {
@@ -511,6 +552,61 @@ impl From<pb::Message> for Message {
             reply_to_seq: m.reply_to_seq,
             system: m.system.map(Into::into),
             deleted: m.deleted,
+            edited_at_ms: m.edited_at_ms,
+            reactions: m.reactions.into_iter().map(Into::into).collect(),
+            mention_ids: m.mention_ids,
+            mention_everyone: m.mention_everyone,
+        }
+    }
+}
+
+/// One emoji's reactions to a message.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Reaction {
+    /// The emoji.
+    pub emoji: String,
+    /// How many users reacted with it.
+    pub count: u32,
+    /// This user is one of them (always false in a `ReactionEvent`).
+    pub mine: bool,
+}
+
+impl From<pb::Reaction> for Reaction {
+    fn from(r: pb::Reaction) -> Self {
+        Self {
+            emoji: r.emoji,
+            count: r.count,
+            mine: r.mine,
+        }
+    }
+}
+
+/// A reaction was added or removed.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ReactionEvent {
+    /// The conversation.
+    pub conversation_id: u64,
+    /// The message.
+    pub seq: u64,
+    /// Who reacted.
+    pub user_id: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// True if the reaction was removed.
+    pub removed: bool,
+    /// The message's reactions after the change.
+    pub reactions: Vec<Reaction>,
+}
+
+impl From<pb::ReactionEvent> for ReactionEvent {
+    fn from(r: pb::ReactionEvent) -> Self {
+        Self {
+            conversation_id: r.conversation_id,
+            seq: r.seq,
+            user_id: r.user_id,
+            emoji: r.emoji,
+            removed: r.removed,
+            reactions: r.reactions.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -531,6 +627,10 @@ pub struct OutgoingMessage {
     pub reply_to_seq: u64,
     /// The idempotency key; empty for a fresh random one.
     pub client_msg_id: String,
+    /// Members the message mentions (resolve `@username` to ids first).
+    pub mention_ids: Vec<u64>,
+    /// Mentions everyone (groups only).
+    pub mention_everyone: bool,
 }
 
 impl From<OutgoingMessage> for pb::SendMessage {
@@ -543,6 +643,8 @@ impl From<OutgoingMessage> for pb::SendMessage {
             ciphertext: m.ciphertext.into(),
             reply_to_seq: m.reply_to_seq,
             first_attempt: false,
+            mention_ids: m.mention_ids,
+            mention_everyone: m.mention_everyone,
         }
     }
 }

@@ -96,6 +96,9 @@ const PARTITIONS_KEY: &str = "chatd_partitions";
 /// presence announcements.
 const EPHEMERAL: &str = "eph";
 const END_USER: &str = "end";
+
+/// Core NATS topic of [`Link::publish_unwatch`].
+const UNWATCH: &str = "unwatch";
 const PRESENCE: &str = "presence";
 
 /// Users per presence announcement message.
@@ -890,6 +893,30 @@ impl Link {
         self.notify(self.topic(END_USER), payload);
     }
 
+    /// Ends the presence watches between two users on the other nodes (one
+    /// blocked the other; the block is in the stream already).
+    pub fn publish_unwatch(&self, a: u64, b: u64) {
+        let payload = wire::encode_unwatch(self.node, a, b);
+        self.notify(self.topic(UNWATCH), payload);
+    }
+
+    /// Ends the presence watches other nodes ask this one to end.
+    async fn relay_unwatch(self: Arc<Self>, mut sub: async_nats::Subscriber) {
+        while let Some(msg) = sub.next().await {
+            let Some((origin, a, b)) = wire::decode_unwatch(msg.payload) else {
+                continue;
+            };
+            let Some(shards) = self.shards.get().filter(|_| origin != self.node) else {
+                continue;
+            };
+            let nr_shards = shards.place.nr_shards();
+            for dst in 0..nr_shards {
+                let msg = ShardMsg::Unwatch(a, b);
+                shards.mesh.send(link_source(nr_shards), dst, msg).await;
+            }
+        }
+    }
+
     /// Closes the sessions other nodes ask this one to close.
     async fn relay_end_user(self: Arc<Self>, mut sub: async_nats::Subscriber) {
         while let Some(msg) = sub.next().await {
@@ -1268,6 +1295,8 @@ async fn connect(
     tokio::spawn(link.clone().relay_ephemeral(typing));
     let ends = subscribe(&client, link.topic(END_USER)).await?;
     tokio::spawn(link.clone().relay_end_user(ends));
+    let unwatches = subscribe(&client, link.topic(UNWATCH)).await?;
+    tokio::spawn(link.clone().relay_unwatch(unwatches));
     let presence = subscribe(&client, link.topic(PRESENCE)).await?;
     tokio::spawn(link.clone().relay_presence(presence));
     tracing::info!(

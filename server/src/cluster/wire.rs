@@ -14,9 +14,10 @@
 //! | the writes, in the commit log's record format (`storage::log`) | rest |
 //!
 //! A typing push on core NATS is the same without the writes; presence
-//! announcements and session ends have their own layouts (below). Forwarded
-//! requests are protobuf ([`Forward`]); their replies are the encoded
-//! `ServerFrame`, or empty for a request that gets no answer.
+//! announcements, session ends and presence unwatches (a block) have their
+//! own layouts (below). Forwarded requests are protobuf ([`Forward`]);
+//! their replies are the encoded `ServerFrame`, or empty for a request that
+//! gets no answer.
 
 use std::sync::Arc;
 
@@ -197,6 +198,24 @@ pub fn decode_end_user(mut buf: Bytes) -> Option<(u16, u64, Bytes)> {
     Some((origin, user, buf))
 }
 
+/// A request to end the presence watches between users `a` and `b`, from
+/// node `origin`: origin (2), a (8), b (8), little-endian.
+pub fn encode_unwatch(origin: u16, a: u64, b: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(18);
+    out.put_u16_le(origin);
+    out.put_u64_le(a);
+    out.put_u64_le(b);
+    out.freeze()
+}
+
+/// The origin node and the two users of an unwatch request.
+pub fn decode_unwatch(mut buf: Bytes) -> Option<(u16, u64, u64)> {
+    if buf.remaining() != 18 {
+        return None;
+    }
+    Some((buf.get_u16_le(), buf.get_u64_le(), buf.get_u64_le()))
+}
+
 /// A conversation request forwarded to its owner node.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Forward {
@@ -217,7 +236,7 @@ pub struct Forward {
     /// What to do.
     #[prost(
         oneof = "ForwardOp",
-        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24"
     )]
     pub op: Option<ForwardOp>,
 }
@@ -250,6 +269,44 @@ pub struct Deletion {
     /// The message (none: no such seq).
     #[prost(message, optional, tag = "2")]
     pub target: Option<pb::Message>,
+}
+
+/// An edit, with the message as the origin read it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Edition {
+    /// The message's seq.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The new text.
+    #[prost(string, tag = "2")]
+    pub text: String,
+    /// The message (none: no such seq).
+    #[prost(message, optional, tag = "3")]
+    pub target: Option<pb::Message>,
+}
+
+/// A reaction, with the message and its reaction records as the origin
+/// read them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Reaction {
+    /// The message's seq.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The emoji.
+    #[prost(string, tag = "2")]
+    pub emoji: String,
+    /// Remove rather than add.
+    #[prost(bool, tag = "3")]
+    pub remove: bool,
+    /// The message (none: no such seq).
+    #[prost(message, optional, tag = "4")]
+    pub target: Option<pb::Message>,
+    /// Its reaction counts.
+    #[prost(message, optional, tag = "5")]
+    pub counts: Option<crate::records::ReactionCounts>,
+    /// The caller's reactions to it.
+    #[prost(message, optional, tag = "6")]
+    pub mine: Option<crate::records::UserReactions>,
 }
 
 /// [`OwnerOp`] on the wire.
@@ -297,6 +354,35 @@ pub enum ForwardOp {
     /// DeleteMessage.
     #[prost(message, tag = "18")]
     Delete(Deletion),
+    /// EditMessage.
+    #[prost(message, tag = "19")]
+    Edit(Edition),
+    /// React.
+    #[prost(message, tag = "20")]
+    React(Reaction),
+    /// The user blocked (true) or unblocked the other member.
+    #[prost(bool, tag = "21")]
+    SetBlocked(bool),
+    /// BanMember.
+    #[prost(uint64, tag = "22")]
+    Ban(u64),
+    /// UnbanMember.
+    #[prost(uint64, tag = "23")]
+    Unban(u64),
+    /// SetNotificationLevel.
+    #[prost(message, tag = "24")]
+    SetNotify(NotifyOf),
+}
+
+/// A notification level and the end of a mute.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyOf {
+    /// `pb::NotificationLevel`.
+    #[prost(int32, tag = "1")]
+    pub level: i32,
+    /// Unix ms (0: none).
+    #[prost(uint64, tag = "2")]
+    pub muted_until_ms: u64,
 }
 
 /// `req` for its owner node; `after` as [`Forward::after`].
@@ -323,6 +409,26 @@ pub fn encode_request(req: &OwnerRequest, after: u64) -> Bytes {
         OwnerOp::DeleteMessage { seq, target } => ForwardOp::Delete(Deletion {
             seq: *seq,
             target: target.as_deref().cloned(),
+        }),
+        OwnerOp::EditMessage { seq, text, target } => ForwardOp::Edit(Edition {
+            seq: *seq,
+            text: text.clone(),
+            target: target.as_deref().cloned(),
+        }),
+        OwnerOp::React(r) => ForwardOp::React(Reaction {
+            seq: r.seq,
+            emoji: r.emoji.clone(),
+            remove: r.remove,
+            target: r.target.as_deref().cloned(),
+            counts: Some(r.counts.clone()),
+            mine: Some(r.mine.clone()),
+        }),
+        OwnerOp::SetBlocked(on) => ForwardOp::SetBlocked(*on),
+        OwnerOp::Ban(u) => ForwardOp::Ban(*u),
+        OwnerOp::Unban(u) => ForwardOp::Unban(*u),
+        OwnerOp::SetNotify(level, until) => ForwardOp::SetNotify(NotifyOf {
+            level: *level,
+            muted_until_ms: *until,
         }),
     };
     let forward = Forward {
@@ -355,6 +461,23 @@ pub fn decode_request(forward: Forward, origin: Origin) -> Option<OwnerRequest> 
             seq: d.seq,
             target: d.target.map(Box::new),
         },
+        ForwardOp::Edit(e) => OwnerOp::EditMessage {
+            seq: e.seq,
+            text: e.text,
+            target: e.target.map(Box::new),
+        },
+        ForwardOp::React(r) => OwnerOp::React(Box::new(crate::owner::Reacting {
+            seq: r.seq,
+            emoji: r.emoji,
+            remove: r.remove,
+            target: r.target.map(Box::new),
+            counts: r.counts.unwrap_or_default(),
+            mine: r.mine.unwrap_or_default(),
+        })),
+        ForwardOp::SetBlocked(on) => OwnerOp::SetBlocked(on),
+        ForwardOp::Ban(u) => OwnerOp::Ban(u),
+        ForwardOp::Unban(u) => OwnerOp::Unban(u),
+        ForwardOp::SetNotify(n) => OwnerOp::SetNotify(n.level, n.muted_until_ms),
     };
     Some(OwnerRequest::new(
         origin,
@@ -405,6 +528,8 @@ mod tests {
             decode_end_user(encode_end_user(2, 9, b"bye")).expect("decodes");
         assert_eq!((origin, user, &frame[..]), (2, 9, &b"bye"[..]));
         assert!(decode_presence(Bytes::from_static(b"short")).is_none());
+        assert_eq!(decode_unwatch(encode_unwatch(3, 4, 5)), Some((3, 4, 5)));
+        assert!(decode_unwatch(Bytes::from_static(b"short")).is_none());
     }
 
     #[test]
@@ -421,5 +546,34 @@ mod tests {
         let back = decode_request(f, origin).expect("an op");
         assert_eq!(back.user, UserId(5));
         assert!(matches!(back.op, OwnerOp::SetRole(7, 2)));
+
+        let edit = OwnerOp::EditMessage {
+            seq: 3,
+            text: "new".into(),
+            target: None,
+        };
+        let req = OwnerRequest::new(origin, UserId(5), ConversationId(6), edit);
+        let f: Forward = prost::Message::decode(encode_request(&req, 1)).expect("decodes");
+        let back = decode_request(f, origin).expect("an op");
+        assert!(
+            matches!(&back.op, OwnerOp::EditMessage { seq: 3, text, target: None } if text == "new")
+        );
+
+        let react = OwnerOp::React(Box::new(crate::owner::Reacting {
+            seq: 4,
+            emoji: "👍".into(),
+            remove: true,
+            target: None,
+            counts: Default::default(),
+            mine: crate::records::UserReactions {
+                emoji: vec!["👍".into()],
+            },
+        }));
+        let req = OwnerRequest::new(origin, UserId(5), ConversationId(6), react);
+        let f: Forward = prost::Message::decode(encode_request(&req, 1)).expect("decodes");
+        let back = decode_request(f, origin).expect("an op");
+        assert!(
+            matches!(&back.op, OwnerOp::React(r) if r.seq == 4 && r.remove && r.mine.emoji == ["👍"])
+        );
     }
 }

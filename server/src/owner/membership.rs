@@ -69,6 +69,7 @@ impl Env {
                 "channel subscribers join with SubscribeChannel",
             ));
         }
+        super::moderation::check_not_banned(conv, &users)?;
         let mut seen = HashSet::new();
         let new: Vec<u64> = users
             .into_iter()
@@ -293,6 +294,7 @@ impl Env {
         if conv.members.contains_key(&user) {
             return Ok(Pending::default());
         }
+        super::moderation::check_not_banned(conv, [&user])?;
         let member = MemberRecord {
             role: Role::Subscriber as i32,
             joined_seq: conv.seq.last_seq(),

@@ -20,13 +20,17 @@
 //! so the rules (roles, idempotency, receipts, the delete race) are
 //! deterministic unit tests.
 
+mod edit;
 mod effect;
 mod membership;
+mod moderation;
+mod reaction;
 mod receipts;
 #[cfg(test)]
 mod sim;
 
 pub use effect::{Effect, Origin, Pending};
+pub use reaction::{REACTION_MAX_BYTES, REACTIONS_PER_MESSAGE_MAX, Reacting, check_emoji};
 
 pub use receipts::{
     CURSOR_FLUSH_INTERVAL, RECEIPT_EVENTS_MAX_MEMBERS, TYPING_DEBOUNCE_MS, TYPING_TTL_MS,
@@ -50,6 +54,13 @@ use crate::records::{ConversationRecord, IdempotencyRecord, MemberRecord};
 use crate::reply::{self, Refusal};
 use crate::sequencer::{Admission, Assigned, Sequencer};
 use crate::storage::writer::Batch;
+
+/// Users one group or channel may have banned at most; a ban past it is
+/// refused with INVALID_ARGUMENT.
+pub const BANS_MAX: usize = 10_000;
+
+/// Users one message may mention at most (besides @everyone).
+pub const MENTIONS_MAX: usize = 50;
 
 /// Longest `client_msg_id`, in bytes.
 pub const CLIENT_MSG_ID_MAX: usize = 64;
@@ -100,6 +111,10 @@ impl OwnerRequest {
 
 /// Operations only the owner may carry out.
 #[derive(Debug)]
+// Sends are by far the most frequent operation and the largest; boxing them
+// would add an allocation to the send path (`routes::messages::send_now`
+// keeps it free of them) to shrink the rare others.
+#[allow(clippy::large_enum_variant)]
 pub enum OwnerOp {
     /// SendMessage.
     Send(pb::SendMessage),
@@ -135,6 +150,28 @@ pub enum OwnerOp {
         /// The stored message.
         target: Option<Box<pb::Message>>,
     },
+    /// EditMessage, with the message as the store held it when the request
+    /// was read (none: no such seq).
+    EditMessage {
+        /// The message's seq.
+        seq: u64,
+        /// The new text.
+        text: String,
+        /// The stored message.
+        target: Option<Box<pb::Message>>,
+    },
+    /// React, with the message and its reactions as the store held them
+    /// when the request was read.
+    React(Box<Reacting>),
+    /// The user blocked (true) or unblocked the other member of this
+    /// direct conversation; the block record is written already.
+    SetBlocked(bool),
+    /// SetNotificationLevel: the level and the end of a mute.
+    SetNotify(i32, u64),
+    /// BanMember (the user checked to exist).
+    Ban(u64),
+    /// UnbanMember.
+    Unban(u64),
 }
 
 /// A loaded conversation on its owner shard.
@@ -163,6 +200,13 @@ pub(super) struct Conv {
     /// [`RECENT_DELETIONS`]: a second DeleteMessage that read the message
     /// before the first one's write is answered without a second event.
     recent_deletions: VecDeque<u64>,
+    /// Reaction records this owner wrote last (`reaction.rs`).
+    reactions: reaction::RecentReactions,
+    /// Direct conversations: the members who blocked the other one (at
+    /// most both). While any did, the two exchange nothing here.
+    blocked_by: Vec<u64>,
+    /// Users banned from this group or channel, at most [`BANS_MAX`].
+    pub(super) banned: HashSet<u64>,
 }
 
 impl Conv {
@@ -186,7 +230,9 @@ impl Conv {
     pub(super) fn view(&self, id: u64, me: u64) -> pb::Conversation {
         let mut members: Vec<(u64, i32)> = self.members.iter().map(|(&u, m)| (u, m.role)).collect();
         members.sort_unstable();
-        catalog::view(id, &self.record, &members, self.seq.last_seq(), me)
+        let mut banned: Vec<u64> = self.banned.iter().copied().collect();
+        banned.sort_unstable();
+        catalog::view(id, &self.record, &members, &banned, self.seq.last_seq(), me)
     }
 
     pub(super) fn role(&self, user: u64) -> Option<Role> {
@@ -213,6 +259,19 @@ impl Conv {
             self.recent_senders.pop_front();
         }
         self.recent_senders.push_back((seq, sender));
+    }
+
+    /// Refuses what one of a blocked pair sends to a direct conversation
+    /// (`spec/messages.md`, "BlockUser").
+    pub(super) fn check_not_blocked(&self) -> Result<(), Refusal> {
+        if self.blocked_by.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ErrorCode::Blocked,
+                "one of the two users of this direct conversation blocked the other",
+            ))
+        }
     }
 
     pub(super) fn is_channel(&self) -> bool {
@@ -290,6 +349,10 @@ pub struct Loaded {
     pub members: Vec<(u64, MemberRecord)>,
     /// Its last seq.
     pub last_seq: u64,
+    /// A direct conversation's members who blocked the other one.
+    pub blocked_by: Vec<u64>,
+    /// Users banned from it.
+    pub banned: Vec<u64>,
 }
 
 /// An idempotency key found in the store: sender, client_msg_id, record.
@@ -411,6 +474,106 @@ impl Owner {
     }
 }
 
+/// Records that `user` blocked (or unblocked) the other member of the
+/// direct conversation `conv`.
+fn set_blocked(conv: &mut Conv, user: u64, on: bool) -> Result<Pending, Refusal> {
+    if !conv.members.contains_key(&user) {
+        return Err(Refusal::new(
+            ErrorCode::NotAMember,
+            "not a member of this conversation",
+        ));
+    }
+    if conv.record.kind != ConversationKind::Direct as i32 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "blocks concern direct conversations only",
+        ));
+    }
+    conv.blocked_by.retain(|&u| u != user);
+    if on {
+        conv.blocked_by.push(user);
+    }
+    Ok(Pending::default())
+}
+
+/// Mentions of a send: at most [`MENTIONS_MAX`] ids, each a member;
+/// @everyone in groups only.
+fn check_mentions(conv: &Conv, msg: &pb::SendMessage) -> Result<(), Refusal> {
+    if msg.mention_ids.len() > MENTIONS_MAX {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("at most {MENTIONS_MAX} mentions"),
+        ));
+    }
+    if let Some(u) = msg
+        .mention_ids
+        .iter()
+        .find(|u| !conv.members.contains_key(*u))
+    {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            format!("user {u} is not a member and cannot be mentioned"),
+        ));
+    }
+    if msg.mention_everyone && conv.record.kind != ConversationKind::Group as i32 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "@everyone is for groups",
+        ));
+    }
+    Ok(())
+}
+
+/// SetNotificationLevel for `user`.
+fn set_notify(
+    id: u64,
+    conv: &mut Conv,
+    user: u64,
+    level: i32,
+    muted_until_ms: u64,
+) -> Result<Pending, Refusal> {
+    let level = match pb::NotificationLevel::try_from(level) {
+        Ok(pb::NotificationLevel::Unspecified) => pb::NotificationLevel::All,
+        Ok(l) => l,
+        Err(_) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidArgument,
+                "unknown notification level",
+            ));
+        }
+    };
+    if muted_until_ms != 0 && level != pb::NotificationLevel::Muted {
+        return Err(Refusal::new(
+            ErrorCode::InvalidArgument,
+            "muted_until_ms is for MUTED",
+        ));
+    }
+    let member = conv
+        .members
+        .get_mut(&user)
+        .ok_or_else(|| Refusal::new(ErrorCode::NotAMember, "not a member of this conversation"))?;
+    member.notification_level = level as i32;
+    member.muted_until_ms = muted_until_ms;
+    let mut batch = Batch::new();
+    batch.put_member(id, user, member);
+    Ok(Pending {
+        batch,
+        effects: Vec::new(),
+    })
+}
+
+/// `result` answered `Done` once its writes are durable, or refused.
+fn done_or_refused(origin: Origin, result: Result<Pending, Refusal>) -> Pending {
+    match result {
+        Ok(mut pending) => {
+            let done = reply::answer(origin.request_id, Ok(Body::Done(pb::Done {})));
+            pending.effects.push(Effect::Reply(origin, done));
+            pending
+        }
+        Err(r) => refusal_entry(origin, r.code, &r.message),
+    }
+}
+
 pub(crate) fn refusal_entry(origin: Origin, code: ErrorCode, message: &str) -> Pending {
     let refusal = reply::error(origin.request_id, code, message);
     Pending::effects(vec![Effect::Reply(origin, refusal)])
@@ -482,6 +645,9 @@ impl Owner {
                     typing: receipts::Typing::default(),
                     recent_senders: VecDeque::new(),
                     recent_deletions: VecDeque::new(),
+                    reactions: reaction::RecentReactions::default(),
+                    blocked_by: l.blocked_by,
+                    banned: l.banned.into_iter().collect(),
                 };
                 self.slots.insert(id, Slot::Ready(Box::new(conv)));
                 self.pump(id);
@@ -624,19 +790,33 @@ impl Env {
                 let answer = reply::answer(origin.request_id, result);
                 return Pending::effects(vec![Effect::Reply(origin, answer)]);
             }
+            OwnerOp::Typing(_) if conv.check_not_blocked().is_err() => {
+                return Pending::effects(vec![Effect::Release(origin)]);
+            }
             OwnerOp::Typing(active) => return self.typing(id, conv, origin, user, active),
             OwnerOp::SubscribeChannel => self.subscribe(id, conv, user),
+            OwnerOp::Ban(target) => self.ban(id, conv, user, target),
+            OwnerOp::Unban(target) => self.unban(id, conv, user, target),
             OwnerOp::UnsubscribeChannel => self.unsubscribe(id, conv, user),
             OwnerOp::DeleteMessage { seq, target } => {
                 let result = self.delete_message(id, conv, user, seq, target);
-                return match result {
-                    Ok(mut pending) => {
-                        let done = reply::answer(origin.request_id, Ok(Body::Done(pb::Done {})));
-                        pending.effects.push(Effect::Reply(origin, done));
-                        pending
-                    }
-                    Err(r) => refusal_entry(origin, r.code, &r.message),
-                };
+                return done_or_refused(origin, result);
+            }
+            OwnerOp::EditMessage { seq, text, target } => {
+                let result = self.edit_message(conv, user, seq, text, target);
+                return done_or_refused(origin, result);
+            }
+            OwnerOp::React(r) => {
+                let result = self.react(id, conv, user, *r);
+                return done_or_refused(origin, result);
+            }
+            OwnerOp::SetNotify(level, until) => {
+                let result = set_notify(id, conv, user, level, until);
+                return done_or_refused(origin, result);
+            }
+            OwnerOp::SetBlocked(on) => {
+                let result = set_blocked(conv, user, on);
+                return done_or_refused(origin, result);
             }
         };
         match result {
@@ -697,6 +877,7 @@ impl Env {
                 "only channel admins post",
             ));
         }
+        conv.check_not_blocked()?;
         if msg.client_msg_id.is_empty() || msg.client_msg_id.len() > CLIENT_MSG_ID_MAX {
             return Err(Refusal::new(
                 ErrorCode::InvalidArgument,
@@ -706,6 +887,7 @@ impl Env {
         if let Some(media) = &msg.media {
             crate::media::check_ref(media)?;
         }
+        check_mentions(conv, msg)?;
         let media_len = msg.media.as_ref().map_or(0, Message::encoded_len);
         let size = msg.text.len() + msg.ciphertext.len() + media_len;
         if size == 0 {
@@ -734,6 +916,15 @@ impl Env {
     ) -> Pending {
         conv.sent(a.seq, user);
         let ack = ack_frame(origin.request_id, id, &msg.client_msg_id, a, false);
+        // Checked to be members (`check_send`); each once, not the sender.
+        let mut mentioned: Vec<u64> = msg
+            .mention_ids
+            .iter()
+            .copied()
+            .filter(|&u| u != user)
+            .collect();
+        mentioned.sort_unstable();
+        mentioned.dedup();
         let idem = IdempotencyRecord {
             seq: a.seq,
             message_id: a.message_id.0,
@@ -758,15 +949,25 @@ impl Env {
             reply_to_seq: msg.reply_to_seq,
             system: None,
             deleted: false,
+            edited_at_ms: 0,
+            reactions: Vec::new(),
+            mention_ids: mentioned.clone(),
+            mention_everyone: msg.mention_everyone,
         };
         // Sized for both writes (and an outbox entry), so staging them
-        // allocates once.
+        // allocates once; mentions grow it.
         let mut batch = Batch::with_capacity(
             Batch::put_bytes(16 + stored.client_msg_id.len(), idem.encoded_len())
                 + Batch::put_bytes(16, stored.encoded_len())
                 + Batch::put_bytes(16, 0),
         );
         batch.put_idempotency(id, user, &stored.client_msg_id, &idem);
+        for &u in &mentioned {
+            batch.put_mention(u, id, a.seq, user);
+        }
+        if msg.mention_everyone {
+            batch.put_mention(0, id, a.seq, user);
+        }
         let push = self.stage_message(&stored, &mut batch);
         let mut effects = vec![
             Effect::Durable {
@@ -783,9 +984,20 @@ impl Env {
                 &conv.record.title,
                 self.rules.push_preview,
             );
-            if let Some(mut notice) = notice {
+            // Each member's notification level decides (`records.rs`).
+            let now = self.now_ms;
+            let notified: Arc<[u64]> = conv
+                .members
+                .iter()
+                .filter(|&(&u, m)| {
+                    let mentioned = stored.mention_everyone || mentioned.binary_search(&u).is_ok();
+                    m.notified(mentioned, now)
+                })
+                .map(|(&u, _)| u)
+                .collect();
+            if let (Some(mut notice), false) = (notice, notified.is_empty()) {
                 notice.outbox = self.rules.push.stage(id, a.seq, &mut batch);
-                effects.push(Effect::Notify(conv.recipients(), Arc::new(notice)));
+                effects.push(Effect::Notify(notified, Arc::new(notice)));
             }
         }
         Pending { batch, effects }
@@ -834,6 +1046,12 @@ impl Env {
             conv.recent_deletions.pop_front();
         }
         conv.recent_deletions.push_back(seq);
+        for &u in &target.mention_ids {
+            batch.delete_mention(u, id, seq);
+        }
+        if target.mention_everyone {
+            batch.delete_mention(0, id, seq);
+        }
         target.text.clear();
         target.media = None;
         target.ciphertext.clear();

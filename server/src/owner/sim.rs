@@ -209,6 +209,91 @@ impl Sim {
         self.request(user, conversation, OwnerOp::DeleteMessage { seq, target })
     }
 
+    /// EditMessage of `seq` by `user` to `text`, with `target` as the
+    /// route read it from the store.
+    fn edit(
+        &mut self,
+        user: u64,
+        conversation: u64,
+        seq: u64,
+        text: &str,
+        target: Option<pb::Message>,
+    ) -> u64 {
+        let op = OwnerOp::EditMessage {
+            seq,
+            text: text.into(),
+            target: target.map(Box::new),
+        };
+        self.request(user, conversation, op)
+    }
+
+    /// React by `user`, with the message and its reaction records read from
+    /// the store now, as the route does.
+    fn react(&mut self, user: u64, conversation: u64, seq: u64, emoji: &str, remove: bool) -> u64 {
+        let r = self.reacting(user, conversation, seq, emoji, remove);
+        self.request(user, conversation, OwnerOp::React(Box::new(r)))
+    }
+
+    fn reacting(
+        &self,
+        user: u64,
+        conversation: u64,
+        seq: u64,
+        emoji: &str,
+        remove: bool,
+    ) -> crate::owner::Reacting {
+        crate::owner::Reacting {
+            seq,
+            emoji: emoji.into(),
+            remove,
+            target: self.stored_message(conversation, seq).map(Box::new),
+            counts: self.reaction_counts(conversation, seq),
+            mine: self
+                .get(Ks::Reactors, &keys::reactor(conversation, seq, user))
+                .and_then(|v| crate::records::UserReactions::decode(v.as_slice()).ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// (emoji, count) of message `seq` as stored.
+    fn reaction_counts(&self, conversation: u64, seq: u64) -> crate::records::ReactionCounts {
+        self.get(Ks::Reactions, &keys::pair(conversation, seq))
+            .and_then(|v| crate::records::ReactionCounts::decode(v.as_slice()).ok())
+            .unwrap_or_default()
+    }
+
+    fn counts_of(&self, conversation: u64, seq: u64) -> Vec<(String, u32)> {
+        self.reaction_counts(conversation, seq)
+            .counts
+            .into_iter()
+            .map(|c| (c.emoji, c.count))
+            .collect()
+    }
+
+    /// Reaction events pushed, in push order.
+    fn reaction_events(&self) -> Vec<(&[u64], &pb::ReactionEvent)> {
+        self.pushes
+            .iter()
+            .filter_map(|p| match &p.frame.body {
+                Some(Body::ReactionEvent(e)) => Some((p.users.as_slice(), e)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Messages pushed as edited, in push order.
+    fn edits(&self) -> Vec<(&[u64], &pb::Message)> {
+        self.pushes
+            .iter()
+            .filter_map(|p| match &p.frame.body {
+                Some(Body::MessageEdited(pb::MessageEdited { message: Some(m) })) => {
+                    Some((p.users.as_slice(), m))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Takes the owner's outputs until it has none, carrying out those the
     /// simulation is set to carry out at once.
     fn drain(&mut self) {
@@ -327,7 +412,7 @@ impl Sim {
             ConversationRecord::decode(self.get(Ks::Conversations, &keys::id(id))?.as_slice())
                 .ok()?;
         let prefix = keys::id(id);
-        let members = self
+        let members: Vec<(u64, MemberRecord)> = self
             .scan(Ks::Members, &prefix)
             .filter_map(|(k, v)| {
                 Some((
@@ -342,10 +427,26 @@ impl Sim {
                 .max()
                 .unwrap_or(0)
         });
+        let blocked_by = members
+            .iter()
+            .map(|(u, _)| *u)
+            .filter(|&u| {
+                record.kind == ConversationKind::Direct as i32
+                    && members.iter().any(|(other, _)| {
+                        *other != u && self.get(Ks::Blocks, &keys::pair(u, *other)).is_some()
+                    })
+            })
+            .collect();
+        let banned = self
+            .scan(Ks::Bans, &prefix)
+            .filter_map(|(k, _)| keys::pair_second(k))
+            .collect();
         Some(Loaded {
             record,
             members,
             last_seq,
+            blocked_by,
+            banned,
         })
     }
 
@@ -924,4 +1025,344 @@ fn receipt_events_in_large_groups_reach_the_reader_and_recent_senders() {
         .find(|p| matches!(p.frame.body, Some(Body::ReceiptEvent(_))))
         .map(|p| p.users.clone());
     assert_eq!(hearing, Some(vec![2, 3, 5]));
+}
+
+// Edits.
+
+#[test]
+fn the_sender_edits_in_place_without_a_seq_and_every_member_is_told() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    let before = s.stored_message(g, 1).expect("stored");
+    s.now_ms += 5;
+    let e = s.edit(3, g, 1, "fixed", Some(before.clone()));
+    assert!(matches!(s.answer(e), Body::Done(_)));
+    let stored = s.stored_message(g, 1).expect("stored");
+    assert_eq!(stored.text, "fixed");
+    assert_eq!(stored.edited_at_ms, s.now_ms);
+    assert_eq!(
+        (stored.seq, stored.message_id, stored.sent_at_ms),
+        (before.seq, before.message_id, before.sent_at_ms)
+    );
+    let edits = s.edits();
+    assert_eq!(edits.len(), 1);
+    assert_eq!(edits[0].0, &[1, 2, 3, 4]);
+    assert_eq!(edits[0].1.text, "fixed");
+    assert_eq!(s.notified, 0, "no push notification");
+    // No seq was taken: the next message is seq 2.
+    let next = s.send(4, g, "b", true);
+    assert_eq!(s.ack(next).seq, 2);
+    // A second edit, even one that read the message at the same instant,
+    // is strictly later.
+    let again = s.edit(3, g, 1, "fixed again", s.stored_message(g, 1));
+    assert!(matches!(s.answer(again), Body::Done(_)));
+    let twice = s.stored_message(g, 1).expect("stored");
+    assert_eq!(twice.text, "fixed again");
+    assert!(twice.edited_at_ms > stored.edited_at_ms);
+}
+
+#[test]
+fn edits_are_refused_for_others_system_deleted_and_bad_text() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    let target = s.stored_message(g, 1);
+    // Not even the group's owner edits someone else's message.
+    let by_owner = s.edit(1, g, 1, "x", target.clone());
+    assert_eq!(s.error_code(by_owner), ErrorCode::Forbidden);
+    let outsider = s.edit(9, g, 1, "x", target.clone());
+    assert_eq!(s.error_code(outsider), ErrorCode::NotAMember);
+    let missing = s.edit(3, g, 7, "x", None);
+    assert_eq!(s.error_code(missing), ErrorCode::NotFound);
+    let empty = s.edit(3, g, 1, "", target.clone());
+    assert_eq!(s.error_code(empty), ErrorCode::InvalidArgument);
+    let big = s.edit(3, g, 1, &"x".repeat(1025), target.clone());
+    assert_eq!(s.error_code(big), ErrorCode::MessageTooLarge);
+    let removed = s.request(1, g, OwnerOp::RemoveMember(4));
+    assert!(matches!(s.answer(removed), Body::Conversation(_)));
+    let system = s.stored_message(g, 2);
+    let of_system = s.edit(1, g, 2, "x", system);
+    assert_eq!(s.error_code(of_system), ErrorCode::InvalidArgument);
+    assert!(s.edits().is_empty());
+    assert_eq!(s.stored_message(g, 1).expect("stored").text, "text of a");
+
+    // A delete and an edit that both read the message before either was
+    // written: the edit does not bring the text back.
+    s.auto_commit = false;
+    let deleted = s.delete(3, g, 1, target.clone());
+    let late = s.edit(3, g, 1, "resurrected", target);
+    s.commit_all();
+    assert!(matches!(s.answer(deleted), Body::Done(_)));
+    assert_eq!(s.error_code(late), ErrorCode::Conflict);
+    s.auto_commit = true;
+    let stored = s.stored_message(g, 1).expect("stored");
+    assert!(stored.deleted && stored.text.is_empty());
+    // And after a restart the store's copy says it is deleted.
+    s.restart();
+    let after = s.edit(3, g, 1, "again", Some(stored));
+    assert_eq!(s.error_code(after), ErrorCode::Conflict);
+    assert!(s.edits().is_empty());
+}
+
+// Reactions.
+
+#[test]
+fn reactions_count_per_emoji_are_idempotent_and_take_no_seq() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    for (user, emoji) in [(1, "👍"), (2, "👍"), (3, "🎉"), (1, "👍")] {
+        let r = s.react(user, g, 1, emoji, false);
+        assert!(matches!(s.answer(r), Body::Done(_)));
+    }
+    assert_eq!(
+        s.counts_of(g, 1),
+        [("👍".to_owned(), 2), ("🎉".to_owned(), 1)],
+        "adding twice counts once"
+    );
+    let events = s.reaction_events();
+    assert_eq!(events.len(), 3, "the repeated add tells nobody");
+    assert_eq!(events[0].0, &[1, 2, 3, 4]);
+    assert_eq!((events[2].1.user_id, events[2].1.emoji.as_str()), (3, "🎉"));
+    // Removing: the count drops, an emoji nobody uses goes, removing what
+    // one does not have is done with nothing written.
+    let r = s.react(1, g, 1, "👍", true);
+    assert!(matches!(s.answer(r), Body::Done(_)));
+    let r = s.react(3, g, 1, "🎉", true);
+    assert!(matches!(s.answer(r), Body::Done(_)));
+    let r = s.react(4, g, 1, "🎉", true);
+    assert!(matches!(s.answer(r), Body::Done(_)));
+    assert_eq!(s.counts_of(g, 1), [("👍".to_owned(), 1)]);
+    assert_eq!(s.reaction_events().len(), 5);
+    assert!(s.get(Ks::Reactors, &keys::reactor(g, 1, 3)).is_none());
+    assert_eq!(s.notified, 0);
+    let next = s.send(4, g, "b", true);
+    assert_eq!(s.ack(next).seq, 2, "reactions take no seq");
+}
+
+#[test]
+fn reactions_read_before_the_owner_wrote_are_counted_from_what_it_wrote() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    // Three members react at once: every request read the store before
+    // any was written, which a socket test cannot arrange for certain.
+    let reads: Vec<_> = [1, 2, 4]
+        .iter()
+        .map(|&u| (u, s.reacting(u, g, 1, "👍", false)))
+        .collect();
+    s.auto_commit = false;
+    let rids: Vec<u64> = reads
+        .into_iter()
+        .map(|(u, r)| s.request(u, g, OwnerOp::React(Box::new(r))))
+        .collect();
+    // And one of them adds the same reaction again, read at the same time.
+    let again = s.reacting(1, g, 1, "👍", false);
+    let twice = s.request(1, g, OwnerOp::React(Box::new(again)));
+    s.commit_all();
+    s.auto_commit = true;
+    for rid in rids.into_iter().chain([twice]) {
+        assert!(matches!(s.answer(rid), Body::Done(_)));
+    }
+    assert_eq!(s.counts_of(g, 1), [("👍".to_owned(), 3)]);
+}
+
+#[test]
+fn reactions_are_bounded_and_refused_for_bad_targets() {
+    let mut s = Sim::new();
+    let g = s.group();
+    s.send(3, g, "a", true);
+    for i in 0..REACTIONS_PER_MESSAGE_MAX {
+        let r = s.react(1 + (i as u64 % 4), g, 1, &format!("e{i}"), false);
+        assert!(matches!(s.answer(r), Body::Done(_)), "{i}");
+    }
+    let past = s.react(2, g, 1, "one-more", false);
+    assert_eq!(s.error_code(past), ErrorCode::ReactionLimit);
+    // An emoji already there still counts another user.
+    let existing = s.react(2, g, 1, "e0", false);
+    assert!(matches!(s.answer(existing), Body::Done(_)));
+    assert_eq!(s.counts_of(g, 1).len(), REACTIONS_PER_MESSAGE_MAX);
+
+    let before = s.reaction_events().len();
+    let long = "x".repeat(REACTION_MAX_BYTES + 1);
+    let cases = [
+        (s.react(9, g, 1, "👍", false), ErrorCode::NotAMember),
+        (s.react(1, g, 1, "", false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 1, &long, false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 1, "a b", false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 1, "\u{7}", false), ErrorCode::InvalidArgument),
+        (s.react(1, g, 7, "👍", false), ErrorCode::NotFound),
+    ];
+    for (rid, code) in cases {
+        assert_eq!(s.error_code(rid), code);
+    }
+    let removed = s.request(1, g, OwnerOp::RemoveMember(4));
+    assert!(matches!(s.answer(removed), Body::Conversation(_)));
+    let system = s.react(1, g, 2, "👍", false);
+    assert_eq!(s.error_code(system), ErrorCode::InvalidArgument);
+    let target = s.stored_message(g, 1);
+    let deleted = s.delete(3, g, 1, target);
+    assert!(matches!(s.answer(deleted), Body::Done(_)));
+    let on_deleted = s.react(1, g, 1, "👍", false);
+    assert_eq!(s.error_code(on_deleted), ErrorCode::Conflict);
+    assert_eq!(s.reaction_events().len(), before);
+}
+
+// Blocks.
+
+#[test]
+fn a_blocked_direct_chat_takes_nothing_until_both_unblock() {
+    let mut s = Sim::new();
+    let d = s.create(
+        ConversationKind::Direct,
+        &[(1, Role::Member), (2, Role::Member)],
+    );
+    s.send(1, d, "a", true);
+    // User 2 blocked user 1 before the chat was loaded again.
+    s.put(Ks::Blocks, &keys::pair(2, 1), Vec::new());
+    s.restart();
+    let refused = s.send(1, d, "b", true);
+    assert_eq!(s.error_code(refused), ErrorCode::Blocked);
+    let back = s.send(2, d, "c", true);
+    assert_eq!(s.error_code(back), ErrorCode::Blocked, "either way");
+    let typing = s.request(1, d, OwnerOp::Typing(true));
+    assert!(!s.answered(typing));
+    assert!(s.pushes.iter().all(|p| !p.ephemeral), "typing dropped");
+    // User 1 blocks too; user 2 lifting theirs is not enough.
+    let by_1 = s.request(1, d, OwnerOp::SetBlocked(true));
+    assert!(matches!(s.answer(by_1), Body::Done(_)));
+    let lifted = s.request(2, d, OwnerOp::SetBlocked(false));
+    assert!(matches!(s.answer(lifted), Body::Done(_)));
+    let still = s.send(2, d, "d", true);
+    assert_eq!(s.error_code(still), ErrorCode::Blocked);
+    let lifted = s.request(1, d, OwnerOp::SetBlocked(false));
+    assert!(matches!(s.answer(lifted), Body::Done(_)));
+    let sent = s.send(2, d, "e", true);
+    assert_eq!(s.ack(sent).seq, 2);
+    // Not for groups.
+    let g = s.group();
+    let in_group = s.request(1, g, OwnerOp::SetBlocked(true));
+    assert_eq!(s.error_code(in_group), ErrorCode::InvalidArgument);
+}
+
+// Bans.
+
+#[test]
+fn a_banned_member_is_removed_and_kept_out_until_unbanned() {
+    let mut s = Sim::new();
+    let g = s.group();
+    // A member bans nobody; an admin does not ban the owner or, unless
+    // owner, another admin; nobody bans themselves.
+    let cases = [
+        (s.request(3, g, OwnerOp::Ban(4)), ErrorCode::Forbidden),
+        (s.request(2, g, OwnerOp::Ban(1)), ErrorCode::Forbidden),
+        (s.request(9, g, OwnerOp::Ban(4)), ErrorCode::NotAMember),
+        (s.request(2, g, OwnerOp::Ban(2)), ErrorCode::InvalidArgument),
+    ];
+    for (rid, code) in cases {
+        assert_eq!(s.error_code(rid), code);
+    }
+    let banned = s.request(2, g, OwnerOp::Ban(4));
+    let view = s.conversation(banned);
+    assert_eq!(view.banned_ids, [4]);
+    assert!(Sim::role_in(view, 4).is_none(), "removed");
+    let events = s.system_events();
+    let last = events.last().expect("a system message");
+    assert_eq!(last.kind, pb::system_event::Kind::MemberBanned as i32);
+    assert_eq!((last.actor_id, last.user_ids.as_slice()), (2, &[4][..]));
+    // Banned twice is one ban; a non-member may be banned ahead.
+    let again = s.request(1, g, OwnerOp::Ban(4));
+    assert_eq!(s.conversation(again).banned_ids, [4]);
+    let ahead = s.request(1, g, OwnerOp::Ban(7));
+    assert_eq!(s.conversation(ahead).banned_ids, [4, 7]);
+    assert_eq!(s.system_events().len(), 1);
+    // Kept out: not added back, also after a restart.
+    s.restart();
+    let add = s.request(1, g, OwnerOp::AddMembers(vec![5, 4]));
+    assert_eq!(s.error_code(add), ErrorCode::Banned);
+    assert!(s.member(g, 5).is_none(), "nothing changed");
+    // Lifting a ban lets the user back.
+    let lifted = s.request(2, g, OwnerOp::Unban(4));
+    assert_eq!(s.conversation(lifted).banned_ids, [7]);
+    let add = s.request(1, g, OwnerOp::AddMembers(vec![4]));
+    assert!(matches!(s.answer(add), Body::Conversation(_)));
+
+    // A channel's subscriber is removed without a system message and
+    // cannot subscribe again.
+    let ch = s.create(ConversationKind::Channel, &[(1, Role::Owner)]);
+    let sub = s.request(5, ch, OwnerOp::SubscribeChannel);
+    assert!(matches!(s.answer(sub), Body::Done(_)));
+    let before = s.system_events().len();
+    let ban = s.request(1, ch, OwnerOp::Ban(5));
+    assert_eq!(s.conversation(ban).banned_ids, [5]);
+    assert!(s.member(ch, 5).is_none());
+    assert_eq!(s.system_events().len(), before);
+    let back = s.request(5, ch, OwnerOp::SubscribeChannel);
+    assert_eq!(s.error_code(back), ErrorCode::Banned);
+}
+
+// Mentions and notification levels.
+
+#[test]
+fn mentions_name_members_and_levels_are_kept_with_the_member() {
+    let mut s = Sim::new();
+    let g = s.group();
+    let send = |ids: Vec<u64>, everyone: bool, cmid: &str| {
+        OwnerOp::Send(pb::SendMessage {
+            conversation_id: g,
+            client_msg_id: cmid.into(),
+            text: "hi".into(),
+            mention_ids: ids,
+            mention_everyone: everyone,
+            first_attempt: true,
+            ..Default::default()
+        })
+    };
+    let outsider = s.request(1, g, send(vec![9], false, "a"));
+    assert_eq!(s.error_code(outsider), ErrorCode::InvalidArgument);
+    let many = s.request(1, g, send(vec![2; MENTIONS_MAX + 1], false, "b"));
+    assert_eq!(s.error_code(many), ErrorCode::InvalidArgument);
+    let ok = s.request(1, g, send(vec![3, 1, 3], true, "c"));
+    assert_eq!(s.ack(ok).seq, 1, "refusals took no seq");
+    let stored = s.stored_message(g, 1).expect("stored");
+    assert_eq!(stored.mention_ids, [3], "each once, not the sender");
+    assert!(stored.mention_everyone);
+    assert!(s.get(Ks::Mentions, &keys::mention(3, g, 1)).is_some());
+    assert!(s.get(Ks::Mentions, &keys::mention(0, g, 1)).is_some());
+    let d = s.create(
+        ConversationKind::Direct,
+        &[(1, Role::Member), (2, Role::Member)],
+    );
+    let everyone_in_direct = s.request(1, d, send(vec![], true, "d"));
+    assert_eq!(s.error_code(everyone_in_direct), ErrorCode::InvalidArgument);
+
+    // A deleted message's mentions go with it.
+    let deleted = s.delete(1, g, 1, s.stored_message(g, 1));
+    assert!(matches!(s.answer(deleted), Body::Done(_)));
+    assert!(s.get(Ks::Mentions, &keys::mention(3, g, 1)).is_none());
+    assert!(s.get(Ks::Mentions, &keys::mention(0, g, 1)).is_none());
+
+    let muted = s.request(
+        3,
+        g,
+        OwnerOp::SetNotify(pb::NotificationLevel::Muted as i32, 77),
+    );
+    assert!(matches!(s.answer(muted), Body::Done(_)));
+    let bad = s.request(
+        3,
+        g,
+        OwnerOp::SetNotify(pb::NotificationLevel::All as i32, 77),
+    );
+    assert_eq!(s.error_code(bad), ErrorCode::InvalidArgument);
+    s.restart();
+    let m = s.member(g, 3).expect("member");
+    assert_eq!(
+        (m.notification_level, m.muted_until_ms),
+        (pb::NotificationLevel::Muted as i32, 77)
+    );
+    assert!(
+        !m.notified(true, 76) && m.notified(false, 77),
+        "muted until 77"
+    );
 }

@@ -45,7 +45,7 @@ pub(crate) fn add_members(conn: &Rc<Conn>, req: Request, user: u64, a: pb::AddMe
     let ids = a.user_ids.clone();
     let check = move |store: &Store| {
         for &u in &ids {
-            if store.user(u)?.is_none() {
+            if store.user(u)?.is_none_or(|r| r.deleted) {
                 return Err(Refusal::new(ErrorCode::NotFound, format!("no user {u}")));
             }
         }
@@ -54,6 +54,27 @@ pub(crate) fn add_members(conn: &Rc<Conn>, req: Request, user: u64, a: pb::AddMe
     let op = |()| OwnerOp::AddMembers(a.user_ids);
     let store = &conn.shard.shared.store;
     read_then_owner(conn, req, (user, a.conversation_id), store, check, op);
+}
+
+/// BanMember: the user is checked to exist here, the rest is the owner's.
+pub(crate) fn ban(conn: &Rc<Conn>, req: Request, user: u64, b: pb::BanMember) {
+    let target = b.user_id;
+    let check = move |store: &Store| match store.user(target)? {
+        Some(_) => Ok(()),
+        None => Err(Refusal::new(
+            ErrorCode::NotFound,
+            format!("no user {target}"),
+        )),
+    };
+    let op = move |()| OwnerOp::Ban(target);
+    let store = &conn.shard.shared.store;
+    read_then_owner(conn, req, (user, b.conversation_id), store, check, op);
+}
+
+/// UnbanMember.
+pub(crate) async fn unban(conn: &Rc<Conn>, req: Request, user: u64, u: pb::UnbanMember) {
+    let op = OwnerOp::Unban(u.user_id);
+    to_owner(conn, req, user, u.conversation_id, op).await;
 }
 
 /// RemoveMember.

@@ -1,5 +1,5 @@
 //! Messages: sending (with the connection's and the user's send rates),
-//! deleting, history and sync, receipts and typing. Everything that
+//! deleting, editing, reactions, history and sync, receipts and typing. Everything that
 //! changes a conversation goes to its owner.
 
 use std::rc::Rc;
@@ -11,7 +11,7 @@ use chat_protocol::{ConversationId, ErrorCode, UserId};
 use super::{Request, read_then_owner, spawn_read, to_owner};
 use crate::connection::Conn;
 use crate::limits::TokenBucket;
-use crate::owner::{OwnerOp, OwnerRequest};
+use crate::owner::{OwnerOp, OwnerRequest, Reacting};
 use crate::session_state::Verdict;
 use crate::shard_msg::ShardMsg;
 
@@ -113,6 +113,61 @@ pub(crate) fn delete(conn: &Rc<Conn>, req: Request, user: u64, d: pb::DeleteMess
     };
     let store = &conn.shard.shared.store;
     read_then_owner(conn, req, (user, conversation), store, read, op);
+}
+
+/// EditMessage: like [`delete`], the message is read here and its owner
+/// decides whether the caller may edit it.
+pub(crate) fn edit(conn: &Rc<Conn>, req: Request, user: u64, e: pb::EditMessage) {
+    let (conversation, seq) = (e.conversation_id, e.seq);
+    let read = move |store: &Store| Ok(store.message(conversation, seq)?);
+    let text = e.text;
+    let op = move |target: Option<pb::Message>| OwnerOp::EditMessage {
+        seq,
+        text,
+        target: target.map(Box::new),
+    };
+    let store = &conn.shard.shared.store;
+    read_then_owner(conn, req, (user, conversation), store, read, op);
+}
+
+/// React: the message and its reaction records are read here; its owner
+/// applies the change.
+pub(crate) fn react(conn: &Rc<Conn>, req: Request, user: u64, r: pb::React) {
+    let (conversation, seq) = (r.conversation_id, r.seq);
+    let read = move |store: &Store| {
+        let target = store.message(conversation, seq)?;
+        let (counts, mine) = match &target {
+            Some(_) => (
+                store.reaction_counts(conversation, seq)?,
+                store.user_reactions(conversation, seq, user)?,
+            ),
+            None => Default::default(),
+        };
+        Ok((target, counts, mine))
+    };
+    let op = move |(target, counts, mine): (Option<pb::Message>, _, _)| {
+        OwnerOp::React(Box::new(Reacting {
+            seq,
+            emoji: r.emoji,
+            remove: r.remove,
+            target: target.map(Box::new),
+            counts,
+            mine,
+        }))
+    };
+    let store = &conn.shard.shared.store;
+    read_then_owner(conn, req, (user, conversation), store, read, op);
+}
+
+/// SetNotificationLevel.
+pub(crate) async fn set_notify(
+    conn: &Rc<Conn>,
+    req: Request,
+    user: u64,
+    n: pb::SetNotificationLevel,
+) {
+    let op = OwnerOp::SetNotify(n.level, n.muted_until_ms);
+    to_owner(conn, req, user, n.conversation_id, op).await;
 }
 
 /// GetHistory.

@@ -4,9 +4,10 @@
 //! - [`session`]: Hello, Ping, Register, Login, Resume, Logout;
 //! - [`conversations`]: creating, reading and listing conversations, their
 //!   members and roles, channel subscriptions;
-//! - [`messages`]: sends, deletes, history, sync, receipts, typing;
+//! - [`messages`]: sends, deletes, edits, reactions, history, sync, receipts, typing;
 //! - [`presence`]: SetPresence and presence subscriptions;
 //! - [`account`]: profiles, passwords and push tokens;
+//! - [`blocks`]: blocking and unblocking users;
 //! - [`media`]: upload tickets.
 //!
 //! A request of an authenticated session holds one of its
@@ -25,6 +26,7 @@
 //! know where that is.
 
 pub mod account;
+pub mod blocks;
 pub mod conversations;
 pub mod media;
 pub mod messages;
@@ -138,6 +140,9 @@ pub(crate) async fn dispatch(conn: &Rc<Conn>, user: u64, rid: u64, body: C) {
     match body {
         C::SendMessage(m) => messages::send(conn, req, user, m).await,
         C::DeleteMessage(d) => messages::delete(conn, req, user, d),
+        C::EditMessage(e) => messages::edit(conn, req, user, e),
+        C::React(r) => messages::react(conn, req, user, r),
+        C::SetNotificationLevel(n) => messages::set_notify(conn, req, user, n).await,
         C::GetHistory(h) => messages::history(conn, req, user, h),
         C::Sync(s) => messages::sync(conn, req, user, s),
         C::MarkRead(m) => messages::mark_read(conn, req, user, m).await,
@@ -156,13 +161,19 @@ pub(crate) async fn dispatch(conn: &Rc<Conn>, user: u64, rid: u64, body: C) {
         C::SubscribeChannel(c) => conversations::subscribe(conn, req, user, c).await,
         C::UnsubscribeChannel(c) => conversations::unsubscribe(conn, req, user, c).await,
         C::SetPresence(p) => presence::set(conn, req, user, p).await,
-        C::SubscribePresence(s) => presence::subscribe(conn, req, s).await,
+        C::SubscribePresence(s) => presence::subscribe(conn, req, user, s).await,
         C::UnsubscribePresence(s) => presence::unsubscribe(conn, req, s).await,
         C::GetProfile(p) => account::profile(conn, req, p),
         C::UpdateProfile(p) => account::update_profile(conn, req, user, p),
         C::ChangePassword(p) => account::change_password(conn, req, user, p),
         C::RegisterPushToken(p) => account::register_push_token(conn, req, user, p),
-        C::RequestUpload(r) => media::request_upload(conn, req, r),
+        C::RequestUpload(r) => media::request_upload(conn, req, user, r),
+        C::DeleteAccount(d) => account::delete_account(conn, req, user, d),
+        C::BlockUser(b) => blocks::block(conn, req, user, b),
+        C::UnblockUser(u) => blocks::unblock(conn, req, user, u),
+        C::ListBlocked(_) => blocks::list(conn, req, user),
+        C::BanMember(b) => conversations::ban(conn, req, user, b),
+        C::UnbanMember(u) => conversations::unban(conn, req, user, u).await,
         _ => req.answer(Err(Refusal::new(
             ErrorCode::UnknownMessage,
             "not supported by this server version",

@@ -24,19 +24,45 @@ pub(crate) async fn set(conn: &Rc<Conn>, req: Request, user: u64, p: pb::SetPres
 
 /// SubscribePresence: registers interest, then the current states follow
 /// as PresenceEvents (cached ones at once, others from the keeping shard).
-pub(crate) async fn subscribe(conn: &Rc<Conn>, req: Request, s: pb::SubscribePresence) {
-    let result = watch(conn, s.user_ids).await;
-    req.answer(result);
+/// Users in a block with the subscriber, either way, are left out: their
+/// presence stays hidden (`spec/messages.md`, "BlockUser").
+pub(crate) async fn subscribe(conn: &Rc<Conn>, req: Request, user: u64, s: pb::SubscribePresence) {
+    if s.user_ids.len() > MAX_PRESENCE_SUBSCRIPTIONS {
+        return req.answer(Err(too_many()));
+    }
+    let ids = s.user_ids;
+    let visible = conn
+        .shard
+        .shared
+        .store
+        .off_thread(move |store| {
+            let mut visible = Vec::with_capacity(ids.len());
+            for u in ids {
+                if !store.blocked_either(user, u)? {
+                    visible.push(u);
+                }
+            }
+            Ok(visible)
+        })
+        .await;
+    match visible {
+        Ok(visible) => req.answer(watch(conn, visible).await),
+        Err(r) => req.answer(Err(r)),
+    }
+}
+
+fn too_many() -> Refusal {
+    Refusal::new(
+        ErrorCode::InvalidArgument,
+        format!("at most {MAX_PRESENCE_SUBSCRIPTIONS} presence subscriptions per session"),
+    )
 }
 
 async fn watch(conn: &Conn, users: Vec<u64>) -> Handled {
     let shard = &conn.shard;
     let current = shard.interest.borrow().count(conn.id);
     if current + users.len() > MAX_PRESENCE_SUBSCRIPTIONS {
-        return Err(Refusal::new(
-            ErrorCode::InvalidArgument,
-            format!("at most {MAX_PRESENCE_SUBSCRIPTIONS} presence subscriptions per session"),
-        ));
+        return Err(too_many());
     }
     for watched in users {
         let (first, cached) = shard.interest.borrow_mut().add(conn.id, watched);

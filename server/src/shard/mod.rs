@@ -526,6 +526,8 @@ impl Shard {
             ShardMsg::EndUser { user, frame } => {
                 self.sessions.borrow().close_user(user, &frame, None);
             }
+            ShardMsg::Unwatch(a, b) => self.unwatch_here(a, b),
+            ShardMsg::Operator(job) => crate::routes::account::operator(self, job),
         }
     }
 
@@ -757,10 +759,24 @@ fn load(
         Some(s) => s.get(),
         None => store.last_seq(conversation)?,
     };
+    // A direct conversation's pair may have blocked each other.
+    let mut blocked_by = Vec::new();
+    if let [(a, _), (b, _)] = members.as_slice() {
+        if record.kind == chat_protocol::pb::ConversationKind::Direct as i32 {
+            for (blocker, blocked) in [(*a, *b), (*b, *a)] {
+                if store.blocked(blocker, blocked)? {
+                    blocked_by.push(blocker);
+                }
+            }
+        }
+    }
+    let banned = store.bans(conversation, crate::owner::BANS_MAX)?;
     Ok(Some(Loaded {
         record,
         members,
         last_seq,
+        blocked_by,
+        banned,
     }))
 }
 

@@ -110,6 +110,54 @@ impl Shard {
         }
     }
 
+    /// One of `a` and `b` blocked the other: their sessions on every shard
+    /// of every node stop watching each other's presence.
+    pub async fn unwatch_pair(self: &Rc<Self>, a: u64, b: u64) {
+        if let Some(link) = self.shared.writer.cluster() {
+            link.publish_unwatch(a, b);
+        }
+        for dst in 0..self.shared.place.nr_shards() {
+            if dst == self.id {
+                self.unwatch_here(a, b);
+            } else {
+                self.shared
+                    .mesh
+                    .send(self.id, dst, ShardMsg::Unwatch(a, b))
+                    .await;
+            }
+        }
+    }
+
+    /// [`Shard::unwatch_pair`] for this shard's sessions.
+    pub fn unwatch_here(self: &Rc<Self>, a: u64, b: u64) {
+        let mut last = Vec::new();
+        {
+            let sessions = self.sessions.borrow();
+            let mut interest = self.interest.borrow_mut();
+            for (watcher, watched) in [(a, b), (b, a)] {
+                for session in sessions.ids_of(watcher) {
+                    if interest.remove(session, watched) {
+                        last.push(watched);
+                    }
+                }
+            }
+        }
+        if last.is_empty() {
+            return;
+        }
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            for user in last {
+                let op = PresenceOp::Subscribe {
+                    user,
+                    shard: shard.id,
+                    on: false,
+                };
+                shard.presence_op(op).await;
+            }
+        });
+    }
+
     /// Subscriber side: pushes published states to the watching sessions.
     pub fn deliver_presence(&self, events: &[pb::PresenceEvent]) {
         let mut interest = self.interest.borrow_mut();

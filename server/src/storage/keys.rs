@@ -66,6 +66,22 @@ pub fn idempotency_indexed(key: &[u8]) -> Option<[u8; 32]> {
     Some(idempotency_digest(conversation, sender, key.get(16..)?))
 }
 
+/// `reactors` key: conversation ‖ seq ‖ user.
+pub fn reactor(conversation: u64, seq: u64, user: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&pair(conversation, seq));
+    k[16..].copy_from_slice(&user.to_be_bytes());
+    k
+}
+
+/// `mentions` key: user (0 for @everyone) ‖ conversation ‖ seq.
+pub fn mention(user: u64, conversation: u64, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&pair(user, conversation));
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// `direct` key: the two users of a direct conversation, smaller id first.
 pub fn direct(a: u64, b: u64) -> [u8; 16] {
     pair(a.min(b), a.max(b))

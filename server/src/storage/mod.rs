@@ -23,6 +23,12 @@
 //! | `message_index` | conversation ‖ !seq | [`segments::Loc`] of a newer version of a message (a deletion), or of a message indexed before runs; wins over a run |
 //! | `last_seen` | user id | Unix ms when the user's last session ended |
 //! | `idempotency` | conversation ‖ sender ‖ XXH3-128(client_msg_id) ([`keys::idempotency_digest`]; conversation ‖ sender ‖ client_msg_id in stores written before) | [`IdempotencyRecord`] |
+//! | `reactions` | conversation ‖ seq | [`ReactionCounts`] of the message |
+//! | `reactors` | conversation ‖ seq ‖ user | [`UserReactions`]: the emoji the user reacted with |
+//! | `blocks` | blocker ‖ blocked user | empty |
+//! | `bans` | conversation ‖ user | [`crate::records::BanRecord`] |
+//! | `user_media` | user ‖ media id | empty: the user asked to upload it |
+//! | `mentions` | user (0: @everyone) ‖ conversation ‖ seq | the sender's id |
 //! | `meta` | `indexed_through` | last commit whose segment fjall has indexed and persisted |
 //! | `meta` | `cluster_applied` | cluster mode: the last JetStream stream sequence this store holds |
 
@@ -44,8 +50,8 @@ use self::log::{Replay, Sealed};
 use self::segments::{Files, Loc, Recent, Run, SegmentIndex};
 use self::writer::Progress;
 use crate::records::{
-    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
-    UserConversationRecord, UserRecord,
+    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, ReactionCounts,
+    TokenRecord, UserConversationRecord, UserReactions, UserRecord,
 };
 
 /// Storage failures. Any of them means the store can no longer be trusted
@@ -147,11 +153,23 @@ pub enum Ks {
     PushOutbox = 11,
     /// `meta`
     Meta = 12,
+    /// `reactions`
+    Reactions = 13,
+    /// `reactors`
+    Reactors = 14,
+    /// `blocks`
+    Blocks = 15,
+    /// `bans`
+    Bans = 16,
+    /// `user_media`
+    UserMedia = 17,
+    /// `mentions`
+    Mentions = 18,
 }
 
 impl Ks {
     /// Every keyspace.
-    const ALL: [Ks; 13] = [
+    const ALL: [Ks; 19] = [
         Ks::Users,
         Ks::Usernames,
         Ks::Tokens,
@@ -165,6 +183,12 @@ impl Ks {
         Ks::LastSeen,
         Ks::PushOutbox,
         Ks::Meta,
+        Ks::Reactions,
+        Ks::Reactors,
+        Ks::Blocks,
+        Ks::Bans,
+        Ks::UserMedia,
+        Ks::Mentions,
     ];
 
     /// The keyspace's code in the commit log.
@@ -195,6 +219,12 @@ struct Keyspaces {
     last_seen: Keyspace,
     push_outbox: Keyspace,
     meta: Keyspace,
+    reactions: Keyspace,
+    reactors: Keyspace,
+    blocks: Keyspace,
+    bans: Keyspace,
+    user_media: Keyspace,
+    mentions: Keyspace,
 }
 
 /// Handles to the database and its keyspaces. Cheap to clone; safe to use
@@ -407,6 +437,12 @@ impl Store {
             last_seen: ks("last_seen")?,
             push_outbox: ks("push_outbox")?,
             meta: ks("meta")?,
+            reactions: ks("reactions")?,
+            reactors: ks("reactors")?,
+            blocks: ks("blocks")?,
+            bans: ks("bans")?,
+            user_media: ks("user_media")?,
+            mentions: ks("mentions")?,
         };
         let mut store = Self {
             db,
@@ -684,6 +720,12 @@ impl Store {
             Ks::LastSeen => &self.ks.last_seen,
             Ks::PushOutbox => &self.ks.push_outbox,
             Ks::Meta => &self.ks.meta,
+            Ks::Reactions => &self.ks.reactions,
+            Ks::Reactors => &self.ks.reactors,
+            Ks::Blocks => &self.ks.blocks,
+            Ks::Bans => &self.ks.bans,
+            Ks::UserMedia => &self.ks.user_media,
+            Ks::Mentions => &self.ks.mentions,
         }
     }
 
@@ -968,6 +1010,168 @@ impl Store {
             if (oldest_first && run.min_seq() > hi) || (!oldest_first && run.min_seq() <= lo) {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Messages of `conversation` after seq `after` that mention `user`
+    /// or everyone, not counting `user`'s own, up to `cap`.
+    pub fn mention_count(&self, user: u64, conversation: u64, after: u64, cap: u64) -> Result<u64> {
+        let ks = self.read()?;
+        let mut n = 0;
+        for (whom, only_others) in [(user, false), (0, true)] {
+            let Some(from) = after.checked_add(1) else {
+                break;
+            };
+            let start = keys::mention(whom, conversation, from);
+            let prefix = keys::pair(whom, conversation);
+            for kv in ks.mentions.range(start..) {
+                let (k, v) = kv.into_inner()?;
+                if !k.starts_with(&prefix) || n >= cap {
+                    break;
+                }
+                if !(only_others && keys::first(&v) == Some(user)) {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The media ids `user` asked to upload.
+    pub fn user_media(&self, user: u64) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.user_media.prefix(keys::id(user)) {
+            let key = kv.key()?;
+            if let Some(id) = key.get(8..).and_then(|id| std::str::from_utf8(id).ok()) {
+                out.push(id.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every user, by id (operator listings).
+    pub fn all_users(&self) -> Result<Vec<(u64, UserRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.users.iter() {
+            let (k, v) = kv.into_inner()?;
+            if let Some(id) = keys::first(&k) {
+                out.push((id, decode("users", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every conversation, by id (operator listings).
+    pub fn all_conversations(&self) -> Result<Vec<(u64, ConversationRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.conversations.iter() {
+            let (k, v) = kv.into_inner()?;
+            if let Some(id) = keys::first(&k) {
+                out.push((id, decode("conversations", &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` users banned from `conversation`, ascending.
+    pub fn bans(&self, conversation: u64, limit: usize) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.bans.prefix(keys::id(conversation)).take(limit) {
+            if let Some(u) = keys::pair_second(&kv.key()?) {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `blocker` blocked `blocked`.
+    pub fn blocked(&self, blocker: u64, blocked: u64) -> Result<bool> {
+        Ok(self
+            .read()?
+            .blocks
+            .get(keys::pair(blocker, blocked))?
+            .is_some())
+    }
+
+    /// Whether either of the two users blocked the other.
+    pub fn blocked_either(&self, a: u64, b: u64) -> Result<bool> {
+        Ok(self.blocked(a, b)? || self.blocked(b, a)?)
+    }
+
+    /// Up to `limit` users `blocker` blocked, ascending.
+    pub fn blocks_of(&self, blocker: u64, limit: usize) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for kv in self.read()?.blocks.prefix(keys::id(blocker)).take(limit) {
+            if let Some(u) = keys::pair_second(&kv.key()?) {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The reaction counts of message `seq` (empty if none).
+    pub fn reaction_counts(&self, conversation: u64, seq: u64) -> Result<ReactionCounts> {
+        match self.read()?.reactions.get(keys::pair(conversation, seq))? {
+            Some(v) => decode("reactions", &v),
+            None => Ok(ReactionCounts::default()),
+        }
+    }
+
+    /// The emoji `user` reacted to message `seq` with (empty if none).
+    pub fn user_reactions(&self, conversation: u64, seq: u64, user: u64) -> Result<UserReactions> {
+        match self
+            .read()?
+            .reactors
+            .get(keys::reactor(conversation, seq, user))?
+        {
+            Some(v) => decode("reactors", &v),
+            None => Ok(UserReactions::default()),
+        }
+    }
+
+    /// Fills in `reactions` of each of `messages` (all of `conversation`)
+    /// as `reader` sees them: one range read of the counts over the
+    /// messages' seqs, and the reader's own only for messages with any.
+    /// Deleted messages show none.
+    pub fn attach_reactions(
+        &self,
+        conversation: u64,
+        reader: u64,
+        messages: &mut [pb::Message],
+    ) -> Result<()> {
+        let (Some(lo), Some(hi)) = (
+            messages.iter().map(|m| m.seq).min(),
+            messages.iter().map(|m| m.seq).max(),
+        ) else {
+            return Ok(());
+        };
+        let ks = self.read()?;
+        let mut counts = std::collections::HashMap::new();
+        for kv in ks
+            .reactions
+            .range(keys::pair(conversation, lo)..=keys::pair(conversation, hi))
+        {
+            let (k, v) = kv.into_inner()?;
+            if let Some(seq) = keys::pair_second(&k) {
+                counts.insert(seq, decode::<ReactionCounts>("reactions", &v)?);
+            }
+        }
+        for m in messages.iter_mut() {
+            m.reactions.clear();
+            let Some(c) = counts.get(&m.seq).filter(|_| !m.deleted) else {
+                continue;
+            };
+            let mine = self.user_reactions(conversation, m.seq, reader)?;
+            m.reactions = c
+                .counts
+                .iter()
+                .map(|r| pb::Reaction {
+                    emoji: r.emoji.clone(),
+                    count: r.count,
+                    mine: mine.emoji.contains(&r.emoji),
+                })
+                .collect();
         }
         Ok(())
     }

@@ -10,8 +10,8 @@ use chat_protocol::pb;
 use super::writer::Batch;
 use super::{Ks, keys};
 use crate::records::{
-    ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration, TokenRecord,
-    UserConversationRecord, UserRecord,
+    BanRecord, ConversationRecord, IdempotencyRecord, MemberRecord, PushRegistration,
+    ReactionCounts, TokenRecord, UserConversationRecord, UserReactions, UserRecord,
 };
 
 impl Batch {
@@ -98,6 +98,81 @@ impl Batch {
         self.put_encoded(Ks::Messages, key, message)
     }
 
+    /// Message `seq` by `sender` mentions `user` (0: everyone).
+    pub fn put_mention(&mut self, user: u64, conversation: u64, seq: u64, sender: u64) {
+        self.put(
+            Ks::Mentions,
+            keys::mention(user, conversation, seq),
+            keys::id(sender),
+        );
+    }
+
+    /// Message `seq` no longer mentions `user` (0: everyone): it was deleted.
+    pub fn delete_mention(&mut self, user: u64, conversation: u64, seq: u64) {
+        self.delete(Ks::Mentions, keys::mention(user, conversation, seq));
+    }
+
+    /// `user` asked to upload media `id`.
+    pub fn put_user_media(&mut self, user: u64, id: &str) {
+        self.put(Ks::UserMedia, user_media_key(user, id), Vec::new());
+    }
+
+    /// Forgets that `user` uploaded media `id`.
+    pub fn delete_user_media(&mut self, user: u64, id: &str) {
+        self.delete(Ks::UserMedia, user_media_key(user, id));
+    }
+
+    /// Forgets when `user` was last online.
+    pub fn delete_last_seen(&mut self, user: u64) {
+        self.delete(Ks::LastSeen, keys::id(user));
+    }
+
+    /// `user` is banned from `conversation`.
+    pub fn put_ban(&mut self, conversation: u64, user: u64, record: &BanRecord) {
+        self.put_encoded(Ks::Bans, keys::pair(conversation, user), record);
+    }
+
+    /// `user`'s ban from `conversation` is lifted.
+    pub fn delete_ban(&mut self, conversation: u64, user: u64) {
+        self.delete(Ks::Bans, keys::pair(conversation, user));
+    }
+
+    /// `blocker` blocks `blocked`.
+    pub fn put_block(&mut self, blocker: u64, blocked: u64) {
+        self.put(Ks::Blocks, keys::pair(blocker, blocked), Vec::new());
+    }
+
+    /// `blocker` lifts the block of `blocked`.
+    pub fn delete_block(&mut self, blocker: u64, blocked: u64) {
+        self.delete(Ks::Blocks, keys::pair(blocker, blocked));
+    }
+
+    /// A message's reaction counts; none left deletes the record.
+    pub fn put_reaction_counts(&mut self, conversation: u64, seq: u64, counts: &ReactionCounts) {
+        let key = keys::pair(conversation, seq);
+        if counts.counts.is_empty() {
+            self.delete(Ks::Reactions, key);
+        } else {
+            self.put_encoded(Ks::Reactions, key, counts);
+        }
+    }
+
+    /// The emoji `user` reacted to a message with; none deletes the record.
+    pub fn put_user_reactions(
+        &mut self,
+        conversation: u64,
+        seq: u64,
+        user: u64,
+        mine: &UserReactions,
+    ) {
+        let key = keys::reactor(conversation, seq, user);
+        if mine.emoji.is_empty() {
+            self.delete(Ks::Reactors, key);
+        } else {
+            self.put_encoded(Ks::Reactors, key, mine);
+        }
+    }
+
     /// The ack of `sender`'s send with `client_msg_id`, for retries.
     pub fn put_idempotency(
         &mut self,
@@ -144,4 +219,11 @@ impl Batch {
     pub fn put_cluster_applied(&mut self, seq: u64) {
         self.put(Ks::Meta, super::CLUSTER_APPLIED, keys::id(seq));
     }
+}
+
+/// `user_media` key: user ‖ media id.
+fn user_media_key(user: u64, id: &str) -> Vec<u8> {
+    let mut k = keys::id(user).to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
 }

@@ -33,6 +33,10 @@ pub const WRITE_COALESCE: usize = 64 * 1024;
 
 /// What a [`FrameSource`] produced.
 #[derive(Debug)]
+// Frames are by far the most frequent variant (a SendMessage with its
+// mentions is the largest); boxing them would add an allocation to every
+// frame read to shrink the rare others.
+#[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     /// A decoded client frame.
     Frame(pb::ClientFrame),

@@ -564,6 +564,12 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member() != 17125:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user() != 59683:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users() != 27387:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password() != 42513:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_create_channel() != 37232:
@@ -576,7 +582,11 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors() != 24977:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account() != 12679:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() != 24728:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message() != 35782:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user() != 32343:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -608,6 +618,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_profile() != 24649:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_react() != 9416:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts() != 23434:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_register() != 42074:
@@ -615,6 +627,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_register_push_token() != 56123:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member() != 50516:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction() != 63443:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload() != 61735:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -629,6 +643,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_cursor() != 53275:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener() != 18885:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level() != 7287:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence() != 41419:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -645,6 +661,10 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_transfer_ownership() != 32244:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_typing() != 60831:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member() != 19571:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() != 30523:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel() != 42368:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -703,6 +723,15 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_func_shutdown_runtime.restype = ctype
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password.restype = ctypes.c_uint16
@@ -721,9 +750,15 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_cursor.restype = ct
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user.restype = ctypes.c_uint16
@@ -769,6 +804,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_mark_read.restype =
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_profile.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_profile.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_react.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_react.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts.restype = ctypes.c_uint16
@@ -781,6 +819,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_register_push_token
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload.restype = ctypes.c_uint16
@@ -802,6 +843,9 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_cursor.restype 
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence.restype = ctypes.c_uint16
@@ -826,6 +870,12 @@ _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_transfer_ownership.
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_typing.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_typing.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member.restype = ctypes.c_uint16
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user.argtypes = (
+)
+_UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user.restype = ctypes.c_uint16
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel.argtypes = (
 )
 _UniffiLib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel.restype = ctypes.c_uint16
@@ -870,6 +920,21 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_change_password.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -901,12 +966,24 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_cursors.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_cursors.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_message.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_message.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_find_user.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -994,6 +1071,13 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_profile.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_profile.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_receipts.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -1019,6 +1103,13 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_member.argtypes = 
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_member.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_request_upload.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1058,6 +1149,13 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_listener.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_listener.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_presence.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1101,6 +1199,17 @@ _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing.argtypes = (
     ctypes.c_int8,
 )
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member.restype = ctypes.c_uint64
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user.restype = ctypes.c_uint64
 _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unsubscribe_channel.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -1525,22 +1634,44 @@ class _UniffiFfiConverterString:
             builder.write(value.encode("utf-8"))
             return builder.finalize()
 
+class _UniffiFfiConverterBoolean:
+    @classmethod
+    def check_lower(cls, value):
+        return not not value
+
+    @classmethod
+    def lower(cls, value):
+        return 1 if value else 0
+
+    @staticmethod
+    def lift(value):
+        return value != 0
+
+    @classmethod
+    def read(cls, buf):
+        return cls.lift(buf.read_u8())
+
+    @classmethod
+    def write(cls, value, buf):
+        buf.write_u8(value)
+
 @dataclass
 class Profile:
     """
     A user's public profile.
 """
-    def __init__(self, *, user_id:int, username:str, display_name:str, created_at_ms:int):
+    def __init__(self, *, user_id:int, username:str, display_name:str, created_at_ms:int, deleted:bool):
         self.user_id = user_id
         self.username = username
         self.display_name = display_name
         self.created_at_ms = created_at_ms
+        self.deleted = deleted
         
         
 
     
     def __str__(self):
-        return "Profile(user_id={}, username={}, display_name={}, created_at_ms={})".format(self.user_id, self.username, self.display_name, self.created_at_ms)
+        return "Profile(user_id={}, username={}, display_name={}, created_at_ms={}, deleted={})".format(self.user_id, self.username, self.display_name, self.created_at_ms, self.deleted)
     def __eq__(self, other):
         if self.user_id != other.user_id:
             return False
@@ -1549,6 +1680,8 @@ class Profile:
         if self.display_name != other.display_name:
             return False
         if self.created_at_ms != other.created_at_ms:
+            return False
+        if self.deleted != other.deleted:
             return False
         return True
 
@@ -1560,6 +1693,7 @@ class _UniffiFfiConverterTypeProfile(_UniffiConverterRustBuffer):
             username=_UniffiFfiConverterString.read(buf),
             display_name=_UniffiFfiConverterString.read(buf),
             created_at_ms=_UniffiFfiConverterUInt64.read(buf),
+            deleted=_UniffiFfiConverterBoolean.read(buf),
         )
 
     @staticmethod
@@ -1568,6 +1702,7 @@ class _UniffiFfiConverterTypeProfile(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.check_lower(value.username)
         _UniffiFfiConverterString.check_lower(value.display_name)
         _UniffiFfiConverterUInt64.check_lower(value.created_at_ms)
+        _UniffiFfiConverterBoolean.check_lower(value.deleted)
 
     @staticmethod
     def write(value, buf):
@@ -1575,6 +1710,7 @@ class _UniffiFfiConverterTypeProfile(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.write(value.username, buf)
         _UniffiFfiConverterString.write(value.display_name, buf)
         _UniffiFfiConverterUInt64.write(value.created_at_ms, buf)
+        _UniffiFfiConverterBoolean.write(value.deleted, buf)
 
 class _UniffiFfiConverterOptionalTypeProfile(_UniffiConverterRustBuffer):
     @classmethod
@@ -1651,27 +1787,6 @@ class _UniffiFfiConverterTypeAuthSession(_UniffiConverterRustBuffer):
         _UniffiFfiConverterString.write(value.session_token, buf)
         _UniffiFfiConverterUInt64.write(value.token_expires_at_ms, buf)
         _UniffiFfiConverterOptionalTypeProfile.write(value.profile, buf)
-
-class _UniffiFfiConverterBoolean:
-    @classmethod
-    def check_lower(cls, value):
-        return not not value
-
-    @classmethod
-    def lower(cls, value):
-        return 1 if value else 0
-
-    @staticmethod
-    def lift(value):
-        return value != 0
-
-    @classmethod
-    def read(cls, buf):
-        return cls.lift(buf.read_u8())
-
-    @classmethod
-    def write(cls, value, buf):
-        buf.write_u8(value)
 
 class _UniffiFfiConverterUInt32(_UniffiConverterPrimitiveInt):
     CLASS_NAME = "u32"
@@ -2007,12 +2122,35 @@ class _UniffiFfiConverterSequenceTypeMember(_UniffiConverterRustBuffer):
             _UniffiFfiConverterTypeMember.read(buf) for i in range(count)
         ]
 
+class _UniffiFfiConverterSequenceUInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterUInt64.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterUInt64.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterUInt64.read(buf) for i in range(count)
+        ]
+
 @dataclass
 class Conversation:
     """
     A conversation's metadata.
 """
-    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, created_at_ms:int, created_by:int, last_seq:int, my_role:Role, member_count:int, members:typing.List[Member]):
+    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, created_at_ms:int, created_by:int, last_seq:int, my_role:Role, member_count:int, members:typing.List[Member], banned_ids:typing.List[int]):
         self.conversation_id = conversation_id
         self.kind = kind
         self.title = title
@@ -2022,12 +2160,13 @@ class Conversation:
         self.my_role = my_role
         self.member_count = member_count
         self.members = members
+        self.banned_ids = banned_ids
         
         
 
     
     def __str__(self):
-        return "Conversation(conversation_id={}, kind={}, title={}, created_at_ms={}, created_by={}, last_seq={}, my_role={}, member_count={}, members={})".format(self.conversation_id, self.kind, self.title, self.created_at_ms, self.created_by, self.last_seq, self.my_role, self.member_count, self.members)
+        return "Conversation(conversation_id={}, kind={}, title={}, created_at_ms={}, created_by={}, last_seq={}, my_role={}, member_count={}, members={}, banned_ids={})".format(self.conversation_id, self.kind, self.title, self.created_at_ms, self.created_by, self.last_seq, self.my_role, self.member_count, self.members, self.banned_ids)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2047,6 +2186,8 @@ class Conversation:
             return False
         if self.members != other.members:
             return False
+        if self.banned_ids != other.banned_ids:
+            return False
         return True
 
 class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
@@ -2062,6 +2203,7 @@ class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
             my_role=_UniffiFfiConverterTypeRole.read(buf),
             member_count=_UniffiFfiConverterUInt32.read(buf),
             members=_UniffiFfiConverterSequenceTypeMember.read(buf),
+            banned_ids=_UniffiFfiConverterSequenceUInt64.read(buf),
         )
 
     @staticmethod
@@ -2075,6 +2217,7 @@ class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeRole.check_lower(value.my_role)
         _UniffiFfiConverterUInt32.check_lower(value.member_count)
         _UniffiFfiConverterSequenceTypeMember.check_lower(value.members)
+        _UniffiFfiConverterSequenceUInt64.check_lower(value.banned_ids)
 
     @staticmethod
     def write(value, buf):
@@ -2087,6 +2230,7 @@ class _UniffiFfiConverterTypeConversation(_UniffiConverterRustBuffer):
         _UniffiFfiConverterTypeRole.write(value.my_role, buf)
         _UniffiFfiConverterUInt32.write(value.member_count, buf)
         _UniffiFfiConverterSequenceTypeMember.write(value.members, buf)
+        _UniffiFfiConverterSequenceUInt64.write(value.banned_ids, buf)
 
 
 
@@ -2143,6 +2287,11 @@ class SystemEventKind(enum.Enum):
     A message was deleted.
 """
     
+    MEMBER_BANNED = 9
+    """
+    A member was banned (removed, kept out until unbanned).
+"""
+    
 
 
 class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
@@ -2167,6 +2316,8 @@ class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
             return SystemEventKind.OWNERSHIP_TRANSFERRED
         if variant == 9:
             return SystemEventKind.MESSAGE_DELETED
+        if variant == 10:
+            return SystemEventKind.MEMBER_BANNED
         raise InternalError("Raw enum value doesn't match any cases")
 
     @staticmethod
@@ -2188,6 +2339,8 @@ class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
         if value == SystemEventKind.OWNERSHIP_TRANSFERRED:
             return
         if value == SystemEventKind.MESSAGE_DELETED:
+            return
+        if value == SystemEventKind.MEMBER_BANNED:
             return
         raise ValueError(value)
 
@@ -2211,31 +2364,10 @@ class _UniffiFfiConverterTypeSystemEventKind(_UniffiConverterRustBuffer):
             buf.write_i32(8)
         if value == SystemEventKind.MESSAGE_DELETED:
             buf.write_i32(9)
+        if value == SystemEventKind.MEMBER_BANNED:
+            buf.write_i32(10)
 
 
-
-class _UniffiFfiConverterSequenceUInt64(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        for item in value:
-            _UniffiFfiConverterUInt64.check_lower(item)
-
-    @classmethod
-    def write(cls, value, buf):
-        items = len(value)
-        buf.write_i32(items)
-        for item in value:
-            _UniffiFfiConverterUInt64.write(item, buf)
-
-    @classmethod
-    def read(cls, buf):
-        count = buf.read_i32()
-        if count < 0:
-            raise InternalError("Unexpected negative sequence length")
-
-        return [
-            _UniffiFfiConverterUInt64.read(buf) for i in range(count)
-        ]
 
 @dataclass
 class SystemEvent:
@@ -2545,11 +2677,79 @@ class _UniffiFfiConverterOptionalTypeMediaRef(_UniffiConverterRustBuffer):
             raise InternalError("Unexpected flag byte for optional type")
 
 @dataclass
+class Reaction:
+    """
+    One emoji's reactions to a message.
+"""
+    def __init__(self, *, emoji:str, count:int, mine:bool):
+        self.emoji = emoji
+        self.count = count
+        self.mine = mine
+        
+        
+
+    
+    def __str__(self):
+        return "Reaction(emoji={}, count={}, mine={})".format(self.emoji, self.count, self.mine)
+    def __eq__(self, other):
+        if self.emoji != other.emoji:
+            return False
+        if self.count != other.count:
+            return False
+        if self.mine != other.mine:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeReaction(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return Reaction(
+            emoji=_UniffiFfiConverterString.read(buf),
+            count=_UniffiFfiConverterUInt32.read(buf),
+            mine=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.emoji)
+        _UniffiFfiConverterUInt32.check_lower(value.count)
+        _UniffiFfiConverterBoolean.check_lower(value.mine)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.emoji, buf)
+        _UniffiFfiConverterUInt32.write(value.count, buf)
+        _UniffiFfiConverterBoolean.write(value.mine, buf)
+
+class _UniffiFfiConverterSequenceTypeReaction(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeReaction.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeReaction.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeReaction.read(buf) for i in range(count)
+        ]
+
+@dataclass
 class Message:
     """
     A stored message.
 """
-    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool):
+    def __init__(self, *, conversation_id:int, seq:int, message_id:int, sender_id:int, sent_at_ms:int, client_msg_id:str, kind:MessageKind, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, system:typing.Optional[SystemEvent], deleted:bool, edited_at_ms:int, reactions:typing.List[Reaction], mention_ids:typing.List[int], mention_everyone:bool):
         self.conversation_id = conversation_id
         self.seq = seq
         self.message_id = message_id
@@ -2563,12 +2763,16 @@ class Message:
         self.reply_to_seq = reply_to_seq
         self.system = system
         self.deleted = deleted
+        self.edited_at_ms = edited_at_ms
+        self.reactions = reactions
+        self.mention_ids = mention_ids
+        self.mention_everyone = mention_everyone
         
         
 
     
     def __str__(self):
-        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted)
+        return "Message(conversation_id={}, seq={}, message_id={}, sender_id={}, sent_at_ms={}, client_msg_id={}, kind={}, text={}, media={}, ciphertext={}, reply_to_seq={}, system={}, deleted={}, edited_at_ms={}, reactions={}, mention_ids={}, mention_everyone={})".format(self.conversation_id, self.seq, self.message_id, self.sender_id, self.sent_at_ms, self.client_msg_id, self.kind, self.text, self.media, self.ciphertext, self.reply_to_seq, self.system, self.deleted, self.edited_at_ms, self.reactions, self.mention_ids, self.mention_everyone)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2596,6 +2800,14 @@ class Message:
             return False
         if self.deleted != other.deleted:
             return False
+        if self.edited_at_ms != other.edited_at_ms:
+            return False
+        if self.reactions != other.reactions:
+            return False
+        if self.mention_ids != other.mention_ids:
+            return False
+        if self.mention_everyone != other.mention_everyone:
+            return False
         return True
 
 class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
@@ -2615,6 +2827,10 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
             reply_to_seq=_UniffiFfiConverterUInt64.read(buf),
             system=_UniffiFfiConverterOptionalTypeSystemEvent.read(buf),
             deleted=_UniffiFfiConverterBoolean.read(buf),
+            edited_at_ms=_UniffiFfiConverterUInt64.read(buf),
+            reactions=_UniffiFfiConverterSequenceTypeReaction.read(buf),
+            mention_ids=_UniffiFfiConverterSequenceUInt64.read(buf),
+            mention_everyone=_UniffiFfiConverterBoolean.read(buf),
         )
 
     @staticmethod
@@ -2632,6 +2848,10 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.reply_to_seq)
         _UniffiFfiConverterOptionalTypeSystemEvent.check_lower(value.system)
         _UniffiFfiConverterBoolean.check_lower(value.deleted)
+        _UniffiFfiConverterUInt64.check_lower(value.edited_at_ms)
+        _UniffiFfiConverterSequenceTypeReaction.check_lower(value.reactions)
+        _UniffiFfiConverterSequenceUInt64.check_lower(value.mention_ids)
+        _UniffiFfiConverterBoolean.check_lower(value.mention_everyone)
 
     @staticmethod
     def write(value, buf):
@@ -2648,6 +2868,10 @@ class _UniffiFfiConverterTypeMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.reply_to_seq, buf)
         _UniffiFfiConverterOptionalTypeSystemEvent.write(value.system, buf)
         _UniffiFfiConverterBoolean.write(value.deleted, buf)
+        _UniffiFfiConverterUInt64.write(value.edited_at_ms, buf)
+        _UniffiFfiConverterSequenceTypeReaction.write(value.reactions, buf)
+        _UniffiFfiConverterSequenceUInt64.write(value.mention_ids, buf)
+        _UniffiFfiConverterBoolean.write(value.mention_everyone, buf)
 
 class _UniffiFfiConverterOptionalTypeMessage(_UniffiConverterRustBuffer):
     @classmethod
@@ -2674,12 +2898,83 @@ class _UniffiFfiConverterOptionalTypeMessage(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
+
+
+
+
+
+class NotificationLevel(enum.Enum):
+    """
+    When a conversation's messages notify this user.
+"""
+    
+    UNSPECIFIED = 0
+    """
+    Not set: as `All`.
+"""
+    
+    ALL = 1
+    """
+    Every message.
+"""
+    
+    MENTIONS = 2
+    """
+    Messages that mention the user or everyone.
+"""
+    
+    MUTED = 3
+    """
+    None (until `muted_until_ms`, if set).
+"""
+    
+
+
+class _UniffiFfiConverterTypeNotificationLevel(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return NotificationLevel.UNSPECIFIED
+        if variant == 2:
+            return NotificationLevel.ALL
+        if variant == 3:
+            return NotificationLevel.MENTIONS
+        if variant == 4:
+            return NotificationLevel.MUTED
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == NotificationLevel.UNSPECIFIED:
+            return
+        if value == NotificationLevel.ALL:
+            return
+        if value == NotificationLevel.MENTIONS:
+            return
+        if value == NotificationLevel.MUTED:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == NotificationLevel.UNSPECIFIED:
+            buf.write_i32(1)
+        if value == NotificationLevel.ALL:
+            buf.write_i32(2)
+        if value == NotificationLevel.MENTIONS:
+            buf.write_i32(3)
+        if value == NotificationLevel.MUTED:
+            buf.write_i32(4)
+
+
+
 @dataclass
 class ConversationSummary:
     """
     One row of the conversation list.
 """
-    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, last_seq:int, last_activity_ms:int, last_message:typing.Optional[Message], read_seq:int, delivered_seq:int, unread_count:int, my_role:Role):
+    def __init__(self, *, conversation_id:int, kind:ConversationKind, title:str, last_seq:int, last_activity_ms:int, last_message:typing.Optional[Message], read_seq:int, delivered_seq:int, unread_count:int, my_role:Role, mention_count:int, notification_level:NotificationLevel, muted_until_ms:int):
         self.conversation_id = conversation_id
         self.kind = kind
         self.title = title
@@ -2690,12 +2985,15 @@ class ConversationSummary:
         self.delivered_seq = delivered_seq
         self.unread_count = unread_count
         self.my_role = my_role
+        self.mention_count = mention_count
+        self.notification_level = notification_level
+        self.muted_until_ms = muted_until_ms
         
         
 
     
     def __str__(self):
-        return "ConversationSummary(conversation_id={}, kind={}, title={}, last_seq={}, last_activity_ms={}, last_message={}, read_seq={}, delivered_seq={}, unread_count={}, my_role={})".format(self.conversation_id, self.kind, self.title, self.last_seq, self.last_activity_ms, self.last_message, self.read_seq, self.delivered_seq, self.unread_count, self.my_role)
+        return "ConversationSummary(conversation_id={}, kind={}, title={}, last_seq={}, last_activity_ms={}, last_message={}, read_seq={}, delivered_seq={}, unread_count={}, my_role={}, mention_count={}, notification_level={}, muted_until_ms={})".format(self.conversation_id, self.kind, self.title, self.last_seq, self.last_activity_ms, self.last_message, self.read_seq, self.delivered_seq, self.unread_count, self.my_role, self.mention_count, self.notification_level, self.muted_until_ms)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -2717,6 +3015,12 @@ class ConversationSummary:
             return False
         if self.my_role != other.my_role:
             return False
+        if self.mention_count != other.mention_count:
+            return False
+        if self.notification_level != other.notification_level:
+            return False
+        if self.muted_until_ms != other.muted_until_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
@@ -2733,6 +3037,9 @@ class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
             delivered_seq=_UniffiFfiConverterUInt64.read(buf),
             unread_count=_UniffiFfiConverterUInt64.read(buf),
             my_role=_UniffiFfiConverterTypeRole.read(buf),
+            mention_count=_UniffiFfiConverterUInt64.read(buf),
+            notification_level=_UniffiFfiConverterTypeNotificationLevel.read(buf),
+            muted_until_ms=_UniffiFfiConverterUInt64.read(buf),
         )
 
     @staticmethod
@@ -2747,6 +3054,9 @@ class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.delivered_seq)
         _UniffiFfiConverterUInt64.check_lower(value.unread_count)
         _UniffiFfiConverterTypeRole.check_lower(value.my_role)
+        _UniffiFfiConverterUInt64.check_lower(value.mention_count)
+        _UniffiFfiConverterTypeNotificationLevel.check_lower(value.notification_level)
+        _UniffiFfiConverterUInt64.check_lower(value.muted_until_ms)
 
     @staticmethod
     def write(value, buf):
@@ -2760,6 +3070,9 @@ class _UniffiFfiConverterTypeConversationSummary(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.delivered_seq, buf)
         _UniffiFfiConverterUInt64.write(value.unread_count, buf)
         _UniffiFfiConverterTypeRole.write(value.my_role, buf)
+        _UniffiFfiConverterUInt64.write(value.mention_count, buf)
+        _UniffiFfiConverterTypeNotificationLevel.write(value.notification_level, buf)
+        _UniffiFfiConverterUInt64.write(value.muted_until_ms, buf)
 
 class _UniffiFfiConverterSequenceTypeConversationSummary(_UniffiConverterRustBuffer):
     @classmethod
@@ -2988,72 +3301,92 @@ class ErrorCode(enum.Enum):
     205: the session is already authenticated.
 """
     
-    NOT_A_MEMBER = 13
+    ACCOUNT_DISABLED = 13
+    """
+    206: the operator disabled the account.
+"""
+    
+    NOT_A_MEMBER = 14
     """
     300: the user is not a member of the conversation.
 """
     
-    FORBIDDEN = 14
+    FORBIDDEN = 15
     """
     301: the user's role does not allow this.
 """
     
-    NOT_FOUND = 15
+    NOT_FOUND = 16
     """
     302: no such user, conversation or message.
 """
     
-    MEMBER_LIMIT = 16
+    MEMBER_LIMIT = 17
     """
     303: the conversation is full.
 """
     
-    CONFLICT = 17
+    CONFLICT = 18
     """
     304: the request conflicts with the current state.
 """
     
-    RATE_LIMITED = 18
+    BLOCKED = 19
+    """
+    305: one of the two users of a direct conversation blocked the other.
+"""
+    
+    BANNED = 20
+    """
+    306: the user is banned from the group or channel.
+"""
+    
+    RATE_LIMITED = 21
     """
     400: too many requests; wait `retry_after_ms`.
 """
     
-    MESSAGE_TOO_LARGE = 19
+    MESSAGE_TOO_LARGE = 22
     """
     401: the message is too large.
 """
     
-    SLOW_CONSUMER = 20
+    SLOW_CONSUMER = 23
     """
     402: the client reads too slowly.
 """
     
-    TOO_MANY_SESSIONS = 21
+    TOO_MANY_SESSIONS = 24
     """
     403: too many sessions of this user.
 """
     
-    SERVER_BUSY = 22
+    SERVER_BUSY = 25
     """
     404: the server is overloaded; wait `retry_after_ms`.
 """
     
-    IDLE_TIMEOUT = 23
+    IDLE_TIMEOUT = 26
     """
     405: the connection was idle too long.
 """
     
-    INTERNAL = 24
+    REACTION_LIMIT = 27
+    """
+    406: the message has the most distinct reactions it may have.
+"""
+    
+    INTERNAL = 28
     """
     500: an internal server error.
 """
     
-    SHUTTING_DOWN = 25
+    SHUTTING_DOWN = 29
     """
     501: the server is shutting down.
 """
     
-    STORAGE_FAILURE = 26
+    STORAGE_FAILURE = 30
     """
     502: the server's store failed.
 """
@@ -3091,32 +3424,40 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if variant == 13:
             return ErrorCode.ALREADY_AUTHENTICATED
         if variant == 14:
-            return ErrorCode.NOT_A_MEMBER
+            return ErrorCode.ACCOUNT_DISABLED
         if variant == 15:
-            return ErrorCode.FORBIDDEN
+            return ErrorCode.NOT_A_MEMBER
         if variant == 16:
-            return ErrorCode.NOT_FOUND
+            return ErrorCode.FORBIDDEN
         if variant == 17:
-            return ErrorCode.MEMBER_LIMIT
+            return ErrorCode.NOT_FOUND
         if variant == 18:
-            return ErrorCode.CONFLICT
+            return ErrorCode.MEMBER_LIMIT
         if variant == 19:
-            return ErrorCode.RATE_LIMITED
+            return ErrorCode.CONFLICT
         if variant == 20:
-            return ErrorCode.MESSAGE_TOO_LARGE
+            return ErrorCode.BLOCKED
         if variant == 21:
-            return ErrorCode.SLOW_CONSUMER
+            return ErrorCode.BANNED
         if variant == 22:
-            return ErrorCode.TOO_MANY_SESSIONS
+            return ErrorCode.RATE_LIMITED
         if variant == 23:
-            return ErrorCode.SERVER_BUSY
+            return ErrorCode.MESSAGE_TOO_LARGE
         if variant == 24:
-            return ErrorCode.IDLE_TIMEOUT
+            return ErrorCode.SLOW_CONSUMER
         if variant == 25:
-            return ErrorCode.INTERNAL
+            return ErrorCode.TOO_MANY_SESSIONS
         if variant == 26:
-            return ErrorCode.SHUTTING_DOWN
+            return ErrorCode.SERVER_BUSY
         if variant == 27:
+            return ErrorCode.IDLE_TIMEOUT
+        if variant == 28:
+            return ErrorCode.REACTION_LIMIT
+        if variant == 29:
+            return ErrorCode.INTERNAL
+        if variant == 30:
+            return ErrorCode.SHUTTING_DOWN
+        if variant == 31:
             return ErrorCode.STORAGE_FAILURE
         raise InternalError("Raw enum value doesn't match any cases")
 
@@ -3148,6 +3489,8 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
             return
         if value == ErrorCode.ALREADY_AUTHENTICATED:
             return
+        if value == ErrorCode.ACCOUNT_DISABLED:
+            return
         if value == ErrorCode.NOT_A_MEMBER:
             return
         if value == ErrorCode.FORBIDDEN:
@@ -3157,6 +3500,10 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if value == ErrorCode.MEMBER_LIMIT:
             return
         if value == ErrorCode.CONFLICT:
+            return
+        if value == ErrorCode.BLOCKED:
+            return
+        if value == ErrorCode.BANNED:
             return
         if value == ErrorCode.RATE_LIMITED:
             return
@@ -3169,6 +3516,8 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
         if value == ErrorCode.SERVER_BUSY:
             return
         if value == ErrorCode.IDLE_TIMEOUT:
+            return
+        if value == ErrorCode.REACTION_LIMIT:
             return
         if value == ErrorCode.INTERNAL:
             return
@@ -3206,34 +3555,42 @@ class _UniffiFfiConverterTypeErrorCode(_UniffiConverterRustBuffer):
             buf.write_i32(12)
         if value == ErrorCode.ALREADY_AUTHENTICATED:
             buf.write_i32(13)
-        if value == ErrorCode.NOT_A_MEMBER:
+        if value == ErrorCode.ACCOUNT_DISABLED:
             buf.write_i32(14)
-        if value == ErrorCode.FORBIDDEN:
+        if value == ErrorCode.NOT_A_MEMBER:
             buf.write_i32(15)
-        if value == ErrorCode.NOT_FOUND:
+        if value == ErrorCode.FORBIDDEN:
             buf.write_i32(16)
-        if value == ErrorCode.MEMBER_LIMIT:
+        if value == ErrorCode.NOT_FOUND:
             buf.write_i32(17)
-        if value == ErrorCode.CONFLICT:
+        if value == ErrorCode.MEMBER_LIMIT:
             buf.write_i32(18)
-        if value == ErrorCode.RATE_LIMITED:
+        if value == ErrorCode.CONFLICT:
             buf.write_i32(19)
-        if value == ErrorCode.MESSAGE_TOO_LARGE:
+        if value == ErrorCode.BLOCKED:
             buf.write_i32(20)
-        if value == ErrorCode.SLOW_CONSUMER:
+        if value == ErrorCode.BANNED:
             buf.write_i32(21)
-        if value == ErrorCode.TOO_MANY_SESSIONS:
+        if value == ErrorCode.RATE_LIMITED:
             buf.write_i32(22)
-        if value == ErrorCode.SERVER_BUSY:
+        if value == ErrorCode.MESSAGE_TOO_LARGE:
             buf.write_i32(23)
-        if value == ErrorCode.IDLE_TIMEOUT:
+        if value == ErrorCode.SLOW_CONSUMER:
             buf.write_i32(24)
-        if value == ErrorCode.INTERNAL:
+        if value == ErrorCode.TOO_MANY_SESSIONS:
             buf.write_i32(25)
-        if value == ErrorCode.SHUTTING_DOWN:
+        if value == ErrorCode.SERVER_BUSY:
             buf.write_i32(26)
-        if value == ErrorCode.STORAGE_FAILURE:
+        if value == ErrorCode.IDLE_TIMEOUT:
             buf.write_i32(27)
+        if value == ErrorCode.REACTION_LIMIT:
+            buf.write_i32(28)
+        if value == ErrorCode.INTERNAL:
+            buf.write_i32(29)
+        if value == ErrorCode.SHUTTING_DOWN:
+            buf.write_i32(30)
+        if value == ErrorCode.STORAGE_FAILURE:
+            buf.write_i32(31)
 
 
 
@@ -3362,19 +3719,21 @@ class OutgoingMessage:
     A message to send. Leave `client_msg_id` empty to have one generated;
     the client re-sends under the same id until stored.
 """
-    def __init__(self, *, conversation_id:int, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, client_msg_id:str):
+    def __init__(self, *, conversation_id:int, text:str, media:typing.Optional[MediaRef], ciphertext:bytes, reply_to_seq:int, client_msg_id:str, mention_ids:typing.List[int], mention_everyone:bool):
         self.conversation_id = conversation_id
         self.text = text
         self.media = media
         self.ciphertext = ciphertext
         self.reply_to_seq = reply_to_seq
         self.client_msg_id = client_msg_id
+        self.mention_ids = mention_ids
+        self.mention_everyone = mention_everyone
         
         
 
     
     def __str__(self):
-        return "OutgoingMessage(conversation_id={}, text={}, media={}, ciphertext={}, reply_to_seq={}, client_msg_id={})".format(self.conversation_id, self.text, self.media, self.ciphertext, self.reply_to_seq, self.client_msg_id)
+        return "OutgoingMessage(conversation_id={}, text={}, media={}, ciphertext={}, reply_to_seq={}, client_msg_id={}, mention_ids={}, mention_everyone={})".format(self.conversation_id, self.text, self.media, self.ciphertext, self.reply_to_seq, self.client_msg_id, self.mention_ids, self.mention_everyone)
     def __eq__(self, other):
         if self.conversation_id != other.conversation_id:
             return False
@@ -3388,6 +3747,10 @@ class OutgoingMessage:
             return False
         if self.client_msg_id != other.client_msg_id:
             return False
+        if self.mention_ids != other.mention_ids:
+            return False
+        if self.mention_everyone != other.mention_everyone:
+            return False
         return True
 
 class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
@@ -3400,6 +3763,8 @@ class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
             ciphertext=_UniffiFfiConverterBytes.read(buf),
             reply_to_seq=_UniffiFfiConverterUInt64.read(buf),
             client_msg_id=_UniffiFfiConverterString.read(buf),
+            mention_ids=_UniffiFfiConverterSequenceUInt64.read(buf),
+            mention_everyone=_UniffiFfiConverterBoolean.read(buf),
         )
 
     @staticmethod
@@ -3410,6 +3775,8 @@ class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBytes.check_lower(value.ciphertext)
         _UniffiFfiConverterUInt64.check_lower(value.reply_to_seq)
         _UniffiFfiConverterString.check_lower(value.client_msg_id)
+        _UniffiFfiConverterSequenceUInt64.check_lower(value.mention_ids)
+        _UniffiFfiConverterBoolean.check_lower(value.mention_everyone)
 
     @staticmethod
     def write(value, buf):
@@ -3419,6 +3786,8 @@ class _UniffiFfiConverterTypeOutgoingMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBytes.write(value.ciphertext, buf)
         _UniffiFfiConverterUInt64.write(value.reply_to_seq, buf)
         _UniffiFfiConverterString.write(value.client_msg_id, buf)
+        _UniffiFfiConverterSequenceUInt64.write(value.mention_ids, buf)
+        _UniffiFfiConverterBoolean.write(value.mention_everyone, buf)
 
 
 
@@ -3546,6 +3915,69 @@ class _UniffiFfiConverterTypePresenceEvent(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.user_id, buf)
         _UniffiFfiConverterTypePresenceStatus.write(value.status, buf)
         _UniffiFfiConverterUInt64.write(value.last_seen_ms, buf)
+
+@dataclass
+class ReactionEvent:
+    """
+    A reaction was added or removed.
+"""
+    def __init__(self, *, conversation_id:int, seq:int, user_id:int, emoji:str, removed:bool, reactions:typing.List[Reaction]):
+        self.conversation_id = conversation_id
+        self.seq = seq
+        self.user_id = user_id
+        self.emoji = emoji
+        self.removed = removed
+        self.reactions = reactions
+        
+        
+
+    
+    def __str__(self):
+        return "ReactionEvent(conversation_id={}, seq={}, user_id={}, emoji={}, removed={}, reactions={})".format(self.conversation_id, self.seq, self.user_id, self.emoji, self.removed, self.reactions)
+    def __eq__(self, other):
+        if self.conversation_id != other.conversation_id:
+            return False
+        if self.seq != other.seq:
+            return False
+        if self.user_id != other.user_id:
+            return False
+        if self.emoji != other.emoji:
+            return False
+        if self.removed != other.removed:
+            return False
+        if self.reactions != other.reactions:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeReactionEvent(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ReactionEvent(
+            conversation_id=_UniffiFfiConverterUInt64.read(buf),
+            seq=_UniffiFfiConverterUInt64.read(buf),
+            user_id=_UniffiFfiConverterUInt64.read(buf),
+            emoji=_UniffiFfiConverterString.read(buf),
+            removed=_UniffiFfiConverterBoolean.read(buf),
+            reactions=_UniffiFfiConverterSequenceTypeReaction.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.conversation_id)
+        _UniffiFfiConverterUInt64.check_lower(value.seq)
+        _UniffiFfiConverterUInt64.check_lower(value.user_id)
+        _UniffiFfiConverterString.check_lower(value.emoji)
+        _UniffiFfiConverterBoolean.check_lower(value.removed)
+        _UniffiFfiConverterSequenceTypeReaction.check_lower(value.reactions)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.conversation_id, buf)
+        _UniffiFfiConverterUInt64.write(value.seq, buf)
+        _UniffiFfiConverterUInt64.write(value.user_id, buf)
+        _UniffiFfiConverterString.write(value.emoji, buf)
+        _UniffiFfiConverterBoolean.write(value.removed, buf)
+        _UniffiFfiConverterSequenceTypeReaction.write(value.reactions, buf)
 
 @dataclass
 class ReceiptCounts:
@@ -4113,6 +4545,67 @@ class ChatEvent:
             return True
 
     @dataclass
+    class MESSAGE_EDITED:
+        """
+        A message was edited: the message as stored now, same seq, with its
+        latest text and `edited_at_ms`. Replace the copy held for it.
+"""
+        
+        def __init__(self, message:Message):
+            self.message = message
+            
+            """
+        The message.
+"""
+        
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "ChatEvent.MESSAGE_EDITED(message={})".format(self.message)
+        def __eq__(self, other):
+            if not isinstance(other, ChatEvent):
+                return NotImplemented
+            if not other.is_MESSAGE_EDITED():
+                return False
+            if self.message != other.message:
+                return False
+            return True
+
+    @dataclass
+    class REACTION:
+        """
+        A member added or removed a reaction.
+"""
+        
+        def __init__(self, reaction:ReactionEvent):
+            self.reaction = reaction
+            
+            """
+        The change, with the message's reactions after it.
+"""
+        
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "ChatEvent.REACTION(reaction={})".format(self.reaction)
+        def __eq__(self, other):
+            if not isinstance(other, ChatEvent):
+                return NotImplemented
+            if not other.is_REACTION():
+                return False
+            if self.reaction != other.reaction:
+                return False
+            return True
+
+    @dataclass
     class RECEIPT:
         """
         A member's delivered or read cursor moved.
@@ -4376,6 +4869,14 @@ class ChatEvent:
         return isinstance(self, ChatEvent.MESSAGE)
     def is_message(self) -> bool:
         return isinstance(self, ChatEvent.MESSAGE)
+    def is_MESSAGE_EDITED(self) -> bool:
+        return isinstance(self, ChatEvent.MESSAGE_EDITED)
+    def is_message_edited(self) -> bool:
+        return isinstance(self, ChatEvent.MESSAGE_EDITED)
+    def is_REACTION(self) -> bool:
+        return isinstance(self, ChatEvent.REACTION)
+    def is_reaction(self) -> bool:
+        return isinstance(self, ChatEvent.REACTION)
     def is_RECEIPT(self) -> bool:
         return isinstance(self, ChatEvent.RECEIPT)
     def is_receipt(self) -> bool:
@@ -4418,6 +4919,8 @@ class ChatEvent:
 # enum class, so that method calls and instance checks etc will work intuitively.
 # We might be able to do this a little more neatly with a metaclass, but this'll do.
 ChatEvent.MESSAGE = type("ChatEvent.MESSAGE", (ChatEvent.MESSAGE, ChatEvent,), {})  # type: ignore
+ChatEvent.MESSAGE_EDITED = type("ChatEvent.MESSAGE_EDITED", (ChatEvent.MESSAGE_EDITED, ChatEvent,), {})  # type: ignore
+ChatEvent.REACTION = type("ChatEvent.REACTION", (ChatEvent.REACTION, ChatEvent,), {})  # type: ignore
 ChatEvent.RECEIPT = type("ChatEvent.RECEIPT", (ChatEvent.RECEIPT, ChatEvent,), {})  # type: ignore
 ChatEvent.TYPING = type("ChatEvent.TYPING", (ChatEvent.TYPING, ChatEvent,), {})  # type: ignore
 ChatEvent.PRESENCE = type("ChatEvent.PRESENCE", (ChatEvent.PRESENCE, ChatEvent,), {})  # type: ignore
@@ -4440,37 +4943,45 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterTypeMessage.read(buf),
             )
         if variant == 2:
+            return ChatEvent.MESSAGE_EDITED(
+                _UniffiFfiConverterTypeMessage.read(buf),
+            )
+        if variant == 3:
+            return ChatEvent.REACTION(
+                _UniffiFfiConverterTypeReactionEvent.read(buf),
+            )
+        if variant == 4:
             return ChatEvent.RECEIPT(
                 _UniffiFfiConverterTypeReceiptEvent.read(buf),
             )
-        if variant == 3:
+        if variant == 5:
             return ChatEvent.TYPING(
                 _UniffiFfiConverterTypeTypingEvent.read(buf),
             )
-        if variant == 4:
+        if variant == 6:
             return ChatEvent.PRESENCE(
                 _UniffiFfiConverterTypePresenceEvent.read(buf),
             )
-        if variant == 5:
+        if variant == 7:
             return ChatEvent.CONVERSATION_CHANGED(
                 _UniffiFfiConverterTypeConversationEvent.read(buf),
             )
-        if variant == 6:
+        if variant == 8:
             return ChatEvent.CONVERSATION_REMOVED(
                 _UniffiFfiConverterUInt64.read(buf),
             )
-        if variant == 7:
+        if variant == 9:
             return ChatEvent.GO_AWAY(
                 _UniffiFfiConverterTypeGoAway.read(buf),
             )
-        if variant == 8:
+        if variant == 10:
             return ChatEvent.DISCONNECTED(
                 _UniffiFfiConverterString.read(buf),
             )
-        if variant == 9:
+        if variant == 11:
             return ChatEvent.RECONNECTED(
             )
-        if variant == 10:
+        if variant == 12:
             return ChatEvent.ENDED(
             )
         raise InternalError("Raw enum value doesn't match any cases")
@@ -4479,6 +4990,12 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
     def check_lower(value):
         if value.is_MESSAGE():
             _UniffiFfiConverterTypeMessage.check_lower(value.message)
+            return
+        if value.is_MESSAGE_EDITED():
+            _UniffiFfiConverterTypeMessage.check_lower(value.message)
+            return
+        if value.is_REACTION():
+            _UniffiFfiConverterTypeReactionEvent.check_lower(value.reaction)
             return
         if value.is_RECEIPT():
             _UniffiFfiConverterTypeReceiptEvent.check_lower(value.receipt)
@@ -4512,31 +5029,37 @@ class _UniffiFfiConverterTypeChatEvent(_UniffiConverterRustBuffer):
         if value.is_MESSAGE():
             buf.write_i32(1)
             _UniffiFfiConverterTypeMessage.write(value.message, buf)
-        if value.is_RECEIPT():
+        if value.is_MESSAGE_EDITED():
             buf.write_i32(2)
+            _UniffiFfiConverterTypeMessage.write(value.message, buf)
+        if value.is_REACTION():
+            buf.write_i32(3)
+            _UniffiFfiConverterTypeReactionEvent.write(value.reaction, buf)
+        if value.is_RECEIPT():
+            buf.write_i32(4)
             _UniffiFfiConverterTypeReceiptEvent.write(value.receipt, buf)
         if value.is_TYPING():
-            buf.write_i32(3)
+            buf.write_i32(5)
             _UniffiFfiConverterTypeTypingEvent.write(value.typing, buf)
         if value.is_PRESENCE():
-            buf.write_i32(4)
+            buf.write_i32(6)
             _UniffiFfiConverterTypePresenceEvent.write(value.presence, buf)
         if value.is_CONVERSATION_CHANGED():
-            buf.write_i32(5)
+            buf.write_i32(7)
             _UniffiFfiConverterTypeConversationEvent.write(value.change, buf)
         if value.is_CONVERSATION_REMOVED():
-            buf.write_i32(6)
+            buf.write_i32(8)
             _UniffiFfiConverterUInt64.write(value.conversation_id, buf)
         if value.is_GO_AWAY():
-            buf.write_i32(7)
+            buf.write_i32(9)
             _UniffiFfiConverterTypeGoAway.write(value.go_away, buf)
         if value.is_DISCONNECTED():
-            buf.write_i32(8)
+            buf.write_i32(10)
             _UniffiFfiConverterString.write(value.reason, buf)
         if value.is_RECONNECTED():
-            buf.write_i32(9)
+            buf.write_i32(11)
         if value.is_ENDED():
-            buf.write_i32(10)
+            buf.write_i32(12)
 
 
 
@@ -5151,6 +5674,21 @@ class ChatClientProtocol(typing.Protocol):
         Adds members to a group (admins and owners).
 """
         raise NotImplementedError
+    async def ban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Bans a user from a group or channel (owners and admins).
+"""
+        raise NotImplementedError
+    async def block_user(self, user_id: int) -> None:
+        """
+        Blocks a user (no direct messages, no presence either way).
+"""
+        raise NotImplementedError
+    async def blocked_users(self, ) -> typing.List[int]:
+        """
+        The users this user blocked, ascending.
+"""
+        raise NotImplementedError
     async def change_password(self, current: str,new: str) -> None:
         """
         Changes the password.
@@ -5181,9 +5719,21 @@ class ChatClientProtocol(typing.Protocol):
         Every tracked cursor, for the app to store.
 """
         raise NotImplementedError
+    async def delete_account(self, password: str) -> None:
+        """
+        Deletes the user's account after re-entering its password; every
+        session ends and the client stops.
+"""
+        raise NotImplementedError
     async def delete_message(self, conversation_id: int,seq: int) -> None:
         """
         Deletes a message (its sender, or an admin).
+"""
+        raise NotImplementedError
+    async def edit_message(self, conversation_id: int,seq: int,text: str) -> None:
+        """
+        Replaces the text of one of the user's own messages (same seq; no
+        unread count moves). Members get a `MessageEdited` event.
 """
         raise NotImplementedError
     async def find_user(self, username: str) -> Profile:
@@ -5262,6 +5812,12 @@ class ChatClientProtocol(typing.Protocol):
         A user's profile by id.
 """
         raise NotImplementedError
+    async def react(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+        adding one the user has is done with nothing changed.
+"""
+        raise NotImplementedError
     async def receipts(self, conversation_id: int,seq: int) -> ReceiptCounts:
         """
         How many members received and read message `seq`.
@@ -5281,6 +5837,11 @@ class ChatClientProtocol(typing.Protocol):
     async def remove_member(self, conversation_id: int,user_id: int) -> Conversation:
         """
         Removes a member from a group.
+"""
+        raise NotImplementedError
+    async def remove_reaction(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Removes the user's reaction from a message.
 """
         raise NotImplementedError
     async def request_upload(self, mime_type: str,size_bytes: int) -> UploadTicket:
@@ -5325,6 +5886,12 @@ class ChatClientProtocol(typing.Protocol):
         after connecting.
 """
         raise NotImplementedError
+    async def set_notification_level(self, conversation_id: int,level: NotificationLevel,muted_until_ms: int) -> None:
+        """
+        Sets this user's notification level for a conversation; with `Muted`,
+        `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+"""
+        raise NotImplementedError
     async def set_presence(self, status: PresenceStatus) -> None:
         """
         Sets this user's presence.
@@ -5366,6 +5933,16 @@ class ChatClientProtocol(typing.Protocol):
     async def typing(self, conversation_id: int,active: bool) -> None:
         """
         Starts or stops the typing indicator (no reply; a datagram on QUIC).
+"""
+        raise NotImplementedError
+    async def unban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Lifts a ban (owners and admins).
+"""
+        raise NotImplementedError
+    async def unblock_user(self, user_id: int) -> None:
+        """
+        Lifts a block.
 """
         raise NotImplementedError
     async def unsubscribe_channel(self, channel_id: int) -> None:
@@ -5443,6 +6020,66 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_add_members(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def ban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Bans a user from a group or channel (owners and admins).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConversation.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def block_user(self, user_id: int) -> None:
+        """
+        Blocks a user (no direct messages, no presence either way).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def blocked_users(self, ) -> typing.List[int]:
+        """
+        The users this user blocked, ascending.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceUInt64.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
@@ -5572,6 +6209,27 @@ class ChatClient(ChatClientProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def delete_account(self, password: str) -> None:
+        """
+        Deletes the user's account after re-entering its password; every
+        session ends and the client stops.
+"""
+        
+        _UniffiFfiConverterString.check_lower(password)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(password),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def delete_message(self, conversation_id: int,seq: int) -> None:
         """
         Deletes a message (its sender, or an admin).
@@ -5589,6 +6247,33 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_message(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def edit_message(self, conversation_id: int,seq: int,text: str) -> None:
+        """
+        Replaces the text of one of the user's own messages (same seq; no
+        unread count moves). Members get a `MessageEdited` event.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(seq)
+
+        _UniffiFfiConverterString.check_lower(text)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(seq),
+            _UniffiFfiConverterString.lower(text),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
@@ -5927,6 +6612,33 @@ class ChatClient(ChatClientProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def react(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+        adding one the user has is done with nothing changed.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(seq)
+
+        _UniffiFfiConverterString.check_lower(emoji)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(seq),
+            _UniffiFfiConverterString.lower(emoji),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def receipts(self, conversation_id: int,seq: int) -> ReceiptCounts:
         """
         How many members received and read message `seq`.
@@ -6020,6 +6732,32 @@ class ChatClient(ChatClientProtocol):
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def remove_reaction(self, conversation_id: int,seq: int,emoji: str) -> None:
+        """
+        Removes the user's reaction from a message.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(seq)
+
+        _UniffiFfiConverterString.check_lower(emoji)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(seq),
+            _UniffiFfiConverterString.lower(emoji),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
@@ -6172,6 +6910,33 @@ class ChatClient(ChatClientProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    async def set_notification_level(self, conversation_id: int,level: NotificationLevel,muted_until_ms: int) -> None:
+        """
+        Sets this user's notification level for a conversation; with `Muted`,
+        `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterTypeNotificationLevel.check_lower(level)
+
+        _UniffiFfiConverterUInt64.check_lower(muted_until_ms)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterTypeNotificationLevel.lower(level),
+            _UniffiFfiConverterUInt64.lower(muted_until_ms),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def set_presence(self, status: PresenceStatus) -> None:
         """
         Sets this user's presence.
@@ -6338,6 +7103,49 @@ class ChatClient(ChatClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeClientError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_typing(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def unban_member(self, conversation_id: int,user_id: int) -> Conversation:
+        """
+        Lifts a ban (owners and admins).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(conversation_id)
+
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(conversation_id),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConversation.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member(*_uniffi_lowered_args),
+            _UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def unblock_user(self, user_id: int) -> None:
+        """
+        Lifts a block.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(user_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(user_id),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeClientError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(*_uniffi_lowered_args),
             _UniffiLib.ffi_chat_client_ffi_rust_future_poll_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_complete_void,
             _UniffiLib.ffi_chat_client_ffi_rust_future_free_void,
@@ -6558,6 +7366,7 @@ __all__ = [
     "Role",
     "SystemEventKind",
     "MessageKind",
+    "NotificationLevel",
     "ErrorCode",
     "PresenceStatus",
     "ReceiptKind",
@@ -6571,6 +7380,7 @@ __all__ = [
     "SystemEvent",
     "ConversationEvent",
     "MediaRef",
+    "Reaction",
     "Message",
     "ConversationSummary",
     "ConversationList",
@@ -6580,6 +7390,7 @@ __all__ = [
     "MessagePage",
     "OutgoingMessage",
     "PresenceEvent",
+    "ReactionEvent",
     "ReceiptCounts",
     "ReceiptEvent",
     "ResumeResult",

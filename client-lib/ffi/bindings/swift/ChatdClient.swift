@@ -618,6 +618,21 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func addMembers(conversationId: UInt64, userIds: [UInt64]) async throws  -> Conversation
     
     /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+    func banMember(conversationId: UInt64, userId: UInt64) async throws  -> Conversation
+    
+    /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+    func blockUser(userId: UInt64) async throws 
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+    func blockedUsers() async throws  -> [UInt64]
+    
+    /**
      * Changes the password.
      */
     func changePassword(current: String, new: String) async throws 
@@ -648,9 +663,21 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func cursors() async  -> [Cursor]
     
     /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+    func deleteAccount(password: String) async throws 
+    
+    /**
      * Deletes a message (its sender, or an admin).
      */
     func deleteMessage(conversationId: UInt64, seq: UInt64) async throws 
+    
+    /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+    func editMessage(conversationId: UInt64, seq: UInt64, text: String) async throws 
     
     /**
      * A user's profile by username.
@@ -729,6 +756,12 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func profile(userId: UInt64) async throws  -> Profile
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+    func react(conversationId: UInt64, seq: UInt64, emoji: String) async throws 
+    
+    /**
      * How many members received and read message `seq`.
      */
     func receipts(conversationId: UInt64, seq: UInt64) async throws  -> ReceiptCounts
@@ -748,6 +781,11 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
      * Removes a member from a group.
      */
     func removeMember(conversationId: UInt64, userId: UInt64) async throws  -> Conversation
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+    func removeReaction(conversationId: UInt64, seq: UInt64, emoji: String) async throws 
     
     /**
      * Asks for an upload ticket for an attachment.
@@ -792,6 +830,12 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
     func setListener(listener: EventListener) throws  -> ListenerHandle
     
     /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+    func setNotificationLevel(conversationId: UInt64, level: NotificationLevel, mutedUntilMs: UInt64) async throws 
+    
+    /**
      * Sets this user's presence.
      */
     func setPresence(status: PresenceStatus) async throws 
@@ -833,6 +877,16 @@ public protocol ChatClientProtocol: AnyObject, Sendable {
      * Starts or stops the typing indicator (no reply; a datagram on QUIC).
      */
     func typing(conversationId: UInt64, active: Bool) async throws 
+    
+    /**
+     * Lifts a ban (owners and admins).
+     */
+    func unbanMember(conversationId: UInt64, userId: UInt64) async throws  -> Conversation
+    
+    /**
+     * Lifts a block.
+     */
+    func unblockUser(userId: UInt64) async throws 
     
     /**
      * Unsubscribes from a channel.
@@ -936,6 +990,63 @@ open func addMembers(conversationId: UInt64, userIds: [UInt64])async throws  -> 
             completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+open func banMember(conversationId: UInt64, userId: UInt64)async throws  -> Conversation  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_ban_member(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(userId)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+open func blockUser(userId: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_block_user(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(userId)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+open func blockedUsers()async throws  -> [UInt64]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceUInt64.lift,
             errorHandler: FfiConverterTypeClientError_lift
         )
 }
@@ -1057,6 +1168,26 @@ open func cursors()async  -> [Cursor]  {
 }
     
     /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+open func deleteAccount(password: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_delete_account(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(password)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
      * Deletes a message (its sender, or an admin).
      */
 open func deleteMessage(conversationId: UInt64, seq: UInt64)async throws   {
@@ -1065,6 +1196,26 @@ open func deleteMessage(conversationId: UInt64, seq: UInt64)async throws   {
             rustFutureFunc: {
                 uniffi_chat_client_ffi_fn_method_chatclient_delete_message(
                         self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+open func editMessage(conversationId: UInt64, seq: UInt64, text: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_edit_message(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq),FfiConverterString.lower(text)
                 )
             },
             pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
@@ -1355,6 +1506,26 @@ open func profile(userId: UInt64)async throws  -> Profile  {
 }
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+open func react(conversationId: UInt64, seq: UInt64, emoji: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_react(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq),FfiConverterString.lower(emoji)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
      * How many members received and read message `seq`.
      */
 open func receipts(conversationId: UInt64, seq: UInt64)async throws  -> ReceiptCounts  {
@@ -1427,6 +1598,25 @@ open func removeMember(conversationId: UInt64, userId: UInt64)async throws  -> C
             completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+open func removeReaction(conversationId: UInt64, seq: UInt64, emoji: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(seq),FfiConverterString.lower(emoji)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
             errorHandler: FfiConverterTypeClientError_lift
         )
 }
@@ -1557,6 +1747,26 @@ open func setListener(listener: EventListener)throws  -> ListenerHandle  {
         FfiConverterCallbackInterfaceEventListener_lower(listener),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+open func setNotificationLevel(conversationId: UInt64, level: NotificationLevel, mutedUntilMs: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterTypeNotificationLevel_lower(level),FfiConverterUInt64.lower(mutedUntilMs)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
 }
     
     /**
@@ -1705,6 +1915,44 @@ open func typing(conversationId: UInt64, active: Bool)async throws   {
             rustFutureFunc: {
                 uniffi_chat_client_ffi_fn_method_chatclient_typing(
                         self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterBool.lower(active)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_void,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Lifts a ban (owners and admins).
+     */
+open func unbanMember(conversationId: UInt64, userId: UInt64)async throws  -> Conversation  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_unban_member(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(conversationId),FfiConverterUInt64.lower(userId)
+                )
+            },
+            pollFunc: ffi_chat_client_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_chat_client_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_chat_client_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConversation_lift,
+            errorHandler: FfiConverterTypeClientError_lift
+        )
+}
+    
+    /**
+     * Lifts a block.
+     */
+open func unblockUser(userId: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(userId)
                 )
             },
             pollFunc: ffi_chat_client_ffi_rust_future_poll_void,
@@ -2325,6 +2573,10 @@ public struct Conversation: Equatable, Hashable {
      * The members (may be a prefix of them for large conversations).
      */
     public var members: [Member]
+    /**
+     * Users banned from the group or channel (for owners and admins only).
+     */
+    public var bannedIds: [UInt64]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2355,7 +2607,10 @@ public struct Conversation: Equatable, Hashable {
          */memberCount: UInt32, 
         /**
          * The members (may be a prefix of them for large conversations).
-         */members: [Member]) {
+         */members: [Member], 
+        /**
+         * Users banned from the group or channel (for owners and admins only).
+         */bannedIds: [UInt64]) {
         self.conversationId = conversationId
         self.kind = kind
         self.title = title
@@ -2365,6 +2620,7 @@ public struct Conversation: Equatable, Hashable {
         self.myRole = myRole
         self.memberCount = memberCount
         self.members = members
+        self.bannedIds = bannedIds
     }
 
     
@@ -2391,7 +2647,8 @@ public struct FfiConverterTypeConversation: FfiConverterRustBuffer {
                 lastSeq: FfiConverterUInt64.read(from: &buf), 
                 myRole: FfiConverterTypeRole.read(from: &buf), 
                 memberCount: FfiConverterUInt32.read(from: &buf), 
-                members: FfiConverterSequenceTypeMember.read(from: &buf)
+                members: FfiConverterSequenceTypeMember.read(from: &buf), 
+                bannedIds: FfiConverterSequenceUInt64.read(from: &buf)
         )
     }
 
@@ -2405,6 +2662,7 @@ public struct FfiConverterTypeConversation: FfiConverterRustBuffer {
         FfiConverterTypeRole.write(value.myRole, into: &buf)
         FfiConverterUInt32.write(value.memberCount, into: &buf)
         FfiConverterSequenceTypeMember.write(value.members, into: &buf)
+        FfiConverterSequenceUInt64.write(value.bannedIds, into: &buf)
     }
 }
 
@@ -2616,6 +2874,18 @@ public struct ConversationSummary: Equatable, Hashable {
      * This user's role.
      */
     public var myRole: Role
+    /**
+     * Unread messages that mention this user or everyone (up to 1000).
+     */
+    public var mentionCount: UInt64
+    /**
+     * This user's notification level here.
+     */
+    public var notificationLevel: NotificationLevel
+    /**
+     * With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+     */
+    public var mutedUntilMs: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2649,7 +2919,16 @@ public struct ConversationSummary: Equatable, Hashable {
          */unreadCount: UInt64, 
         /**
          * This user's role.
-         */myRole: Role) {
+         */myRole: Role, 
+        /**
+         * Unread messages that mention this user or everyone (up to 1000).
+         */mentionCount: UInt64, 
+        /**
+         * This user's notification level here.
+         */notificationLevel: NotificationLevel, 
+        /**
+         * With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+         */mutedUntilMs: UInt64) {
         self.conversationId = conversationId
         self.kind = kind
         self.title = title
@@ -2660,6 +2939,9 @@ public struct ConversationSummary: Equatable, Hashable {
         self.deliveredSeq = deliveredSeq
         self.unreadCount = unreadCount
         self.myRole = myRole
+        self.mentionCount = mentionCount
+        self.notificationLevel = notificationLevel
+        self.mutedUntilMs = mutedUntilMs
     }
 
     
@@ -2687,7 +2969,10 @@ public struct FfiConverterTypeConversationSummary: FfiConverterRustBuffer {
                 readSeq: FfiConverterUInt64.read(from: &buf), 
                 deliveredSeq: FfiConverterUInt64.read(from: &buf), 
                 unreadCount: FfiConverterUInt64.read(from: &buf), 
-                myRole: FfiConverterTypeRole.read(from: &buf)
+                myRole: FfiConverterTypeRole.read(from: &buf), 
+                mentionCount: FfiConverterUInt64.read(from: &buf), 
+                notificationLevel: FfiConverterTypeNotificationLevel.read(from: &buf), 
+                mutedUntilMs: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -2702,6 +2987,9 @@ public struct FfiConverterTypeConversationSummary: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.deliveredSeq, into: &buf)
         FfiConverterUInt64.write(value.unreadCount, into: &buf)
         FfiConverterTypeRole.write(value.myRole, into: &buf)
+        FfiConverterUInt64.write(value.mentionCount, into: &buf)
+        FfiConverterTypeNotificationLevel.write(value.notificationLevel, into: &buf)
+        FfiConverterUInt64.write(value.mutedUntilMs, into: &buf)
     }
 }
 
@@ -3204,6 +3492,23 @@ public struct Message: Equatable, Hashable {
      * Deleted: only the metadata is left.
      */
     public var deleted: Bool
+    /**
+     * Unix milliseconds of the latest edit; 0 if never edited.
+     */
+    public var editedAtMs: UInt64
+    /**
+     * Reactions as this user sees them (filled in history and sync; empty
+     * in live pushes).
+     */
+    public var reactions: [Reaction]
+    /**
+     * Members the message mentions.
+     */
+    public var mentionIds: [UInt64]
+    /**
+     * The message mentions everyone.
+     */
+    public var mentionEveryone: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3246,7 +3551,20 @@ public struct Message: Equatable, Hashable {
          */system: SystemEvent?, 
         /**
          * Deleted: only the metadata is left.
-         */deleted: Bool) {
+         */deleted: Bool, 
+        /**
+         * Unix milliseconds of the latest edit; 0 if never edited.
+         */editedAtMs: UInt64, 
+        /**
+         * Reactions as this user sees them (filled in history and sync; empty
+         * in live pushes).
+         */reactions: [Reaction], 
+        /**
+         * Members the message mentions.
+         */mentionIds: [UInt64], 
+        /**
+         * The message mentions everyone.
+         */mentionEveryone: Bool) {
         self.conversationId = conversationId
         self.seq = seq
         self.messageId = messageId
@@ -3260,6 +3578,10 @@ public struct Message: Equatable, Hashable {
         self.replyToSeq = replyToSeq
         self.system = system
         self.deleted = deleted
+        self.editedAtMs = editedAtMs
+        self.reactions = reactions
+        self.mentionIds = mentionIds
+        self.mentionEveryone = mentionEveryone
     }
 
     
@@ -3290,7 +3612,11 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
                 ciphertext: FfiConverterData.read(from: &buf), 
                 replyToSeq: FfiConverterUInt64.read(from: &buf), 
                 system: FfiConverterOptionTypeSystemEvent.read(from: &buf), 
-                deleted: FfiConverterBool.read(from: &buf)
+                deleted: FfiConverterBool.read(from: &buf), 
+                editedAtMs: FfiConverterUInt64.read(from: &buf), 
+                reactions: FfiConverterSequenceTypeReaction.read(from: &buf), 
+                mentionIds: FfiConverterSequenceUInt64.read(from: &buf), 
+                mentionEveryone: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -3308,6 +3634,10 @@ public struct FfiConverterTypeMessage: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.replyToSeq, into: &buf)
         FfiConverterOptionTypeSystemEvent.write(value.system, into: &buf)
         FfiConverterBool.write(value.deleted, into: &buf)
+        FfiConverterUInt64.write(value.editedAtMs, into: &buf)
+        FfiConverterSequenceTypeReaction.write(value.reactions, into: &buf)
+        FfiConverterSequenceUInt64.write(value.mentionIds, into: &buf)
+        FfiConverterBool.write(value.mentionEveryone, into: &buf)
     }
 }
 
@@ -3445,6 +3775,14 @@ public struct OutgoingMessage: Equatable, Hashable {
      * The idempotency key; empty for a fresh random one.
      */
     public var clientMsgId: String
+    /**
+     * Members the message mentions (resolve `@username` to ids first).
+     */
+    public var mentionIds: [UInt64]
+    /**
+     * Mentions everyone (groups only).
+     */
+    public var mentionEveryone: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3466,13 +3804,21 @@ public struct OutgoingMessage: Equatable, Hashable {
          */replyToSeq: UInt64, 
         /**
          * The idempotency key; empty for a fresh random one.
-         */clientMsgId: String) {
+         */clientMsgId: String, 
+        /**
+         * Members the message mentions (resolve `@username` to ids first).
+         */mentionIds: [UInt64], 
+        /**
+         * Mentions everyone (groups only).
+         */mentionEveryone: Bool) {
         self.conversationId = conversationId
         self.text = text
         self.media = media
         self.ciphertext = ciphertext
         self.replyToSeq = replyToSeq
         self.clientMsgId = clientMsgId
+        self.mentionIds = mentionIds
+        self.mentionEveryone = mentionEveryone
     }
 
     
@@ -3496,7 +3842,9 @@ public struct FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer {
                 media: FfiConverterOptionTypeMediaRef.read(from: &buf), 
                 ciphertext: FfiConverterData.read(from: &buf), 
                 replyToSeq: FfiConverterUInt64.read(from: &buf), 
-                clientMsgId: FfiConverterString.read(from: &buf)
+                clientMsgId: FfiConverterString.read(from: &buf), 
+                mentionIds: FfiConverterSequenceUInt64.read(from: &buf), 
+                mentionEveryone: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -3507,6 +3855,8 @@ public struct FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer {
         FfiConverterData.write(value.ciphertext, into: &buf)
         FfiConverterUInt64.write(value.replyToSeq, into: &buf)
         FfiConverterString.write(value.clientMsgId, into: &buf)
+        FfiConverterSequenceUInt64.write(value.mentionIds, into: &buf)
+        FfiConverterBool.write(value.mentionEveryone, into: &buf)
     }
 }
 
@@ -3625,6 +3975,11 @@ public struct Profile: Equatable, Hashable {
      * When the account was created, Unix milliseconds.
      */
     public var createdAtMs: UInt64
+    /**
+     * The user deleted the account: show their messages as from a deleted
+     * user.
+     */
+    public var deleted: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3640,11 +3995,16 @@ public struct Profile: Equatable, Hashable {
          */displayName: String, 
         /**
          * When the account was created, Unix milliseconds.
-         */createdAtMs: UInt64) {
+         */createdAtMs: UInt64, 
+        /**
+         * The user deleted the account: show their messages as from a deleted
+         * user.
+         */deleted: Bool) {
         self.userId = userId
         self.username = username
         self.displayName = displayName
         self.createdAtMs = createdAtMs
+        self.deleted = deleted
     }
 
     
@@ -3666,7 +4026,8 @@ public struct FfiConverterTypeProfile: FfiConverterRustBuffer {
                 userId: FfiConverterUInt64.read(from: &buf), 
                 username: FfiConverterString.read(from: &buf), 
                 displayName: FfiConverterString.read(from: &buf), 
-                createdAtMs: FfiConverterUInt64.read(from: &buf)
+                createdAtMs: FfiConverterUInt64.read(from: &buf), 
+                deleted: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -3675,6 +4036,7 @@ public struct FfiConverterTypeProfile: FfiConverterRustBuffer {
         FfiConverterString.write(value.username, into: &buf)
         FfiConverterString.write(value.displayName, into: &buf)
         FfiConverterUInt64.write(value.createdAtMs, into: &buf)
+        FfiConverterBool.write(value.deleted, into: &buf)
     }
 }
 
@@ -3691,6 +4053,194 @@ public func FfiConverterTypeProfile_lift(_ buf: RustBuffer) throws -> Profile {
 #endif
 public func FfiConverterTypeProfile_lower(_ value: Profile) -> RustBuffer {
     return FfiConverterTypeProfile.lower(value)
+}
+
+
+/**
+ * One emoji's reactions to a message.
+ */
+public struct Reaction: Equatable, Hashable {
+    /**
+     * The emoji.
+     */
+    public var emoji: String
+    /**
+     * How many users reacted with it.
+     */
+    public var count: UInt32
+    /**
+     * This user is one of them (always false in a `ReactionEvent`).
+     */
+    public var mine: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The emoji.
+         */emoji: String, 
+        /**
+         * How many users reacted with it.
+         */count: UInt32, 
+        /**
+         * This user is one of them (always false in a `ReactionEvent`).
+         */mine: Bool) {
+        self.emoji = emoji
+        self.count = count
+        self.mine = mine
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Reaction: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReaction: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Reaction {
+        return
+            try Reaction(
+                emoji: FfiConverterString.read(from: &buf), 
+                count: FfiConverterUInt32.read(from: &buf), 
+                mine: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Reaction, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.emoji, into: &buf)
+        FfiConverterUInt32.write(value.count, into: &buf)
+        FfiConverterBool.write(value.mine, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReaction_lift(_ buf: RustBuffer) throws -> Reaction {
+    return try FfiConverterTypeReaction.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReaction_lower(_ value: Reaction) -> RustBuffer {
+    return FfiConverterTypeReaction.lower(value)
+}
+
+
+/**
+ * A reaction was added or removed.
+ */
+public struct ReactionEvent: Equatable, Hashable {
+    /**
+     * The conversation.
+     */
+    public var conversationId: UInt64
+    /**
+     * The message.
+     */
+    public var seq: UInt64
+    /**
+     * Who reacted.
+     */
+    public var userId: UInt64
+    /**
+     * The emoji.
+     */
+    public var emoji: String
+    /**
+     * True if the reaction was removed.
+     */
+    public var removed: Bool
+    /**
+     * The message's reactions after the change.
+     */
+    public var reactions: [Reaction]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The conversation.
+         */conversationId: UInt64, 
+        /**
+         * The message.
+         */seq: UInt64, 
+        /**
+         * Who reacted.
+         */userId: UInt64, 
+        /**
+         * The emoji.
+         */emoji: String, 
+        /**
+         * True if the reaction was removed.
+         */removed: Bool, 
+        /**
+         * The message's reactions after the change.
+         */reactions: [Reaction]) {
+        self.conversationId = conversationId
+        self.seq = seq
+        self.userId = userId
+        self.emoji = emoji
+        self.removed = removed
+        self.reactions = reactions
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReactionEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReactionEvent: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReactionEvent {
+        return
+            try ReactionEvent(
+                conversationId: FfiConverterUInt64.read(from: &buf), 
+                seq: FfiConverterUInt64.read(from: &buf), 
+                userId: FfiConverterUInt64.read(from: &buf), 
+                emoji: FfiConverterString.read(from: &buf), 
+                removed: FfiConverterBool.read(from: &buf), 
+                reactions: FfiConverterSequenceTypeReaction.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReactionEvent, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.conversationId, into: &buf)
+        FfiConverterUInt64.write(value.seq, into: &buf)
+        FfiConverterUInt64.write(value.userId, into: &buf)
+        FfiConverterString.write(value.emoji, into: &buf)
+        FfiConverterBool.write(value.removed, into: &buf)
+        FfiConverterSequenceTypeReaction.write(value.reactions, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactionEvent_lift(_ buf: RustBuffer) throws -> ReactionEvent {
+    return try FfiConverterTypeReactionEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactionEvent_lower(_ value: ReactionEvent) -> RustBuffer {
+    return FfiConverterTypeReactionEvent.lower(value)
 }
 
 
@@ -4495,6 +5045,23 @@ public enum ChatEvent: Equatable, Hashable {
          */message: Message
     )
     /**
+     * A message was edited: the message as stored now, same seq, with its
+     * latest text and `edited_at_ms`. Replace the copy held for it.
+     */
+    case messageEdited(
+        /**
+         * The message.
+         */message: Message
+    )
+    /**
+     * A member added or removed a reaction.
+     */
+    case reaction(
+        /**
+         * The change, with the message's reactions after it.
+         */reaction: ReactionEvent
+    )
+    /**
      * A member's delivered or read cursor moved.
      */
     case receipt(
@@ -4584,30 +5151,36 @@ public struct FfiConverterTypeChatEvent: FfiConverterRustBuffer {
         case 1: return .message(message: try FfiConverterTypeMessage.read(from: &buf)
         )
         
-        case 2: return .receipt(receipt: try FfiConverterTypeReceiptEvent.read(from: &buf)
+        case 2: return .messageEdited(message: try FfiConverterTypeMessage.read(from: &buf)
         )
         
-        case 3: return .typing(typing: try FfiConverterTypeTypingEvent.read(from: &buf)
+        case 3: return .reaction(reaction: try FfiConverterTypeReactionEvent.read(from: &buf)
         )
         
-        case 4: return .presence(presence: try FfiConverterTypePresenceEvent.read(from: &buf)
+        case 4: return .receipt(receipt: try FfiConverterTypeReceiptEvent.read(from: &buf)
         )
         
-        case 5: return .conversationChanged(change: try FfiConverterTypeConversationEvent.read(from: &buf)
+        case 5: return .typing(typing: try FfiConverterTypeTypingEvent.read(from: &buf)
         )
         
-        case 6: return .conversationRemoved(conversationId: try FfiConverterUInt64.read(from: &buf)
+        case 6: return .presence(presence: try FfiConverterTypePresenceEvent.read(from: &buf)
         )
         
-        case 7: return .goAway(goAway: try FfiConverterTypeGoAway.read(from: &buf)
+        case 7: return .conversationChanged(change: try FfiConverterTypeConversationEvent.read(from: &buf)
         )
         
-        case 8: return .disconnected(reason: try FfiConverterString.read(from: &buf)
+        case 8: return .conversationRemoved(conversationId: try FfiConverterUInt64.read(from: &buf)
         )
         
-        case 9: return .reconnected
+        case 9: return .goAway(goAway: try FfiConverterTypeGoAway.read(from: &buf)
+        )
         
-        case 10: return .ended
+        case 10: return .disconnected(reason: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 11: return .reconnected
+        
+        case 12: return .ended
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -4622,47 +5195,57 @@ public struct FfiConverterTypeChatEvent: FfiConverterRustBuffer {
             FfiConverterTypeMessage.write(message, into: &buf)
             
         
-        case let .receipt(receipt):
+        case let .messageEdited(message):
             writeInt(&buf, Int32(2))
+            FfiConverterTypeMessage.write(message, into: &buf)
+            
+        
+        case let .reaction(reaction):
+            writeInt(&buf, Int32(3))
+            FfiConverterTypeReactionEvent.write(reaction, into: &buf)
+            
+        
+        case let .receipt(receipt):
+            writeInt(&buf, Int32(4))
             FfiConverterTypeReceiptEvent.write(receipt, into: &buf)
             
         
         case let .typing(typing):
-            writeInt(&buf, Int32(3))
+            writeInt(&buf, Int32(5))
             FfiConverterTypeTypingEvent.write(typing, into: &buf)
             
         
         case let .presence(presence):
-            writeInt(&buf, Int32(4))
+            writeInt(&buf, Int32(6))
             FfiConverterTypePresenceEvent.write(presence, into: &buf)
             
         
         case let .conversationChanged(change):
-            writeInt(&buf, Int32(5))
+            writeInt(&buf, Int32(7))
             FfiConverterTypeConversationEvent.write(change, into: &buf)
             
         
         case let .conversationRemoved(conversationId):
-            writeInt(&buf, Int32(6))
+            writeInt(&buf, Int32(8))
             FfiConverterUInt64.write(conversationId, into: &buf)
             
         
         case let .goAway(goAway):
-            writeInt(&buf, Int32(7))
+            writeInt(&buf, Int32(9))
             FfiConverterTypeGoAway.write(goAway, into: &buf)
             
         
         case let .disconnected(reason):
-            writeInt(&buf, Int32(8))
+            writeInt(&buf, Int32(10))
             FfiConverterString.write(reason, into: &buf)
             
         
         case .reconnected:
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(11))
         
         
         case .ended:
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(12))
         
         }
     }
@@ -5097,6 +5680,10 @@ public enum ErrorCode: Equatable, Hashable {
      */
     case alreadyAuthenticated
     /**
+     * 206: the operator disabled the account.
+     */
+    case accountDisabled
+    /**
      * 300: the user is not a member of the conversation.
      */
     case notAMember
@@ -5116,6 +5703,14 @@ public enum ErrorCode: Equatable, Hashable {
      * 304: the request conflicts with the current state.
      */
     case conflict
+    /**
+     * 305: one of the two users of a direct conversation blocked the other.
+     */
+    case blocked
+    /**
+     * 306: the user is banned from the group or channel.
+     */
+    case banned
     /**
      * 400: too many requests; wait `retry_after_ms`.
      */
@@ -5140,6 +5735,10 @@ public enum ErrorCode: Equatable, Hashable {
      * 405: the connection was idle too long.
      */
     case idleTimeout
+    /**
+     * 406: the message has the most distinct reactions it may have.
+     */
+    case reactionLimit
     /**
      * 500: an internal server error.
      */
@@ -5199,33 +5798,41 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
         
         case 13: return .alreadyAuthenticated
         
-        case 14: return .notAMember
+        case 14: return .accountDisabled
         
-        case 15: return .forbidden
+        case 15: return .notAMember
         
-        case 16: return .notFound
+        case 16: return .forbidden
         
-        case 17: return .memberLimit
+        case 17: return .notFound
         
-        case 18: return .conflict
+        case 18: return .memberLimit
         
-        case 19: return .rateLimited
+        case 19: return .conflict
         
-        case 20: return .messageTooLarge
+        case 20: return .blocked
         
-        case 21: return .slowConsumer
+        case 21: return .banned
         
-        case 22: return .tooManySessions
+        case 22: return .rateLimited
         
-        case 23: return .serverBusy
+        case 23: return .messageTooLarge
         
-        case 24: return .idleTimeout
+        case 24: return .slowConsumer
         
-        case 25: return .`internal`
+        case 25: return .tooManySessions
         
-        case 26: return .shuttingDown
+        case 26: return .serverBusy
         
-        case 27: return .storageFailure
+        case 27: return .idleTimeout
+        
+        case 28: return .reactionLimit
+        
+        case 29: return .`internal`
+        
+        case 30: return .shuttingDown
+        
+        case 31: return .storageFailure
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -5287,60 +5894,76 @@ public struct FfiConverterTypeErrorCode: FfiConverterRustBuffer {
             writeInt(&buf, Int32(13))
         
         
-        case .notAMember:
+        case .accountDisabled:
             writeInt(&buf, Int32(14))
         
         
-        case .forbidden:
+        case .notAMember:
             writeInt(&buf, Int32(15))
         
         
-        case .notFound:
+        case .forbidden:
             writeInt(&buf, Int32(16))
         
         
-        case .memberLimit:
+        case .notFound:
             writeInt(&buf, Int32(17))
         
         
-        case .conflict:
+        case .memberLimit:
             writeInt(&buf, Int32(18))
         
         
-        case .rateLimited:
+        case .conflict:
             writeInt(&buf, Int32(19))
         
         
-        case .messageTooLarge:
+        case .blocked:
             writeInt(&buf, Int32(20))
         
         
-        case .slowConsumer:
+        case .banned:
             writeInt(&buf, Int32(21))
         
         
-        case .tooManySessions:
+        case .rateLimited:
             writeInt(&buf, Int32(22))
         
         
-        case .serverBusy:
+        case .messageTooLarge:
             writeInt(&buf, Int32(23))
         
         
-        case .idleTimeout:
+        case .slowConsumer:
             writeInt(&buf, Int32(24))
         
         
-        case .`internal`:
+        case .tooManySessions:
             writeInt(&buf, Int32(25))
         
         
-        case .shuttingDown:
+        case .serverBusy:
             writeInt(&buf, Int32(26))
         
         
-        case .storageFailure:
+        case .idleTimeout:
             writeInt(&buf, Int32(27))
+        
+        
+        case .reactionLimit:
+            writeInt(&buf, Int32(28))
+        
+        
+        case .`internal`:
+            writeInt(&buf, Int32(29))
+        
+        
+        case .shuttingDown:
+            writeInt(&buf, Int32(30))
+        
+        
+        case .storageFailure:
+            writeInt(&buf, Int32(31))
         
         }
     }
@@ -5444,6 +6067,101 @@ public func FfiConverterTypeMessageKind_lift(_ buf: RustBuffer) throws -> Messag
 #endif
 public func FfiConverterTypeMessageKind_lower(_ value: MessageKind) -> RustBuffer {
     return FfiConverterTypeMessageKind.lower(value)
+}
+
+
+
+/**
+ * When a conversation's messages notify this user.
+ */
+
+public enum NotificationLevel: Equatable, Hashable {
+    
+    /**
+     * Not set: as `All`.
+     */
+    case unspecified
+    /**
+     * Every message.
+     */
+    case all
+    /**
+     * Messages that mention the user or everyone.
+     */
+    case mentions
+    /**
+     * None (until `muted_until_ms`, if set).
+     */
+    case muted
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension NotificationLevel: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNotificationLevel: FfiConverterRustBuffer {
+    typealias SwiftType = NotificationLevel
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NotificationLevel {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .unspecified
+        
+        case 2: return .all
+        
+        case 3: return .mentions
+        
+        case 4: return .muted
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: NotificationLevel, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .unspecified:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .all:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .mentions:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .muted:
+            writeInt(&buf, Int32(4))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNotificationLevel_lift(_ buf: RustBuffer) throws -> NotificationLevel {
+    return try FfiConverterTypeNotificationLevel.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNotificationLevel_lower(_ value: NotificationLevel) -> RustBuffer {
+    return FfiConverterTypeNotificationLevel.lower(value)
 }
 
 
@@ -5785,6 +6503,10 @@ public enum SystemEventKind: Equatable, Hashable {
      * A message was deleted.
      */
     case messageDeleted
+    /**
+     * A member was banned (removed, kept out until unbanned).
+     */
+    case memberBanned
 
 
 
@@ -5823,6 +6545,8 @@ public struct FfiConverterTypeSystemEventKind: FfiConverterRustBuffer {
         case 8: return .ownershipTransferred
         
         case 9: return .messageDeleted
+        
+        case 10: return .memberBanned
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -5866,6 +6590,10 @@ public struct FfiConverterTypeSystemEventKind: FfiConverterRustBuffer {
         
         case .messageDeleted:
             writeInt(&buf, Int32(9))
+        
+        
+        case .memberBanned:
+            writeInt(&buf, Int32(10))
         
         }
     }
@@ -6401,6 +7129,31 @@ fileprivate struct FfiConverterSequenceTypeMessage: FfiConverterRustBuffer {
         return seq
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeReaction: FfiConverterRustBuffer {
+    typealias SwiftType = [Reaction]
+
+    public static func write(_ value: [Reaction], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReaction.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Reaction] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Reaction]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReaction.read(from: &buf))
+        }
+        return seq
+    }
+}
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
 private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
 
@@ -6526,6 +7279,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_chat_client_ffi_checksum_method_chatclient_add_members() != 56806) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_ban_member() != 17125) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_block_user() != 59683) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users() != 27387) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_change_password() != 42513) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6544,7 +7306,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_chat_client_ffi_checksum_method_chatclient_cursors() != 24977) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_delete_account() != 12679) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() != 24728) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_edit_message() != 35782) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_find_user() != 32343) {
@@ -6592,6 +7360,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_chat_client_ffi_checksum_method_chatclient_profile() != 24649) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_react() != 9416) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_receipts() != 23434) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -6602,6 +7373,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_remove_member() != 50516) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction() != 63443) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_request_upload() != 61735) {
@@ -6623,6 +7397,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_set_listener() != 18885) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level() != 7287) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_set_presence() != 41419) {
@@ -6647,6 +7424,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_typing() != 60831) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_unban_member() != 19571) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() != 30523) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel() != 42368) {

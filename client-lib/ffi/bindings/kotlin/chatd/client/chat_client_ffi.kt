@@ -712,6 +712,12 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_add_members(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_ban_member(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_block_user(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_change_password(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_create_channel(
@@ -724,7 +730,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_cursors(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_delete_account(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_delete_message(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_edit_message(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_find_user(
     ): Int
@@ -756,6 +766,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_profile(
     ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_react(
+    ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_receipts(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_register(
@@ -763,6 +775,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_register_push_token(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_remove_member(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_request_upload(
     ): Int
@@ -777,6 +791,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_cursor(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_listener(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_set_presence(
     ): Int
@@ -793,6 +809,10 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_transfer_ownership(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_typing(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_unban_member(
+    ): Int
+    external fun uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user(
     ): Int
     external fun uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel(
     ): Int
@@ -839,6 +859,12 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_chat_client_ffi_fn_method_chatclient_add_members(`ptr`: Long,`conversationId`: Long,`userIds`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_ban_member(`ptr`: Long,`conversationId`: Long,`userId`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_block_user(`ptr`: Long,`userId`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(`ptr`: Long,
+    ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_change_password(`ptr`: Long,`current`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_create_channel(`ptr`: Long,`title`: RustBuffer.ByValue,
@@ -851,7 +877,11 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_cursors(`ptr`: Long,
     ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_delete_account(`ptr`: Long,`password`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_delete_message(`ptr`: Long,`conversationId`: Long,`seq`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_edit_message(`ptr`: Long,`conversationId`: Long,`seq`: Long,`text`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_find_user(`ptr`: Long,`username`: RustBuffer.ByValue,
     ): Long
@@ -883,6 +913,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_profile(`ptr`: Long,`userId`: Long,
     ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_react(`ptr`: Long,`conversationId`: Long,`seq`: Long,`emoji`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_receipts(`ptr`: Long,`conversationId`: Long,`seq`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_register(`ptr`: Long,`username`: RustBuffer.ByValue,`password`: RustBuffer.ByValue,`displayName`: RustBuffer.ByValue,
@@ -890,6 +922,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_register_push_token(`ptr`: Long,`provider`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_remove_member(`ptr`: Long,`conversationId`: Long,`userId`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(`ptr`: Long,`conversationId`: Long,`seq`: Long,`emoji`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_request_upload(`ptr`: Long,`mimeType`: RustBuffer.ByValue,`sizeBytes`: Long,
     ): Long
@@ -904,6 +938,8 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_cursor(`ptr`: Long,`conversationId`: Long,`seq`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_listener(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(`ptr`: Long,`conversationId`: Long,`level`: RustBuffer.ByValue,`mutedUntilMs`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_set_presence(`ptr`: Long,`status`: RustBuffer.ByValue,
     ): Long
@@ -920,6 +956,10 @@ internal object UniffiLib {
     external fun uniffi_chat_client_ffi_fn_method_chatclient_transfer_ownership(`ptr`: Long,`conversationId`: Long,`newOwnerId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_typing(`ptr`: Long,`conversationId`: Long,`active`: Byte,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_unban_member(`ptr`: Long,`conversationId`: Long,`userId`: Long,
+    ): Long
+    external fun uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(`ptr`: Long,`userId`: Long,
     ): Long
     external fun uniffi_chat_client_ffi_fn_method_chatclient_unsubscribe_channel(`ptr`: Long,`channelId`: Long,
     ): Long
@@ -1080,6 +1120,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_add_members() and 0xFFFF) != 56806) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_ban_member() and 0xFFFF) != 17125) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_block_user() and 0xFFFF) != 59683) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_blocked_users() and 0xFFFF) != 27387) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_change_password() and 0xFFFF) != 42513) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1098,7 +1147,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_cursors() and 0xFFFF) != 24977) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_account() and 0xFFFF) != 12679) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_delete_message() and 0xFFFF) != 24728) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_edit_message() and 0xFFFF) != 35782) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_find_user() and 0xFFFF) != 32343) {
@@ -1146,6 +1201,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_profile() and 0xFFFF) != 24649) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_react() and 0xFFFF) != 9416) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_receipts() and 0xFFFF) != 23434) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1156,6 +1214,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_member() and 0xFFFF) != 50516) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_remove_reaction() and 0xFFFF) != 63443) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_request_upload() and 0xFFFF) != 61735) {
@@ -1177,6 +1238,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_listener() and 0xFFFF) != 18885) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_notification_level() and 0xFFFF) != 7287) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_set_presence() and 0xFFFF) != 41419) {
@@ -1201,6 +1265,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_typing() and 0xFFFF) != 60831) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_unban_member() and 0xFFFF) != 19571) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_unblock_user() and 0xFFFF) != 30523) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_chat_client_ffi_checksum_method_chatclient_unsubscribe_channel() and 0xFFFF) != 42368) {
@@ -1733,6 +1803,21 @@ public interface ChatClientInterface {
     suspend fun `addMembers`(`conversationId`: kotlin.ULong, `userIds`: List<kotlin.ULong>): Conversation
     
     /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+    suspend fun `banMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong): Conversation
+    
+    /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+    suspend fun `blockUser`(`userId`: kotlin.ULong)
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+    suspend fun `blockedUsers`(): List<kotlin.ULong>
+    
+    /**
      * Changes the password.
      */
     suspend fun `changePassword`(`current`: kotlin.String, `new`: kotlin.String)
@@ -1763,9 +1848,21 @@ public interface ChatClientInterface {
     suspend fun `cursors`(): List<Cursor>
     
     /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+    suspend fun `deleteAccount`(`password`: kotlin.String)
+    
+    /**
      * Deletes a message (its sender, or an admin).
      */
     suspend fun `deleteMessage`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong)
+    
+    /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+    suspend fun `editMessage`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `text`: kotlin.String)
     
     /**
      * A user's profile by username.
@@ -1844,6 +1941,12 @@ public interface ChatClientInterface {
     suspend fun `profile`(`userId`: kotlin.ULong): Profile
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+    suspend fun `react`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String)
+    
+    /**
      * How many members received and read message `seq`.
      */
     suspend fun `receipts`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong): ReceiptCounts
@@ -1863,6 +1966,11 @@ public interface ChatClientInterface {
      * Removes a member from a group.
      */
     suspend fun `removeMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong): Conversation
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+    suspend fun `removeReaction`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String)
     
     /**
      * Asks for an upload ticket for an attachment.
@@ -1907,6 +2015,12 @@ public interface ChatClientInterface {
     fun `setListener`(`listener`: EventListener): ListenerHandle
     
     /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+    suspend fun `setNotificationLevel`(`conversationId`: kotlin.ULong, `level`: NotificationLevel, `mutedUntilMs`: kotlin.ULong)
+    
+    /**
      * Sets this user's presence.
      */
     suspend fun `setPresence`(`status`: PresenceStatus)
@@ -1948,6 +2062,16 @@ public interface ChatClientInterface {
      * Starts or stops the typing indicator (no reply; a datagram on QUIC).
      */
     suspend fun `typing`(`conversationId`: kotlin.ULong, `active`: kotlin.Boolean)
+    
+    /**
+     * Lifts a ban (owners and admins).
+     */
+    suspend fun `unbanMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong): Conversation
+    
+    /**
+     * Lifts a block.
+     */
+    suspend fun `unblockUser`(`userId`: kotlin.ULong)
     
     /**
      * Unsubscribes from a channel.
@@ -2114,6 +2238,82 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
 
     
     /**
+     * Bans a user from a group or channel (owners and admins).
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `banMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong) : Conversation {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_ban_member(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`userId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConversation.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Blocks a user (no direct messages, no presence either way).
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `blockUser`(`userId`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_block_user(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`userId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The users this user blocked, ascending.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `blockedUsers`() : List<kotlin.ULong> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_blocked_users(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceULong.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Changes the password.
      */
     @Throws(ClientException::class)
@@ -2264,6 +2464,33 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
 
     
     /**
+     * Deletes the user's account after re-entering its password; every
+     * session ends and the client stops.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `deleteAccount`(`password`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_delete_account(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`password`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Deletes a message (its sender, or an admin).
      */
     @Throws(ClientException::class)
@@ -2276,6 +2503,35 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
                 
         FfiConverterULong.lower(`conversationId`),
         FfiConverterULong.lower(`seq`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Replaces the text of one of the user's own messages (same seq; no
+     * unread count moves). Members get a `MessageEdited` event.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `editMessage`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `text`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_edit_message(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`seq`),
+        FfiConverterString.lower(`text`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
@@ -2674,6 +2930,35 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
 
     
     /**
+     * Adds the user's reaction (an emoji of at most 32 bytes) to a message;
+     * adding one the user has is done with nothing changed.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `react`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_react(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`seq`),
+        FfiConverterString.lower(`emoji`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * How many members received and read message `seq`.
      */
     @Throws(ClientException::class)
@@ -2774,6 +3059,34 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
         { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeConversation.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Removes the user's reaction from a message.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `removeReaction`(`conversationId`: kotlin.ULong, `seq`: kotlin.ULong, `emoji`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_remove_reaction(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`seq`),
+        FfiConverterString.lower(`emoji`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
         // Error FFI converter
         ClientException.ErrorHandler,
     )
@@ -2947,6 +3260,35 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
     )
     }
     
+
+    
+    /**
+     * Sets this user's notification level for a conversation; with `Muted`,
+     * `muted_until_ms` (Unix ms, 0: until changed) ends the mute.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `setNotificationLevel`(`conversationId`: kotlin.ULong, `level`: NotificationLevel, `mutedUntilMs`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_set_notification_level(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterTypeNotificationLevel.lower(`level`),
+        FfiConverterULong.lower(`mutedUntilMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
 
     
     /**
@@ -3145,6 +3487,58 @@ open class ChatClient: Disposable, AutoCloseable, ChatClientInterface
                 
         FfiConverterULong.lower(`conversationId`),
         FfiConverterBoolean.lower(`active`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Lifts a ban (owners and admins).
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unbanMember`(`conversationId`: kotlin.ULong, `userId`: kotlin.ULong) : Conversation {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unban_member(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`conversationId`),
+        FfiConverterULong.lower(`userId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_chat_client_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConversation.lift(it) },
+        // Error FFI converter
+        ClientException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Lifts a block.
+     */
+    @Throws(ClientException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unblockUser`(`userId`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_chat_client_ffi_fn_method_chatclient_unblock_user(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`userId`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_chat_client_ffi_rust_future_poll_void(future, callback, continuation) },
@@ -3874,6 +4268,11 @@ data class Conversation (
      * The members (may be a prefix of them for large conversations).
      */
     var `members`: List<Member>
+    , 
+    /**
+     * Users banned from the group or channel (for owners and admins only).
+     */
+    var `bannedIds`: List<kotlin.ULong>
     
 ){
     
@@ -3899,6 +4298,7 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterTypeRole.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterSequenceTypeMember.read(buf),
+            FfiConverterSequenceULong.read(buf),
         )
     }
 
@@ -3911,7 +4311,8 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterULong.allocationSize(value.`lastSeq`) +
             FfiConverterTypeRole.allocationSize(value.`myRole`) +
             FfiConverterUInt.allocationSize(value.`memberCount`) +
-            FfiConverterSequenceTypeMember.allocationSize(value.`members`)
+            FfiConverterSequenceTypeMember.allocationSize(value.`members`) +
+            FfiConverterSequenceULong.allocationSize(value.`bannedIds`)
     )
 
     override fun write(value: Conversation, buf: ByteBuffer) {
@@ -3924,6 +4325,7 @@ public object FfiConverterTypeConversation: FfiConverterRustBuffer<Conversation>
             FfiConverterTypeRole.write(value.`myRole`, buf)
             FfiConverterUInt.write(value.`memberCount`, buf)
             FfiConverterSequenceTypeMember.write(value.`members`, buf)
+            FfiConverterSequenceULong.write(value.`bannedIds`, buf)
     }
 }
 
@@ -4084,6 +4486,21 @@ data class ConversationSummary (
      * This user's role.
      */
     var `myRole`: Role
+    , 
+    /**
+     * Unread messages that mention this user or everyone (up to 1000).
+     */
+    var `mentionCount`: kotlin.ULong
+    , 
+    /**
+     * This user's notification level here.
+     */
+    var `notificationLevel`: NotificationLevel
+    , 
+    /**
+     * With `Muted`: when the mute ends, Unix milliseconds (0: until changed).
+     */
+    var `mutedUntilMs`: kotlin.ULong
     
 ){
     
@@ -4110,6 +4527,9 @@ public object FfiConverterTypeConversationSummary: FfiConverterRustBuffer<Conver
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterTypeRole.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterTypeNotificationLevel.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -4123,7 +4543,10 @@ public object FfiConverterTypeConversationSummary: FfiConverterRustBuffer<Conver
             FfiConverterULong.allocationSize(value.`readSeq`) +
             FfiConverterULong.allocationSize(value.`deliveredSeq`) +
             FfiConverterULong.allocationSize(value.`unreadCount`) +
-            FfiConverterTypeRole.allocationSize(value.`myRole`)
+            FfiConverterTypeRole.allocationSize(value.`myRole`) +
+            FfiConverterULong.allocationSize(value.`mentionCount`) +
+            FfiConverterTypeNotificationLevel.allocationSize(value.`notificationLevel`) +
+            FfiConverterULong.allocationSize(value.`mutedUntilMs`)
     )
 
     override fun write(value: ConversationSummary, buf: ByteBuffer) {
@@ -4137,6 +4560,9 @@ public object FfiConverterTypeConversationSummary: FfiConverterRustBuffer<Conver
             FfiConverterULong.write(value.`deliveredSeq`, buf)
             FfiConverterULong.write(value.`unreadCount`, buf)
             FfiConverterTypeRole.write(value.`myRole`, buf)
+            FfiConverterULong.write(value.`mentionCount`, buf)
+            FfiConverterTypeNotificationLevel.write(value.`notificationLevel`, buf)
+            FfiConverterULong.write(value.`mutedUntilMs`, buf)
     }
 }
 
@@ -4510,6 +4936,27 @@ data class Message (
      * Deleted: only the metadata is left.
      */
     var `deleted`: kotlin.Boolean
+    , 
+    /**
+     * Unix milliseconds of the latest edit; 0 if never edited.
+     */
+    var `editedAtMs`: kotlin.ULong
+    , 
+    /**
+     * Reactions as this user sees them (filled in history and sync; empty
+     * in live pushes).
+     */
+    var `reactions`: List<Reaction>
+    , 
+    /**
+     * Members the message mentions.
+     */
+    var `mentionIds`: List<kotlin.ULong>
+    , 
+    /**
+     * The message mentions everyone.
+     */
+    var `mentionEveryone`: kotlin.Boolean
     
 ){
     
@@ -4539,6 +4986,10 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterULong.read(buf),
             FfiConverterOptionalTypeSystemEvent.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterSequenceTypeReaction.read(buf),
+            FfiConverterSequenceULong.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -4555,7 +5006,11 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterByteArray.allocationSize(value.`ciphertext`) +
             FfiConverterULong.allocationSize(value.`replyToSeq`) +
             FfiConverterOptionalTypeSystemEvent.allocationSize(value.`system`) +
-            FfiConverterBoolean.allocationSize(value.`deleted`)
+            FfiConverterBoolean.allocationSize(value.`deleted`) +
+            FfiConverterULong.allocationSize(value.`editedAtMs`) +
+            FfiConverterSequenceTypeReaction.allocationSize(value.`reactions`) +
+            FfiConverterSequenceULong.allocationSize(value.`mentionIds`) +
+            FfiConverterBoolean.allocationSize(value.`mentionEveryone`)
     )
 
     override fun write(value: Message, buf: ByteBuffer) {
@@ -4572,6 +5027,10 @@ public object FfiConverterTypeMessage: FfiConverterRustBuffer<Message> {
             FfiConverterULong.write(value.`replyToSeq`, buf)
             FfiConverterOptionalTypeSystemEvent.write(value.`system`, buf)
             FfiConverterBoolean.write(value.`deleted`, buf)
+            FfiConverterULong.write(value.`editedAtMs`, buf)
+            FfiConverterSequenceTypeReaction.write(value.`reactions`, buf)
+            FfiConverterSequenceULong.write(value.`mentionIds`, buf)
+            FfiConverterBoolean.write(value.`mentionEveryone`, buf)
     }
 }
 
@@ -4674,6 +5133,16 @@ data class OutgoingMessage (
      * The idempotency key; empty for a fresh random one.
      */
     var `clientMsgId`: kotlin.String
+    , 
+    /**
+     * Members the message mentions (resolve `@username` to ids first).
+     */
+    var `mentionIds`: List<kotlin.ULong>
+    , 
+    /**
+     * Mentions everyone (groups only).
+     */
+    var `mentionEveryone`: kotlin.Boolean
     
 ){
     
@@ -4696,6 +5165,8 @@ public object FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer<OutgoingMe
             FfiConverterByteArray.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterString.read(buf),
+            FfiConverterSequenceULong.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -4705,7 +5176,9 @@ public object FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer<OutgoingMe
             FfiConverterOptionalTypeMediaRef.allocationSize(value.`media`) +
             FfiConverterByteArray.allocationSize(value.`ciphertext`) +
             FfiConverterULong.allocationSize(value.`replyToSeq`) +
-            FfiConverterString.allocationSize(value.`clientMsgId`)
+            FfiConverterString.allocationSize(value.`clientMsgId`) +
+            FfiConverterSequenceULong.allocationSize(value.`mentionIds`) +
+            FfiConverterBoolean.allocationSize(value.`mentionEveryone`)
     )
 
     override fun write(value: OutgoingMessage, buf: ByteBuffer) {
@@ -4715,6 +5188,8 @@ public object FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer<OutgoingMe
             FfiConverterByteArray.write(value.`ciphertext`, buf)
             FfiConverterULong.write(value.`replyToSeq`, buf)
             FfiConverterString.write(value.`clientMsgId`, buf)
+            FfiConverterSequenceULong.write(value.`mentionIds`, buf)
+            FfiConverterBoolean.write(value.`mentionEveryone`, buf)
     }
 }
 
@@ -4798,6 +5273,12 @@ data class Profile (
      * When the account was created, Unix milliseconds.
      */
     var `createdAtMs`: kotlin.ULong
+    , 
+    /**
+     * The user deleted the account: show their messages as from a deleted
+     * user.
+     */
+    var `deleted`: kotlin.Boolean
     
 ){
     
@@ -4818,6 +5299,7 @@ public object FfiConverterTypeProfile: FfiConverterRustBuffer<Profile> {
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -4825,7 +5307,8 @@ public object FfiConverterTypeProfile: FfiConverterRustBuffer<Profile> {
             FfiConverterULong.allocationSize(value.`userId`) +
             FfiConverterString.allocationSize(value.`username`) +
             FfiConverterString.allocationSize(value.`displayName`) +
-            FfiConverterULong.allocationSize(value.`createdAtMs`)
+            FfiConverterULong.allocationSize(value.`createdAtMs`) +
+            FfiConverterBoolean.allocationSize(value.`deleted`)
     )
 
     override fun write(value: Profile, buf: ByteBuffer) {
@@ -4833,6 +5316,141 @@ public object FfiConverterTypeProfile: FfiConverterRustBuffer<Profile> {
             FfiConverterString.write(value.`username`, buf)
             FfiConverterString.write(value.`displayName`, buf)
             FfiConverterULong.write(value.`createdAtMs`, buf)
+            FfiConverterBoolean.write(value.`deleted`, buf)
+    }
+}
+
+
+
+/**
+ * One emoji's reactions to a message.
+ */
+data class Reaction (
+    /**
+     * The emoji.
+     */
+    var `emoji`: kotlin.String
+    , 
+    /**
+     * How many users reacted with it.
+     */
+    var `count`: kotlin.UInt
+    , 
+    /**
+     * This user is one of them (always false in a `ReactionEvent`).
+     */
+    var `mine`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReaction: FfiConverterRustBuffer<Reaction> {
+    override fun read(buf: ByteBuffer): Reaction {
+        return Reaction(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Reaction) = (
+            FfiConverterString.allocationSize(value.`emoji`) +
+            FfiConverterUInt.allocationSize(value.`count`) +
+            FfiConverterBoolean.allocationSize(value.`mine`)
+    )
+
+    override fun write(value: Reaction, buf: ByteBuffer) {
+            FfiConverterString.write(value.`emoji`, buf)
+            FfiConverterUInt.write(value.`count`, buf)
+            FfiConverterBoolean.write(value.`mine`, buf)
+    }
+}
+
+
+
+/**
+ * A reaction was added or removed.
+ */
+data class ReactionEvent (
+    /**
+     * The conversation.
+     */
+    var `conversationId`: kotlin.ULong
+    , 
+    /**
+     * The message.
+     */
+    var `seq`: kotlin.ULong
+    , 
+    /**
+     * Who reacted.
+     */
+    var `userId`: kotlin.ULong
+    , 
+    /**
+     * The emoji.
+     */
+    var `emoji`: kotlin.String
+    , 
+    /**
+     * True if the reaction was removed.
+     */
+    var `removed`: kotlin.Boolean
+    , 
+    /**
+     * The message's reactions after the change.
+     */
+    var `reactions`: List<Reaction>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReactionEvent: FfiConverterRustBuffer<ReactionEvent> {
+    override fun read(buf: ByteBuffer): ReactionEvent {
+        return ReactionEvent(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterSequenceTypeReaction.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReactionEvent) = (
+            FfiConverterULong.allocationSize(value.`conversationId`) +
+            FfiConverterULong.allocationSize(value.`seq`) +
+            FfiConverterULong.allocationSize(value.`userId`) +
+            FfiConverterString.allocationSize(value.`emoji`) +
+            FfiConverterBoolean.allocationSize(value.`removed`) +
+            FfiConverterSequenceTypeReaction.allocationSize(value.`reactions`)
+    )
+
+    override fun write(value: ReactionEvent, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`conversationId`, buf)
+            FfiConverterULong.write(value.`seq`, buf)
+            FfiConverterULong.write(value.`userId`, buf)
+            FfiConverterString.write(value.`emoji`, buf)
+            FfiConverterBoolean.write(value.`removed`, buf)
+            FfiConverterSequenceTypeReaction.write(value.`reactions`, buf)
     }
 }
 
@@ -5423,6 +6041,37 @@ sealed class ChatEvent {
     }
     
     /**
+     * A message was edited: the message as stored now, same seq, with its
+     * latest text and `edited_at_ms`. Replace the copy held for it.
+     */
+    data class MessageEdited(
+        /**
+         * The message.
+         */
+        val `message`: chatd.client.Message) : ChatEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A member added or removed a reaction.
+     */
+    data class Reaction(
+        /**
+         * The change, with the message's reactions after it.
+         */
+        val `reaction`: chatd.client.ReactionEvent) : ChatEvent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * A member's delivered or read cursor moved.
      */
     data class Receipt(
@@ -5560,29 +6209,35 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
             1 -> ChatEvent.Message(
                 FfiConverterTypeMessage.read(buf),
                 )
-            2 -> ChatEvent.Receipt(
+            2 -> ChatEvent.MessageEdited(
+                FfiConverterTypeMessage.read(buf),
+                )
+            3 -> ChatEvent.Reaction(
+                FfiConverterTypeReactionEvent.read(buf),
+                )
+            4 -> ChatEvent.Receipt(
                 FfiConverterTypeReceiptEvent.read(buf),
                 )
-            3 -> ChatEvent.Typing(
+            5 -> ChatEvent.Typing(
                 FfiConverterTypeTypingEvent.read(buf),
                 )
-            4 -> ChatEvent.Presence(
+            6 -> ChatEvent.Presence(
                 FfiConverterTypePresenceEvent.read(buf),
                 )
-            5 -> ChatEvent.ConversationChanged(
+            7 -> ChatEvent.ConversationChanged(
                 FfiConverterTypeConversationEvent.read(buf),
                 )
-            6 -> ChatEvent.ConversationRemoved(
+            8 -> ChatEvent.ConversationRemoved(
                 FfiConverterULong.read(buf),
                 )
-            7 -> ChatEvent.GoAway(
+            9 -> ChatEvent.GoAway(
                 FfiConverterTypeGoAway.read(buf),
                 )
-            8 -> ChatEvent.Disconnected(
+            10 -> ChatEvent.Disconnected(
                 FfiConverterString.read(buf),
                 )
-            9 -> ChatEvent.Reconnected
-            10 -> ChatEvent.Ended
+            11 -> ChatEvent.Reconnected
+            12 -> ChatEvent.Ended
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
     }
@@ -5593,6 +6248,20 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
             (
                 4UL
                 + FfiConverterTypeMessage.allocationSize(value.`message`)
+            )
+        }
+        is ChatEvent.MessageEdited -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeMessage.allocationSize(value.`message`)
+            )
+        }
+        is ChatEvent.Reaction -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeReactionEvent.allocationSize(value.`reaction`)
             )
         }
         is ChatEvent.Receipt -> {
@@ -5665,47 +6334,57 @@ public object FfiConverterTypeChatEvent : FfiConverterRustBuffer<ChatEvent>{
                 FfiConverterTypeMessage.write(value.`message`, buf)
                 Unit
             }
-            is ChatEvent.Receipt -> {
+            is ChatEvent.MessageEdited -> {
                 buf.putInt(2)
+                FfiConverterTypeMessage.write(value.`message`, buf)
+                Unit
+            }
+            is ChatEvent.Reaction -> {
+                buf.putInt(3)
+                FfiConverterTypeReactionEvent.write(value.`reaction`, buf)
+                Unit
+            }
+            is ChatEvent.Receipt -> {
+                buf.putInt(4)
                 FfiConverterTypeReceiptEvent.write(value.`receipt`, buf)
                 Unit
             }
             is ChatEvent.Typing -> {
-                buf.putInt(3)
+                buf.putInt(5)
                 FfiConverterTypeTypingEvent.write(value.`typing`, buf)
                 Unit
             }
             is ChatEvent.Presence -> {
-                buf.putInt(4)
+                buf.putInt(6)
                 FfiConverterTypePresenceEvent.write(value.`presence`, buf)
                 Unit
             }
             is ChatEvent.ConversationChanged -> {
-                buf.putInt(5)
+                buf.putInt(7)
                 FfiConverterTypeConversationEvent.write(value.`change`, buf)
                 Unit
             }
             is ChatEvent.ConversationRemoved -> {
-                buf.putInt(6)
+                buf.putInt(8)
                 FfiConverterULong.write(value.`conversationId`, buf)
                 Unit
             }
             is ChatEvent.GoAway -> {
-                buf.putInt(7)
+                buf.putInt(9)
                 FfiConverterTypeGoAway.write(value.`goAway`, buf)
                 Unit
             }
             is ChatEvent.Disconnected -> {
-                buf.putInt(8)
+                buf.putInt(10)
                 FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
             is ChatEvent.Reconnected -> {
-                buf.putInt(9)
+                buf.putInt(11)
                 Unit
             }
             is ChatEvent.Ended -> {
-                buf.putInt(10)
+                buf.putInt(12)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -6189,6 +6868,10 @@ enum class ErrorCode {
      */
     ALREADY_AUTHENTICATED,
     /**
+     * 206: the operator disabled the account.
+     */
+    ACCOUNT_DISABLED,
+    /**
      * 300: the user is not a member of the conversation.
      */
     NOT_A_MEMBER,
@@ -6208,6 +6891,14 @@ enum class ErrorCode {
      * 304: the request conflicts with the current state.
      */
     CONFLICT,
+    /**
+     * 305: one of the two users of a direct conversation blocked the other.
+     */
+    BLOCKED,
+    /**
+     * 306: the user is banned from the group or channel.
+     */
+    BANNED,
     /**
      * 400: too many requests; wait `retry_after_ms`.
      */
@@ -6232,6 +6923,10 @@ enum class ErrorCode {
      * 405: the connection was idle too long.
      */
     IDLE_TIMEOUT,
+    /**
+     * 406: the message has the most distinct reactions it may have.
+     */
+    REACTION_LIMIT,
     /**
      * 500: an internal server error.
      */
@@ -6312,6 +7007,57 @@ public object FfiConverterTypeMessageKind: FfiConverterRustBuffer<MessageKind> {
     override fun allocationSize(value: MessageKind) = 4UL
 
     override fun write(value: MessageKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * When a conversation's messages notify this user.
+ */
+
+enum class NotificationLevel {
+    
+    /**
+     * Not set: as `All`.
+     */
+    UNSPECIFIED,
+    /**
+     * Every message.
+     */
+    ALL,
+    /**
+     * Messages that mention the user or everyone.
+     */
+    MENTIONS,
+    /**
+     * None (until `muted_until_ms`, if set).
+     */
+    MUTED;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNotificationLevel: FfiConverterRustBuffer<NotificationLevel> {
+    override fun read(buf: ByteBuffer) = try {
+        NotificationLevel.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: NotificationLevel) = 4UL
+
+    override fun write(value: NotificationLevel, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -6518,7 +7264,11 @@ enum class SystemEventKind {
     /**
      * A message was deleted.
      */
-    MESSAGE_DELETED;
+    MESSAGE_DELETED,
+    /**
+     * A member was banned (removed, kept out until unbanned).
+     */
+    MEMBER_BANNED;
 
     
 
@@ -7067,6 +7817,34 @@ public object FfiConverterSequenceTypeMessage: FfiConverterRustBuffer<List<Messa
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeMessage.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeReaction: FfiConverterRustBuffer<List<Reaction>> {
+    override fun read(buf: ByteBuffer): List<Reaction> {
+        val len = buf.getInt()
+        return List<Reaction>(len) {
+            FfiConverterTypeReaction.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<Reaction>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReaction.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<Reaction>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReaction.write(it, buf)
         }
     }
 }
