@@ -743,6 +743,291 @@ async fn two_browser_users_chat_live_scroll_history_and_resume() {
     server.stop().await;
 }
 
+/// The `li` of the open conversation's message whose text is `text`, as a
+/// JS expression (undefined while there is none).
+fn message_item(text: &str) -> String {
+    format!(
+        "Array.from(document.querySelectorAll('#messages .message')).find(li => \
+           li.querySelector('.text') && li.querySelector('.text').textContent === {})",
+        json!(text)
+    )
+}
+
+/// Clicks the element `element` (a JS expression) from a timer, so that the
+/// script returns before the click opens a `prompt` or `confirm` (which
+/// would hold the script). For the message buttons the page shows on hover.
+async fn click_soon(browser: &Client, element: &str) {
+    js(
+        browser,
+        &format!("const e = {element}; setTimeout(() => e.click(), 0);"),
+        vec![],
+    )
+    .await;
+}
+
+/// Waits (bounded) for the page's `prompt` or `confirm`, types `text` into
+/// a prompt, and accepts it.
+async fn answer_dialog(browser: &Client, who: &str, text: Option<&str>) {
+    let deadline = Instant::now() + WAIT;
+    while let Err(e) = browser.get_alert_text().await {
+        assert!(Instant::now() < deadline, "{who}: no dialog opened: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(text) = text {
+        browser
+            .send_alert_text(text)
+            .await
+            .expect("type into the prompt");
+    }
+    browser.accept_alert().await.expect("accept the dialog");
+}
+
+/// Reactions, edits, the members panel with BanMember and UnbanMember, and
+/// blocking, through the page: what one user does, the other's page shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browser_users_react_edit_ban_and_block() {
+    let server = TestServer::start();
+    let base = format!("http://{}/", server.http_addr);
+    let driver = Chromedriver::start();
+    let profiles = tempfile::tempdir().expect("temp dir");
+    let alice = open_browser(&driver, &profiles.path().join("alice")).await;
+    let bob = open_browser(&driver, &profiles.path().join("bob")).await;
+    register(&alice, &base, "alice", "Alice").await;
+    register(&bob, &base, "bob", "Bob").await;
+    let bob_id = js(
+        &bob,
+        "return document.getElementById('me').dataset.userId;",
+        vec![],
+    )
+    .await;
+    let bob_id = bob_id.as_str().expect("bob's user id").to_string();
+
+    // Alice creates a group with bob; her first message brings it to his
+    // page, and he answers.
+    click(&alice, "#group-box summary").await;
+    fill(&alice, "#group-title", "Book club").await;
+    fill(&alice, "#group-members", "bob").await;
+    click(&alice, "#group-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "the group is open",
+        "document.getElementById('chat-title').textContent === 'Book club' && \
+         document.getElementById('chat-subtitle').textContent === '2 members'",
+    )
+    .await;
+    send(&alice, "Welcome to the book club").await;
+    let group_row = "Array.from(document.querySelectorAll('#conversations .conversation'))\
+                     .find(li => li.querySelector('.title').textContent === 'Book club')";
+    wait_for(&bob, "bob", "the group appears", group_row).await;
+    js(&bob, &format!("{group_row}.click();"), vec![]).await;
+    wait_for(
+        &bob,
+        "bob",
+        "Alice's message shows",
+        &shows_message("Welcome to the book club"),
+    )
+    .await;
+    send(&bob, "Which book first?").await;
+    wait_for(
+        &alice,
+        "alice",
+        "Bob's message arrives",
+        &shows_message("Which book first?"),
+    )
+    .await;
+
+    // Alice reacts to it with the message's "+" button; both pages show
+    // the count, hers as her own reaction.
+    let bobs_message = message_item("Which book first?");
+    click_soon(
+        &alice,
+        &format!("{bobs_message}.querySelector('button.react')"),
+    )
+    .await;
+    answer_dialog(&alice, "alice", Some("👍")).await;
+    let reaction_shown = format!(
+        "{bobs_message} && Array.from({bobs_message}.querySelectorAll('.reaction'))\
+           .some(b => b.textContent === '👍 1')"
+    );
+    wait_for(&bob, "bob", "Alice's reaction shows", &reaction_shown).await;
+    wait_for(
+        &alice,
+        "alice",
+        "her reaction shows as hers",
+        &format!("{reaction_shown} && {bobs_message}.querySelector('.reaction.mine')"),
+    )
+    .await;
+
+    // Bob edits his message; Alice's page shows the new text, marked edited,
+    // with the reaction kept.
+    click_soon(
+        &bob,
+        &format!("{bobs_message}.querySelector('button.edit')"),
+    )
+    .await;
+    answer_dialog(&bob, "bob", Some("Which book first? I vote Dune.")).await;
+    let edited = message_item("Which book first? I vote Dune.");
+    wait_for(
+        &alice,
+        "alice",
+        "the edited text shows, marked edited",
+        &format!(
+            "{edited} && {edited}.querySelector('.meta').textContent.includes('(edited)') && \
+             {edited}.querySelector('.reaction').textContent === '👍 1' && !{bobs_message}"
+        ),
+    )
+    .await;
+
+    // Each opens the members panel. Both see both members with their roles;
+    // only Alice, the owner, gets a Ban button (beside Bob, not herself) and
+    // the Banned section.
+    click(&alice, "#members-btn").await;
+    click(&bob, "#members-btn").await;
+    let listed = format!(
+        "document.querySelectorAll('#members-list li.member').length === 2 && \
+         document.querySelector('#members-list li.member[data-role=\"owner\"] .member-name')\
+           .textContent.startsWith('Alice') && \
+         document.querySelector('#members-list li[data-user-id=\"{bob_id}\"]') && \
+         document.querySelector('#members-list li[data-user-id=\"{bob_id}\"]').dataset.role === 'member' && \
+         document.querySelector('#members-list li[data-user-id=\"{bob_id}\"] .member-name')\
+           .textContent.startsWith('Bob')"
+    );
+    wait_for(
+        &alice,
+        "alice",
+        "her panel lists both, a Ban button beside Bob only, nobody banned",
+        &format!(
+            "!document.getElementById('members-panel').hidden && {listed} && \
+             document.querySelectorAll('#members-list .ban-btn').length === 1 && \
+             document.querySelector('#members-list li[data-user-id=\"{bob_id}\"] .ban-btn') && \
+             !document.getElementById('bans').hidden && \
+             !document.getElementById('banned-empty').hidden"
+        ),
+    )
+    .await;
+    wait_for(
+        &bob,
+        "bob",
+        "his panel lists both, without Ban buttons or bans",
+        &format!(
+            "!document.getElementById('members-panel').hidden && {listed} && \
+             document.querySelectorAll('#members-panel .ban-btn').length === 0 && \
+             document.getElementById('bans').hidden"
+        ),
+    )
+    .await;
+
+    // Alice bans Bob (confirming). His page drops the group and says so;
+    // hers shows the ban, one member left, and Bob under Banned.
+    click(
+        &alice,
+        &format!("#members-list li[data-user-id=\"{bob_id}\"] .ban-btn"),
+    )
+    .await;
+    answer_dialog(&alice, "alice", None).await;
+    wait_for(
+        &bob,
+        "bob",
+        "the group is gone from his page, with a message saying so",
+        &format!(
+            "!{group_row} && document.getElementById('chat').hidden && \
+             document.getElementById('errors').textContent\
+               .includes('You are no longer a member of Book club.')"
+        ),
+    )
+    .await;
+    wait_for(
+        &alice,
+        "alice",
+        "Bob shows as banned, no longer a member",
+        &format!(
+            "document.getElementById('chat-subtitle').textContent === '1 member' && \
+             document.getElementById('members-heading').textContent === 'Members (1)' && \
+             !document.querySelector('#members-list li[data-user-id=\"{bob_id}\"]') && \
+             document.querySelector('#banned-list li[data-user-id=\"{bob_id}\"] .member-name') && \
+             document.querySelector('#banned-list li[data-user-id=\"{bob_id}\"] .member-name')\
+               .textContent.startsWith('Bob') && \
+             document.getElementById('banned-empty').hidden && \
+             Array.from(document.querySelectorAll('#messages .message.system'))\
+               .some(e => e.textContent === 'Alice banned Bob')"
+        ),
+    )
+    .await;
+    let ban_shot = screenshot(&alice, "browser-alice-ban.png").await;
+
+    // She lifts the ban: Bob leaves the Banned list.
+    click(
+        &alice,
+        &format!("#banned-list li[data-user-id=\"{bob_id}\"] .unban-btn"),
+    )
+    .await;
+    wait_for(
+        &alice,
+        "alice",
+        "nobody is banned any more",
+        "document.querySelectorAll('#banned-list li').length === 0 && \
+         !document.getElementById('banned-empty').hidden",
+    )
+    .await;
+
+    // A direct chat: once Alice blocks Bob, his next message there is
+    // refused, and his page says so.
+    fill(&alice, "#direct-username", "bob").await;
+    click(&alice, "#direct-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "the chat with Bob is open, without a members panel",
+        "document.getElementById('chat-title').textContent.startsWith('Bob') && \
+         document.getElementById('members-btn').hidden && \
+         document.getElementById('members-panel').hidden && \
+         !document.getElementById('block-btn').hidden",
+    )
+    .await;
+    send(&alice, "See you at the club").await;
+    let direct_row = "Array.from(document.querySelectorAll('#conversations .conversation'))\
+                      .find(li => li.querySelector('.title').textContent.startsWith('Alice'))";
+    wait_for(&bob, "bob", "the direct chat appears", direct_row).await;
+    js(&bob, &format!("{direct_row}.click();"), vec![]).await;
+    wait_for(
+        &bob,
+        "bob",
+        "Alice's direct message shows",
+        &shows_message("See you at the club"),
+    )
+    .await;
+    click(&alice, "#block-btn").await;
+    wait_for(
+        &alice,
+        "alice",
+        "Bob shows as blocked",
+        "document.getElementById('block-btn').textContent === 'Unblock'",
+    )
+    .await;
+    send(&bob, "Are you there?").await;
+    wait_for(
+        &bob,
+        "bob",
+        "his message is refused, visibly",
+        "Array.from(document.querySelectorAll('#messages .message[data-state=\"failed\"] .text'))\
+           .some(e => e.textContent === 'Are you there?') && \
+         document.getElementById('errors').textContent.includes('Message not sent: BLOCKED')",
+    )
+    .await;
+    let block_shot = screenshot(&bob, "browser-bob-blocked.png").await;
+
+    eprintln!(
+        "screenshots: {} {}",
+        ban_shot.display(),
+        block_shot.display()
+    );
+    alice.close().await.expect("close alice's browser");
+    bob.close().await.expect("close bob's browser");
+    drop(driver);
+    server.stop().await;
+}
+
 /// Served by the HTTPS listener, the page connects with `wss://` (a page on
 /// https may not open plain `ws://`) and works the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

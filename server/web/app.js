@@ -77,6 +77,7 @@
     me: null, // Profile of the logged-in user
     conversations: new Map(), // String(conversation_id) -> Convo
     openKey: null,
+    membersKey: null, // key of the conversation whose members panel is open
     profiles: new Map(), // String(user_id) -> Promise<Profile>
     profileCache: new Map(), // String(user_id) -> Profile, once known
     presence: new Map(), // String(user_id) -> PresenceEvent
@@ -115,6 +116,9 @@
       readSeq: 0,
       myRole: 0,
       members: null, // [user_id] once known
+      roles: new Map(), // String(user_id) -> E.Role, with members
+      memberCount: 0,
+      bannedIds: [], // Conversation.banned_ids: shown to owners and admins only
       messages: new Map(), // seq -> Message
       pendingSends: new Map(), // client_msg_id -> pending send
       loaded: false, // newest page fetched
@@ -686,6 +690,9 @@
     c.title = conv.title;
     c.myRole = conv.my_role;
     c.members = conv.members.map((m) => m.user_id);
+    c.roles = new Map(conv.members.map((m) => [String(m.user_id), m.role]));
+    c.memberCount = conv.member_count;
+    c.bannedIds = conv.banned_ids;
     c.lastSeq = Math.max(c.lastSeq, conv.last_seq);
     c.lastActivity = Math.max(c.lastActivity, conv.created_at_ms);
     return c;
@@ -923,6 +930,7 @@
   function dropConversation(c, why) {
     state.conversations.delete(c.key);
     if (state.openKey === c.key) state.openKey = null;
+    if (state.membersKey === c.key) state.membersKey = null;
     clearTyping(c);
     toast(why);
     renderList();
@@ -1403,7 +1411,7 @@
     const peer = peerOf(c);
     let sub;
     if (peer !== null) sub = presenceText(peer);
-    else if (c.kind === E.ConversationKind.GROUP) sub = c.members ? c.members.length + " members" : "";
+    else if (c.kind === E.ConversationKind.GROUP) sub = c.members ? countText(c.members.length, "member") : "";
     else if (c.kind === E.ConversationKind.CHANNEL) sub = "channel";
     else sub = "";
     $("chat-subtitle").textContent = sub;
@@ -1430,11 +1438,155 @@
           .catch((e) => toast("Could not " + (isBlocked ? "unblock: " : "block: ") + e.message));
       };
     }
+    const membersBtn = $("members-btn");
+    membersBtn.hidden = c.kind === E.ConversationKind.DIRECT;
+    const panelOpen = !membersBtn.hidden && state.membersKey === c.key;
+    membersBtn.setAttribute("aria-expanded", String(panelOpen));
+    $("members-panel").hidden = !panelOpen;
+    if (panelOpen) drawMembers(c);
     const canPost =
       c.kind !== E.ConversationKind.CHANNEL || c.myRole === E.Role.OWNER || c.myRole === E.Role.ADMIN;
     $("message-input").disabled = !canPost;
     $("send-btn").disabled = !canPost;
     $("message-input").placeholder = canPost ? "Write a message…" : "Only admins post in this channel";
+  }
+
+  function countText(n, noun) {
+    return n + " " + noun + (n === 1 ? "" : "s");
+  }
+
+  // ---------------------------------------------------------------------
+  // Members panel (groups and channels)
+  // ---------------------------------------------------------------------
+
+  const ROLE_ORDER = [E.Role.OWNER, E.Role.ADMIN, E.Role.MEMBER, E.Role.SUBSCRIBER];
+
+  function roleName(role) {
+    return P.enumName("Role", role).toLowerCase();
+  }
+
+  function canModerate(c) {
+    return c.kind !== E.ConversationKind.DIRECT && (c.myRole === E.Role.OWNER || c.myRole === E.Role.ADMIN);
+  }
+
+  // spec/messages.md, BanMember: the owner or an admin bans; an admin does
+  // not ban another admin, and nobody bans the owner or themselves.
+  function canBan(c, userId, role) {
+    if (!canModerate(c) || !state.me || String(userId) === String(state.me.user_id)) return false;
+    if (role === E.Role.OWNER) return false;
+    if (role === E.Role.ADMIN) return c.myRole === E.Role.OWNER;
+    return true;
+  }
+
+  // The name shown for a user, with "@username" when it differs.
+  function memberLabel(userId) {
+    const box = el("span", "member-name", nameOf(userId));
+    const p = state.profileCache.get(String(userId));
+    if (p && !p.deleted && p.username && p.display_name && p.display_name !== p.username) {
+      box.append(" ", el("span", "member-username", "@" + p.username));
+    }
+    if (state.me && String(userId) === String(state.me.user_id)) {
+      box.append(" ", el("span", "member-you", "(you)"));
+    }
+    return box;
+  }
+
+  function drawMembers(c) {
+    const members = (c.members || []).slice();
+    const rank = (u) => {
+      const i = ROLE_ORDER.indexOf(c.roles.get(String(u)));
+      return i < 0 ? ROLE_ORDER.length : i;
+    };
+    // By role, then by id: the order does not move as names arrive.
+    members.sort((a, b) => rank(a) - rank(b) || String(a).localeCompare(String(b), "en", { numeric: true }));
+    const count = c.memberCount || members.length;
+    $("members-heading").textContent = c.kind === E.ConversationKind.CHANNEL
+      ? "Channel: " + countText(count, "subscriber")
+      : "Members (" + count + ")";
+    const list = $("members-list");
+    list.replaceChildren();
+    for (const u of members) {
+      const role = c.roles.get(String(u)) || 0;
+      const li = el("li", "member");
+      li.dataset.userId = String(u);
+      li.dataset.role = roleName(role);
+      li.append(memberLabel(u), el("span", "member-role", roleName(role)), el("span", "spacer"));
+      if (canBan(c, u, role)) {
+        const name = nameOf(u);
+        const ban = el("button", "ban-btn danger small", "Ban");
+        ban.type = "button";
+        ban.setAttribute("aria-label", "Ban " + name);
+        ban.addEventListener("click", () => moderate(c, "ban_member", u, name));
+        li.append(ban);
+      }
+      list.append(li);
+    }
+    // Channels do not list their subscribers (Conversation.members is
+    // empty): their owners and admins ban by username below.
+    const note = $("members-note");
+    note.hidden = c.kind !== E.ConversationKind.CHANNEL;
+    note.textContent = "Channels do not list their subscribers.";
+    const bans = $("bans");
+    bans.hidden = !canModerate(c);
+    if (bans.hidden) return;
+    const banned = $("banned-list");
+    banned.replaceChildren();
+    for (const u of c.bannedIds) {
+      const name = nameOf(u);
+      const li = el("li", "banned");
+      li.dataset.userId = String(u);
+      li.append(memberLabel(u), el("span", "spacer"));
+      const unban = el("button", "unban-btn secondary small", "Unban");
+      unban.type = "button";
+      unban.setAttribute("aria-label", "Unban " + name);
+      unban.addEventListener("click", () => moderate(c, "unban_member", u, name));
+      li.append(unban);
+      banned.append(li);
+    }
+    $("banned-empty").hidden = c.bannedIds.length > 0;
+  }
+
+  // Fetches the conversation again (members, roles, bans) and redraws.
+  async function refreshConversation(c) {
+    const f = await request("get_conversation", { conversation_id: c.id });
+    applyConversation(f.conversation);
+    renderList();
+    renderChatHeader();
+  }
+
+  // BanMember or UnbanMember of one user, then the conversation is fetched
+  // again so that the panel and the member count show the result.
+  async function moderate(c, kind, userId, name) {
+    const ban = kind === "ban_member";
+    if (ban && !window.confirm("Ban " + name + " from " + titleOf(c) + "? They are removed and cannot " +
+        "rejoin or be added until unbanned.")) {
+      return;
+    }
+    try {
+      await request(kind, { conversation_id: c.id, user_id: userId });
+    } catch (e) {
+      toast("Could not " + (ban ? "ban " : "unban ") + name + ": " + e.message);
+      return;
+    }
+    try {
+      await refreshConversation(c);
+    } catch (e) {
+      if (!(e instanceof Disconnected)) toast("Members: " + e.message);
+    }
+  }
+
+  function toggleMembers() {
+    const c = state.openKey && state.conversations.get(state.openKey);
+    if (!c) return;
+    if (state.membersKey === c.key) {
+      state.membersKey = null;
+    } else {
+      state.membersKey = c.key;
+      refreshConversation(c).catch((e) => {
+        if (!(e instanceof Disconnected)) toast("Members: " + e.message);
+      });
+    }
+    renderChatHeader();
   }
 
   function renderHistoryStatus(c) {
@@ -1696,6 +1848,27 @@
         result.textContent = "Could not delete the account: " + e.message;
       }
     }
+  });
+
+  $("members-btn").addEventListener("click", () => toggleMembers());
+
+  $("ban-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const c = state.openKey && state.conversations.get(state.openKey);
+    const input = $("ban-username");
+    const username = input.value.trim().toLowerCase();
+    if (!c || !username) return;
+    let f;
+    try {
+      f = await request("get_profile", { user_id: 0, username });
+    } catch (e) {
+      if (e instanceof ChatError && e.code === E.ErrorCode.NOT_FOUND) toast("No user named " + username);
+      else toast("Could not ban " + username + ": " + e.message);
+      return;
+    }
+    state.profileCache.set(String(f.profile.user_id), f.profile);
+    input.value = "";
+    await moderate(c, "ban_member", f.profile.user_id, f.profile.display_name || username);
   });
 
   $("composer").addEventListener("submit", (ev) => {
