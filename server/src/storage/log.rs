@@ -158,7 +158,10 @@ impl Log {
             let dir = dir.to_path_buf();
             thread::Builder::new()
                 .name("chatd-log-prep".into())
-                .spawn(move || prepare(&dir, &tx))?
+                .spawn(move || {
+                    super::priority::lower();
+                    prepare(&dir, &tx)
+                })?
         };
         let first = recv_spare(&rx)?;
         let current = activate(dir, first, next_commit)?;

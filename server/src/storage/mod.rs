@@ -35,6 +35,7 @@
 pub mod backup;
 pub mod keys;
 pub mod log;
+pub mod priority;
 pub mod segments;
 pub mod write;
 pub mod writer;
@@ -417,9 +418,13 @@ impl Store {
         // delivery in paired runs (benches/changes.md). fjall sizes the pool
         // by the CPUs the process may use, which is one when chatd is pinned
         // to a core.
-        let db = Database::builder(dir)
-            .worker_threads(crate::config::cores().clamp(3, 4))
-            .open()?;
+        // The workers start inside `open`, on this lowered thread, and
+        // inherit its priority ([`priority`]).
+        let db = priority::run_lowered(|| {
+            Database::builder(dir)
+                .worker_threads(crate::config::cores().clamp(3, 4))
+                .open()
+        })?;
         let legacy = db.keyspace_exists(LEGACY_MESSAGES);
         let ks = |name: &str| db.keyspace(name, || keyspace_options(name));
         let keyspaces = Keyspaces {

@@ -458,7 +458,10 @@ impl Writer {
             let store = store.clone();
             thread::Builder::new()
                 .name("chatd-apply".into())
-                .spawn(move || apply_loop(&store, &apply_rx))?
+                .spawn(move || {
+                    super::priority::lower();
+                    apply_loop(&store, &apply_rx)
+                })?
         };
         let handle = thread::Builder::new()
             .name("chatd-storage".into())
