@@ -344,21 +344,24 @@ async fn sender(run: Rc<RefCell<Run>>, s: usize, per_stream_rate: f64) {
         }
     } else {
         let interval = 1e9 / per_stream_rate;
+        let pacer = crate::pace::Pacer::new();
         // A random phase spreads the streams over the interval.
         let mut next = rand::random::<f64>() * interval;
         loop {
             if next as u64 >= end_ns {
                 return;
             }
-            tokio::time::sleep_until((clock + Duration::from_nanos(next as u64)).into()).await;
+            pacer
+                .sleep_until(clock + Duration::from_nanos(next as u64))
+                .await;
             let Ok(permit) = window.acquire().await else {
                 return;
             };
             permit.forget();
             let mut r = run.borrow_mut();
             let now = r.now_ns();
-            // Stamped with the time it actually leaves: tokio's timer has
-            // millisecond resolution, which is not the server's doing.
+            // Stamped with the time it actually leaves, which the timer's
+            // slack and this thread's other work may delay.
             if now > next as u64 + 1_000_000 {
                 r.late_sends += 1;
             }

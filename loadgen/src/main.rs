@@ -33,6 +33,7 @@ mod disk;
 mod fanout;
 mod jetstream;
 mod markdown;
+mod pace;
 mod payload;
 mod peers;
 mod procstat;
