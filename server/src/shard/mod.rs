@@ -8,8 +8,8 @@
 //! - the mesh loop drains the rings into the shard, never waiting on a ring
 //!   itself;
 //! - the commit loop hands the owner's pending writes to the storage writer
-//!   as one batch, waits for durability, then sends acks and fan-outs in
-//!   order;
+//!   in batches, the next one while the one before is being synced, and
+//!   sends each batch's acks and fan-outs in order once it is durable;
 //! - the accept loops of [`crate::ingress`] take connections until
 //!   shutdown (the server's `run_shard` starts them beside the shard).
 //!
@@ -171,6 +171,23 @@ struct Entry {
     /// partition has changed hands since.
     epoch: u64,
     pending: Pending,
+}
+
+/// Batches a shard has handed to the storage writer and not yet settled,
+/// at most: enough for what arrives during one sync to be queued behind
+/// it, few enough that a slow disk pushes back on the shard soon. Before,
+/// the shard waited for each batch's answer before handing over the next,
+/// so what arrived meanwhile waited for that answer's trip back to the
+/// shard and for its acks to be sent (benches/changes.md).
+const COMMITS_IN_FLIGHT: usize = 4;
+
+/// A batch handed to the storage writer (`Ok(None)`: one with no writes,
+/// whose effects only wait for those before it), with what is to be done
+/// once it is durable.
+struct InFlight {
+    wait: Result<Option<tokio::sync::oneshot::Receiver<Result<u64, StorageError>>>, StorageError>,
+    effects: Vec<Effect>,
+    queued_at: Vec<Instant>,
 }
 
 /// Entries waiting for the commit loop, in order.
@@ -554,16 +571,59 @@ impl Shard {
             }
             self.pipeline.committing.set(true);
             match self.shared.writer.cluster().cloned() {
-                None => {
-                    let (batch, effects, queued_at) = merge(entries);
-                    let result = if batch.is_empty() {
-                        Ok(0)
-                    } else {
-                        self.shared.writer.write(batch).await
-                    };
-                    self.settle(result, effects, queued_at).await;
-                }
+                None => self.commit_pipelined(entries).await,
                 Some(link) => self.commit_clustered(&link, entries).await,
+            }
+        }
+    }
+
+    /// One node: `entries` and whatever is queued after them go to the
+    /// storage writer as soon as they are staged, up to [`COMMITS_IN_FLIGHT`]
+    /// batches ahead of the oldest one not yet durable, and are settled in
+    /// the order they were queued. The writer commits in queue order, so a
+    /// batch staged while another is being synced joins the very next
+    /// commit instead of waiting for the one before it to be answered.
+    /// Returns once nothing is queued or in flight.
+    async fn commit_pipelined(&self, entries: Vec<Entry>) {
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(COMMITS_IN_FLIGHT);
+        let mut entries = entries;
+        loop {
+            if !entries.is_empty() {
+                let (batch, effects, queued_at) = merge(std::mem::take(&mut entries));
+                let wait = if batch.is_empty() {
+                    Ok(None)
+                } else {
+                    self.shared.writer.enqueue(batch).await.map(Some)
+                };
+                in_flight.push_back(InFlight {
+                    wait,
+                    effects,
+                    queued_at,
+                });
+            }
+            let room = in_flight.len() < COMMITS_IN_FLIGHT;
+            let Some(front) = in_flight.front_mut() else {
+                return;
+            };
+            let settled = match &mut front.wait {
+                Ok(Some(wait)) => {
+                    tokio::select! {
+                        biased;
+                        done = wait => Some(done.unwrap_or(Err(StorageError::WriterStopped))),
+                        // More to stage while the oldest batch is synced.
+                        _ = self.pipeline.ready.notified(), if room => None,
+                    }
+                }
+                Ok(None) => Some(Ok(0)),
+                Err(_) => Some(std::mem::replace(&mut front.wait, Ok(None)).map(|_| 0)),
+            };
+            if let Some(result) = settled {
+                if let Some(done) = in_flight.pop_front() {
+                    self.settle(result, done.effects, done.queued_at).await;
+                }
+            }
+            if in_flight.len() < COMMITS_IN_FLIGHT {
+                entries = self.pipeline.entries.borrow_mut().drain(..).collect();
             }
         }
     }
