@@ -278,44 +278,6 @@ fn u64_value(keyspace: &'static str, bytes: &[u8]) -> Result<u64> {
     })
 }
 
-/// Nice value of fjall's background threads.
-pub const BACKGROUND_NICE: i32 = 10;
-
-/// Lowers the scheduling priority of fjall's worker threads (memtable
-/// flushes and compactions) to [`BACKGROUND_NICE`].
-///
-/// Nothing waits on those threads directly, but when they share a core with
-/// the shards and the storage writer, a flush holding the core for tens of
-/// milliseconds delays every acknowledgement queued behind it. At a lower
-/// priority they run on the CPU time the latency-critical threads leave;
-/// under sustained overload fjall's own write stall then slows the apply
-/// thread until they catch up, so nothing grows without bound.
-fn background_threads_yield() {
-    #[cfg(target_os = "linux")]
-    {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        for task in tasks.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() != "fjall:worker" {
-                continue;
-            }
-            let tid = task.file_name().to_str().and_then(|t| t.parse().ok());
-            let Some(tid) = tid.and_then(rustix::process::Pid::from_raw) else {
-                continue;
-            };
-            // A thread that exited in the meantime only makes this fail.
-            match rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
-                Ok(()) => tracing::debug!(tid = tid.as_raw_nonzero(), "storage worker yields"),
-                Err(e) => {
-                    tracing::debug!(cause = %e, "could not lower a storage worker's priority")
-                }
-            }
-        }
-    }
-}
-
 /// The size at which a keyspace's memtable is sealed and flushed to disk.
 pub const MEMTABLE_BYTES: u64 = 16 << 20;
 
@@ -419,8 +381,8 @@ impl Store {
         // by the CPUs the process may use, which is one when chatd is pinned
         // to a core.
         // The workers start inside `open`, on this lowered thread, and
-        // inherit its priority ([`priority`]).
-        let db = priority::run_lowered(|| {
+        // inherit its priority ([`priority::WORKER_NICE`]).
+        let db = priority::run_lowered(priority::WORKER_NICE, || {
             Database::builder(dir)
                 .worker_threads(crate::config::cores().clamp(3, 4))
                 .open()
@@ -479,7 +441,6 @@ impl Store {
         }
         store.progress = Arc::new(Progress::new(next_commit));
         store.recent = Arc::new(Recent::new(next_commit));
-        background_threads_yield();
         Ok(store)
     }
 

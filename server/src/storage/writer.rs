@@ -724,7 +724,7 @@ impl Drop for FailOnPanic<'_> {
 /// fjall seals a memtable and flushes it on its worker threads, and it stops
 /// writers when a keyspace has 4 sealed memtables waiting. But sealing is
 /// itself a job for those workers: when they get little CPU (they run at a
-/// lower priority than the shards, see [`super::BACKGROUND_NICE`], and
+/// lower priority than the shards, see [`super::priority`], and
 /// the machine may be saturated), the active memtable grows past its size
 /// without ever being sealed, and nothing inside fjall stops it. Sleeping
 /// here (on the apply thread) gives the workers the CPU to seal and flush;
