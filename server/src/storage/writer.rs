@@ -45,6 +45,16 @@ pub const MAX_UNAPPLIED_BYTES: u64 = 32 << 20;
 /// Commits queued to the apply thread, at most.
 const APPLY_QUEUE: usize = 4096;
 
+/// Commits the apply thread writes into fjall as one write, at most.
+const MAX_COMMITS_PER_APPLY: usize = 256;
+
+/// How long the apply thread waits, once it has caught up, before it
+/// looks for more commits (1 ms). Writing each commit into fjall as it
+/// came cost the server's core a wake-up of this thread per commit; a
+/// reader that needs what is not yet applied wakes it at once, so the
+/// wait delays no read.
+const APPLY_LINGER: Duration = Duration::from_millis(1);
+
 /// Writes that become durable together or not at all.
 ///
 /// A batch is one buffer holding its writes in the commit log's operation
@@ -305,6 +315,9 @@ pub struct Progress {
     applied: AtomicU64,
     state: Mutex<ApplyState>,
     changed: Condvar,
+    /// The apply thread, woken by a reader that waits for it while it
+    /// lingers ([`APPLY_LINGER`]).
+    applier: std::sync::OnceLock<thread::Thread>,
     /// Held by a test to stop the apply thread before its next commit.
     #[cfg(test)]
     apply_gate: Mutex<()>,
@@ -325,6 +338,7 @@ impl Progress {
             applied: AtomicU64::new(last),
             state: Mutex::new(ApplyState::default()),
             changed: Condvar::new(),
+            applier: std::sync::OnceLock::new(),
             #[cfg(test)]
             apply_gate: Mutex::new(()),
         }
@@ -345,6 +359,9 @@ impl Progress {
             return Ok(());
         }
         let started = Instant::now();
+        if let Some(applier) = self.applier.get() {
+            applier.unpark();
+        }
         let mut state = self.state.lock();
         loop {
             if self.applied.load(Ordering::Acquire) >= commit {
@@ -381,6 +398,9 @@ impl Progress {
         while state.unapplied_bytes > 0 && state.unapplied_bytes + bytes > MAX_UNAPPLIED_BYTES {
             if state.failed {
                 return Err(StorageError::WriterStopped);
+            }
+            if let Some(applier) = self.applier.get() {
+                applier.unpark();
             }
             self.changed.wait(&mut state);
         }
@@ -666,17 +686,41 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
     let progress = store.progress();
     // Readers wait for this thread: if it panics, they must hear of it.
     let _guard = FailOnPanic(progress);
+    let _ = progress.applier.set(thread::current());
     let mut failed = false;
-    for work in rx.iter() {
+    let mut next = rx.recv().ok();
+    while let Some(work) = next.take() {
         if failed {
+            next = rx.recv().ok();
             continue;
         }
         match work {
             Apply::Commit {
                 commit,
-                batches,
-                bytes,
+                mut batches,
+                mut bytes,
             } => {
+                // The commits queued behind this one go into fjall with it,
+                // as one write.
+                let mut last = commit;
+                while batches.len() < MAX_COMMITS_PER_APPLY {
+                    match rx.try_recv() {
+                        Ok(Apply::Commit {
+                            commit,
+                            batches: more,
+                            bytes: more_bytes,
+                        }) => {
+                            last = commit;
+                            batches.extend(more);
+                            bytes += more_bytes;
+                        }
+                        Ok(checkpoint) => {
+                            next = Some(checkpoint);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 #[cfg(test)]
                 drop(progress.apply_gate.lock());
                 let started = Instant::now();
@@ -684,12 +728,12 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                 metrics::histogram!("chatd_storage_apply_seconds")
                     .record(started.elapsed().as_secs_f64());
                 if let Err(e) = result {
-                    tracing::error!(cause = %e, commit, "applying a commit to the store failed");
+                    tracing::error!(cause = %e, commit = last, "applying a commit to the store failed");
                     failed = true;
                     progress.fail();
                     continue;
                 }
-                progress.applied(commit, bytes);
+                progress.applied(last, bytes);
                 hold_back(store);
             }
             Apply::Checkpoint(sealed, index) => {
@@ -703,6 +747,17 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                     progress.fail();
                 }
             }
+        }
+        if next.is_none() {
+            next = match rx.try_recv() {
+                Ok(work) => Some(work),
+                Err(crossbeam::channel::TryRecvError::Disconnected) => None,
+                Err(crossbeam::channel::TryRecvError::Empty) => {
+                    // Caught up: let commits gather rather than wake for each.
+                    thread::park_timeout(APPLY_LINGER);
+                    rx.recv().ok()
+                }
+            };
         }
     }
 }
