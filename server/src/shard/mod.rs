@@ -181,11 +181,11 @@ struct Entry {
 /// shard and for its acks to be sent (benches/changes.md).
 const COMMITS_IN_FLIGHT: usize = 4;
 
-/// A batch handed to the storage writer (`Ok(None)`: one with no writes,
-/// whose effects only wait for those before it), with what is to be done
-/// once it is durable.
+/// A batch handed to the storage writer, with what is to be done once it
+/// is durable. A batch with no writes, or one the writer refused, gets an
+/// answer at once, so that its effects still wait for those before it.
 struct InFlight {
-    wait: Result<Option<tokio::sync::oneshot::Receiver<Result<u64, StorageError>>>, StorageError>,
+    done: tokio::sync::oneshot::Receiver<Result<u64, StorageError>>,
     effects: Vec<Effect>,
     queued_at: Vec<Instant>,
 }
@@ -584,19 +584,21 @@ impl Shard {
     /// batch staged while another is being synced joins the very next
     /// commit instead of waiting for the one before it to be answered.
     /// Returns once nothing is queued or in flight.
-    async fn commit_pipelined(&self, entries: Vec<Entry>) {
+    async fn commit_pipelined(&self, mut entries: Vec<Entry>) {
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(COMMITS_IN_FLIGHT);
-        let mut entries = entries;
         loop {
             if !entries.is_empty() {
                 let (batch, effects, queued_at) = merge(std::mem::take(&mut entries));
-                let wait = if batch.is_empty() {
-                    Ok(None)
+                let done = if batch.is_empty() {
+                    answered(Ok(0))
                 } else {
-                    self.shared.writer.enqueue(batch).await.map(Some)
+                    match self.shared.writer.enqueue(batch).await {
+                        Ok(done) => done,
+                        Err(e) => answered(Err(e)),
+                    }
                 };
                 in_flight.push_back(InFlight {
-                    wait,
+                    done,
                     effects,
                     queued_at,
                 });
@@ -605,22 +607,16 @@ impl Shard {
             let Some(front) = in_flight.front_mut() else {
                 return;
             };
-            let settled = match &mut front.wait {
-                Ok(Some(wait)) => {
-                    tokio::select! {
-                        biased;
-                        done = wait => Some(done.unwrap_or(Err(StorageError::WriterStopped))),
-                        // More to stage while the oldest batch is synced.
-                        _ = self.pipeline.ready.notified(), if room => None,
+            tokio::select! {
+                biased;
+                result = &mut front.done => {
+                    let result = result.unwrap_or(Err(StorageError::WriterStopped));
+                    if let Some(done) = in_flight.pop_front() {
+                        self.settle(result, done.effects, done.queued_at).await;
                     }
                 }
-                Ok(None) => Some(Ok(0)),
-                Err(_) => Some(std::mem::replace(&mut front.wait, Ok(None)).map(|_| 0)),
-            };
-            if let Some(result) = settled {
-                if let Some(done) = in_flight.pop_front() {
-                    self.settle(result, done.effects, done.queued_at).await;
-                }
+                // More to stage while the oldest batch is synced.
+                _ = self.pipeline.ready.notified(), if room => {}
             }
             if in_flight.len() < COMMITS_IN_FLIGHT {
                 entries = self.pipeline.entries.borrow_mut().drain(..).collect();
@@ -854,6 +850,15 @@ fn look_up(
         }
     }
     Ok(found)
+}
+
+/// A commit's answer that is known already.
+fn answered(
+    result: Result<u64, StorageError>,
+) -> tokio::sync::oneshot::Receiver<Result<u64, StorageError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(result);
+    rx
 }
 
 /// The entries' writes as one batch, their effects in order, and the times

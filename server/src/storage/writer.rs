@@ -688,10 +688,13 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
     let _guard = FailOnPanic(progress);
     let _ = progress.applier.set(thread::current());
     let mut failed = false;
-    let mut next = rx.recv().ok();
-    while let Some(work) = next.take() {
+    // A checkpoint found while gathering commits, to be done next.
+    let mut next = None;
+    loop {
+        let Some(work) = next.take().or_else(|| next_work(rx)) else {
+            break;
+        };
         if failed {
-            next = rx.recv().ok();
             continue;
         }
         match work {
@@ -748,16 +751,19 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                 }
             }
         }
-        if next.is_none() {
-            next = match rx.try_recv() {
-                Ok(work) => Some(work),
-                Err(crossbeam::channel::TryRecvError::Disconnected) => None,
-                Err(crossbeam::channel::TryRecvError::Empty) => {
-                    // Caught up: let commits gather rather than wake for each.
-                    thread::park_timeout(APPLY_LINGER);
-                    rx.recv().ok()
-                }
-            };
+    }
+}
+
+/// The apply thread's next work, once there is some (none: the writer
+/// has stopped). When nothing is queued it first waits [`APPLY_LINGER`],
+/// so that commits gather rather than wake the thread one by one.
+fn next_work(rx: &crossbeam::channel::Receiver<Apply>) -> Option<Apply> {
+    match rx.try_recv() {
+        Ok(work) => Some(work),
+        Err(crossbeam::channel::TryRecvError::Disconnected) => None,
+        Err(crossbeam::channel::TryRecvError::Empty) => {
+            thread::park_timeout(APPLY_LINGER);
+            rx.recv().ok()
         }
     }
 }
