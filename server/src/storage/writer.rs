@@ -321,6 +321,9 @@ pub struct Progress {
     /// Held by a test to stop the apply thread before its next commit.
     #[cfg(test)]
     apply_gate: Mutex<()>,
+    /// Set by a test to make the apply thread's next fjall write fail.
+    #[cfg(test)]
+    fail_applies: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -341,6 +344,8 @@ impl Progress {
             applier: std::sync::OnceLock::new(),
             #[cfg(test)]
             apply_gate: Mutex::new(()),
+            #[cfg(test)]
+            fail_applies: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -728,6 +733,11 @@ fn apply_loop(store: &Store, rx: &crossbeam::channel::Receiver<Apply>) {
                 drop(progress.apply_gate.lock());
                 let started = Instant::now();
                 let result = store.apply(&batches);
+                #[cfg(test)]
+                let result = match progress.fail_applies.load(Ordering::Acquire) {
+                    true => Err(fjall::Error::Poisoned.into()),
+                    false => result,
+                };
                 metrics::histogram!("chatd_storage_apply_seconds")
                     .record(started.elapsed().as_secs_f64());
                 if let Err(e) = result {
@@ -1098,6 +1108,44 @@ mod tests {
         let page = again.messages_before(1, 0, 1000).expect("page");
         assert_eq!(page.len() as u64, last);
         assert!(page.iter().rev().map(|m| m.seq).eq(1..=last));
+    }
+
+    /// A failed fjall write stops the writer acknowledging anything more,
+    /// fails reads waiting for it, and lets the writer shut down; what was
+    /// acknowledged before (including the commit whose apply failed) comes
+    /// back from the log on the next start.
+    #[test]
+    fn a_failed_apply_stops_acknowledgements_and_loses_nothing_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store_dir, log_dir) = (dir.path().join("store"), dir.path().join("log"));
+        let store = Store::open(&store_dir, &log_dir).expect("open");
+        let (writer, thread) = Writer::start(store.clone(), Durability::Sync, 64).expect("start");
+        let write = |seq: u64| {
+            let mut b = Batch::new();
+            b.put(
+                Ks::Messages,
+                keys::message(1, seq),
+                message(seq).encode_to_vec(),
+            );
+            writer.write_blocking(b)
+        };
+        write(1).expect("acknowledged");
+        store.progress().settle().expect("applied");
+        store.progress().fail_applies.store(true, Ordering::Release);
+        // Durable in the log, so acknowledged; its apply then fails.
+        write(2).expect("acknowledged before the apply");
+        assert!(store.progress().settle().is_err(), "a waiting read fails");
+        assert!(write(3).is_err(), "nothing more is acknowledged");
+        assert!(write(4).is_err(), "nor after that");
+        drop(writer);
+        thread.join();
+        drop(store);
+
+        let reopened = Store::open(&store_dir, &log_dir).expect("reopen");
+        assert_eq!(reopened.message(1, 1).expect("read"), Some(message(1)));
+        assert_eq!(reopened.message(1, 2).expect("read"), Some(message(2)));
+        assert_eq!(reopened.message(1, 3).expect("read"), None);
+        assert_eq!(reopened.last_seq(1).expect("read"), 2);
     }
 
     /// Interleaved conversations over several segments, with messages
