@@ -1039,6 +1039,17 @@ mod tests {
         }
     }
 
+    /// Writes [`message`] `seq` of conversation 1 and waits for its answer.
+    fn write_message(writer: &Writer, seq: u64) -> super::Result<u64> {
+        let mut b = Batch::new();
+        b.put(
+            Ks::Messages,
+            keys::message(1, seq),
+            message(seq).encode_to_vec(),
+        );
+        writer.write_blocking(b)
+    }
+
     /// The apply thread is stopped while hundreds of commits are
     /// acknowledged: their segments are not indexed in fjall. A copy of
     /// the data taken then (what a killed process leaves) opens with every
@@ -1049,15 +1060,7 @@ mod tests {
         let (store_dir, log_dir) = (dir.path().join("store"), dir.path().join("log"));
         let store = Store::open(&store_dir, &log_dir).expect("open");
         let (writer, thread) = Writer::start(store.clone(), Durability::Sync, 64).expect("start");
-        let write = |seq: u64| {
-            let mut b = Batch::new();
-            b.put(
-                Ks::Messages,
-                keys::message(1, seq),
-                message(seq).encode_to_vec(),
-            );
-            writer.write_blocking(b).expect("acknowledged")
-        };
+        let write = |seq: u64| write_message(&writer, seq).expect("acknowledged");
         let applied: u64 = 10;
         for seq in 1..=applied {
             write(seq);
@@ -1120,15 +1123,7 @@ mod tests {
         let (store_dir, log_dir) = (dir.path().join("store"), dir.path().join("log"));
         let store = Store::open(&store_dir, &log_dir).expect("open");
         let (writer, thread) = Writer::start(store.clone(), Durability::Sync, 64).expect("start");
-        let write = |seq: u64| {
-            let mut b = Batch::new();
-            b.put(
-                Ks::Messages,
-                keys::message(1, seq),
-                message(seq).encode_to_vec(),
-            );
-            writer.write_blocking(b)
-        };
+        let write = |seq: u64| write_message(&writer, seq);
         write(1).expect("acknowledged");
         store.progress().settle().expect("applied");
         store.progress().fail_applies.store(true, Ordering::Release);
